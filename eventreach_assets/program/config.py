@@ -1,0 +1,240 @@
+"""The program YAML as typed, validated objects.
+
+The YAML is the single source of the filter chain, thresholds, TTLs, batch sizes and
+schedules; code reads them from here so that changing the program never means changing code.
+A bad file fails at load with the path of the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+DEFAULT_PROGRAM_PATH = Path(__file__).with_name("event-invitations.yaml")
+
+
+class ProgramConfigError(ValueError):
+    """Raised when the program YAML cannot be read or does not validate."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ConnectorConfig(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    account: str
+    database: str
+    schema_: str = Field(alias="schema")
+    query: str
+
+
+class DataConnector(_Model):
+    connector_id: str
+    type: Literal["snowflake"]
+    config: ConnectorConfig
+
+
+class ScoringModelSpec(_Model):
+    model_id: str
+    endpoint: str
+    features: list[str] = Field(min_length=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _sagemaker_uri(cls, value: str) -> str:
+        if not value.startswith("sagemaker://") or len(value) <= len("sagemaker://"):
+            raise ValueError("must look like 'sagemaker://<endpoint-name>'")
+        return value
+
+    @property
+    def endpoint_name(self) -> str:
+        return self.endpoint.removeprefix("sagemaker://")
+
+
+class FilterSpec(_Model):
+    filter_id: str
+    type: str
+    order: int = Field(ge=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def registry_key(self) -> str:
+        """Which filter class implements this entry: the type, or for business rules the id."""
+        return self.filter_id if self.type == "business-rule" else self.type
+
+
+class ChannelSpec(_Model):
+    channel_id: str
+    type: Literal["email", "in-app", "push"]
+    enabled: bool = True
+    priority: int = Field(ge=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReminderSpec(_Model):
+    days_before: int = Field(ge=0)
+    channel: str
+    time: str | None = None
+
+    @field_validator("time")
+    @classmethod
+    def _hh_mm(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError("must be HH:MM (24h)")
+        return value
+
+
+class EventConfig(_Model):
+    capacity_limit: int = Field(gt=0)
+    registration_deadline_days: int = Field(ge=0)
+    reminder_schedule: list[ReminderSpec] = Field(default_factory=list)
+
+
+class ScoreBands(_Model):
+    high: float = Field(gt=0, lt=1)
+    medium: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreBands:
+        if self.medium >= self.high:
+            raise ValueError("medium must be below high")
+        return self
+
+
+class ScoringConfig(_Model):
+    batch_size: int = Field(gt=0)
+    min_auc: float = Field(gt=0.5, le=1.0)
+    score_bands: ScoreBands
+    band_drift_warn_points: float = Field(gt=0, le=100)
+
+
+class StorageConfig(_Model):
+    batch_write_size: int = Field(gt=0, le=25)
+
+
+_AWS_CRON = re.compile(r"^cron\((\S+) (\S+) (\S+) (\S+) (\S+) (\S+)\)$")
+_DAYS = {"SUN": "0", "MON": "1", "TUE": "2", "WED": "3", "THU": "4", "FRI": "5", "SAT": "6"}
+
+
+def aws_cron_to_unix(expression: str) -> str:
+    """Turn the YAML's EventBridge `cron(m h dom mon dow year)` into the 5-field cron Dagster uses."""
+    match = _AWS_CRON.match(expression.strip())
+    if not match:
+        raise ValueError(f"not an EventBridge cron expression: {expression!r}")
+    minute, hour, dom, month, dow, _year = match.groups()
+    dom = "*" if dom == "?" else dom
+    dow = "*" if dow == "?" else ",".join(_DAYS.get(d, d) for d in dow.split(","))
+    return f"{minute} {hour} {dom} {month} {dow}"
+
+
+class ProgramConfig(_Model):
+    program_id: str
+    program_name: str
+    enabled: bool
+    marketplaces: list[str] = Field(min_length=1)
+    data_connectors: list[DataConnector]
+    scoring_models: list[ScoringModelSpec] = Field(min_length=1)
+    filter_chain: list[FilterSpec] = Field(min_length=1)
+    channels: list[ChannelSpec]
+    event_config: EventConfig
+    batch_schedule: str
+    candidate_ttl_days: int = Field(alias="candidateTTLDays", gt=0)
+    scoring: ScoringConfig
+    storage: StorageConfig
+    export_schedule: str
+
+    @field_validator("batch_schedule", "export_schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        aws_cron_to_unix(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProgramConfig:
+        orders = [f.order for f in self.filter_chain]
+        if len(set(orders)) != len(orders):
+            raise ValueError(f"filterChain orders must be unique, got {orders}")
+        ids = [f.filter_id for f in self.filter_chain]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"filterChain filterIds must be unique, got {ids}")
+        channel_ids = {c.channel_id for c in self.channels}
+        for reminder in self.event_config.reminder_schedule:
+            if reminder.channel not in channel_ids:
+                raise ValueError(f"eventConfig.reminderSchedule names unknown channel {reminder.channel!r}")
+        return self
+
+    @property
+    def ordered_filters(self) -> list[FilterSpec]:
+        return sorted(self.filter_chain, key=lambda f: f.order)
+
+    @property
+    def batch_cron(self) -> str:
+        return aws_cron_to_unix(self.batch_schedule)
+
+    @property
+    def export_cron(self) -> str:
+        return aws_cron_to_unix(self.export_schedule)
+
+    @property
+    def invitation_channels(self) -> list[ChannelSpec]:
+        """Channels that carry invitations (push only reminds registered customers)."""
+        return sorted(
+            (c for c in self.channels if c.enabled and c.type in ("email", "in-app")), key=lambda c: c.priority
+        )
+
+    def model(self, model_id: str) -> ScoringModelSpec:
+        for spec in self.scoring_models:
+            if spec.model_id == model_id:
+                return spec
+        raise KeyError(f"program {self.program_id!r} has no scoring model {model_id!r}")
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"  {path}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_program(data: Any, source: str = "<memory>") -> ProgramConfig:
+    """Validate an already-parsed YAML document; errors name the field path."""
+    if not isinstance(data, dict):
+        raise ProgramConfigError(f"program config {source}: expected a mapping at the top level")
+    try:
+        program = ProgramConfig.model_validate(data)
+    except ValidationError as error:
+        raise ProgramConfigError(f"program config {source} is invalid:\n{_format_errors(error)}") from None
+    # Filter parameters are validated by the filter classes themselves (imported lazily to
+    # keep this module free of polars), so a typo in a parameter fails here, at load.
+    from eventreach_assets.domain.filters import build_filter_chain
+
+    try:
+        build_filter_chain(program)
+    except (ValueError, KeyError) as error:
+        raise ProgramConfigError(f"program config {source} is invalid:\n  {error}") from None
+    return program
+
+
+def load_program(path: str | Path | None = None) -> ProgramConfig:
+    """Load and validate a program YAML (the packaged `event-invitations.yaml` by default)."""
+    path = Path(path) if path else DEFAULT_PROGRAM_PATH
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ProgramConfigError(f"program config {path}: cannot read: {error}") from None
+    except yaml.YAMLError as error:
+        raise ProgramConfigError(f"program config {path}: not valid YAML: {error}") from None
+    return parse_program(data, str(path))
+
+
+@cache
+def default_program() -> ProgramConfig:
+    return load_program()
