@@ -14,3 +14,25 @@ def interest_match(tags: pl.Expr, topics: list[str]) -> pl.Expr:
     if not topics:
         return pl.lit(0.0)
     return tags.list.set_intersection(pl.lit(sorted(set(topics)))).list.len().cast(pl.Float64) / len(set(topics))
+
+
+def interest_match_rows(tags: pl.Expr, topics: pl.Expr) -> pl.Expr:
+    """`interest_match` when every row has its own topic list (training rows span many events).
+
+    Same definition, so the model's `interest_affinity` means at training time what the
+    filter and the scorer mean for one event: |tags ∩ unique(topics)| / |unique(topics)|,
+    0.0 when the event has no topics, null when the tags are null.
+    """
+    unique_topics = topics.list.unique()
+    n_topics = unique_topics.list.len().fill_null(0)
+    matched = tags.list.set_intersection(unique_topics).list.len().cast(pl.Float64)
+    return pl.when(n_topics == 0).then(pl.lit(0.0)).otherwise(matched / n_topics.cast(pl.Float64))
+
+
+def split_tags(text: pl.Expr) -> pl.Expr:
+    """Warehouse comma-separated slugs (interest_tags, topics) → list[str], null → [].
+
+    The same parse the extraction applies to `interest_tags`, for the columns it does not
+    touch (an event's `topics`), so a topic and a tag compare equal when their slugs do.
+    """
+    return text.fill_null("").str.split(",").list.eval(pl.element().filter(pl.element() != ""))

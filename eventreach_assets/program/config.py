@@ -149,8 +149,9 @@ class ProgramConfig(_Model):
     scoring: ScoringConfig
     storage: StorageConfig
     export_schedule: str
+    model_training_schedule: str
 
-    @field_validator("batch_schedule", "export_schedule")
+    @field_validator("batch_schedule", "export_schedule", "model_training_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
         aws_cron_to_unix(value)
@@ -181,6 +182,10 @@ class ProgramConfig(_Model):
     @property
     def export_cron(self) -> str:
         return aws_cron_to_unix(self.export_schedule)
+
+    @property
+    def model_training_cron(self) -> str:
+        return aws_cron_to_unix(self.model_training_schedule)
 
     @property
     def invitation_channels(self) -> list[ChannelSpec]:

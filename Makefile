@@ -1,0 +1,46 @@
+# EventReach — the two commands: `make demo` (run the weekly batch locally) and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export EVENTREACH_HOME ?= $(CURDIR)/.eventreach
+export DAGSTER_HOME ?= $(EVENTREACH_HOME)/dagster_home
+PROFILES ?= 300000
+SEED ?= 7
+
+.PHONY: install demo dev test lint bench clean
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+## Seed a synthetic warehouse, register the sample events and run the weekly batch for them.
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/eventreach-demo demo --profiles $(PROFILES) --seed $(SEED)
+
+## The Dagster UI (and daemon) on the same instance the demo wrote to.
+dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+test: $(STAMP)
+	$(BIN)/ruff check eventreach_assets eventreach_assets_tests
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check eventreach_assets eventreach_assets_tests
+	$(BIN)/ruff format --check eventreach_assets eventreach_assets_tests
+
+## Weekly batch for one event through Dagster at 300K, 1M and 3M profiles.
+bench: $(STAMP)
+	$(BIN)/python -m eventreach_assets.bench
+
+clean:
+	rm -rf $(EVENTREACH_HOME)

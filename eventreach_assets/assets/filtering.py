@@ -1,0 +1,66 @@
+"""Step 2 of the weekly batch: the program's filter chain, with a funnel and reasons kept."""
+
+from datetime import timedelta
+
+import dagster as dg
+import polars as pl
+
+from eventreach_assets.assets.ingestion import BATCH, current_event
+from eventreach_assets.assets.metadata import stopwatch, table
+from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, run_filter_chain
+from eventreach_assets.resources.program import ClockResource, ProgramResource
+from eventreach_assets.resources.storage import DecisionLogResource
+from eventreach_assets.resources.warehouse import WarehouseResource
+
+# The frequency cap looks back a month; read a little more history than that.
+HISTORY_LOOKBACK = timedelta(days=62)
+
+
+def filter_inputs(
+    warehouse: WarehouseResource, program: ProgramResource, clock: ClockResource, partition_key: str
+) -> FilterInputs:
+    """What the chain needs besides the candidates: the event, registrations, past invitations."""
+    now = clock.now()
+    event = current_event(warehouse, partition_key)
+    return FilterInputs(
+        event=event,
+        as_of=now,
+        capacity_limit=program.load().event_config.capacity_limit,
+        registrations=warehouse.event_registrations(event.event_id).lazy(),
+        invitations=warehouse.invitation_history(since=now - HISTORY_LOOKBACK)
+        .select("customer_id", "invited_at")
+        .lazy(),
+    )
+
+
+@dg.asset(**BATCH, kinds={"polars"}, tags={"stage": "filter"}, code_version="1")
+def filtered_candidates(
+    context: dg.AssetExecutionContext,
+    raw_candidates: pl.DataFrame,
+    warehouse: WarehouseResource,
+    decision_log: DecisionLogResource,
+    program: ProgramResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """Candidates that pass trust, eligibility, interest, geography and frequency cap, in YAML order."""
+    with stopwatch() as watch:
+        inputs = filter_inputs(warehouse, program, clock, context.partition_key)
+        outcome = run_filter_chain(raw_candidates, build_filter_chain(program.load()), inputs)
+        rejections_path = decision_log.write(
+            "rejections", inputs.event.event_id, outcome.rejected.with_columns(decided_at=pl.lit(inputs.as_of))
+        )
+    reasons = outcome.rejected.group_by("filter_id", "reason").len("removed").sort("filter_id", "reason")
+    pass_rate = outcome.survivors.height / raw_candidates.height if raw_candidates.height else 0.0
+    return dg.MaterializeResult(
+        value=outcome.survivors,
+        metadata={
+            "funnel": table(outcome.funnel),
+            "removed_by_reason": table(reasons),
+            "input_candidates": raw_candidates.height,
+            "eligible_candidates": outcome.survivors.height,
+            "filter_pass_rate_pct": round(pass_rate * 100, 2),
+            "rejections_path": dg.MetadataValue.path(rejections_path),
+            "dagster/row_count": outcome.survivors.height,
+            **watch.metadata(raw_candidates.height),
+        },
+    )

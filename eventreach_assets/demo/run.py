@@ -1,0 +1,109 @@
+"""The local demo: the weekly batch for the sample events, through the real Dagster definitions.
+
+Partitions are registered by evaluating the real catalog sensor, models and batches run as
+the real jobs on the instance in `DAGSTER_HOME`, so `make dev` shows every materialization,
+check result and partition afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from eventreach_assets.definitions import build_definitions
+from eventreach_assets.partitions import events_partitions
+
+FUNNEL_STAGES = ("raw_candidates", "filtered_candidates", "scored_candidates", "candidates_table", "candidates_export")
+
+
+@dataclass
+class EventReport:
+    event_id: str
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # asset name -> metadata values
+    checks: dict[str, bool] = field(default_factory=dict)  # check name -> passed
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def register_event_partitions(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[str]:
+    """Evaluate the catalog sensor once and apply its partition requests, as the daemon would."""
+    sensor = defs.resolve_sensor_def("events_catalog_sensor")
+    with dg.build_sensor_context(instance=instance, resources=defs.resources, sensor_name=sensor.name) as context:
+        result = sensor(context)
+    added: list[str] = []
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            added.extend(request.partition_keys)
+    return added
+
+
+def _values(metadata: dict[str, dg.MetadataValue]) -> dict[str, Any]:
+    return {key: value.value for key, value in metadata.items()}
+
+
+def collect_report(event_id: str, *results: dg.ExecuteInProcessResult) -> EventReport:
+    report = EventReport(event_id)
+    for result in results:
+        for event in result.get_asset_materialization_events():
+            materialization = event.materialization
+            report.metadata[materialization.asset_key.to_user_string()] = _values(materialization.metadata)
+        for evaluation in result.get_asset_check_evaluations():
+            report.checks[f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"] = evaluation.passed
+    return report
+
+
+def run_weekly_batch(
+    home: Path, instance: dg.DagsterInstance, fixed_now: str | None = None
+) -> tuple[list[EventReport], dict[str, Any]]:
+    """Train the models, then run batch + export for every registered upcoming event."""
+    defs = build_definitions(home=home, fixed_now=fixed_now)
+    register_event_partitions(defs, instance)
+    training = defs.resolve_job_def("train_models").execute_in_process(instance=instance, raise_on_error=True)
+    models = {
+        event.materialization.asset_key.to_user_string(): _values(event.materialization.metadata)
+        for event in training.get_asset_materialization_events()
+    }
+    reports = []
+    for event_id in instance.get_dynamic_partitions(events_partitions.name):
+        tags = {"eventreach/event": event_id}
+        batch = defs.resolve_job_def("weekly_batch").execute_in_process(
+            instance=instance, partition_key=event_id, tags={**tags, "eventreach/stage": "weekly-batch"}
+        )
+        export = defs.resolve_job_def("export_candidates").execute_in_process(
+            instance=instance, partition_key=event_id, tags={**tags, "eventreach/stage": "export"}
+        )
+        reports.append(collect_report(event_id, batch, export))
+    return reports, models
+
+
+def funnel_frame(report: EventReport) -> pl.DataFrame:
+    """The funnel of one event as printed by the demo: stage, rows, % of unique candidates."""
+    raw = report.metadata.get("raw_candidates", {})
+    filtered = report.metadata.get("filtered_candidates", {})
+    unique = int(raw.get("unique_candidates", 0))
+    rows: list[tuple[str, int]] = [
+        ("extracted rows", int(raw.get("extracted_rows", 0))),
+        ("quarantined rows (bad + superseded duplicates)", int(raw.get("quarantined_rows", 0))),
+        ("unique candidates", unique),
+    ]
+    funnel = filtered.get("funnel")
+    if funnel is not None:
+        for record in funnel.records:
+            if record.data["filter_id"] != "input":
+                rows.append((f"  removed by {record.data['filter_id']}", -int(record.data["removed"])))
+    rows += [
+        ("eligible", int(filtered.get("eligible_candidates", 0))),
+        ("scored", int(report.metadata.get("scored_candidates", {}).get("scored_candidates", 0))),
+        (
+            "stored items (customers x channels)",
+            int(report.metadata.get("candidates_table", {}).get("items_written", 0)),
+        ),
+        ("exported rows", int(report.metadata.get("candidates_export", {}).get("rows", 0))),
+    ]
+    return pl.DataFrame({"stage": [r[0] for r in rows], "count": [r[1] for r in rows]}).with_columns(
+        pct_of_unique=(pl.col("count").abs() * 100.0 / max(unique, 1)).round(1)
+    )

@@ -1,0 +1,56 @@
+"""Looking up the event a partition stands for."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from eventreach_assets.domain.filters import EventContext
+
+
+def split_csv(column: str) -> pl.Expr:
+    return pl.col(column).fill_null("").str.split(",").list.eval(pl.element().filter(pl.element() != ""))
+
+
+def normalize_events(events: pl.DataFrame) -> pl.DataFrame:
+    """Events with topics and target regions as lists (the warehouse stores CSV strings)."""
+    return events.with_columns(
+        split_csv("topics"),
+        split_csv("target_regions"),
+        pl.col("start_time_utc").cast(pl.Datetime("us")),
+    )
+
+
+class UnknownEventError(LookupError):
+    """A partition key that names no event in the warehouse's events table."""
+
+
+def event_context(events: pl.DataFrame, event_id: str) -> EventContext:
+    """The event row for `event_id` as an EventContext, or a clear error naming the key."""
+    rows = normalize_events(events.filter(pl.col("event_id") == event_id))
+    if rows.height == 0:
+        raise UnknownEventError(
+            f"partition key {event_id!r} is not a known event: the warehouse's events table has no such event_id"
+        )
+    row = rows.row(0, named=True)
+    if not row["topics"]:
+        raise UnknownEventError(f"event {event_id!r} has no topics, so no candidate can match it")
+    return EventContext(
+        event_id=row["event_id"],
+        name=row["name"],
+        topics=list(row["topics"]),
+        start_time_utc=row["start_time_utc"],
+        capacity=int(row["capacity"]),
+        target_regions=list(row["target_regions"]),
+    )
+
+
+def upcoming_event_ids(events: pl.DataFrame, now: datetime) -> list[str]:
+    """Scheduled (not cancelled) events that have not started yet: the ones worth a batch."""
+    return (
+        normalize_events(events)
+        .filter((pl.col("status") == "scheduled") & (pl.col("start_time_utc") > now))
+        .sort("start_time_utc")["event_id"]
+        .to_list()
+    )

@@ -1,0 +1,468 @@
+"""The two scoring models: training frame, feature specs, training, artifacts.
+
+Train/serve skew is avoided by construction: a model's features are polars expressions
+over one frame shape — the candidate model (`CANDIDATE_SCHEMA`) plus the event's topics
+as a list column `event_topics`. Training rows are brought into that shape (profiles go
+through the extraction's own dedupe rule and candidate mapping), scoring frames get the
+event's topics as a literal, and both are turned into a matrix by the same expressions,
+with the vocabularies (tags, roles, topics) learned at training time and stored in the
+artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import polars as pl
+import sklearn
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
+
+from eventreach_assets.domain.extract import DEDUPE_DESCENDING, DEDUPE_ORDER, to_candidate_model
+from eventreach_assets.domain.features import interest_match_rows, split_tags
+
+ATTENDANCE_MODEL = "event-attendance-v3"
+AFFINITY_MODEL = "interest-affinity-v2"
+
+EVENT_TOPICS = "event_topics"  # list[str]: the event's topics, one list per row
+FORMAT_VERSION = 1  # bump when the artifact layout changes; `load` refuses other versions
+
+# Columns of `build_training_frame`'s result, in order. The feature inputs carry the
+# candidate-model dtypes so the same expressions apply at training and at scoring time.
+TRAINING_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(),
+    "event_id": pl.String(),
+    "invited_at": pl.Datetime("us"),
+    "channel": pl.String(),
+    "engagement_score": pl.Float64(),
+    "event_attendance_history": pl.Int32(),
+    "interest_tags": pl.List(pl.String()),
+    "job_role": pl.String(),
+    EVENT_TOPICS: pl.List(pl.String()),
+    "interest_affinity": pl.Float64(),
+    "attended": pl.Boolean(),
+    "registered": pl.Boolean(),
+}
+
+# Estimator settings (part of the model version). Gradient-boosted trees because they learn
+# the tag x topic interactions the affinity model needs without hand-made crosses, handle
+# NaN natively, and train on 500K rows x ~100 binary columns in seconds on 2 cores.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "max_iter": 200,
+    "learning_rate": 0.1,
+    "max_leaf_nodes": 31,
+    "min_samples_leaf": 40,
+    "l2_regularization": 1.0,
+    "early_stopping": True,
+    "validation_fraction": 0.1,
+    "n_iter_no_change": 10,
+}
+DEFAULT_MAX_ROWS = 500_000  # larger histories are sampled deterministically (by row hash)
+HOLDOUT_FRACTION = 0.2
+MAX_VOCABULARY = 256  # most frequent terms per vocabulary; rarer ones are dropped
+# Below this many rows the estimator runs on one thread: OpenMP's per-iteration sync costs
+# more than it saves on small data, and on a busy host (other runs, tests) it makes training
+# 5-10x slower. Prediction batches (5000 rows) are always single-threaded for the same reason.
+PARALLEL_MIN_ROWS = 100_000
+
+
+class ModelFormatError(ValueError):
+    """A model artifact was written by an incompatible version of this code or of scikit-learn."""
+
+
+# ---- features ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How one model turns a candidate x event frame into its feature columns."""
+
+    model_id: str
+    label: str  # boolean column of the training frame
+    inputs: dict[str, pl.DataType]  # columns the features read, with their canonical dtypes
+    vocabulary_sources: dict[str, str]  # vocabulary name -> column it is learned from
+    build: Callable[[Mapping[str, Sequence[str]]], list[pl.Expr]]  # vocabularies -> named features
+
+
+def _numeric(column: str) -> pl.Expr:
+    return pl.col(column).cast(pl.Float64).fill_null(float("nan")).alias(column)
+
+
+def _multi_hot(column: str, name: str, vocabulary: Sequence[str]) -> list[pl.Expr]:
+    """One 0/1 column per known term; terms outside the vocabulary contribute nothing."""
+    return [
+        pl.col(column).list.contains(pl.lit(term)).fill_null(False).cast(pl.Float64).alias(f"{name}={term}")
+        for term in vocabulary
+    ]
+
+
+def _one_hot(column: str, name: str, vocabulary: Sequence[str]) -> list[pl.Expr]:
+    """One 0/1 column per known value; an unknown or null value is all zeros."""
+    return [
+        (pl.col(column) == pl.lit(value)).fill_null(False).cast(pl.Float64).alias(f"{name}={value}")
+        for value in vocabulary
+    ]
+
+
+def _attendance_features(_: Mapping[str, Sequence[str]]) -> list[pl.Expr]:
+    return [
+        _numeric("engagement_score"),
+        _numeric("event_attendance_history"),
+        interest_match_rows(pl.col("interest_tags"), pl.col(EVENT_TOPICS)).fill_null(0.0).alias("interest_affinity"),
+    ]
+
+
+def _affinity_features(vocabularies: Mapping[str, Sequence[str]]) -> list[pl.Expr]:
+    return [
+        *_multi_hot("interest_tags", "interest_tags", vocabularies["interest_tags"]),
+        *_one_hot("job_role", "job_role", vocabularies["job_role"]),
+        *_multi_hot(EVENT_TOPICS, "event_topic", vocabularies["event_topic"]),
+    ]
+
+
+_TAGS = pl.List(pl.String())
+
+# Model id -> features; the ids and feature names are the program YAML's `scoringModels`.
+MODEL_SPECS: dict[str, FeatureSpec] = {
+    ATTENDANCE_MODEL: FeatureSpec(
+        model_id=ATTENDANCE_MODEL,
+        label="attended",
+        inputs={
+            "engagement_score": pl.Float64(),
+            "event_attendance_history": pl.Int32(),
+            "interest_tags": _TAGS,
+            EVENT_TOPICS: _TAGS,
+        },
+        vocabulary_sources={},
+        build=_attendance_features,
+    ),
+    AFFINITY_MODEL: FeatureSpec(
+        model_id=AFFINITY_MODEL,
+        label="registered",
+        inputs={"interest_tags": _TAGS, "job_role": pl.String(), EVENT_TOPICS: _TAGS},
+        vocabulary_sources={"interest_tags": "interest_tags", "job_role": "job_role", "event_topic": EVENT_TOPICS},
+        build=_affinity_features,
+    ),
+}
+
+
+def model_spec(model_id: str) -> FeatureSpec:
+    """The feature spec of a model id, with the known ids in the error when it is unknown."""
+    try:
+        return MODEL_SPECS[model_id]
+    except KeyError:
+        raise KeyError(f"no feature spec for model {model_id!r}; known: {sorted(MODEL_SPECS)}") from None
+
+
+def with_event_topics(candidates: pl.DataFrame, event_topics: Sequence[str]) -> pl.DataFrame:
+    """Candidates of one event in the shape the feature expressions read (scoring time)."""
+    return candidates.with_columns(pl.lit(list(event_topics), dtype=_TAGS).alias(EVENT_TOPICS))
+
+
+def fit_vocabulary(frame: pl.DataFrame, column: str, max_size: int = MAX_VOCABULARY) -> list[str]:
+    """Most frequent terms of a string or list[str] column, sorted; ties broken by the term."""
+    values = pl.col(column)
+    if isinstance(frame.schema[column], pl.List):
+        values = values.explode()
+    counts = (
+        frame.select(values.alias("term"))
+        .filter(pl.col("term").is_not_null() & (pl.col("term") != ""))
+        .group_by("term")
+        .len()
+        .sort(["len", "term"], descending=[True, False])
+        .head(max_size)
+    )
+    return sorted(counts["term"].to_list())
+
+
+def feature_frame(model_id: str, frame: pl.DataFrame, vocabularies: Mapping[str, Sequence[str]]) -> pl.DataFrame:
+    """The named feature columns of a model for rows shaped like `TRAINING_SCHEMA`'s inputs."""
+    spec = model_spec(model_id)
+    missing = [name for name in spec.inputs if name not in frame.columns]
+    if missing:
+        raise ValueError(f"model {model_id!r} needs columns {missing} that the frame does not have")
+    casts = [pl.col(name).cast(dtype) for name, dtype in spec.inputs.items()]
+    return frame.lazy().select(casts).select(spec.build(vocabularies)).collect()
+
+
+def feature_matrix(model_id: str, frame: pl.DataFrame, vocabularies: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """`feature_frame` as the float64 matrix the estimator takes (NaN for missing numbers)."""
+    return feature_frame(model_id, frame, vocabularies).to_numpy().astype(np.float64, copy=False)
+
+
+# ---- training frame -----------------------------------------------------------------
+
+
+def latest_profiles(profiles: pl.LazyFrame) -> pl.LazyFrame:
+    """One candidate-model row per customer, chosen by the extraction's dedupe rule."""
+    return to_candidate_model(
+        profiles.sort(["customer_id", *DEDUPE_ORDER], descending=[False, *DEDUPE_DESCENDING], nulls_last=True).filter(
+            pl.col("customer_id").is_first_distinct()
+        )
+    )
+
+
+def build_training_frame(history: pl.LazyFrame, profiles: pl.LazyFrame, events: pl.LazyFrame) -> pl.DataFrame:
+    """Past invitations with the features of both models and their labels (`TRAINING_SCHEMA`).
+
+    Each invitation is joined to the customer's newest profile row (the row the scorer would
+    see) and to its event's topics. Invitations whose customer or event is unknown are
+    dropped; a null label counts as "did not" (no record of attending is not attending).
+    Sorted on every scalar column so the frame never depends on the warehouse's row order.
+    """
+    customers = latest_profiles(profiles.lazy()).select(
+        "customer_id", "engagement_score", "event_attendance_history", "interest_tags", "job_role"
+    )
+    event_topics = (
+        events.lazy()
+        .select("event_id", split_tags(pl.col("topics")).alias(EVENT_TOPICS))
+        .unique("event_id", keep="first", maintain_order=True)
+    )
+    frame = (
+        history.lazy()
+        .select(
+            "customer_id",
+            "event_id",
+            pl.col("invited_at").cast(pl.Datetime("us")),
+            "channel",
+            pl.col("attended").fill_null(False),
+            pl.col("registered").fill_null(False),
+        )
+        .join(customers, on="customer_id", how="inner")
+        .join(event_topics, on="event_id", how="inner")
+        .with_columns(
+            interest_match_rows(pl.col("interest_tags"), pl.col(EVENT_TOPICS)).fill_null(0.0).alias("interest_affinity")
+        )
+        .select([pl.col(name).cast(dtype) for name, dtype in TRAINING_SCHEMA.items()])
+        .sort(["customer_id", "event_id", "invited_at", "channel", "attended", "registered"], nulls_last=True)
+    )
+    return frame.collect()
+
+
+# ---- the trained model --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """Holdout quality of a trained model; what the asset reports and the AUC check reads."""
+
+    auc: float
+    brier: float
+    brier_baseline: float  # Brier score of always predicting the training positive rate
+    positive_rate: float  # in the rows used (train + holdout)
+    source_rows: int  # labelled rows handed to `train_model`
+    training_rows: int  # rows the estimator was fitted on (after sampling and holdout)
+    holdout_rows: int
+    iterations: int  # boosting iterations kept by early stopping
+    train_seconds: float
+    calibration: list[dict[str, float]] = field(default_factory=list)  # deciles of the prediction
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fitted model plus everything needed to rebuild its features for new candidates."""
+
+    model_id: str
+    version: str  # 12 hex of sha256(training content, params, library versions)
+    estimator: HistGradientBoostingClassifier
+    vocabularies: dict[str, list[str]]
+    feature_names: list[str]
+    metrics: ModelMetrics
+    params: dict[str, Any]
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return model_spec(self.model_id)
+
+    def feature_matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        """Features of rows that carry the spec's inputs (candidates + `event_topics`)."""
+        return feature_matrix(self.model_id, frame, self.vocabularies)
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """P(label) per row of a feature matrix built by `feature_matrix` (the remote path's payload)."""
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.feature_names):
+            raise ValueError(
+                f"{self.model_id}: expected a matrix with {len(self.feature_names)} columns, got {matrix.shape}"
+            )
+        if matrix.shape[0] == 0:
+            return np.empty(0, dtype=np.float64)
+        with threadpool_limits(limits=_threads(matrix.shape[0]), user_api="openmp"):
+            return self.estimator.predict_proba(matrix)[:, 1].astype(np.float64)
+
+    def predict_proba(self, candidates: pl.DataFrame, event_topics: Sequence[str]) -> np.ndarray:
+        """P(label) for each candidate of an event with these topics."""
+        return self.predict_matrix(self.feature_matrix(with_event_topics(candidates, event_topics)))
+
+    def save(self, path: Path) -> None:
+        """Write the artifact atomically (a reader never sees half a file)."""
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "sklearn_version": sklearn.__version__,
+            "model_id": self.model_id,
+            "version": self.version,
+            "estimator": self.estimator,
+            "vocabularies": self.vocabularies,
+            "feature_names": self.feature_names,
+            "metrics": self.metrics.as_dict(),
+            "params": self.params,
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                joblib.dump(payload, handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> TrainedModel:
+        """Read an artifact written by `save` (a pickle: load only files this project wrote)."""
+        payload = joblib.load(Path(path))
+        if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
+            found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+            raise ModelFormatError(
+                f"{path}: model artifact format {found!r}, this code reads format {FORMAT_VERSION}; "
+                "re-materialize the model assets"
+            )
+        if payload["sklearn_version"] != sklearn.__version__:
+            raise ModelFormatError(
+                f"{path}: trained with scikit-learn {payload['sklearn_version']}, running "
+                f"{sklearn.__version__}; re-materialize the model assets"
+            )
+        return cls(
+            model_id=payload["model_id"],
+            version=payload["version"],
+            estimator=payload["estimator"],
+            vocabularies=payload["vocabularies"],
+            feature_names=payload["feature_names"],
+            metrics=ModelMetrics(**payload["metrics"]),
+            params=payload["params"],
+        )
+
+
+def calibration_table(predicted: np.ndarray, observed: np.ndarray, bins: int = 10) -> pl.DataFrame:
+    """Equal-count bins of the prediction: mean predicted vs observed rate, and count."""
+    frame = pl.DataFrame({"p": np.asarray(predicted, dtype=np.float64), "y": np.asarray(observed, dtype=np.float64)})
+    n = max(frame.height, 1)
+    return (
+        frame.with_columns(decile=((pl.col("p").rank("ordinal") - 1) * bins // n).cast(pl.Int32))
+        .group_by("decile")
+        .agg(
+            mean_predicted=pl.col("p").mean(),
+            observed_rate=pl.col("y").mean(),
+            count=pl.len().cast(pl.Int64),
+        )
+        .sort("decile")
+    )
+
+
+def _threads(rows: int) -> int | None:
+    """OpenMP thread limit for `rows` rows: one below `PARALLEL_MIN_ROWS`, else no limit."""
+    return 1 if rows < PARALLEL_MIN_ROWS else None
+
+
+def _version(model_id: str, content_hash: bytes, settings: Mapping[str, Any]) -> str:
+    """Stable id of (training data, settings, libraries): identical retrains get the same version."""
+    digest = hashlib.sha256()
+    header = {
+        "model_id": model_id,
+        "format_version": FORMAT_VERSION,
+        "settings": settings,
+        "sklearn": sklearn.__version__,
+        "polars": pl.__version__,  # row hashes are only stable within a polars version
+    }
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    digest.update(content_hash)
+    return digest.hexdigest()[:12]
+
+
+def train_model(
+    model_id: str,
+    training: pl.DataFrame,
+    *,
+    seed: int = 0,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    params: Mapping[str, Any] | None = None,
+) -> TrainedModel:
+    """Fit one model on a training frame (`build_training_frame`) and measure it on a holdout.
+
+    Rows are put in a canonical order (by row hash) first, so neither the result nor the
+    version depends on the input's row order; a history above `max_rows` is sampled by
+    taking the first `max_rows` of that order (deterministic, effectively uniform). The
+    holdout is a stratified 20%; vocabularies are learned on the training part only.
+    """
+    started = time.perf_counter()
+    spec = model_spec(model_id)
+    settings = {**DEFAULT_PARAMS, **(params or {})}
+    columns = [pl.col(name).cast(dtype) for name, dtype in spec.inputs.items()]
+    data = training.select(*columns, pl.col(spec.label).cast(pl.Boolean)).filter(pl.col(spec.label).is_not_null())
+    data = data.with_columns(_row_hash=data.hash_rows(seed=0)).sort("_row_hash", maintain_order=True)
+    source_rows = data.height
+    content_hash = hashlib.sha256(data["_row_hash"].to_numpy().tobytes()).digest()
+    version = _version(
+        model_id, content_hash, {"params": settings, "seed": seed, "max_rows": max_rows, "holdout": HOLDOUT_FRACTION}
+    )
+    data = data.head(max_rows).drop("_row_hash")
+
+    labels = data[spec.label].cast(pl.Int8).to_numpy()
+    positives = int(labels.sum())
+    if min(positives, labels.size - positives) < 5:
+        raise ValueError(
+            f"{model_id}: need at least 5 positive and 5 negative '{spec.label}' rows to train, "
+            f"got {positives} positive of {labels.size}"
+        )
+    train_idx, holdout_idx = train_test_split(
+        np.arange(labels.size), test_size=HOLDOUT_FRACTION, stratify=labels, random_state=seed
+    )
+    train_part, holdout_part = data[np.sort(train_idx)], data[np.sort(holdout_idx)]
+    vocabularies = {name: fit_vocabulary(train_part, column) for name, column in spec.vocabulary_sources.items()}
+    train_features = feature_frame(model_id, train_part, vocabularies)
+    x_train = train_features.to_numpy().astype(np.float64, copy=False)
+    y_train = train_part[spec.label].cast(pl.Int8).to_numpy()
+    y_holdout = holdout_part[spec.label].cast(pl.Int8).to_numpy()
+
+    estimator = HistGradientBoostingClassifier(**settings, random_state=seed)
+    with threadpool_limits(limits=_threads(y_train.size), user_api="openmp"):
+        estimator.fit(x_train, y_train)
+        predicted = estimator.predict_proba(feature_matrix(model_id, holdout_part, vocabularies))[:, 1]
+
+    positive_rate = float(labels.mean())
+    metrics = ModelMetrics(
+        auc=float(roc_auc_score(y_holdout, predicted)),
+        brier=float(brier_score_loss(y_holdout, predicted)),
+        brier_baseline=float(brier_score_loss(y_holdout, np.full(y_holdout.size, y_train.mean()))),
+        positive_rate=positive_rate,
+        source_rows=source_rows,
+        training_rows=int(y_train.size),
+        holdout_rows=int(y_holdout.size),
+        iterations=int(estimator.n_iter_),
+        train_seconds=round(time.perf_counter() - started, 3),
+        calibration=calibration_table(predicted, y_holdout).to_dicts(),
+    )
+    return TrainedModel(
+        model_id=model_id,
+        version=version,
+        estimator=estimator,
+        vocabularies=vocabularies,
+        feature_names=train_features.columns,
+        metrics=metrics,
+        params=settings,
+    )

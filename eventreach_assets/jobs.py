@@ -1,0 +1,38 @@
+"""Jobs: named selections of assets that schedules and sensors launch.
+
+The weekly batch runs in one process (`in_process_executor`): its steps are sequential anyway,
+and a process per step costs seconds of start-up each (measured in the README's benchmark).
+"""
+
+import dagster as dg
+
+from eventreach_assets.partitions import events_partitions
+
+WEEKLY_BATCH_ASSETS = ["raw_candidates", "filtered_candidates", "scored_candidates", "candidates_table"]
+MODEL_ASSETS = ["model_training_set", "event_attendance_model", "interest_affinity_model"]
+
+weekly_batch_job = dg.define_asset_job(
+    name="weekly_batch",
+    selection=dg.AssetSelection.assets(*WEEKLY_BATCH_ASSETS),
+    partitions_def=events_partitions,
+    executor_def=dg.in_process_executor,
+    tags={"eventreach/stage": "weekly-batch"},
+    description="ETL → filter → score → store for one event (Monday 02:00 UTC).",
+)
+
+export_job = dg.define_asset_job(
+    name="export_candidates",
+    selection=dg.AssetSelection.assets("candidates_export"),
+    partitions_def=events_partitions,
+    executor_def=dg.in_process_executor,
+    tags={"eventreach/stage": "export"},
+    description="Parquet export of the stored candidates of one event (Monday 04:30 UTC).",
+)
+
+model_training_job = dg.define_asset_job(
+    name="train_models",
+    selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    executor_def=dg.in_process_executor,
+    tags={"eventreach/stage": "training"},
+    description="Retrain the attendance and interest-affinity models on the invitation history.",
+)

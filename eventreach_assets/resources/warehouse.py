@@ -1,0 +1,125 @@
+"""The customer data warehouse: DuckDB file locally, Snowflake in production.
+
+Both implementations run the same SQL (only functions both engines share, topics passed as
+bind parameters, never formatted in) and check the tables' columns first, so a warehouse
+that lacks a column fails with a message naming it rather than with an engine error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from eventreach_assets.domain.schema import (
+    EVENT_COLUMNS,
+    INVITATION_HISTORY_COLUMNS,
+    PROFILE_COLUMNS,
+    REGISTRATION_COLUMNS,
+    WAREHOUSE_TABLES,
+)
+
+
+class WarehouseSchemaError(RuntimeError):
+    """The warehouse lacks a table or column EventReach needs."""
+
+
+def extraction_sql(topic_count: int, placeholder: str = "?") -> str:
+    """The use case's candidate query, one `CONTAINS` per event topic, as bind parameters."""
+    if topic_count < 1:
+        raise ValueError("an event needs at least one topic to extract candidates for it")
+    columns = ", ".join(PROFILE_COLUMNS)
+    topic_match = " OR ".join(f"CONTAINS(interest_tags, {placeholder})" for _ in range(topic_count))
+    return f"SELECT {columns} FROM customer_profiles WHERE {topic_match} OR event_attendance_history > 0"
+
+
+def missing_columns(table: str, present: set[str]) -> list[str]:
+    return [column for column in WAREHOUSE_TABLES[table] if column not in present]
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """Read-only access to the four warehouse tables of `domain/schema.py`."""
+
+    def _query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def _columns(self, table: str) -> set[str]:
+        raise NotImplementedError
+
+    def check_table(self, table: str) -> None:
+        present = self._columns(table)
+        if not present:
+            raise WarehouseSchemaError(
+                f"warehouse has no table {table!r} (expected columns: {list(WAREHOUSE_TABLES[table])})"
+            )
+        missing = missing_columns(table, present)
+        if missing:
+            raise WarehouseSchemaError(f"warehouse table {table!r} is missing column(s): {', '.join(missing)}")
+
+    def _select(
+        self, table: str, columns: dict[str, str], where: str = "", params: list[Any] | None = None
+    ) -> pl.DataFrame:
+        self.check_table(table)
+        return self._query(f"SELECT {', '.join(columns)} FROM {table} {where}", params)
+
+    def extract_candidates(self, topics: list[str]) -> pl.DataFrame:
+        """Raw profile rows for an event's topics, pushed down to the warehouse."""
+        self.check_table("customer_profiles")
+        return self._query(extraction_sql(len(topics)), list(topics))
+
+    def events(self) -> pl.DataFrame:
+        """The events catalog as stored (topics and regions as CSV strings)."""
+        return self._select("events", EVENT_COLUMNS)
+
+    def event_registrations(self, event_id: str) -> pl.DataFrame:
+        return self._select("event_registrations", REGISTRATION_COLUMNS, "WHERE event_id = ?", [event_id])
+
+    def invitation_history(self, since: datetime | None = None) -> pl.DataFrame:
+        if since is None:
+            return self._select("invitation_history", INVITATION_HISTORY_COLUMNS)
+        return self._select("invitation_history", INVITATION_HISTORY_COLUMNS, "WHERE invited_at >= ?", [since])
+
+    def training_profiles(self) -> pl.DataFrame:
+        """Profile rows of customers who appear in the invitation history (the models' population)."""
+        self.check_table("invitation_history")
+        return self._select(
+            "customer_profiles",
+            PROFILE_COLUMNS,
+            "WHERE customer_id IN (SELECT DISTINCT customer_id FROM invitation_history)",
+        )
+
+
+class DuckDBWarehouse(WarehouseResource):
+    """The local deployment's warehouse: a DuckDB file seeded by `eventreach-demo seed`."""
+
+    path: str
+
+    @contextmanager
+    def _connect(self) -> Iterator[Any]:
+        import duckdb
+
+        if not Path(self.path).exists():
+            raise WarehouseSchemaError(
+                f"warehouse file {self.path} does not exist; seed it with `eventreach-demo seed --profiles N`"
+            )
+        connection = duckdb.connect(self.path, read_only=True)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def _query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        with self._connect() as connection:
+            return pl.from_arrow(connection.execute(sql, params or []).to_arrow_table())  # type: ignore[return-value]
+
+    def _columns(self, table: str) -> set[str]:
+        with self._connect() as connection:
+            rows = connection.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+            ).fetchall()
+        return {row[0] for row in rows}

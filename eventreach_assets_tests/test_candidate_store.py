@@ -1,0 +1,477 @@
+"""The candidates table and score cache against a real SQLite file (the local store)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from eventreach_assets.domain import candidate_items as ci
+from eventreach_assets.resources.candidate_store import (
+    CandidatePage,
+    CandidateStoreResource,
+    SqliteCandidateStore,
+    WriteSummary,
+)
+
+PROGRAM = "event-invitations"
+EVENT = "evt-2025-01"
+OTHER_EVENT = "evt-2025-02"
+CHANNELS = ["email", "in-app"]
+NOW = datetime(2025, 1, 6, 3, 45, tzinfo=UTC)
+TTL = 14
+
+
+def scored_frame(scores: dict[str, float], **extra: list) -> pl.DataFrame:
+    ids = list(scores)
+    values = list(scores.values())
+    frame = pl.DataFrame(
+        {
+            "customer_id": ids,
+            "score": values,
+            "score_band": ["high" if v >= 0.7 else "medium" if v >= 0.4 else "low" for v in values],
+            "p_event_attendance_v3": [round(v * 0.9, 6) for v in values],
+            "p_interest_affinity_v2": [round(v * 0.8, 6) for v in values],
+            "marketplace": ["US"] * len(ids),
+            "email": [f"{i}@example.test" for i in ids],
+            "interest_tags": [["devops"]] * len(ids),  # not a declared attribute: never stored
+        }
+    )
+    return frame.with_columns(**{name: pl.Series(values) for name, values in extra.items()})
+
+
+SCORES = {"c01": 0.91, "c02": 0.85, "c03": 0.85, "c04": 0.72, "c05": 0.66, "c06": 0.51, "c07": 0.5, "c08": 0.3}
+
+
+@pytest.fixture
+def store(tmp_path) -> SqliteCandidateStore:
+    return SqliteCandidateStore(path=str(tmp_path / "nested" / "dir" / "candidates.sqlite"))
+
+
+def replace(store: SqliteCandidateStore, scores: dict[str, float], *, event: str = EVENT, now: datetime = NOW, **kw):
+    return store.replace_event_candidates(
+        PROGRAM, event, scored_frame(scores), kw.pop("channels", CHANNELS), now, TTL, kw.pop("batch", 3)
+    )
+
+
+def raw(store: SqliteCandidateStore, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(store.path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+# ---- keys and items -----------------------------------------------------------------------
+
+
+def test_item_keys_and_ttl_follow_the_table_design():
+    items = ci.build_candidate_items(PROGRAM, EVENT, scored_frame({"c01": 0.91}), CHANNELS, NOW, TTL)
+    assert items.height == 2
+    email = items.filter(pl.col("channel") == "email").row(0, named=True)
+    assert email["pk"] == "CUSTOMER#c01#PROGRAM#event-invitations"
+    assert email["sk"] == "EVENT#evt-2025-01#CHANNEL#email"
+    assert email["gsi1pk"] == "PROGRAM#event-invitations#CHANNEL#email#EVENT#evt-2025-01"
+    assert email["gsi2pk"] == "PROGRAM#event-invitations#EVENT#evt-2025-01"
+    assert email["gsi2sk"] == "candidate#2025-01-06#c01#email"
+    assert email["score"] == 0.91 and email["status"] == "candidate"
+    assert email["expires_at"] == int(NOW.timestamp()) + 14 * 86400
+    assert ci.GSI1_SORT_KEY == "score"
+    assert "interest_tags" not in items.columns
+    # naive datetimes are UTC, the project's convention
+    assert ci.expires_at(NOW.replace(tzinfo=None), TTL) == email["expires_at"]
+
+
+def test_stored_rows_carry_the_keys(store):
+    replace(store, {"c01": 0.91})
+    rows = raw(store, "SELECT pk, sk, gsi1pk, gsi2pk, gsi2sk, expires_at FROM candidate_items ORDER BY sk")
+    assert rows == [
+        (
+            "CUSTOMER#c01#PROGRAM#event-invitations",
+            "EVENT#evt-2025-01#CHANNEL#email",
+            "PROGRAM#event-invitations#CHANNEL#email#EVENT#evt-2025-01",
+            "PROGRAM#event-invitations#EVENT#evt-2025-01",
+            "candidate#2025-01-06#c01#email",
+            int(NOW.timestamp()) + 14 * 86400,
+        ),
+        (
+            "CUSTOMER#c01#PROGRAM#event-invitations",
+            "EVENT#evt-2025-01#CHANNEL#in-app",
+            "PROGRAM#event-invitations#CHANNEL#in-app#EVENT#evt-2025-01",
+            "PROGRAM#event-invitations#EVENT#evt-2025-01",
+            "candidate#2025-01-06#c01#in-app",
+            int(NOW.timestamp()) + 14 * 86400,
+        ),
+    ]
+    assert raw(store, "PRAGMA journal_mode") == [("wal",)]
+
+
+@pytest.mark.parametrize(
+    ("scored", "message"),
+    [
+        (scored_frame({"c01": 0.5}).vstack(scored_frame({"c01": 0.6})), "duplicate_ids"),
+        (scored_frame({"c01": 1.5}), "bad_scores"),
+        (scored_frame({"c#1": 0.5}), "bad_ids"),
+        (scored_frame({"c01": 0.5}).drop("score_band"), "score_band"),
+    ],
+)
+def test_invalid_scored_sets_are_rejected_before_any_write(store, scored, message):
+    replace(store, {"c09": 0.5})
+    with pytest.raises(ValueError, match=message):
+        store.replace_event_candidates(PROGRAM, EVENT, scored, CHANNELS, NOW, TTL, 25)
+    assert store.event_items(PROGRAM, EVENT, now=NOW)["customer_id"].to_list() == ["c09", "c09"]
+
+
+def test_items_read_back_with_attributes_and_without_keys(store):
+    summary = replace(store, SCORES)
+    assert isinstance(summary, WriteSummary)
+    assert (summary.customers, summary.items_written, summary.items_deleted) == (8, 16, 0)
+    assert summary.batches == 6  # 16 items in batches of 3
+    assert summary.expires_at == NOW + timedelta(days=TTL)
+    items = store.event_items(PROGRAM, EVENT, now=NOW)
+    assert items.columns == ci.item_columns(["p_event_attendance_v3", "p_interest_affinity_v2"])
+    row = items.filter((pl.col("customer_id") == "c02") & (pl.col("channel") == "in-app")).row(0, named=True)
+    assert row["score"] == 0.85 and row["score_band"] == "high" and row["marketplace"] == "US"
+    assert row["p_event_attendance_v3"] == pytest.approx(0.765) and row["timezone"] is None
+    assert row["email"] == "c02@example.test"
+    assert row["status_at"] == NOW and row["written_at"] == NOW and row["batch_date"] == NOW.date()
+    assert items.schema["status_at"] == pl.Datetime("us", "UTC")
+    assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16
+
+
+# ---- replace semantics --------------------------------------------------------------------
+
+
+def test_replace_is_idempotent(store):
+    replace(store, SCORES)
+    first = store.event_items(PROGRAM, EVENT, now=NOW)
+    second_summary = replace(store, SCORES)
+    assert second_summary.items_deleted == 0
+    assert_frame_equal(store.event_items(PROGRAM, EVENT, now=NOW), first)
+    assert raw(store, "SELECT count(*), count(DISTINCT pk || sk) FROM candidate_items") == [(16, 16)]
+
+
+def test_replace_removes_stale_items_and_leaves_other_events_alone(store):
+    replace(store, SCORES)
+    replace(store, {"c01": 0.4}, event=OTHER_EVENT)
+    summary = replace(store, {"c02": 0.2, "c03": 0.95, "c99": 0.6}, channels=["email"])
+    assert summary.items_deleted == 16 - 2  # everything but c02/c03 email
+    items = store.event_items(PROGRAM, EVENT, now=NOW)
+    assert items.select("customer_id", "channel", "score").rows() == [
+        ("c02", "email", 0.2),
+        ("c03", "email", 0.95),
+        ("c99", "email", 0.6),
+    ]
+    assert store.candidates_for_customer(PROGRAM, "c01", now=NOW)["event_id"].to_list() == [OTHER_EVENT] * 2
+    assert store.count_event_items(PROGRAM, OTHER_EVENT, now=NOW) == 2
+
+
+def test_replace_rolls_back_when_a_write_fails(store, monkeypatch):
+    replace(store, SCORES)
+    before = store.event_items(PROGRAM, EVENT, now=NOW)
+
+    def broken(items: pl.DataFrame) -> pl.DataFrame:
+        return items.with_columns(score=pl.lit(None, dtype=pl.Float64))  # NOT NULL violation mid-write
+
+    monkeypatch.setattr(SqliteCandidateStore, "_to_storage", staticmethod(broken))
+    with pytest.raises(sqlite3.IntegrityError):
+        replace(store, {"c50": 0.5})
+    assert_frame_equal(store.event_items(PROGRAM, EVENT, now=NOW), before)
+
+
+def test_registration_survives_a_replace(store):
+    replace(store, SCORES)
+    registered_at = NOW + timedelta(hours=7)
+    assert store.mark_registered(PROGRAM, EVENT, "c02", registered_at, "email") == 2
+    assert store.mark_registered(PROGRAM, EVENT, "c05", registered_at, None) == 2
+    later = NOW + timedelta(days=7)
+    # c05 was removed by the eligibility filter in the next batch (already registered)
+    summary = replace(store, {k: v for k, v in SCORES.items() if k != "c05"} | {"c02": 0.42}, now=later)
+    assert summary.registered_preserved == 1
+    assert summary.registered_retained == 2  # c05's two items, kept for the reminder
+    c02 = store.candidates_for_customer(PROGRAM, "c02", now=later)
+    assert c02["status"].to_list() == ["registered", "registered"]
+    assert c02["status_at"].to_list() == [registered_at, registered_at]
+    assert c02["registered_channel"].to_list() == ["email", "email"]
+    assert c02["score"].to_list() == [0.42, 0.42]
+    registered = store.registered_candidates(PROGRAM, EVENT, now=later)
+    assert registered.select("customer_id", "channel").rows() == [
+        ("c02", "email"),
+        ("c02", "in-app"),
+        ("c05", "email"),
+        ("c05", "in-app"),
+    ]
+    # the retained items live as long as the new batch's items
+    assert registered["expires_at"].unique().to_list() == [ci.expires_at(later, TTL)]
+    assert raw(store, "SELECT DISTINCT gsi2sk FROM candidate_items WHERE customer_id = 'c02' ORDER BY 1") == [
+        ("registered#2025-01-06#c02#email",),
+        ("registered#2025-01-06#c02#in-app",),
+    ]
+
+
+def test_mark_registered_keeps_the_earliest_registration(store):
+    replace(store, SCORES)
+    first, replay = NOW + timedelta(hours=1), NOW + timedelta(days=2)
+    assert store.mark_registered(PROGRAM, EVENT, "c01", replay, "in-app") == 2
+    assert store.mark_registered(PROGRAM, EVENT, "c01", first, "email") == 2
+    assert store.mark_registered(PROGRAM, EVENT, "c01", replay, "in-app") == 2
+    rows = store.candidates_for_customer(PROGRAM, "c01", now=NOW)
+    assert set(rows.select("status", "status_at", "registered_channel").rows()) == {("registered", first, "email")}
+    assert store.mark_registered(PROGRAM, EVENT, "nobody", first, "email") == 0
+    assert store.mark_registered(PROGRAM, OTHER_EVENT, "c01", first, "email") == 0
+    assert store.registered_candidates(PROGRAM, EVENT, now=NOW)["customer_id"].to_list() == ["c01", "c01"]
+
+
+def test_mark_registered_many_in_one_call(store):
+    replace(store, SCORES)
+    registrations = pl.DataFrame(
+        {
+            "customer_id": ["c01", "c03", "nobody"],
+            "registered_at": [datetime(2025, 1, 6, 12, 0), datetime(2025, 1, 7, 9, 30), datetime(2025, 1, 7)],
+            "channel": ["email", "in-app", "email"],
+        }
+    )  # naive timestamps are UTC
+    assert store.mark_registered_many(PROGRAM, EVENT, registrations) == 4
+    registered = store.registered_candidates(PROGRAM, EVENT, now=NOW)
+    assert registered.select("customer_id", "channel", "status_at", "registered_channel").rows() == [
+        ("c01", "email", datetime(2025, 1, 6, 12, 0, tzinfo=UTC), "email"),
+        ("c01", "in-app", datetime(2025, 1, 6, 12, 0, tzinfo=UTC), "email"),
+        ("c03", "email", datetime(2025, 1, 7, 9, 30, tzinfo=UTC), "in-app"),
+        ("c03", "in-app", datetime(2025, 1, 7, 9, 30, tzinfo=UTC), "in-app"),
+    ]
+    # the interface's generic fallback gives the same answer through mark_registered
+    assert CandidateStoreResource.mark_registered_many(store, PROGRAM, EVENT, registrations.drop("channel")) == 4
+    assert store.registered_candidates(PROGRAM, EVENT, now=NOW)["registered_channel"].to_list()[0] == "email"
+
+
+def test_a_model_dropped_from_the_program_leaves_no_stale_probabilities(store):
+    replace(store, SCORES)
+    scored = scored_frame(SCORES).drop("p_interest_affinity_v2").with_columns(p_new_model=pl.lit(0.5))
+    store.replace_event_candidates(PROGRAM, EVENT, scored, CHANNELS, NOW, TTL, 25)
+    items = store.event_items(PROGRAM, EVENT, now=NOW)
+    assert [c for c in items.columns if c.startswith("p_")] == ["p_event_attendance_v3", "p_new_model"]
+    assert raw(store, "SELECT count(*) FROM candidate_items WHERE p_interest_affinity_v2 IS NOT NULL") == [(0,)]
+
+
+def test_connections_are_reused_and_closed(store):
+    replace(store, SCORES)
+    store.count_event_items(PROGRAM, EVENT, now=NOW)
+    assert len(store._connections) == 1
+    store.close()
+    store.close()
+    assert store._connections == {}
+    assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16  # reopens on demand
+
+
+def test_two_store_instances_write_the_same_file(store):
+    other = SqliteCandidateStore(path=store.path)
+    replace(store, {"c01": 0.5})
+    replace(other, {"c02": 0.5}, event=OTHER_EVENT)
+    other.mark_registered(PROGRAM, EVENT, "c01", NOW, "email")
+    assert store.registered_candidates(PROGRAM, EVENT, now=NOW).height == 2
+    assert store.count_event_items(PROGRAM, OTHER_EVENT, now=NOW) == 2
+
+
+# ---- GSI1: top-N ----------------------------------------------------------------------------
+
+
+def test_top_candidates_order_min_score_and_limit(store):
+    replace(store, SCORES)
+    replace(store, {"x01": 0.99}, event=OTHER_EVENT)
+    page = store.top_candidates_for_channel(PROGRAM, EVENT, "email", min_score=0.5, limit=100, now=NOW)
+    assert isinstance(page, CandidatePage) and page.next_cursor is None
+    # score desc, ties (c02, c03 at 0.85) by customer_id; 0.5 is included, 0.3 is not
+    assert page.items["customer_id"].to_list() == ["c01", "c02", "c03", "c04", "c05", "c06", "c07"]
+    assert set(page.items["channel"]) == {"email"} and set(page.items["event_id"]) == {EVENT}
+    top3 = store.top_candidates_for_channel(PROGRAM, EVENT, "in-app", min_score=0.6, limit=3, now=NOW)
+    assert top3.items["customer_id"].to_list() == ["c01", "c02", "c03"]
+    assert top3.next_cursor is not None
+    none = store.top_candidates_for_channel(PROGRAM, EVENT, "push", min_score=0.0, limit=10, now=NOW)
+    assert none.items.height == 0 and none.next_cursor is None
+
+
+def test_top_candidates_excludes_registered_unless_asked(store):
+    replace(store, SCORES)
+    store.mark_registered(PROGRAM, EVENT, "c01", NOW, "email")
+    page = store.top_candidates_for_channel(PROGRAM, EVENT, "in-app", min_score=0.8, limit=10, now=NOW)
+    assert page.items["customer_id"].to_list() == ["c02", "c03"]
+    everyone = store.top_candidates_for_channel(
+        PROGRAM, EVENT, "in-app", min_score=0.8, limit=10, exclude_registered=False, now=NOW
+    )
+    assert everyone.items.select("customer_id", "status").rows() == [
+        ("c01", "registered"),
+        ("c02", "candidate"),
+        ("c03", "candidate"),
+    ]
+
+
+@pytest.mark.parametrize("page_size", [1, 2, 3, 7, 50])
+def test_cursor_pagination_walks_every_item_exactly_once(store, page_size):
+    scores = {f"k{i:03d}": round((i % 17) / 17, 3) for i in range(120)}  # many ties
+    replace(store, scores, batch=25)
+    store.mark_registered(PROGRAM, EVENT, "k016", NOW, "email")
+    expected = (
+        pl.DataFrame({"customer_id": list(scores), "score": list(scores.values())})
+        .filter((pl.col("score") >= 0.2) & (pl.col("customer_id") != "k016"))
+        .sort(["score", "customer_id"], descending=[True, False])
+    )
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.2, page_size, cursor=cursor, now=NOW)
+        assert page.items.height <= page_size
+        seen.append(page.items.select("customer_id", "score"))
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert_frame_equal(pl.concat(seen), expected)
+    assert pages == max(1, -(-expected.height // page_size))
+
+
+def test_cursor_is_tied_to_its_query(store):
+    replace(store, SCORES)
+    page = store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.5, 2, now=NOW)
+    with pytest.raises(ValueError, match="different query"):
+        store.top_candidates_for_channel(PROGRAM, EVENT, "in-app", 0.5, 2, cursor=page.next_cursor, now=NOW)
+    with pytest.raises(ValueError, match="different query"):
+        store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.6, 2, cursor=page.next_cursor, now=NOW)
+    with pytest.raises(ValueError, match="not a candidate page cursor"):
+        store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.5, 2, cursor="garbage", now=NOW)
+
+
+# ---- TTL ------------------------------------------------------------------------------------
+
+
+def test_expired_items_are_hidden_then_purged(store):
+    replace(store, SCORES)
+    replace(store, {"c01": 0.4}, event=OTHER_EVENT, now=NOW + timedelta(days=10))
+    store.mark_registered(PROGRAM, EVENT, "c02", NOW, "email")
+    just_before = NOW + timedelta(days=TTL) - timedelta(seconds=1)
+    at_expiry = NOW + timedelta(days=TTL)  # expires_at <= now: gone
+    assert store.count_event_items(PROGRAM, EVENT, now=just_before) == 16
+    assert store.count_event_items(PROGRAM, EVENT, now=at_expiry) == 0
+    assert store.event_items(PROGRAM, EVENT, now=at_expiry).height == 0
+    assert store.registered_candidates(PROGRAM, EVENT, now=at_expiry).height == 0
+    assert store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.0, 10, now=at_expiry).items.height == 0
+    assert store.candidates_for_customer(PROGRAM, "c01", now=at_expiry)["event_id"].to_list() == [OTHER_EVENT] * 2
+    assert raw(store, "SELECT count(*) FROM candidate_items") == [(18,)]  # hidden, not yet deleted
+    assert store.purge_expired(at_expiry) == 16
+    assert raw(store, "SELECT count(*) FROM candidate_items") == [(2,)]
+    assert store.purge_expired(at_expiry) == 0
+
+
+def test_replace_drops_expired_items_and_their_registrations(store):
+    replace(store, SCORES)
+    store.mark_registered(PROGRAM, EVENT, "c02", NOW, "email")
+    later = NOW + timedelta(days=TTL + 1)
+    summary = replace(store, {"c02": 0.5}, now=later)
+    assert (summary.items_deleted, summary.registered_preserved, summary.registered_retained) == (14, 0, 0)
+    assert store.event_items(PROGRAM, EVENT, now=later)["status"].to_list() == ["candidate", "candidate"]
+
+
+# ---- PK: one customer -----------------------------------------------------------------------
+
+
+def test_candidates_for_customer_spans_events(store):
+    replace(store, SCORES)
+    replace(store, {"c03": 0.1, "c04": 0.2}, event=OTHER_EVENT, channels=["in-app"])
+    rows = store.candidates_for_customer(PROGRAM, "c03", now=NOW)
+    assert rows.select("event_id", "channel", "score").rows() == [
+        (EVENT, "email", 0.85),
+        (EVENT, "in-app", 0.85),
+        (OTHER_EVENT, "in-app", 0.1),
+    ]
+    assert store.candidates_for_customer("other-program", "c03", now=NOW).height == 0
+    assert store.candidates_for_customer(PROGRAM, "zz", now=NOW).height == 0
+
+
+# ---- query plans ----------------------------------------------------------------------------
+
+
+def test_every_read_access_pattern_is_served_by_an_index(store):
+    replace(store, SCORES)
+    plans = store.query_plans()
+    expected_index = {
+        "top_candidates_for_channel": "candidate_items_gsi1 (gsi1pk=? AND score>?)",
+        "top_candidates_for_channel/next_page": "candidate_items_gsi1 (gsi1pk=?",
+        "registered_candidates": "candidate_items_gsi2 (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
+        "candidates_for_customer": "sqlite_autoindex_candidate_items_1 (pk=?)",
+        "event_items": "candidate_items_gsi2 (gsi2pk=?)",
+        "get_cached_scores": "sqlite_autoindex_score_cache_1 (pk=? AND sk=?)",
+    }
+    assert set(plans) == set(expected_index)
+    for name, index in expected_index.items():
+        assert index in plans[name], (name, plans[name])
+        assert "SCAN candidate_items" not in plans[name] and "SCAN c " not in plans[name], (name, plans[name])
+    # the index order is the result order: no sort step for top-N
+    assert "TEMP B-TREE" not in plans["top_candidates_for_channel"]
+    assert "TEMP B-TREE" not in plans["top_candidates_for_channel/next_page"]
+
+
+# ---- score cache ----------------------------------------------------------------------------
+
+
+def test_score_cache_hits_misses_expiry_and_version_isolation(store):
+    ids = pl.Series("customer_id", ["c01", "c02", "c03"])
+    assert store.get_cached_scores(EVENT, "m1", "v1", ids, NOW).height == 0
+    written = store.put_cached_scores(
+        EVENT, "m1", "v1", pl.DataFrame({"customer_id": ["c01", "c02"], "probability": [0.25, 0.75]}), NOW, TTL
+    )
+    assert written == 2
+    hits = store.get_cached_scores(EVENT, "m1", "v1", ids, NOW + timedelta(days=1)).sort("customer_id")
+    assert hits.rows() == [("c01", 0.25), ("c02", 0.75)]
+    assert hits.schema == pl.Schema({"customer_id": pl.String(), "probability": pl.Float64()})
+    assert store.get_cached_scores(EVENT, "m1", "v2", ids, NOW).height == 0
+    assert store.get_cached_scores(EVENT, "m2", "v1", ids, NOW).height == 0
+    assert store.get_cached_scores(OTHER_EVENT, "m1", "v1", ids, NOW).height == 0
+    assert store.get_cached_scores(EVENT, "m1", "v1", pl.Series([], dtype=pl.String), NOW).height == 0
+    # upsert refreshes value and TTL
+    store.put_cached_scores(
+        EVENT, "m1", "v1", pl.DataFrame({"customer_id": ["c02"], "probability": [0.5]}), NOW + timedelta(days=10), TTL
+    )
+    expired = NOW + timedelta(days=TTL)
+    assert store.get_cached_scores(EVENT, "m1", "v1", ids, expired).rows() == [("c02", 0.5)]
+    assert store.purge_expired(expired) == 1
+    assert raw(store, "SELECT customer_id FROM score_cache") == [("c02",)]
+
+
+def test_score_cache_round_trip_for_100k_customers(store):
+    n = 100_000
+    scores = pl.DataFrame({"customer_id": [f"C{i:07d}" for i in range(n)]}).with_columns(
+        probability=(pl.int_range(n) % 1000) / 1000
+    )
+    started = time.perf_counter()
+    assert store.put_cached_scores(EVENT, "m1", "v1", scores, NOW, TTL) == n
+    asked = pl.concat([scores["customer_id"].head(n // 2), pl.Series([f"miss{i}" for i in range(1000)])])
+    hits = store.get_cached_scores(EVENT, "m1", "v1", asked, NOW)
+    elapsed = time.perf_counter() - started
+    assert_frame_equal(hits.sort("customer_id"), scores.head(n // 2), check_dtypes=False)
+    assert elapsed < 20, f"cache round trip for 100K took {elapsed:.1f}s"
+
+
+# ---- interface and Dagster ------------------------------------------------------------------
+
+
+def test_base_resource_is_an_interface():
+    base = CandidateStoreResource()
+    with pytest.raises(NotImplementedError):
+        base.replace_event_candidates(PROGRAM, EVENT, scored_frame({"c01": 0.5}), CHANNELS, NOW, TTL, 25)
+    with pytest.raises(NotImplementedError):
+        base.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.5, 10)
+    with pytest.raises(NotImplementedError):
+        base.get_cached_scores(EVENT, "m", "v", pl.Series(["c01"]), NOW)
+
+
+def test_store_works_as_a_dagster_resource(store):
+    @dg.asset
+    def stored(candidate_store: CandidateStoreResource) -> dg.MaterializeResult:
+        summary = candidate_store.replace_event_candidates(
+            PROGRAM, EVENT, scored_frame(SCORES), CHANNELS, NOW.replace(tzinfo=None), TTL, 25
+        )
+        return dg.MaterializeResult(metadata={"items": summary.items_written})
+
+    result = dg.materialize([stored], resources={"candidate_store": store})
+    assert result.success
+    assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16

@@ -1,0 +1,88 @@
+from datetime import datetime
+
+import polars as pl
+
+from eventreach_assets.domain import extract
+from eventreach_assets.domain.extract import validate_and_dedupe
+from eventreach_assets_tests.frames import profiles
+
+REGIONS = ["US", "UK", "DE", "FR", "JP", "IN", "BR", "AU"]
+
+
+def test_valid_rows_become_candidates_with_tags_as_lists():
+    result = validate_and_dedupe(profiles({"customer_id": "A"}, {"customer_id": "B", "interest_tags": None}), REGIONS)
+    assert result.candidates["customer_id"].to_list() == ["A", "B"]
+    assert result.candidates["interest_tags"].to_list() == [["cloud-computing", "devops"], []]
+    assert result.quarantine.height == 0
+    assert result.extracted_rows == 2
+
+
+def test_each_bad_row_is_quarantined_with_its_reason_and_good_rows_flow():
+    raw = profiles(
+        {"customer_id": "GOOD"},
+        {"customer_id": None},
+        {"customer_id": "  "},
+        {"customer_id": "T", "interest_tags": "{{cloud"},
+        {"customer_id": "T2", "interest_tags": "cloud computing!!"},
+        {"customer_id": "R", "geographic_region": "XX"},
+        {"customer_id": "Z", "timezone": "Mars/Olympus"},
+        {"customer_id": "E", "engagement_score": 1.5},
+        {"customer_id": "E2", "engagement_score": float("nan")},
+        {"customer_id": "H", "event_attendance_history": -1},
+    )
+    result = validate_and_dedupe(raw, REGIONS)
+    assert result.candidates["customer_id"].to_list() == ["GOOD"]
+    reasons = dict(zip(result.quarantine["customer_id"].fill_null("<null>"), result.quarantine["reason"], strict=True))
+    assert reasons == {
+        "<null>": extract.NULL_CUSTOMER_ID,
+        "  ": extract.NULL_CUSTOMER_ID,
+        "T": extract.UNPARSEABLE_TAGS,
+        "T2": extract.UNPARSEABLE_TAGS,
+        "R": extract.UNKNOWN_REGION,
+        "Z": extract.UNKNOWN_TIMEZONE,
+        "E": extract.ENGAGEMENT_OUT_OF_RANGE,
+        "E2": extract.ENGAGEMENT_OUT_OF_RANGE,
+        "H": extract.ATTENDANCE_OUT_OF_RANGE,
+    }
+    assert sum(result.quarantine_counts.values()) + result.candidates.height == result.extracted_rows
+
+
+def test_dedupe_keeps_newest_row_and_quarantines_the_superseded_one():
+    raw = profiles(
+        {"customer_id": "A", "updated_at": datetime(2026, 1, 1), "engagement_score": 0.1},
+        {"customer_id": "A", "updated_at": datetime(2026, 3, 1), "engagement_score": 0.2},
+        {"customer_id": "A", "updated_at": datetime(2026, 2, 1), "engagement_score": 0.3},
+    )
+    result = validate_and_dedupe(raw, REGIONS)
+    assert result.candidates["engagement_score"].to_list() == [0.2]
+    assert result.quarantine["reason"].to_list() == [extract.DUPLICATE_SUPERSEDED] * 2
+
+
+def test_dedupe_ties_do_not_depend_on_row_order():
+    rows = [
+        {"customer_id": "A", "engagement_score": 0.4, "interest_tags": "devops"},
+        {"customer_id": "A", "engagement_score": 0.9, "interest_tags": "security"},
+        {"customer_id": "A", "engagement_score": 0.9, "interest_tags": "devops"},
+    ]
+    forward = validate_and_dedupe(profiles(*rows), REGIONS).candidates
+    backward = validate_and_dedupe(profiles(*reversed(rows)), REGIONS).candidates
+    assert forward.equals(backward)
+    assert forward["interest_tags"].to_list() == [["devops"]]
+
+
+def test_a_bad_duplicate_does_not_shadow_a_good_row():
+    raw = profiles(
+        {"customer_id": "A", "updated_at": datetime(2026, 5, 1), "timezone": "Mars/Olympus"},
+        {"customer_id": "A", "updated_at": datetime(2026, 1, 1)},
+    )
+    result = validate_and_dedupe(raw, REGIONS)
+    assert result.candidates.height == 1
+    assert result.candidates["timezone"].to_list() == ["America/New_York"]
+    assert result.quarantine["reason"].to_list() == [extract.UNKNOWN_TIMEZONE]
+
+
+def test_empty_extract():
+    result = validate_and_dedupe(profiles({"customer_id": "A"}).clear(), REGIONS)
+    assert result.candidates.height == 0
+    assert result.quarantine.height == 0
+    assert result.candidates.schema["interest_tags"] == pl.List(pl.String)

@@ -1,0 +1,169 @@
+from datetime import datetime, timedelta
+
+import polars as pl
+import pytest
+
+from eventreach_assets.domain.filters import (
+    EventContext,
+    FilterInputs,
+    build_filter_chain,
+    run_filter_chain,
+)
+from eventreach_assets.program.config import load_program
+from eventreach_assets_tests.frames import candidates
+
+AS_OF = datetime(2026, 11, 23, 2, 0)
+# 16:00 UTC: 11:00 in New York, 17:00 in Berlin, 01:00 (next day) in Tokyo, 08:00 in Los Angeles.
+EVENT = EventContext(
+    event_id="evt-cloud-summit",
+    name="Cloud Summit",
+    topics=["cloud-computing", "devops"],
+    start_time_utc=datetime(2026, 12, 1, 16, 0),
+    capacity=10_000,
+    target_regions=["US", "UK", "DE", "FR"],
+)
+CHAIN = build_filter_chain(load_program())
+
+
+def inputs(registered: list[str] = (), invitations: list[tuple[str, datetime]] = (), **event) -> FilterInputs:
+    return FilterInputs(
+        event=EventContext(**{**EVENT.__dict__, **event}),
+        as_of=AS_OF,
+        capacity_limit=10_000,
+        registrations=pl.LazyFrame({"customer_id": list(registered)}, schema={"customer_id": pl.String}),
+        invitations=pl.LazyFrame(
+            {"customer_id": [c for c, _ in invitations], "invited_at": [t for _, t in invitations]},
+            schema={"customer_id": pl.String, "invited_at": pl.Datetime("us")},
+        ),
+    )
+
+
+def outcome_for(row: dict, **kwargs) -> tuple[str | None, str | None]:
+    outcome = run_filter_chain(candidates({"customer_id": "X", **row}), CHAIN, inputs(**kwargs))
+    if outcome.survivors.height:
+        return None, None
+    rejected = outcome.rejected.row(0, named=True)
+    return rejected["filter_id"], rejected["reason"]
+
+
+def test_a_good_candidate_survives_every_filter():
+    assert outcome_for({}) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"account_status": "suspended"}, ("trust", "account_suspended")),
+        ({"account_status": "closed"}, ("trust", "account_closed")),
+        ({"is_verified": False}, ("trust", "not_verified")),
+        ({"fraud_flag": True}, ("trust", "fraud_flagged")),
+        ({"marketing_opt_out": True}, ("eligibility", "opted_out")),
+        ({"interest_tags": "devops,security"}, ("interest-match", "interest_match_too_low")),
+        ({"interest_tags": ""}, ("interest-match", "interest_match_too_low")),
+        ({"geographic_region": "JP", "timezone": "America/New_York"}, ("geographic", "region_not_targeted")),
+        ({"geographic_region": "US", "timezone": "Asia/Tokyo"}, ("geographic", "outside_local_hours")),
+    ],
+)
+def test_each_rule_removes_with_its_reason(row, expected):
+    assert outcome_for(row) == expected
+
+
+def test_first_filter_in_order_gets_the_blame():
+    assert outcome_for({"account_status": "closed", "marketing_opt_out": True, "interest_tags": ""})[0] == "trust"
+
+
+def test_already_registered_customers_are_removed():
+    assert outcome_for({}, registered=["X"]) == ("eligibility", "already_registered")
+
+
+def test_full_event_removes_everyone():
+    assert outcome_for({}, registered=["A", "B"], capacity=2) == ("eligibility", "event_at_capacity")
+    assert outcome_for({}, registered=["A"], capacity=2) == (None, None)
+
+
+def test_interest_match_threshold_is_inclusive():
+    three_topics = ["cloud-computing", "devops", "kubernetes"]
+    # 2 of 3 topics = 0.667 < 0.7; 3 of 3 passes.
+    assert outcome_for({"interest_tags": "cloud-computing,devops"}, topics=three_topics)[0] == "interest-match"
+    assert outcome_for({"interest_tags": "cloud-computing,devops,kubernetes"}, topics=three_topics) == (None, None)
+
+
+def test_event_target_regions_narrow_the_program_regions():
+    assert outcome_for({"geographic_region": "UK", "timezone": "Europe/London"}, target_regions=["US"])[0] == (
+        "geographic"
+    )
+    assert outcome_for({"geographic_region": "UK", "timezone": "Europe/London"}, target_regions=[]) == (None, None)
+
+
+def test_local_hours_follow_daylight_saving():
+    # 06:30 UTC is 07:30 in Berlin in winter (CET) and 08:30 in summer (CEST): both civil.
+    # 05:30 UTC is 06:30 in winter (too early) but 07:30 in summer.
+    berlin = {"geographic_region": "DE", "timezone": "Europe/Berlin"}
+    assert outcome_for(berlin, start_time_utc=datetime(2026, 12, 1, 5, 30))[1] == "outside_local_hours"
+    assert outcome_for(berlin, start_time_utc=datetime(2026, 7, 1, 5, 30)) == (None, None)
+
+
+def test_frequency_cap_counts_only_the_trailing_month():
+    two_recent = [("X", AS_OF - timedelta(days=3)), ("X", AS_OF - timedelta(days=20))]
+    assert outcome_for({}, invitations=two_recent) == ("frequency-cap", "frequency_cap_reached")
+    one_recent_one_old = [("X", AS_OF - timedelta(days=3)), ("X", AS_OF - timedelta(days=45))]
+    assert outcome_for({}, invitations=one_recent_one_old) == (None, None)
+    other_customer = [("Y", AS_OF - timedelta(days=3)), ("Y", AS_OF - timedelta(days=4))]
+    assert outcome_for({}, invitations=other_customer) == (None, None)
+
+
+def test_funnel_counts_and_remaining():
+    frame = candidates(
+        {"customer_id": "ok1"},
+        {"customer_id": "ok2"},
+        {"customer_id": "trust", "fraud_flag": True},
+        {"customer_id": "opt", "marketing_opt_out": True},
+        {"customer_id": "interest", "interest_tags": "security"},
+        {"customer_id": "geo", "geographic_region": "BR", "timezone": "America/Sao_Paulo"},
+        {"customer_id": "freq"},
+    )
+    cap = [("freq", AS_OF - timedelta(days=1)), ("freq", AS_OF - timedelta(days=2))]
+    outcome = run_filter_chain(frame, CHAIN, inputs(invitations=cap))
+    assert sorted(outcome.survivors["customer_id"]) == ["ok1", "ok2"]
+    assert outcome.funnel.to_dicts() == [
+        {"filter_id": "input", "removed": 0, "removed_pct": 0.0, "remaining": 7},
+        {"filter_id": "trust", "removed": 1, "removed_pct": 14.29, "remaining": 6},
+        {"filter_id": "eligibility", "removed": 1, "removed_pct": 14.29, "remaining": 5},
+        {"filter_id": "interest-match", "removed": 1, "removed_pct": 14.29, "remaining": 4},
+        {"filter_id": "geographic", "removed": 1, "removed_pct": 14.29, "remaining": 3},
+        {"filter_id": "frequency-cap", "removed": 1, "removed_pct": 14.29, "remaining": 2},
+    ]
+    assert outcome.rejected.height + outcome.survivors.height == frame.height
+    assert outcome.survivors.columns == frame.columns
+
+
+def test_a_new_filter_is_one_class_and_one_yaml_entry():
+    from eventreach_assets.domain import filters
+    from eventreach_assets.program.config import parse_program
+
+    @filters.register_filter
+    class JobRoleFilter(filters.CandidateFilter):
+        key = "job-role"
+
+        class Parameters(filters.FilterParameters):
+            excluded_roles: list[str]
+
+        def reason(self, inputs: FilterInputs) -> pl.Expr:
+            return pl.when(pl.col("job_role").is_in(self.parameters.excluded_roles)).then(pl.lit("role_excluded"))
+
+    try:
+        import yaml
+
+        from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
+
+        data = yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+        data["filterChain"].append(
+            {"filterId": "job-role", "type": "business-rule", "order": 6, "parameters": {"excludedRoles": ["student"]}}
+        )
+        chain = build_filter_chain(parse_program(data))
+        frame = candidates({"customer_id": "S", "job_role": "student"}, {"customer_id": "E"})
+        outcome = run_filter_chain(frame, chain, inputs())
+        assert outcome.survivors["customer_id"].to_list() == ["E"]
+        assert outcome.rejected.row(0) == ("S", "job-role", "role_excluded")
+    finally:
+        filters.FILTER_REGISTRY.pop("job-role")

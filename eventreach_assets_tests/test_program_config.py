@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eventreach_assets.domain.filters import FILTER_REGISTRY, build_filter_chain
+from eventreach_assets.program.config import (
+    DEFAULT_PROGRAM_PATH,
+    ProgramConfigError,
+    aws_cron_to_unix,
+    load_program,
+    parse_program,
+)
+
+
+def document() -> dict:
+    return yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+
+
+def test_packaged_program_has_the_use_case_values():
+    program = load_program()
+    assert program.program_id == "event-invitations"
+    assert [f.filter_id for f in program.ordered_filters] == [
+        "trust", "eligibility", "interest-match", "geographic", "frequency-cap"
+    ]  # fmt: skip
+    assert program.filter_chain[2].parameters == {"minMatchScore": 0.7}
+    assert program.candidate_ttl_days == 14
+    assert program.scoring.batch_size == 5000
+    assert program.storage.batch_write_size == 25
+    assert program.event_config.capacity_limit == 10000
+    assert [c.channel_id for c in program.invitation_channels] == ["email", "in-app"]
+    assert program.model("event-attendance-v3").endpoint_name == "event-attendance-v3"
+    assert program.batch_cron == "0 2 * * 1"
+    assert program.export_cron == "30 4 * * 1"
+
+
+def test_chain_order_follows_order_field_not_file_position():
+    data = document()
+    data["filterChain"].reverse()
+    program = parse_program(data)
+    assert [type(f).key for f in build_filter_chain(program)] == [
+        "trust", "eligibility", "interest-match", "geographic", "frequency-cap"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["filterChain"][2]["parameters"].update(minMatchScore="high"), "minMatchScore"),
+        (lambda d: d["filterChain"][2]["parameters"].update(minMatchScor=0.5), "minMatchScor"),
+        (lambda d: d["filterChain"][4].update(filterId="no-such-rule"), "no-such-rule"),
+        (lambda d: d.update(candidateTTLDays=0), "candidateTTLDays"),
+        (lambda d: d["scoringModels"][0].update(endpoint="http://x"), "scoringModels.0.endpoint"),
+        (lambda d: d["filterChain"][1].update(order=1), "orders must be unique"),
+        (lambda d: d.update(batchSchedule="every monday"), "batchSchedule"),
+        (lambda d: d["eventConfig"]["reminderSchedule"][1].update(time="9am"), "reminderSchedule.1.time"),
+        (lambda d: d.pop("channels"), "channels"),
+    ],
+)
+def test_bad_config_names_the_field(mutate, expected):
+    data = document()
+    mutate(data)
+    with pytest.raises(ProgramConfigError) as error:
+        parse_program(data, "test.yaml")
+    assert expected in str(error.value)
+    assert "test.yaml" in str(error.value)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("programId: [unclosed")
+    with pytest.raises(ProgramConfigError, match="not valid YAML"):
+        load_program(bad)
+    with pytest.raises(ProgramConfigError, match="cannot read"):
+        load_program(tmp_path / "missing.yaml")
+
+
+def test_every_registered_filter_is_reachable_from_yaml_keys():
+    keys = {spec.registry_key for spec in load_program().filter_chain}
+    assert keys == set(FILTER_REGISTRY)
+
+
+def test_aws_cron_translation():
+    assert aws_cron_to_unix("cron(0 2 ? * MON *)") == "0 2 * * 1"
+    assert aws_cron_to_unix("cron(59 23 * * ? *)") == "59 23 * * *"
+    with pytest.raises(ValueError, match="EventBridge"):
+        aws_cron_to_unix("0 2 * * 1")

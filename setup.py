@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="eventreach_assets",
+    version="0.1.0",
+    description="EventReach: invitations to virtual events as a Dagster asset graph",
+    packages=find_packages(exclude=["eventreach_assets_tests"]),
+    package_data={"eventreach_assets": ["program/*.yaml"]},
+    python_requires=">=3.11,<3.12",
+    install_requires=[
+        # The dagster family is pinned together: each library pins one exact dagster release.
+        "dagster==1.13.27",
+        "dagster-webserver==1.13.27",
+        "dagster-graphql==1.13.27",
+        "dagster-aws==0.29.27",
+        "dagster-snowflake==0.29.27",
+        "polars",
+        "pyarrow",
+        "duckdb",
+        "scikit-learn",
+        "numpy",
+        "pydantic>=2",
+        "pyyaml",
+        "boto3",
+        "psutil",
+    ],
+    extras_require={
+        "dev": ["pytest", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd", "icalendar", "jinja2"],
+    },
+    entry_points={"console_scripts": ["eventreach-demo=eventreach_assets.demo.cli:main"]},
+)
