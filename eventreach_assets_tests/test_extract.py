@@ -86,3 +86,15 @@ def test_empty_extract():
     assert result.candidates.height == 0
     assert result.quarantine.height == 0
     assert result.candidates.schema["interest_tags"] == pl.List(pl.String)
+
+
+def test_an_opt_out_on_a_quarantined_newer_row_is_still_honoured():
+    raw = profiles(
+        {"customer_id": "A", "updated_at": datetime(2026, 5, 1), "timezone": "Mars/Olympus", "marketing_opt_out": True},
+        {"customer_id": "A", "updated_at": datetime(2026, 1, 1), "marketing_opt_out": False},
+        {"customer_id": "B", "updated_at": datetime(2026, 1, 1), "timezone": "Mars/Olympus", "marketing_opt_out": True},
+        {"customer_id": "B", "updated_at": datetime(2026, 5, 1), "marketing_opt_out": False},
+    )
+    result = validate_and_dedupe(raw, REGIONS).candidates.sort("customer_id")
+    # A's newest word is "no"; B opted back in after the bad row.
+    assert result["marketing_opt_out"].to_list() == [True, False]

@@ -57,9 +57,9 @@ def collect_report(event_id: str, *results: dg.ExecuteInProcessResult) -> EventR
 
 
 def run_weekly_batch(
-    home: Path, instance: dg.DagsterInstance, fixed_now: str | None = None
+    home: Path, instance: dg.DagsterInstance, fixed_now: str | None = None, limit: int | None = None
 ) -> tuple[list[EventReport], dict[str, Any]]:
-    """Train the models, then run batch + export for every registered upcoming event."""
+    """Train the models, then run batch + export for the registered upcoming events (the first `limit`)."""
     defs = build_definitions(home=home, fixed_now=fixed_now)
     register_event_partitions(defs, instance)
     training = defs.resolve_job_def("train_models").execute_in_process(instance=instance, raise_on_error=True)
@@ -68,7 +68,7 @@ def run_weekly_batch(
         for event in training.get_asset_materialization_events()
     }
     reports = []
-    for event_id in instance.get_dynamic_partitions(events_partitions.name):
+    for event_id in instance.get_dynamic_partitions(events_partitions.name)[:limit]:
         tags = {"eventreach/event": event_id}
         batch = defs.resolve_job_def("weekly_batch").execute_in_process(
             instance=instance, partition_key=event_id, tags={**tags, "eventreach/stage": "weekly-batch"}

@@ -255,27 +255,32 @@ class ReplacePlan:
     expires_at: int
 
 
-EXISTING_COLUMNS: dict[str, pl.DataType] = {
-    "pk": pl.String(),
-    "sk": pl.String(),
+KEY_FRAME: dict[str, pl.DataType] = {"pk": pl.String(), "sk": pl.String()}
+# What a store reads of the event's registered items (GSI2 prefix "registered#") to plan a replace.
+REGISTERED_COLUMNS: dict[str, pl.DataType] = {
+    **KEY_FRAME,
     "customer_id": pl.String(),
-    "status": pl.String(),
     "status_at": pl.Datetime("us", "UTC"),
     "registered_channel": pl.String(),
     "expires_at": pl.Int64(),
 }
 
 
-def plan_replace(items: pl.DataFrame, existing: pl.DataFrame, now: datetime) -> ReplacePlan:
-    """Diff the event's current items (`existing`, EXISTING_COLUMNS) against the new `items`.
+def plan_replace(
+    items: pl.DataFrame, existing_keys: pl.DataFrame, registered: pl.DataFrame, now: datetime
+) -> ReplacePlan:
+    """Diff the event's current items against the new `items`.
 
-    Registration is per customer and event: a customer registered on any live item keeps
-    `registered`, its time and channel on all of their new items. Expired items count as
-    gone (they are deleted, and their registration is not carried over).
+    `existing_keys` (pk, sk) are all the event's items, expired ones included (GSI2PK, keys
+    only); `registered` (REGISTERED_COLUMNS) its items with status registered. Registration
+    is per customer and event: a customer registered on any live item keeps `registered`,
+    its time and channel on all of their new items. Expired items count as gone (deleted,
+    registration not carried over).
     """
     now_epoch = epoch_seconds(now)
-    existing = existing.select([pl.col(name).cast(dtype) for name, dtype in EXISTING_COLUMNS.items()])
-    registered = existing.filter(live(now_epoch) & (pl.col("status") == STATUS_REGISTERED))
+    existing_keys = existing_keys.select([pl.col(name).cast(dtype) for name, dtype in KEY_FRAME.items()])
+    registered = registered.select([pl.col(name).cast(dtype) for name, dtype in REGISTERED_COLUMNS.items()])
+    registered = registered.filter(live(now_epoch))
     registrations = registered.group_by("customer_id").agg(
         pl.col("status_at").min().alias("_reg_at"),
         pl.col("registered_channel").sort_by("status_at").drop_nulls().first().alias("_reg_channel"),
@@ -288,14 +293,13 @@ def plan_replace(items: pl.DataFrame, existing: pl.DataFrame, now: datetime) -> 
         .otherwise("registered_channel"),
     )
     merged = merged.with_columns(gsi2sk=_gsi2_sk_expr()).drop("_reg_at", "_reg_channel").select(items.columns)
-    new_keys = items.select("pk", "sk")
-    gone = existing.join(new_keys, on=["pk", "sk"], how="anti")
-    keep = live(now_epoch) & (pl.col("status") == STATUS_REGISTERED)
+    gone = existing_keys.join(items.select("pk", "sk"), on=["pk", "sk"], how="anti")
+    retained = gone.join(registered.select("pk", "sk"), on=["pk", "sk"], how="semi")
     new_expiry = int(items["expires_at"].max()) if items.height else 0
     return ReplacePlan(
         items=merged,
-        stale=gone.filter(~keep).select("pk", "sk").sort("pk", "sk"),
-        retained=gone.filter(keep).select("pk", "sk").sort("pk", "sk"),
+        stale=gone.join(retained, on=["pk", "sk"], how="anti").sort("pk", "sk"),
+        retained=retained.sort("pk", "sk"),
         registered_preserved=items.join(registrations, on="customer_id", how="semi")["customer_id"].n_unique(),
         expires_at=new_expiry,
     )

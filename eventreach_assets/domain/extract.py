@@ -77,6 +77,21 @@ def to_candidate_model(valid: pl.LazyFrame) -> pl.LazyFrame:
     ).select([pl.col(name).cast(dtype) for name, dtype in CANDIDATE_SCHEMA.items()])
 
 
+def newest_opt_out(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Each customer's opt-out as of their newest row, valid or not.
+
+    An opt-out must be honoured even when it arrives on a row that is quarantined for some
+    other defect (say an unknown timezone): falling back to an older valid row would
+    otherwise resurrect a customer who said no.
+    """
+    return (
+        frame.filter(pl.col("customer_id").is_not_null())
+        .sort(["customer_id", *DEDUPE_ORDER], descending=[False, *DEDUPE_DESCENDING], nulls_last=True)
+        .group_by("customer_id", maintain_order=True)
+        .agg(_newest_opt_out=pl.col("marketing_opt_out").first().fill_null(False))
+    )
+
+
 def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> ExtractResult:
     """Split extracted rows into one candidate per customer and a quarantine with reasons."""
     frame = raw.lazy().with_columns(reason=invalid_reason(known_regions))
@@ -89,7 +104,12 @@ def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[st
     superseded = ranked.filter(~pl.col("newest")).drop("newest").with_columns(reason=pl.lit(DUPLICATE_SUPERSEDED))
     candidates, quarantine, total = pl.collect_all(
         [
-            to_candidate_model(ranked.filter(pl.col("newest")).drop("newest", "reason")),
+            to_candidate_model(
+                ranked.filter(pl.col("newest"))
+                .drop("newest", "reason")
+                .join(newest_opt_out(frame), on="customer_id", how="left")
+                .with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_newest_opt_out"))
+            ),
             pl.concat([invalid, superseded]),
             frame.select(pl.len()),
         ]

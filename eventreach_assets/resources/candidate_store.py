@@ -257,13 +257,13 @@ def _registration_frame(registrations: pl.DataFrame) -> pl.DataFrame:
     missing = {"customer_id", "registered_at"} - set(registrations.columns)
     if missing:
         raise ValueError(f"registrations lacks columns {sorted(missing)}")
+    if not isinstance(registrations.schema["registered_at"], pl.Datetime):
+        raise ValueError(f"registered_at must be a datetime column, got {registrations.schema['registered_at']}")
     at = pl.col("registered_at")
-    time_zone = getattr(registrations.schema["registered_at"], "time_zone", None)
+    at = at.dt.replace_time_zone("UTC") if registrations.schema["registered_at"].time_zone is None else at
     return registrations.select(
         pl.col("customer_id").cast(pl.String),
-        (at.dt.replace_time_zone("UTC") if time_zone is None else at.dt.convert_time_zone("UTC")).dt.cast_time_unit(
-            "us"
-        ),
+        at.dt.convert_time_zone("UTC").dt.cast_time_unit("us"),
         (pl.col("channel") if "channel" in registrations.columns else pl.lit(None)).cast(pl.String).alias("channel"),
     )
 
@@ -284,7 +284,9 @@ def _decode_cursor(cursor: str, query_key: str) -> tuple[float, str]:
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"not a candidate page cursor: {cursor!r}") from error
     if key != query_key:
-        raise ValueError("cursor belongs to a different query (program, event, channel or min_score changed)")
+        raise ValueError(
+            "cursor belongs to a different query (program, event, channel, min_score or exclude_registered changed)"
+        )
     return score, customer_id
 
 
@@ -401,16 +403,21 @@ class SqliteCandidateStore(CandidateStoreResource):
         items = ci.build_candidate_items(program_id, event_id, scored, channels, now, ttl_days)
         probabilities = ci.probability_columns(items)
         with self._transaction() as conn:
-            existing_rows = conn.execute(
-                f"SELECT {', '.join(ci.EXISTING_COLUMNS)} FROM {_ITEMS} WHERE gsi2pk = ?",
-                (ci.gsi2_pk(program_id, event_id),),
-            ).fetchall()
-            existing = pl.DataFrame(
-                existing_rows,
-                schema={**ci.EXISTING_COLUMNS, "status_at": pl.String()},
+            gsi2pk = ci.gsi2_pk(program_id, event_id)
+            existing_keys = pl.DataFrame(
+                conn.execute(f"SELECT pk, sk FROM {_ITEMS} WHERE gsi2pk = ?", (gsi2pk,)).fetchall(),
+                schema=ci.KEY_FRAME,
                 orient="row",
+            )
+            where, lo, hi = self._registered_where()
+            registered_rows = conn.execute(
+                f"SELECT {', '.join(ci.REGISTERED_COLUMNS)} FROM {_ITEMS} WHERE {where}",
+                {"pk": gsi2pk, "lo": lo, "hi": hi, "now": 0},  # expired ones too: the plan decides
+            ).fetchall()
+            registered = pl.DataFrame(
+                registered_rows, schema={**ci.REGISTERED_COLUMNS, "status_at": pl.String()}, orient="row"
             ).with_columns(pl.col("status_at").str.to_datetime(_TS_FORMAT, time_zone="UTC", time_unit="us"))
-            plan = ci.plan_replace(items, existing, now)
+            plan = ci.plan_replace(items, existing_keys, registered, now)
             self._ensure_probability_columns(conn, probabilities)
             batches = 0
             for chunk in plan.stale.iter_slices(batch_write_size):
@@ -492,7 +499,7 @@ class SqliteCandidateStore(CandidateStoreResource):
         if exclude_registered:
             where += f" AND status <> '{ci.STATUS_REGISTERED}'"
         if after:  # strictly after the last item of the previous page in (score desc, customer_id)
-            where += " AND score <= :last_score AND (score < :last_score OR customer_id > :last_customer)"
+            where += " AND score <= :last_score AND (score < :last_score OR customer_id >= :last_customer)"
         return f"{where} ORDER BY score DESC, customer_id LIMIT :limit"
 
     @staticmethod

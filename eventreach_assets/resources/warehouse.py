@@ -115,7 +115,7 @@ class DuckDBWarehouse(WarehouseResource):
 
     def _query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
         with self._connect() as connection:
-            return pl.from_arrow(connection.execute(sql, params or []).to_arrow_table())  # type: ignore[return-value]
+            return connection.sql(sql, params=params or None).pl()
 
     def _columns(self, table: str) -> set[str]:
         with self._connect() as connection:

@@ -1,0 +1,48 @@
+"""Shared fixtures: a small generated warehouse and the weekly batch run through Dagster once."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from eventreach_assets.definitions import build_definitions
+from eventreach_assets.demo.generator import SeedSummary, seed_warehouse
+
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+AS_OF = datetime(2026, 11, 23, 2, 0)  # a Monday, 02:00 UTC: when the weekly batch runs
+SMALL_PROFILES = 40_000
+
+
+@dataclass
+class Deployment:
+    home: Path
+    seed: SeedSummary
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+
+
+@pytest.fixture(scope="session")
+def small_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SeedSummary]:
+    home = tmp_path_factory.mktemp("warehouse")
+    summary = seed_warehouse(home / "warehouse.duckdb", SMALL_PROFILES, seed=11, as_of=AS_OF)
+    return home / "warehouse.duckdb", summary
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, small_warehouse: tuple[Path, SeedSummary]) -> Iterator[Deployment]:
+    """A fresh local deployment (own data dir and Dagster instance) over the shared warehouse."""
+    warehouse, summary = small_warehouse
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "warehouse.duckdb").symlink_to(warehouse)
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        yield Deployment(home, summary, build_definitions(home=home, fixed_now=AS_OF.isoformat()), instance)

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from eventreach_assets.resources.warehouse import DuckDBWarehouse, WarehouseSchemaError, extraction_sql
+
+
+def test_extraction_sql_binds_topics_never_formats_them():
+    sql = extraction_sql(2)
+    assert sql.count("CONTAINS(interest_tags, ?)") == 2
+    assert "event_attendance_history > 0" in sql
+    with pytest.raises(ValueError, match="at least one topic"):
+        extraction_sql(0)
+
+
+def test_topics_are_pushed_down(small_warehouse):
+    path, _ = small_warehouse
+    warehouse = DuckDBWarehouse(path=str(path))
+    rows = warehouse.extract_candidates(["devops"])
+    total = duckdb.connect(str(path), read_only=True).execute("select count(*) from customer_profiles").fetchone()[0]
+    assert 0 < rows.height < total
+    matched = rows.filter(~rows["interest_tags"].fill_null("").str.contains("devops"))
+    assert (matched["event_attendance_history"] > 0).all()
+    # A hostile "topic" is data, not SQL.
+    assert warehouse.extract_candidates(["x') OR 1=1 --"]).height <= rows.height
+
+
+def _broken_warehouse(tmp_path: Path, drop: str) -> DuckDBWarehouse:
+    path = tmp_path / "broken.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute(
+            f"create table customer_profiles as select 'C1' as customer_id, 'devops' as interest_tags, "
+            f"1 as event_attendance_history, 0.5 as {drop}_renamed"
+        )
+    return DuckDBWarehouse(path=str(path))
+
+
+def test_missing_column_is_named(tmp_path: Path):
+    warehouse = _broken_warehouse(tmp_path, "engagement_score")
+    with pytest.raises(WarehouseSchemaError, match="customer_profiles.*missing column.*engagement_score"):
+        warehouse.extract_candidates(["devops"])
+
+
+def test_missing_table_is_named(tmp_path: Path):
+    warehouse = _broken_warehouse(tmp_path, "engagement_score")
+    with pytest.raises(WarehouseSchemaError, match="no table 'events'"):
+        warehouse.events()
+
+
+def test_missing_file_says_how_to_seed(tmp_path: Path):
+    with pytest.raises(WarehouseSchemaError, match="eventreach-demo seed"):
+        DuckDBWarehouse(path=str(tmp_path / "nope.duckdb")).events()
