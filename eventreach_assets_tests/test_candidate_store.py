@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -265,6 +266,14 @@ def test_connections_are_reused_and_closed(store):
     assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16  # reopens on demand
 
 
+def test_a_deleted_database_file_is_recreated_not_written_into_the_void(store):
+    replace(store, SCORES)
+    for suffix in ("", "-wal", "-shm"):
+        Path(store.path + suffix).unlink(missing_ok=True)
+    replace(store, {"c01": 0.5})
+    assert raw(store, "SELECT count(*) FROM candidate_items") == [(2,)]
+
+
 def test_two_store_instances_write_the_same_file(store):
     other = SqliteCandidateStore(path=store.path)
     replace(store, {"c01": 0.5})
@@ -325,6 +334,7 @@ def test_cursor_pagination_walks_every_item_exactly_once(store, page_size):
         pages += 1
         if page.next_cursor is None:
             break
+        assert pages <= expected.height, "the cursor does not advance"
         cursor = page.next_cursor
     assert_frame_equal(pl.concat(seen), expected)
     assert pages == max(1, -(-expected.height // page_size))

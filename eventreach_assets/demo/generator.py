@@ -161,6 +161,7 @@ BAD_ROW_KINDS: tuple[str, ...] = (
     "attendance_count_out_of_range",
 )
 _BAD_TAGS = ("{{cloud-computing", "cloud computing!!", "devops;;kubernetes", "Cloud-Computing,DevOps")
+MIN_ROWS_FOR_BAD_ROWS = 1_000
 DUPLICATE_FRACTION = 1 / 6  # share of profile rows that are an extra (older) snapshot
 
 
@@ -287,6 +288,7 @@ _OLDER_PAST_TOPICS: tuple[tuple[str, str], ...] = (
     ("cloud-computing,devops,kubernetes", "webinar"),
 )
 RECENT_WINDOW_DAYS = 30  # the frequency cap's window
+_TITLES = {"devops": "DevOps", "iot": "IoT", "generative-ai": "Generative AI"}
 
 
 def _past_events() -> tuple[EventSpec, ...]:
@@ -297,7 +299,7 @@ def _past_events() -> tuple[EventSpec, ...]:
     events = []
     for number, (topics, kind, days) in enumerate(schedule, start=1):
         slugs = tuple(topics.split(","))
-        title = " & ".join(slug.replace("-", " ").title() for slug in slugs)
+        title = " & ".join(_TITLES.get(slug, slug.replace("-", " ").title()) for slug in slugs)
         regions = ("US", "UK", "DE", "FR", "JP", "IN", "BR", "AU") if number % 5 == 0 else CORE_REGIONS
         events.append(
             EventSpec(
@@ -470,7 +472,7 @@ def _customers(rng: np.random.Generator, n: int) -> _Customers:
     fraud = rng.random(n) < 0.012
     opt_out = rng.random(n) < 0.2146
 
-    age_days = np.minimum(rng.exponential(60.0, n), 300.0) + rng.random(n)
+    age_days = np.minimum(rng.exponential(60.0, n), 299.0) + rng.random(n)  # updated in the last ~10 months
     return _Customers(
         number=number,
         role=role,
@@ -664,7 +666,7 @@ def _profile_rows(rng: np.random.Generator, customers: _Customers, rows: int) ->
 
     tags = customers.tags[source]
     drop = older & (rng.random(source.size) < 0.3)
-    lowest = tags & -tags  # drop the lowest-order tag from some older snapshots
+    lowest = tags & -tags  # older snapshots may lack their first tag (often cloud-computing: added later)
     tags = np.where(drop, tags & ~lowest, tags)
     tags_null = customers.tags_null[source]
     engagement = customers.engagement[source]
@@ -675,7 +677,9 @@ def _profile_rows(rng: np.random.Generator, customers: _Customers, rows: int) ->
     attendance = np.where(older, np.maximum(attendance - rng.integers(0, 3, source.size), 0), attendance)
     status = np.where(older & (rng.random(source.size) < 0.5), 0, customers.status[source])
     opt_out = customers.opt_out[source] & ~(older & (rng.random(source.size) < 0.5))
-    age = customers.age_seconds[source] + np.where(older, (1 + 90 * rng.random(source.size)) * 86_400.0, 0.0)
+    age = customers.age_seconds[source]
+    # Older snapshots: 1-90 days before the newest row, still within the last year.
+    age = np.where(older, np.minimum(age + (1 + 90 * rng.random(source.size)) * 86_400.0, 364 * 86_400.0), age)
 
     tags_null |= tags == 0  # no interests recorded: NULL, not an (unparseable) empty string
     tag_strings = _tag_strings().gather(tags)
@@ -702,12 +706,21 @@ def _profile_rows(rng: np.random.Generator, customers: _Customers, rows: int) ->
     return frame, bad
 
 
+def bad_rows_per_kind(rows: int) -> int:
+    """Rows of each `BAD_ROW_KINDS` in a warehouse of `rows` profile rows.
+
+    At least one of each from 1,000 rows up, so small test warehouses still exercise the
+    quarantine; none below that, so a toy warehouse is not mostly broken rows.
+    """
+    return max(1, round(rows * BAD_ROW_FRACTION)) if rows >= MIN_ROWS_FOR_BAD_ROWS else 0
+
+
 def _break_rows(rng: np.random.Generator, frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     """Break ~0.05% of rows per kind, one field each, keeping them inside the extraction."""
-    per_kind = max(1, round(frame.height * BAD_ROW_FRACTION))
+    per_kind = bad_rows_per_kind(frame.height)
     picked = rng.choice(frame.height, size=min(per_kind * len(BAD_ROW_KINDS), frame.height), replace=False)
     kind = np.full(frame.height, -1, dtype=np.int8)
-    kind[picked] = np.arange(picked.size) // per_kind
+    kind[picked] = np.arange(picked.size) // max(per_kind, 1)
     bad_tags = pl.Series(_BAD_TAGS).gather(rng.integers(0, len(_BAD_TAGS), frame.height))
     is_kind = [pl.Series(kind == k) for k in range(len(BAD_ROW_KINDS))]
     frame = frame.with_columns(
@@ -799,6 +812,7 @@ def write_duckdb(path: Path, tables: dict[str, pl.DataFrame]) -> None:
     try:
         connection = duckdb.connect(str(tmp))
         try:
+            connection.execute("SET enable_progress_bar = false")
             for table, columns in WAREHOUSE_TABLES.items():
                 ddl = ", ".join(f"{name} {sql_type}" for name, sql_type in columns.items())
                 connection.execute(f"CREATE TABLE {table} ({ddl})")
@@ -832,7 +846,7 @@ def seed_warehouse(path: Path, profiles: int, seed: int = 7, as_of: datetime | N
         events=tables["events"].height,
         event_registrations=tables["event_registrations"].height,
         invitation_history=tables["invitation_history"].height,
-        bad_rows=max(1, round(profiles_frame.height * BAD_ROW_FRACTION)) * len(BAD_ROW_KINDS),
+        bad_rows=min(bad_rows_per_kind(profiles_frame.height) * len(BAD_ROW_KINDS), profiles_frame.height),
         upcoming_event_ids=upcoming,
         seconds=round(time.perf_counter() - started, 2),
     )

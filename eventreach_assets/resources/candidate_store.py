@@ -302,11 +302,12 @@ class SqliteCandidateStore(CandidateStoreResource):
     path: str = Field(description="SQLite file; created with its parent directories on first use.")
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
-    _connections: dict[tuple[int, int], sqlite3.Connection] = PrivateAttr(default_factory=dict)
+    # (pid, thread) -> (connection, identity of the file it opened)
+    _connections: dict[tuple[int, int], tuple[sqlite3.Connection, tuple[int, int]]] = PrivateAttr(default_factory=dict)
 
     # -- plumbing --
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False
@@ -317,17 +318,28 @@ class SqliteCandidateStore(CandidateStoreResource):
         conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL, much faster commits
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of a 200K-item write stay cached
         conn.executescript(_DDL)
-        return conn
+        return conn, self._file_identity()
+
+    def _file_identity(self) -> tuple[int, int]:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return (-1, -1)
+        return (stat.st_dev, stat.st_ino)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # Keyed by pid too: a forked step process must not share its parent's connection. A
         # thread id is only reused once its thread has ended, so a connection is never shared.
+        # A file deleted or replaced meanwhile (a reset data dir) gets a fresh connection.
         key = (os.getpid(), threading.get_ident())
-        conn = self._connections.get(key)
-        if conn is None:
-            conn = self._connections[key] = self._open()
-        yield conn
+        cached = self._connections.get(key)
+        if cached is not None and cached[1] != self._file_identity():
+            self._connections.pop(key)[0].close()
+            cached = None
+        if cached is None:
+            cached = self._connections[key] = self._open()
+        yield cached[0]
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -343,7 +355,7 @@ class SqliteCandidateStore(CandidateStoreResource):
     def close(self) -> None:
         """Close this process's connections (Dagster calls it after the step; safe to call twice)."""
         for key in [key for key in self._connections if key[0] == os.getpid()]:
-            self._connections.pop(key).close()
+            self._connections.pop(key)[0].close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
@@ -431,7 +443,7 @@ class SqliteCandidateStore(CandidateStoreResource):
             )
             columns = ", ".join(f'"{name}"' for name in stored.columns)
             # Upsert, not INSERT OR REPLACE: a rewrite updates rows in place and leaves index
-            # entries whose keys did not change alone (measured faster on re-materialization).
+            # entries whose keys did not change alone (less work when re-materializing).
             updates = ", ".join(f'"{name}" = excluded."{name}"' for name in stored.columns if name not in ("pk", "sk"))
             insert = (
                 f"INSERT INTO {_ITEMS} ({columns}) VALUES ({', '.join('?' * stored.width)}) "
@@ -499,7 +511,7 @@ class SqliteCandidateStore(CandidateStoreResource):
         if exclude_registered:
             where += f" AND status <> '{ci.STATUS_REGISTERED}'"
         if after:  # strictly after the last item of the previous page in (score desc, customer_id)
-            where += " AND score <= :last_score AND (score < :last_score OR customer_id >= :last_customer)"
+            where += " AND score <= :last_score AND (score < :last_score OR customer_id > :last_customer)"
         return f"{where} ORDER BY score DESC, customer_id LIMIT :limit"
 
     @staticmethod
