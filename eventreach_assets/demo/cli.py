@@ -85,10 +85,87 @@ def _add_seed(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_seed)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import warnings
+
+    import dagster as dg
+    import polars as pl
+
+    from eventreach_assets.demo.generator import seed_warehouse
+    from eventreach_assets.demo.run import funnel_frame, run_weekly_batch
+
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    home = (args.home or default_home()).resolve()
+    os.environ["EVENTREACH_HOME"] = str(home)
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster_home")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    print(f"1/3 seeding a synthetic warehouse with {args.profiles:,} profiles ...")
+    summary = seed_warehouse(warehouse_path(home), args.profiles, seed=args.seed)
+    print(f"    {summary.unique_customers:,} customers, upcoming events: {', '.join(summary.upcoming_event_ids)}")
+    print("2/3 registering event partitions (catalog sensor) and training the models ...")
+    instance = dg.DagsterInstance.get()
+    reports, models = run_weekly_batch(home, instance)
+    for name, metadata in models.items():
+        if "holdout_auc" in metadata:
+            print(f"    {name}: version {metadata['version']}, holdout AUC {metadata['holdout_auc']:.3f}")
+    print("3/3 weekly batch + export per event:")
+    with pl.Config(tbl_rows=20, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
+        for report in reports:
+            failed = [name for name, passed in report.checks.items() if not passed]
+            print(f"\n== {report.event_id}  (checks: {len(report.checks) - len(failed)} passed, {len(failed)} failed)")
+            print(funnel_frame(report))
+            bands = report.metadata.get("scored_candidates", {})
+            print(
+                "   score bands: "
+                + ", ".join(f"{b} {bands.get(f'band_share_{b}', 0) * 100:.1f}%" for b in ("high", "medium", "low"))
+            )
+            for name in failed:
+                print(f"   check failed: {name}")
+    print(f"\nDagster instance: {dagster_home}")
+    print("Browse runs, materializations, checks and partitions: `make dev`, then http://127.0.0.1:3000")
+    print("Why was a customer (not) invited: .venv/bin/eventreach-demo why --event <event_id> --customer <customer_id>")
+    return 0
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="seed a warehouse and run the weekly batch for every upcoming event through Dagster",
+    )
+    parser.add_argument("--profiles", type=_positive_int, default=300_000, help="profile rows (default: 300000)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    _add_home(parser)
+    parser.set_defaults(handler=_demo)
+
+
+def _why(args: argparse.Namespace) -> int:
+    from eventreach_assets.definitions import build_definitions
+    from eventreach_assets.why import explain
+
+    defs = build_definitions(home=(args.home or default_home()).resolve())
+    resources = defs.resources
+    program_id = resources["program"].load().program_id
+    print(explain(resources["decision_log"], resources["candidate_store"], program_id, args.event, args.customer))
+    return 0
+
+
+def _add_why(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("why", help="why was a customer (not) invited to an event")
+    parser.add_argument("--event", required=True, help="event id, e.g. evt-cloud-summit")
+    parser.add_argument("--customer", required=True, help="customer id")
+    _add_home(parser)
+    parser.set_defaults(handler=_why)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventreach-demo", description="EventReach local demo commands.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_seed(subparsers)
+    _add_demo(subparsers)
+    _add_why(subparsers)
     return parser
 
 
