@@ -94,8 +94,8 @@ def _child(args: list[str]) -> dict:
 
 def run(sizes: list[int], runs: int) -> None:
     print(f"weekly batch for one event through Dagster; {runs} cold runs per size; medians")
-    header = f"{'profiles':>10} {'extracted':>10} {'eligible':>9} {'wall s':>7} {'cand/min':>11} {'peak MB':>8}  per asset (s)"
-    print(header)
+    columns = ("profiles", 10), ("extracted", 10), ("eligible", 9), ("wall s", 7), ("cand/min", 11), ("peak MB", 8)
+    print(" ".join(f"{name:>{width}}" for name, width in columns) + "  per asset (s)")
     for profiles in sizes:
         home = Path(tempfile.mkdtemp(prefix=f"eventreach-bench-{profiles}-"))
         try:
@@ -105,15 +105,15 @@ def run(sizes: list[int], runs: int) -> None:
             peak = max(s["peak_rss_mb"] for s in samples)
             extracted = samples[0]["counts"].get("extracted_rows", 0)
             eligible = samples[0]["counts"].get("scored_candidates", 0)
-            per_stage = {
-                stage: statistics.median(s["stages"].get(stage, 0.0) for s in samples) for stage in STAGES
-            }
+            per_stage = {stage: statistics.median(s["stages"].get(stage, 0.0) for s in samples) for stage in STAGES}
             stages = " ".join(f"{STAGES[stage]}={seconds:.2f}" for stage, seconds in per_stage.items())
             print(
                 f"{profiles:>10,} {extracted:>10,} {eligible:>9,} {wall:>7.2f} {extracted * 60 / wall:>11,.0f} "
                 f"{peak:>8,.0f}  {stages}"
             )
-            print(f"{'':>10} (setup, not timed above: seed {prepared['seed_s']:.1f} s, train {prepared['train_s']:.1f} s)")
+            print(
+                f"{'':>10} (setup, not timed above: seed {prepared['seed_s']:.1f} s, train {prepared['train_s']:.1f} s)"
+            )
         finally:
             shutil.rmtree(home, ignore_errors=True)
 

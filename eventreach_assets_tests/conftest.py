@@ -46,3 +46,21 @@ def deployment(tmp_path: Path, small_warehouse: tuple[Path, SeedSummary]) -> Ite
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         yield Deployment(home, summary, build_definitions(home=home, fixed_now=AS_OF.isoformat()), instance)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto server for the session (loopback, free port); see `aws_endpoint` for a clean slate."""
+    from eventreach_assets_tests.stand_ins import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def aws_endpoint(moto_endpoint: str) -> Iterator[str]:
+    """The moto endpoint, emptied after the test."""
+    from eventreach_assets_tests.stand_ins import reset_moto
+
+    yield moto_endpoint
+    reset_moto(moto_endpoint)

@@ -38,7 +38,7 @@ def _broken_warehouse(tmp_path: Path, drop: str) -> DuckDBWarehouse:
 
 def test_missing_column_is_named(tmp_path: Path):
     warehouse = _broken_warehouse(tmp_path, "engagement_score")
-    with pytest.raises(WarehouseSchemaError, match="customer_profiles.*missing column.*engagement_score"):
+    with pytest.raises(WarehouseSchemaError, match=r"customer_profiles.*missing column.*engagement_score"):
         warehouse.extract_candidates(["devops"])
 
 

@@ -120,7 +120,9 @@ def test_why_was_a_customer_not_invited(deployment: Deployment):
     event_id = reports[0].event_id
     resources = deployment.defs.resources
     rejected = resources["decision_log"].read("rejections", event_id).head(1).collect().row(0, named=True)
-    answer = explain(resources["decision_log"], resources["candidate_store"], PROGRAM, event_id, rejected["customer_id"])
+    answer = explain(
+        resources["decision_log"], resources["candidate_store"], PROGRAM, event_id, rejected["customer_id"]
+    )
     assert answer.verdict == "rejected" and rejected["reason"] in answer.detail
     invited = resources["candidate_store"].event_items(PROGRAM, event_id, now=AS_OF)["customer_id"][0]
     assert explain(resources["decision_log"], resources["candidate_store"], PROGRAM, event_id, invited).verdict == (
@@ -159,3 +161,21 @@ def test_weekly_schedule_requests_one_run_per_upcoming_event(deployment: Deploym
     assert sorted(r.partition_key for r in requests) == sorted(deployment.seed.upcoming_event_ids)
     assert len({r.run_key for r in requests}) == len(requests)
     assert all(r.tags["eventreach/event"] == r.partition_key for r in requests)
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    """What `make dev` loads: the workspace file, through Dagster's own CLI."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "EVENTREACH_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path)}
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "eventreach_assets.definitions" in result.stdout + result.stderr

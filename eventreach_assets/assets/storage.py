@@ -21,13 +21,16 @@ def candidates_table(
     """The event's candidates, one item per customer and invitation channel, TTL from the program."""
     config = program.load()
     channels = [channel.channel_id for channel in config.invitation_channels]
+    now = clock.now()
     with stopwatch() as watch:
+        # What DynamoDB's TTL does by itself: expired items and score-cache entries go.
+        purged = candidate_store.purge_expired(now)
         summary = candidate_store.replace_event_candidates(
             config.program_id,
             context.partition_key,
             scored_candidates,
             channels,
-            now=clock.now(),
+            now=now,
             ttl_days=config.candidate_ttl_days,
             batch_write_size=config.storage.batch_write_size,
         )
@@ -40,6 +43,7 @@ def candidates_table(
             "registrations_preserved": summary.registered_preserved,
             "registered_items_retained": summary.registered_retained,
             "write_batches": summary.batches,
+            "expired_entries_purged": purged,
             "expires_at": summary.expires_at.isoformat(),
             "dagster/row_count": summary.items_written,
             **watch.metadata(summary.items_written),
