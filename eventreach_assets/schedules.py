@@ -29,40 +29,40 @@ def per_event_run_requests(
     ]
 
 
+def per_event_schedule(name: str, cron: str, job_name: str, stage: str, source: str) -> dg.ScheduleDefinition:
+    """A schedule that launches the job once per upcoming event partition at each tick."""
+
+    @dg.schedule(
+        name=name,
+        cron_schedule=cron,
+        execution_timezone=TIMEZONE,
+        job_name=job_name,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"{job_name} for every upcoming event ({source}).",
+    )
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource, clock: ClockResource
+    ) -> list[dg.RunRequest] | dg.SkipReason:
+        requests = per_event_run_requests(context, warehouse, clock, stage)
+        return requests or dg.SkipReason("no upcoming event partitions")
+
+    return _schedule
+
+
 def build_schedules(program: ProgramConfig) -> list[dg.ScheduleDefinition]:
-    @dg.schedule(
-        name="weekly_batch_schedule",
-        cron_schedule=program.batch_cron,
-        execution_timezone=TIMEZONE,
-        job=weekly_batch_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Weekly batch for every upcoming event ({program.batch_schedule}).",
-    )
-    def weekly_batch_schedule(
-        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource, clock: ClockResource
-    ) -> list[dg.RunRequest] | dg.SkipReason:
-        requests = per_event_run_requests(context, warehouse, clock, "weekly-batch")
-        return requests or dg.SkipReason("no upcoming event partitions")
-
-    @dg.schedule(
-        name="candidates_export_schedule",
-        cron_schedule=program.export_cron,
-        execution_timezone=TIMEZONE,
-        job=export_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Parquet export for every upcoming event ({program.export_schedule}).",
-    )
-    def candidates_export_schedule(
-        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource, clock: ClockResource
-    ) -> list[dg.RunRequest] | dg.SkipReason:
-        requests = per_event_run_requests(context, warehouse, clock, "export")
-        return requests or dg.SkipReason("no upcoming event partitions")
-
-    model_training_schedule = dg.ScheduleDefinition(
-        name="model_training_schedule",
-        cron_schedule=program.model_training_cron,
-        execution_timezone=TIMEZONE,
-        job=model_training_job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-    )
-    return [weekly_batch_schedule, candidates_export_schedule, model_training_schedule]
+    """The use case's weekly schedules, with crons taken from the program YAML."""
+    return [
+        dg.ScheduleDefinition(
+            name="model_training_schedule",
+            cron_schedule=program.model_training_cron,
+            execution_timezone=TIMEZONE,
+            job=model_training_job,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+        ),
+        per_event_schedule(
+            "weekly_batch_schedule", program.batch_cron, weekly_batch_job.name, "weekly-batch", program.batch_schedule
+        ),
+        per_event_schedule(
+            "candidates_export_schedule", program.export_cron, export_job.name, "export", program.export_schedule
+        ),
+    ]
