@@ -12,12 +12,13 @@ from typing import Any
 
 import dagster as dg
 
-from eventreach_assets.assets import filtering, ingestion, models, scoring, storage
+from eventreach_assets.assets import filtering, ingestion, metrics, models, scoring, storage
 from eventreach_assets.checks import batch_checks
 from eventreach_assets.jobs import export_job, model_training_job, weekly_batch_job
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, load_program
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.export import LocalParquetExport
+from eventreach_assets.resources.metrics import LocalMetricsSink
 from eventreach_assets.resources.models import InProcessScoring, LocalModelRegistry
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.storage import LocalDecisionLog, PolarsParquetIOManager
@@ -45,6 +46,7 @@ def local_resources(home: Path, program_path: Path, fixed_now: str | None = None
         "scoring_service": InProcessScoring(registry=registry),
         "candidate_store": SqliteCandidateStore(path=str(home / "candidates.sqlite")),
         "exporter": LocalParquetExport(base_dir=str(home / "export")),
+        "metrics_sink": LocalMetricsSink(base_dir=str(home / "metrics")),
     }
 
 
@@ -70,6 +72,7 @@ def build_definitions(
             scoring.scored_candidates,
             storage.candidates_table,
             storage.candidates_export,
+            metrics.batch_metrics,
         ],
         asset_checks=dg.load_asset_checks_from_modules([batch_checks]),
         jobs=[weekly_batch_job, export_job, model_training_job],

@@ -8,7 +8,13 @@ import dagster as dg
 
 from eventreach_assets.partitions import events_partitions
 
-WEEKLY_BATCH_ASSETS = ["raw_candidates", "filtered_candidates", "scored_candidates", "candidates_table"]
+WEEKLY_BATCH_ASSETS = [
+    "raw_candidates",
+    "filtered_candidates",
+    "scored_candidates",
+    "candidates_table",
+    "batch_metrics",
+]
 MODEL_ASSETS = ["model_training_set", "event_attendance_model", "interest_affinity_model"]
 
 weekly_batch_job = dg.define_asset_job(

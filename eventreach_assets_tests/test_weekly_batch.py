@@ -80,6 +80,12 @@ def test_whole_graph_for_two_events(deployment: Deployment):
         assert exported.height == items.height
         assert "email" not in exported.columns
 
+        published = deployment.defs.resources["metrics_sink"].read()
+        mine = published.filter(pl.col("dimensions").list.contains({"name": "Event", "value": report.event_id}))
+        by_name = dict(zip(mine["name"], mine["value"], strict=False))
+        assert by_name["ExtractedRows"] == raw["extracted_rows"]
+        assert by_name["EligibleCandidates"] == filtered["eligible_candidates"]
+
         top = store.top_candidates_for_channel(PROGRAM, report.event_id, "email", min_score=0.5, limit=50, now=AS_OF)
         assert top.items["score"].to_list() == sorted(top.items["score"].to_list(), reverse=True)
         assert (top.items["score"] >= 0.5).all()

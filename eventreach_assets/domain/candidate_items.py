@@ -19,6 +19,7 @@ the stores (resources/candidate_store.py) call these functions and only do I/O.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -154,6 +155,46 @@ def _gsi2_sk_expr() -> pl.Expr:
         ],
         separator="#",
     )
+
+
+# ---- GSI1 write sharding (the DynamoDB store) ---------------------------------------------
+
+GSI1_SHARD_SEPARATOR = "#SHARD#"
+
+
+def gsi1_shard(customer_id: str, shards: int) -> int:
+    """A customer's GSI1 write shard: crc32, so every process and release agrees (unlike hash())."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    return zlib.crc32(customer_id.encode()) % shards
+
+
+def gsi1_shard_pks(program_id: str, channel: str, event_id: str, shards: int) -> list[str]:
+    """Every GSI1 partition key a top-N read must query; one shard is the plain `gsi1_pk`."""
+    base = gsi1_pk(program_id, channel, event_id)
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    return [base] if shards == 1 else [f"{base}{GSI1_SHARD_SEPARATOR}{shard}" for shard in range(shards)]
+
+
+def with_gsi1_shards(items: pl.DataFrame, shards: int) -> pl.DataFrame:
+    """`items` with gsi1pk suffixed by each customer's shard (unchanged for one shard)."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    if shards == 1 or items.height == 0:
+        return items
+    shard = pl.Series([gsi1_shard(customer_id, shards) for customer_id in items["customer_id"].to_list()])
+    return items.with_columns(
+        gsi1pk=pl.concat_str([pl.col("gsi1pk"), pl.lit(GSI1_SHARD_SEPARATOR), shard.cast(pl.String)])
+    )
+
+
+def channel_of_sk(sk: str, event_id: str) -> str:
+    """The channel segment of an SK built by `event_channel_sk`."""
+    prefix = event_sk_prefix(event_id)
+    if not sk.startswith(prefix):
+        raise ValueError(f"{sk!r} is not a key of event {event_id!r}")
+    return sk[len(prefix) :]
 
 
 # ---- building items -----------------------------------------------------------------------

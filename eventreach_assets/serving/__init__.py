@@ -1,0 +1,1 @@
+"""Serving the trained models over HTTP, the way a SageMaker inference container does."""
