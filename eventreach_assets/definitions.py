@@ -26,7 +26,15 @@ from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets.schedules import build_schedules
 from eventreach_assets.sensors import events_catalog_sensor
 
-DEPLOYMENTS = ("local",)
+DEPLOYMENTS = ("local", "aws")
+
+# Settings of the aws deployment that have defaults (required ones are `dg.EnvVar`s below).
+AWS_DEFAULTS = {
+    "EVENTREACH_STATE_PREFIX": "eventreach",
+    "EVENTREACH_EXPORT_PREFIX": "eventreach/candidates",
+    "EVENTREACH_GLUE_TABLE": "event_candidates",
+    "EVENTREACH_METRICS_NAMESPACE": "EventReach",
+}
 
 
 def eventreach_home() -> Path:
@@ -50,6 +58,68 @@ def local_resources(home: Path, program_path: Path, fixed_now: str | None = None
     }
 
 
+def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str, Any]:
+    """The production deployment: Snowflake, DynamoDB, SageMaker, S3 + Glue, CloudWatch.
+
+    Every required setting is a `dg.EnvVar`, so a missing one fails at resource start-up with
+    its name; credentials come from the AWS / Snowflake environment, never from this file.
+    `EVENTREACH_AWS_ENDPOINT_URL` and `EVENTREACH_SAGEMAKER_ENDPOINT_URL` exist only to point
+    the clients at loopback stand-ins (moto, the model server) in tests.
+    """
+    # Imported here: dagster-snowflake pulls in Snowpark (seconds), which local runs never need.
+    from dagster_aws.s3 import S3Resource
+
+    from eventreach_assets.resources.dynamodb_store import DynamoDBCandidateStore
+    from eventreach_assets.resources.metrics import CloudWatchMetricsSink
+    from eventreach_assets.resources.s3_export import S3GlueExport
+    from eventreach_assets.resources.s3_models import S3ModelRegistry
+    from eventreach_assets.resources.s3_storage import S3DecisionLog, S3PolarsParquetIOManager
+    from eventreach_assets.resources.sagemaker import SageMakerScoring, endpoints_from_program
+    from eventreach_assets.resources.snowflake_warehouse import SnowflakeWarehouse, snowflake_resource_from_env
+
+    def setting(name: str) -> str:
+        return os.environ.get(name, AWS_DEFAULTS[name])
+
+    region = dg.EnvVar("AWS_REGION")
+    endpoint_url = os.environ.get("EVENTREACH_AWS_ENDPOINT_URL")
+    s3 = S3Resource(region_name=region, endpoint_url=endpoint_url)
+    state_bucket = dg.EnvVar("EVENTREACH_STATE_BUCKET")
+    prefix = setting("EVENTREACH_STATE_PREFIX")
+    registry = S3ModelRegistry(s3=s3, bucket=state_bucket, prefix=f"{prefix}/models")
+    return {
+        "program": ProgramResource(path=str(program_path)),
+        "clock": ClockResource(fixed_now=fixed_now),
+        "warehouse": SnowflakeWarehouse(snowflake=snowflake_resource_from_env()),
+        "decision_log": S3DecisionLog(s3=s3, bucket=state_bucket, prefix=f"{prefix}/decisions"),
+        "io_manager": S3PolarsParquetIOManager(s3=s3, bucket=state_bucket, prefix=f"{prefix}/assets"),
+        "model_registry": registry,
+        "scoring_service": SageMakerScoring(
+            registry=registry,
+            endpoints=endpoints_from_program(load_program(program_path)),
+            region_name=region,
+            endpoint_url=os.environ.get("EVENTREACH_SAGEMAKER_ENDPOINT_URL"),
+        ),
+        "candidate_store": DynamoDBCandidateStore(
+            table_name=dg.EnvVar("EVENTREACH_DYNAMODB_TABLE"),
+            score_cache_table_name=dg.EnvVar("EVENTREACH_DYNAMODB_CACHE_TABLE"),
+            region_name=region,
+            endpoint_url=endpoint_url,
+        ),
+        "exporter": S3GlueExport(
+            s3=s3,
+            bucket=dg.EnvVar("EVENTREACH_EXPORT_BUCKET"),
+            prefix=setting("EVENTREACH_EXPORT_PREFIX"),
+            glue_database=dg.EnvVar("EVENTREACH_GLUE_DATABASE"),
+            glue_table=setting("EVENTREACH_GLUE_TABLE"),
+            region_name=region,
+            endpoint_url=endpoint_url,
+        ),
+        "metrics_sink": CloudWatchMetricsSink(
+            namespace=setting("EVENTREACH_METRICS_NAMESPACE"), region_name=region, endpoint_url=endpoint_url
+        ),
+    }
+
+
 def build_definitions(
     home: Path | None = None,
     program_path: Path | None = None,
@@ -62,7 +132,11 @@ def build_definitions(
         raise ValueError(f"EVENTREACH_DEPLOYMENT={deployment!r} is not one of {DEPLOYMENTS}")
     program_path = program_path or Path(os.environ.get("EVENTREACH_PROGRAM", DEFAULT_PROGRAM_PATH))
     program = load_program(program_path)
-    resources = local_resources(home or eventreach_home(), program_path, fixed_now or os.environ.get("EVENTREACH_NOW"))
+    fixed_now = fixed_now or os.environ.get("EVENTREACH_NOW")
+    if deployment == "aws":
+        resources = aws_resources(program_path, fixed_now)
+    else:
+        resources = local_resources(home or eventreach_home(), program_path, fixed_now)
     return dg.Definitions(
         assets=[
             ingestion.raw_candidates,

@@ -12,6 +12,10 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -54,3 +58,46 @@ def reset_moto(endpoint: str) -> None:
     request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
+
+
+# ---- Snowflake: fakesnow ------------------------------------------------------------------
+# fakesnow 0.12.1 has no `cursor.fetch_arrow_batches()`, the connector call SnowflakeWarehouse
+# streams results with, so `_fetch_arrow_batches` supplies it the way the real connector
+# behaves: several batches, each NUMBER column in the narrowest integer type that fits that
+# batch, and no batch at all for an empty result.
+
+
+def _narrowest_ints(batch: pa.RecordBatch) -> pa.Table:
+    """A batch as Snowflake ships it: integers in the smallest type this batch's values fit."""
+    columns = []
+    for column in batch.columns:
+        if pa.types.is_integer(column.type) and len(column) and column.null_count < len(column):
+            bounds = pc.min_max(column)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            for narrow in (pa.int8(), pa.int16(), pa.int32(), pa.int64()):
+                limit = 2 ** (narrow.bit_width - 1)
+                if -limit <= low and high < limit:
+                    column = column.cast(narrow)
+                    break
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=batch.schema.names)
+
+
+def _fetch_arrow_batches(self: Any, force_microsecond_precision: bool = False) -> Iterator[pa.Table]:
+    table = self._arrow_table
+    if table is None or table.num_rows == 0:
+        return
+    for batch in table.to_batches(max_chunksize=3_000):
+        yield _narrowest_ints(batch)
+
+
+@contextmanager
+def fake_snowflake_connector() -> Iterator[None]:
+    """snowflake.connector patched to fakesnow (an in-process DuckDB, no network)."""
+    import fakesnow
+    import pytest
+    from fakesnow.cursor import FakeSnowflakeCursor
+
+    with fakesnow.patch(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FakeSnowflakeCursor, "fetch_arrow_batches", _fetch_arrow_batches, raising=False)
+        yield

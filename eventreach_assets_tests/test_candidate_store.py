@@ -382,7 +382,9 @@ def test_top_candidates_excludes_registered_unless_asked(store):
 
 @pytest.mark.parametrize("page_size", [1, 2, 3, 7, 50])
 def test_cursor_pagination_walks_every_item_exactly_once(store, page_size):
-    scores = {f"k{i:03d}": round((i % 17) / 17, 3) for i in range(120)}  # many ties
+    # many ties; moto answers each GSI query in ~30 ms, so DynamoDB gets the same ties on fewer customers
+    customers = 120 if isinstance(store, SqliteCandidateStore) else 51
+    scores = {f"k{i:03d}": round((i % 17) / 17, 3) for i in range(customers)}
     replace(store, scores, batch=25)
     store.mark_registered(PROGRAM, EVENT, "k016", NOW, "email")
     expected = (

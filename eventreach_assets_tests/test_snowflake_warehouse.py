@@ -3,10 +3,8 @@
 One generated warehouse is written to a DuckDB file and, through `load_tables`, into a
 fakesnow "Snowflake"; every read and the whole extraction + filter funnel must agree.
 
-fakesnow 0.12.1 has no `cursor.fetch_arrow_batches()`, the connector call the resource streams
-results with, so `_fetch_arrow_batches` below supplies it the way the real connector behaves:
-several batches, each NUMBER column in the narrowest integer type that fits that batch, and
-no batch at all for an empty result.
+fakesnow 0.12.1 has no `cursor.fetch_arrow_batches()`; `stand_ins.fake_snowflake_connector`
+supplies it the way the real connector behaves.
 """
 
 from __future__ import annotations
@@ -17,10 +15,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-import fakesnow
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from dagster_snowflake import SnowflakeResource
 from fakesnow.cursor import FakeSnowflakeCursor
@@ -47,6 +43,7 @@ from eventreach_assets.resources.warehouse import (
     WarehouseSchemaError,
     extraction_sql,
 )
+from eventreach_assets_tests.stand_ins import fake_snowflake_connector
 
 AS_OF = datetime(2026, 11, 23, 2, 0)  # a Monday, 02:00 UTC
 PROFILES = 20_000
@@ -72,35 +69,10 @@ ENV = {
 # ---- fixtures ---------------------------------------------------------------------------
 
 
-def _narrowest_ints(batch: pa.RecordBatch) -> pa.Table:
-    """A batch as Snowflake ships it: integers in the smallest type this batch's values fit."""
-    columns = []
-    for column in batch.columns:
-        if pa.types.is_integer(column.type) and len(column) and column.null_count < len(column):
-            bounds = pc.min_max(column)
-            low, high = bounds["min"].as_py(), bounds["max"].as_py()
-            for narrow in (pa.int8(), pa.int16(), pa.int32(), pa.int64()):
-                limit = 2 ** (narrow.bit_width - 1)
-                if -limit <= low and high < limit:
-                    column = column.cast(narrow)
-                    break
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=batch.schema.names)
-
-
-def _fetch_arrow_batches(self: FakeSnowflakeCursor, force_microsecond_precision: bool = False) -> Iterator[pa.Table]:
-    table = self._arrow_table
-    if table is None or table.num_rows == 0:
-        return
-    for batch in table.to_batches(max_chunksize=3_000):
-        yield _narrowest_ints(batch)
-
-
 @pytest.fixture(scope="module")
 def fake_snowflake() -> Iterator[None]:
     """snowflake.connector patched to fakesnow (in-process DuckDB, no network) for this module."""
-    with fakesnow.patch(), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FakeSnowflakeCursor, "fetch_arrow_batches", _fetch_arrow_batches, raising=False)
+    with fake_snowflake_connector():
         yield
 
 

@@ -56,17 +56,19 @@ def collect_report(event_id: str, *results: dg.ExecuteInProcessResult) -> EventR
     return report
 
 
-def run_weekly_batch(
-    home: Path, instance: dg.DagsterInstance, fixed_now: str | None = None, limit: int | None = None
-) -> tuple[list[EventReport], dict[str, Any]]:
-    """Train the models, then run batch + export for the registered upcoming events (the first `limit`)."""
-    defs = build_definitions(home=home, fixed_now=fixed_now)
-    register_event_partitions(defs, instance)
+def train_models(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, dict[str, Any]]:
+    """Run the `train_models` job; returns each model asset's metadata."""
     training = defs.resolve_job_def("train_models").execute_in_process(instance=instance, raise_on_error=True)
-    models = {
+    return {
         event.materialization.asset_key.to_user_string(): _values(event.materialization.metadata)
         for event in training.get_asset_materialization_events()
     }
+
+
+def run_event_batches(
+    defs: dg.Definitions, instance: dg.DagsterInstance, limit: int | None = None
+) -> list[EventReport]:
+    """Run `weekly_batch` then `export_candidates` for the registered events (the first `limit`)."""
     reports = []
     for event_id in instance.get_dynamic_partitions(events_partitions.name)[:limit]:
         tags = {"eventreach/event": event_id}
@@ -77,7 +79,17 @@ def run_weekly_batch(
             instance=instance, partition_key=event_id, tags={**tags, "eventreach/stage": "export"}
         )
         reports.append(collect_report(event_id, batch, export))
-    return reports, models
+    return reports
+
+
+def run_weekly_batch(
+    home: Path, instance: dg.DagsterInstance, fixed_now: str | None = None, limit: int | None = None
+) -> tuple[list[EventReport], dict[str, Any]]:
+    """The local demo: register partitions, train the models, then batch + export per event."""
+    defs = build_definitions(home=home, fixed_now=fixed_now)
+    register_event_partitions(defs, instance)
+    models = train_models(defs, instance)
+    return run_event_batches(defs, instance, limit), models
 
 
 def funnel_frame(report: EventReport) -> pl.DataFrame:

@@ -99,7 +99,7 @@ def csv_lines(matrix: np.ndarray) -> list[str]:
 
 def format_probabilities(values: np.ndarray, content_type: str) -> bytes:
     """Probabilities as `text/csv` (one per line) or `application/json` (`{"predictions": [...]}`)."""
-    floats = [float(v) for v in np.asarray(values, dtype=np.float64).tolist()]
+    floats = np.asarray(values, dtype=np.float64).tolist()  # Python floats: json and repr are exact
     if content_type == JSON:
         return json.dumps({"predictions": floats}).encode()
     return "".join(f"{v!r}\n" for v in floats).encode()
@@ -133,6 +133,8 @@ def _media_type(header: str | None) -> str:
 
 @dataclass(frozen=True)
 class Reply:
+    """What the HTTP layer sends, kept apart from it so tests can wrap `ModelApp.invoke`."""
+
     status: int
     body: bytes
     content_type: str = JSON
