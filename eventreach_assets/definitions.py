@@ -12,13 +12,14 @@ from typing import Any
 
 import dagster as dg
 
-from eventreach_assets.assets import filtering, ingestion, metrics, models, scoring, storage
+from eventreach_assets.assets import filtering, ingestion, metrics, model_deployment, models, scoring, storage
 from eventreach_assets.checks import batch_checks
 from eventreach_assets.jobs import export_job, model_training_job, weekly_batch_job
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, load_program
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.export import LocalParquetExport
 from eventreach_assets.resources.metrics import LocalMetricsSink
+from eventreach_assets.resources.model_deployment import InProcessDeployment
 from eventreach_assets.resources.models import InProcessScoring, LocalModelRegistry
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.storage import LocalDecisionLog, PolarsParquetIOManager
@@ -34,6 +35,7 @@ AWS_DEFAULTS = {
     "EVENTREACH_EXPORT_PREFIX": "eventreach/candidates",
     "EVENTREACH_GLUE_TABLE": "event_candidates",
     "EVENTREACH_METRICS_NAMESPACE": "EventReach",
+    "EVENTREACH_SAGEMAKER_INSTANCE_TYPE": "ml.m5.large",
 }
 
 
@@ -52,6 +54,7 @@ def local_resources(home: Path, program_path: Path, fixed_now: str | None = None
         "io_manager": PolarsParquetIOManager(base_dir=str(home / "assets")),
         "model_registry": registry,
         "scoring_service": InProcessScoring(registry=registry),
+        "model_deployment": InProcessDeployment(registry=registry),
         "candidate_store": SqliteCandidateStore(path=str(home / "candidates.sqlite")),
         "exporter": LocalParquetExport(base_dir=str(home / "export")),
         "metrics_sink": LocalMetricsSink(base_dir=str(home / "metrics")),
@@ -71,6 +74,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
 
     from eventreach_assets.resources.dynamodb_store import DynamoDBCandidateStore
     from eventreach_assets.resources.metrics import CloudWatchMetricsSink
+    from eventreach_assets.resources.model_deployment import SageMakerDeployment
     from eventreach_assets.resources.s3_export import S3GlueExport
     from eventreach_assets.resources.s3_models import S3ModelRegistry
     from eventreach_assets.resources.s3_storage import S3DecisionLog, S3PolarsParquetIOManager
@@ -86,6 +90,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
     state_bucket = dg.EnvVar("EVENTREACH_STATE_BUCKET")
     prefix = setting("EVENTREACH_STATE_PREFIX")
     registry = S3ModelRegistry(s3=s3, bucket=state_bucket, prefix=f"{prefix}/models")
+    endpoints = endpoints_from_program(load_program(program_path))
     return {
         "program": ProgramResource(path=str(program_path)),
         "clock": ClockResource(fixed_now=fixed_now),
@@ -95,9 +100,18 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
         "model_registry": registry,
         "scoring_service": SageMakerScoring(
             registry=registry,
-            endpoints=endpoints_from_program(load_program(program_path)),
+            endpoints=endpoints,
             region_name=region,
             endpoint_url=os.environ.get("EVENTREACH_SAGEMAKER_ENDPOINT_URL"),
+        ),
+        "model_deployment": SageMakerDeployment(
+            registry=registry,
+            endpoints=endpoints,
+            role_arn=dg.EnvVar("EVENTREACH_SAGEMAKER_ROLE_ARN"),
+            image_uri=dg.EnvVar("EVENTREACH_SAGEMAKER_IMAGE_URI"),
+            instance_type=setting("EVENTREACH_SAGEMAKER_INSTANCE_TYPE"),
+            region_name=region,
+            endpoint_url=endpoint_url,
         ),
         "candidate_store": DynamoDBCandidateStore(
             table_name=dg.EnvVar("EVENTREACH_DYNAMODB_TABLE"),
@@ -143,6 +157,7 @@ def build_definitions(
             filtering.filtered_candidates,
             models.model_training_set,
             *models.model_assets,
+            model_deployment.model_endpoints,
             scoring.scored_candidates,
             storage.candidates_table,
             storage.candidates_export,

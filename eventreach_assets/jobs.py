@@ -15,7 +15,7 @@ WEEKLY_BATCH_ASSETS = [
     "candidates_table",
     "batch_metrics",
 ]
-MODEL_ASSETS = ["model_training_set", "event_attendance_model", "interest_affinity_model"]
+MODEL_ASSETS = ["model_training_set", "event_attendance_model", "interest_affinity_model", "model_endpoints"]
 
 weekly_batch_job = dg.define_asset_job(
     name="weekly_batch",

@@ -61,13 +61,13 @@ CACHE_TABLE = "score-cache"
 
 
 def dynamodb_store(endpoint: str, *, create: bool = True, **fields) -> DynamoDBCandidateStore:
-    """A DynamoDB store on the moto endpoint; GSI1 sharded so every top-N read merges shards."""
+    """A DynamoDB store on the moto endpoint; indexes sharded so every read merges shards."""
     fields = {
         "table_name": CANDIDATES_TABLE,
         "score_cache_table_name": CACHE_TABLE,
         "region_name": "us-east-1",
         "endpoint_url": endpoint,
-        "gsi1_shards": 3,
+        "gsi_shards": 3,
         "retry_base_seconds": 0.001,
         **fields,
     }

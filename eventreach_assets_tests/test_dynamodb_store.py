@@ -1,4 +1,4 @@
-"""What only the DynamoDB store has: table shape, retries under throttling, GSI1 shards, key-only reads.
+"""What only the DynamoDB store has: table shape, retries under throttling, index shards, key-only reads.
 
 Everything runs against moto in server mode over real HTTP (`aws_endpoint`, emptied after each
 test); failures are injected with botocore event hooks on the store's own client, so the calls
@@ -116,7 +116,7 @@ class Injector:
 
 @pytest.fixture
 def store(aws_endpoint: str) -> DynamoDBCandidateStore:
-    return dynamodb_store(aws_endpoint, gsi1_shards=4)
+    return dynamodb_store(aws_endpoint, gsi_shards=4)
 
 
 def stored_keys(store: DynamoDBCandidateStore) -> list[tuple[str, str]]:
@@ -187,17 +187,15 @@ def _gsi1_keys_only_string_score(name: str) -> dict:
 @pytest.mark.parametrize(
     ("make", "ttl", "expected"),
     [
-        (_without_gsi2, True, ["global secondary index GSI2 is missing (want gsi2pk HASH (S), gsi2sk RANGE (S)"]),
-        (candidate_table_definition, False, ["TTL is DISABLED, want ENABLED on 'expires_at'"]),
+        (_without_gsi2, True, "global secondary index GSI2 is missing (want gsi2pk HASH (S), gsi2sk RANGE (S)"),
+        (candidate_table_definition, False, "TTL is DISABLED, want ENABLED on 'expires_at'"),
         (
             _gsi1_keys_only_string_score,
             True,
-            [
-                "global secondary index GSI1 is [gsi1pk HASH (S), score RANGE (S), projection KEYS_ONLY], "
-                "want [gsi1pk HASH (S), score RANGE (N), projection ALL]"
-            ],
+            "global secondary index GSI1 is [gsi1pk HASH (S), score RANGE (S), projection KEYS_ONLY], "
+            "want [gsi1pk HASH (S), score RANGE (N), projection ALL]",
         ),
-        (None, True, ["the table does not exist"]),
+        (None, True, "the table does not exist"),
     ],
     ids=["no-gsi2", "no-ttl", "gsi1-wrong", "missing"],
 )
@@ -219,9 +217,7 @@ def test_a_table_of_the_wrong_shape_fails_at_startup_naming_it(aws_endpoint, mak
     message = str(raised.value)
     assert f"DynamoDB table '{CANDIDATES_TABLE}' does not fit the candidate store" in message
     assert CACHE_TABLE not in message.split("Create or fix")[0]  # the good table is not blamed
-    for fragment in expected:
-        assert fragment in message
-    assert "create-tables" in message
+    assert expected in message and "create-tables" in message
 
     # at startup: the run fails before any asset body touches the table
     @dg.asset
@@ -233,7 +229,7 @@ def test_a_table_of_the_wrong_shape_fails_at_startup_naming_it(aws_endpoint, mak
     chain = [failed.value]
     while chain[-1].__cause__ is not None:
         chain.append(chain[-1].__cause__)
-    assert any(isinstance(error, TableShapeError) and expected[0] in str(error) for error in chain), chain
+    assert any(isinstance(error, TableShapeError) and expected in str(error) for error in chain), chain
 
 
 def test_cli_creates_and_checks_the_tables(aws_endpoint, capsys):
@@ -288,7 +284,8 @@ def test_a_non_retryable_error_is_raised_at_once(store):
 # ---- re-runs --------------------------------------------------------------------------------
 
 
-def test_rerun_is_idempotent_removes_stale_items_and_keeps_registrations(store):
+def test_rerun_is_idempotent_removes_stale_items_and_keeps_registrations(aws_endpoint):
+    store = dynamodb_store(aws_endpoint, gsi_shards=2)
     first = replace(store, MANY, batch=25)
     assert (first.items_written, first.items_deleted) == (200, 0)
     keys = stored_keys(store)
@@ -301,9 +298,9 @@ def test_rerun_is_idempotent_removes_stale_items_and_keeps_registrations(store):
     later = NOW + timedelta(days=7)
     kept = {k: v for i, (k, v) in enumerate(MANY.items()) if i % 3 != 1}  # m001 among the dropped
     new = {f"n{i:02d}": 0.5 for i in range(10)}
-    # the next batch runs with 2 GSI1 shards instead of 4
-    resharded = dynamodb_store(store.endpoint_url, create=False, gsi1_shards=2)
-    summary = replace(resharded, kept | new, now=later, batch=25)
+    # the next batch runs with the shard count raised from 2 to 5
+    raised = dynamodb_store(aws_endpoint, create=False, gsi_shards=5)
+    summary = replace(raised, kept | new, now=later, batch=25)
     dropped = len(MANY) - len(kept)
     assert summary.items_deleted == 2 * (dropped - 1)  # m001's two items are retained
     assert (summary.registered_preserved, summary.registered_retained) == (1, 2)
@@ -311,49 +308,64 @@ def test_rerun_is_idempotent_removes_stale_items_and_keeps_registrations(store):
         (ci.customer_pk(c, PROGRAM), ci.event_channel_sk(EVENT, ch)) for c in [*kept, *new, "m001"] for ch in CHANNELS
     }
     assert set(stored_keys(store)) == expected and len(stored_keys(store)) == len(expected)
-    registered = resharded.registered_candidates(PROGRAM, EVENT, now=later)
+    registered = raised.registered_candidates(PROGRAM, EVENT, now=later)
     assert registered["customer_id"].to_list() == ["m001", "m001", "m002", "m002"]
     assert set(registered["expires_at"]) == {ci.expires_at(later, TTL)}
-    # the retained items were re-keyed to the current GSI1 shards, so top-N still finds them
-    top = resharded.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.0, 500, exclude_registered=False, now=later)
+    assert registered["registered_channel"].to_list() == ["email", "email", None, None]
+    # every item, the retained ones too, is keyed under the new shards
+    scan = raised.dynamodb_client().scan(TableName=CANDIDATES_TABLE, ProjectionExpression="customer_id, gsi2pk")
+    assert all(
+        item["gsi2pk"]["S"] == ci.sharded_key(ci.gsi2_pk(PROGRAM, EVENT), item["customer_id"]["S"], 5)
+        for item in scan["Items"]
+    )
+    top = raised.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.0, 500, exclude_registered=False, now=later)
     assert top.items.height == len(kept) + len(new) + 1 and "m001" in top.items["customer_id"].to_list()
+    assert raised.count_event_items(PROGRAM, EVENT, now=later) == len(expected)
 
 
-# ---- GSI1 sharding, ties, reads -------------------------------------------------------------
+# ---- index sharding, ties, reads ------------------------------------------------------------
 
 
-def test_gsi1_shard_helpers_are_stable():
-    assert ci.gsi1_shard("C000123456", 4) == 2  # crc32: the same in every process and release
-    assert ci.gsi1_shard_pks(PROGRAM, "email", EVENT, 1) == [ci.gsi1_pk(PROGRAM, "email", EVENT)]
-    assert ci.gsi1_shard_pks(PROGRAM, "email", EVENT, 2) == [
-        f"{ci.gsi1_pk(PROGRAM, 'email', EVENT)}#SHARD#0",
-        f"{ci.gsi1_pk(PROGRAM, 'email', EVENT)}#SHARD#1",
-    ]
+def test_shard_helpers_are_stable():
+    assert ci.index_shard("C000123456", 4) == 2  # crc32: the same in every process and release
+    gsi1 = ci.gsi1_pk(PROGRAM, "email", EVENT)
+    assert ci.shard_keys(gsi1, 1) == [gsi1]
+    assert ci.shard_keys(gsi1, 2) == [f"{gsi1}#SHARD#0", f"{gsi1}#SHARD#1"]
+    assert ci.sharded_key(gsi1, "C000123456", 4) == f"{gsi1}#SHARD#2"
     items = ci.build_candidate_items(PROGRAM, EVENT, scored_frame(SCORES), CHANNELS, NOW, TTL)
-    assert_frame_equal(ci.with_gsi1_shards(items, 1), items)
+    assert_frame_equal(ci.with_index_shards(items, 1), items)
+    sharded = ci.with_index_shards(items, 3).row(0, named=True)
+    shard = ci.index_shard(sharded["customer_id"], 3)
+    assert sharded["gsi1pk"] == f"{items['gsi1pk'][0]}#SHARD#{shard}"
+    assert sharded["gsi2pk"] == f"{items['gsi2pk'][0]}#SHARD#{shard}"
+    assert_frame_equal(ci.with_index_shards(items, 3).drop("gsi1pk", "gsi2pk"), items.drop("gsi1pk", "gsi2pk"))
     with pytest.raises(ValueError, match="shards"):
-        ci.gsi1_shard("c", 0)
+        ci.index_shard("c", 0)
 
 
 def test_one_shard_stores_exactly_the_sqlite_keys_and_more_shards_spread_them(aws_endpoint):
-    unsharded = dynamodb_store(aws_endpoint, gsi1_shards=1)
+    unsharded = dynamodb_store(aws_endpoint, gsi_shards=1)
     replace(unsharded, SCORES)
     expected = ci.build_candidate_items(PROGRAM, EVENT, scored_frame(SCORES), CHANNELS, NOW, TTL)
     stored = stored_items(unsharded).select(*ci.KEY_COLUMNS).sort("pk", "sk")
     assert_frame_equal(stored, expected.select(*ci.KEY_COLUMNS).sort("pk", "sk"))
     top_unsharded = unsharded.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.0, 100, now=NOW).items
+    items_unsharded = unsharded.event_items(PROGRAM, EVENT, now=NOW)
 
-    sharded = dynamodb_store(aws_endpoint, create=False, gsi1_shards=4)
-    replace(sharded, MANY | SCORES, event="evt-many")
-    gsi1 = stored_items(sharded).filter(pl.col("event_id") == "evt-many")["gsi1pk"]
-    assert set(gsi1) == set(
-        ci.gsi1_shard_pks(PROGRAM, "email", "evt-many", 4) + ci.gsi1_shard_pks(PROGRAM, "in-app", "evt-many", 4)
-    )
+    sharded = dynamodb_store(aws_endpoint, create=False, gsi_shards=4)
+    replace(sharded, MANY, event="evt-many")
+    scan = sharded.dynamodb_client().scan(TableName=CANDIDATES_TABLE, ProjectionExpression="gsi1pk, gsi2pk")
+    gsi1 = {item["gsi1pk"]["S"] for item in scan["Items"]} - set(stored["gsi1pk"])
+    gsi2 = {item["gsi2pk"]["S"] for item in scan["Items"]} - set(stored["gsi2pk"])
+    many_gsi1 = [ci.gsi1_pk(PROGRAM, channel, "evt-many") for channel in CHANNELS]
+    assert gsi1 == {key for base in many_gsi1 for key in ci.shard_keys(base, 4)}
+    assert gsi2 == set(ci.shard_keys(ci.gsi2_pk(PROGRAM, "evt-many"), 4))
     # the same items read back in the same order however they are sharded
     replace(sharded, SCORES)
     assert_frame_equal(
         sharded.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.0, 100, now=NOW).items, top_unsharded
     )
+    assert_frame_equal(sharded.event_items(PROGRAM, EVENT, now=NOW), items_unsharded)
 
 
 def test_one_long_equal_score_run_pages_in_customer_order(store):
@@ -386,7 +398,7 @@ def test_reads_are_key_queries_never_scans(store):
     store.count_event_items(PROGRAM, EVENT, now=NOW)
     store.candidates_for_customer(PROGRAM, "c01", now=NOW)
     store.get_cached_scores(EVENT, "m", "v", pl.Series(["c01", "c02"]), NOW)
-    assert indexes == [GSI2, GSI2, GSI2, None]
+    assert indexes == [GSI2] * 4 * 3 + [None]  # registered, event items, count: one query per shard
     replace(store, SCORES)
     store.mark_registered(PROGRAM, EVENT, "c02", NOW, "email")
     assert "Scan" not in injector.calls

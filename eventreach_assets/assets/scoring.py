@@ -36,7 +36,7 @@ def cached_probabilities(
 
 @dg.asset(
     **BATCH,
-    deps=list(MODEL_ASSETS),
+    deps=[*MODEL_ASSETS, "model_endpoints"],
     kinds={"polars", "scikitlearn"},
     tags={"stage": "score"},
     code_version="1",

@@ -157,36 +157,40 @@ def _gsi2_sk_expr() -> pl.Expr:
     )
 
 
-# ---- GSI1 write sharding (the DynamoDB store) ---------------------------------------------
+# ---- index write sharding (the DynamoDB store) -------------------------------------------
 
-GSI1_SHARD_SEPARATOR = "#SHARD#"
+SHARD_SEPARATOR = "#SHARD#"
+SHARDED_KEYS: tuple[str, ...] = ("gsi1pk", "gsi2pk")  # every item of a batch shares these per event
 
 
-def gsi1_shard(customer_id: str, shards: int) -> int:
-    """A customer's GSI1 write shard: crc32, so every process and release agrees (unlike hash())."""
+def index_shard(customer_id: str, shards: int) -> int:
+    """A customer's index shard: crc32, so every process and release agrees (unlike hash())."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     return zlib.crc32(customer_id.encode()) % shards
 
 
-def gsi1_shard_pks(program_id: str, channel: str, event_id: str, shards: int) -> list[str]:
-    """Every GSI1 partition key a top-N read must query; one shard is the plain `gsi1_pk`."""
-    base = gsi1_pk(program_id, channel, event_id)
+def shard_keys(key: str, shards: int) -> list[str]:
+    """Every sharded form of an index partition key a read must query; one shard is `key` itself."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
-    return [base] if shards == 1 else [f"{base}{GSI1_SHARD_SEPARATOR}{shard}" for shard in range(shards)]
+    return [key] if shards == 1 else [f"{key}{SHARD_SEPARATOR}{shard}" for shard in range(shards)]
 
 
-def with_gsi1_shards(items: pl.DataFrame, shards: int) -> pl.DataFrame:
-    """`items` with gsi1pk suffixed by each customer's shard (unchanged for one shard)."""
+def sharded_key(key: str, customer_id: str, shards: int) -> str:
+    """The form of index partition key `key` that carries this customer's items."""
+    return shard_keys(key, shards)[index_shard(customer_id, shards)]
+
+
+def with_index_shards(items: pl.DataFrame, shards: int) -> pl.DataFrame:
+    """`items` with gsi1pk and gsi2pk suffixed by each customer's shard (unchanged for one shard)."""
     if shards < 1:
         raise ValueError(f"shards must be at least 1, got {shards}")
     if shards == 1 or items.height == 0:
         return items
-    shard = pl.Series([gsi1_shard(customer_id, shards) for customer_id in items["customer_id"].to_list()])
-    return items.with_columns(
-        gsi1pk=pl.concat_str([pl.col("gsi1pk"), pl.lit(GSI1_SHARD_SEPARATOR), shard.cast(pl.String)])
-    )
+    shard = pl.Series([index_shard(customer_id, shards) for customer_id in items["customer_id"].to_list()])
+    suffix = pl.lit(SHARD_SEPARATOR) + shard.cast(pl.String)
+    return items.with_columns(pl.concat_str([pl.col(name), suffix]).alias(name) for name in SHARDED_KEYS)
 
 
 def channel_of_sk(sk: str, event_id: str) -> str:

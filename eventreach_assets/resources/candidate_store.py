@@ -160,7 +160,7 @@ class CandidateStoreResource(dg.ConfigurableResource):
         The default calls `mark_registered` per row (DynamoDB has no batch update either);
         the SQLite store overrides it with one statement in one transaction.
         """
-        frame = _registration_frame(registrations)
+        frame = registration_frame(registrations)
         return sum(
             self.mark_registered(program_id, event_id, row["customer_id"], row["registered_at"], row["channel"])
             for row in frame.iter_rows(named=True)
@@ -189,7 +189,7 @@ _ITEMS = "candidate_items"
 _CACHE = "score_cache"
 _GSI1 = "candidate_items_gsi1"
 _GSI2 = "candidate_items_gsi2"
-_TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # fixed width: strings compare in time order
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # fixed width: strings compare in time order
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS {_ITEMS} (
@@ -252,7 +252,7 @@ _MARK_SQL = f"""
 """
 
 
-def _registration_frame(registrations: pl.DataFrame) -> pl.DataFrame:
+def registration_frame(registrations: pl.DataFrame) -> pl.DataFrame:
     """customer_id, registered_at (aware UTC; naive taken as UTC), channel (null when absent)."""
     missing = {"customer_id", "registered_at"} - set(registrations.columns)
     if missing:
@@ -268,16 +268,16 @@ def _registration_frame(registrations: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _now(now: datetime | None) -> datetime:
+def resolve_now(now: datetime | None) -> datetime:
     return ci.as_utc(now) if now is not None else datetime.now(UTC)
 
 
-def _encode_cursor(query_key: str, score: float, customer_id: str) -> str:
+def encode_cursor(query_key: str, score: float, customer_id: str) -> str:
     raw = json.dumps({"k": query_key, "s": score, "c": customer_id}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode()
 
 
-def _decode_cursor(cursor: str, query_key: str) -> tuple[float, str]:
+def decode_cursor(cursor: str, query_key: str) -> tuple[float, str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         key, score, customer_id = data["k"], float(data["s"]), str(data["c"])
@@ -386,14 +386,14 @@ class SqliteCandidateStore(CandidateStoreResource):
         schema.update({name: pl.Float64() for name in probabilities})
         frame = pl.DataFrame(rows, schema=schema, orient="row")
         return frame.with_columns(
-            pl.col("status_at", "written_at").str.to_datetime(_TS_FORMAT, time_zone="UTC", time_unit="us"),
+            pl.col("status_at", "written_at").str.to_datetime(TS_FORMAT, time_zone="UTC", time_unit="us"),
             pl.col("batch_date").str.to_date("%Y-%m-%d"),
         )
 
     @staticmethod
     def _to_storage(items: pl.DataFrame) -> pl.DataFrame:
         return items.with_columns(
-            pl.col("status_at", "written_at").dt.to_string(_TS_FORMAT),
+            pl.col("status_at", "written_at").dt.to_string(TS_FORMAT),
             pl.col("batch_date").dt.to_string("%Y-%m-%d"),
         )
 
@@ -428,7 +428,7 @@ class SqliteCandidateStore(CandidateStoreResource):
             ).fetchall()
             registered = pl.DataFrame(
                 registered_rows, schema={**ci.REGISTERED_COLUMNS, "status_at": pl.String()}, orient="row"
-            ).with_columns(pl.col("status_at").str.to_datetime(_TS_FORMAT, time_zone="UTC", time_unit="us"))
+            ).with_columns(pl.col("status_at").str.to_datetime(TS_FORMAT, time_zone="UTC", time_unit="us"))
             plan = ci.plan_replace(items, existing_keys, registered, now)
             self._ensure_probability_columns(conn, probabilities)
             batches = 0
@@ -480,13 +480,13 @@ class SqliteCandidateStore(CandidateStoreResource):
         return self.mark_registered_many(program_id, event_id, frame)
 
     def mark_registered_many(self, program_id: str, event_id: str, registrations: pl.DataFrame) -> int:
-        frame = _registration_frame(registrations)
+        frame = registration_frame(registrations)
         bad = frame.filter(pl.col("customer_id").is_null() | pl.col("registered_at").is_null())
         if bad.height:
             raise ValueError(f"{bad.height} registrations lack customer_id or registered_at")
         prefix = ci.event_sk_prefix(ci.check_id("event_id", event_id))
         params = frame.select(
-            at=pl.col("registered_at").dt.to_string(_TS_FORMAT),
+            at=pl.col("registered_at").dt.to_string(TS_FORMAT),
             channel="channel",
             pk=pl.concat_str([pl.lit("CUSTOMER#"), pl.col("customer_id"), pl.lit(f"#PROGRAM#{program_id}")]),
             lo=pl.lit(prefix),
@@ -541,37 +541,37 @@ class SqliteCandidateStore(CandidateStoreResource):
         params: dict[str, object] = {
             "pk": pk,
             "min_score": float(min_score),
-            "now": ci.epoch_seconds(_now(now)),
+            "now": ci.epoch_seconds(resolve_now(now)),
             "limit": limit + 1,  # one more tells whether another page exists
         }
         if cursor is not None:
-            params["last_score"], params["last_customer"] = _decode_cursor(cursor, query_key)
+            params["last_score"], params["last_customer"] = decode_cursor(cursor, query_key)
         with self._connect() as conn:
             page = self._read_items(conn, self._top_sql(exclude_registered, cursor is not None), params)
         if page.height <= limit:
             return CandidatePage(items=page, next_cursor=None)
         page = page.head(limit)
         last = page.row(limit - 1, named=True)
-        return CandidatePage(items=page, next_cursor=_encode_cursor(query_key, last["score"], last["customer_id"]))
+        return CandidatePage(items=page, next_cursor=encode_cursor(query_key, last["score"], last["customer_id"]))
 
     def registered_candidates(self, program_id: str, event_id: str, now: datetime | None = None) -> pl.DataFrame:
         where, lo, hi = self._registered_where()
-        params = {"pk": ci.gsi2_pk(program_id, event_id), "lo": lo, "hi": hi, "now": ci.epoch_seconds(_now(now))}
+        params = {"pk": ci.gsi2_pk(program_id, event_id), "lo": lo, "hi": hi, "now": ci.epoch_seconds(resolve_now(now))}
         with self._connect() as conn:
             return self._read_items(conn, where, params).sort("customer_id", "channel")
 
     def candidates_for_customer(self, program_id: str, customer_id: str, now: datetime | None = None) -> pl.DataFrame:
-        params = {"pk": ci.customer_pk(customer_id, program_id), "now": ci.epoch_seconds(_now(now))}
+        params = {"pk": ci.customer_pk(customer_id, program_id), "now": ci.epoch_seconds(resolve_now(now))}
         with self._connect() as conn:
             return self._read_items(conn, "pk = :pk AND expires_at > :now", params).sort("event_id", "channel")
 
     def event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> pl.DataFrame:
-        params = {"pk": ci.gsi2_pk(program_id, event_id), "now": ci.epoch_seconds(_now(now))}
+        params = {"pk": ci.gsi2_pk(program_id, event_id), "now": ci.epoch_seconds(resolve_now(now))}
         with self._connect() as conn:
             return self._read_items(conn, "gsi2pk = :pk AND expires_at > :now", params).sort("customer_id", "channel")
 
     def count_event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> int:
-        params = {"pk": ci.gsi2_pk(program_id, event_id), "now": ci.epoch_seconds(_now(now))}
+        params = {"pk": ci.gsi2_pk(program_id, event_id), "now": ci.epoch_seconds(resolve_now(now))}
         with self._connect() as conn:
             sql = f"SELECT count(*) FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now"
             return int(conn.execute(sql, params).fetchone()[0])

@@ -19,20 +19,24 @@ times per batch; then the call raises `DynamoDBWriteError` saying how many items
 written. botocore's own retries are off so every retry is counted (`retry_counts`). Reads are
 `Query`s by key (never `Scan`), expired items filtered out because TTL deletes lazily.
 
-**GSI1 write sharding.** GSI1's partition key is one value per program x channel x event, so
-unsharded, every item a batch writes for a channel lands on one GSI partition key. A partition
-takes at most 1,000 write units/s and a GSI that falls behind throttles the table's writes, so a
-100K-customer event would need 100 s or more per channel however many writers run. The DynamoDB
-store therefore spreads each channel x event over `gsi1_shards` keys (default 4): `gsi1pk` gets
-a `#SHARD#<n>` suffix with n = crc32(customer_id) mod shards, stable across processes and
-re-runs. A top-N read queries every shard (score >= min, descending, each paged lazily) and
-merges them by score, so a page costs `gsi1_shards` small queries instead of one; the cursor is
-a position in the global (score desc, customer_id) order and needs no per-shard state. Four
-shards give each channel a ceiling of about 4,000 writes/s, above what the default 4 writer
-threads push; raise both together. Raising the shard count is safe (reads query every shard;
-items move on their event's next run); lowering it hides items keyed under the dropped shards
-until their event is re-materialized. With `gsi1_shards=1` the key is exactly
-`candidate_items.gsi1_pk`, the SQLite store's column.
+**Index write sharding.** Every item a batch writes for an event carries the same GSI2
+partition key (program x event) and, per channel, the same GSI1 partition key (program x channel
+x event). A DynamoDB partition takes at most 1,000 write units/s and a GSI that falls behind
+throttles the table's own writes, so unsharded, a 100K-customer event (200K items) takes at
+least ~200 s to write however many writers run (split-for-heat may eventually divide a hot key
+by sort-key range, but only after minutes of throttling). The DynamoDB store therefore spreads
+both keys over `gsi_shards` values (default 8): `gsi1pk` and `gsi2pk` get a `#SHARD#<n>`
+suffix, n = crc32(customer_id) mod shards, the same for all of a customer's items and stable
+across processes and re-runs. Reads query every shard in parallel: a top-N page merges the
+shards' score-descending streams (each paged lazily) and the GSI2 reads concatenate, so a read
+costs `gsi_shards` small queries instead of one; the top-N cursor is a position in the global
+(score desc, customer_id) order and needs no per-shard state. Eight shards lift each key's
+ceiling to ~8,000 writes/s, about twice what the default 4 writer threads push (25-item
+batches, one round trip each); raise both together. Choose the count with the tables: raising
+it later from 2 or more is safe (reads also query every old shard key; items move on their
+event's next run, kept registrations are re-keyed), but lowering it, or raising it from 1,
+leaves items under keys no read queries until their TTL ends. With `gsi_shards=1` the keys are
+exactly those of `domain/candidate_items.py`, column for column with the SQLite store.
 
 **Equal scores.** DynamoDB returns items with equal GSI1 sort keys in no defined order, while the
 contract is score desc, then customer_id. A page therefore reads past its limit to the end of
@@ -80,15 +84,15 @@ from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain import candidate_items as ci
 from eventreach_assets.resources.candidate_store import (
-    _TS_FORMAT,
     CACHE_SCHEMA,
+    TS_FORMAT,
     CandidatePage,
     CandidateStoreResource,
     WriteSummary,
-    _decode_cursor,
-    _encode_cursor,
-    _now,
-    _registration_frame,
+    decode_cursor,
+    encode_cursor,
+    registration_frame,
+    resolve_now,
 )
 
 T = TypeVar("T")
@@ -114,7 +118,11 @@ _STATS_LOCK = threading.Lock()
 _TINY = Decimal("1E-129")  # DynamoDB numbers go down to 1E-130; anything smaller is stored as 0
 
 
-class DynamoDBWriteError(RuntimeError):
+class DynamoDBThrottledError(RuntimeError):
+    """Calls still throttled (or items still unprocessed) after the last retry."""
+
+
+class DynamoDBWriteError(DynamoDBThrottledError):
     """Writes still throttled or unprocessed after the last retry; `unwritten` items are missing."""
 
     def __init__(self, message: str, unwritten: int) -> None:
@@ -315,7 +323,7 @@ def to_dynamo_items(frame: pl.DataFrame) -> list[dict[str, dict[str, str]]]:
     null and NaN attributes are left out, as a `PutItem` would drop them.
     """
     stored = frame.with_columns(
-        pl.col(name).dt.to_string(_TS_FORMAT) for name in ("status_at", "written_at") if name in frame.columns
+        pl.col(name).dt.to_string(TS_FORMAT) for name in ("status_at", "written_at") if name in frame.columns
     )
     if "batch_date" in stored.columns:
         stored = stored.with_columns(pl.col("batch_date").dt.to_string("%Y-%m-%d"))
@@ -350,7 +358,7 @@ def items_frame(items: Sequence[dict[str, dict[str, Any]]]) -> pl.DataFrame:
     schema.update({name: pl.Float64() for name in probabilities})
     frame = pl.DataFrame({name: [_plain(item.get(name), name) for item in items] for name in columns}, schema=schema)
     frame = frame.with_columns(
-        pl.col("status_at", "written_at").str.to_datetime(_TS_FORMAT, time_zone="UTC", time_unit="us"),
+        pl.col("status_at", "written_at").str.to_datetime(TS_FORMAT, time_zone="UTC", time_unit="us"),
         pl.col("batch_date").str.to_date("%Y-%m-%d"),
     )
     return ci.drop_empty_probabilities(frame)
@@ -379,8 +387,10 @@ class DynamoDBCandidateStore(CandidateStoreResource):
     aws_access_key_id: str | None = Field(default=None, description="Only via dg.EnvVar; None uses the chain.")
     aws_secret_access_key: str | None = Field(default=None, description="Only via dg.EnvVar; None uses the chain.")
     aws_session_token: str | None = Field(default=None, description="Only via dg.EnvVar; None uses the chain.")
-    max_parallel_writers: int = Field(default=4, ge=1, le=64, description="Threads sending write batches.")
-    gsi1_shards: int = Field(default=4, ge=1, le=100, description="GSI1 partition keys per channel x event.")
+    max_parallel_writers: int = Field(default=4, ge=1, le=64, description="Threads writing batches or reading shards.")
+    gsi_shards: int = Field(
+        default=8, ge=1, le=100, description="Index partition keys per event (GSI2) and channel x event (GSI1)."
+    )
     max_retries: int = Field(default=8, ge=0, description="Retries of a throttled call or unprocessed batch.")
     retry_base_seconds: float = Field(default=0.05, ge=0, description="First backoff ceiling; doubles per retry.")
     retry_max_seconds: float = Field(default=5.0, ge=0, description="Largest backoff ceiling.")
@@ -431,8 +441,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
             self.check_tables()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._client is not None and self._client_pid == os.getpid():
-            self._client.close()
+        # Dropped, not closed: Dagster's copy of the resource may share the client with the original.
         self._client = None
 
     @property
@@ -447,7 +456,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
                 self._stats[name] = self._stats.get(name, 0) + value
 
     def _backoff(self, attempt: int) -> None:
-        """Exponential backoff with full jitter (AWS's recommendation): sleep U(0, base * 2^attempt)."""
+        """Exponential backoff with full jitter (AWS's advice): sleep U(0, min(max, base * 2^(attempt-1)))."""
         self._count(retries=1)
         ceiling = min(self.retry_max_seconds, self.retry_base_seconds * 2 ** (attempt - 1))
         time.sleep(random.uniform(0, ceiling))
@@ -526,19 +535,28 @@ class DynamoDBCandidateStore(CandidateStoreResource):
 
     # -- writes --
 
+    def _query_shards(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every item of one Query per shard, the shards read in parallel."""
+        return [item for items in self._parallel(lambda query: list(self._query(**query)), queries) for item in items]
+
     def _event_state(self, program_id: str, event_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """The event's keys (expired ones too) and its registered items, from one GSI2 query."""
-        rows = list(
-            self._query(
-                TableName=self.table_name,
-                IndexName=GSI2,
-                KeyConditionExpression="#gsi2pk = :pk",
-                ProjectionExpression="#pk, #sk, #customer_id, #status, #status_at, #registered_channel, #expires_at",
-                ExpressionAttributeNames=_names(
-                    "gsi2pk", "pk", "sk", "customer_id", "status", "status_at", "registered_channel", "expires_at"
-                ),
-                ExpressionAttributeValues={":pk": {"S": ci.gsi2_pk(program_id, event_id)}},
-            )
+        """The event's keys (expired ones too) and its registered items, from one GSI2 query per shard."""
+        rows = self._query_shards(
+            [
+                {
+                    "TableName": self.table_name,
+                    "IndexName": GSI2,
+                    "KeyConditionExpression": "#gsi2pk = :pk",
+                    "ProjectionExpression": (
+                        "#pk, #sk, #customer_id, #status, #status_at, #registered_channel, #expires_at"
+                    ),
+                    "ExpressionAttributeNames": _names(
+                        "gsi2pk", "pk", "sk", "customer_id", "status", "status_at", "registered_channel", "expires_at"
+                    ),
+                    "ExpressionAttributeValues": {":pk": {"S": pk}},
+                }
+                for pk in ci.shard_keys(ci.gsi2_pk(program_id, event_id), self.gsi_shards)
+            ]
         )
         names = ["pk", "sk", "customer_id", "status", "status_at", "registered_channel", "expires_at"]
         frame = pl.DataFrame(
@@ -549,7 +567,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
             "pk",
             "sk",
             "customer_id",
-            pl.col("status_at").str.to_datetime(_TS_FORMAT, time_zone="UTC", time_unit="us"),
+            pl.col("status_at").str.to_datetime(TS_FORMAT, time_zone="UTC", time_unit="us"),
             "registered_channel",
             "expires_at",
         )
@@ -573,7 +591,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
         plan = ci.plan_replace(items, existing_keys, registered, now)
         puts = [
             {"PutRequest": {"Item": item}}
-            for item in to_dynamo_items(ci.with_gsi1_shards(plan.items, self.gsi1_shards))
+            for item in to_dynamo_items(ci.with_index_shards(plan.items, self.gsi_shards))
         ]
         deletes = [{"DeleteRequest": {"Key": {"pk": {"S": pk}, "sk": {"S": sk}}}} for pk, sk in plan.stale.iter_rows()]
         # New items before deletes: a failure in between leaves extra items, never missing ones.
@@ -594,26 +612,30 @@ class DynamoDBCandidateStore(CandidateStoreResource):
         )
 
     def _extend_retained(self, program_id: str, event_id: str, plan: ci.ReplacePlan, registered: pl.DataFrame) -> None:
-        """Raise the TTL of kept registered items to the batch's (and re-key GSI1 to the current shards)."""
+        """Raise the TTL of kept registered items to the batch's, and key them under the current shards."""
         if plan.retained.height == 0:
             return
         rows = plan.retained.join(registered.select("pk", "sk", "customer_id", "expires_at"), on=["pk", "sk"])
 
         def update(row: dict[str, Any]) -> None:
             channel = ci.channel_of_sk(row["sk"], event_id)
-            shard_pks = ci.gsi1_shard_pks(program_id, channel, event_id, self.gsi1_shards)
-            gsi1pk = shard_pks[ci.gsi1_shard(row["customer_id"], self.gsi1_shards)]
+            customer_id = row["customer_id"]
             try:
                 self._call(
                     "update_item",
                     TableName=self.table_name,
                     Key={"pk": {"S": row["pk"]}, "sk": {"S": row["sk"]}},
-                    UpdateExpression="SET #expires_at = :expires, #gsi1pk = :gsi1pk",
+                    UpdateExpression="SET #expires_at = :expires, #gsi1pk = :gsi1pk, #gsi2pk = :gsi2pk",
                     ConditionExpression="attribute_exists(#pk)",
-                    ExpressionAttributeNames=_names("expires_at", "gsi1pk", "pk"),
+                    ExpressionAttributeNames=_names("expires_at", "gsi1pk", "gsi2pk", "pk"),
                     ExpressionAttributeValues={
                         ":expires": {"N": str(max(int(row["expires_at"]), plan.expires_at))},
-                        ":gsi1pk": {"S": gsi1pk},
+                        ":gsi1pk": {
+                            "S": ci.sharded_key(ci.gsi1_pk(program_id, channel, event_id), customer_id, self.gsi_shards)
+                        },
+                        ":gsi2pk": {
+                            "S": ci.sharded_key(ci.gsi2_pk(program_id, event_id), customer_id, self.gsi_shards)
+                        },
                     },
                 )
             except ClientError as error:  # deleted meanwhile: nothing to keep
@@ -627,7 +649,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
     ) -> int:
         prefix = ci.event_sk_prefix(ci.check_id("event_id", event_id))
         at = ci.as_utc(registered_at)
-        at_text = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # == _TS_FORMAT: fixed width, compares in time order
+        at_text = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # == TS_FORMAT: fixed width, compares in time order
         pk = ci.customer_pk(customer_id, program_id)
         sks = [
             row["sk"]["S"]
@@ -671,7 +693,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
 
     def mark_registered_many(self, program_id: str, event_id: str, registrations: pl.DataFrame) -> int:
         """`mark_registered` per row (DynamoDB has no batch update), rows spread over the writers."""
-        frame = _registration_frame(registrations)
+        frame = registration_frame(registrations)
         bad = frame.filter(pl.col("customer_id").is_null() | pl.col("registered_at").is_null())
         if bad.height:
             raise ValueError(f"{bad.height} registrations lack customer_id or registered_at")
@@ -744,11 +766,11 @@ class DynamoDBCandidateStore(CandidateStoreResource):
         if limit <= 0:
             raise ValueError(f"limit must be positive, got {limit}")
         query_key = f"{ci.gsi1_pk(program_id, channel, event_id)}|{float(min_score)!r}|{exclude_registered}"
-        after = _decode_cursor(cursor, query_key) if cursor is not None else None
-        shard_pks = ci.gsi1_shard_pks(program_id, channel, event_id, self.gsi1_shards)
+        after = decode_cursor(cursor, query_key) if cursor is not None else None
+        shard_pks = ci.shard_keys(ci.gsi1_pk(program_id, channel, event_id), self.gsi_shards)
         # Each shard's expected share of the page plus a little; `_query` doubles it if more is needed.
         per_shard = min(1000, -(-(limit + 1) // len(shard_pks)) + 2)
-        now_epoch = ci.epoch_seconds(_now(now))
+        now_epoch = ci.epoch_seconds(resolve_now(now))
         queries = [
             self._gsi1_shard_query(pk, min_score, after, exclude_registered, now_epoch, per_shard) for pk in shard_pks
         ]
@@ -767,28 +789,32 @@ class DynamoDBCandidateStore(CandidateStoreResource):
         if len(collected) <= limit:
             return CandidatePage(items=page, next_cursor=None)
         last = page.row(limit - 1, named=True)
-        return CandidatePage(items=page, next_cursor=_encode_cursor(query_key, last["score"], last["customer_id"]))
+        return CandidatePage(items=page, next_cursor=encode_cursor(query_key, last["score"], last["customer_id"]))
 
-    def _event_query(self, program_id: str, event_id: str, now: datetime | None, **extra: Any) -> dict[str, Any]:
-        return {
-            "TableName": self.table_name,
-            "IndexName": GSI2,
-            "KeyConditionExpression": "#gsi2pk = :pk",
-            "FilterExpression": "#expires_at > :now",
-            "ExpressionAttributeNames": _names("gsi2pk", "expires_at"),
-            "ExpressionAttributeValues": {
-                ":pk": {"S": ci.gsi2_pk(program_id, event_id)},
-                ":now": {"N": str(ci.epoch_seconds(_now(now)))},
-            },
-            **extra,
-        }
+    def _event_queries(
+        self, program_id: str, event_id: str, now: datetime | None, **extra: Any
+    ) -> list[dict[str, Any]]:
+        """One GSI2 Query per shard for the event's live items; `extra` is added to each."""
+        return [
+            {
+                "TableName": self.table_name,
+                "IndexName": GSI2,
+                "KeyConditionExpression": "#gsi2pk = :pk",
+                "FilterExpression": "#expires_at > :now",
+                "ExpressionAttributeNames": _names("gsi2pk", "expires_at"),
+                "ExpressionAttributeValues": {":pk": {"S": pk}, ":now": {"N": str(ci.epoch_seconds(resolve_now(now)))}},
+                **extra,
+            }
+            for pk in ci.shard_keys(ci.gsi2_pk(program_id, event_id), self.gsi_shards)
+        ]
 
     def registered_candidates(self, program_id: str, event_id: str, now: datetime | None = None) -> pl.DataFrame:
-        query = self._event_query(program_id, event_id, now)
-        query["KeyConditionExpression"] = "#gsi2pk = :pk AND begins_with(#gsi2sk, :prefix)"
-        query["ExpressionAttributeNames"] |= _names("gsi2sk")
-        query["ExpressionAttributeValues"][":prefix"] = {"S": ci.gsi2_sk_prefix(ci.STATUS_REGISTERED)}
-        return items_frame(list(self._query(**query))).sort("customer_id", "channel")
+        queries = self._event_queries(program_id, event_id, now)
+        for query in queries:
+            query["KeyConditionExpression"] = "#gsi2pk = :pk AND begins_with(#gsi2sk, :prefix)"
+            query["ExpressionAttributeNames"] |= _names("gsi2sk")
+            query["ExpressionAttributeValues"][":prefix"] = {"S": ci.gsi2_sk_prefix(ci.STATUS_REGISTERED)}
+        return items_frame(self._query_shards(queries)).sort("customer_id", "channel")
 
     def candidates_for_customer(self, program_id: str, customer_id: str, now: datetime | None = None) -> pl.DataFrame:
         rows = self._query(
@@ -798,26 +824,27 @@ class DynamoDBCandidateStore(CandidateStoreResource):
             ExpressionAttributeNames=_names("pk", "expires_at"),
             ExpressionAttributeValues={
                 ":pk": {"S": ci.customer_pk(customer_id, program_id)},
-                ":now": {"N": str(ci.epoch_seconds(_now(now)))},
+                ":now": {"N": str(ci.epoch_seconds(resolve_now(now)))},
             },
             ConsistentRead=True,  # support reads right after a status update
         )
         return items_frame(list(rows)).sort("event_id", "channel")
 
     def event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> pl.DataFrame:
-        return items_frame(list(self._query(**self._event_query(program_id, event_id, now)))).sort(
-            "customer_id", "channel"
-        )
+        rows = self._query_shards(self._event_queries(program_id, event_id, now))
+        return items_frame(rows).sort("customer_id", "channel")
 
     def count_event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> int:
-        query = self._event_query(program_id, event_id, now, Select="COUNT")
-        total = 0
-        while True:
-            response = self._call("query", **query)
-            total += response["Count"]
-            if "LastEvaluatedKey" not in response:
-                return total
-            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        def count(query: dict[str, Any]) -> int:
+            total = 0
+            while True:
+                response = self._call("query", **query)
+                total += response["Count"]
+                if "LastEvaluatedKey" not in response:
+                    return total
+                query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+        return sum(self._parallel(count, self._event_queries(program_id, event_id, now, Select="COUNT")))
 
     # -- score cache --
 
@@ -851,10 +878,9 @@ class DynamoDBCandidateStore(CandidateStoreResource):
                 if not request:
                     return found
                 self._count(unprocessed=len(request[self.score_cache_table_name]["Keys"]))
-            raise DynamoDBWriteError(
+            raise DynamoDBThrottledError(
                 f"{len(request[self.score_cache_table_name]['Keys'])} score cache keys were not read from "
-                f"{self.score_cache_table_name!r} after {self.max_retries} retries",
-                0,
+                f"{self.score_cache_table_name!r} after {self.max_retries} retries"
             )
 
         rows = [row for rows in self._parallel(fetch, chunks) for row in rows]
