@@ -40,5 +40,5 @@ model_training_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*MODEL_ASSETS),
     executor_def=dg.in_process_executor,
     tags={"eventreach/stage": "training"},
-    description="Retrain the attendance and interest-affinity models on the invitation history.",
+    description="Retrain the attendance and interest-affinity models, then deploy the promoted versions.",
 )

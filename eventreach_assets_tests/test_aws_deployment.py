@@ -39,6 +39,8 @@ ENV = {
     "EVENTREACH_GLUE_DATABASE": "eventreach",
     "EVENTREACH_DYNAMODB_TABLE": "eventreach-candidates",
     "EVENTREACH_DYNAMODB_CACHE_TABLE": "eventreach-score-cache",
+    "EVENTREACH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/eventreach-sagemaker",
+    "EVENTREACH_SAGEMAKER_IMAGE_URI": "123456789012.dkr.ecr.us-east-1.amazonaws.com/eventreach-model-server:1",
     "SNOWFLAKE_ACCOUNT": "eventreach-test",
     "SNOWFLAKE_USER": "batch",
     "SNOWFLAKE_PASSWORD": "not-a-secret",

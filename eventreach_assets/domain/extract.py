@@ -107,7 +107,7 @@ def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[st
             to_candidate_model(
                 ranked.filter(pl.col("newest"))
                 .drop("newest", "reason")
-                .join(newest_opt_out(frame), on="customer_id", how="left")
+                .join(newest_opt_out(frame), on="customer_id", how="left", maintain_order="left")
                 .with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_newest_opt_out"))
             ),
             pl.concat([invalid, superseded]),

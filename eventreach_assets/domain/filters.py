@@ -120,7 +120,7 @@ class EligibilityFilter(CandidateFilter):
 
     def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
         registered = inputs.registrations.select("customer_id").unique().with_columns(_registered=pl.lit(True))
-        return candidates.join(registered, on="customer_id", how="left").with_columns(
+        return candidates.join(registered, on="customer_id", how="left", maintain_order="left").with_columns(
             pl.col("_registered").fill_null(False)
         )
 
@@ -186,7 +186,9 @@ class GeographicFilter(CandidateFilter):
         return [r for r in program_regions if r in event_regions] if event_regions else list(program_regions)
 
     def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
-        return candidates.join(_local_hours(inputs.event.start_time_utc).lazy(), on="timezone", how="left")
+        return candidates.join(
+            _local_hours(inputs.event.start_time_utc).lazy(), on="timezone", how="left", maintain_order="left"
+        )
 
     def reason(self, inputs: FilterInputs) -> pl.Expr:
         hour = pl.col("_local_hour")
@@ -217,7 +219,7 @@ class FrequencyCapFilter(CandidateFilter):
             .group_by("customer_id")
             .agg(_recent_invitations=pl.len())
         )
-        return candidates.join(recent, on="customer_id", how="left").with_columns(
+        return candidates.join(recent, on="customer_id", how="left", maintain_order="left").with_columns(
             pl.col("_recent_invitations").fill_null(0)
         )
 
