@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="EventReach: invitations to virtual events as a Dagster asset graph",
     packages=find_packages(exclude=["eventreach_assets_tests"]),
-    package_data={"eventreach_assets": ["program/*.yaml"]},
+    package_data={"eventreach_assets": ["program/*.yaml", "templates/*/*/*.txt", "templates/*/*/*.html"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         # The dagster family is pinned together: each library pins one exact dagster release.

@@ -12,16 +12,28 @@ from typing import Any
 
 import dagster as dg
 
-from eventreach_assets.assets import filtering, ingestion, metrics, model_deployment, models, scoring, storage
-from eventreach_assets.checks import batch_checks
-from eventreach_assets.jobs import export_job, model_training_job, weekly_batch_job
-from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, load_program
+from eventreach_assets.assets import (
+    campaigns,
+    filtering,
+    ingestion,
+    metrics,
+    model_deployment,
+    models,
+    scoring,
+    storage,
+)
+from eventreach_assets.checks import batch_checks, campaign_checks
+from eventreach_assets.jobs import campaign_jobs, export_job, model_training_job, weekly_batch_job
+from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, ProgramConfig, load_program
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
+from eventreach_assets.resources.channels import LocalOutboxEmail, LocalOutboxInApp, LocalOutboxPush
 from eventreach_assets.resources.export import LocalParquetExport
+from eventreach_assets.resources.ledger import SqliteDeliveryLedger
 from eventreach_assets.resources.metrics import LocalMetricsSink
 from eventreach_assets.resources.model_deployment import InProcessDeployment
 from eventreach_assets.resources.models import InProcessScoring, LocalModelRegistry
 from eventreach_assets.resources.program import ClockResource, ProgramResource
+from eventreach_assets.resources.secrets import EnvLinkSecret, LocalLinkSecret
 from eventreach_assets.resources.storage import LocalDecisionLog, PolarsParquetIOManager
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets.schedules import build_schedules
@@ -58,6 +70,50 @@ def local_resources(home: Path, program_path: Path, fixed_now: str | None = None
         "candidate_store": SqliteCandidateStore(path=str(home / "candidates.sqlite")),
         "exporter": LocalParquetExport(base_dir=str(home / "export")),
         "metrics_sink": LocalMetricsSink(base_dir=str(home / "metrics")),
+        # The ledger shares the candidate store's SQLite file, as the design asks.
+        "ledger": SqliteDeliveryLedger(path=str(home / "candidates.sqlite")),
+        "email_channel": LocalOutboxEmail(outbox_dir=str(home / "outbox" / "email")),
+        "push_channel": LocalOutboxPush(outbox_dir=str(home / "outbox" / "push")),
+        "in_app_channel": LocalOutboxInApp(outbox_dir=str(home / "outbox" / "in-app")),
+        "link_signing": LocalLinkSecret(path=str(home / "link_secret")),
+    }
+
+
+def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_url: str | None) -> dict[str, Any]:
+    """Channel services and the delivery ledger of the aws deployment.
+
+    Email goes through SES v2 unless `EVENTREACH_EMAIL_PROVIDER=smtp` (any ESP's SMTP relay).
+    """
+    from eventreach_assets.resources.channels import SesEmail, SmtpEmail, SnsPush, WebhookInApp
+    from eventreach_assets.resources.ledger import DynamoDBDeliveryLedger
+
+    if os.environ.get("EVENTREACH_EMAIL_PROVIDER", "ses") == "smtp":
+        email_channel: Any = SmtpEmail(
+            host=dg.EnvVar("EVENTREACH_SMTP_HOST"),
+            port=int(os.environ.get("EVENTREACH_SMTP_PORT", "587")),
+            username=dg.EnvVar("EVENTREACH_SMTP_USERNAME"),
+            password=dg.EnvVar("EVENTREACH_SMTP_PASSWORD"),
+            sender=program.campaigns.sender,
+        )
+    else:
+        email_channel = SesEmail(
+            region_name=region,
+            endpoint_url=endpoint_url,
+            configuration_set=os.environ.get("EVENTREACH_SES_CONFIGURATION_SET"),
+            sender=program.campaigns.sender,
+        )
+    return {
+        "ledger": DynamoDBDeliveryLedger(
+            table_name=dg.EnvVar("EVENTREACH_DYNAMODB_LEDGER_TABLE"), region_name=region, endpoint_url=endpoint_url
+        ),
+        "email_channel": email_channel,
+        "push_channel": SnsPush(
+            region_name=region, endpoint_url=endpoint_url, topic_arn=os.environ.get("EVENTREACH_PUSH_TOPIC_ARN")
+        ),
+        "in_app_channel": WebhookInApp(
+            url=dg.EnvVar("EVENTREACH_IN_APP_WEBHOOK_URL"), api_key=dg.EnvVar("EVENTREACH_IN_APP_API_KEY")
+        ),
+        "link_signing": EnvLinkSecret(secret=dg.EnvVar("EVENTREACH_LINK_SECRET")),
     }
 
 
@@ -90,7 +146,8 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
     state_bucket = dg.EnvVar("EVENTREACH_STATE_BUCKET")
     prefix = setting("EVENTREACH_STATE_PREFIX")
     registry = S3ModelRegistry(s3=s3, bucket=state_bucket, prefix=f"{prefix}/models")
-    endpoints = endpoints_from_program(load_program(program_path))
+    program = load_program(program_path)
+    endpoints = endpoints_from_program(program)
     return {
         "program": ProgramResource(path=str(program_path)),
         "clock": ClockResource(fixed_now=fixed_now),
@@ -128,6 +185,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
             region_name=region,
             endpoint_url=endpoint_url,
         ),
+        **aws_campaign_resources(program, region, endpoint_url),
         "metrics_sink": CloudWatchMetricsSink(
             namespace=setting("EVENTREACH_METRICS_NAMESPACE"), region_name=region, endpoint_url=endpoint_url
         ),
@@ -162,9 +220,13 @@ def build_definitions(
             storage.candidates_table,
             storage.candidates_export,
             metrics.batch_metrics,
+            campaigns.email_invitations,
+            campaigns.in_app_invitations,
+            campaigns.push_reminders,
+            campaigns.day_of_reminders,
         ],
-        asset_checks=dg.load_asset_checks_from_modules([batch_checks]),
-        jobs=[weekly_batch_job, export_job, model_training_job],
+        asset_checks=[*dg.load_asset_checks_from_modules([batch_checks]), *campaign_checks.campaign_checks],
+        jobs=[weekly_batch_job, export_job, model_training_job, *campaign_jobs],
         schedules=build_schedules(program),
         sensors=[events_catalog_sensor],
         resources=resources,

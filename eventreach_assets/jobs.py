@@ -42,3 +42,23 @@ model_training_job = dg.define_asset_job(
     tags={"eventreach/stage": "training"},
     description="Retrain the attendance and interest-affinity models, then deploy the promoted versions.",
 )
+
+
+# One job per send, so each can be launched (and retried) on its own schedule or sensor.
+CAMPAIGN_JOBS = [  # job, asset, channel, description
+    ("email_campaign", "email_invitations", "email", "Email invitations with .ics (Monday 10:00)."),
+    ("in_app_campaign", "in_app_invitations", "in-app", "In-app banners (Monday 14:00)."),
+    ("push_reminder", "push_reminders", "push", "Push reminder to registrants, 1 day before."),
+    ("day_of_reminder", "day_of_reminders", "email", "Email on the event day, 09:00 local."),
+]
+campaign_jobs = [
+    dg.define_asset_job(
+        name=name,
+        selection=dg.AssetSelection.assets(asset),
+        partitions_def=events_partitions,
+        executor_def=dg.in_process_executor,
+        tags={"eventreach/stage": "campaign", "eventreach/channel": channel},
+        description=description,
+    )
+    for name, asset, channel, description in CAMPAIGN_JOBS
+]

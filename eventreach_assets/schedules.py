@@ -5,7 +5,7 @@ import dagster as dg
 from eventreach_assets.domain.events import upcoming_event_ids
 from eventreach_assets.jobs import export_job, model_training_job, weekly_batch_job
 from eventreach_assets.partitions import events_partitions
-from eventreach_assets.program.config import ProgramConfig
+from eventreach_assets.program.config import ProgramConfig, aws_cron_to_unix
 from eventreach_assets.resources.program import ClockResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
@@ -64,5 +64,19 @@ def build_schedules(program: ProgramConfig) -> list[dg.ScheduleDefinition]:
         ),
         per_event_schedule(
             "candidates_export_schedule", program.export_cron, export_job.name, "export", program.export_schedule
+        ),
+        per_event_schedule(
+            "email_campaign_schedule",
+            aws_cron_to_unix(program.campaigns.email.schedule),
+            "email_campaign",
+            "email-campaign",
+            program.campaigns.email.schedule,
+        ),
+        per_event_schedule(
+            "in_app_campaign_schedule",
+            aws_cron_to_unix(program.campaigns.in_app.schedule),
+            "in_app_campaign",
+            "in-app-campaign",
+            program.campaigns.in_app.schedule,
         ),
     ]

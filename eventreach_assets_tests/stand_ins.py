@@ -101,3 +101,141 @@ def fake_snowflake_connector() -> Iterator[None]:
     with fakesnow.patch(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(FakeSnowflakeCursor, "fetch_arrow_batches", _fetch_arrow_batches, raising=False)
         yield
+
+
+# ---- SMTP: aiosmtpd --------------------------------------------------------------------------
+
+
+class RecordingSmtpHandler:
+    """An aiosmtpd handler that keeps every message and can refuse recipients with a given reply.
+
+    `refuse` maps a recipient address to the reply sent to its RCPT TO (e.g. "550 5.1.1 no
+    such user"). Each received message is (peer, mail_from, rcpt_tos, raw bytes); the peer
+    (client host, port) tells connections apart, so a test can count them.
+    """
+
+    def __init__(self, refuse: dict[str, str] | None = None) -> None:
+        self.refuse = dict(refuse or {})
+        self.messages: list[tuple[Any, str, list[str], bytes]] = []
+        self.auth_logins: list[str] = []
+        self.quits = 0
+        self.loop: Any = None  # the controller's event loop, set by smtp_server
+        self._servers: list[Any] = []
+
+    def drop_connections(self) -> None:
+        """Close every client connection from the server side, as an idle timeout would."""
+        import time
+
+        for server in self._servers:
+            if server.transport is not None:
+                self.loop.call_soon_threadsafe(server.transport.close)
+        time.sleep(0.1)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        self.quits += 1
+        return "221 Bye"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self._servers.append(server)
+        self.messages.append(
+            (session.peer, envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.original_content))
+        )
+        return "250 2.0.0 Ok: queued"
+
+    @property
+    def sessions(self) -> int:
+        return len({peer for peer, *_ in self.messages})
+
+
+@contextmanager
+def smtp_server(
+    refuse: dict[str, str] | None = None, credentials: tuple[str, str] | None = None
+) -> Iterator[tuple[str, int, RecordingSmtpHandler]]:
+    """An aiosmtpd server on a free loopback port; yields (host, port, handler).
+
+    With `credentials`, AUTH is required (over plain TCP: the test has no certificate).
+    """
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    handler = RecordingSmtpHandler(refuse)
+    options: dict[str, Any] = {}
+    if credentials is not None:
+
+        def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+            ok = (
+                isinstance(auth_data, LoginPassword)
+                and (auth_data.login.decode(), auth_data.password.decode()) == credentials
+            )
+            if ok:
+                handler.auth_logins.append(auth_data.login.decode())
+            return AuthResult(success=ok, handled=False)
+
+        options = {"authenticator": authenticate, "auth_required": True, "auth_require_tls": False}
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), **options)
+    controller.start()
+    handler.loop = controller.loop
+    try:
+        yield "127.0.0.1", controller.port, handler
+    finally:
+        controller.stop()
+
+
+# ---- HTTP webhook receiver ------------------------------------------------------------------
+
+
+class WebhookRecorder:
+    """What a loopback webhook receiver got, and the replies it gives, in order (then 200)."""
+
+    def __init__(self, replies: list[tuple[int, str]] | None = None) -> None:
+        self.replies = list(replies or [])
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.url = ""
+
+
+@contextmanager
+def webhook_receiver(replies: list[tuple[int, str]] | None = None) -> Iterator[WebhookRecorder]:
+    """A threaded http.server on a free loopback port that records POSTs; yields its recorder.
+
+    Each request gets the next scripted (status, body) reply, then `200 {"id": "msg-<n>"}`.
+    """
+    import http.server
+    import threading
+
+    recorder = WebhookRecorder(replies)
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                recorder.requests.append((self.path, dict(self.headers.items()), body))
+                status, text = (
+                    recorder.replies.pop(0) if recorder.replies else (200, f'{{"id": "msg-{len(recorder.requests)}"}}')
+                )
+            data = text.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    recorder.url = f"http://127.0.0.1:{server.server_address[1]}/v1/banners"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield recorder
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -24,6 +24,7 @@ from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo.generator import generate_warehouse, write_duckdb
 from eventreach_assets.demo.run import register_event_partitions, run_event_batches, train_models
 from eventreach_assets.resources.dynamodb_store import create_candidate_tables
+from eventreach_assets.resources.ledger import create_ledger_table
 from eventreach_assets.resources.snowflake_warehouse import load_tables
 from eventreach_assets.serving.model_server import ModelApp, serve_in_thread
 from eventreach_assets_tests.stand_ins import REGION, fake_snowflake_connector
@@ -39,8 +40,12 @@ ENV = {
     "EVENTREACH_GLUE_DATABASE": "eventreach",
     "EVENTREACH_DYNAMODB_TABLE": "eventreach-candidates",
     "EVENTREACH_DYNAMODB_CACHE_TABLE": "eventreach-score-cache",
+    "EVENTREACH_DYNAMODB_LEDGER_TABLE": "eventreach-delivery-ledger",
     "EVENTREACH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/eventreach-sagemaker",
     "EVENTREACH_SAGEMAKER_IMAGE_URI": "123456789012.dkr.ecr.us-east-1.amazonaws.com/eventreach-model-server:1",
+    "EVENTREACH_IN_APP_WEBHOOK_URL": "http://127.0.0.1:9/in-app",  # unused by the batch; required config
+    "EVENTREACH_IN_APP_API_KEY": "in-app-key-not-a-secret",
+    "EVENTREACH_LINK_SECRET": "link-secret-for-tests-only-0123456789abcdef",
     "SNOWFLAKE_ACCOUNT": "eventreach-test",
     "SNOWFLAKE_USER": "batch",
     "SNOWFLAKE_PASSWORD": "not-a-secret",
@@ -74,11 +79,9 @@ def provision_aws(endpoint: str) -> None:
     boto3.client("glue", endpoint_url=endpoint, region_name=REGION).create_database(
         DatabaseInput={"Name": ENV["EVENTREACH_GLUE_DATABASE"]}
     )
-    create_candidate_tables(
-        boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION),
-        ENV["EVENTREACH_DYNAMODB_TABLE"],
-        ENV["EVENTREACH_DYNAMODB_CACHE_TABLE"],
-    )
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
+    create_candidate_tables(dynamodb, ENV["EVENTREACH_DYNAMODB_TABLE"], ENV["EVENTREACH_DYNAMODB_CACHE_TABLE"])
+    create_ledger_table(dynamodb, ENV["EVENTREACH_DYNAMODB_LEDGER_TABLE"])
 
 
 @pytest.fixture
@@ -239,5 +242,6 @@ def test_no_secret_reaches_run_metadata_or_logs(tmp_path: Path, tables, aws_env:
                 for entry in instance.all_logs(record.dagster_run.run_id)
             )
     assert records and "holdout_auc" in text
-    for secret in (ENV["SNOWFLAKE_PASSWORD"], "testing"):  # the Snowflake password, the AWS keys
+    secrets = ("SNOWFLAKE_PASSWORD", "EVENTREACH_IN_APP_API_KEY", "EVENTREACH_LINK_SECRET")
+    for secret in (*(ENV[name] for name in secrets), "testing"):  # "testing": the fake AWS keys
         assert secret not in text

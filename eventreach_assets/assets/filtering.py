@@ -8,6 +8,7 @@ import polars as pl
 from eventreach_assets.assets.ingestion import BATCH, current_event
 from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, run_filter_chain
+from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
@@ -17,20 +18,38 @@ HISTORY_LOOKBACK = timedelta(days=62)
 
 
 def filter_inputs(
-    warehouse: WarehouseResource, program: ProgramResource, clock: ClockResource, partition_key: str
+    warehouse: WarehouseResource,
+    ledger: DeliveryLedgerResource,
+    program: ProgramResource,
+    clock: ClockResource,
+    partition_key: str,
 ) -> FilterInputs:
-    """What the chain needs besides the candidates: the event, registrations, past invitations."""
+    """What the chain needs besides the candidates: the event, registrations, past invitations.
+
+    Past invitations are the warehouse's history plus what this system sent since (the
+    delivery ledger), so the frequency cap counts this week's sends before the warehouse has them.
+    """
     now = clock.now()
+    since = now - HISTORY_LOOKBACK
     event = current_event(warehouse, partition_key)
+    invitations = pl.concat(
+        [
+            warehouse.invitation_history(since=since).select("customer_id", naive_utc("invited_at")),
+            ledger.invitations_since(since).select("customer_id", naive_utc("invited_at")),
+        ]
+    )
     return FilterInputs(
         event=event,
         as_of=now,
         capacity_limit=program.load().event_config.capacity_limit,
         registrations=warehouse.event_registrations(event.event_id).lazy(),
-        invitations=warehouse.invitation_history(since=now - HISTORY_LOOKBACK)
-        .select("customer_id", "invited_at")
-        .lazy(),
+        invitations=invitations.lazy(),
     )
+
+
+def naive_utc(column: str) -> pl.Expr:
+    """Timestamps as naive UTC microseconds, whichever way a source stores them."""
+    return pl.col(column).dt.convert_time_zone("UTC").dt.replace_time_zone(None).cast(pl.Datetime("us"))
 
 
 @dg.asset(**BATCH, kinds={"polars"}, tags={"stage": "filter"}, code_version="1")
@@ -39,12 +58,13 @@ def filtered_candidates(
     raw_candidates: pl.DataFrame,
     warehouse: WarehouseResource,
     decision_log: DecisionLogResource,
+    ledger: DeliveryLedgerResource,
     program: ProgramResource,
     clock: ClockResource,
 ) -> dg.MaterializeResult:
     """Candidates that pass trust, eligibility, interest, geography and frequency cap, in YAML order."""
     with stopwatch() as watch:
-        inputs = filter_inputs(warehouse, program, clock, context.partition_key)
+        inputs = filter_inputs(warehouse, ledger, program, clock, context.partition_key)
         outcome = run_filter_chain(raw_candidates, build_filter_chain(program.load()), inputs)
         rejections_path = decision_log.write(
             "rejections", inputs.event.event_id, outcome.rejected.with_columns(decided_at=pl.lit(inputs.as_of))

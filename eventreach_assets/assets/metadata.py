@@ -16,7 +16,8 @@ _TABLE_TYPES: dict[type[pl.DataType], str] = {
 
 
 def table(frame: pl.DataFrame) -> dg.TableMetadataValue:
-    """A small frame (a funnel, a distribution) as a UI table."""
+    """A small frame (a funnel, a distribution) as a UI table; times are shown as ISO strings."""
+    frame = frame.with_columns(pl.col(pl.Datetime, pl.Date, pl.Time, pl.Duration).cast(pl.String))
     schema = dg.TableSchema(
         columns=[dg.TableColumn(name, _TABLE_TYPES.get(type(dtype), "string")) for name, dtype in frame.schema.items()]
     )

@@ -15,6 +15,7 @@ from eventreach_assets.domain.filters import FrequencyCapFilter, build_filter_ch
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.export import CandidateExportResource
+from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
@@ -41,11 +42,12 @@ def filtered_candidates_policy(
     context: dg.AssetCheckExecutionContext,
     filtered_candidates: pl.DataFrame,
     warehouse: WarehouseResource,
+    ledger: DeliveryLedgerResource,
     program: ProgramResource,
     clock: ClockResource,
 ) -> dg.AssetCheckResult:
     """No opted-out, already-registered or over-frequency-cap customer survives, nor anyone for a full event."""
-    inputs = filter_inputs(warehouse, program, clock, context.partition_key)
+    inputs = filter_inputs(warehouse, ledger, program, clock, context.partition_key)
     cap_filter = next((f for f in build_filter_chain(program.load()) if isinstance(f, FrequencyCapFilter)), None)
     cap = cap_filter.parameters.max_invitations_per_month if cap_filter else 2**31
     window = cap_filter.parameters.window_days if cap_filter else 30

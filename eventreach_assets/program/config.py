@@ -119,6 +119,25 @@ class StorageConfig(_Model):
     batch_write_size: int = Field(gt=0, le=25)
 
 
+class ChannelTargeting(_Model):
+    """Which stored candidates a channel's campaign reaches (the Serving API's minScore / limit)."""
+
+    min_score: float = Field(ge=0, le=1)
+    limit: int = Field(gt=0)
+    schedule: str
+
+
+class CampaignConfig(_Model):
+    email: ChannelTargeting
+    in_app: ChannelTargeting = Field(alias="in-app")
+    sender: str
+    organizer: str
+    link_base_url: str
+
+    def targeting(self, channel_id: str) -> ChannelTargeting:
+        return {"email": self.email, "in-app": self.in_app}[channel_id]
+
+
 _AWS_CRON = re.compile(r"^cron\((\S+) (\S+) (\S+) (\S+) (\S+) (\S+)\)$")
 _DAYS = {"SUN": "0", "MON": "1", "TUE": "2", "WED": "3", "THU": "4", "FRI": "5", "SAT": "6"}
 
@@ -148,6 +167,7 @@ class ProgramConfig(_Model):
     candidate_ttl_days: int = Field(alias="candidateTTLDays", gt=0)
     scoring: ScoringConfig
     storage: StorageConfig
+    campaigns: CampaignConfig
     export_schedule: str
     model_training_schedule: str
 
@@ -182,6 +202,12 @@ class ProgramConfig(_Model):
     @property
     def export_cron(self) -> str:
         return aws_cron_to_unix(self.export_schedule)
+
+    def channel(self, channel_id: str) -> ChannelSpec:
+        for spec in self.channels:
+            if spec.channel_id == channel_id:
+                return spec
+        raise KeyError(f"program {self.program_id!r} has no channel {channel_id!r}")
 
     @property
     def model_training_cron(self) -> str:

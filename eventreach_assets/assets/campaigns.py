@@ -1,0 +1,284 @@
+"""The campaign: email and in-app invitations, push and day-of reminders, each sent exactly once.
+
+Every asset reads the candidates table by key, plans its sends (domain/campaigns.py), renders
+messages (domain/messages.py) and hands them to `domain.sending.deliver`, which consults the
+delivery ledger before every provider call. Re-materializing a partition, or retrying a run
+that died half-way, sends only what was not sent yet.
+"""
+
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from eventreach_assets.assets.ingestion import current_event
+from eventreach_assets.assets.metadata import stopwatch, table
+from eventreach_assets.assets.storage import candidates_table
+from eventreach_assets.domain import campaigns, messages
+from eventreach_assets.domain.delivery import MessageKind, OutboundMessage
+from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.sending import DeliveryReport, deliver
+from eventreach_assets.partitions import events_partitions
+from eventreach_assets.program.config import ProgramConfig
+from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
+from eventreach_assets.resources.ledger import DeliveryLedgerResource
+from eventreach_assets.resources.program import ClockResource, ProgramResource
+from eventreach_assets.resources.secrets import LinkSigningResource
+from eventreach_assets.resources.warehouse import WarehouseResource
+
+CAMPAIGN = {"group_name": "campaigns", "owners": ["team:events"], "partitions_def": events_partitions}
+PAGE = 5_000
+
+
+def registered_customers(warehouse: WarehouseResource, store: CandidateStoreResource, program_id: str, event_id: str,
+                         now: datetime) -> pl.DataFrame:  # fmt: skip
+    """Everyone registered for the event: the event platform's list plus registrations the store recorded."""
+    from_warehouse = warehouse.event_registrations(event_id).select("customer_id")
+    from_store = store.registered_candidates(program_id, event_id, now=now).select("customer_id")
+    return pl.concat([from_warehouse, from_store]).unique(maintain_order=True)
+
+
+def top_candidates(
+    store: CandidateStoreResource, program_id: str, event_id: str, channel: str, min_score: float, limit: int,
+    now: datetime,
+) -> pl.DataFrame:  # fmt: skip
+    """Up to `limit` live, unregistered candidates for a channel, score descending, read page by page."""
+    pages: list[pl.DataFrame] = []
+    cursor: str | None = None
+    fetched = 0
+    while fetched < limit:
+        page = store.top_candidates_for_channel(
+            program_id, event_id, channel, min_score=min_score, limit=min(PAGE, limit - fetched),
+            exclude_registered=True, cursor=cursor, now=now,
+        )  # fmt: skip
+        pages.append(page.items)
+        fetched += page.count
+        cursor = page.next_cursor
+        if cursor is None or page.count == 0:
+            break
+    return pl.concat(pages, how="diagonal_relaxed") if pages else pl.DataFrame()
+
+
+def delivery_metadata(report: DeliveryReport, plan: pl.DataFrame, sample: OutboundMessage | None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "planned": plan.height,
+        "sent": report.sent,
+        "skipped": report.skipped_total,
+        "skipped_by_reason": table(report.skipped_frame()),
+        "failed_transient": report.failed_transient,
+        "failed_permanent": report.failed_permanent,
+        "dagster/row_count": report.sent,
+    }
+    if sample is not None:
+        metadata["sample_subject"] = sample.subject
+        metadata["sample_campaign"] = sample.campaign_id
+    return metadata
+
+
+def invitation_context(
+    warehouse: WarehouseResource, store: CandidateStoreResource, config: ProgramConfig, event: EventContext,
+    channel: str, now: datetime,
+) -> tuple[pl.DataFrame, int]:  # fmt: skip
+    """This channel's plan for the event, and how many seats were left when it was made."""
+    registered = registered_customers(warehouse, store, config.program_id, event.event_id, now)
+    remaining = campaigns.remaining_capacity(event.capacity, config.event_config.capacity_limit, registered.height)
+    targeting = config.campaigns.targeting(channel)
+    candidates = top_candidates(
+        store, config.program_id, event.event_id, channel, targeting.min_score, min(targeting.limit, remaining), now
+    ).join(registered, on="customer_id", how="anti", maintain_order="left")
+    send_time = config.channel(channel).config.get("sendTime")
+    plan = campaigns.plan_invitations(
+        candidates, event=event, channel=channel, limit=targeting.limit, remaining_capacity=remaining,
+        send_time=send_time, now=now,
+    )  # fmt: skip
+    return plan, remaining
+
+
+@dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"email"}, tags={"stage": "campaign", "channel": "email"},
+          pool="channel-email")  # fmt: skip
+def email_invitations(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    candidate_store: CandidateStoreResource,
+    ledger: DeliveryLedgerResource,
+    email_channel: EmailChannelResource,
+    link_signing: LinkSigningResource,
+    program: ProgramResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """Monday 10:00 local: the top candidates (score ≥ 0.5, ≤ 50,000, ≤ remaining capacity) get an email."""
+    config = program.load()
+    event = current_event(warehouse, context.partition_key)
+    now = clock.now()
+    channel = config.channel("email")
+    templates = messages.TemplateSet()
+    with stopwatch() as watch:
+        plan, remaining = invitation_context(warehouse, candidate_store, config, event, "email", now)
+        rendered = [
+            messages.render_invitation_email(
+                row,
+                event=event,
+                templates=templates,
+                secret=link_signing.key(),
+                base_url=config.campaigns.link_base_url,
+                sender=config.campaigns.sender,
+                organizer_email=config.campaigns.organizer,
+                campaign_id=row["campaign_id"],
+                include_calendar_invite=bool(channel.config.get("includeCalendarInvite", True)),
+                send_at=row["send_at_utc"],
+                template_id=channel.config["templateId"],
+            )
+            for row in plan.iter_rows(named=True)
+        ]
+        report = deliver(rendered, ledger=ledger, send=email_channel.send, now=clock.now)
+    return dg.MaterializeResult(
+        metadata={
+            **delivery_metadata(report, plan, rendered[0] if rendered else None),
+            "remaining_capacity": remaining,
+            "segments": table(campaigns.segment_summary(plan)),
+            **watch.metadata(report.sent),
+        }
+    )
+
+
+@dg.asset(**CAMPAIGN, deps=[email_invitations], kinds={"in-app"}, tags={"stage": "campaign", "channel": "in-app"},
+          pool="channel-in-app")  # fmt: skip
+def in_app_invitations(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    candidate_store: CandidateStoreResource,
+    ledger: DeliveryLedgerResource,
+    in_app_channel: InAppChannelResource,
+    link_signing: LinkSigningResource,
+    program: ProgramResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """Monday 14:00: a home-screen banner for candidates with score ≥ 0.6 not registered by then."""
+    config = program.load()
+    event = current_event(warehouse, context.partition_key)
+    now = clock.now()
+    channel = config.channel("in-app")
+    with stopwatch() as watch:
+        plan, remaining = invitation_context(warehouse, candidate_store, config, event, "in-app", now)
+        rendered = [
+            messages.render_in_app_banner(
+                row,
+                event=event,
+                banner_type=channel.config["bannerType"],
+                placement=channel.config["placement"],
+                display_days=int(channel.config["displayDuration"]),
+                secret=link_signing.key(),
+                base_url=config.campaigns.link_base_url,
+                campaign_id=row["campaign_id"],
+                now=now,
+            )
+            for row in plan.iter_rows(named=True)
+        ]
+        report = deliver(rendered, ledger=ledger, send=in_app_channel.send, now=clock.now)
+    return dg.MaterializeResult(
+        metadata={**delivery_metadata(report, plan, rendered[0] if rendered else None),
+                  "remaining_capacity": remaining, **watch.metadata(report.sent)}
+    )  # fmt: skip
+
+
+def reminder_plan(
+    warehouse: WarehouseResource, store: CandidateStoreResource, config: ProgramConfig, event: EventContext,
+    channel: str, now: datetime,
+) -> pl.DataFrame:  # fmt: skip
+    """Registered customers with where to reach them, timed by the program's reminderSchedule entry."""
+    schedule = next(r for r in config.event_config.reminder_schedule if r.channel == channel)
+    registered = registered_customers(warehouse, store, config.program_id, event.event_id, now)
+    contacts = (
+        store.event_items(config.program_id, event.event_id, now=now)
+        .unique("customer_id", keep="first", maintain_order=True)
+        .select("customer_id", "email", "marketplace", "timezone")
+    )
+    return campaigns.plan_reminders(
+        registered.join(contacts, on="customer_id", how="inner", maintain_order="left"),
+        event=event, days_before=schedule.days_before, time=schedule.time, now=now, channel=channel,
+    )  # fmt: skip
+
+
+@dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"push"}, tags={"stage": "reminder", "channel": "push"},
+          pool="channel-push")  # fmt: skip
+def push_reminders(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    candidate_store: CandidateStoreResource,
+    ledger: DeliveryLedgerResource,
+    push_channel: PushChannelResource,
+    link_signing: LinkSigningResource,
+    program: ProgramResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """One day before the event: a push to every registered customer ("{eventName} Tomorrow!")."""
+    config = program.load()
+    event = current_event(warehouse, context.partition_key)
+    now = clock.now()
+    channel = config.channel("push")
+    with stopwatch() as watch:
+        plan = reminder_plan(warehouse, candidate_store, config, event, "push", now)
+        rendered = [
+            messages.render_push_reminder(
+                row,
+                event=event,
+                title_template=channel.config["title"],
+                body_template=channel.config["body"],
+                secret=link_signing.key(),
+                base_url=config.campaigns.link_base_url,
+                campaign_id=row["campaign_id"],
+            )
+            for row in plan.iter_rows(named=True)
+        ]
+        report = deliver(rendered, ledger=ledger, send=push_channel.send, now=clock.now)
+    return dg.MaterializeResult(
+        metadata={**delivery_metadata(report, plan, rendered[0] if rendered else None), **watch.metadata(report.sent)}
+    )
+
+
+@dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"email"}, tags={"stage": "reminder", "channel": "email"},
+          pool="channel-email")  # fmt: skip
+def day_of_reminders(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    candidate_store: CandidateStoreResource,
+    ledger: DeliveryLedgerResource,
+    email_channel: EmailChannelResource,
+    link_signing: LinkSigningResource,
+    program: ProgramResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """The event day at 09:00 local: an email with the join link to every registered customer."""
+    config = program.load()
+    event = current_event(warehouse, context.partition_key)
+    now = clock.now()
+    templates = messages.TemplateSet()
+    with stopwatch() as watch:
+        plan = reminder_plan(warehouse, candidate_store, config, event, "email", now)
+        rendered = [
+            messages.render_day_of_email(
+                row,
+                event=event,
+                templates=templates,
+                secret=link_signing.key(),
+                base_url=config.campaigns.link_base_url,
+                sender=config.campaigns.sender,
+                campaign_id=row["campaign_id"],
+                send_at=row["send_at_utc"],
+            )
+            for row in plan.iter_rows(named=True)
+        ]
+        report = deliver(rendered, ledger=ledger, send=email_channel.send, now=clock.now)
+    return dg.MaterializeResult(
+        metadata={**delivery_metadata(report, plan, rendered[0] if rendered else None), **watch.metadata(report.sent)}
+    )
+
+
+CAMPAIGN_KINDS = {
+    "email_invitations": ("email", MessageKind.INVITATION),
+    "in_app_invitations": ("in-app", MessageKind.INVITATION),
+    "push_reminders": ("push", MessageKind.REMINDER),
+    "day_of_reminders": ("email", MessageKind.DAY_OF),
+}

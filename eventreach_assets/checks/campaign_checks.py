@@ -1,0 +1,82 @@
+"""Checks on every campaign send: once per customer, never to an opted-out customer, within capacity."""
+
+import dagster as dg
+import polars as pl
+
+from eventreach_assets.assets.campaigns import CAMPAIGN_KINDS, registered_customers
+from eventreach_assets.partitions import events_partitions
+from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.ledger import DeliveryLedgerResource
+from eventreach_assets.resources.program import ClockResource, ProgramResource
+from eventreach_assets.resources.warehouse import WarehouseResource
+
+SAMPLE = 5
+
+
+def sent_deliveries(ledger: DeliveryLedgerResource, event_id: str, asset_name: str) -> pl.DataFrame:
+    channel, kind = CAMPAIGN_KINDS[asset_name]
+    return ledger.deliveries(event_id, channel=channel, kind=kind).filter(pl.col("status") == "sent")
+
+
+def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
+    @dg.asset_check(asset=asset_name, name=f"{asset_name}_sent_once", partitions_def=events_partitions, blocking=True)
+    def sent_once(context: dg.AssetCheckExecutionContext, ledger: DeliveryLedgerResource) -> dg.AssetCheckResult:
+        """No customer got this message twice for this event (ledger rows and provider ids both unique)."""
+        sent = sent_deliveries(ledger, context.partition_key, asset_name)
+        repeated = sent.filter(pl.col("customer_id").is_duplicated())["customer_id"].unique()
+        repeated_ids = sent.filter(pl.col("provider_message_id").is_duplicated()).height
+        return dg.AssetCheckResult(
+            passed=repeated.len() == 0 and repeated_ids == 0,
+            metadata={"sent": sent.height, "customers_messaged_twice": repeated.len(),
+                      "repeated_provider_ids": repeated_ids, "sample": ", ".join(repeated.head(SAMPLE).to_list())},
+        )  # fmt: skip
+
+    @dg.asset_check(asset=asset_name, name=f"{asset_name}_no_opted_out", partitions_def=events_partitions)
+    def no_opted_out(context: dg.AssetCheckExecutionContext, ledger: DeliveryLedgerResource) -> dg.AssetCheckResult:
+        """Nobody was messaged after opting out (the weekly filter removes earlier opt-outs from the warehouse)."""
+        channel, _ = CAMPAIGN_KINDS[asset_name]
+        sent = sent_deliveries(ledger, context.partition_key, asset_name)
+        opt_outs = ledger.opt_outs(sent["customer_id"], channel)
+        violators = (
+            sent.join(opt_outs, on="customer_id", how="inner")
+            .filter(pl.col("opted_out_at") <= pl.col("sent_at"))["customer_id"]
+            .unique()
+            .sort()
+        )
+        return dg.AssetCheckResult(
+            passed=violators.len() == 0,
+            metadata={"sent": sent.height, "messaged_after_opt_out": violators.len(),
+                      "sample": ", ".join(violators.head(SAMPLE).to_list())},
+        )  # fmt: skip
+
+    checks = [sent_once, no_opted_out]
+    if CAMPAIGN_KINDS[asset_name][1] == "invitation":
+
+        @dg.asset_check(asset=asset_name, name=f"{asset_name}_within_capacity", partitions_def=events_partitions,
+                        blocking=True)  # fmt: skip
+        def within_capacity(
+            context: dg.AssetCheckExecutionContext,
+            ledger: DeliveryLedgerResource,
+            warehouse: WarehouseResource,
+            candidate_store: CandidateStoreResource,
+            program: ProgramResource,
+            clock: ClockResource,
+        ) -> dg.AssetCheckResult:
+            """Never more invitations on this channel than seats the event had left when it went out."""
+            config = program.load()
+            events = warehouse.events().filter(pl.col("event_id") == context.partition_key)
+            capacity = min(int(events["capacity"][0]), config.event_config.capacity_limit)
+            registered = registered_customers(
+                warehouse, candidate_store, config.program_id, context.partition_key, clock.now()
+            ).height
+            sent = sent_deliveries(ledger, context.partition_key, asset_name).height
+            return dg.AssetCheckResult(
+                passed=sent <= capacity,
+                metadata={"sent": sent, "capacity": capacity, "registered_now": registered},
+            )
+
+        checks.append(within_capacity)
+    return checks
+
+
+campaign_checks = [check for name in CAMPAIGN_KINDS for check in build_campaign_checks(name)]

@@ -1,0 +1,665 @@
+"""Rendering what each channel sends: signed links, calendar invites, templated emails, push
+reminders, in-app banners, and the RFC 5322 form every email provider receives.
+
+Pure code, no Dagster. Every link in a message carries a signed token naming customer, event,
+channel, campaign and action, so a click, a registration or an unsubscribe can be attributed and
+cannot be forged for someone else. Rendering is deterministic for a given row, campaign and
+send time, so a retried run produces the same bytes (and the same Message-ID) as the first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, parseaddr
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import quote
+
+import icalendar
+import jinja2
+
+from eventreach_assets.domain.campaigns import to_local, to_utc_naive
+from eventreach_assets.domain.delivery import Attachment, DeliveryKey, MessageKind, OutboundMessage
+from eventreach_assets.domain.filters import EventContext
+
+# ---- signed links ------------------------------------------------------------------------
+
+LINK_ACTIONS: frozenset[str] = frozenset({"register", "unsubscribe", "open", "click"})
+_TOKEN_VERSION = 1
+
+
+class InvalidLinkToken(ValueError):
+    """A link token that is malformed, forged, tampered with, or used for the wrong action."""
+
+
+@dataclass(frozen=True)
+class LinkClaims:
+    """Who and what a verified link token is about."""
+
+    customer_id: str
+    event_id: str
+    channel: str
+    campaign_id: str
+    action: str
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _key(secret: bytes | str) -> bytes:
+    key = secret.encode() if isinstance(secret, str) else secret
+    if not key:
+        raise ValueError("the link signing secret must not be empty")
+    return key
+
+
+def _signature(secret: bytes | str, payload_b64: str) -> bytes:
+    return hmac.new(_key(secret), f"v{_TOKEN_VERSION}.{payload_b64}".encode("ascii"), hashlib.sha256).digest()
+
+
+def sign_link_token(
+    secret: bytes | str, *, customer_id: str, event_id: str, channel: str, campaign_id: str, action: str
+) -> str:
+    """URL-safe token `payload.signature`: HMAC-SHA256 over canonical JSON (sorted keys, compact).
+
+    Deterministic (no timestamp): the same message renders the same links on every retry, and an
+    unsubscribe link keeps working for as long as the mail sits in an inbox.
+    """
+    if action not in LINK_ACTIONS:
+        raise ValueError(f"unknown link action {action!r}; expected one of {sorted(LINK_ACTIONS)}")
+    claims = {"a": action, "c": customer_id, "ch": channel, "e": event_id, "k": campaign_id, "v": _TOKEN_VERSION}
+    payload_b64 = _b64encode(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
+    return f"{payload_b64}.{_b64encode(_signature(secret, payload_b64))}"
+
+
+def verify_link_token(secret: bytes | str, token: str, *, action: str | None = None) -> LinkClaims:
+    """The claims of a genuine token; raises InvalidLinkToken saying why otherwise.
+
+    The signature is checked (in constant time) before the payload is parsed, so nothing an
+    attacker controls is interpreted unless we signed it. `action`, when given, must match: an
+    open-pixel token cannot be replayed as an unsubscribe or a registration.
+    """
+    if not isinstance(token, str) or token.count(".") != 1:
+        raise InvalidLinkToken("malformed token: expected payload.signature")
+    payload_b64, signature_b64 = token.split(".")
+    try:
+        signature = _b64decode(signature_b64)
+        payload_bytes = _b64decode(payload_b64)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidLinkToken("malformed token: not URL-safe base64") from error
+    if not hmac.compare_digest(signature, _signature(secret, payload_b64)):
+        raise InvalidLinkToken("bad signature: token was not issued by us or was altered")
+    try:
+        claims = json.loads(payload_bytes)
+        parsed = LinkClaims(
+            customer_id=claims["c"],
+            event_id=claims["e"],
+            channel=claims["ch"],
+            campaign_id=claims["k"],
+            action=claims["a"],
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise InvalidLinkToken("malformed token: payload is not a claims object") from error
+    if claims.get("v") != _TOKEN_VERSION:
+        raise InvalidLinkToken(f"unsupported token version {claims.get('v')!r}")
+    if action is not None and parsed.action != action:
+        raise InvalidLinkToken(f"token is for action {parsed.action!r}, not {action!r}")
+    return parsed
+
+
+def link(base_url: str, action: str, token: str) -> str:
+    """`{base_url}/{action}?t={token}`: the URL a tracking/landing service serves for `action`.
+
+    `action` is the path; it is usually the token's action, but e.g. "join" or "calendar" paths
+    carry a "click" token.
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", action):
+        raise ValueError(f"link path must be a lowercase slug, got {action!r}")
+    return f"{base_url.rstrip('/')}/{action}?t={quote(token, safe='')}"
+
+
+def _signed(
+    secret: bytes | str, base_url: str, row: dict[str, Any], event: EventContext, channel: str, campaign_id: str
+) -> dict[str, str]:
+    """The signed URLs one message needs, keyed by purpose."""
+
+    def token(action: str) -> str:
+        return sign_link_token(
+            secret,
+            customer_id=str(row["customer_id"]),
+            event_id=event.event_id,
+            channel=channel,
+            campaign_id=campaign_id,
+            action=action,
+        )
+
+    click = token("click")
+    return {
+        "register": link(base_url, "register", token("register")),
+        "unsubscribe": link(base_url, "unsubscribe", token("unsubscribe")),
+        "open": link(base_url, "open", token("open")),
+        "click": link(base_url, "click", click),
+        "join": link(base_url, "join", click),
+        "calendar": link(base_url, "calendar", click),
+        "unsubscribe_token": token("unsubscribe"),
+    }
+
+
+# ---- calendar invite (RFC 5545 / iTIP REQUEST) ---------------------------------------------
+
+ICS_CONTENT_TYPE = "text/calendar; method=REQUEST; charset=utf-8"
+ICS_FILENAME = "invite.ics"
+_PRODID = "-//EventReach//Event Invitations//EN"
+
+
+def calendar_uid(event_id: str, customer_id: str) -> str:
+    """Stable per customer x event, so a resent or updated invite replaces the calendar entry
+    instead of adding a second one (and reveals no customer id)."""
+    return f"{hashlib.sha256(f'{event_id}:{customer_id}'.encode()).hexdigest()}@eventreach"
+
+
+def calendar_invite(
+    event: EventContext,
+    *,
+    customer_id: str,
+    organizer_email: str,
+    join_url: str,
+    duration_minutes: int = 60,
+    attendee_email: str | None = None,
+    organizer_name: str = "EventReach",
+    stamp: datetime | None = None,
+    sequence: int = 0,
+) -> bytes:
+    """The `.ics` bytes of a METHOD:REQUEST invite, times in UTC.
+
+    `stamp` (DTSTAMP) defaults to now; pass the send time to make the bytes reproducible.
+    """
+    if duration_minutes <= 0:
+        raise ValueError(f"duration_minutes must be positive, got {duration_minutes}")
+    start = to_utc_naive(event.start_time_utc).replace(tzinfo=UTC)
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", _PRODID)
+    calendar.add("version", "2.0")
+    calendar.add("method", "REQUEST")
+    vevent = icalendar.Event()
+    vevent.add("uid", calendar_uid(event.event_id, customer_id))
+    vevent.add(
+        "dtstamp", (to_utc_naive(stamp) if stamp else datetime.now(UTC).replace(tzinfo=None)).replace(tzinfo=UTC)
+    )
+    vevent.add("dtstart", start)
+    vevent.add("dtend", start + timedelta(minutes=duration_minutes))
+    vevent.add("sequence", sequence)
+    vevent.add("status", "CONFIRMED")
+    vevent.add("summary", event.name)
+    vevent.add("description", f"{event.name}\n\nJoin online: {join_url}")
+    vevent.add("location", join_url)
+    vevent.add("url", join_url)
+    organizer = icalendar.vCalAddress(f"mailto:{organizer_email}")
+    organizer.params["cn"] = icalendar.vText(organizer_name)
+    vevent.add("organizer", organizer)
+    if attendee_email:
+        attendee = icalendar.vCalAddress(f"mailto:{attendee_email}")
+        attendee.params["role"] = icalendar.vText("REQ-PARTICIPANT")
+        attendee.params["partstat"] = icalendar.vText("NEEDS-ACTION")
+        attendee.params["rsvp"] = icalendar.vText("FALSE")
+        vevent.add("attendee", attendee)
+    calendar.add_component(vevent)
+    return calendar.to_ical()
+
+
+# ---- templates -----------------------------------------------------------------------------
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+DEFAULT_LANGUAGE = "en"
+INVITATION_TEMPLATE = "event-invitation-v3"
+DAY_OF_TEMPLATE = "event-day-of-v1"
+MARKETPLACE_LANGUAGE: dict[str, str] = {
+    "US": "en",
+    "UK": "en",
+    "GB": "en",
+    "AU": "en",
+    "IN": "en",
+    "DE": "de",
+    "FR": "fr",
+    "JP": "ja",
+    "BR": "pt",
+}
+
+
+def language_for(marketplace: str | None) -> str:
+    """The language a marketplace's customers read; English when the marketplace is unknown."""
+    return MARKETPLACE_LANGUAGE.get((marketplace or "").upper(), DEFAULT_LANGUAGE)
+
+
+class RenderedTemplate(NamedTuple):
+    subject: str
+    text: str
+    html: str
+    used_language: str
+    fell_back: bool  # the requested language had no translation; English was used
+
+
+def _one_line(text: str) -> str:
+    """Headers are one line: collapse whitespace so no value (e.g. an event name) can inject one."""
+    return " ".join(text.split())
+
+
+class TemplateSet:
+    """Versioned templates on disk: `<directory>/<template_id>/<language>/{subject.txt,body.txt,body.html}`.
+
+    HTML is autoescaped (event names and customer data are untrusted); undefined variables fail
+    loudly instead of rendering an empty greeting.
+    """
+
+    FILES = ("subject.txt", "body.txt", "body.html")
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else TEMPLATES_DIR
+        self.environment = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(self.directory),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=False,
+        )
+        self._languages: dict[str, list[str]] = {}
+
+    def languages(self, template_id: str) -> list[str]:
+        """Languages with a complete translation of `template_id` (read once per TemplateSet)."""
+        if template_id not in self._languages:
+            root = self.directory / template_id
+            found = [] if not root.is_dir() else [p for p in root.iterdir() if p.is_dir()]
+            self._languages[template_id] = sorted(
+                p.name for p in found if all((p / name).is_file() for name in self.FILES)
+            )
+        return self._languages[template_id]
+
+    def resolve(self, template_id: str, language: str) -> str:
+        """The language that will be used for `language`: itself if translated, else English."""
+        available = self.languages(template_id)
+        if DEFAULT_LANGUAGE not in available:
+            raise LookupError(f"template {template_id!r} has no {DEFAULT_LANGUAGE!r} version in {self.directory}")
+        return language if language in available else DEFAULT_LANGUAGE
+
+    def render(self, template_id: str, language: str, context: dict[str, Any]) -> RenderedTemplate:
+        """Render one message; a missing translation falls back to English and says so."""
+        used = self.resolve(template_id, language)
+
+        def render(name: str) -> str:
+            return self.environment.get_template(f"{template_id}/{used}/{name}").render(**context)
+
+        return RenderedTemplate(
+            subject=_one_line(render("subject.txt")),
+            text=render("body.txt").strip() + "\n",
+            html=render("body.html"),
+            used_language=used,
+            fell_back=used != language,
+        )
+
+
+# ---- localized dates -------------------------------------------------------------------
+
+_MONTHS = {
+    "en": "January February March April May June July August September October November December",
+    "de": "Januar Februar März April Mai Juni Juli August September Oktober November Dezember",
+    "fr": "janvier février mars avril mai juin juillet août septembre octobre novembre décembre",
+}
+_WEEKDAYS = {
+    "en": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
+    "de": "Montag Dienstag Mittwoch Donnerstag Freitag Samstag Sonntag",
+    "fr": "lundi mardi mercredi jeudi vendredi samedi dimanche",
+}
+
+
+def local_when(moment_utc: datetime, timezone: str | None, language: str) -> dict[str, str]:
+    """Date, time and both together in the customer's timezone, worded for `language`.
+
+    Languages without a table here use English wording (the template fell back to English too).
+    """
+    local = to_local(moment_utc, timezone)
+    lang = language if language in _MONTHS else DEFAULT_LANGUAGE
+    month = _MONTHS[lang].split()[local.month - 1]
+    weekday = _WEEKDAYS[lang].split()[local.weekday()]
+    zone_name = local.tzname() or "UTC"
+    if lang == "de":
+        day = f"{weekday}, {local.day}. {month} {local.year}"
+        clock = f"{local:%H:%M} Uhr ({zone_name})"
+        both = f"{day} um {clock}"
+    elif lang == "fr":
+        day = f"{weekday} {local.day} {month} {local.year}"
+        clock = f"{local.hour}h{local:%M} ({zone_name})"
+        both = f"{day} à {clock}"
+    else:
+        day = f"{weekday}, {month} {local.day}, {local.year}"
+        clock = f"{(local.hour % 12) or 12}:{local:%M} {'AM' if local.hour < 12 else 'PM'} {zone_name}"
+        both = f"{day} at {clock}"
+    return {"event_date": day, "event_time": clock, "event_when": both, "event_timezone": str(timezone or "UTC")}
+
+
+# ---- messages ------------------------------------------------------------------------------
+
+
+def _domain(address: str) -> str:
+    _, email = parseaddr(address)
+    return email.rpartition("@")[2] or "eventreach.invalid"
+
+
+def _unsubscribe_headers(unsubscribe_url: str, unsubscribe_token: str, sender: str) -> dict[str, str]:
+    """RFC 2369 + RFC 8058 one-click unsubscribe, as bulk-sender rules of large mailbox providers require."""
+    mailto = f"mailto:unsubscribe@{_domain(sender)}?subject=unsubscribe%20{quote(unsubscribe_token, safe='')}"
+    return {
+        "List-Unsubscribe": f"<{unsubscribe_url}>, <{mailto}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def _email_message(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    templates: TemplateSet,
+    template_id: str,
+    kind: MessageKind,
+    secret: bytes | str,
+    base_url: str,
+    sender: str,
+    organizer_email: str,
+    campaign_id: str,
+    include_calendar_invite: bool,
+    send_at: datetime | None,
+    duration_minutes: int,
+    extra_context: dict[str, Any] | None = None,
+) -> OutboundMessage:
+    customer_id = str(row["customer_id"])
+    recipient = row.get("email")
+    if not recipient:
+        raise ValueError(f"customer {customer_id} has no email address")
+    requested = language_for(row.get("marketplace"))
+    links = _signed(secret, base_url, row, event, "email", campaign_id)
+    # Dates are worded in the language actually used, so a fallback reads as one language.
+    when = local_when(event.start_time_utc, row.get("timezone"), templates.resolve(template_id, requested))
+    context = {
+        "event_name": event.name,
+        "event_topics": list(event.topics),
+        **when,
+        "register_url": links["register"],
+        "join_url": links["join"],
+        "unsubscribe_url": links["unsubscribe"],
+        "open_pixel_url": links["open"],
+        "calendar_url": links["calendar"],
+        "first_name": row.get("first_name") or "",
+        **(extra_context or {}),
+    }
+    rendered = templates.render(template_id, requested, context)
+    attachments: tuple[Attachment, ...] = ()
+    if include_calendar_invite:
+        ics = calendar_invite(
+            event,
+            customer_id=customer_id,
+            organizer_email=organizer_email,
+            join_url=links["join"],
+            duration_minutes=duration_minutes,
+            attendee_email=str(recipient),
+            stamp=send_at,
+        )
+        attachments = (Attachment(ICS_FILENAME, ICS_CONTENT_TYPE, ics),)
+    headers = {
+        "From": sender,
+        **_unsubscribe_headers(links["unsubscribe"], links["unsubscribe_token"], sender),
+        "X-EventReach-Campaign": campaign_id,
+        "Content-Language": rendered.used_language,
+    }
+    return OutboundMessage(
+        key=DeliveryKey(customer_id, event.event_id, "email", kind),
+        campaign_id=campaign_id,
+        recipient=str(recipient),
+        subject=rendered.subject,
+        body_text=rendered.text,
+        body_html=rendered.html,
+        headers=headers,
+        attachments=attachments,
+        payload={
+            "template_id": template_id,
+            "language": rendered.used_language,
+            "requested_language": requested,
+            "fell_back": rendered.fell_back,
+        },
+        scheduled_at=to_utc_naive(send_at) if send_at else None,
+    )
+
+
+def render_invitation_email(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    templates: TemplateSet,
+    secret: bytes | str,
+    base_url: str,
+    sender: str,
+    organizer_email: str,
+    campaign_id: str,
+    include_calendar_invite: bool,
+    send_at: datetime | None,
+    template_id: str = INVITATION_TEMPLATE,
+    duration_minutes: int = 60,
+) -> OutboundMessage:
+    """The invitation email for one plan row (customer_id, email, marketplace, timezone).
+
+    Subject "Join us for {event} on {date}" in the customer's local date and time, a signed
+    "Register Now" link, an open pixel, one-click unsubscribe headers and, when asked, the .ics.
+    `payload` records the template, language and whether it fell back to English.
+    """
+    return _email_message(
+        row,
+        event=event,
+        templates=templates,
+        template_id=template_id,
+        kind=MessageKind.INVITATION,
+        secret=secret,
+        base_url=base_url,
+        sender=sender,
+        organizer_email=organizer_email,
+        campaign_id=campaign_id,
+        include_calendar_invite=include_calendar_invite,
+        send_at=send_at,
+        duration_minutes=duration_minutes,
+    )
+
+
+def render_day_of_email(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    templates: TemplateSet,
+    secret: bytes | str,
+    base_url: str,
+    sender: str,
+    campaign_id: str,
+    send_at: datetime | None = None,
+    organizer_email: str | None = None,
+    template_id: str = DAY_OF_TEMPLATE,
+    include_calendar_invite: bool = False,
+    duration_minutes: int = 60,
+) -> OutboundMessage:
+    """The event-day reminder email to a registered customer, with the (signed) join link.
+
+    `organizer_email` (default: the sender's address) only matters with a calendar invite.
+    """
+    return _email_message(
+        row,
+        event=event,
+        templates=templates,
+        template_id=template_id,
+        kind=MessageKind.DAY_OF,
+        secret=secret,
+        base_url=base_url,
+        sender=sender,
+        organizer_email=organizer_email or parseaddr(sender)[1],
+        campaign_id=campaign_id,
+        include_calendar_invite=include_calendar_invite,
+        send_at=send_at,
+        duration_minutes=duration_minutes,
+    )
+
+
+class _KeepUnknown(dict[str, str]):
+    """format_map mapping that leaves unknown {placeholders} as they are instead of failing."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def render_push_reminder(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    title_template: str,
+    body_template: str,
+    secret: bytes | str,
+    base_url: str,
+    campaign_id: str,
+    send_at: datetime | None = None,
+    kind: MessageKind = MessageKind.REMINDER,
+) -> OutboundMessage:
+    """Push reminder from the YAML's `{eventName}` / `{eventTime}` templates, time in the
+    customer's timezone, with an "Add to Calendar" action whose deep link is signed."""
+    customer_id = str(row["customer_id"])
+    language = language_for(row.get("marketplace"))
+    when = local_when(event.start_time_utc, row.get("timezone"), language)
+    values = _KeepUnknown(
+        eventName=event.name, eventTime=when["event_time"], eventDate=when["event_date"], eventWhen=when["event_when"]
+    )
+    links = _signed(secret, base_url, row, event, "push", campaign_id)
+    title = _one_line(title_template.format_map(values))
+    body = _one_line(body_template.format_map(values))
+    return OutboundMessage(
+        key=DeliveryKey(customer_id, event.event_id, "push", kind),
+        campaign_id=campaign_id,
+        recipient=str(row.get("push_target") or customer_id),
+        subject=title,
+        body_text=body,
+        payload={
+            "title": title,
+            "body": body,
+            "action": "Add to Calendar",
+            "deep_link": links["calendar"],
+            "join_url": links["join"],
+            "event_id": event.event_id,
+        },
+        scheduled_at=to_utc_naive(send_at) if send_at else None,
+    )
+
+
+def render_in_app_banner(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    banner_type: str,
+    placement: str,
+    display_days: int,
+    secret: bytes | str,
+    base_url: str,
+    campaign_id: str,
+    send_at: datetime | None = None,
+    now: datetime | None = None,
+) -> OutboundMessage:
+    """In-app invitation banner: shown from `send_at` (else `now`) for `display_days`, never past
+    the event start."""
+    shown_from = send_at or now
+    if shown_from is None:
+        raise ValueError("an in-app banner needs send_at or now (when it starts showing)")
+    customer_id = str(row["customer_id"])
+    language = language_for(row.get("marketplace"))
+    when = local_when(event.start_time_utc, row.get("timezone"), language)
+    links = _signed(secret, base_url, row, event, "in-app", campaign_id)
+    start = to_utc_naive(shown_from)
+    until = min(start + timedelta(days=display_days), to_utc_naive(event.start_time_utc))
+    headline = _one_line(f"{event.name} — {when['event_when']}")
+    return OutboundMessage(
+        key=DeliveryKey(customer_id, event.event_id, "in-app", MessageKind.INVITATION),
+        campaign_id=campaign_id,
+        recipient=customer_id,
+        subject=headline,
+        body_text=f"Join us for {event.name}.",
+        payload={
+            "banner_type": banner_type,
+            "placement": placement,
+            "event_id": event.event_id,
+            "event_name": event.name,
+            "headline": headline,
+            "cta_label": "Register Now",
+            "cta_url": links["register"],
+            "click_url": links["click"],
+            "impression_url": links["open"],
+            "display_from": start.isoformat() + "Z",
+            "display_until": until.isoformat() + "Z",
+            "event_start_utc": to_utc_naive(event.start_time_utc).isoformat() + "Z",
+        },
+        scheduled_at=start,
+    )
+
+
+# ---- RFC 5322 ------------------------------------------------------------------------------
+
+
+def message_id(message: OutboundMessage) -> str:
+    """Stable Message-ID from the idempotency key: a resend after a crash is recognisable as the same mail."""
+    digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:40]
+    return f"<{digest}@{_domain(message.headers.get('From', ''))}>"
+
+
+# RFC 5322's hard limit instead of the 78-character soft one: a long header without spaces (a
+# List-Unsubscribe URL) must stay one line, not be RFC 2047-encoded, which mail providers reject.
+EMAIL_POLICY = email_policy.SMTP.clone(max_line_length=998)
+_STRUCTURAL_HEADERS = frozenset({"from", "to", "subject", "date", "message-id", "content-type", "mime-version"})
+
+
+def to_email_message(message: OutboundMessage) -> EmailMessage:
+    """The RFC 5322 message: multipart/alternative text + HTML, attachments alongside (multipart/mixed).
+
+    From comes from `message.headers["From"]`; Date is the scheduled send time (so reruns render
+    the same bytes) or now; the other headers are copied as they are.
+    """
+    sender = message.headers.get("From")
+    if not sender:
+        raise ValueError("an email needs a From header (render_* functions set it)")
+    email = EmailMessage(policy=email_policy.SMTP)  # bodies encoded with 76-character lines
+    email["From"] = sender
+    email["To"] = formataddr(("", message.recipient))
+    email["Subject"] = _one_line(message.subject)
+    sent = message.scheduled_at or datetime.now(UTC).replace(tzinfo=None)
+    email["Date"] = format_datetime(to_utc_naive(sent).replace(tzinfo=UTC))
+    email["Message-ID"] = message_id(message)
+    for name, value in message.headers.items():
+        if name.lower() not in _STRUCTURAL_HEADERS:
+            email[name] = _one_line(value)
+    # Quoted-printable keeps every line short and 7-bit, whatever the template or the provider.
+    email.set_content(message.body_text or "", subtype="plain", charset="utf-8", cte="quoted-printable")
+    if message.body_html:
+        email.add_alternative(message.body_html, subtype="html", charset="utf-8", cte="quoted-printable")
+    for attachment in message.attachments:
+        mime, _, rest = attachment.content_type.partition(";")
+        maintype, _, subtype = mime.strip().partition("/")
+        params = {}
+        for part in rest.split(";"):
+            name, _, value = part.strip().partition("=")
+            if name:
+                params[name] = value
+        email.add_attachment(
+            attachment.data, maintype=maintype, subtype=subtype, filename=attachment.filename, params=params
+        )
+    email.policy = EMAIL_POLICY  # ... and headers folded only past RFC 5322's 998 when serialized
+    return email

@@ -1,0 +1,940 @@
+"""The delivery ledger: one row per customer x event x channel x message kind, so nothing is sent twice.
+
+Protocol (the send loop in `domain/sending.py` follows it):
+
+1. `reserve` the batch's keys before calling any provider. A key never seen gets a `pending`
+   row and may be sent; a `failed_transient` row flips back to `pending` and may be sent again.
+   Every other status blocks the key: `sent`, `failed_permanent`, `suppressed`, `held_out`,
+   `in_doubt`, and `pending` held by a live run. A `pending` row older than the lease
+   (`stale_after`) was left by a run that died between reserving and confirming: we cannot
+   know whether the provider got the message, so it becomes `in_doubt` and is never resent
+   (a duplicate invitation is worse than a missing one; an operator can reconcile it with the
+   provider's logs and `mark_sent` / `mark_failed` it).
+2. Call the provider, then confirm with `mark_sent` (provider message id) or `mark_failed`.
+   `mark_suppressed` (opted out at send time), `mark_held_out` (control group) and `release`
+   (reserved but not attempted because the run is aborting) complete the set.
+
+Reservation is atomic per key: SQLite does it in one `BEGIN IMMEDIATE` transaction with
+`INSERT ... ON CONFLICT DO NOTHING`; DynamoDB with a conditional `PutItem`
+(`attribute_not_exists(pk)`) and conditional `UpdateItem`s for the status flips, so two runs
+reserving the same keys at once each get a disjoint share.
+
+Opt-outs live in the ledger too (customer x channel, or all channels): the send loop checks them
+right before sending, so an unsubscribe recorded after the weekly batch still suppresses the send.
+
+Timestamps are stored as fixed-width UTC strings (`%Y-%m-%dT%H:%M:%S.%fZ`, ordered as text) and
+returned as `pl.Datetime("us", "UTC")`; inputs may be naive (taken as UTC) or aware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dagster as dg
+import polars as pl
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from pydantic import Field, PrivateAttr
+
+from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind
+from eventreach_assets.domain.sending import DEFAULT_LEASE
+
+ALL_CHANNELS = "*"  # opt-out channel meaning every channel
+KEY_COLUMNS = ("customer_id", "event_id", "channel", "kind")
+_TS = "%Y-%m-%dT%H:%M:%S.%fZ"
+_TS_POLARS = "%Y-%m-%dT%H:%M:%S%.6fZ"
+_UTC_US = pl.Datetime("us", "UTC")
+
+# Statuses a new reservation may send from (absent = never seen).
+SENDABLE_FROM = frozenset({DeliveryStatus.FAILED_TRANSIENT})
+
+RESERVATION_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(),
+    "event_id": pl.String(),
+    "channel": pl.String(),
+    "kind": pl.String(),
+    "campaign_id": pl.String(),
+    "granted": pl.Boolean(),  # reserved for this caller: send it now
+    "status": pl.String(),  # the ledger status after the call (pending when granted)
+    "previous_status": pl.String(),  # before the call; null = never seen
+}
+DELIVERY_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(),
+    "event_id": pl.String(),
+    "channel": pl.String(),
+    "kind": pl.String(),
+    "campaign_id": pl.String(),
+    "status": pl.String(),
+    "reason": pl.String(),
+    "provider_message_id": pl.String(),
+    "attempts": pl.Int64(),  # reservations granted (1 + re-runs after transient failures)
+    "sends": pl.Int64(),  # provider acceptances confirmed; > 1 would be a duplicate
+    "reserved_at": _UTC_US,
+    "updated_at": _UTC_US,
+    "sent_at": _UTC_US,
+}
+OPT_OUT_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(),
+    "channel": pl.String(),  # the channel opted out of, or "*" for all
+    "source": pl.String(),
+    "opted_out_at": _UTC_US,
+}
+INVITATIONS_SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(),
+    "invited_at": _UTC_US,
+    "event_id": pl.String(),
+    "channel": pl.String(),
+}
+
+
+def _utc(moment: datetime | None) -> datetime:
+    if moment is None:
+        return datetime.now(UTC)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _ts(moment: datetime | None) -> str:
+    return _utc(moment).strftime(_TS)
+
+
+def _parse_times(frame: pl.DataFrame, *names: str) -> pl.DataFrame:
+    return frame.with_columns(
+        pl.col(name).str.to_datetime(_TS_POLARS, time_zone="UTC", time_unit="us") for name in names
+    )
+
+
+def key_frame(keys: pl.DataFrame, campaign_id_col: str = "campaign_id") -> pl.DataFrame:
+    """The reservation input: key columns + campaign_id as strings, one row per key (first wins)."""
+    missing = {*KEY_COLUMNS, campaign_id_col} - set(keys.columns)
+    if missing:
+        raise ValueError(f"keys lacks columns {sorted(missing)}")
+    frame = keys.select(
+        *(pl.col(name).cast(pl.String) for name in KEY_COLUMNS),
+        pl.col(campaign_id_col).cast(pl.String).alias("campaign_id"),
+    )
+    if frame.select(pl.any_horizontal(pl.col(*KEY_COLUMNS).is_null()).any()).item():
+        raise ValueError("keys has null key columns")
+    return frame.unique(list(KEY_COLUMNS), keep="first", maintain_order=True)
+
+
+def keys_frame(keys: Sequence[DeliveryKey], campaign_id: str | Sequence[str] = "") -> pl.DataFrame:
+    """DeliveryKeys as the frame `reserve` takes (handy for callers holding messages)."""
+    campaigns = [campaign_id] * len(keys) if isinstance(campaign_id, str) else list(campaign_id)
+    return pl.DataFrame(
+        {
+            "customer_id": [k.customer_id for k in keys],
+            "event_id": [k.event_id for k in keys],
+            "channel": [k.channel for k in keys],
+            "kind": [str(k.kind) for k in keys],
+            "campaign_id": campaigns,
+        },
+        schema={name: pl.String() for name in (*KEY_COLUMNS, "campaign_id")},
+    )
+
+
+def _decide(previous: str | None, reserved_at: str | None, cutoff: str) -> tuple[bool, str]:
+    """(granted, status after) for a key whose ledger row is `previous` (None = no row)."""
+    if previous is None or previous in SENDABLE_FROM:
+        return True, DeliveryStatus.PENDING.value
+    if previous == DeliveryStatus.PENDING and reserved_at is not None and reserved_at < cutoff:
+        return False, DeliveryStatus.IN_DOUBT.value
+    return False, previous
+
+
+LEASE_EXPIRED_REASON = "lease expired: a run reserved it and died before confirming; not resent"
+
+
+# ---- interface ----------------------------------------------------------------------------
+
+
+class DeliveryLedgerResource(dg.ConfigurableResource):
+    """Where every send is reserved before and confirmed after the provider call (see module doc).
+
+    `now=None` means the current time everywhere. Single-key marks are upserts (a key never
+    reserved, e.g. a held-out customer, gets a row) and never overwrite a `sent` row, except
+    `mark_sent` itself, which counts each confirmation in `sends`.
+    """
+
+    def reserve(
+        self,
+        keys: pl.DataFrame,
+        campaign_id_col: str = "campaign_id",
+        now: datetime | None = None,
+        stale_after: timedelta = DEFAULT_LEASE,
+    ) -> pl.DataFrame:
+        """Atomically reserve `keys` (customer_id, event_id, channel, kind, campaign id column).
+
+        Returns one row per distinct key (`RESERVATION_SCHEMA`): `granted` true for the keys the
+        caller must send now (new ones and former `failed_transient`), false with the blocking
+        `status` otherwise; stale `pending` rows come back as `status == "in_doubt"` with
+        `previous_status == "pending"` (they are not sent).
+        """
+        raise NotImplementedError
+
+    def mark_sent(
+        self, key: DeliveryKey, provider_message_id: str, now: datetime | None = None, campaign_id: str | None = None
+    ) -> None:
+        """The provider accepted the message; records its id and `sent_at`."""
+        raise NotImplementedError
+
+    def mark_failed(
+        self,
+        key: DeliveryKey,
+        reason: str,
+        permanent: bool,
+        now: datetime | None = None,
+        campaign_id: str | None = None,
+    ) -> bool:
+        """`failed_permanent` (never retried) or `failed_transient` (a later reservation retries it)."""
+        status = DeliveryStatus.FAILED_PERMANENT if permanent else DeliveryStatus.FAILED_TRANSIENT
+        return self._set_status(key, status, reason, now, campaign_id)
+
+    def mark_suppressed(
+        self, key: DeliveryKey, reason: str, now: datetime | None = None, campaign_id: str | None = None
+    ) -> bool:
+        """Not sent because the customer opted out (final: later runs skip it too)."""
+        return self._set_status(key, DeliveryStatus.SUPPRESSED, reason, now, campaign_id)
+
+    def mark_held_out(self, key: DeliveryKey, now: datetime | None = None, campaign_id: str | None = None) -> bool:
+        """Deliberately not sent: randomized control group (final)."""
+        return self._set_status(key, DeliveryStatus.HELD_OUT, "held out (control group)", now, campaign_id)
+
+    def mark_held_out_many(
+        self, keys: pl.DataFrame, campaign_id_col: str = "campaign_id", now: datetime | None = None
+    ) -> int:
+        """`mark_held_out` for a frame of keys; returns rows changed (sent rows are left alone)."""
+        frame = key_frame(keys, campaign_id_col)
+        return sum(self.mark_held_out(_key(row), now, row["campaign_id"]) for row in frame.iter_rows(named=True))
+
+    def mark_in_doubt(self, key: DeliveryKey, reason: str, now: datetime | None = None) -> bool:
+        """The provider may or may not have the message (interrupted mid-call): never resent."""
+        return self._set_status(key, DeliveryStatus.IN_DOUBT, reason, now, None)
+
+    def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = None) -> int:
+        """Give back `pending` reservations never attempted (the run is aborting), as `failed_transient`
+        so the next run sends them. Rows in any other status are left alone; returns rows released."""
+        raise NotImplementedError
+
+    def _set_status(
+        self, key: DeliveryKey, status: DeliveryStatus, reason: str, now: datetime | None, campaign_id: str | None
+    ) -> bool:
+        """Upsert `status` unless the row is `sent`; returns whether a row was written."""
+        raise NotImplementedError
+
+    # -- opt-outs --
+
+    def record_opt_out(self, customer_id: str, channel: str | None, source: str, at: datetime | None = None) -> None:
+        """Record an unsubscribe / opt-out (channel None = every channel); the first record wins."""
+        raise NotImplementedError
+
+    def opt_outs(self, customer_ids: pl.Series, channel: str) -> pl.DataFrame:
+        """The opt-outs covering `channel` of those customers (`OPT_OUT_SCHEMA`), earliest first per
+        customer, one row per customer (checks compare `opted_out_at` with `sent_at`)."""
+        raise NotImplementedError
+
+    def opted_out(self, customer_ids: pl.Series, channel: str) -> set[str]:
+        """The customers of `customer_ids` opted out of `channel` (or of every channel): the send-time check."""
+        return set(self.opt_outs(customer_ids, channel)["customer_id"].to_list())
+
+    # -- reads --
+
+    def invitations_since(self, since: datetime, until: datetime | None = None) -> pl.DataFrame:
+        """Sent invitations (kind invitation, any channel or event) with since <= sent_at < until:
+        customer_id, invited_at, event_id, channel (the frequency-cap filter counts these)."""
+        raise NotImplementedError
+
+    def deliveries(self, event_id: str, channel: str | None = None, kind: str | None = None) -> pl.DataFrame:
+        """Every ledger row of the event (`DELIVERY_SCHEMA`), optionally one channel / kind."""
+        raise NotImplementedError
+
+    def sent_count(self, event_id: str, channel: str | None = None, kind: str | None = None) -> int:
+        """How many messages of the event were sent (optionally one channel / kind)."""
+        frame = self.deliveries(event_id, channel, kind)
+        return frame.filter(pl.col("status") == DeliveryStatus.SENT.value).height
+
+    def duplicates(self, event_id: str) -> pl.DataFrame:
+        """Keys of the event confirmed sent more than once (sends > 1); must always be empty."""
+        frame = self.deliveries(event_id)
+        return frame.filter(pl.col("sends") > 1)
+
+
+def _key(row: dict[str, Any]) -> DeliveryKey:
+    return DeliveryKey(row["customer_id"], row["event_id"], row["channel"], MessageKind(row["kind"]))
+
+
+def _reservation(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=RESERVATION_SCHEMA, orient="row")
+
+
+# ---- SQLite -------------------------------------------------------------------------------
+
+_OPEN_LOCK = threading.Lock()  # first opens in one process: one at a time
+_LEDGER = "delivery_ledger"
+_OPT_OUTS = "delivery_opt_outs"
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS {_LEDGER} (
+    event_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    campaign_id TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    provider_message_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    sends INTEGER NOT NULL DEFAULT 0,
+    reserved_at TEXT,
+    updated_at TEXT NOT NULL,
+    sent_at TEXT,
+    PRIMARY KEY (event_id, channel, kind, customer_id)
+);
+CREATE INDEX IF NOT EXISTS {_LEDGER}_sent ON {_LEDGER} (kind, sent_at) WHERE status = 'sent';
+CREATE TABLE IF NOT EXISTS {_OPT_OUTS} (
+    customer_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    source TEXT NOT NULL,
+    opted_out_at TEXT NOT NULL,
+    PRIMARY KEY (customer_id, channel)
+);
+"""
+_COLUMNS = ", ".join(DELIVERY_SCHEMA)
+_PK = "(event_id, channel, kind, customer_id)"
+_KEY_WHERE = "event_id = :event_id AND channel = :channel AND kind = :kind AND customer_id = :customer_id"
+
+
+def _params(key: DeliveryKey, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": key.event_id,
+        "channel": key.channel,
+        "kind": str(key.kind),
+        "customer_id": key.customer_id,
+        **extra,
+    }
+
+
+class SqliteDeliveryLedger(DeliveryLedgerResource):
+    """The ledger in one SQLite file (WAL), like `SqliteCandidateStore`: one kept connection per
+    process and thread, writers take the lock up front (BEGIN IMMEDIATE) and wait up to the busy
+    timeout, so concurrent step processes serialize instead of failing or double-reserving."""
+
+    path: str = Field(description="SQLite file; may be the candidate store's; created on first use.")
+    busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
+
+    _connections: dict[tuple[int, int], sqlite3.Connection] = PrivateAttr(default_factory=dict)
+
+    def _open(self) -> sqlite3.Connection:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_seconds * 1000)}")
+        # Switching to WAL does not wait on the busy handler: first opens racing each other (threads
+        # here, step processes elsewhere) retry for up to the busy timeout.
+        deadline = time.monotonic() + self.busy_timeout_seconds
+        with _OPEN_LOCK:
+            while True:
+                try:
+                    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                    conn.executescript(_DDL)
+                    return conn
+                except sqlite3.OperationalError as error:
+                    if "locked" not in str(error) or time.monotonic() > deadline:
+                        conn.close()
+                        raise
+                    time.sleep(0.05)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        key = (os.getpid(), threading.get_ident())  # never share a connection across forks or threads
+        conn = self._connections.get(key)
+        if conn is None:
+            conn = self._connections[key] = self._open()
+        yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this process's connections (safe to call twice)."""
+        for key in [key for key in self._connections if key[0] == os.getpid()]:
+            self._connections.pop(key).close()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()
+
+    def reserve(
+        self,
+        keys: pl.DataFrame,
+        campaign_id_col: str = "campaign_id",
+        now: datetime | None = None,
+        stale_after: timedelta = DEFAULT_LEASE,
+    ) -> pl.DataFrame:
+        frame = key_frame(keys, campaign_id_col)
+        moment = _utc(now)
+        at, cutoff = _ts(moment), _ts(moment - stale_after)
+        rows: list[tuple] = []
+        with self._transaction() as conn:  # the write lock is held from here: read-decide-write is atomic
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS reserve_keys "
+                "(customer_id TEXT, event_id TEXT, channel TEXT, kind TEXT, campaign_id TEXT)"
+            )
+            conn.execute("DELETE FROM temp.reserve_keys")
+            conn.executemany("INSERT INTO temp.reserve_keys VALUES (?, ?, ?, ?, ?)", frame.iter_rows())
+            existing = {
+                (c, e, ch, k): (status, reserved_at)
+                for c, e, ch, k, status, reserved_at in conn.execute(
+                    f"SELECT r.customer_id, r.event_id, r.channel, r.kind, l.status, l.reserved_at "
+                    f"FROM temp.reserve_keys AS r JOIN {_LEDGER} AS l "
+                    "USING (event_id, channel, kind, customer_id)"
+                )
+            }
+            inserts, retries, doubts = [], [], []
+            for customer_id, event_id, channel, kind, campaign_id in frame.iter_rows():
+                previous, reserved_at = existing.get((customer_id, event_id, channel, kind), (None, None))
+                granted, status = _decide(previous, reserved_at, cutoff)
+                rows.append((customer_id, event_id, channel, kind, campaign_id, granted, status, previous))
+                params = (campaign_id, at, event_id, channel, kind, customer_id)
+                if previous is None:
+                    inserts.append(params)
+                elif granted:
+                    retries.append(params)
+                elif status == DeliveryStatus.IN_DOUBT and previous == DeliveryStatus.PENDING:
+                    doubts.append((at, event_id, channel, kind, customer_id))
+            inserted = conn.executemany(
+                f"INSERT INTO {_LEDGER} (campaign_id, reserved_at, event_id, channel, kind, customer_id, "
+                "status, attempts, sends, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 1, 0, ?2) "
+                "ON CONFLICT DO NOTHING",
+                inserts,
+            ).rowcount
+            if inserts and inserted != len(inserts):  # impossible under the lock; fail loudly, never send twice
+                raise RuntimeError(f"reserved {inserted} of {len(inserts)} new keys: the ledger changed under the lock")
+            conn.executemany(
+                f"UPDATE {_LEDGER} SET status = 'pending', reason = NULL, attempts = attempts + 1, "
+                "campaign_id = ?1, reserved_at = ?2, updated_at = ?2 "
+                "WHERE event_id = ?3 AND channel = ?4 AND kind = ?5 AND customer_id = ?6 "
+                "AND status = 'failed_transient'",
+                retries,
+            )
+            conn.executemany(
+                f"UPDATE {_LEDGER} SET status = 'in_doubt', reason = '{LEASE_EXPIRED_REASON}', updated_at = ?1 "
+                "WHERE event_id = ?2 AND channel = ?3 AND kind = ?4 AND customer_id = ?5 AND status = 'pending'",
+                doubts,
+            )
+        return _reservation(rows)
+
+    def mark_sent(
+        self, key: DeliveryKey, provider_message_id: str, now: datetime | None = None, campaign_id: str | None = None
+    ) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                f"INSERT INTO {_LEDGER} (event_id, channel, kind, customer_id, campaign_id, status, "
+                "provider_message_id, sends, updated_at, sent_at) "
+                "VALUES (:event_id, :channel, :kind, :customer_id, :campaign_id, 'sent', :pid, 1, :at, :at) "
+                f"ON CONFLICT {_PK} DO UPDATE SET status = 'sent', reason = NULL, provider_message_id = :pid, "
+                "sends = sends + 1, updated_at = :at, sent_at = :at, "
+                "campaign_id = coalesce(:campaign_id, campaign_id)",
+                _params(key, campaign_id=campaign_id, pid=provider_message_id, at=_ts(now)),
+            )
+
+    def _set_status(
+        self, key: DeliveryKey, status: DeliveryStatus, reason: str, now: datetime | None, campaign_id: str | None
+    ) -> bool:
+        with self._transaction() as conn:
+            return (
+                conn.execute(
+                    f"INSERT INTO {_LEDGER} (event_id, channel, kind, customer_id, campaign_id, status, reason, "
+                    "updated_at) "
+                    "VALUES (:event_id, :channel, :kind, :customer_id, :campaign_id, :status, :reason, :at) "
+                    f"ON CONFLICT {_PK} DO UPDATE SET status = :status, reason = :reason, updated_at = :at, "
+                    "campaign_id = coalesce(:campaign_id, campaign_id) WHERE status <> 'sent'",
+                    _params(key, campaign_id=campaign_id, status=status.value, reason=reason, at=_ts(now)),
+                ).rowcount
+                > 0
+            )
+
+    def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = None) -> int:
+        at = _ts(now)
+        with self._transaction() as conn:
+            cursor = conn.executemany(
+                f"UPDATE {_LEDGER} SET status = 'failed_transient', reason = :reason, updated_at = :at "
+                f"WHERE {_KEY_WHERE} AND status = 'pending'",
+                [_params(key, reason=reason, at=at) for key in keys],
+            )
+            return max(cursor.rowcount, 0)
+
+    def record_opt_out(self, customer_id: str, channel: str | None, source: str, at: datetime | None = None) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                f"INSERT INTO {_OPT_OUTS} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (customer_id, channel or ALL_CHANNELS, source, _ts(at)),
+            )
+
+    def opt_outs(self, customer_ids: pl.Series, channel: str) -> pl.DataFrame:
+        ids = customer_ids.cast(pl.String).drop_nulls().unique().to_list()
+        rows: list[tuple] = []
+        if ids:
+            with self._connect() as conn:
+                rows = conn.execute(
+                    f"SELECT o.customer_id, o.channel, o.source, o.opted_out_at "
+                    f"FROM json_each(?) AS j JOIN {_OPT_OUTS} AS o "
+                    "ON o.customer_id = j.value WHERE o.channel IN (?, ?)",
+                    (json.dumps(ids), channel, ALL_CHANNELS),
+                ).fetchall()
+        return _opt_out_frame(rows)
+
+    def invitations_since(self, since: datetime, until: datetime | None = None) -> pl.DataFrame:
+        upper = _ts(until) if until is not None else "9999"
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT customer_id, sent_at, event_id, channel FROM {_LEDGER} "
+                "WHERE kind = ? AND status = 'sent' AND sent_at >= ? AND sent_at < ? ORDER BY sent_at",
+                (MessageKind.INVITATION.value, _ts(since), upper),
+            ).fetchall()
+        frame = pl.DataFrame(rows, schema={**INVITATIONS_SCHEMA, "invited_at": pl.String()}, orient="row")
+        return _parse_times(frame, "invited_at")
+
+    def deliveries(self, event_id: str, channel: str | None = None, kind: str | None = None) -> pl.DataFrame:
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM {_LEDGER} WHERE event_id = :event_id "
+                "AND (:channel IS NULL OR channel = :channel) AND (:kind IS NULL OR kind = :kind) "
+                "ORDER BY channel, kind, customer_id",
+                {"event_id": event_id, "channel": channel, "kind": None if kind is None else str(kind)},
+            ).fetchall()
+        return _delivery_frame(rows)
+
+    def sent_count(self, event_id: str, channel: str | None = None, kind: str | None = None) -> int:
+        with self._connect() as conn:
+            return int(
+                conn.execute(
+                    f"SELECT count(*) FROM {_LEDGER} WHERE event_id = :event_id AND status = 'sent' "
+                    "AND (:channel IS NULL OR channel = :channel) AND (:kind IS NULL OR kind = :kind)",
+                    {"event_id": event_id, "channel": channel, "kind": None if kind is None else str(kind)},
+                ).fetchone()[0]
+            )
+
+
+def _opt_out_frame(rows: list[tuple]) -> pl.DataFrame:
+    frame = pl.DataFrame(rows, schema={**OPT_OUT_SCHEMA, "opted_out_at": pl.String()}, orient="row")
+    frame = _parse_times(frame, "opted_out_at").sort("customer_id", "opted_out_at", "channel")
+    return frame.unique("customer_id", keep="first", maintain_order=True)
+
+
+def _delivery_frame(rows: list[tuple]) -> pl.DataFrame:
+    times = ("reserved_at", "updated_at", "sent_at")
+    schema = {name: (pl.String() if name in times else dtype) for name, dtype in DELIVERY_SCHEMA.items()}
+    return _parse_times(pl.DataFrame(rows, schema=schema, orient="row"), *times)
+
+
+# ---- DynamoDB -----------------------------------------------------------------------------
+
+SENT_INDEX = "SENT"
+
+
+def ledger_table_definition(name: str) -> dict[str, Any]:
+    """The `CreateTable` request of the ledger table.
+
+    pk = EVENT#{event_id}, sk = DELIVERY#{channel}#{kind}#{customer_id} (an event's deliveries
+    are one Query); opt-outs share the table as pk = OPTOUT#{customer_id}, sk = CHANNEL#{channel|*}.
+    Sparse GSI SENT: only sent rows carry sent_pk = SENT#{kind}#{YYYY-MM-DD} and
+    sent_sk = {sent_at}#{event_id}#{channel}#{customer_id}, so `invitations_since` queries one
+    partition per day (keys only + the attributes it reads).
+    """
+    return {
+        "TableName": name,
+        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        "AttributeDefinitions": [
+            {"AttributeName": name_, "AttributeType": "S"} for name_ in ("pk", "sk", "sent_pk", "sent_sk")
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": SENT_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "sent_pk", "KeyType": "HASH"},
+                    {"AttributeName": "sent_sk", "KeyType": "RANGE"},
+                ],
+                "Projection": {
+                    "ProjectionType": "INCLUDE",
+                    "NonKeyAttributes": ["customer_id", "event_id", "channel", "sent_at"],
+                },
+            }
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+def create_ledger_table(client: Any, table_name: str) -> bool:
+    """Create the ledger table unless it exists and wait until it is active; returns whether created."""
+    try:
+        client.describe_table(TableName=table_name)
+        created = False
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        client.create_table(**ledger_table_definition(table_name))
+        created = True
+    client.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 600})
+    return created
+
+
+def _ddb_key(key: DeliveryKey) -> dict[str, dict[str, str]]:
+    return {
+        "pk": {"S": f"EVENT#{key.event_id}"},
+        "sk": {"S": f"DELIVERY#{key.channel}#{key.kind}#{key.customer_id}"},
+    }
+
+
+def _key_attrs(key: DeliveryKey) -> dict[str, dict[str, str]]:
+    return {
+        ":customer_id": {"S": key.customer_id},
+        ":event_id": {"S": key.event_id},
+        ":channel": {"S": key.channel},
+        ":kind": {"S": str(key.kind)},
+    }
+
+
+_KEY_SET = "customer_id = :customer_id, event_id = :event_id, channel = :channel, kind = :kind"
+_NAMES = {"#status": "status"}  # a reserved word
+
+
+def _is_conditional_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _s(item: dict[str, Any], name: str) -> str | None:
+    value = item.get(name)
+    return value.get("S") if value else None
+
+
+def _n(item: dict[str, Any], name: str) -> int:
+    value = item.get(name)
+    return int(value["N"]) if value and "N" in value else 0
+
+
+class DynamoDBDeliveryLedger(DeliveryLedgerResource):
+    """The ledger on its own DynamoDB table (`ledger_table_definition`); conditional writes make
+    each reservation atomic per key. botocore's standard retries handle throttling; a
+    conditional-check failure is an answer (someone else holds the key), not an error.
+
+    One partition per event holds its deliveries: a 50,000-key reservation is 50,000 small
+    writes, spread by `max_parallel_requests` threads (DynamoDB adapts a hot partition).
+    """
+
+    table_name: str = Field(description="The ledger table (see ledger_table_definition).")
+    region_name: str | None = Field(default=None, description="AWS region; None uses AWS_REGION / the profile.")
+    endpoint_url: str | None = Field(default=None, description="Custom endpoint (DynamoDB Local, moto); None is AWS.")
+    max_parallel_requests: int = Field(default=8, ge=1, le=64, description="Threads issuing per-key requests.")
+    create_table_on_setup: bool = Field(default=False, description="Create the table at run start if missing.")
+
+    _client: Any = PrivateAttr(default=None)
+    _client_pid: int = PrivateAttr(default=-1)
+
+    def client(self) -> Any:
+        """The low-level DynamoDB client, one per process (thread-safe, not fork-safe)."""
+        if self._client is None or self._client_pid != os.getpid():
+            config = Config(
+                retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=2 * self.max_parallel_requests
+            )
+            self._client = boto3.session.Session().client(
+                "dynamodb", region_name=self.region_name, endpoint_url=self.endpoint_url, config=config
+            )
+            self._client_pid = os.getpid()
+        return self._client
+
+    def create_table(self) -> bool:
+        """Create the ledger table if missing (tests, first deployment); returns whether created."""
+        return create_ledger_table(self.client(), self.table_name)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.create_table_on_setup:
+            self.create_table()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self._client = None
+
+    def _parallel(self, function: Callable[[Any], Any], work: Sequence[Any]) -> list[Any]:
+        if len(work) <= 1 or self.max_parallel_requests == 1:
+            return [function(piece) for piece in work]
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel_requests, len(work))) as pool:
+            return list(pool.map(function, work))
+
+    def _get(self, key: DeliveryKey) -> dict[str, Any] | None:
+        return self.client().get_item(TableName=self.table_name, Key=_ddb_key(key), ConsistentRead=True).get("Item")
+
+    def _reserve_one(self, row: tuple, at: str, cutoff: str) -> tuple:
+        customer_id, event_id, channel, kind, campaign_id = row
+        key = DeliveryKey(customer_id, event_id, channel, MessageKind(kind))
+        client = self.client()
+        item = {
+            **_ddb_key(key),
+            "customer_id": {"S": customer_id},
+            "event_id": {"S": event_id},
+            "channel": {"S": channel},
+            "kind": {"S": kind},
+            "status": {"S": DeliveryStatus.PENDING.value},
+            "attempts": {"N": "1"},
+            "sends": {"N": "0"},
+            "reserved_at": {"S": at},
+            "updated_at": {"S": at},
+        }
+        if campaign_id is not None:
+            item["campaign_id"] = {"S": campaign_id}
+        try:
+            client.put_item(TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            return (*row, True, DeliveryStatus.PENDING.value, None)
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+        for _ in range(5):  # the row exists: decide from its current state, flip it conditionally
+            current = self._get(key) or {}
+            previous, reserved_at = _s(current, "status"), _s(current, "reserved_at")
+            if previous is None:  # deleted meanwhile (never happens in normal operation)
+                return (*row, False, DeliveryStatus.IN_DOUBT.value, None)
+            granted, status = _decide(previous, reserved_at, cutoff)
+            if status == previous:
+                return (*row, False, status, previous)
+            values: dict[str, Any] = {":previous": {"S": previous}, ":status": {"S": status}, ":at": {"S": at}}
+            if granted:
+                update = "SET #status = :status, reserved_at = :at, updated_at = :at, attempts = attempts + :one"
+                update += ", campaign_id = :campaign REMOVE reason" if campaign_id is not None else " REMOVE reason"
+                values[":one"] = {"N": "1"}
+                if campaign_id is not None:
+                    values[":campaign"] = {"S": campaign_id}
+                condition = "#status = :previous"
+            else:
+                update = "SET #status = :status, reason = :reason, updated_at = :at"
+                values |= {":reason": {"S": LEASE_EXPIRED_REASON}, ":reserved": {"S": reserved_at or ""}}
+                condition = "#status = :previous AND reserved_at = :reserved"
+            try:
+                client.update_item(
+                    TableName=self.table_name,
+                    Key=_ddb_key(key),
+                    UpdateExpression=update,
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=_NAMES,
+                    ExpressionAttributeValues=values,
+                )
+                return (*row, granted, status, previous)
+            except ClientError as error:
+                if not _is_conditional_failure(error):
+                    raise
+        raise RuntimeError(f"could not settle the reservation of {key}: the row keeps changing")
+
+    def reserve(
+        self,
+        keys: pl.DataFrame,
+        campaign_id_col: str = "campaign_id",
+        now: datetime | None = None,
+        stale_after: timedelta = DEFAULT_LEASE,
+    ) -> pl.DataFrame:
+        frame = key_frame(keys, campaign_id_col)
+        moment = _utc(now)
+        at, cutoff = _ts(moment), _ts(moment - stale_after)
+        return _reservation(self._parallel(lambda row: self._reserve_one(row, at, cutoff), list(frame.iter_rows())))
+
+    def mark_sent(
+        self, key: DeliveryKey, provider_message_id: str, now: datetime | None = None, campaign_id: str | None = None
+    ) -> None:
+        at = _ts(now)
+        update = (
+            f"SET #status = :sent, provider_message_id = :pid, updated_at = :at, sent_at = :at, {_KEY_SET}, "
+            "sends = if_not_exists(sends, :zero) + :one, sent_pk = :sent_pk, sent_sk = :sent_sk"
+        )
+        values = {
+            **_key_attrs(key),
+            ":sent": {"S": DeliveryStatus.SENT.value},
+            ":pid": {"S": provider_message_id},
+            ":at": {"S": at},
+            ":zero": {"N": "0"},
+            ":one": {"N": "1"},
+            ":sent_pk": {"S": f"SENT#{key.kind}#{at[:10]}"},
+            ":sent_sk": {"S": f"{at}#{key.event_id}#{key.channel}#{key.customer_id}"},
+        }
+        if campaign_id is not None:
+            update += ", campaign_id = :campaign"
+            values[":campaign"] = {"S": campaign_id}
+        self.client().update_item(
+            TableName=self.table_name,
+            Key=_ddb_key(key),
+            UpdateExpression=update + " REMOVE reason",
+            ExpressionAttributeNames=_NAMES,
+            ExpressionAttributeValues=values,
+        )
+
+    def _set_status(
+        self, key: DeliveryKey, status: DeliveryStatus, reason: str, now: datetime | None, campaign_id: str | None
+    ) -> bool:
+        update = f"SET #status = :status, reason = :reason, updated_at = :at, {_KEY_SET}"
+        update += ", attempts = if_not_exists(attempts, :zero), sends = if_not_exists(sends, :zero)"
+        values = {
+            **_key_attrs(key),
+            ":status": {"S": status.value},
+            ":reason": {"S": reason},
+            ":at": {"S": _ts(now)},
+            ":sent": {"S": DeliveryStatus.SENT.value},
+            ":zero": {"N": "0"},
+        }
+        if campaign_id is not None:
+            update += ", campaign_id = :campaign"
+            values[":campaign"] = {"S": campaign_id}
+        try:
+            self.client().update_item(
+                TableName=self.table_name,
+                Key=_ddb_key(key),
+                UpdateExpression=update,
+                ConditionExpression="attribute_not_exists(pk) OR #status <> :sent",
+                ExpressionAttributeNames=_NAMES,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = None) -> int:
+        at = _ts(now)
+
+        def one(key: DeliveryKey) -> int:
+            try:
+                self.client().update_item(
+                    TableName=self.table_name,
+                    Key=_ddb_key(key),
+                    UpdateExpression="SET #status = :failed, reason = :reason, updated_at = :at",
+                    ConditionExpression="#status = :pending",
+                    ExpressionAttributeNames=_NAMES,
+                    ExpressionAttributeValues={
+                        ":failed": {"S": DeliveryStatus.FAILED_TRANSIENT.value},
+                        ":pending": {"S": DeliveryStatus.PENDING.value},
+                        ":reason": {"S": reason},
+                        ":at": {"S": at},
+                    },
+                )
+            except ClientError as error:
+                if _is_conditional_failure(error):
+                    return 0
+                raise
+            return 1
+
+        return sum(self._parallel(one, list(keys)))
+
+    def record_opt_out(self, customer_id: str, channel: str | None, source: str, at: datetime | None = None) -> None:
+        try:
+            self.client().put_item(
+                TableName=self.table_name,
+                Item={
+                    "pk": {"S": f"OPTOUT#{customer_id}"},
+                    "sk": {"S": f"CHANNEL#{channel or ALL_CHANNELS}"},
+                    "customer_id": {"S": customer_id},
+                    "source": {"S": source},
+                    "opted_out_at": {"S": _ts(at)},
+                },
+                ConditionExpression="attribute_not_exists(pk)",  # the first record wins
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+
+    def opt_outs(self, customer_ids: pl.Series, channel: str) -> pl.DataFrame:
+        ids = customer_ids.cast(pl.String).drop_nulls().unique().to_list()
+        keys = [
+            {"pk": {"S": f"OPTOUT#{customer_id}"}, "sk": {"S": f"CHANNEL#{name}"}}
+            for customer_id in ids
+            for name in dict.fromkeys((channel, ALL_CHANNELS))
+        ]
+        chunks = [keys[start : start + 100] for start in range(0, len(keys), 100)]  # BatchGetItem's limit
+
+        def fetch(chunk: list[dict[str, Any]]) -> list[tuple]:
+            found: list[tuple] = []
+            request: dict[str, Any] = {self.table_name: {"Keys": chunk, "ConsistentRead": True}}
+            for _ in range(10):
+                response = self.client().batch_get_item(RequestItems=request)
+                found += [
+                    (_s(item, "customer_id"), (_s(item, "sk") or "")[len("CHANNEL#") :], _s(item, "source"),
+                     _s(item, "opted_out_at"))
+                    for item in response["Responses"].get(self.table_name, [])
+                ]  # fmt: skip
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    return found
+                time.sleep(0.05)
+            raise RuntimeError("opt-out lookup still unprocessed after 10 tries; refusing to send unchecked")
+
+        return _opt_out_frame([row for rows in self._parallel(fetch, chunks) for row in rows])
+
+    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        while True:
+            response = self.client().query(TableName=self.table_name, **kwargs)
+            yield from response.get("Items", [])
+            if "LastEvaluatedKey" not in response:
+                return
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def invitations_since(self, since: datetime, until: datetime | None = None) -> pl.DataFrame:
+        start, end = _utc(since), _utc(until)
+        days = [(start + timedelta(days=offset)).strftime("%Y-%m-%d") for offset in range((end - start).days + 2)]
+        days = sorted({day for day in days if day <= end.strftime("%Y-%m-%d")})
+        low, high = _ts(start), _ts(end)
+
+        def day_rows(day: str) -> list[tuple]:
+            items = self._query(
+                IndexName=SENT_INDEX,
+                KeyConditionExpression="sent_pk = :pk AND sent_sk BETWEEN :low AND :high",
+                ExpressionAttributeValues={
+                    ":pk": {"S": f"SENT#{MessageKind.INVITATION}#{day}"},
+                    ":low": {"S": low},
+                    ":high": {"S": high},
+                },
+            )
+            return [
+                (_s(i, "customer_id"), _s(i, "sent_at"), _s(i, "event_id"), _s(i, "channel"))
+                for i in items
+                if (_s(i, "sent_at") or "") < high or until is None
+            ]
+
+        rows = [row for rows in self._parallel(day_rows, days) for row in rows]
+        frame = pl.DataFrame(rows, schema={**INVITATIONS_SCHEMA, "invited_at": pl.String()}, orient="row")
+        return _parse_times(frame, "invited_at").sort("invited_at")
+
+    def deliveries(self, event_id: str, channel: str | None = None, kind: str | None = None) -> pl.DataFrame:
+        prefix = "DELIVERY#" + (f"{channel}#" + (f"{kind}#" if kind is not None else "") if channel is not None else "")
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": f"EVENT#{event_id}"}, ":prefix": {"S": prefix}},
+            ConsistentRead=True,
+        )
+        rows = [
+            (
+                *(_s(item, name) for name in ("customer_id", "event_id", "channel", "kind", "campaign_id")),
+                *(_s(item, name) for name in ("status", "reason", "provider_message_id")),
+                _n(item, "attempts"),
+                _n(item, "sends"),
+                *(_s(item, name) for name in ("reserved_at", "updated_at", "sent_at")),
+            )
+            for item in items
+        ]
+        frame = _delivery_frame(rows)
+        if kind is not None:
+            frame = frame.filter(pl.col("kind") == str(kind))
+        return frame.sort("channel", "kind", "customer_id")

@@ -1,0 +1,121 @@
+"""The campaign assets through Dagster: sends, exactly once, opt-outs at send time, frequency cap."""
+
+from __future__ import annotations
+
+import email
+from datetime import timedelta
+from email import policy
+from pathlib import Path
+
+import dagster as dg
+import icalendar
+import polars as pl
+import pytest
+
+from eventreach_assets.assets.campaigns import email_invitations
+from eventreach_assets.demo.run import run_weekly_batch
+from eventreach_assets.domain.delivery import OutboundMessage
+from eventreach_assets.resources.channels import LocalOutboxEmail
+from eventreach_assets_tests.conftest import AS_OF, Deployment
+
+pytestmark = pytest.mark.integration
+PROGRAM = "event-invitations"
+
+
+class FailingAfter(LocalOutboxEmail):
+    """The local outbox, dying (as a crashed process would) after `allowed` messages."""
+
+    allowed: int
+
+    def send(self, message: OutboundMessage) -> str:
+        if len(list(Path(self.outbox_dir).glob("*.eml"))) >= self.allowed:
+            raise RuntimeError("simulated crash of the email provider connection")
+        return super().send(message)
+
+
+def materialize_email(deployment: Deployment, event_id: str, **overrides: object) -> dg.ExecuteInProcessResult:
+    resources = {**deployment.defs.resources, **overrides}
+    return dg.materialize(
+        [email_invitations], resources=resources, partition_key=event_id, instance=deployment.instance,
+        raise_on_error=False, selection=[email_invitations],
+    )  # fmt: skip
+
+
+def sent_rows(deployment: Deployment, event_id: str) -> pl.DataFrame:
+    ledger = deployment.defs.resources["ledger"]
+    return ledger.deliveries(event_id, channel="email", kind="invitation").filter(pl.col("status") == "sent")
+
+
+@pytest.fixture
+def batch(deployment: Deployment) -> str:
+    reports, _ = run_weekly_batch(deployment.home, deployment.instance, fixed_now=AS_OF.isoformat(), limit=1)
+    return reports[0].event_id
+
+
+def test_email_invitations_go_out_once_with_calendar_invite(deployment: Deployment, batch: str):
+    store = deployment.defs.resources["candidate_store"]
+    eligible = store.top_candidates_for_channel(PROGRAM, batch, "email", min_score=0.5, limit=50_000, now=AS_OF)
+    result = deployment.defs.resolve_job_def("email_campaign").execute_in_process(
+        instance=deployment.instance, partition_key=batch
+    )
+    assert result.success
+    sent = sent_rows(deployment, batch)
+    assert sent.height == eligible.count > 0
+    assert sent["customer_id"].n_unique() == sent.height
+    assert set(sent["customer_id"]) == set(eligible.items["customer_id"])
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks and all(checks.values()), checks
+
+    outbox = sorted((deployment.home / "outbox" / "email").glob("*.eml"))
+    assert len(outbox) == sent.height
+    parsed = [email.message_from_bytes(path.read_bytes(), policy=policy.default) for path in outbox]
+    subjects = [str(message["Subject"]) for message in parsed]
+    assert any(subject.startswith("Join us for Cloud & DevOps Summit on ") for subject in subjects)
+    assert all("Cloud & DevOps Summit" in subject for subject in subjects)  # localized, same event
+    message = parsed[0]
+    assert message["List-Unsubscribe"] and message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    invite = next(part for part in message.walk() if part.get_content_type() == "text/calendar")
+    calendar = icalendar.Calendar.from_ical(invite.get_payload(decode=True))
+    assert str(calendar["METHOD"]) == "REQUEST"
+
+    again = deployment.defs.resolve_job_def("email_campaign").execute_in_process(
+        instance=deployment.instance, partition_key=batch
+    )
+    assert again.success
+    assert sent_rows(deployment, batch).height == sent.height
+    assert len(list((deployment.home / "outbox" / "email").glob("*.eml"))) == sent.height
+    metadata = next(e.materialization.metadata for e in again.get_asset_materialization_events())
+    assert metadata["sent"].value == 0 and metadata["skipped"].value == sent.height
+
+
+def test_a_run_that_dies_half_way_is_finished_by_the_retry_without_duplicates(deployment: Deployment, batch: str):
+    outbox = deployment.home / "outbox" / "email"
+    first = materialize_email(deployment, batch, email_channel=FailingAfter(outbox_dir=str(outbox), allowed=7))
+    assert not first.success
+    assert sent_rows(deployment, batch).height == 7
+    second = materialize_email(deployment, batch)
+    assert second.success
+    sent = sent_rows(deployment, batch)
+    assert sent["customer_id"].n_unique() == sent.height > 7
+    assert len(list(outbox.glob("*.eml"))) == sent.height
+
+
+def test_an_unsubscribe_after_the_batch_suppresses_the_send(deployment: Deployment, batch: str):
+    store = deployment.defs.resources["candidate_store"]
+    top = store.top_candidates_for_channel(PROGRAM, batch, "email", min_score=0.5, limit=1, now=AS_OF).items
+    customer = top["customer_id"][0]
+    deployment.defs.resources["ledger"].record_opt_out(customer, None, "unsubscribe-link", AS_OF)
+    result = materialize_email(deployment, batch)
+    assert result.success
+    assert customer not in set(sent_rows(deployment, batch)["customer_id"])
+
+
+def test_frequency_cap_counts_invitations_from_the_ledger(deployment: Deployment, batch: str):
+    result = deployment.defs.resolve_job_def("email_campaign").execute_in_process(
+        instance=deployment.instance, partition_key=batch
+    )
+    assert result.success
+    invited = set(sent_rows(deployment, batch)["customer_id"])
+    ledger = deployment.defs.resources["ledger"]
+    recent = ledger.invitations_since(AS_OF - timedelta(days=30))
+    assert invited <= set(recent["customer_id"])

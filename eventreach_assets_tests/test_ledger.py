@@ -1,0 +1,215 @@
+"""Delivery ledger contract: the same tests against SQLite and DynamoDB (moto server over HTTP)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from eventreach_assets.domain.delivery import DeliveryKey, MessageKind
+from eventreach_assets.resources.ledger import (
+    DeliveryLedgerResource,
+    DynamoDBDeliveryLedger,
+    SqliteDeliveryLedger,
+    keys_frame,
+    ledger_table_definition,
+)
+from eventreach_assets_tests.stand_ins import REGION
+
+NOW = datetime(2026, 11, 23, 10, 0)
+EVENT = "evt-1"
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def ledger(request, tmp_path) -> DeliveryLedgerResource:
+    if request.param == "sqlite":
+        store = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
+        yield store
+        store.close()
+    else:
+        endpoint = request.getfixturevalue("aws_endpoint")
+        store = DynamoDBDeliveryLedger(table_name="eventreach-ledger", region_name=REGION, endpoint_url=endpoint)
+        assert store.create_table()
+        assert not store.create_table()  # idempotent
+        yield store
+
+
+def key(customer: str, channel: str = "email", kind: MessageKind = MessageKind.INVITATION, event: str = EVENT):
+    return DeliveryKey(customer, event, channel, kind)
+
+
+def frame(*keys: DeliveryKey, campaign: str = "camp-1") -> pl.DataFrame:
+    return keys_frame(list(keys), campaign)
+
+
+def granted(reservation: pl.DataFrame) -> set[str]:
+    return set(reservation.filter("granted")["customer_id"])
+
+
+def test_reserve_grants_new_keys_once_and_blocks_them_afterwards(ledger):
+    first = ledger.reserve(frame(key("a"), key("b"), key("a")), now=NOW)  # duplicates collapse
+    assert first.height == 2
+    assert granted(first) == {"a", "b"}
+    assert first["previous_status"].to_list() == [None, None]
+    again = ledger.reserve(frame(key("a"), key("b")), now=NOW + timedelta(minutes=1))
+    assert granted(again) == set()
+    assert set(again["status"]) == {"pending"}  # held by a live run
+    rows = ledger.deliveries(EVENT)
+    assert rows["status"].to_list() == ["pending", "pending"]
+    assert rows["campaign_id"].to_list() == ["camp-1", "camp-1"]
+    assert rows["attempts"].to_list() == [1, 1]
+
+
+def test_outcomes_decide_what_a_later_reservation_may_send(ledger):
+    keys = [key(c) for c in "abcdef"]
+    ledger.reserve(frame(*keys), now=NOW)
+    ledger.mark_sent(keys[0], "msg-a", NOW)
+    assert ledger.mark_failed(keys[1], "mailbox unavailable", permanent=True, now=NOW)
+    assert ledger.mark_failed(keys[2], "timeout", permanent=False, now=NOW)
+    assert ledger.mark_suppressed(keys[3], "opted out", NOW)
+    assert ledger.mark_held_out(keys[4], NOW)
+    # keys[5] stays pending and its run dies: after the lease it is in doubt, not resent.
+    later = ledger.reserve(frame(*keys, campaign="camp-2"), now=NOW + timedelta(hours=2))
+    by_customer = {row["customer_id"]: row for row in later.iter_rows(named=True)}
+    assert granted(later) == {"c"}
+    assert {c: by_customer[c]["status"] for c in "abcdef"} == {
+        "a": "sent",
+        "b": "failed_permanent",
+        "c": "pending",
+        "d": "suppressed",
+        "e": "held_out",
+        "f": "in_doubt",
+    }
+    assert by_customer["c"]["previous_status"] == "failed_transient"
+    assert by_customer["f"]["previous_status"] == "pending"
+    rows = {row["customer_id"]: row for row in ledger.deliveries(EVENT).iter_rows(named=True)}
+    assert rows["a"]["provider_message_id"] == "msg-a"
+    assert rows["a"]["sends"] == 1
+    assert rows["a"]["sent_at"] == NOW.replace(tzinfo=rows["a"]["sent_at"].tzinfo)
+    assert rows["b"]["reason"] == "mailbox unavailable"
+    assert rows["c"]["attempts"] == 2
+    assert rows["c"]["campaign_id"] == "camp-2"
+    assert rows["f"]["status"] == "in_doubt"
+    assert "lease expired" in rows["f"]["reason"]
+    # in_doubt stays in doubt: a third reservation does not flip it again.
+    third = ledger.reserve(frame(keys[5]), now=NOW + timedelta(hours=5))
+    assert third.row(0, named=True)["previous_status"] == "in_doubt"
+
+
+def test_marks_never_overwrite_a_sent_row_and_duplicates_show_double_sends(ledger):
+    k = key("a")
+    ledger.reserve(frame(k), now=NOW)
+    ledger.mark_sent(k, "m1", NOW)
+    assert not ledger.mark_failed(k, "late error", permanent=True, now=NOW)
+    assert not ledger.mark_suppressed(k, "late opt-out", NOW)
+    assert ledger.deliveries(EVENT)["status"].to_list() == ["sent"]
+    assert ledger.duplicates(EVENT).is_empty()
+    ledger.mark_sent(k, "m2", NOW)  # would mean the provider accepted it twice
+    dupes = ledger.duplicates(EVENT)
+    assert dupes["customer_id"].to_list() == ["a"]
+    assert dupes["sends"].to_list() == [2]
+
+
+def test_held_out_keys_need_no_reservation(ledger):
+    assert ledger.mark_held_out_many(frame(key("h1"), key("h2"), campaign="camp-h"), now=NOW) == 2
+    assert granted(ledger.reserve(frame(key("h1"), key("x")), now=NOW)) == {"x"}
+    rows = ledger.deliveries(EVENT).filter(pl.col("status") == "held_out")
+    assert rows["campaign_id"].to_list() == ["camp-h", "camp-h"]
+
+
+def test_release_gives_back_only_pending_reservations(ledger):
+    a, b = key("a"), key("b")
+    ledger.reserve(frame(a, b), now=NOW)
+    ledger.mark_sent(a, "m", NOW)
+    assert ledger.release([a, b], "run aborted", NOW) == 1
+    assert granted(ledger.reserve(frame(a, b), now=NOW)) == {"b"}
+
+
+def test_sent_count_and_deliveries_filter_by_channel_and_kind(ledger):
+    keys = [key("a"), key("a", "push", MessageKind.REMINDER), key("b", "in-app"), key("c", event="other")]
+    ledger.reserve(frame(*keys), now=NOW)
+    for k in keys:
+        ledger.mark_sent(k, f"id-{k.customer_id}-{k.channel}", NOW)
+    assert ledger.sent_count(EVENT) == 3
+    assert ledger.sent_count(EVENT, "email") == 1
+    assert ledger.sent_count(EVENT, kind=MessageKind.REMINDER) == 1
+    assert ledger.sent_count(EVENT, "push", MessageKind.INVITATION) == 0
+    assert ledger.deliveries(EVENT, "push", "reminder")["customer_id"].to_list() == ["a"]
+    assert ledger.deliveries("other").height == 1
+    assert ledger.deliveries("nothing").is_empty()
+    assert ledger.deliveries("nothing").schema == ledger.deliveries(EVENT).schema
+
+
+def test_opt_outs_per_channel_and_for_all_channels(ledger):
+    ledger.record_opt_out("a", "email", "list-unsubscribe", NOW)
+    ledger.record_opt_out("b", None, "preference-center", NOW)
+    ledger.record_opt_out("a", "email", "again", NOW + timedelta(days=1))  # replay: first wins
+    ids = pl.Series(["a", "b", "c", None, "a"])
+    assert ledger.opted_out(ids, "email") == {"a", "b"}
+    assert ledger.opted_out(ids, "push") == {"b"}
+    assert ledger.opted_out(pl.Series([], dtype=pl.String), "email") == set()
+    many = pl.Series([f"c{i}" for i in range(260)] + ["b"])  # more than one BatchGetItem
+    assert ledger.opted_out(many, "in-app") == {"b"}
+
+
+def test_invitations_since_returns_only_sent_invitations_in_the_window(ledger):
+    sends = {
+        key("old"): NOW - timedelta(days=40),
+        key("recent"): NOW - timedelta(days=3),
+        key("recent", "in-app", event="evt-2"): NOW - timedelta(days=1, hours=3),
+        key("reminder", "push", MessageKind.REMINDER): NOW - timedelta(days=2),
+    }
+    ledger.reserve(keys_frame([*sends, key("failed"), key("pending")], "c"), now=NOW - timedelta(days=50))
+    for k, at in sends.items():
+        ledger.mark_sent(k, "m", at)
+    ledger.mark_failed(key("failed"), "bounced", permanent=True, now=NOW - timedelta(days=2))
+    result = ledger.invitations_since(NOW - timedelta(days=30), until=NOW)
+    assert result.columns == ["customer_id", "invited_at", "event_id", "channel"]
+    assert result.schema["invited_at"] == pl.Datetime("us", "UTC")
+    assert sorted(zip(result["customer_id"], result["event_id"], strict=True)) == [
+        ("recent", "evt-1"),
+        ("recent", "evt-2"),
+    ]
+    assert ledger.invitations_since(NOW - timedelta(days=30), until=NOW - timedelta(days=2)).height == 1
+    assert ledger.invitations_since(NOW - timedelta(days=60), until=NOW).height == 3
+
+
+def test_two_threads_reserving_the_same_keys_each_key_goes_to_one(ledger):
+    keys = frame(*(key(f"c{i:03d}") for i in range(60)))
+    results: list[pl.DataFrame] = []
+    barrier = threading.Barrier(2)
+
+    def run():
+        barrier.wait()
+        results.append(ledger.reserve(keys, now=NOW))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2
+    first, second = granted(results[0]), granted(results[1])
+    assert not first & second
+    assert first | second == set(keys["customer_id"])
+
+
+def test_dynamodb_table_definition_has_the_sparse_sent_index():
+    definition = ledger_table_definition("t")
+    assert [k["AttributeName"] for k in definition["KeySchema"]] == ["pk", "sk"]
+    assert definition["GlobalSecondaryIndexes"][0]["IndexName"] == "SENT"
+
+
+def test_opt_outs_frame_gives_the_earliest_covering_opt_out_per_customer(ledger):
+    ledger.record_opt_out("a", None, "preference-center", NOW + timedelta(days=2))
+    ledger.record_opt_out("a", "email", "list-unsubscribe", NOW)
+    ledger.record_opt_out("b", "push", "app", NOW)
+    result = ledger.opt_outs(pl.Series(["a", "b", "c"]), "email")
+    assert result.columns == ["customer_id", "channel", "source", "opted_out_at"]
+    assert result.schema["opted_out_at"] == pl.Datetime("us", "UTC")
+    assert result.rows() == [("a", "email", "list-unsubscribe", NOW.replace(tzinfo=UTC))]
+    in_app = ledger.opt_outs(pl.Series(["a", "b"]), "in-app")
+    assert in_app.select("customer_id", "channel", "source").rows() == [("a", "*", "preference-center")]
+    assert ledger.opt_outs(pl.Series([], dtype=pl.String), "email").is_empty()

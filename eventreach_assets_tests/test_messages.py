@@ -1,0 +1,289 @@
+"""Rendering: signed links, .ics invites, templated emails, push, in-app, RFC 5322 output."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from urllib.parse import parse_qs, urlparse
+
+import icalendar
+import pytest
+
+from eventreach_assets.domain.delivery import MessageKind
+from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.messages import (
+    ICS_CONTENT_TYPE,
+    InvalidLinkToken,
+    TemplateSet,
+    calendar_invite,
+    language_for,
+    link,
+    render_day_of_email,
+    render_in_app_banner,
+    render_invitation_email,
+    render_push_reminder,
+    sign_link_token,
+    to_email_message,
+    verify_link_token,
+)
+
+SECRET = b"test-secret"
+BASE = "https://go.example.com"
+EVENT = EventContext("ev-1", "Data Summit", ["data"], datetime(2026, 1, 20, 16, 0), 5000, ["US", "DE"])
+SEND_AT = datetime(2026, 1, 12, 9, 0)
+ROW = {"customer_id": "c1", "email": "ann@example.com", "marketplace": "DE", "timezone": "Europe/Berlin"}
+CLAIMS = {"customer_id": "c1", "event_id": "ev-1", "channel": "email", "campaign_id": "camp", "action": "register"}
+
+
+def invitation(row: dict | None = None, event: EventContext = EVENT, include_calendar_invite: bool = True):
+    return render_invitation_email(
+        row or ROW,
+        event=event,
+        templates=TemplateSet(),
+        secret=SECRET,
+        base_url=BASE,
+        sender="EventReach <events@example.com>",
+        organizer_email="events@example.com",
+        campaign_id="ev-1:email:DE:Europe/Berlin:2026-01-12",
+        include_calendar_invite=include_calendar_invite,
+        send_at=SEND_AT,
+    )
+
+
+def token_of(url: str) -> str:
+    return parse_qs(urlparse(url).query)["t"][0]
+
+
+# ---- tokens ----------------------------------------------------------------------------------
+
+
+def test_token_round_trip():
+    token = sign_link_token(SECRET, **CLAIMS)
+    claims = verify_link_token(SECRET, token, action="register")
+    assert (claims.customer_id, claims.event_id, claims.channel, claims.campaign_id, claims.action) == (
+        "c1",
+        "ev-1",
+        "email",
+        "camp",
+        "register",
+    )
+    assert token == sign_link_token(SECRET, **CLAIMS)  # deterministic: retries render the same links
+    assert link(BASE + "/", "register", token) == f"{BASE}/register?t={token}"
+
+
+def test_tampered_and_foreign_tokens_are_rejected():
+    token = sign_link_token(SECRET, **CLAIMS)
+    payload, signature = token.split(".")
+    other = sign_link_token(SECRET, **{**CLAIMS, "customer_id": "c2"})
+    # c2's payload with c1's signature: a token cannot be re-pointed at another customer.
+    with pytest.raises(InvalidLinkToken, match="bad signature"):
+        verify_link_token(SECRET, f"{other.split('.')[0]}.{signature}")
+    flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    with pytest.raises(InvalidLinkToken, match="bad signature"):
+        verify_link_token(SECRET, f"{payload}.{flipped}")
+    with pytest.raises(InvalidLinkToken, match="bad signature"):
+        verify_link_token(b"another-secret", token)
+    with pytest.raises(InvalidLinkToken, match="malformed"):
+        verify_link_token(SECRET, "not-a-token")
+    with pytest.raises(InvalidLinkToken, match="malformed"):
+        verify_link_token(SECRET, "a.b.c")
+    with pytest.raises(InvalidLinkToken, match="not 'unsubscribe'"):
+        verify_link_token(SECRET, token, action="unsubscribe")
+    with pytest.raises(ValueError, match="unknown link action"):
+        sign_link_token(SECRET, **{**CLAIMS, "action": "delete"})
+
+
+# ---- calendar ----------------------------------------------------------------------------------
+
+
+def test_ics_parses_back_with_stable_uid_and_utc_times():
+    ics = calendar_invite(
+        EVENT, customer_id="c1", organizer_email="events@example.com", join_url=f"{BASE}/join?t=x", duration_minutes=90
+    )
+    calendar = icalendar.Calendar.from_ical(ics)
+    assert str(calendar["method"]) == "REQUEST"
+    vevent = calendar.walk("VEVENT")[0]
+    assert vevent.decoded("dtstart") == datetime(2026, 1, 20, 16, 0, tzinfo=UTC)
+    assert vevent.decoded("dtend") == datetime(2026, 1, 20, 17, 30, tzinfo=UTC)
+    assert b"DTSTART:20260120T160000Z" in ics
+    assert str(vevent["organizer"]) == "mailto:events@example.com"
+    assert f"{BASE}/join?t=x" in str(vevent["description"])
+    assert "dtstamp" in vevent
+    again = calendar_invite(EVENT, customer_id="c1", organizer_email="o@example.com", join_url="u", duration_minutes=60)
+    other = calendar_invite(EVENT, customer_id="c2", organizer_email="o@example.com", join_url="u", duration_minutes=60)
+    uid = str(vevent["uid"])
+    assert re.fullmatch(r"[0-9a-f]{64}@eventreach", uid)
+    assert str(icalendar.Calendar.from_ical(again).walk("VEVENT")[0]["uid"]) == uid
+    assert str(icalendar.Calendar.from_ical(other).walk("VEVENT")[0]["uid"]) != uid
+
+
+# ---- templates and email -------------------------------------------------------------------------
+
+
+def test_languages_by_marketplace_and_fallback_reported_for_japan():
+    assert [language_for(m) for m in ("US", "UK", "DE", "FR", "JP", "BR", None)] == [
+        "en",
+        "en",
+        "de",
+        "fr",
+        "ja",
+        "pt",
+        "en",
+    ]
+    german = invitation()
+    assert german.payload["language"] == "de" and not german.payload["fell_back"]
+    assert german.subject == "Seien Sie dabei: Data Summit am Dienstag, 20. Januar 2026 um 17:00 Uhr (CET)"
+    japanese = invitation({**ROW, "marketplace": "JP", "timezone": "Asia/Tokyo"})
+    assert japanese.payload == {
+        "template_id": "event-invitation-v3",
+        "language": "en",
+        "requested_language": "ja",
+        "fell_back": True,
+    }
+    # English wording, Tokyo's local date and time (16:00 UTC = 01:00 JST the next day).
+    assert japanese.subject == "Join us for Data Summit on Wednesday, January 21, 2026 at 1:00 AM JST"
+    rendered = TemplateSet().render("event-invitation-v3", "ja", _context())
+    assert rendered.used_language == "en" and rendered.fell_back
+
+
+def _context() -> dict:
+    return {
+        "event_name": "X",
+        "event_when": "w",
+        "event_time": "t",
+        "event_date": "d",
+        "register_url": "r",
+        "unsubscribe_url": "u",
+        "open_pixel_url": "o",
+        "first_name": "",
+    }
+
+
+def test_html_autoescapes_a_hostile_event_name_and_subject_stays_one_line():
+    hostile = EventContext("ev-1", '<script>alert("x")</script>\r\nBcc: evil@x.com', [], EVENT.start_time_utc, 1, [])
+    message = invitation({**ROW, "marketplace": "US", "timezone": "America/New_York"}, event=hostile)
+    assert "<script>" not in message.body_html
+    assert "&lt;script&gt;" in message.body_html
+    assert "\n" not in message.subject and "\r" not in message.subject
+    parsed = message_from_bytes(to_email_message(message).as_bytes(), policy=policy.default)
+    assert parsed["Bcc"] is None
+
+
+def test_email_parses_back_with_headers_attachment_and_valid_links():
+    message = invitation()
+    raw = to_email_message(message).as_bytes()
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parsed["To"] == "ann@example.com"
+    assert parsed["From"] == "EventReach <events@example.com>"
+    assert parsed["Subject"] == message.subject
+    assert parsed["Message-ID"] == to_email_message(message)["Message-ID"]  # stable across renders
+    assert parsed["Date"].datetime == SEND_AT.replace(tzinfo=UTC)
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    https, mailto = re.findall(r"<([^>]+)>", parsed["List-Unsubscribe"])
+    assert https.startswith(f"{BASE}/unsubscribe?t=") and mailto.startswith("mailto:unsubscribe@example.com")
+    assert verify_link_token(SECRET, token_of(https), action="unsubscribe").customer_id == "c1"
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+    html = parsed.get_body(("html",)).get_content()
+    text = parsed.get_body(("plain",)).get_content()
+    urls = re.findall(r'(?:href|src)="([^"]+)"', html)
+    actions = {urlparse(url).path.strip("/"): verify_link_token(SECRET, token_of(url)) for url in urls}
+    assert set(actions) == {"register", "unsubscribe", "open"}  # "Register Now" link and the open pixel
+    for path, claims in actions.items():
+        assert claims.action == path
+        assert (claims.customer_id, claims.event_id, claims.channel) == ("c1", "ev-1", "email")
+        assert claims.campaign_id == "ev-1:email:DE:Europe/Berlin:2026-01-12"
+    assert "Jetzt registrieren" in html and "Jetzt registrieren" in text
+    assert 'width="1" height="1"' in html
+
+    attachments = list(parsed.iter_attachments())
+    assert [a.get_filename() for a in attachments] == ["invite.ics"]
+    assert attachments[0].get_content_type() == "text/calendar"
+    assert attachments[0].get_param("method") == "REQUEST"
+    calendar = icalendar.Calendar.from_ical(attachments[0].get_content())
+    description = str(calendar.walk("VEVENT")[0]["description"])
+    join = re.search(r"https://\S+", description).group(0)
+    assert verify_link_token(SECRET, token_of(join), action="click").customer_id == "c1"
+    assert message.attachments[0].content_type == ICS_CONTENT_TYPE
+
+
+def test_email_without_calendar_invite_and_missing_address():
+    assert invitation(include_calendar_invite=False).attachments == ()
+    with pytest.raises(ValueError, match="no email address"):
+        invitation({**ROW, "email": None})
+
+
+def test_day_of_email_has_the_join_link():
+    message = render_day_of_email(
+        {**ROW, "marketplace": "US", "timezone": "America/New_York"},
+        event=EVENT,
+        templates=TemplateSet(),
+        secret=SECRET,
+        base_url=BASE,
+        sender="events@example.com",
+        organizer_email="events@example.com",
+        campaign_id="ev-1:email:day-of:US:America/New_York:2026-01-20",
+        send_at=datetime(2026, 1, 20, 14, 0),
+    )
+    assert message.key.kind == MessageKind.DAY_OF
+    assert message.subject == "Today: Data Summit starts at 11:00 AM EST"
+    join = re.search(rf"{BASE}/join\?t=\S+", message.body_text).group(0)
+    assert verify_link_token(SECRET, token_of(join)).campaign_id.endswith("2026-01-20")
+    assert "List-Unsubscribe" in message.headers
+
+
+# ---- push and in-app ---------------------------------------------------------------------------
+
+
+def test_push_reminder_uses_yaml_templates_in_customer_timezone():
+    message = render_push_reminder(
+        {"customer_id": "c9", "marketplace": "US", "timezone": "America/Los_Angeles"},
+        event=EVENT,
+        title_template="{eventName} Tomorrow!",
+        body_template="Join us at {eventTime}",
+        secret=SECRET,
+        base_url=BASE,
+        campaign_id="ev-1:push:reminder:US:America/Los_Angeles:2026-01-19",
+        send_at=datetime(2026, 1, 19, 16, 0),
+    )
+    assert message.subject == "Data Summit Tomorrow!"
+    assert message.body_text == "Join us at 8:00 AM PST"
+    assert message.payload["action"] == "Add to Calendar"
+    claims = verify_link_token(SECRET, token_of(message.payload["deep_link"]))
+    assert (claims.customer_id, claims.channel) == ("c9", "push")
+    assert message.key.channel == "push" and message.key.kind == MessageKind.REMINDER
+    assert message.scheduled_at == datetime(2026, 1, 19, 16, 0)
+
+
+def test_in_app_banner_window_ends_at_event_start():
+    message = render_in_app_banner(
+        ROW,
+        event=EVENT,
+        banner_type="event-invitation",
+        placement="home-screen",
+        display_days=7,
+        secret=SECRET,
+        base_url=BASE,
+        campaign_id="ev-1:in-app:DE:Europe/Berlin:2026-01-15",
+        send_at=datetime(2026, 1, 15, 13, 0),
+    )
+    payload = message.payload
+    assert (payload["banner_type"], payload["placement"]) == ("event-invitation", "home-screen")
+    assert payload["display_from"] == "2026-01-15T13:00:00Z"
+    assert payload["display_until"] == "2026-01-20T16:00:00Z"  # 7 days would run past the event
+    assert verify_link_token(SECRET, token_of(payload["click_url"]), action="click").channel == "in-app"
+    assert verify_link_token(SECRET, token_of(payload["cta_url"]), action="register").customer_id == "c1"
+    assert message.key.channel == "in-app" and message.recipient == "c1"
+    shown_now = render_in_app_banner(
+        ROW,
+        event=EVENT,
+        banner_type="event-invitation",
+        placement="home-screen",
+        display_days=2,
+        secret=SECRET,
+        base_url=BASE,
+        campaign_id="c",
+        now=datetime(2026, 1, 15, 13, 0),
+    )
+    assert shown_now.payload["display_until"] == "2026-01-17T13:00:00Z"

@@ -1,0 +1,301 @@
+"""The send loop against real ledgers (SQLite file, DynamoDB on moto): sent once, whatever happens."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta
+
+import polars as pl
+import pytest
+
+from eventreach_assets.domain.delivery import (
+    DeliveryKey,
+    MessageKind,
+    OutboundMessage,
+    PermanentSendError,
+    TransientSendError,
+)
+from eventreach_assets.domain.sending import deliver
+from eventreach_assets.resources.ledger import DeliveryLedgerResource, DynamoDBDeliveryLedger, SqliteDeliveryLedger
+from eventreach_assets_tests.stand_ins import REGION
+
+NOW = datetime(2026, 11, 23, 10, 0)
+EVENT = "evt-1"
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def ledger(request, tmp_path) -> DeliveryLedgerResource:
+    if request.param == "sqlite":
+        store = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
+        yield store
+        store.close()
+    else:
+        endpoint = request.getfixturevalue("aws_endpoint")
+        store = DynamoDBDeliveryLedger(table_name="ledger", region_name=REGION, endpoint_url=endpoint)
+        store.create_table()
+        yield store
+
+
+class Clock:
+    def __init__(self, start: datetime = NOW) -> None:
+        self.moment = start
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+
+class FakeChannel:
+    """Counts provider calls per key; scripted failures by customer id or after N sends."""
+
+    def __init__(self, die_after: int | None = None) -> None:
+        self.calls: Counter[DeliveryKey] = Counter()
+        self.accepted: Counter[DeliveryKey] = Counter()
+        self.die_after = die_after
+        self.transient: dict[str, int] = {}  # customer -> failures before success
+        self.permanent: dict[str, str] = {}  # customer -> reason
+        self.on_send = None
+
+    def __call__(self, message: OutboundMessage) -> str:
+        key = message.key
+        self.calls[key] += 1
+        if self.on_send is not None:
+            self.on_send(message)
+        if self.die_after is not None and sum(self.accepted.values()) >= self.die_after:
+            raise ConnectionResetError("the process is going down")
+        if self.transient.get(key.customer_id, 0) > 0:
+            self.transient[key.customer_id] -= 1
+            raise TransientSendError("503 try later")
+        if key.customer_id in self.permanent:
+            raise PermanentSendError(self.permanent[key.customer_id])
+        self.accepted[key] += 1
+        return f"provider-{key.customer_id}-{self.calls[key]}"
+
+
+def messages(n: int, channel: str = "email", campaign: str = "camp-1", start: int = 0) -> list[OutboundMessage]:
+    return [
+        OutboundMessage(
+            key=DeliveryKey(f"c{i:03d}", EVENT, channel, MessageKind.INVITATION),
+            campaign_id=campaign,
+            recipient=f"c{i:03d}@example.com",
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def run(batch, ledger, channel, clock=None, **kwargs):
+    return deliver(batch, ledger=ledger, send=channel, now=clock or Clock(), backoff=lambda attempt: 0.0, **kwargs)
+
+
+def test_a_run_that_dies_half_way_is_retried_without_duplicates(ledger):
+    batch = messages(20)
+    channel = FakeChannel(die_after=7)
+    with pytest.raises(ConnectionResetError):
+        run(batch, ledger, channel)
+    assert sum(channel.accepted.values()) == 7
+    assert ledger.sent_count(EVENT) == 7
+    statuses = Counter(ledger.deliveries(EVENT)["status"])
+    assert statuses == {"sent": 7, "failed_transient": 13}  # the 8th failed, the other 12 were released
+
+    channel.die_after = None  # the retry of the run
+    report = run(batch, ledger, channel)
+    assert report.sent == 13
+    assert report.skipped == {"already_sent": 7}
+    assert set(channel.accepted.values()) == {1}
+    assert len(channel.accepted) == 20
+    assert ledger.sent_count(EVENT) == 20
+    assert ledger.duplicates(EVENT).is_empty()
+
+    again = run(batch, ledger, channel)  # re-materializing a completed campaign sends nothing
+    assert again.sent == 0
+    assert again.skipped == {"already_sent": 20}
+    assert sum(channel.accepted.values()) == 20
+
+
+def test_transient_errors_are_retried_with_backoff_then_succeed_or_wait_for_the_next_run(ledger):
+    channel = FakeChannel()
+    channel.transient = {"c000": 2, "c001": 5}
+    waits: list[int] = []
+    slept: list[float] = []
+    report = deliver(
+        messages(3),
+        ledger=ledger,
+        send=channel,
+        now=Clock(),
+        max_transient_retries=3,
+        backoff=lambda attempt: waits.append(attempt) or 0.25 * attempt,
+        sleep=slept.append,
+    )
+    assert report.sent == 2
+    assert report.failed_transient == 1
+    assert report.transient_retries == 2 + 3
+    assert waits == [1, 2, 1, 2, 3]
+    assert slept == [0.25, 0.5, 0.25, 0.5, 0.75]
+    assert channel.calls[messages(3)[1].key] == 4  # 1 + max_transient_retries
+    failed = ledger.deliveries(EVENT).filter(pl.col("status") == "failed_transient")
+    assert failed["customer_id"].to_list() == ["c001"]
+    assert failed["reason"].to_list() == ["TransientSendError: 503 try later"]
+
+    later = run(messages(3), ledger, channel)  # the next run retries only the transient failure
+    assert later.sent == 1
+    assert later.skipped == {"already_sent": 2}
+    assert ledger.deliveries(EVENT).filter(pl.col("customer_id") == "c001")["attempts"].item() == 2
+
+
+def test_permanent_failures_are_recorded_with_their_reason_and_never_retried(ledger):
+    channel = FakeChannel()
+    channel.permanent = {"c001": "550 mailbox does not exist"}
+    report = run(messages(3), ledger, channel)
+    assert (report.sent, report.failed_permanent) == (2, 1)
+    assert report.failure_reasons == {"PermanentSendError: 550 mailbox does not exist": 1}
+    row = ledger.deliveries(EVENT).filter(pl.col("customer_id") == "c001").row(0, named=True)
+    assert row["status"] == "failed_permanent"
+    assert row["reason"] == "PermanentSendError: 550 mailbox does not exist"
+    again = run(messages(3), ledger, channel)
+    assert again.skipped == {"already_sent": 2, "permanent_failure_earlier": 1}
+    assert channel.calls[messages(3)[1].key] == 1
+
+
+def test_an_opt_out_recorded_after_reservation_suppresses_the_send(ledger):
+    batch = messages(6)
+    ledger.record_opt_out("c000", "email", "list-unsubscribe", NOW - timedelta(days=1))  # after the weekly batch
+    ledger.record_opt_out("c001", "push", "app-settings", NOW - timedelta(days=1))  # another channel: still sent
+    channel = FakeChannel()
+
+    def unsubscribe_during_the_campaign(message: OutboundMessage) -> None:
+        if message.key.customer_id == "c002":
+            ledger.record_opt_out("c004", None, "one-click", NOW)
+
+    channel.on_send = unsubscribe_during_the_campaign
+    report = run(batch, ledger, channel, chunk_size=1)
+    assert report.sent == 4
+    assert report.skipped == {"suppressed": 2}
+    assert {k.customer_id for k in channel.calls} == {"c001", "c002", "c003", "c005"}
+    suppressed = ledger.deliveries(EVENT).filter(pl.col("status") == "suppressed")
+    assert suppressed["customer_id"].to_list() == ["c000", "c004"]
+    assert set(suppressed["reason"]) == {"opted out"}
+    assert run(batch, ledger, channel).skipped == {"already_sent": 4, "suppressed": 2}
+
+
+def test_a_stale_pending_row_becomes_in_doubt_and_is_not_resent(ledger):
+    batch = messages(3)
+    clock = Clock()
+    ledger.reserve(
+        pl.DataFrame(
+            {
+                "customer_id": ["c001"],
+                "event_id": [EVENT],
+                "channel": ["email"],
+                "kind": ["invitation"],
+                "campaign_id": ["camp-0"],
+            }
+        ),
+        now=clock.moment,
+    )  # a run reserved c001, called the provider, and died before confirming
+    channel = FakeChannel()
+    soon = run(batch, ledger, channel, clock)  # within the lease: someone may still be sending it
+    assert soon.skipped == {"in_progress": 1}
+    clock.moment = NOW + timedelta(hours=3)
+    later = run(batch, ledger, channel, clock)
+    assert later.skipped == {"already_sent": 2, "in_doubt": 1}
+    assert later.became_in_doubt == 1
+    assert batch[1].key not in channel.calls
+    assert ledger.deliveries(EVENT).filter(pl.col("customer_id") == "c001")["status"].item() == "in_doubt"
+
+
+def test_an_interrupt_during_the_provider_call_leaves_that_message_in_doubt(ledger):
+    channel = FakeChannel()
+
+    def interrupt(message: OutboundMessage) -> None:
+        if message.key.customer_id == "c001":
+            raise KeyboardInterrupt
+
+    channel.on_send = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        run(messages(3), ledger, channel)
+    statuses = dict(ledger.deliveries(EVENT).select("customer_id", "status").iter_rows())
+    assert statuses == {"c000": "sent", "c001": "in_doubt", "c002": "failed_transient"}
+    channel.on_send = None
+    report = run(messages(3), ledger, channel)
+    assert report.sent == 1
+    assert report.skipped == {"already_sent": 1, "in_doubt": 1}
+
+
+def test_report_counts_per_campaign_and_duplicates_in_the_batch(ledger):
+    batch = messages(3, campaign="camp-eu") + messages(2, campaign="camp-us", start=3) + messages(1)
+    ledger.mark_held_out(batch[4].key, NOW, "camp-us")
+    channel = FakeChannel()
+    channel.permanent = {"c002": "rejected"}
+    report = run(batch, ledger, channel)
+    assert report.attempted == 5
+    assert report.skipped == {"duplicate_in_batch": 1, "held_out": 1}
+    assert report.per_campaign == {
+        "camp-eu": {"sent": 2, "failed_permanent": 1},
+        "camp-1": {"skipped:duplicate_in_batch": 1},
+        "camp-us": {"sent": 1, "skipped:held_out": 1},
+    }
+    metadata = report.as_metadata()
+    assert metadata["sent"] == 3
+    assert metadata["skipped"] == 2
+    assert metadata["skipped_by_reason"] == {"duplicate_in_batch": 1, "held_out": 1}
+    assert metadata["per_campaign"]["camp-us"] == {"sent": 1, "skipped:held_out": 1}
+
+
+def test_messages_of_several_channels_and_kinds_are_separate_keys(ledger):
+    email = messages(2)
+    push = [
+        OutboundMessage(
+            key=DeliveryKey(m.key.customer_id, EVENT, "push", MessageKind.REMINDER),
+            campaign_id="r",
+            recipient=m.key.customer_id,
+        )
+        for m in email
+    ]
+    ledger.record_opt_out("c000", "push", "app-settings", NOW)
+    report = run(email + push, ledger, FakeChannel())
+    assert report.sent == 3
+    assert report.skipped == {"suppressed": 1}
+    assert ledger.sent_count(EVENT, "email", MessageKind.INVITATION) == 2
+    assert ledger.sent_count(EVENT, "push") == 1
+    assert ledger.invitations_since(NOW - timedelta(days=1), NOW + timedelta(minutes=1)).height == 2
+
+
+def test_nothing_to_send_touches_nothing(ledger):
+    report = run([], ledger, FakeChannel())
+    assert report.as_metadata()["attempted"] == 0
+    assert ledger.deliveries(EVENT).is_empty()
+
+
+class NoRelease:
+    """A ledger whose release fails too: what a hard kill (OOM, SIGKILL) leaves behind."""
+
+    def __init__(self, ledger: DeliveryLedgerResource) -> None:
+        self._ledger = ledger
+
+    def __getattr__(self, name: str):
+        return getattr(self._ledger, name)
+
+    def release(self, *args, **kwargs) -> int:
+        raise RuntimeError("killed")
+
+
+def test_a_hard_kill_strands_at_most_one_chunk_in_doubt_and_the_retry_sends_the_rest(ledger):
+    batch = messages(20)
+    channel = FakeChannel(die_after=7)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(batch, NoRelease(ledger), channel, chunk_size=5)
+    clock = Clock(NOW + timedelta(hours=2))  # past the lease
+    channel.die_after = None
+    report = run(batch, ledger, channel, clock, chunk_size=5)
+    assert report.skipped == {"already_sent": 7, "in_doubt": 2}  # the rest of the second chunk
+    assert report.sent == 11  # the message that raised (failed_transient) and the 10 never reserved
+    assert max(channel.accepted.values()) == 1
+    assert ledger.duplicates(EVENT).is_empty()
+
+
+def test_skipped_frame_is_a_table_of_reasons():
+    from eventreach_assets.domain.sending import DeliveryReport
+
+    report = DeliveryReport()
+    report.skipped.update({"already_sent": 3, "suppressed": 5, "in_doubt": 3})
+    assert report.skipped_frame().rows() == [("suppressed", 5), ("already_sent", 3), ("in_doubt", 3)]
+    assert DeliveryReport().skipped_frame().schema == {"reason": pl.String(), "count": pl.Int64()}
