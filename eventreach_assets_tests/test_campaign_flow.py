@@ -119,3 +119,51 @@ def test_frequency_cap_counts_invitations_from_the_ledger(deployment: Deployment
     ledger = deployment.defs.resources["ledger"]
     recent = ledger.invitations_since(AS_OF - timedelta(days=30))
     assert invited <= set(recent["customer_id"])
+
+
+def test_invitations_stop_at_the_events_remaining_capacity(deployment: Deployment, batch: str, tmp_path: Path):
+    import duckdb
+    import yaml
+
+    from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
+    from eventreach_assets.resources.program import ProgramResource
+
+    warehouse = duckdb.connect(str(deployment.home / "warehouse.duckdb"), read_only=True)
+    registered = warehouse.execute(
+        "select count(distinct customer_id) from event_registrations where event_id = ?", [batch]
+    ).fetchone()[0]
+    program = yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+    program["eventConfig"]["capacityLimit"] = registered + 3  # three seats left
+    path = tmp_path / "program.yaml"
+    path.write_text(yaml.safe_dump(program))
+    result = materialize_email(deployment, batch, program=ProgramResource(path=str(path)))
+    assert result.success
+    assert sent_rows(deployment, batch).height == 3
+    metadata = next(e.materialization.metadata for e in result.get_asset_materialization_events())
+    assert metadata["remaining_capacity"].value == 3
+
+
+def test_reminders_reach_every_registrant_once(deployment: Deployment, batch: str):
+    import duckdb
+
+    warehouse = duckdb.connect(str(deployment.home / "warehouse.duckdb"), read_only=True)
+    registrants = {
+        row[0]
+        for row in warehouse.execute(
+            "select distinct customer_id from event_registrations where event_id = ?", [batch]
+        ).fetchall()
+    }
+    assert registrants
+    ledger = deployment.defs.resources["ledger"]
+    for job, channel, kind in (("push_reminder", "push", "reminder"), ("day_of_reminder", "email", "day-of")):
+        for _ in range(2):  # the second launch must send nothing
+            result = deployment.defs.resolve_job_def(job).execute_in_process(
+                instance=deployment.instance, partition_key=batch
+            )
+            assert result.success
+            checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+            assert checks and all(checks.values()), checks
+        sent = ledger.deliveries(batch, channel=channel, kind=kind).filter(pl.col("status") == "sent")
+        assert set(sent["customer_id"]) == registrants
+        assert sent.height == len(registrants)
+    assert len(list((deployment.home / "outbox" / "push").glob("*.json"))) == len(registrants)

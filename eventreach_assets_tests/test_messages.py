@@ -287,3 +287,21 @@ def test_in_app_banner_window_ends_at_event_start():
         now=datetime(2026, 1, 15, 13, 0),
     )
     assert shown_now.payload["display_until"] == "2026-01-17T13:00:00Z"
+
+
+def test_email_problems_flags_what_providers_and_calendars_reject():
+    from dataclasses import replace
+
+    from eventreach_assets.domain.delivery import Attachment
+    from eventreach_assets.domain.messages import email_problems
+
+    good = invitation()
+    assert email_problems(good, expect_calendar_invite=True) == []
+    headers = {k: v for k, v in good.headers.items() if k != "List-Unsubscribe-Post"}
+    assert email_problems(replace(good, headers=headers), expect_calendar_invite=True) == [
+        "missing List-Unsubscribe-Post: List-Unsubscribe=One-Click"
+    ]
+    assert email_problems(replace(good, attachments=()), expect_calendar_invite=True) == ["missing calendar invite"]
+    broken = Attachment("invite.ics", ICS_CONTENT_TYPE, b"BEGIN:VCALENDAR\r\nMETHOD:PUBLISH\r\nEND:VCALENDAR\r\n")
+    problems = email_problems(replace(good, attachments=(broken,)), expect_calendar_invite=True)
+    assert problems and "calendar invite" in problems[0]

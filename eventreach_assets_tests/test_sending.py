@@ -299,3 +299,29 @@ def test_skipped_frame_is_a_table_of_reasons():
     report.skipped.update({"already_sent": 3, "suppressed": 5, "in_doubt": 3})
     assert report.skipped_frame().rows() == [("suppressed", 5), ("already_sent", 3), ("in_doubt", 3)]
     assert DeliveryReport().skipped_frame().schema == {"reason": pl.String(), "count": pl.Int64()}
+
+
+def test_an_unavailable_channel_stops_the_campaign_after_one_message(tmp_path):
+    from datetime import datetime
+
+    from eventreach_assets.domain.delivery import ChannelUnavailableError, DeliveryKey, MessageKind, OutboundMessage
+    from eventreach_assets.domain.sending import deliver
+    from eventreach_assets.resources.ledger import SqliteDeliveryLedger
+
+    ledger = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
+    batch = [
+        OutboundMessage(DeliveryKey(f"c{i}", "ev", "email", MessageKind.INVITATION), "camp", f"c{i}@example.com")
+        for i in range(5)
+    ]
+    calls: list[str] = []
+
+    def send(message: OutboundMessage) -> str:
+        calls.append(message.key.customer_id)
+        raise ChannelUnavailableError("SMTP login refused (535)")
+
+    with pytest.raises(ChannelUnavailableError):
+        deliver(batch, ledger=ledger, send=send, now=lambda: datetime(2026, 11, 23, 10), sleep=lambda _: None)
+    assert calls == ["c0"]  # not retried, and the other four were not tried at all
+    rows = ledger.deliveries("ev").sort("customer_id")
+    assert rows.filter(pl.col("customer_id") == "c0")["status"].item() == "failed_transient"
+    assert rows.filter(pl.col("status") == "sent").height == 0

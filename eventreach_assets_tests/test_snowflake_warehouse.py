@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,6 +30,7 @@ from eventreach_assets.domain.events import event_context
 from eventreach_assets.domain.extract import validate_and_dedupe
 from eventreach_assets.domain.filters import build_filter_chain, run_filter_chain
 from eventreach_assets.domain.schema import EVENT_COLUMNS, PROFILE_COLUMNS
+from eventreach_assets.resources.ledger import SqliteDeliveryLedger
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.snowflake_warehouse import (
     SnowflakeWarehouse,
@@ -144,12 +146,15 @@ def test_extraction_returns_the_same_rows(duck: DuckDBWarehouse, snow: Snowflake
 
 
 @pytest.mark.parametrize("event_id", EVENT_IDS)
-def test_funnel_is_identical_from_both_engines(duck: DuckDBWarehouse, snow: SnowflakeWarehouse, event_id: str):
+def test_funnel_is_identical_from_both_engines(
+    duck: DuckDBWarehouse, snow: SnowflakeWarehouse, event_id: str, tmp_path: Path
+):
     program, clock = ProgramResource(), ClockResource(fixed_now=AS_OF.isoformat())
+    ledger = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))  # no sends yet
     config = program.load()
     results = {}
     for name, warehouse in {"duckdb": duck, "snowflake": snow}.items():
-        inputs = filter_inputs(warehouse, program, clock, event_id)  # what the asset does
+        inputs = filter_inputs(warehouse, ledger, program, clock, event_id)  # what the asset does
         extracted = validate_and_dedupe(warehouse.extract_candidates(inputs.event.topics), config.marketplaces)
         outcome = run_filter_chain(extracted.candidates, build_filter_chain(config), inputs)
         results[name] = (inputs, extracted, outcome)

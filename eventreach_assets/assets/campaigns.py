@@ -77,6 +77,23 @@ def delivery_metadata(report: DeliveryReport, plan: pl.DataFrame, sample: Outbou
     return metadata
 
 
+def validated_emails(
+    rendered: list[OutboundMessage], ledger: DeliveryLedgerResource, expect_calendar_invite: bool
+) -> tuple[list[OutboundMessage], int]:
+    """Emails fit to send; the rest are recorded in the ledger as permanent failures with the reason."""
+    sendable: list[OutboundMessage] = []
+    invalid = 0
+    for message in rendered:
+        problems = messages.email_problems(message, expect_calendar_invite=expect_calendar_invite)
+        if problems:
+            ledger.mark_failed(message.key, f"invalid_message: {'; '.join(problems)}", permanent=True,
+                               campaign_id=message.campaign_id)  # fmt: skip
+            invalid += 1
+        else:
+            sendable.append(message)
+    return sendable, invalid
+
+
 def invitation_context(
     warehouse: WarehouseResource, store: CandidateStoreResource, config: ProgramConfig, event: EventContext,
     channel: str, now: datetime,
@@ -132,10 +149,15 @@ def email_invitations(
             )
             for row in plan.iter_rows(named=True)
         ]
-        report = deliver(rendered, ledger=ledger, send=email_channel.send, now=clock.now)
+        sendable, invalid = validated_emails(rendered, ledger, bool(channel.config.get("includeCalendarInvite", True)))
+        report = deliver(sendable, ledger=ledger, send=email_channel.send, now=clock.now)
+    fell_back = sum(1 for message in rendered if message.payload.get("fell_back"))
     return dg.MaterializeResult(
         metadata={
             **delivery_metadata(report, plan, rendered[0] if rendered else None),
+            "invalid_messages_not_sent": invalid,
+            "fell_back_to_english": fell_back,
+            "languages": ", ".join(sorted({str(m.payload.get("language")) for m in rendered})),
             "remaining_capacity": remaining,
             "segments": table(campaigns.segment_summary(plan)),
             **watch.metadata(report.sent),
@@ -190,11 +212,15 @@ def reminder_plan(
     """Registered customers with where to reach them, timed by the program's reminderSchedule entry."""
     schedule = next(r for r in config.event_config.reminder_schedule if r.channel == channel)
     registered = registered_customers(warehouse, store, config.program_id, event.event_id, now)
-    contacts = (
+    # Contacts from the candidates table; registrants who never were candidates (they registered
+    # before the batch) come from the warehouse.
+    stored = (
         store.event_items(config.program_id, event.event_id, now=now)
         .unique("customer_id", keep="first", maintain_order=True)
         .select("customer_id", "email", "marketplace", "timezone")
     )
+    missing = registered.join(stored, on="customer_id", how="anti")["customer_id"].to_list()
+    contacts = pl.concat([stored, warehouse.contacts(missing).select(stored.columns)], how="vertical_relaxed")
     return campaigns.plan_reminders(
         registered.join(contacts, on="customer_id", how="inner", maintain_order="left"),
         event=event, days_before=schedule.days_before, time=schedule.time, now=now, channel=channel,
@@ -270,9 +296,14 @@ def day_of_reminders(
             )
             for row in plan.iter_rows(named=True)
         ]
-        report = deliver(rendered, ledger=ledger, send=email_channel.send, now=clock.now)
+        sendable, invalid = validated_emails(rendered, ledger, expect_calendar_invite=False)
+        report = deliver(sendable, ledger=ledger, send=email_channel.send, now=clock.now)
     return dg.MaterializeResult(
-        metadata={**delivery_metadata(report, plan, rendered[0] if rendered else None), **watch.metadata(report.sent)}
+        metadata={
+            **delivery_metadata(report, plan, rendered[0] if rendered else None),
+            "invalid_messages_not_sent": invalid,
+            **watch.metadata(report.sent),
+        }
     )
 
 

@@ -50,6 +50,21 @@ def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
         )  # fmt: skip
 
     checks = [sent_once, no_opted_out]
+    if CAMPAIGN_KINDS[asset_name][0] == "email":
+
+        @dg.asset_check(asset=asset_name, name=f"{asset_name}_well_formed", partitions_def=events_partitions)
+        def well_formed(context: dg.AssetCheckExecutionContext, ledger: DeliveryLedgerResource) -> dg.AssetCheckResult:
+            """Every email had one-click unsubscribe headers and (invitations) a valid .ics, or was not sent."""
+            channel, kind = CAMPAIGN_KINDS[asset_name]
+            rows = ledger.deliveries(context.partition_key, channel=channel, kind=kind)
+            invalid = rows.filter(pl.col("reason").fill_null("").str.starts_with("invalid_message"))
+            return dg.AssetCheckResult(
+                passed=invalid.height == 0,
+                metadata={"messages": rows.height, "invalid": invalid.height,
+                          "first_problem": invalid["reason"][0] if invalid.height else ""},
+            )  # fmt: skip
+
+        checks.append(well_formed)
     if CAMPAIGN_KINDS[asset_name][1] == "invitation":
 
         @dg.asset_check(asset=asset_name, name=f"{asset_name}_within_capacity", partitions_def=events_partitions,

@@ -76,3 +76,7 @@ class TransientSendError(RuntimeError):
 
 class PermanentSendError(RuntimeError):
     """The provider refused this message for good (invalid address, rejected content)."""
+
+
+class ChannelUnavailableError(TransientSendError):
+    """The channel cannot send anything (credentials, account, configuration): stop, do not try every message."""

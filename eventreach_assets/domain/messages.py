@@ -663,3 +663,31 @@ def to_email_message(message: OutboundMessage) -> EmailMessage:
         )
     email.policy = EMAIL_POLICY  # ... and headers folded only past RFC 5322's 998 when serialized
     return email
+
+
+def email_problems(message: OutboundMessage, *, expect_calendar_invite: bool) -> list[str]:
+    """What makes an invitation email unfit to send: missing bulk-sender headers or a broken .ics.
+
+    Large mailbox providers reject bulk mail without one-click unsubscribe, and a calendar
+    invite that does not parse is worse than none; both are checked on the exact bytes sent.
+    """
+    problems: list[str] = []
+    built = to_email_message(message)
+    if not str(built.get("List-Unsubscribe", "")).strip():
+        problems.append("missing List-Unsubscribe")
+    if str(built.get("List-Unsubscribe-Post", "")) != "List-Unsubscribe=One-Click":
+        problems.append("missing List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    invites = [part for part in built.walk() if part.get_content_type() == "text/calendar"]
+    if expect_calendar_invite and not invites:
+        problems.append("missing calendar invite")
+    for part in invites:
+        try:
+            calendar = icalendar.Calendar.from_ical(part.get_payload(decode=True))
+            events = calendar.walk("VEVENT")
+            if str(calendar.get("METHOD")) != "REQUEST" or not events or not events[0].get("UID"):
+                problems.append("calendar invite lacks METHOD:REQUEST, a VEVENT or its UID")
+            elif events[0].get("DTSTART") is None or events[0].decoded("DTSTART").utcoffset() is None:
+                problems.append("calendar invite DTSTART is not in UTC")
+        except ValueError as error:
+            problems.append(f"calendar invite does not parse: {error}")
+    return problems

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from eventreach_assets.domain.delivery import (
+    ChannelUnavailableError,
     DeliveryKey,
     DeliveryStatus,
     MessageKind,
@@ -230,6 +231,14 @@ def _send_one(
     while True:
         try:
             provider_id = send(message)
+        except ChannelUnavailableError as error:
+            # Every further message would fail the same way: record this one, stop the campaign.
+            reason = f"channel unavailable: {_reason(error)}"
+            ledger.mark_failed(key, reason, permanent=False, now=now(), campaign_id=campaign)
+            report.failed_transient += 1
+            report.failure_reasons[reason] += 1
+            report._count(campaign, "failed_transient")
+            raise
         except TransientSendError as error:
             if attempt < max_transient_retries:
                 attempt += 1

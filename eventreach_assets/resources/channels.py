@@ -44,7 +44,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field, PrivateAttr
 
-from eventreach_assets.domain.delivery import OutboundMessage, PermanentSendError, TransientSendError
+from eventreach_assets.domain.delivery import (
+    ChannelUnavailableError,
+    OutboundMessage,
+    PermanentSendError,
+    TransientSendError,
+)
 from eventreach_assets.domain.messages import to_email_message
 
 __all__ = [
@@ -68,10 +73,6 @@ log = logging.getLogger(__name__)
 # What goes on the wire: CRLF line ends and 7-bit transfer encodings (quoted-printable/base64),
 # which every MTA and SES accept without needing the 8BITMIME extension.
 WIRE_POLICY = policy.SMTP.clone(cte_type="7bit")
-
-
-class ChannelUnavailableError(TransientSendError):
-    """The channel cannot send anything (credentials, account or configuration); the message was not sent."""
 
 
 # ---- shared helpers ---------------------------------------------------------------------------

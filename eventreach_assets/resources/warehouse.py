@@ -84,6 +84,30 @@ class WarehouseResource(dg.ConfigurableResource):
             return self._select("invitation_history", INVITATION_HISTORY_COLUMNS)
         return self._select("invitation_history", INVITATION_HISTORY_COLUMNS, "WHERE invited_at >= ?", [since])
 
+    def contacts(self, customer_ids: list[str], chunk: int = 500) -> pl.DataFrame:
+        """Newest email, marketplace and timezone of these customers (reminders to registrants).
+
+        Ids go as bind parameters in chunks, never formatted into the SQL.
+        """
+        self.check_table("customer_profiles")
+        columns = ["customer_id", "email", "marketplace", "timezone", "updated_at"]
+        parts = [
+            self._query(
+                f"SELECT {', '.join(columns)} FROM customer_profiles "
+                f"WHERE customer_id IN ({', '.join('?' for _ in ids)})",
+                list(ids),
+            )
+            for ids in (customer_ids[start : start + chunk] for start in range(0, len(customer_ids), chunk))
+        ]
+        if not parts:
+            return pl.DataFrame(schema={name: pl.String for name in columns[:-1]})
+        return (
+            pl.concat(parts)
+            .sort(["customer_id", "updated_at"], descending=[False, True], nulls_last=True)
+            .unique("customer_id", keep="first", maintain_order=True)
+            .drop("updated_at")
+        )
+
     def training_profiles(self) -> pl.DataFrame:
         """Profile rows of customers who appear in the invitation history (the models' population)."""
         self.check_table("invitation_history")
