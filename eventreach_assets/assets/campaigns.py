@@ -6,14 +6,17 @@ delivery ledger before every provider call. Re-materializing a partition, or ret
 that died half-way, sends only what was not sent yet.
 """
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from eventreach_assets.assets.ingestion import current_event
-from eventreach_assets.assets.metadata import stopwatch, table
+from eventreach_assets.assets.metadata import Stopwatch, stopwatch, table
 from eventreach_assets.assets.storage import candidates_table
 from eventreach_assets.domain import campaigns, messages
 from eventreach_assets.domain.delivery import MessageKind, OutboundMessage
@@ -61,20 +64,49 @@ def top_candidates(
     return pl.concat(pages, how="diagonal_relaxed") if pages else pl.DataFrame()
 
 
-def delivery_metadata(report: DeliveryReport, plan: pl.DataFrame, sample: OutboundMessage | None) -> dict[str, Any]:
-    metadata: dict[str, Any] = {
-        "planned": plan.height,
-        "sent": report.sent,
-        "skipped": report.skipped_total,
-        "skipped_by_reason": table(report.skipped_frame()),
-        "failed_transient": report.failed_transient,
-        "failed_permanent": report.failed_permanent,
-        "dagster/row_count": report.sent,
-    }
-    if sample is not None:
-        metadata["sample_subject"] = sample.subject
-        metadata["sample_campaign"] = sample.campaign_id
-    return metadata
+@dataclass(frozen=True)
+class CampaignRun:
+    plan: pl.DataFrame
+    rendered: list[OutboundMessage]
+    invalid: int  # emails that failed validation: recorded in the ledger, not sent
+    report: DeliveryReport
+
+    def metadata(self, watch: Stopwatch, **extra: Any) -> dict[str, Any]:
+        """What the events team reads: planned, sent, skipped (and why), failed, a sample."""
+        report = self.report
+        metadata: dict[str, Any] = {
+            "planned": self.plan.height,
+            "sent": report.sent,
+            "skipped": report.skipped_total,
+            "skipped_by_reason": table(report.skipped_frame()),
+            "failed_transient": report.failed_transient,
+            "failed_permanent": report.failed_permanent,
+            "invalid_messages_not_sent": self.invalid,
+            "dagster/row_count": report.sent,
+            **extra,
+            **watch.metadata(report.sent),
+        }
+        if self.rendered:
+            metadata["sample_subject"] = self.rendered[0].subject
+            metadata["sample_campaign"] = self.rendered[0].campaign_id
+        return metadata
+
+
+def send_campaign(
+    plan: pl.DataFrame,
+    render: Callable[[dict[str, Any]], OutboundMessage],
+    *,
+    ledger: DeliveryLedgerResource,
+    send: Callable[[OutboundMessage], str],
+    clock: ClockResource,
+    validate_email: bool | None = None,
+) -> CampaignRun:
+    """Render every planned row, validate emails (`validate_email`: whether an .ics is required), deliver."""
+    rendered = [render(row) for row in plan.iter_rows(named=True)]
+    sendable, invalid = (
+        validated_emails(rendered, ledger, validate_email) if validate_email is not None else (rendered, 0)
+    )
+    return CampaignRun(plan, rendered, invalid, deliver(sendable, ledger=ledger, send=send, now=clock.now))
 
 
 def validated_emails(
@@ -128,40 +160,28 @@ def email_invitations(
     """Monday 10:00 local: the top candidates (score ≥ 0.5, ≤ 50,000, ≤ remaining capacity) get an email."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
-    now = clock.now()
     channel = config.channel("email")
-    templates = messages.TemplateSet()
+    calendar_invite = bool(channel.config.get("includeCalendarInvite", True))
+    render = partial(
+        messages.render_invitation_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
+        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
+        organizer_email=config.campaigns.organizer, include_calendar_invite=calendar_invite,
+        template_id=channel.config["templateId"],
+    )  # fmt: skip
     with stopwatch() as watch:
-        plan, remaining = invitation_context(warehouse, candidate_store, config, event, "email", now)
-        rendered = [
-            messages.render_invitation_email(
-                row,
-                event=event,
-                templates=templates,
-                secret=link_signing.key(),
-                base_url=config.campaigns.link_base_url,
-                sender=config.campaigns.sender,
-                organizer_email=config.campaigns.organizer,
-                campaign_id=row["campaign_id"],
-                include_calendar_invite=bool(channel.config.get("includeCalendarInvite", True)),
-                send_at=row["send_at_utc"],
-                template_id=channel.config["templateId"],
-            )
-            for row in plan.iter_rows(named=True)
-        ]
-        sendable, invalid = validated_emails(rendered, ledger, bool(channel.config.get("includeCalendarInvite", True)))
-        report = deliver(sendable, ledger=ledger, send=email_channel.send, now=clock.now)
-    fell_back = sum(1 for message in rendered if message.payload.get("fell_back"))
+        plan, remaining = invitation_context(warehouse, candidate_store, config, event, "email", clock.now())
+        run = send_campaign(
+            plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
+            ledger=ledger, send=email_channel.send, clock=clock, validate_email=calendar_invite,
+        )  # fmt: skip
     return dg.MaterializeResult(
-        metadata={
-            **delivery_metadata(report, plan, rendered[0] if rendered else None),
-            "invalid_messages_not_sent": invalid,
-            "fell_back_to_english": fell_back,
-            "languages": ", ".join(sorted({str(m.payload.get("language")) for m in rendered})),
-            "remaining_capacity": remaining,
-            "segments": table(campaigns.segment_summary(plan)),
-            **watch.metadata(report.sent),
-        }
+        metadata=run.metadata(
+            watch,
+            remaining_capacity=remaining,
+            segments=table(campaigns.segment_summary(plan)),
+            fell_back_to_english=sum(1 for message in run.rendered if message.payload.get("fell_back")),
+            languages=", ".join(sorted({str(message.payload.get("language")) for message in run.rendered})),
+        )
     )
 
 
@@ -180,36 +200,30 @@ def in_app_invitations(
     """Monday 14:00: a home-screen banner for candidates with score ≥ 0.6 not registered by then."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
-    now = clock.now()
     channel = config.channel("in-app")
+    now = clock.now()
+    render = partial(
+        messages.render_in_app_banner, event=event, banner_type=channel.config["bannerType"],
+        placement=channel.config["placement"], display_days=int(channel.config["displayDuration"]),
+        secret=link_signing.key(), base_url=config.campaigns.link_base_url, now=now,
+    )  # fmt: skip
     with stopwatch() as watch:
         plan, remaining = invitation_context(warehouse, candidate_store, config, event, "in-app", now)
-        rendered = [
-            messages.render_in_app_banner(
-                row,
-                event=event,
-                banner_type=channel.config["bannerType"],
-                placement=channel.config["placement"],
-                display_days=int(channel.config["displayDuration"]),
-                secret=link_signing.key(),
-                base_url=config.campaigns.link_base_url,
-                campaign_id=row["campaign_id"],
-                now=now,
-            )
-            for row in plan.iter_rows(named=True)
-        ]
-        report = deliver(rendered, ledger=ledger, send=in_app_channel.send, now=clock.now)
-    return dg.MaterializeResult(
-        metadata={**delivery_metadata(report, plan, rendered[0] if rendered else None),
-                  "remaining_capacity": remaining, **watch.metadata(report.sent)}
-    )  # fmt: skip
+        run = send_campaign(
+            plan, lambda row: render(row, campaign_id=row["campaign_id"]),
+            ledger=ledger, send=in_app_channel.send, clock=clock,
+        )  # fmt: skip
+    return dg.MaterializeResult(metadata=run.metadata(watch, remaining_capacity=remaining))
 
 
 def reminder_plan(
     warehouse: WarehouseResource, store: CandidateStoreResource, config: ProgramConfig, event: EventContext,
     channel: str, now: datetime,
-) -> pl.DataFrame:  # fmt: skip
-    """Registered customers with where to reach them, timed by the program's reminderSchedule entry."""
+) -> tuple[pl.DataFrame, int]:  # fmt: skip
+    """Registered customers with where to reach them, timed by the program's reminderSchedule entry.
+
+    Returns the plan and how many were dropped because the event has already started.
+    """
     schedule = next(r for r in config.event_config.reminder_schedule if r.channel == channel)
     registered = registered_customers(warehouse, store, config.program_id, event.event_id, now)
     # Contacts from the candidates table; registrants who never were candidates (they registered
@@ -221,10 +235,11 @@ def reminder_plan(
     )
     missing = registered.join(stored, on="customer_id", how="anti")["customer_id"].to_list()
     contacts = pl.concat([stored, warehouse.contacts(missing).select(stored.columns)], how="vertical_relaxed")
-    return campaigns.plan_reminders(
+    plan = campaigns.plan_reminders(
         registered.join(contacts, on="customer_id", how="inner", maintain_order="left"),
         event=event, days_before=schedule.days_before, time=schedule.time, now=now, channel=channel,
     )  # fmt: skip
+    return plan.filter(~pl.col("too_late")), plan.filter(pl.col("too_late")).height
 
 
 @dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"push"}, tags={"stage": "reminder", "channel": "push"},
@@ -242,26 +257,18 @@ def push_reminders(
     """One day before the event: a push to every registered customer ("{eventName} Tomorrow!")."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
-    now = clock.now()
     channel = config.channel("push")
+    render = partial(
+        messages.render_push_reminder, event=event, title_template=channel.config["title"],
+        body_template=channel.config["body"], secret=link_signing.key(), base_url=config.campaigns.link_base_url,
+    )  # fmt: skip
     with stopwatch() as watch:
-        plan = reminder_plan(warehouse, candidate_store, config, event, "push", now)
-        rendered = [
-            messages.render_push_reminder(
-                row,
-                event=event,
-                title_template=channel.config["title"],
-                body_template=channel.config["body"],
-                secret=link_signing.key(),
-                base_url=config.campaigns.link_base_url,
-                campaign_id=row["campaign_id"],
-            )
-            for row in plan.iter_rows(named=True)
-        ]
-        report = deliver(rendered, ledger=ledger, send=push_channel.send, now=clock.now)
-    return dg.MaterializeResult(
-        metadata={**delivery_metadata(report, plan, rendered[0] if rendered else None), **watch.metadata(report.sent)}
-    )
+        plan, too_late = reminder_plan(warehouse, candidate_store, config, event, "push", clock.now())
+        run = send_campaign(
+            plan, lambda row: render(row, campaign_id=row["campaign_id"]),
+            ledger=ledger, send=push_channel.send, clock=clock,
+        )  # fmt: skip
+    return dg.MaterializeResult(metadata=run.metadata(watch, not_sent_event_started=too_late))
 
 
 @dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"email"}, tags={"stage": "reminder", "channel": "email"},
@@ -279,32 +286,17 @@ def day_of_reminders(
     """The event day at 09:00 local: an email with the join link to every registered customer."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
-    now = clock.now()
-    templates = messages.TemplateSet()
+    render = partial(
+        messages.render_day_of_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
+        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
+    )  # fmt: skip
     with stopwatch() as watch:
-        plan = reminder_plan(warehouse, candidate_store, config, event, "email", now)
-        rendered = [
-            messages.render_day_of_email(
-                row,
-                event=event,
-                templates=templates,
-                secret=link_signing.key(),
-                base_url=config.campaigns.link_base_url,
-                sender=config.campaigns.sender,
-                campaign_id=row["campaign_id"],
-                send_at=row["send_at_utc"],
-            )
-            for row in plan.iter_rows(named=True)
-        ]
-        sendable, invalid = validated_emails(rendered, ledger, expect_calendar_invite=False)
-        report = deliver(sendable, ledger=ledger, send=email_channel.send, now=clock.now)
-    return dg.MaterializeResult(
-        metadata={
-            **delivery_metadata(report, plan, rendered[0] if rendered else None),
-            "invalid_messages_not_sent": invalid,
-            **watch.metadata(report.sent),
-        }
-    )
+        plan, too_late = reminder_plan(warehouse, candidate_store, config, event, "email", clock.now())
+        run = send_campaign(
+            plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
+            ledger=ledger, send=email_channel.send, clock=clock, validate_email=False,
+        )  # fmt: skip
+    return dg.MaterializeResult(metadata=run.metadata(watch, not_sent_event_started=too_late))
 
 
 CAMPAIGN_KINDS = {
