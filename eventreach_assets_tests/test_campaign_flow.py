@@ -78,6 +78,11 @@ def test_email_invitations_go_out_once_with_calendar_invite(deployment: Deployme
     calendar = icalendar.Calendar.from_ical(invite.get_payload(decode=True))
     assert str(calendar["METHOD"]) == "REQUEST"
 
+    metadata = next(e.materialization.metadata for e in result.get_asset_materialization_events())
+    preview = email.message_from_bytes(Path(metadata["sample_message"].value).read_bytes(), policy=policy.default)
+    assert preview["To"] == "preview@eventreach.invalid"  # a sample, never a customer's address
+    assert metadata["segments"].value.records and metadata["sent"].value == sent.height
+
     again = deployment.defs.resolve_job_def("email_campaign").execute_in_process(
         instance=deployment.instance, partition_key=batch
     )
@@ -111,14 +116,32 @@ def test_an_unsubscribe_after_the_batch_suppresses_the_send(deployment: Deployme
 
 
 def test_frequency_cap_counts_invitations_from_the_ledger(deployment: Deployment, batch: str):
-    result = deployment.defs.resolve_job_def("email_campaign").execute_in_process(
+    """Invitations this month recorded only in the ledger (not yet in the warehouse) cap a customer."""
+    from eventreach_assets.domain.delivery import DeliveryKey, MessageKind
+
+    assert (
+        deployment.defs.resolve_job_def("email_campaign")
+        .execute_in_process(instance=deployment.instance, partition_key=batch)
+        .success
+    )
+    customer = sent_rows(deployment, batch)["customer_id"][0]
+    ledger = deployment.defs.resources["ledger"]
+    for days_ago, other_event in ((3, "evt-other-webinar"), (10, "evt-other-training")):
+        other = DeliveryKey(customer, other_event, "email", MessageKind.INVITATION)
+        ledger.reserve(
+            pl.DataFrame({"customer_id": [customer], "event_id": [other_event], "channel": ["email"],
+                          "kind": ["invitation"], "campaign_id": ["other"]}),
+            now=AS_OF - timedelta(days=days_ago),
+        )  # fmt: skip
+        ledger.mark_sent(other, f"provider-id-{other_event}", AS_OF - timedelta(days=days_ago))
+    assert customer in set(ledger.invitations_since(AS_OF - timedelta(days=30))["customer_id"])
+
+    rerun = deployment.defs.resolve_job_def("weekly_batch").execute_in_process(
         instance=deployment.instance, partition_key=batch
     )
-    assert result.success
-    invited = set(sent_rows(deployment, batch)["customer_id"])
-    ledger = deployment.defs.resources["ledger"]
-    recent = ledger.invitations_since(AS_OF - timedelta(days=30))
-    assert invited <= set(recent["customer_id"])
+    assert rerun.success
+    rejections = deployment.defs.resources["decision_log"].read("rejections", batch).collect()
+    assert rejections.filter(pl.col("customer_id") == customer)["reason"].to_list() == ["frequency_cap_reached"]
 
 
 def test_invitations_stop_at_the_events_remaining_capacity(deployment: Deployment, batch: str, tmp_path: Path):

@@ -21,6 +21,7 @@ from eventreach_assets.assets.storage import candidates_table
 from eventreach_assets.domain import campaigns, messages
 from eventreach_assets.domain.delivery import MessageKind, OutboundMessage
 from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.messages import to_email_message
 from eventreach_assets.domain.sending import DeliveryReport, deliver
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
@@ -29,6 +30,7 @@ from eventreach_assets.resources.channels import EmailChannelResource, InAppChan
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.secrets import LinkSigningResource
+from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 CAMPAIGN = {"group_name": "campaigns", "owners": ["team:events"], "partitions_def": events_partitions}
@@ -109,6 +111,24 @@ def send_campaign(
     return CampaignRun(plan, rendered, invalid, deliver(sendable, ledger=ledger, send=send, now=clock.now))
 
 
+PREVIEW_RECIPIENT = {"customer_id": "preview", "email": "preview@eventreach.invalid"}
+
+
+def preview_message(
+    plan: pl.DataFrame,
+    render: Callable[..., OutboundMessage],
+    decision_log: DecisionLogResource,
+    event_id: str,
+    asset_name: str,
+    now: datetime,
+) -> str:
+    """A sample of what went out, rendered for a made-up recipient so no customer's data is exposed."""
+    first = plan.row(0, named=True) if plan.height else {"marketplace": "US", "timezone": "UTC"}
+    row = {**first, **PREVIEW_RECIPIENT, "campaign_id": f"{event_id}:preview"}
+    message = render(row, campaign_id=row["campaign_id"], send_at=first.get("send_at_utc") or now)
+    return decision_log.write_file("samples", event_id, f"{asset_name}.eml", to_email_message(message).as_bytes())
+
+
 def validated_emails(
     rendered: list[OutboundMessage], ledger: DeliveryLedgerResource, expect_calendar_invite: bool
 ) -> tuple[list[OutboundMessage], int]:
@@ -154,6 +174,7 @@ def email_invitations(
     ledger: DeliveryLedgerResource,
     email_channel: EmailChannelResource,
     link_signing: LinkSigningResource,
+    decision_log: DecisionLogResource,
     program: ProgramResource,
     clock: ClockResource,
 ) -> dg.MaterializeResult:
@@ -181,6 +202,9 @@ def email_invitations(
             segments=table(campaigns.segment_summary(plan)),
             fell_back_to_english=sum(1 for message in run.rendered if message.payload.get("fell_back")),
             languages=", ".join(sorted({str(message.payload.get("language")) for message in run.rendered})),
+            sample_message=dg.MetadataValue.path(
+                preview_message(plan, render, decision_log, event.event_id, "email_invitations", clock.now())
+            ),
         )
     )
 

@@ -137,6 +137,11 @@ class S3DecisionLog(DecisionLogResource):
         put_parquet(self.client(), self.bucket, key, frame)
         return f"s3://{self.bucket}/{key}"
 
+    def write_file(self, stage: str, event_id: str, name: str, data: bytes) -> str:
+        key = f"{self._stage_prefix(stage)}event={safe_key(event_id)}/{safe_key(name)}"
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+        return f"s3://{self.bucket}/{key}"
+
     def read(self, stage: str, event_id: str | None = None) -> pl.LazyFrame:
         client = self.client()
         if event_id is not None:

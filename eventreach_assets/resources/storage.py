@@ -66,6 +66,10 @@ class DecisionLogResource(dg.ConfigurableResource):
     def write(self, stage: str, event_id: str, frame: pl.DataFrame) -> str:
         raise NotImplementedError
 
+    def write_file(self, stage: str, event_id: str, name: str, data: bytes) -> str:
+        """Keep one file next to the event's decisions (e.g. a rendered sample message); returns its URI."""
+        raise NotImplementedError
+
     def read(self, stage: str, event_id: str | None = None) -> pl.LazyFrame:
         raise NotImplementedError
 
@@ -81,6 +85,14 @@ class LocalDecisionLog(DecisionLogResource):
     def write(self, stage: str, event_id: str, frame: pl.DataFrame) -> str:
         path = self._path(stage, event_id)
         write_parquet_atomically(frame, path)
+        return str(path)
+
+    def write_file(self, stage: str, event_id: str, name: str, data: bytes) -> str:
+        path = Path(self.base_dir, safe_key(stage), f"event={safe_key(event_id)}", safe_key(name))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
         return str(path)
 
     def read(self, stage: str, event_id: str | None = None) -> pl.LazyFrame:
