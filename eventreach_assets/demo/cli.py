@@ -92,7 +92,7 @@ def _demo(args: argparse.Namespace) -> int:
     import polars as pl
 
     from eventreach_assets.demo.generator import seed_warehouse
-    from eventreach_assets.demo.run import funnel_frame, run_weekly_batch
+    from eventreach_assets.demo.run import funnel_frame, run_demo_campaign, run_weekly_batch
 
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -102,16 +102,16 @@ def _demo(args: argparse.Namespace) -> int:
     dagster_home.mkdir(parents=True, exist_ok=True)
     if not (dagster_home / "dagster.yaml").exists():
         (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    print(f"1/3 seeding a synthetic warehouse with {args.profiles:,} profiles ...")
+    print(f"1/4 seeding a synthetic warehouse with {args.profiles:,} profiles ...")
     summary = seed_warehouse(warehouse_path(home), args.profiles, seed=args.seed)
     print(f"    {summary.unique_customers:,} customers, upcoming events: {', '.join(summary.upcoming_event_ids)}")
-    print("2/3 registering event partitions (catalog sensor) and training the models ...")
+    print("2/4 registering event partitions (catalog sensor) and training the models ...")
     instance = dg.DagsterInstance.get()
     reports, models = run_weekly_batch(home, instance)
     for name, metadata in models.items():
         if "holdout_auc" in metadata:
             print(f"    {name}: version {metadata['version']}, holdout AUC {metadata['holdout_auc']:.3f}")
-    print("3/3 weekly batch + export per event:")
+    print("3/4 weekly batch + export per event:")
     with pl.Config(tbl_rows=20, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
         for report in reports:
             failed = [name for name, passed in report.checks.items() if not passed]
@@ -124,6 +124,20 @@ def _demo(args: argparse.Namespace) -> int:
             )
             for name in failed:
                 print(f"   check failed: {name}")
+    if reports and not args.skip_campaign:
+        event_id = reports[0].event_id
+        print(f"\n4/4 Monday's invitations for {event_id} (email 10:00, in-app 14:00), local outboxes:")
+        campaign = run_demo_campaign(home, instance, event_id)
+        for asset in ("email_invitations", "in_app_invitations"):
+            metadata = campaign.metadata.get(asset, {})
+            print(
+                f"    {asset:<20} planned {metadata.get('planned', 0):>7,}  sent {metadata.get('sent', 0):>7,}  "
+                f"skipped {metadata.get('skipped', 0):>7,}  failed "
+                f"{metadata.get('failed_transient', 0) + metadata.get('failed_permanent', 0):>5,}"
+            )
+        failed = [name for name, passed in campaign.checks.items() if not passed]
+        print(f"    checks: {len(campaign.checks) - len(failed)} passed, {len(failed)} failed {failed or ''}")
+        print(f"    outboxes: {home / 'outbox'} (open any .eml in a mail client)")
     print(f"\nDagster instance: {dagster_home}")
     print("Browse runs, materializations, checks and partitions: `make dev`, then http://127.0.0.1:3000")
     print("Why was a customer (not) invited: .venv/bin/eventreach-demo why --event <event_id> --customer <customer_id>")
@@ -137,6 +151,7 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--profiles", type=_positive_int, default=300_000, help="profile rows (default: 300000)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    parser.add_argument("--skip-campaign", action="store_true", help="run the weekly batch only")
     _add_home(parser)
     parser.set_defaults(handler=_demo)
 

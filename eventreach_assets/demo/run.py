@@ -17,6 +17,9 @@ import polars as pl
 from eventreach_assets.definitions import build_definitions
 from eventreach_assets.partitions import events_partitions
 
+# The demo prints its own summary; Dagster's step-by-step console log stays in the instance (UI).
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 FUNNEL_STAGES = ("raw_candidates", "filtered_candidates", "scored_candidates", "candidates_table", "candidates_export")
 
 
@@ -58,7 +61,9 @@ def collect_report(event_id: str, *results: dg.ExecuteInProcessResult) -> EventR
 
 def train_models(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, dict[str, Any]]:
     """Run the `train_models` job; returns each model asset's metadata."""
-    training = defs.resolve_job_def("train_models").execute_in_process(instance=instance, raise_on_error=True)
+    training = defs.resolve_job_def("train_models").execute_in_process(
+        instance=instance, raise_on_error=True, run_config=QUIET
+    )
     return {
         event.materialization.asset_key.to_user_string(): _values(event.materialization.metadata)
         for event in training.get_asset_materialization_events()
@@ -73,13 +78,30 @@ def run_event_batches(
     for event_id in instance.get_dynamic_partitions(events_partitions.name)[:limit]:
         tags = {"eventreach/event": event_id}
         batch = defs.resolve_job_def("weekly_batch").execute_in_process(
-            instance=instance, partition_key=event_id, tags={**tags, "eventreach/stage": "weekly-batch"}
+            instance=instance,
+            partition_key=event_id,
+            tags={**tags, "eventreach/stage": "weekly-batch"},
+            run_config=QUIET,
         )
         export = defs.resolve_job_def("export_candidates").execute_in_process(
-            instance=instance, partition_key=event_id, tags={**tags, "eventreach/stage": "export"}
+            instance=instance, partition_key=event_id, tags={**tags, "eventreach/stage": "export"}, run_config=QUIET
         )
         reports.append(collect_report(event_id, batch, export))
     return reports
+
+
+CAMPAIGN_JOBS = ("email_campaign", "in_app_campaign")
+
+
+def run_campaigns(defs: dg.Definitions, instance: dg.DagsterInstance, event_id: str) -> EventReport:
+    """Monday's invitations for one event: the email then the in-app campaign, as their schedules would."""
+    results = [
+        defs.resolve_job_def(job).execute_in_process(
+            instance=instance, partition_key=event_id, tags={"eventreach/event": event_id}, run_config=QUIET
+        )
+        for job in CAMPAIGN_JOBS
+    ]
+    return collect_report(event_id, *results)
 
 
 def run_weekly_batch(
@@ -90,6 +112,11 @@ def run_weekly_batch(
     register_event_partitions(defs, instance)
     models = train_models(defs, instance)
     return run_event_batches(defs, instance, limit), models
+
+
+def run_demo_campaign(home: Path, instance: dg.DagsterInstance, event_id: str) -> EventReport:
+    """The demo's campaign step on the same deployment the batch ran on."""
+    return run_campaigns(build_definitions(home=home), instance, event_id)
 
 
 def funnel_frame(report: EventReport) -> pl.DataFrame:
