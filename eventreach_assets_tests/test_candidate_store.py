@@ -322,10 +322,10 @@ def test_a_model_dropped_from_the_program_leaves_no_stale_probabilities(store):
 def test_connections_are_reused_and_closed(store):
     replace(store, SCORES)
     store.count_event_items(PROGRAM, EVENT, now=NOW)
-    assert len(store._connections) == 1
+    assert len(store._db()._connections) == 1
     store.close()
     store.close()
-    assert store._connections == {}
+    assert store._db()._connections == {}
     assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16  # reopens on demand
 
 

@@ -32,21 +32,19 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain import candidate_items as ci
+from eventreach_assets.resources.sqlite import SqliteConnections
 
 # ---- results ------------------------------------------------------------------------------
 
@@ -302,60 +300,29 @@ class SqliteCandidateStore(CandidateStoreResource):
     path: str = Field(description="SQLite file; created with its parent directories on first use.")
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
-    # (pid, thread) -> (connection, identity of the file it opened)
-    _connections: dict[tuple[int, int], tuple[sqlite3.Connection, tuple[int, int]]] = PrivateAttr(default_factory=dict)
+    _sqlite: SqliteConnections | None = PrivateAttr(default=None)
 
     # -- plumbing --
 
-    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_seconds * 1000)}")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL, much faster commits
-        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of a 200K-item write stay cached
-        conn.executescript(_DDL)
-        return conn, self._file_identity()
-
-    def _file_identity(self) -> tuple[int, int]:
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return (-1, -1)
-        return (stat.st_dev, stat.st_ino)
+    def _db(self) -> SqliteConnections:
+        if self._sqlite is None:
+            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, _DDL)
+        return self._sqlite
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # Keyed by pid too: a forked step process must not share its parent's connection. A
-        # thread id is only reused once its thread has ended, so a connection is never shared.
-        # A file deleted or replaced meanwhile (a reset data dir) gets a fresh connection.
-        key = (os.getpid(), threading.get_ident())
-        cached = self._connections.get(key)
-        if cached is not None and cached[1] != self._file_identity():
-            self._connections.pop(key)[0].close()
-            cached = None
-        if cached is None:
-            cached = self._connections[key] = self._open()
-        yield cached[0]
+        with self._db().connect() as conn:
+            yield conn
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._db().transaction() as conn:
+            yield conn
 
     def close(self) -> None:
         """Close this process's connections (Dagster calls it after the step; safe to call twice)."""
-        for key in [key for key in self._connections if key[0] == os.getpid()]:
-            self._connections.pop(key)[0].close()
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()

@@ -31,13 +31,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -49,6 +47,7 @@ from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind
 from eventreach_assets.domain.sending import DEFAULT_LEASE
+from eventreach_assets.resources.sqlite import SqliteConnections
 
 ALL_CHANNELS = "*"  # opt-out channel meaning every channel
 KEY_COLUMNS = ("customer_id", "event_id", "channel", "kind")
@@ -279,7 +278,6 @@ def _reservation(rows: list[tuple]) -> pl.DataFrame:
 
 # ---- SQLite -------------------------------------------------------------------------------
 
-_OPEN_LOCK = threading.Lock()  # first opens in one process: one at a time
 _LEDGER = "delivery_ledger"
 _OPT_OUTS = "delivery_opt_outs"
 _DDL = f"""
@@ -331,54 +329,27 @@ class SqliteDeliveryLedger(DeliveryLedgerResource):
     path: str = Field(description="SQLite file; may be the candidate store's; created on first use.")
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
-    _connections: dict[tuple[int, int], sqlite3.Connection] = PrivateAttr(default_factory=dict)
+    _sqlite: SqliteConnections | None = PrivateAttr(default=None)
 
-    def _open(self) -> sqlite3.Connection:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout_seconds, isolation_level=None, check_same_thread=False
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_seconds * 1000)}")
-        # Switching to WAL does not wait on the busy handler: first opens racing each other (threads
-        # here, step processes elsewhere) retry for up to the busy timeout.
-        deadline = time.monotonic() + self.busy_timeout_seconds
-        with _OPEN_LOCK:
-            while True:
-                try:
-                    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                        conn.execute("PRAGMA journal_mode = WAL")
-                    conn.execute("PRAGMA synchronous = NORMAL")
-                    conn.executescript(_DDL)
-                    return conn
-                except sqlite3.OperationalError as error:
-                    if "locked" not in str(error) or time.monotonic() > deadline:
-                        conn.close()
-                        raise
-                    time.sleep(0.05)
+    def _db(self) -> SqliteConnections:
+        if self._sqlite is None:
+            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, _DDL)
+        return self._sqlite
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        key = (os.getpid(), threading.get_ident())  # never share a connection across forks or threads
-        conn = self._connections.get(key)
-        if conn is None:
-            conn = self._connections[key] = self._open()
-        yield conn
+        with self._db().connect() as conn:
+            yield conn
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._db().transaction() as conn:
+            yield conn
 
     def close(self) -> None:
-        """Close this process's connections (safe to call twice)."""
-        for key in [key for key in self._connections if key[0] == os.getpid()]:
-            self._connections.pop(key).close()
+        """Close this process's connections (Dagster calls it after the step; safe to call twice)."""
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
