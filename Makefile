@@ -8,7 +8,10 @@ export DAGSTER_HOME ?= $(EVENTREACH_HOME)/dagster_home
 PROFILES ?= 300000
 SEED ?= 7
 
-.PHONY: install demo dev test lint bench clean
+LIFECYCLE_HOME ?= $(CURDIR)/.eventreach-lifecycle
+STEP_MINUTES ?= 60
+
+.PHONY: install demo demo-lifecycle dev test lint bench clean
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +28,15 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 ## Seed a synthetic warehouse, register the sample events and run the weekly batch for them.
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/eventreach-demo demo --profiles $(PROFILES) --seed $(SEED)
+
+## SIMULATED: one event from invitation to survey on a fast clock, through the real schedules and
+## sensors, in its own data dir (replaced on each play; browse it with `make dev EVENTREACH_HOME=$(LIFECYCLE_HOME)`).
+demo-lifecycle: $(STAMP)
+	rm -rf $(LIFECYCLE_HOME)  # each play starts from an empty instance and data dir
+	mkdir -p $(LIFECYCLE_HOME)/dagster_home
+	cp dagster.yaml $(LIFECYCLE_HOME)/dagster_home/dagster.yaml
+	EVENTREACH_HOME=$(LIFECYCLE_HOME) DAGSTER_HOME=$(LIFECYCLE_HOME)/dagster_home \
+		$(BIN)/eventreach-demo lifecycle --home $(LIFECYCLE_HOME) --step-minutes $(STEP_MINUTES) --seed $(SEED)
 
 ## The Dagster UI (and daemon) on the same instance the demo wrote to.
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
@@ -43,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python -m eventreach_assets.bench
 
 clean:
-	rm -rf $(EVENTREACH_HOME)
+	rm -rf $(EVENTREACH_HOME) $(LIFECYCLE_HOME)

@@ -23,9 +23,11 @@ setup(
         "pyyaml",
         "boto3",
         "psutil",
+        "icalendar",  # calendar invites (domain/messages.py)
+        "jinja2",  # email templates
     ],
     extras_require={
-        "dev": ["pytest", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd", "icalendar", "jinja2"],
+        "dev": ["pytest", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd"],
     },
     entry_points={"console_scripts": ["eventreach-demo=eventreach_assets.demo.cli:main"]},
 )

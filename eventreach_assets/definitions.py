@@ -14,6 +14,7 @@ import dagster as dg
 
 from eventreach_assets.assets import (
     campaigns,
+    engagement,
     filtering,
     ingestion,
     metrics,
@@ -23,11 +24,21 @@ from eventreach_assets.assets import (
     storage,
 )
 from eventreach_assets.checks import batch_checks, campaign_checks
-from eventreach_assets.jobs import campaign_jobs, export_job, model_training_job, weekly_batch_job
+from eventreach_assets.jobs import (
+    attendance_job,
+    campaign_jobs,
+    export_job,
+    feed_jobs,
+    model_training_job,
+    weekly_batch_job,
+)
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, ProgramConfig, load_program
+from eventreach_assets.resources.alerts import LocalAlertLog
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.channels import LocalOutboxEmail, LocalOutboxInApp, LocalOutboxPush
+from eventreach_assets.resources.engagement import SqliteEngagementStore
 from eventreach_assets.resources.export import LocalParquetExport
+from eventreach_assets.resources.feeds import LocalFolderFeed
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
 from eventreach_assets.resources.metrics import LocalMetricsSink
 from eventreach_assets.resources.model_deployment import InProcessDeployment
@@ -37,7 +48,12 @@ from eventreach_assets.resources.secrets import EnvLinkSecret, LocalLinkSecret
 from eventreach_assets.resources.storage import LocalDecisionLog, PolarsParquetIOManager
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets.schedules import build_schedules
-from eventreach_assets.sensors import events_catalog_sensor
+from eventreach_assets.sensors import (
+    event_lifecycle_sensor,
+    events_catalog_sensor,
+    feed_sensors,
+    run_failure_alert_sensor,
+)
 
 DEPLOYMENTS = ("local", "aws")
 
@@ -76,6 +92,9 @@ def local_resources(home: Path, program_path: Path, fixed_now: str | None = None
         "push_channel": LocalOutboxPush(outbox_dir=str(home / "outbox" / "push")),
         "in_app_channel": LocalOutboxInApp(outbox_dir=str(home / "outbox" / "in-app")),
         "link_signing": LocalLinkSecret(path=str(home / "link_secret")),
+        "engagement": SqliteEngagementStore(path=str(home / "candidates.sqlite")),
+        "engagement_feed": LocalFolderFeed(base_dir=str(home / "feeds")),
+        "alerts": LocalAlertLog(path=str(home / "alerts.jsonl")),
     }
 
 
@@ -85,6 +104,7 @@ def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_u
     Email goes through SES v2 unless `EVENTREACH_EMAIL_PROVIDER=smtp` (any ESP's SMTP relay).
     """
     from eventreach_assets.resources.channels import SesEmail, SmtpEmail, SnsPush, WebhookInApp
+    from eventreach_assets.resources.engagement import DynamoDBEngagementStore
     from eventreach_assets.resources.ledger import DynamoDBDeliveryLedger
 
     if os.environ.get("EVENTREACH_EMAIL_PROVIDER", "ses") == "smtp":
@@ -114,7 +134,24 @@ def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_u
             url=dg.EnvVar("EVENTREACH_IN_APP_WEBHOOK_URL"), api_key=dg.EnvVar("EVENTREACH_IN_APP_API_KEY")
         ),
         "link_signing": EnvLinkSecret(secret=dg.EnvVar("EVENTREACH_LINK_SECRET")),
+        "engagement": DynamoDBEngagementStore(
+            table_name=dg.EnvVar("EVENTREACH_DYNAMODB_ENGAGEMENT_TABLE"), region_name=region, endpoint_url=endpoint_url
+        ),
+        "alerts": alert_channel(region, endpoint_url),
     }
+
+
+def alert_channel(region: dg.EnvVar, endpoint_url: str | None) -> Any:
+    """SNS when `EVENTREACH_ALERT_TOPIC_ARN` is set, else a chat webhook when
+    `EVENTREACH_ALERT_WEBHOOK_URL` is, else the daemon's log."""
+    from eventreach_assets.resources.alerts import LoggedAlert, SnsAlert, WebhookAlert
+
+    if os.environ.get("EVENTREACH_ALERT_TOPIC_ARN"):
+        topic = dg.EnvVar("EVENTREACH_ALERT_TOPIC_ARN")
+        return SnsAlert(topic_arn=topic, region_name=region, endpoint_url=endpoint_url)
+    if os.environ.get("EVENTREACH_ALERT_WEBHOOK_URL"):
+        return WebhookAlert(url=dg.EnvVar("EVENTREACH_ALERT_WEBHOOK_URL"))
+    return LoggedAlert()
 
 
 def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str, Any]:
@@ -129,6 +166,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
     from dagster_aws.s3 import S3Resource
 
     from eventreach_assets.resources.dynamodb_store import DynamoDBCandidateStore
+    from eventreach_assets.resources.feeds import S3Feed
     from eventreach_assets.resources.metrics import CloudWatchMetricsSink
     from eventreach_assets.resources.model_deployment import SageMakerDeployment
     from eventreach_assets.resources.s3_export import S3GlueExport
@@ -186,6 +224,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
             endpoint_url=endpoint_url,
         ),
         **aws_campaign_resources(program, region, endpoint_url),
+        "engagement_feed": S3Feed(s3=s3, bucket=state_bucket, prefix=f"{prefix}/feeds"),
         "metrics_sink": CloudWatchMetricsSink(
             namespace=setting("EVENTREACH_METRICS_NAMESPACE"), region_name=region, endpoint_url=endpoint_url
         ),
@@ -224,11 +263,13 @@ def build_definitions(
             campaigns.in_app_invitations,
             campaigns.push_reminders,
             campaigns.day_of_reminders,
+            campaigns.post_event_surveys,
+            *engagement.engagement_assets,
         ],
         asset_checks=[*dg.load_asset_checks_from_modules([batch_checks]), *campaign_checks.campaign_checks],
-        jobs=[weekly_batch_job, export_job, model_training_job, *campaign_jobs],
+        jobs=[weekly_batch_job, export_job, model_training_job, *campaign_jobs, attendance_job, *feed_jobs.values()],
         schedules=build_schedules(program),
-        sensors=[events_catalog_sensor],
+        sensors=[events_catalog_sensor, event_lifecycle_sensor, *feed_sensors, run_failure_alert_sensor],
         resources=resources,
     )
 

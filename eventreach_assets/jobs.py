@@ -1,12 +1,40 @@
 """Jobs: named selections of assets that schedules and sensors launch.
 
-The weekly batch runs in one process (`in_process_executor`): its steps are sequential anyway,
-and a process per step costs seconds of start-up each (measured in the README's benchmark).
+Every job runs in one process (`in_process_executor`): their steps are sequential anyway, and a
+process per step costs seconds of start-up each (measured in the README's benchmark).
 """
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from eventreach_assets.partitions import events_partitions
+
+
+def tagged_by_event() -> dg.PartitionedConfig:
+    """Every run of an event's partition carries `eventreach/event`, however it was launched
+    (schedule, sensor, backfill, the UI's launchpad), so operators can filter by event."""
+    return dg.PartitionedConfig(
+        partitions_def=events_partitions,
+        run_config_for_partition_key_fn=lambda _key: {},
+        tags_for_partition_key_fn=lambda key: {"eventreach/event": key},
+    )
+
+
+def asset_job(
+    name: str, assets: list[str], tags: dict[str, str], description: str, *, per_event: bool = True
+) -> UnresolvedAssetJobDefinition:
+    """A job over the assets, in one process; `per_event` jobs run one event partition and every
+    run carries the event's tag besides the stage (and channel) tags given here."""
+    partitioning = {"partitions_def": events_partitions, "config": tagged_by_event()} if per_event else {}
+    return dg.define_asset_job(
+        name=name,
+        selection=dg.AssetSelection.assets(*assets),
+        executor_def=dg.in_process_executor,
+        tags=tags,
+        description=description,
+        **partitioning,
+    )
+
 
 WEEKLY_BATCH_ASSETS = [
     "raw_candidates",
@@ -17,32 +45,18 @@ WEEKLY_BATCH_ASSETS = [
 ]
 MODEL_ASSETS = ["model_training_set", "event_attendance_model", "interest_affinity_model", "model_endpoints"]
 
-weekly_batch_job = dg.define_asset_job(
-    name="weekly_batch",
-    selection=dg.AssetSelection.assets(*WEEKLY_BATCH_ASSETS),
-    partitions_def=events_partitions,
-    executor_def=dg.in_process_executor,
-    tags={"eventreach/stage": "weekly-batch"},
-    description="ETL → filter → score → store for one event (Monday 02:00 UTC).",
-)
-
-export_job = dg.define_asset_job(
-    name="export_candidates",
-    selection=dg.AssetSelection.assets("candidates_export"),
-    partitions_def=events_partitions,
-    executor_def=dg.in_process_executor,
-    tags={"eventreach/stage": "export"},
-    description="Parquet export of the stored candidates of one event (Monday 04:30 UTC).",
-)
-
-model_training_job = dg.define_asset_job(
-    name="train_models",
-    selection=dg.AssetSelection.assets(*MODEL_ASSETS),
-    executor_def=dg.in_process_executor,
-    tags={"eventreach/stage": "training"},
-    description="Retrain the attendance and interest-affinity models, then deploy the promoted versions.",
-)
-
+weekly_batch_job = asset_job(
+    "weekly_batch", WEEKLY_BATCH_ASSETS, {"eventreach/stage": "weekly-batch"},
+    "ETL → filter → score → store for one event (Monday 02:00 UTC).",
+)  # fmt: skip
+export_job = asset_job(
+    "export_candidates", ["candidates_export"], {"eventreach/stage": "export"},
+    "Parquet export of the stored candidates of one event (Monday 04:30 UTC).",
+)  # fmt: skip
+model_training_job = asset_job(
+    "train_models", MODEL_ASSETS, {"eventreach/stage": "training"},
+    "Retrain the attendance and interest-affinity models, then deploy the promoted versions.", per_event=False,
+)  # fmt: skip
 
 # One job per send, so each can be launched (and retried) on its own schedule or sensor.
 CAMPAIGN_JOBS = [  # job, asset, channel, description
@@ -50,15 +64,31 @@ CAMPAIGN_JOBS = [  # job, asset, channel, description
     ("in_app_campaign", "in_app_invitations", "in-app", "In-app banners (Monday 14:00)."),
     ("push_reminder", "push_reminders", "push", "Push reminder to registrants, 1 day before."),
     ("day_of_reminder", "day_of_reminders", "email", "Email on the event day, 09:00 local."),
+    ("post_event_survey", "post_event_surveys", "email", "Survey email to attendees, 1 day after the event."),
 ]
 campaign_jobs = [
-    dg.define_asset_job(
-        name=name,
-        selection=dg.AssetSelection.assets(asset),
-        partitions_def=events_partitions,
-        executor_def=dg.in_process_executor,
-        tags={"eventreach/stage": "campaign", "eventreach/channel": channel},
-        description=description,
-    )
+    asset_job(name, [asset], {"eventreach/stage": "campaign", "eventreach/channel": channel}, description)
     for name, asset, channel, description in CAMPAIGN_JOBS
 ]
+attendance_job = asset_job(
+    "attendance_tracking", ["event_attendance"],
+    {"eventreach/stage": "attendance", "eventreach/channel": "event-platform"},
+    "Record who attended and for how long, once the event has ended.",
+)  # fmt: skip
+
+# One job per engagement feed; the feed's sensor launches it with the new files as run config.
+FEED_JOBS = {  # feed -> (job name, asset name)
+    "registrations": ("registration_ingest", "ingested_registrations"),
+    "tracking": ("tracking_ingest", "link_interactions"),
+    "survey": ("survey_ingest", "survey_responses"),
+}
+feed_jobs = {
+    feed: asset_job(
+        job_name,
+        [asset_name],
+        {"eventreach/stage": "engagement", "eventreach/feed": feed},
+        f"Ingest new files of the {feed} feed.",
+        per_event=False,
+    )
+    for feed, (job_name, asset_name) in FEED_JOBS.items()
+}

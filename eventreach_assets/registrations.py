@@ -1,21 +1,22 @@
 """Registrations coming in from the event platform: one ingestion function, two ways in.
 
-The registration sensor polls a folder of JSON-lines files (`read_feed`); the serving API's
-webhook will call `ingest_registrations` with the rows it received. Both go through the same
-validation and the same idempotent store update, so a registration delivered twice, or by both
-paths, is recorded once.
+The registrations feed (resources/feeds.py) hands its records to `ingest_registrations`; the
+serving API's webhook will call it with the rows it received as a frame. Both go through the
+same validation and the same idempotent store updates, so a registration delivered twice, or by
+both paths, is recorded once.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
+from typing import Any
 
 import polars as pl
 
+from eventreach_assets.domain.engagement import QUARANTINE_SCHEMA, REGISTERED, WAITLISTED, link_verifier, records_frame
 from eventreach_assets.domain.events import normalize_events
-from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, verify_link_token
 from eventreach_assets.domain.registrations import (
     INCOMING_SCHEMA,
     RegistrationOutcome,
@@ -24,27 +25,37 @@ from eventreach_assets.domain.registrations import (
 )
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
-FEED_SUFFIX = ".jsonl"
+STORED_COLUMNS = ("event_id", "customer_id", "registration_id", "registered_at", "channel", "campaign_id")
 
 
 def ingest_registrations(
-    incoming: pl.DataFrame,
+    incoming: pl.DataFrame | Sequence[Mapping[str, Any]],
     *,
     warehouse: WarehouseResource,
     store: CandidateStoreResource,
+    engagement: EngagementStoreResource,
     program: ProgramConfig,
-    secret: bytes,
+    secret: bytes | str,
     now: datetime,
 ) -> RegistrationOutcome:
-    """Validate a batch and mark the accepted registrations in the candidate store.
+    """Validate a batch (feed records or a frame of INCOMING_SCHEMA), record accepted and
+    waitlisted rows in the engagement store, and mark the accepted ones in the candidate store.
 
-    Registrations already known (the platform's table in the warehouse, or marked in the store
-    by an earlier delivery) count against capacity and make a redelivery a duplicate, so a
-    replayed batch changes nothing. Tokens must be genuine "register" links for the row.
+    Registrations already known (the platform's table in the warehouse, candidates marked by an
+    earlier delivery, registered rows of the engagement store) count against capacity and make a
+    redelivery a duplicate, so a replayed batch changes nothing; a waitlisted customer delivered
+    again takes a seat if one has freed up. Tokens must be genuine "register" links for the row;
+    their channel and campaign are what the registration is attributed to. Malformed feed lines
+    come back in `rejected` (QUARANTINE_SCHEMA) with the other rejections.
     """
-    rows = normalize_incoming(incoming)
+    if isinstance(incoming, pl.DataFrame):
+        rows, malformed = normalize_incoming(incoming), pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    else:
+        records, malformed = records_frame(incoming, INCOMING_SCHEMA)
+        rows = normalize_incoming(records)
     event_ids = sorted(rows["event_id"].drop_nulls().unique().to_list())
     events = normalize_events(warehouse.events()).filter(pl.col("event_id").is_in(event_ids))
     known_events = events["event_id"].to_list()
@@ -55,18 +66,13 @@ def ingest_registrations(
             for part in (
                 warehouse.event_registrations(event_id),
                 store.registered_candidates(program.program_id, event_id, now=now),
+                engagement.registrations(event_id, REGISTERED),
             )
         ]
         or [pl.DataFrame(schema={"event_id": pl.String, "customer_id": pl.String})]
     ).unique()
     customer_ids = sorted(rows["customer_id"].drop_nulls().unique().to_list())
     known_customers = set(warehouse.contacts(customer_ids)["customer_id"].to_list()) if customer_ids else set()
-
-    def verify(token: str) -> LinkClaims | None:
-        try:
-            return verify_link_token(secret, token, action="register")
-        except InvalidLinkToken:
-            return None
 
     outcome = validate_registrations(
         rows,
@@ -75,28 +81,13 @@ def ingest_registrations(
         already_registered=already,
         capacity_limit=program.event_config.capacity_limit,
         deadline_days=program.event_config.registration_deadline_days,
-        verify=verify,
+        verify=link_verifier(secret, action="register"),
     )
+    stored = engagement.record_registrations(outcome.accepted.select(STORED_COLUMNS), REGISTERED, now)
+    stored += engagement.record_registrations(outcome.waitlisted.select(STORED_COLUMNS), WAITLISTED, now)
     for (event_id,), accepted in outcome.accepted.group_by("event_id", maintain_order=True):
         store.mark_registered_many(
             program.program_id, str(event_id), accepted.select("customer_id", "registered_at", "channel")
         )
-    return outcome
-
-
-def read_feed(folder: Path, cursor: str | None) -> tuple[pl.DataFrame, str | None]:
-    """Rows of the JSON-lines files named after `cursor` (file-name order), and the new cursor.
-
-    The cursor is the last file read in full, so a sensor that fails mid-way re-reads from
-    there; the platform must name files so they sort in drop order (e.g. a timestamp prefix).
-    Blank lines are skipped; an empty or missing folder yields no rows and keeps the cursor.
-    """
-    files = sorted(p for p in folder.glob(f"*{FEED_SUFFIX}") if p.is_file() and (cursor is None or p.name > cursor))
-    records = [
-        json.loads(line) for path in files for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
-    frame = pl.DataFrame(
-        {name: [record.get(name) for record in records] for name in INCOMING_SCHEMA},
-        schema={name: pl.String() for name in INCOMING_SCHEMA},  # times parsed by validation
-    )
-    return frame.select(list(INCOMING_SCHEMA)), (files[-1].name if files else cursor)
+    rejected = pl.concat([malformed, outcome.rejected]).sort("source", "line", nulls_last=True, maintain_order=True)
+    return replace(outcome, rejected=rejected, stored=stored)

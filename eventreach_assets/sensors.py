@@ -1,37 +1,222 @@
-"""Sensors: keep the `events` partitions in sync with the warehouse's events catalog."""
+"""Sensors: they watch the world and launch runs; every decision lives in `domain/`.
+
+- `events_catalog_sensor`: keeps the `events` partitions in sync with the warehouse's catalog
+  and records cancellations and reschedules on the event's partition;
+- `event_lifecycle_sensor`: launches each event's reminders, attendance tracking and survey
+  when `domain.lifecycle` says they are due;
+- one sensor per engagement feed (`registrations`, `tracking`, `survey`): hands new files to
+  the feed's ingestion job, launching nothing when there is nothing new;
+- `run_failure_alert_sensor`: announces every failed run on the alert channel and tags the run.
+
+Every run request carries a run key, so a tick that repeats (a daemon restart, a slow tick)
+launches nothing twice, and the tags the UI filters on: event, stage, channel.
+"""
 
 import hashlib
+import json
+import time
+from datetime import UTC, datetime
 
 import dagster as dg
+import polars as pl
 
-from eventreach_assets.domain.events import upcoming_event_ids
+from eventreach_assets.assets.campaigns import NEXT_DUE_AT, PLANNED_AT
+from eventreach_assets.domain.events import normalize_events, upcoming_event_ids
+from eventreach_assets.domain.lifecycle import STAGES, due_stages, lifecycle_schedule, stage_run_key
+from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, feed_jobs
 from eventreach_assets.partitions import events_partitions
-from eventreach_assets.resources.program import ClockResource
+from eventreach_assets.resources.alerts import AlertChannelResource, FailureAlert, first_line
+from eventreach_assets.resources.feeds import EngagementFeedResource
+from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
+
+LIFECYCLE_JOBS = {stage.job_name for stage in STAGES.values()}
+FILES_PER_RUN = 200  # a backlog is ingested in runs of this many files, one run per tick
+
+
+def utc_naive(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
+
+
+def run_tags(event_id: str, stage: str, channel: str | None = None) -> dict[str, str]:
+    """The tags operators filter runs by in the UI."""
+    tags = {"eventreach/event": event_id, "eventreach/stage": stage}
+    return {**tags, "eventreach/channel": channel} if channel else tags
 
 
 def catalog_fingerprint(event_ids: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(event_ids)).encode()).hexdigest()[:16]
 
 
+def catalog_state(events: pl.DataFrame, event_ids: list[str]) -> dict[str, str]:
+    """`status@start` per known event: what the cursor remembers to notice a change."""
+    rows = normalize_events(events).filter(pl.col("event_id").is_in(event_ids))
+    return dict(
+        rows.select("event_id", pl.format("{}@{}", "status", pl.col("start_time_utc").dt.to_string("%Y-%m-%dT%H:%M")))
+        .sort("event_id")
+        .iter_rows()
+    )
+
+
 @dg.sensor(
     name="events_catalog_sensor",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds a partition for every upcoming scheduled event in the warehouse; never removes history.",
+    description="Adds a partition for every upcoming scheduled event; records cancellations and reschedules.",
 )
 def events_catalog_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, clock: ClockResource
 ) -> dg.SensorResult | dg.SkipReason:
-    upcoming = upcoming_event_ids(warehouse.events(), clock.now())
-    fingerprint = catalog_fingerprint(upcoming)
-    known = set(context.instance.get_dynamic_partitions(events_partitions.name))
+    events = warehouse.events()
+    upcoming = upcoming_event_ids(events, clock.now())
+    known = list(context.instance.get_dynamic_partitions(events_partitions.name))
     new_events = [event_id for event_id in upcoming if event_id not in known]
-    if not new_events and context.cursor == fingerprint:
+    previous: dict[str, str] = json.loads(context.cursor) if context.cursor and context.cursor[0] == "{" else {}
+    state = catalog_state(events, known + new_events)
+    changed = {event_id: value for event_id, value in state.items() if previous.get(event_id, value) != value}
+    if not new_events and not changed and previous == state:
         return dg.SkipReason(f"events catalog unchanged ({len(upcoming)} upcoming events)")
     if new_events:
         context.log.info(f"adding event partitions: {', '.join(new_events)}")
+    observations = []
+    summary = [f"added partitions {', '.join(new_events)}"] if new_events else []
+    for event_id, value in changed.items():
+        status, start = value.split("@")
+        was_status, was_start = previous[event_id].split("@")
+        change = "cancelled: no further sends" if status == "cancelled" else f"rescheduled from {was_start} to {start}"
+        context.log.warning(f"event {event_id} {change}")
+        summary.append(f"{event_id} {change}")
+        observations.append(
+            dg.AssetObservation(
+                asset_key="candidates_table",
+                partition=event_id,
+                metadata={"event_status": status, "start_time_utc": start, "change": change, "was": was_status},
+            )
+        )
     return dg.SensorResult(
         dynamic_partitions_requests=[events_partitions.build_add_request(new_events)] if new_events else [],
-        cursor=fingerprint,
+        asset_events=observations,
+        cursor=json.dumps(state, sort_keys=True),
+        # A tick that launches no run is shown as skipped; say what it did instead of "empty result".
+        skip_reason="; ".join(summary) or "catalog state recorded",
     )
+
+
+def next_due(instance: dg.DagsterInstance, asset_name: str, event_id: str, window_opened: datetime) -> datetime | None:
+    """When a repeating stage runs next: the window's start, then whatever the last run in this
+    window said (`next_due_at`: the next timezone's 09:00, or when to look for the attendance
+    export again); None when the last run left nothing to do.
+
+    "In this window" is judged by the run's own clock (`planned_at`), so a run before a
+    reschedule, or a manual one days earlier, does not end the stage.
+    """
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset_name), asset_partitions=[event_id]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    metadata = materialization.metadata if materialization else {}
+    planned_at = metadata.get(PLANNED_AT)
+    if planned_at is None or datetime.fromisoformat(str(planned_at.value)) < window_opened:
+        return window_opened
+    due = metadata.get(NEXT_DUE_AT)
+    return datetime.fromisoformat(str(due.value)) if due is not None else None
+
+
+@dg.sensor(
+    name="event_lifecycle_sensor",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    jobs=[job for job in [*campaign_jobs, attendance_job] if job.name in LIFECYCLE_JOBS],
+    description="Push reminder 1 day before, day-of email at 09:00 local, attendance after, survey 1 day after.",
+)
+def event_lifecycle_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource, program: ProgramResource, clock: ClockResource
+) -> dg.SensorResult | dg.SkipReason:
+    now = clock.now()
+    known = context.instance.get_dynamic_partitions(events_partitions.name)
+    schedule = lifecycle_schedule(warehouse.events(), program.load().event_config.reminder_schedule)
+    requests: list[dg.RunRequest] = []
+    for row in due_stages(schedule, now, known).iter_rows(named=True):
+        stage = STAGES[row["stage"]]
+        due_at = row["due_at"]
+        if stage.repeats:
+            due_at = next_due(context.instance, stage.asset_name, row["event_id"], row["due_at"])
+            if due_at is None or due_at > now:
+                continue
+        requests.append(
+            dg.RunRequest(
+                run_key=stage_run_key(row["event_id"], stage.name, row["start_time_utc"], due_at),
+                job_name=stage.job_name,
+                partition_key=row["event_id"],
+                tags=run_tags(row["event_id"], stage.name, stage.channel),
+            )
+        )
+    if not requests:
+        return dg.SkipReason(f"nothing due at {now:%Y-%m-%d %H:%M} UTC for {len(known)} events")
+    return dg.SensorResult(run_requests=requests, cursor=now.isoformat())
+
+
+def build_feed_sensor(feed: str) -> dg.SensorDefinition:
+    """A sensor that hands the feed's new files (after its cursor) to the feed's ingestion job."""
+    job_name, asset_name = FEED_JOBS[feed]
+
+    @dg.sensor(
+        name=f"{feed}_feed_sensor",
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        job=feed_jobs[feed],
+        description=f"Ingests new files of the {feed} feed ({job_name}); nothing new, nothing launched.",
+    )
+    def _sensor(
+        context: dg.SensorEvaluationContext, engagement_feed: EngagementFeedResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        files = engagement_feed.new_files(feed, after=context.cursor, limit=FILES_PER_RUN)
+        if not files:
+            return dg.SkipReason(f"no new {feed} files after {context.cursor or 'the start'}")
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"{feed}:{files[-1]}",
+                    run_config={"ops": {asset_name: {"config": {"files": files}}}},
+                    tags={"eventreach/stage": "engagement", "eventreach/feed": feed},
+                )
+            ],
+            cursor=files[-1],
+        )
+
+    return _sensor
+
+
+feed_sensors = [build_feed_sensor(feed) for feed in FEED_JOBS]
+
+
+@dg.run_failure_sensor(
+    name="run_failure_alert_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    monitor_all_code_locations=False,
+    description="Sends every failed run to the alert channel and tags the run `eventreach/alerted`.",
+)
+def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertChannelResource) -> None:
+    run = context.dagster_run
+    record = context.instance.get_run_record_by_id(run.run_id)
+    ended = record.end_time if record and record.end_time else time.time()
+    alert = FailureAlert(
+        run_id=run.run_id,
+        job_name=run.job_name,
+        partition=run.tags.get("dagster/partition"),
+        stage=run.tags.get("eventreach/stage"),
+        failed_at=utc_naive(ended),
+        error=first_line(root_cause(context) or context.failure_event.message),
+    )
+    where = alerts.send(alert)
+    context.instance.add_run_tags(run.run_id, {"eventreach/alerted": "yes"})
+    context.log.info(f"alert for run {run.run_id} ({run.job_name}) sent to {where}")
+
+
+def root_cause(context: dg.RunFailureSensorContext) -> str | None:
+    """The first failed step's error (what broke), rather than the run's "steps failed" summary."""
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        if error is not None:
+            return f"{event.step_key}: {error.message}"
+    return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -239,3 +239,50 @@ def webhook_receiver(replies: list[tuple[int, str]] | None = None) -> Iterator[W
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+# ---- Long-running processes: the Dagster webserver and daemon ---------------------------------
+
+
+@contextmanager
+def background_process(args: list[str], cwd: str, env: dict[str, str], log_path: str) -> Iterator[Any]:
+    """A subprocess in its own process group, stdout+stderr to `log_path`; the whole group is stopped on exit.
+
+    Dagster's webserver and daemon start code servers and run workers of their own, so stopping
+    only the parent would leave those behind: SIGTERM goes to the group, SIGKILL to what is left 20 s later.
+    """
+    import signal
+    import subprocess
+    from contextlib import suppress
+
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield process
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+            with suppress(ProcessLookupError):  # whatever of the group is left: code servers, run workers
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for_http(url: str, timeout: float, processes: list[Any], describe: Callable[[], str] | None = None) -> None:
+    """Poll `url` until it answers 200 (bounded); fail early, with `describe()`, if a process died."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [p.args for p in processes if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"process exited before {url} answered: {dead}\n{describe() if describe else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s\n{describe() if describe else ''}")

@@ -24,6 +24,7 @@ from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo.generator import generate_warehouse, write_duckdb
 from eventreach_assets.demo.run import register_event_partitions, run_event_batches, train_models
 from eventreach_assets.resources.dynamodb_store import create_candidate_tables
+from eventreach_assets.resources.engagement import create_engagement_table
 from eventreach_assets.resources.ledger import create_ledger_table
 from eventreach_assets.resources.snowflake_warehouse import load_tables
 from eventreach_assets.serving.model_server import ModelApp, serve_in_thread
@@ -41,6 +42,7 @@ ENV = {
     "EVENTREACH_DYNAMODB_TABLE": "eventreach-candidates",
     "EVENTREACH_DYNAMODB_CACHE_TABLE": "eventreach-score-cache",
     "EVENTREACH_DYNAMODB_LEDGER_TABLE": "eventreach-delivery-ledger",
+    "EVENTREACH_DYNAMODB_ENGAGEMENT_TABLE": "eventreach-engagement",
     "EVENTREACH_SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/eventreach-sagemaker",
     "EVENTREACH_SAGEMAKER_IMAGE_URI": "123456789012.dkr.ecr.us-east-1.amazonaws.com/eventreach-model-server:1",
     "EVENTREACH_IN_APP_WEBHOOK_URL": "http://127.0.0.1:9/in-app",  # unused by the batch; required config
@@ -82,6 +84,7 @@ def provision_aws(endpoint: str) -> None:
     dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
     create_candidate_tables(dynamodb, ENV["EVENTREACH_DYNAMODB_TABLE"], ENV["EVENTREACH_DYNAMODB_CACHE_TABLE"])
     create_ledger_table(dynamodb, ENV["EVENTREACH_DYNAMODB_LEDGER_TABLE"])
+    create_engagement_table(dynamodb, ENV["EVENTREACH_DYNAMODB_ENGAGEMENT_TABLE"])
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email
-from datetime import timedelta
+from datetime import datetime, timedelta
 from email import policy
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from eventreach_assets.assets.campaigns import email_invitations
+from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo.run import run_weekly_batch
 from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.resources.channels import LocalOutboxEmail
@@ -178,11 +179,17 @@ def test_reminders_reach_every_registrant_once(deployment: Deployment, batch: st
     }
     assert registrants
     ledger = deployment.defs.resources["ledger"]
-    for job, channel, kind in (("push_reminder", "push", "reminder"), ("day_of_reminder", "email", "day-of")):
+    events = deployment.defs.resources["warehouse"].events()
+    start = events.filter(pl.col("event_id") == batch)["start_time_utc"][0]
+    # The day-of email goes at 09:00 local (at the latest an hour before the start): every
+    # registrant is due by then.
+    event_day = build_definitions(home=deployment.home, fixed_now=(start - timedelta(hours=1)).isoformat())
+    for defs, job, channel, kind in (
+        (deployment.defs, "push_reminder", "push", "reminder"),
+        (event_day, "day_of_reminder", "email", "day-of"),
+    ):
         for _ in range(2):  # the second launch must send nothing
-            result = deployment.defs.resolve_job_def(job).execute_in_process(
-                instance=deployment.instance, partition_key=batch
-            )
+            result = defs.resolve_job_def(job).execute_in_process(instance=deployment.instance, partition_key=batch)
             assert result.success
             checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
             assert checks and all(checks.values()), checks
@@ -190,3 +197,35 @@ def test_reminders_reach_every_registrant_once(deployment: Deployment, batch: st
         assert set(sent["customer_id"]) == registrants
         assert sent.height == len(registrants)
     assert len(list((deployment.home / "outbox" / "push").glob("*.json"))) == len(registrants)
+
+
+def test_day_of_email_goes_out_in_waves_at_nine_local(deployment: Deployment, batch: str):
+    from eventreach_assets.assets.campaigns import NEXT_DUE_AT
+
+    ledger = deployment.defs.resources["ledger"]
+    events = deployment.defs.resources["warehouse"].events()
+    start = events.filter(pl.col("event_id") == batch)["start_time_utc"][0]
+
+    def run_at(moment: datetime) -> dict[str, object]:
+        defs = build_definitions(home=deployment.home, fixed_now=moment.isoformat())
+        result = defs.resolve_job_def("day_of_reminder").execute_in_process(
+            instance=deployment.instance, partition_key=batch
+        )
+        assert result.success
+        metadata = next(e.materialization.metadata for e in result.get_asset_materialization_events())
+        return {key: value.value for key, value in metadata.items()}
+
+    def sent() -> pl.DataFrame:
+        return ledger.deliveries(batch, channel="email", kind="day-of").filter(pl.col("status") == "sent")
+
+    first = run_at(start - timedelta(hours=15))  # the window opens: nobody's 09:00 has come yet
+    waiting = first["not_yet_due"]
+    assert first["sent"] == 0 and waiting > 0
+    next_due = datetime.fromisoformat(str(first[NEXT_DUE_AT]))
+    assert start - timedelta(hours=15) < next_due < start
+    second = run_at(next_due)
+    assert second["sent"] > 0 and second["sent"] + second["not_yet_due"] == waiting
+    assert sent()["sent_at"].max().replace(tzinfo=None) <= next_due  # nobody got it before their 09:00
+    last = run_at(start - timedelta(hours=1))
+    assert NEXT_DUE_AT not in last and last["not_yet_due"] == 0
+    assert sent().height == waiting and sent()["customer_id"].is_unique().all()

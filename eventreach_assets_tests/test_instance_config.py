@@ -16,7 +16,7 @@ def test_dagster_yaml_loads_with_run_and_pool_limits(tmp_path: Path):
         assert config.pool_config.default_pool_limit == 1  # one send per channel pool at a time
         queue = config.run_queue_config
         assert queue.max_concurrent_runs == 2
-        assert {"key": "eventreach/event", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in (
+        assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in (
             queue.tag_concurrency_limits
         )
     finally:
@@ -37,4 +37,5 @@ def test_campaign_assets_declare_their_channel_pool():
         "in_app_invitations": "channel-in-app",
         "push_reminders": "channel-push",
         "day_of_reminders": "channel-email",
+        "post_event_surveys": "channel-email",
     }

@@ -1,4 +1,4 @@
-"""Registrations: each validation rule with its reason, capacity waitlisting, replay, the feed cursor."""
+"""Registrations: each validation rule with its reason, capacity waitlisting, replay, feed records, quarantine."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import polars as pl
 import pytest
 
 from eventreach_assets.domain import registrations as reg
+from eventreach_assets.domain.engagement import QUARANTINE_SCHEMA, REGISTERED, WAITLISTED
 from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, sign_link_token, verify_link_token
 from eventreach_assets.program.config import default_program
-from eventreach_assets.registrations import ingest_registrations, read_feed
+from eventreach_assets.registrations import ingest_registrations
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
+from eventreach_assets.resources.engagement import SqliteEngagementStore
 
 SECRET = b"test-secret"
 EVENT = "evt-2025-02"
@@ -76,14 +78,21 @@ def validate(frame: pl.DataFrame, **kw) -> reg.RegistrationOutcome:
 
 
 def reasons(outcome: reg.RegistrationOutcome) -> dict[str, str]:
-    return dict(outcome.rejected.select("registration_id", "reason").iter_rows())
+    """registration_id -> reason, read back from the quarantined JSON."""
+    return {
+        json.loads(raw).get("registration_id"): reason
+        for raw, reason in outcome.rejected.select("raw", "reason").iter_rows()
+    }
 
 
 def test_a_valid_registration_is_accepted_with_the_tokens_channel():
     outcome = validate(incoming((*row(1, "c01")[:4], token("c01", channel="in-app"))))
     assert outcome.rejected.height == 0 and outcome.waitlisted.height == 0
-    assert outcome.accepted.select("event_id", "customer_id", "channel").rows() == [(EVENT, "c01", "in-app")]
+    assert outcome.accepted.select("event_id", "customer_id", "channel", "campaign_id").rows() == [
+        (EVENT, "c01", "in-app", "cmp-1")
+    ]
     assert outcome.accepted.schema == pl.Schema(reg.OUTPUT_SCHEMA)
+    assert outcome.rejected.schema == pl.Schema(QUARANTINE_SCHEMA)
 
 
 @pytest.mark.parametrize(
@@ -99,6 +108,7 @@ def test_a_valid_registration_is_accepted_with_the_tokens_channel():
         (row(1, "c01", tok=token("c01", event="evt-other")), reg.TOKEN_MISMATCH),
         (("r1", EVENT, "c01", START - timedelta(hours=23), token("c01")), reg.AFTER_DEADLINE),
         (("r1", EVENT, None, T0, token("c01")), reg.MISSING_FIELD),
+        (("r1", EVENT, "c01", None, token("c01")), reg.MISSING_FIELD),
     ],
 )
 def test_each_rule_rejects_with_its_reason(registration: tuple, reason: str):
@@ -138,7 +148,7 @@ def test_over_capacity_is_waitlisted_in_time_order_not_dropped():
     assert set(outcome.waitlisted["reason"]) == {reg.CAPACITY_REACHED}
     assert outcome.rejected.height == 0
     assert validate(frame, capacity_limit=1).accepted["customer_id"].to_list() == ["c02"]
-    assert outcome.summary() == {"accepted": 2, "waitlisted": 2}
+    assert outcome.summary() == {"accepted": 2, "waitlisted": 2, "rejected": 0}
 
 
 def test_aware_and_string_times_are_taken_as_utc():
@@ -148,6 +158,13 @@ def test_aware_and_string_times_are_taken_as_utc():
     assert validate(frame).accepted["registered_at"].to_list() == [T0]
     as_text = incoming(row(1, "c01")).with_columns(pl.lit("2025-02-01T10:00:00+01:00").alias("registered_at"))
     assert validate(as_text).accepted["registered_at"].to_list() == [T0]
+
+
+def test_an_unparseable_time_is_rejected_as_such_not_as_missing():
+    as_text = incoming(row(1, "c01")).with_columns(pl.lit("next tuesday").alias("registered_at"))
+    outcome = validate(as_text)
+    assert reasons(outcome) == {"r1": reg.INVALID_TIMESTAMP}
+    assert outcome.rejected.select("source", "line", "event_id").rows() == [(None, 1, EVENT)]
 
 
 # ---- ingestion shell ---------------------------------------------------------------------
@@ -174,48 +191,111 @@ def stored(store: SqliteCandidateStore) -> list[tuple]:
     return frame.select(sorted(frame.columns)).rows()
 
 
-def test_replaying_a_batch_marks_nothing_twice(tmp_path: Path):
+@pytest.fixture
+def stores(tmp_path: Path):
+    """A candidate store with c01, c02 as candidates and an empty engagement store, one SQLite file."""
     program = default_program()
-    store = SqliteCandidateStore(path=str(tmp_path / "candidates.sqlite"))
+    store = SqliteCandidateStore(path=str(tmp_path / "local.sqlite"))
     scored = pl.DataFrame({"customer_id": ["c01", "c02"], "score": [0.9, 0.5], "score_band": ["high", "medium"]})
     store.replace_event_candidates(program.program_id, EVENT, scored, ["email", "in-app"], NOW, 14, 10)
-    warehouse = FakeWarehouse(pl.DataFrame(schema=NOBODY.schema | {"registered_at": pl.Datetime("us")}))
+    engagement = SqliteEngagementStore(path=str(tmp_path / "local.sqlite"))
+    yield program, store, engagement
+    engagement.close()
+
+
+NO_REGISTRATIONS = pl.DataFrame(schema=NOBODY.schema | {"registered_at": pl.Datetime("us")})
+
+
+def test_replaying_a_batch_marks_and_stores_nothing_twice(stores):
+    program, store, engagement = stores
+    warehouse = FakeWarehouse(NO_REGISTRATIONS)
     batch = incoming(row(1, "c01", minutes=2), row(2, "c01", minutes=9), row(3, "c03"), row(4, "stranger"))
 
     def ingest():
-        return ingest_registrations(batch, warehouse=warehouse, store=store, program=program, secret=SECRET, now=NOW)
+        return ingest_registrations(
+            batch, warehouse=warehouse, store=store, engagement=engagement, program=program, secret=SECRET, now=NOW
+        )
 
     first = ingest()
     assert first.accepted["customer_id"].to_list() == ["c03", "c01"]  # c03 is not a candidate: nothing to mark
+    assert first.stored == 2
     after_first = stored(store)
     marked = store.registered_candidates(program.program_id, EVENT, now=NOW)
     assert marked.select("customer_id", "channel").rows() == [("c01", "email"), ("c01", "in-app")]
     assert set(marked["status_at"].dt.replace_time_zone(None)) == {T0 + timedelta(minutes=2)}  # the earliest
     assert set(marked["registered_channel"]) == {"email"}
+    kept = engagement.registrations(EVENT)
+    assert kept.select("customer_id", "registration_id", "channel", "campaign_id", "status").rows() == [
+        ("c03", "r3", "email", "cmp-1", REGISTERED),
+        ("c01", "r1", "email", "cmp-1", REGISTERED),
+    ]
     second = ingest()
     assert stored(store) == after_first
-    assert "c01" in second.rejected.filter(pl.col("reason") == reg.DUPLICATE)["customer_id"].to_list()
-    assert second.accepted["customer_id"].to_list() == ["c03"]  # re-marking it is a no-op
+    assert engagement.registrations(EVENT).equals(kept)
+    assert second.stored == 0
+    # The engagement store now knows c03 too: the whole replay is duplicates (and the stranger).
+    assert second.accepted.height == 0
+    assert sorted(reasons(second).values()) == [reg.DUPLICATE] * 3 + [reg.UNKNOWN_CUSTOMER]
+    assert second.summary() == {
+        "accepted": 0,
+        "waitlisted": 0,
+        "rejected": 4,
+        "stored": 0,
+        reg.DUPLICATE: 3,
+        reg.UNKNOWN_CUSTOMER: 1,
+    }
 
 
-def test_feed_cursor_reads_only_new_files(tmp_path: Path):
-    def drop(name: str, *rows: tuple) -> None:
-        lines = [
-            json.dumps(dict(zip(reg.INCOMING_SCHEMA, (*r[:3], r[3].isoformat() + "Z", r[4]), strict=True)))
-            for r in rows
-        ]
-        (tmp_path / name).write_text("\n".join(lines) + "\n\n")
+def test_engagement_store_registrations_count_against_capacity_and_waitlisted_rows_are_kept(stores):
+    program, store, engagement = stores
+    warehouse = FakeWarehouse(NO_REGISTRATIONS)  # EVENTS: capacity 3
+    earlier = incoming(row(1, "c01"), row(2, "c02", minutes=1))
+    ingest_registrations(
+        earlier, warehouse=warehouse, store=store, engagement=engagement, program=program, secret=SECRET, now=NOW
+    )
+    # A new webhook batch: one seat is left, c04 registered after c03 and is waitlisted.
+    later = incoming(row(3, "c03", minutes=5), row(4, "c04", minutes=6))
+    outcome = ingest_registrations(
+        later, warehouse=warehouse, store=store, engagement=engagement, program=program, secret=SECRET, now=NOW
+    )
+    assert outcome.accepted["customer_id"].to_list() == ["c03"]
+    assert outcome.waitlisted["customer_id"].to_list() == ["c04"]
+    statuses = dict(engagement.registrations(EVENT).select("customer_id", "status").iter_rows())
+    assert statuses == {"c01": REGISTERED, "c02": REGISTERED, "c03": REGISTERED, "c04": WAITLISTED}
+    assert outcome.summary()["stored"] == 2
 
-    empty, cursor = read_feed(tmp_path, None)
-    assert empty.height == 0 and cursor is None
-    drop("2025-02-01T09.jsonl", row(1, "c01"), row(2, "c02"))
-    drop("2025-02-01T10.jsonl", row(3, "c03"))
-    (tmp_path / "notes.txt").write_text("ignored")
-    frame, cursor = read_feed(tmp_path, None)
-    assert frame["registration_id"].to_list() == ["r1", "r2", "r3"] and cursor == "2025-02-01T10.jsonl"
-    assert validate(frame).accepted.height == 3
-    nothing_new, same = read_feed(tmp_path, cursor)
-    assert nothing_new.height == 0 and same == cursor
-    drop("2025-02-01T11.jsonl", row(4, "c04"))
-    frame, cursor = read_feed(tmp_path, cursor)
-    assert frame["registration_id"].to_list() == ["r4"] and cursor == "2025-02-01T11.jsonl"
+
+def test_feed_records_are_ingested_and_malformed_lines_quarantined_with_their_reason(stores):
+    program, store, engagement = stores
+
+    def record(r: tuple, line: int) -> dict:
+        values = (*r[:3], r[3].isoformat() + "Z", r[4])
+        return {**dict(zip(reg.INCOMING_SCHEMA, values, strict=True)), "_source": "0001.jsonl", "_line": line}
+
+    records = [
+        record(row(1, "c01"), 1),
+        {"_error": "not JSON: Expecting value", "_raw": "{oops", "_source": "0001.jsonl", "_line": 2},
+        record(row(3, "c02", tok=FORGED), 3),
+        {**record(row(4, "c03"), 4), "registered_at": "soon"},
+        {"registration_id": "r5", "event_id": EVENT, "_source": "0001.jsonl", "_line": 5},
+    ]
+    outcome = ingest_registrations(
+        records,
+        warehouse=FakeWarehouse(NO_REGISTRATIONS),
+        store=store,
+        engagement=engagement,
+        program=program,
+        secret=SECRET,
+        now=NOW,
+    )
+    assert outcome.accepted.select("customer_id", "registered_at").rows() == [("c01", T0)]
+    assert outcome.rejected.schema == pl.Schema(QUARANTINE_SCHEMA)
+    assert outcome.rejected.select("source", "line", "event_id", "reason").rows() == [
+        ("0001.jsonl", 2, None, "malformed_record"),
+        ("0001.jsonl", 3, EVENT, reg.INVALID_TOKEN),
+        ("0001.jsonl", 4, EVENT, reg.INVALID_TIMESTAMP),
+        ("0001.jsonl", 5, EVENT, reg.MISSING_FIELD),
+    ]
+    assert outcome.rejected["raw"][0] == "{oops"  # the line as it came, for the quarantine file
+    assert json.loads(outcome.rejected["raw"][2])["registered_at"] == "soon"
+    assert engagement.registrations(EVENT)["customer_id"].to_list() == ["c01"]

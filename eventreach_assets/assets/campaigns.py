@@ -27,6 +27,7 @@ from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
+from eventreach_assets.resources.engagement import REGISTERED, EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.secrets import LinkSigningResource
@@ -35,14 +36,43 @@ from eventreach_assets.resources.warehouse import WarehouseResource
 
 CAMPAIGN = {"group_name": "campaigns", "owners": ["team:events"], "partitions_def": events_partitions}
 PAGE = 5_000
+NEXT_DUE_AT = "next_due_at"  # metadata keys the event-date sensor reads
+PLANNED_AT = "planned_at"
 
 
-def registered_customers(warehouse: WarehouseResource, store: CandidateStoreResource, program_id: str, event_id: str,
+def registered_customers(warehouse: WarehouseResource, store: CandidateStoreResource,
+                         engagement: EngagementStoreResource, program_id: str, event_id: str,
                          now: datetime) -> pl.DataFrame:  # fmt: skip
-    """Everyone registered for the event: the event platform's list plus registrations the store recorded."""
-    from_warehouse = warehouse.event_registrations(event_id).select("customer_id")
-    from_store = store.registered_candidates(program_id, event_id, now=now).select("customer_id")
-    return pl.concat([from_warehouse, from_store]).unique(maintain_order=True)
+    """Everyone registered for the event: the event platform's list, candidates marked registered
+    and every registration ingested from the feed or webhook (waitlisted ones excluded)."""
+    return pl.concat(
+        [
+            warehouse.event_registrations(event_id).select("customer_id"),
+            store.registered_candidates(program_id, event_id, now=now).select("customer_id"),
+            engagement.registrations(event_id, status=REGISTERED).select("customer_id"),
+        ]
+    ).unique(maintain_order=True)
+
+
+def with_contacts(customers: pl.DataFrame, warehouse: WarehouseResource, store: CandidateStoreResource,
+                  program_id: str, event_id: str, now: datetime) -> pl.DataFrame:  # fmt: skip
+    """`customers` with where to reach them: from the candidates table, or from the warehouse
+    for customers who never were candidates (registered before the batch, or elsewhere)."""
+    stored = (
+        store.event_items(program_id, event_id, now=now)
+        .unique("customer_id", keep="first", maintain_order=True)
+        .select("customer_id", "email", "marketplace", "timezone")
+    )
+    missing = customers.join(stored, on="customer_id", how="anti")["customer_id"].to_list()
+    contacts = pl.concat([stored, warehouse.contacts(missing).select(stored.columns)], how="vertical_relaxed")
+    return customers.join(contacts, on="customer_id", how="inner", maintain_order="left")
+
+
+def cancelled_result(event: EventContext) -> dg.MaterializeResult | None:
+    """For a cancelled event: a materialization that says nothing was sent, and why."""
+    if event.status != "cancelled":
+        return None
+    return dg.MaterializeResult(metadata={"event_status": "cancelled", "sent": 0, "dagster/row_count": 0})
 
 
 def top_candidates(
@@ -147,11 +177,11 @@ def validated_emails(
 
 
 def invitation_context(
-    warehouse: WarehouseResource, store: CandidateStoreResource, config: ProgramConfig, event: EventContext,
-    channel: str, now: datetime,
+    warehouse: WarehouseResource, store: CandidateStoreResource, engagement: EngagementStoreResource,
+    config: ProgramConfig, event: EventContext, channel: str, now: datetime,
 ) -> tuple[pl.DataFrame, int]:  # fmt: skip
     """This channel's plan for the event, and how many seats were left when it was made."""
-    registered = registered_customers(warehouse, store, config.program_id, event.event_id, now)
+    registered = registered_customers(warehouse, store, engagement, config.program_id, event.event_id, now)
     remaining = campaigns.remaining_capacity(event.capacity, config.event_config.capacity_limit, registered.height)
     targeting = config.campaigns.targeting(channel)
     candidates = top_candidates(
@@ -171,6 +201,7 @@ def email_invitations(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     candidate_store: CandidateStoreResource,
+    engagement: EngagementStoreResource,
     ledger: DeliveryLedgerResource,
     email_channel: EmailChannelResource,
     link_signing: LinkSigningResource,
@@ -181,16 +212,20 @@ def email_invitations(
     """Monday 10:00 local: the top candidates (score ≥ 0.5, ≤ 50,000, ≤ remaining capacity) get an email."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
+    if (cancelled := cancelled_result(event)) is not None:
+        return cancelled
     channel = config.channel("email")
     calendar_invite = bool(channel.config.get("includeCalendarInvite", True))
     render = partial(
         messages.render_invitation_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
         base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
         organizer_email=config.campaigns.organizer, include_calendar_invite=calendar_invite,
-        template_id=channel.config["templateId"],
+        template_id=channel.config["templateId"], duration_minutes=event.duration_minutes,
     )  # fmt: skip
     with stopwatch() as watch:
-        plan, remaining = invitation_context(warehouse, candidate_store, config, event, "email", clock.now())
+        plan, remaining = invitation_context(
+            warehouse, candidate_store, engagement, config, event, "email", clock.now()
+        )
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
             ledger=ledger, send=email_channel.send, clock=clock, validate_email=calendar_invite,
@@ -215,6 +250,7 @@ def in_app_invitations(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     candidate_store: CandidateStoreResource,
+    engagement: EngagementStoreResource,
     ledger: DeliveryLedgerResource,
     in_app_channel: InAppChannelResource,
     link_signing: LinkSigningResource,
@@ -224,6 +260,8 @@ def in_app_invitations(
     """Monday 14:00: a home-screen banner for candidates with score ≥ 0.6 not registered by then."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
+    if (cancelled := cancelled_result(event)) is not None:
+        return cancelled
     channel = config.channel("in-app")
     now = clock.now()
     render = partial(
@@ -232,7 +270,7 @@ def in_app_invitations(
         secret=link_signing.key(), base_url=config.campaigns.link_base_url, now=now,
     )  # fmt: skip
     with stopwatch() as watch:
-        plan, remaining = invitation_context(warehouse, candidate_store, config, event, "in-app", now)
+        plan, remaining = invitation_context(warehouse, candidate_store, engagement, config, event, "in-app", now)
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"]),
             ledger=ledger, send=in_app_channel.send, clock=clock,
@@ -241,26 +279,17 @@ def in_app_invitations(
 
 
 def reminder_plan(
-    warehouse: WarehouseResource, store: CandidateStoreResource, config: ProgramConfig, event: EventContext,
-    channel: str, now: datetime,
+    warehouse: WarehouseResource, store: CandidateStoreResource, engagement: EngagementStoreResource,
+    config: ProgramConfig, event: EventContext, channel: str, now: datetime,
 ) -> tuple[pl.DataFrame, int]:  # fmt: skip
     """Registered customers with where to reach them, timed by the program's reminderSchedule entry.
 
     Returns the plan and how many were dropped because the event has already started.
     """
     schedule = next(r for r in config.event_config.reminder_schedule if r.channel == channel)
-    registered = registered_customers(warehouse, store, config.program_id, event.event_id, now)
-    # Contacts from the candidates table; registrants who never were candidates (they registered
-    # before the batch) come from the warehouse.
-    stored = (
-        store.event_items(config.program_id, event.event_id, now=now)
-        .unique("customer_id", keep="first", maintain_order=True)
-        .select("customer_id", "email", "marketplace", "timezone")
-    )
-    missing = registered.join(stored, on="customer_id", how="anti")["customer_id"].to_list()
-    contacts = pl.concat([stored, warehouse.contacts(missing).select(stored.columns)], how="vertical_relaxed")
+    registered = registered_customers(warehouse, store, engagement, config.program_id, event.event_id, now)
     plan = campaigns.plan_reminders(
-        registered.join(contacts, on="customer_id", how="inner", maintain_order="left"),
+        with_contacts(registered, warehouse, store, config.program_id, event.event_id, now),
         event=event, days_before=schedule.days_before, time=schedule.time, now=now, channel=channel,
     )  # fmt: skip
     return plan.filter(~pl.col("too_late")), plan.filter(pl.col("too_late")).height
@@ -272,6 +301,7 @@ def push_reminders(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     candidate_store: CandidateStoreResource,
+    engagement: EngagementStoreResource,
     ledger: DeliveryLedgerResource,
     push_channel: PushChannelResource,
     link_signing: LinkSigningResource,
@@ -281,13 +311,15 @@ def push_reminders(
     """One day before the event: a push to every registered customer ("{eventName} Tomorrow!")."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
+    if (cancelled := cancelled_result(event)) is not None:
+        return cancelled
     channel = config.channel("push")
     render = partial(
         messages.render_push_reminder, event=event, title_template=channel.config["title"],
         body_template=channel.config["body"], secret=link_signing.key(), base_url=config.campaigns.link_base_url,
     )  # fmt: skip
     with stopwatch() as watch:
-        plan, too_late = reminder_plan(warehouse, candidate_store, config, event, "push", clock.now())
+        plan, too_late = reminder_plan(warehouse, candidate_store, engagement, config, event, "push", clock.now())
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"]),
             ledger=ledger, send=push_channel.send, clock=clock,
@@ -301,6 +333,7 @@ def day_of_reminders(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     candidate_store: CandidateStoreResource,
+    engagement: EngagementStoreResource,
     ledger: DeliveryLedgerResource,
     email_channel: EmailChannelResource,
     link_signing: LinkSigningResource,
@@ -310,17 +343,67 @@ def day_of_reminders(
     """The event day at 09:00 local: an email with the join link to every registered customer."""
     config = program.load()
     event = current_event(warehouse, context.partition_key)
+    if (cancelled := cancelled_result(event)) is not None:
+        return cancelled
     render = partial(
         messages.render_day_of_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
         base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
     )  # fmt: skip
+    now = clock.now()
     with stopwatch() as watch:
-        plan, too_late = reminder_plan(warehouse, candidate_store, config, event, "email", clock.now())
+        plan, too_late = reminder_plan(warehouse, candidate_store, engagement, config, event, "email", now)
+        due, deferred = campaigns.split_due(plan, now)
+        run = send_campaign(
+            due, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
+            ledger=ledger, send=email_channel.send, clock=clock, validate_email=False,
+        )  # fmt: skip
+    next_due = deferred["send_at_utc"].min() if deferred.height else None
+    return dg.MaterializeResult(
+        metadata=run.metadata(
+            watch,
+            not_sent_event_started=too_late,
+            not_yet_due=deferred.height,
+            **{PLANNED_AT: now.isoformat()},
+            # The event-date sensor launches the next run at this moment (the next timezone's 09:00).
+            **({NEXT_DUE_AT: next_due.isoformat()} if next_due is not None else {}),
+        )
+    )
+
+
+@dg.asset(**CAMPAIGN, deps=["event_attendance"], kinds={"email"}, tags={"stage": "survey", "channel": "email"},
+          pool="channel-email")  # fmt: skip
+def post_event_surveys(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    candidate_store: CandidateStoreResource,
+    engagement: EngagementStoreResource,
+    ledger: DeliveryLedgerResource,
+    email_channel: EmailChannelResource,
+    link_signing: LinkSigningResource,
+    program: ProgramResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """One day after the event: a one-question survey email to every attendee (not to no-shows)."""
+    config = program.load()
+    event = current_event(warehouse, context.partition_key)
+    if (cancelled := cancelled_result(event)) is not None:
+        return cancelled
+    now = clock.now()
+    render = partial(
+        messages.render_survey_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
+        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
+    )  # fmt: skip
+    with stopwatch() as watch:
+        attendees = engagement.attendance(event.event_id).select("customer_id")
+        plan = campaigns.plan_follow_up(
+            with_contacts(attendees, warehouse, candidate_store, config.program_id, event.event_id, now),
+            event=event, channel="email", kind=MessageKind.SURVEY, now=now,
+        )  # fmt: skip
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
             ledger=ledger, send=email_channel.send, clock=clock, validate_email=False,
         )  # fmt: skip
-    return dg.MaterializeResult(metadata=run.metadata(watch, not_sent_event_started=too_late))
+    return dg.MaterializeResult(metadata=run.metadata(watch, attendees=attendees.height))
 
 
 CAMPAIGN_KINDS = {
@@ -328,4 +411,5 @@ CAMPAIGN_KINDS = {
     "in_app_invitations": ("in-app", MessageKind.INVITATION),
     "push_reminders": ("push", MessageKind.REMINDER),
     "day_of_reminders": ("email", MessageKind.DAY_OF),
+    "post_event_surveys": ("email", MessageKind.SURVEY),
 }

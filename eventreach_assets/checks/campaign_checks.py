@@ -6,6 +6,7 @@ import polars as pl
 from eventreach_assets.assets.campaigns import CAMPAIGN_KINDS, registered_customers
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
@@ -74,6 +75,7 @@ def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
             ledger: DeliveryLedgerResource,
             warehouse: WarehouseResource,
             candidate_store: CandidateStoreResource,
+            engagement: EngagementStoreResource,
             program: ProgramResource,
             clock: ClockResource,
         ) -> dg.AssetCheckResult:
@@ -82,7 +84,7 @@ def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
             events = warehouse.events().filter(pl.col("event_id") == context.partition_key)
             capacity = min(int(events["capacity"][0]), config.event_config.capacity_limit)
             registered = registered_customers(
-                warehouse, candidate_store, config.program_id, context.partition_key, clock.now()
+                warehouse, candidate_store, engagement, config.program_id, context.partition_key, clock.now()
             ).height
             sent = sent_deliveries(ledger, context.partition_key, asset_name).height
             return dg.AssetCheckResult(

@@ -85,6 +85,88 @@ def _add_seed(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_seed)
 
 
+def _prepare_homes(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The data dir and the Dagster instance dir (`DAGSTER_HOME`, default inside the data dir)."""
+    home = (args.home or default_home()).resolve()
+    os.environ["EVENTREACH_HOME"] = str(home)
+    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster_home")))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return home, dagster_home
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    import warnings
+    from datetime import UTC, datetime, timedelta
+
+    import dagster as dg
+    import polars as pl
+
+    from eventreach_assets.demo.generator import seed_warehouse
+    from eventreach_assets.demo.lifecycle import LaunchedRun, monday_before, play
+
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    home, dagster_home = _prepare_homes(args)
+    clock_start = monday_before(args.start or datetime.now(UTC))
+    print("SIMULATED lifecycle: a synthetic warehouse, simulated customers, a simulated clock.")
+    print(f"1/3 seeding {args.profiles:,} profiles as of {clock_start:%a %Y-%m-%d %H:%M} UTC ...")
+    summary = seed_warehouse(warehouse_path(home), args.profiles, seed=args.seed, as_of=clock_start)
+    event_id = args.event or summary.upcoming_event_ids[0]
+    print(f"2/3 playing {event_id} from Monday 00:00, {args.step_minutes} simulated minutes per tick; every run")
+    print("    below was launched by a schedule or sensor (the daemon's logic, evaluated on the simulated clock):")
+
+    ingested: dict[str, list[int]] = {}  # feed job -> [runs, accepted] since the last printed line
+
+    def flush() -> None:
+        if ingested:
+            feeds = ", ".join(f"{job} x{runs} ({accepted:,} accepted)" for job, (runs, accepted) in ingested.items())
+            print(f"{'':<21}engagement from the feeds: {feeds}")
+            ingested.clear()
+
+    def show(run: LaunchedRun) -> None:
+        if run.origin.endswith("_feed_sensor") and run.success:  # hourly ingests: one summary line
+            counts = ingested.setdefault(run.job_name, [0, 0])
+            counts[0] += 1
+            counts[1] += int(run.summary.get("accepted", 0))
+            return
+        flush()
+        numbers = ", ".join(
+            f"{key} {value:,}" if isinstance(value, int) else f"{key} {value}" for key, value in run.summary.items()
+        )
+        status = "ok    " if run.success else "FAILED"
+        print(f"    {run.at:%a %m-%d %H:%M}  {status} {run.job_name:<20} ({run.origin}) {numbers}")
+
+    report = play(
+        home, dg.DagsterInstance.get(), event_id, clock_start, timedelta(minutes=args.step_minutes),
+        seed=args.seed, progress=show,
+    )  # fmt: skip
+    flush()
+    print(f"3/3 the funnel of {event_id} (from the ledger and engagement records), all channels:")
+    with pl.Config(tbl_rows=40, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        funnel = report.funnel.filter(pl.col("channel") == "all").drop("channel")
+        print(funnel.with_columns(pl.col("rate_of_previous").round(3)))
+    failed = sum(not run.success for run in report.timeline)
+    print(f"\n{len(report.timeline)} runs ({failed} failed) in {report.seconds:.0f} s wall time.")
+    print(f"Dagster instance: {dagster_home}  (browse: make dev EVENTREACH_HOME={home})")
+    return 1 if failed else 0
+
+
+def _add_lifecycle(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "lifecycle",
+        help="SIMULATED: play one event from invitation to survey on a fast clock, through the real sensors",
+    )
+    parser.add_argument("--profiles", type=_positive_int, default=30_000, help="profile rows (default: 30000)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    parser.add_argument("--event", help="event id (default: the first upcoming sample event)")
+    parser.add_argument("--step-minutes", type=_positive_int, default=60, help="simulated minutes per tick")
+    parser.add_argument("--start", type=_utc_datetime, help="simulated start (default: this week's Monday)")
+    _add_home(parser)
+    parser.set_defaults(handler=_lifecycle)
+
+
 def _demo(args: argparse.Namespace) -> int:
     import warnings
 
@@ -96,12 +178,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    home = (args.home or default_home()).resolve()
-    os.environ["EVENTREACH_HOME"] = str(home)
-    dagster_home = Path(os.environ.setdefault("DAGSTER_HOME", str(home / "dagster_home")))
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    if not (dagster_home / "dagster.yaml").exists():
-        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home, dagster_home = _prepare_homes(args)
     print(f"1/4 seeding a synthetic warehouse with {args.profiles:,} profiles ...")
     summary = seed_warehouse(warehouse_path(home), args.profiles, seed=args.seed)
     print(f"    {summary.unique_customers:,} customers, upcoming events: {', '.join(summary.upcoming_event_ids)}")
@@ -180,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_seed(subparsers)
     _add_demo(subparsers)
+    _add_lifecycle(subparsers)
     _add_why(subparsers)
     return parser
 

@@ -290,6 +290,24 @@ def plan_reminders(
     return _with_schedule(lazy, schedule, pl.lit(f"{event.event_id}:{channel}:{kind}"))
 
 
+def plan_follow_up(
+    customers: pl.DataFrame | pl.LazyFrame, *, event: EventContext, channel: str, kind: MessageKind, now: datetime
+) -> pl.DataFrame:
+    """One message per customer, sent now (e.g. the post-event survey): the plan columns with
+    campaign_id = event:channel:kind:marketplace:timezone:local send date."""
+    lazy = _normalised(customers).unique(subset="customer_id", keep="first", maintain_order=True)
+    timezones = lazy.select(pl.col("timezone").unique().sort()).collect()["timezone"].to_list()
+    schedule = _schedule_frame(timezones, lambda name: to_local(now, name))
+    return _with_schedule(lazy, schedule, pl.lit(f"{event.event_id}:{channel}:{kind}"))
+
+
+def split_due(plan: pl.DataFrame, now: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(rows whose send time has come, rows still in the future): a reminder run sends the first
+    and leaves the rest to the run launched at their time."""
+    is_due = pl.col("send_at_utc") <= pl.lit(to_utc_naive(now), dtype=pl.Datetime("us"))
+    return plan.filter(is_due), plan.filter(~is_due)
+
+
 def segment_summary(plan: pl.DataFrame) -> pl.DataFrame:
     """One row per campaign (segment x send date) with its size and scheduled times, for metadata."""
     if plan.height == 0:

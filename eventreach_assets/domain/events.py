@@ -43,6 +43,8 @@ def event_context(events: pl.DataFrame, event_id: str) -> EventContext:
         start_time_utc=row["start_time_utc"],
         capacity=int(row["capacity"]),
         target_regions=list(row["target_regions"]),
+        status=str(row.get("status") or "scheduled"),
+        duration_minutes=int(row.get("duration_minutes") or 60),
     )
 
 

@@ -38,6 +38,8 @@ class EventContext:
     start_time_utc: datetime  # naive UTC
     capacity: int
     target_regions: list[str]
+    status: str = "scheduled"  # scheduled | cancelled (a cancelled event gets no further sends)
+    duration_minutes: int = 60
 
 
 @dataclass(frozen=True)

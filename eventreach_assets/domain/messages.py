@@ -33,7 +33,7 @@ from eventreach_assets.domain.filters import EventContext
 
 # ---- signed links ------------------------------------------------------------------------
 
-LINK_ACTIONS: frozenset[str] = frozenset({"register", "unsubscribe", "open", "click"})
+LINK_ACTIONS: frozenset[str] = frozenset({"register", "unsubscribe", "open", "click", "survey"})
 _TOKEN_VERSION = 1
 
 
@@ -156,6 +156,7 @@ def _signed(
         "join": link(base_url, "join", click),
         "calendar": link(base_url, "calendar", click),
         "unsubscribe_token": token("unsubscribe"),
+        "survey": link(base_url, "survey", token("survey")),
     }
 
 
@@ -227,6 +228,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 DEFAULT_LANGUAGE = "en"
 INVITATION_TEMPLATE = "event-invitation-v3"
 DAY_OF_TEMPLATE = "event-day-of-v1"
+SURVEY_TEMPLATE = "event-survey-v1"
 MARKETPLACE_LANGUAGE: dict[str, str] = {
     "US": "en",
     "UK": "en",
@@ -400,6 +402,7 @@ def _email_message(
         "unsubscribe_url": links["unsubscribe"],
         "open_pixel_url": links["open"],
         "calendar_url": links["calendar"],
+        "survey_url": links["survey"],
         "first_name": row.get("first_name") or "",
         **(extra_context or {}),
     }
@@ -512,6 +515,36 @@ def render_day_of_email(
         include_calendar_invite=include_calendar_invite,
         send_at=send_at,
         duration_minutes=duration_minutes,
+    )
+
+
+def render_survey_email(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    templates: TemplateSet,
+    secret: bytes | str,
+    base_url: str,
+    sender: str,
+    campaign_id: str,
+    send_at: datetime | None = None,
+    template_id: str = SURVEY_TEMPLATE,
+) -> OutboundMessage:
+    """The post-event survey to an attendee: a signed survey link, so answers can't be forged."""
+    return _email_message(
+        row,
+        event=event,
+        templates=templates,
+        template_id=template_id,
+        kind=MessageKind.SURVEY,
+        secret=secret,
+        base_url=base_url,
+        sender=sender,
+        organizer_email=parseaddr(sender)[1],
+        campaign_id=campaign_id,
+        include_calendar_invite=False,
+        send_at=send_at,
+        duration_minutes=0,
     )
 
 

@@ -3,94 +3,92 @@
 Pure polars, no Dagster, no I/O: the polled feed and the serving API's webhook both call the
 same ingestion function, which calls this, so a registration is judged the same way however
 it arrives. Every row comes out in exactly one frame (accepted, waitlisted or rejected) with a
-reason code, so nothing the platform sent is silently lost.
+reason code, so nothing the platform sent is silently lost. Rejected rows take the quarantine
+shape every engagement feed shares (domain/engagement.py), the record kept as JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
 
+from eventreach_assets.domain.engagement import (
+    DUPLICATE,
+    INVALID_TIMESTAMP,
+    INVALID_TOKEN,
+    META_SCHEMA,
+    MISSING_FIELD,
+    REGISTRATION_RECORD,
+    UNKNOWN_EVENT,
+    claims_frame,
+    quarantine,
+    require_columns,
+    utc_naive,
+)
 from eventreach_assets.domain.messages import LinkClaims
 
-INCOMING_SCHEMA: dict[str, pl.DataType] = {
-    "registration_id": pl.String(),
-    "event_id": pl.String(),
-    "customer_id": pl.String(),
-    "registered_at": pl.Datetime("us"),
-    "token": pl.String(),
-}
+INCOMING_SCHEMA: dict[str, pl.DataType] = REGISTRATION_RECORD
 OUTPUT_SCHEMA: dict[str, pl.DataType] = {
     "registration_id": pl.String(),
     "event_id": pl.String(),
     "customer_id": pl.String(),
     "registered_at": pl.Datetime("us"),  # naive UTC, like the warehouse
-    "channel": pl.String(),
+    "channel": pl.String(),  # attributed: the register token's channel ...
+    "campaign_id": pl.String(),  # ... and campaign
 }
 
-# Reason codes, in the order the rules are applied (the first that fails names the row).
-MISSING_FIELD = "missing_field"
-UNKNOWN_EVENT = "unknown_event"
+# Reason codes, in the order the rules are applied (the first that fails names the row):
+# MISSING_FIELD, INVALID_TIMESTAMP, UNKNOWN_EVENT (shared with the engagement feeds), then
 UNKNOWN_CUSTOMER = "unknown_customer"
-INVALID_TOKEN = "invalid_token"
+# INVALID_TOKEN (shared), then
 TOKEN_MISMATCH = "token_mismatch"
 AFTER_DEADLINE = "after_registration_deadline"
-DUPLICATE = "duplicate"
+# DUPLICATE (shared); valid rows over capacity are waitlisted with
 CAPACITY_REACHED = "capacity_reached"
 
 
 @dataclass(frozen=True)
 class RegistrationOutcome:
-    """Where each incoming row went; `waitlisted` rows are valid but over capacity (kept, not dropped)."""
+    """Where each incoming row went; `waitlisted` rows are valid but over capacity (kept, not dropped).
+
+    `rejected` is QUARANTINE_SCHEMA (domain/engagement.py); `stored`, set by ingestion, is how
+    many engagement-store rows the batch added or upgraded (0 for a replay).
+    """
 
     accepted: pl.DataFrame
     waitlisted: pl.DataFrame
     rejected: pl.DataFrame
+    stored: int | None = None
 
     def summary(self) -> dict[str, int]:
-        """Counts per outcome and per rejection reason (for run metadata and logs)."""
+        """Counts per outcome and per rejection reason (for run metadata and logs; no PII)."""
         reasons = dict(self.rejected.group_by("reason").len().sort("reason").iter_rows())
-        return {"accepted": self.accepted.height, "waitlisted": self.waitlisted.height, **reasons}
+        counts = {"accepted": self.accepted.height, "waitlisted": self.waitlisted.height}
+        counts["rejected"] = self.rejected.height
+        if self.stored is not None:
+            counts["stored"] = self.stored
+        return {**counts, **reasons}
 
 
 def normalize_incoming(incoming: pl.DataFrame) -> pl.DataFrame:
-    """The incoming columns with their types; aware times become naive UTC, strings are parsed.
+    """The incoming columns with their types, plus META_SCHEMA's record columns and `_at_given`
+    (a registered_at value was sent, so a null `registered_at` means it did not parse).
 
-    Missing columns are a caller error (raised), not a row-level rejection.
+    Times become naive UTC (`utc_naive`: ISO text, naive or aware datetimes). Missing columns are
+    a caller error (raised), not a row-level rejection. Normalizing twice changes nothing.
     """
-    missing = set(INCOMING_SCHEMA) - set(incoming.columns)
-    if missing:
-        raise ValueError(f"incoming registrations lack columns {sorted(missing)}")
-    at = pl.col("registered_at")
-    dtype = incoming.schema["registered_at"]
-    if dtype == pl.String:
-        at = at.str.to_datetime(time_unit="us", time_zone="UTC", strict=False)
-    elif isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
-        at = at.dt.replace_time_zone("UTC")
-    elif not isinstance(dtype, pl.Datetime):
-        raise ValueError(f"registered_at must be a datetime or ISO string column, got {dtype}")
-    return incoming.select(
+    rows = require_columns(incoming, INCOMING_SCHEMA, "incoming registrations")
+    given = pl.col("_at_given") if "_at_given" in rows.columns else pl.col("registered_at").is_not_null()
+    return rows.select(
         pl.col("registration_id").cast(pl.String),
         pl.col("event_id").cast(pl.String),
         pl.col("customer_id").cast(pl.String),
-        at.dt.convert_time_zone("UTC").dt.replace_time_zone(None).dt.cast_time_unit("us").alias("registered_at"),
+        utc_naive("registered_at", rows.schema["registered_at"]),
         pl.col("token").cast(pl.String),
-    )
-
-
-def _claims_frame(tokens: Iterable[str | None], verify: Callable[[str], LinkClaims | None]) -> pl.DataFrame:
-    """One row of claims per token (nulls when missing or not genuine): the only per-row Python."""
-    claims = [verify(token) if token else None for token in tokens]
-    return pl.DataFrame(
-        {
-            "claim_customer_id": [c.customer_id if c else None for c in claims],
-            "claim_event_id": [c.event_id if c else None for c in claims],
-            "channel": [c.channel if c else None for c in claims],
-            "claim_action": [c.action if c else None for c in claims],
-        },
-        schema={name: pl.String() for name in ("claim_customer_id", "claim_event_id", "channel", "claim_action")},
+        *META_SCHEMA,
+        given.alias("_at_given"),
     )
 
 
@@ -109,10 +107,12 @@ def validate_registrations(
     `events` is normalized (event_id, start_time_utc naive UTC, capacity); `already_registered`
     holds event_id, customer_id of registrations recorded before (they count against capacity
     and make a redelivery a duplicate). Within the batch the earliest row of an
-    event x customer wins; seats go in registered_at order, the rest are waitlisted.
+    event x customer wins; seats go in registered_at order, the rest are waitlisted. Accepted and
+    waitlisted rows carry the token's channel and campaign (attribution); rejected rows are
+    QUARANTINE_SCHEMA, the record as JSON in `raw`.
     """
     rows = normalize_incoming(incoming).with_row_index("_row")
-    rows = pl.concat([rows, _claims_frame(rows["token"].to_list(), verify)], how="horizontal")
+    rows = pl.concat([rows, claims_frame(rows["token"].to_list(), verify)], how="horizontal")
     known = pl.Series("customer_id", sorted(known_customers) if isinstance(known_customers, set) else known_customers)
     event_info = events.select(
         pl.col("event_id").cast(pl.String),
@@ -121,7 +121,7 @@ def validate_registrations(
     ).unique("event_id", keep="first")
     prior = already_registered.select(pl.col("event_id").cast(pl.String), pl.col("customer_id").cast(pl.String))
     prior = prior.drop_nulls().unique()
-    rows = rows.join(event_info, on="event_id", how="left").with_columns(
+    rows = rows.join(event_info, on="event_id", how="left", maintain_order="left").with_columns(
         pl.col("event_id").is_in(event_info["event_id"].implode()).alias("_event_known"),
         pl.col("customer_id").is_in(known.cast(pl.String).implode()).alias("_customer_known"),
         pl.struct("event_id", "customer_id").is_in(pl.struct(prior).implode()).alias("_prior")
@@ -130,8 +130,10 @@ def validate_registrations(
     )
     deadline = pl.col("_start") - pl.duration(days=deadline_days)
     reason = (
-        pl.when(pl.any_horizontal(pl.col("event_id", "customer_id", "registered_at").is_null()))
+        pl.when(pl.any_horizontal(pl.col("event_id", "customer_id").is_null()) | ~pl.col("_at_given"))
         .then(pl.lit(MISSING_FIELD))
+        .when(pl.col("registered_at").is_null())
+        .then(pl.lit(INVALID_TIMESTAMP))
         .when(~pl.col("_event_known"))
         .then(pl.lit(UNKNOWN_EVENT))
         .when(~pl.col("_customer_known"))
@@ -167,10 +169,17 @@ def validate_registrations(
             pl.int_range(1, pl.len() + 1).over("event_id").alias("_seat"),  # rows are in time order
         )
     )
-    columns = list(OUTPUT_SCHEMA)
+    columns = [
+        "registration_id",
+        "event_id",
+        "customer_id",
+        "registered_at",
+        pl.col("claim_channel").alias("channel"),
+        pl.col("claim_campaign_id").alias("campaign_id"),
+    ]
     accepted = good.filter(pl.col("_seat") <= pl.col("_remaining")).select(columns)
     waitlisted = good.filter(pl.col("_seat") > pl.col("_remaining")).select(
         *columns, pl.lit(CAPACITY_REACHED).alias("reason")
     )
-    rejected = rows.filter(pl.col("reason").is_not_null()).sort("_row").select(*columns, "reason")
+    rejected = quarantine(rows.filter(pl.col("reason").is_not_null()), pl.col("event_id"))
     return RegistrationOutcome(accepted=accepted, waitlisted=waitlisted, rejected=rejected)

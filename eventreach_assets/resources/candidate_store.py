@@ -34,17 +34,16 @@ import base64
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import ClassVar
 
 import dagster as dg
 import polars as pl
 from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain import candidate_items as ci
-from eventreach_assets.resources.sqlite import SqliteConnections
+from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
 # ---- results ------------------------------------------------------------------------------
 
@@ -288,7 +287,7 @@ def decode_cursor(cursor: str, query_key: str) -> tuple[float, str]:
     return score, customer_id
 
 
-class SqliteCandidateStore(CandidateStoreResource):
+class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
     """Local candidates table: one SQLite file in WAL mode, same keys and access patterns.
 
     One connection per process and thread, opened on first use and kept: closing the last
@@ -301,31 +300,9 @@ class SqliteCandidateStore(CandidateStoreResource):
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)
+    _ddl: ClassVar[str] = _DDL
 
-    # -- plumbing --
-
-    def _db(self) -> SqliteConnections:
-        if self._sqlite is None:
-            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, _DDL)
-        return self._sqlite
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._db().connect() as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db().transaction() as conn:
-            yield conn
-
-    def close(self) -> None:
-        """Close this process's connections (Dagster calls it after the step; safe to call twice)."""
-        if self._sqlite is not None:
-            self._sqlite.close()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
+    # -- plumbing (connections: SqliteBacked) --
 
     @staticmethod
     def _probability_columns(conn: sqlite3.Connection) -> list[str]:

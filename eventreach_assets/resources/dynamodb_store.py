@@ -69,7 +69,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -94,6 +93,7 @@ from eventreach_assets.resources.candidate_store import (
     registration_frame,
     resolve_now,
 )
+from eventreach_assets.resources.dynamodb import run_parallel
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -482,10 +482,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
         raise AssertionError("unreachable")
 
     def _parallel(self, function: Callable[[T], R], work: Sequence[T]) -> list[R]:
-        if len(work) <= 1 or self.max_parallel_writers == 1:
-            return [function(piece) for piece in work]
-        with ThreadPoolExecutor(max_workers=min(self.max_parallel_writers, len(work))) as pool:
-            return list(pool.map(function, work))
+        return run_parallel(function, work, self.max_parallel_writers)
 
     def _batch_write(self, table: str, requests: list[dict[str, Any]]) -> int:
         """One BatchWriteItem, resending UnprocessedItems; returns how many items stayed unwritten."""

@@ -29,25 +29,20 @@ returned as `pl.Datetime("us", "UTC")`; inputs may be naive (taken as UTC) or aw
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
-import boto3
 import dagster as dg
 import polars as pl
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind
 from eventreach_assets.domain.sending import DEFAULT_LEASE
-from eventreach_assets.resources.sqlite import SqliteConnections
+from eventreach_assets.resources.dynamodb import DynamoDBClient, create_table_if_missing, is_conditional_failure
+from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
 ALL_CHANNELS = "*"  # opt-out channel meaning every channel
 KEY_COLUMNS = ("customer_id", "event_id", "channel", "kind")
@@ -321,7 +316,7 @@ def _params(key: DeliveryKey, **extra: Any) -> dict[str, Any]:
     }
 
 
-class SqliteDeliveryLedger(DeliveryLedgerResource):
+class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
     """The ledger in one SQLite file (WAL), like `SqliteCandidateStore`: one kept connection per
     process and thread, writers take the lock up front (BEGIN IMMEDIATE) and wait up to the busy
     timeout, so concurrent step processes serialize instead of failing or double-reserving."""
@@ -330,29 +325,7 @@ class SqliteDeliveryLedger(DeliveryLedgerResource):
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)
-
-    def _db(self) -> SqliteConnections:
-        if self._sqlite is None:
-            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, _DDL)
-        return self._sqlite
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._db().connect() as conn:
-            yield conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db().transaction() as conn:
-            yield conn
-
-    def close(self) -> None:
-        """Close this process's connections (Dagster calls it after the step; safe to call twice)."""
-        if self._sqlite is not None:
-            self._sqlite.close()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self.close()
+    _ddl: ClassVar[str] = _DDL
 
     def reserve(
         self,
@@ -557,16 +530,7 @@ def ledger_table_definition(name: str) -> dict[str, Any]:
 
 def create_ledger_table(client: Any, table_name: str) -> bool:
     """Create the ledger table unless it exists and wait until it is active; returns whether created."""
-    try:
-        client.describe_table(TableName=table_name)
-        created = False
-    except ClientError as error:
-        if error.response["Error"]["Code"] != "ResourceNotFoundException":
-            raise
-        client.create_table(**ledger_table_definition(table_name))
-        created = True
-    client.get_waiter("table_exists").wait(TableName=table_name, WaiterConfig={"Delay": 1, "MaxAttempts": 600})
-    return created
+    return create_table_if_missing(client, ledger_table_definition(table_name))
 
 
 def _ddb_key(key: DeliveryKey) -> dict[str, dict[str, str]]:
@@ -589,10 +553,6 @@ _KEY_SET = "customer_id = :customer_id, event_id = :event_id, channel = :channel
 _NAMES = {"#status": "status"}  # a reserved word
 
 
-def _is_conditional_failure(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
 def _s(item: dict[str, Any], name: str) -> str | None:
     value = item.get(name)
     return value.get("S") if value else None
@@ -603,7 +563,7 @@ def _n(item: dict[str, Any], name: str) -> int:
     return int(value["N"]) if value and "N" in value else 0
 
 
-class DynamoDBDeliveryLedger(DeliveryLedgerResource):
+class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
     """The ledger on its own DynamoDB table (`ledger_table_definition`); conditional writes make
     each reservation atomic per key. botocore's standard retries handle throttling; a
     conditional-check failure is an answer (someone else holds the key), not an error.
@@ -613,42 +573,9 @@ class DynamoDBDeliveryLedger(DeliveryLedgerResource):
     """
 
     table_name: str = Field(description="The ledger table (see ledger_table_definition).")
-    region_name: str | None = Field(default=None, description="AWS region; None uses AWS_REGION / the profile.")
-    endpoint_url: str | None = Field(default=None, description="Custom endpoint (DynamoDB Local, moto); None is AWS.")
     max_parallel_requests: int = Field(default=8, ge=1, le=64, description="Threads issuing per-key requests.")
-    create_table_on_setup: bool = Field(default=False, description="Create the table at run start if missing.")
 
-    _client: Any = PrivateAttr(default=None)
-    _client_pid: int = PrivateAttr(default=-1)
-
-    def client(self) -> Any:
-        """The low-level DynamoDB client, one per process (thread-safe, not fork-safe)."""
-        if self._client is None or self._client_pid != os.getpid():
-            config = Config(
-                retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=2 * self.max_parallel_requests
-            )
-            self._client = boto3.session.Session().client(
-                "dynamodb", region_name=self.region_name, endpoint_url=self.endpoint_url, config=config
-            )
-            self._client_pid = os.getpid()
-        return self._client
-
-    def create_table(self) -> bool:
-        """Create the ledger table if missing (tests, first deployment); returns whether created."""
-        return create_ledger_table(self.client(), self.table_name)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.create_table_on_setup:
-            self.create_table()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = None
-
-    def _parallel(self, function: Callable[[Any], Any], work: Sequence[Any]) -> list[Any]:
-        if len(work) <= 1 or self.max_parallel_requests == 1:
-            return [function(piece) for piece in work]
-        with ThreadPoolExecutor(max_workers=min(self.max_parallel_requests, len(work))) as pool:
-            return list(pool.map(function, work))
+    _table_definition = staticmethod(ledger_table_definition)
 
     def _get(self, key: DeliveryKey) -> dict[str, Any] | None:
         return self.client().get_item(TableName=self.table_name, Key=_ddb_key(key), ConsistentRead=True).get("Item")
@@ -675,7 +602,7 @@ class DynamoDBDeliveryLedger(DeliveryLedgerResource):
             client.put_item(TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
             return (*row, True, DeliveryStatus.PENDING.value, None)
         except ClientError as error:
-            if not _is_conditional_failure(error):
+            if not is_conditional_failure(error):
                 raise
         for _ in range(5):  # the row exists: decide from its current state, flip it conditionally
             current = self._get(key) or {}
@@ -708,7 +635,7 @@ class DynamoDBDeliveryLedger(DeliveryLedgerResource):
                 )
                 return (*row, granted, status, previous)
             except ClientError as error:
-                if not _is_conditional_failure(error):
+                if not is_conditional_failure(error):
                     raise
         raise RuntimeError(f"could not settle the reservation of {key}: the row keeps changing")
 
@@ -779,7 +706,7 @@ class DynamoDBDeliveryLedger(DeliveryLedgerResource):
                 ExpressionAttributeValues=values,
             )
         except ClientError as error:
-            if _is_conditional_failure(error):
+            if is_conditional_failure(error):
                 return False
             raise
         return True
@@ -803,7 +730,7 @@ class DynamoDBDeliveryLedger(DeliveryLedgerResource):
                     },
                 )
             except ClientError as error:
-                if _is_conditional_failure(error):
+                if is_conditional_failure(error):
                     return 0
                 raise
             return 1
@@ -824,7 +751,7 @@ class DynamoDBDeliveryLedger(DeliveryLedgerResource):
                 ConditionExpression="attribute_not_exists(pk)",  # the first record wins
             )
         except ClientError as error:
-            if not _is_conditional_failure(error):
+            if not is_conditional_failure(error):
                 raise
 
     def opt_outs(self, customer_ids: pl.Series, channel: str) -> pl.DataFrame:

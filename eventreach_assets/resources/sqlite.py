@@ -1,10 +1,11 @@
-"""One WAL-mode SQLite file shared by local resources (candidate store, delivery ledger).
+"""One WAL-mode SQLite file shared by local resources (candidate store, delivery ledger, engagement store).
 
 One connection per process and thread, opened on first use and kept: closing the last
 connection of a WAL database checkpoints it (an fsync), which made every small call cost
 ~8 ms. Writers take the lock up front (BEGIN IMMEDIATE) and wait up to the busy timeout, so
 concurrent Dagster step processes serialize instead of failing. A file deleted or replaced
-meanwhile (a reset data dir) gets a fresh connection.
+meanwhile (a reset data dir) gets a fresh connection. `SqliteBacked` gives a resource the
+connections to its file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import dagster as dg
 
 _OPEN_LOCK = threading.Lock()  # first opens in one process: one at a time
 
@@ -90,3 +94,43 @@ class SqliteConnections:
         """Close this process's connections (safe to call twice)."""
         for key in [key for key in self._connections if key[0] == os.getpid()]:
             self._connections.pop(key)[0].close()
+
+
+class SqliteBacked:
+    """Connection plumbing of a resource kept in one SQLite file; list it before the resource's interface.
+
+    Methods only: the resource declares the fields `path` and `busy_timeout_seconds` (their
+    descriptions are its own), `_sqlite: SqliteConnections | None = PrivateAttr(default=None)` and
+    its schema as `_ddl: ClassVar[str]`. Connections open on first use and stay open until
+    `close` (Dagster calls it after each step).
+    """
+
+    if TYPE_CHECKING:
+        path: str
+        busy_timeout_seconds: float
+        _sqlite: SqliteConnections | None
+
+    _ddl: ClassVar[str]
+
+    def _db(self) -> SqliteConnections:
+        if self._sqlite is None:
+            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, self._ddl)
+        return self._sqlite
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with self._db().connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._db().transaction() as conn:
+            yield conn
+
+    def close(self) -> None:
+        """Close this process's connections (Dagster calls it after the step; safe to call twice)."""
+        if self._sqlite is not None:
+            self._sqlite.close()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        self.close()

@@ -1,0 +1,222 @@
+"""Engagement feeds: JSON-lines files the event platform and the tracking service drop.
+
+One feed per kind of engagement (`FEEDS`), each an ordered set of files named so they sort
+in drop order (a UTC timestamp prefix, e.g. `20261130T101500Z-0001.jsonl`). Sensors remember
+the last file they handed to a run (their cursor) and ask for the files after it; the run
+reads exactly the files it was given, so a retried run reads the same rows again and the
+idempotent stores make that harmless.
+
+Record formats (one JSON object per line; times are ISO 8601, UTC when no offset):
+- registrations: registration_id, event_id, customer_id, registered_at, token (the signed
+  "register" link token of the invitation the customer followed)
+- tracking: token (signed open / click / unsubscribe token), path (the URL path hit: open,
+  click, join, calendar, unsubscribe), occurred_at
+- attendance: event_id, customer_id, joined_at, minutes_watched
+- survey: token (the signed "survey" token of the survey email), rating (1-5), comment,
+  submitted_at
+
+A line that is not a JSON object is not dropped: `read` returns it as
+`{"_error": "...", "_raw": "<line>"}` so ingestion can quarantine it with its reason.
+`_source` (file name) and `_line` (1-based) are added to every record.
+
+`LocalFolderFeed` keeps each feed in `<base_dir>/<feed>/`; `S3Feed` under
+`s3://<bucket>/<prefix>/<feed>/`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from botocore.exceptions import ClientError
+from dagster_aws.s3 import S3Resource
+from pydantic import Field, PrivateAttr
+
+FEEDS: tuple[str, ...] = ("registrations", "tracking", "attendance", "survey")
+FEED_SUFFIX = ".jsonl"
+_FILE_NAME = re.compile(r"[A-Za-z0-9._-]+\.jsonl")  # used with fullmatch: "$" would let "x.jsonl\n" through
+
+
+class FeedError(ValueError):
+    """A feed request that is not acceptable (unknown feed, unsafe file name, limit below 1)."""
+
+
+def check_feed(feed: str) -> str:
+    """The feed name, or a FeedError naming the known feeds."""
+    if feed not in FEEDS:
+        raise FeedError(f"unknown engagement feed {feed!r}; expected one of {list(FEEDS)}")
+    return feed
+
+
+def is_feed_file(name: str) -> bool:
+    """Whether a listed name is a feed file (hidden names, e.g. half-written temporaries, are not)."""
+    return _FILE_NAME.fullmatch(name) is not None and not name.startswith(".")
+
+
+def check_file_name(name: str) -> str:
+    """The file name, or a FeedError: names become paths and keys, so only plain *.jsonl names pass."""
+    if not isinstance(name, str) or not is_feed_file(name):
+        raise FeedError(f"feed file name {name!r} must be a plain *.jsonl name (letters, digits, . _ -)")
+    return name
+
+
+def check_limit(limit: int) -> int:
+    """How many files one call may return (at least one)."""
+    if limit < 1:
+        raise FeedError(f"limit must be at least 1, got {limit}")
+    return limit
+
+
+def parse_lines(source: str, data: bytes | str) -> list[dict[str, Any]]:
+    """Records of one file; blank lines skipped, a bad line kept as an error record.
+
+    Lines end at "\n" only (`str.splitlines` would also split at U+2028 and other characters a
+    JSON string may hold), and each line is decoded on its own, so one bad byte costs one line.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    records: list[dict[str, Any]] = []
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        chunk = chunk.removesuffix(b"\r")
+        if number == 1:
+            chunk = chunk.removeprefix(codecs.BOM_UTF8)
+        if not chunk.strip():
+            continue
+        where = {"_source": source, "_line": number}
+        try:
+            line = chunk.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raw_line = chunk.decode("utf-8", errors="replace")
+            records.append({"_error": f"not UTF-8: {error.reason}", "_raw": raw_line, **where})
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            records.append({"_error": f"not JSON: {error.msg}", "_raw": line, **where})
+            continue
+        if not isinstance(value, dict):
+            records.append({"_error": "not a JSON object", "_raw": line, **where})
+            continue
+        records.append({**value, **where})
+    return records
+
+
+def to_lines(records: Sequence[dict[str, Any]]) -> bytes:
+    """JSON lines as a feed file holds them (non-JSON values such as datetimes as text)."""
+    return "".join(json.dumps(record, default=str, sort_keys=True) + "\n" for record in records).encode("utf-8")
+
+
+class EngagementFeedResource(dg.ConfigurableResource):
+    """Where engagement arrives from the event platform and the tracking service."""
+
+    def new_files(self, feed: str, after: str | None = None, limit: int = 1_000) -> list[str]:
+        """File names of `feed` sorting after `after` (all when None), in order, at most `limit`."""
+        raise NotImplementedError
+
+    def read(self, feed: str, names: Sequence[str]) -> list[dict[str, Any]]:
+        """The records of the named files, in file then line order (see module docs)."""
+        raise NotImplementedError
+
+    def drop(self, feed: str, name: str, records: Sequence[dict[str, Any]]) -> str:
+        """Write one feed file atomically (the simulator and tests play the platform); returns its URI."""
+        raise NotImplementedError
+
+
+class LocalFolderFeed(EngagementFeedResource):
+    """Feeds as folders under the local data dir."""
+
+    base_dir: str = Field(description="Folder holding one sub-folder per feed.")
+
+    def _folder(self, feed: str) -> Path:
+        return Path(self.base_dir, check_feed(feed))
+
+    def new_files(self, feed: str, after: str | None = None, limit: int = 1_000) -> list[str]:
+        folder = self._folder(feed)
+        check_limit(limit)
+        if after is not None:
+            check_file_name(after)
+        if not folder.is_dir():
+            return []
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file() and is_feed_file(entry.name))
+        return [name for name in names if after is None or name > after][:limit]
+
+    def read(self, feed: str, names: Sequence[str]) -> list[dict[str, Any]]:
+        folder = self._folder(feed)
+        records: list[dict[str, Any]] = []
+        for name in names:
+            path = folder / check_file_name(name)
+            if not path.is_file():
+                raise FileNotFoundError(f"feed file {name!r} is not in {folder} (was it moved or deleted?)")
+            records.extend(parse_lines(name, path.read_bytes()))
+        return records
+
+    def drop(self, feed: str, name: str, records: Sequence[dict[str, Any]]) -> str:
+        folder = self._folder(feed)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / check_file_name(name)
+        temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"  # hidden: never listed half-written
+        temporary.write_bytes(to_lines(records))
+        os.replace(temporary, path)
+        return str(path)
+
+
+class S3Feed(EngagementFeedResource):
+    """Feeds as S3 prefixes: `s3://<bucket>/<prefix>/<feed>/<file>.jsonl`."""
+
+    s3: S3Resource  # a nested resource, like the S3 export's (a ResourceDependency refused a direct instance)
+    bucket: str = Field(description="Bucket the event platform and the tracking service drop feed files in.")
+    prefix: str = Field(default="eventreach/feeds", description="Folder of the feeds inside the bucket.")
+    _client: Any = PrivateAttr(default=None)
+
+    def client(self) -> Any:
+        """The S3 client from the S3Resource, built once per resource instance (~0.2 s each)."""
+        if self._client is None:
+            self._client = self.s3.get_client()
+        return self._client
+
+    def _key(self, feed: str, name: str = "") -> str:
+        # An empty prefix puts the feeds at the bucket's root (no leading "/" in the keys).
+        return "/".join(part for part in (self.prefix.strip("/"), check_feed(feed)) if part) + f"/{name}"
+
+    def new_files(self, feed: str, after: str | None = None, limit: int = 1_000) -> list[str]:
+        base = self._key(feed)
+        check_limit(limit)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base}
+        if after is not None:
+            kwargs["StartAfter"] = base + check_file_name(after)
+        names: list[str] = []
+        for page in self.client().get_paginator("list_objects_v2").paginate(**kwargs):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(base) :]
+                if is_feed_file(name):  # keys in "sub-folders" contain "/" and are not feed files
+                    names.append(name)
+                    if len(names) >= limit:
+                        return names
+        return names
+
+    def read(self, feed: str, names: Sequence[str]) -> list[dict[str, Any]]:
+        client = self.client()
+        records: list[dict[str, Any]] = []
+        for name in names:
+            key = self._key(feed, check_file_name(name))
+            try:
+                body = client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                    raise
+                raise FileNotFoundError(
+                    f"feed file {name!r} is not in s3://{self.bucket}/{self._key(feed)} (was it moved or deleted?)"
+                ) from error
+            records.extend(parse_lines(name, body))
+        return records
+
+    def drop(self, feed: str, name: str, records: Sequence[dict[str, Any]]) -> str:
+        key = self._key(feed, check_file_name(name))
+        self.client().put_object(Bucket=self.bucket, Key=key, Body=to_lines(records))
+        return f"s3://{self.bucket}/{key}"
