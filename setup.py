@@ -25,6 +25,9 @@ setup(
         "psutil",
         "icalendar",  # calendar invites (domain/messages.py)
         "jinja2",  # email templates
+        "starlette",  # the serving API (ASGI)
+        "uvicorn",  # its server
+        "matplotlib",  # report charts (PNG)
     ],
     extras_require={
         "dev": ["pytest", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd"],

@@ -24,7 +24,8 @@ def asset_job(
     name: str, assets: list[str], tags: dict[str, str], description: str, *, per_event: bool = True
 ) -> UnresolvedAssetJobDefinition:
     """A job over the assets, in one process; `per_event` jobs run one event partition and every
-    run carries the event's tag besides the stage (and channel) tags given here."""
+    run carries the event's tag besides the stage (and channel) tags given here. Other jobs take
+    their assets' partitions, if any (the daily metrics: one per day)."""
     partitioning = {"partitions_def": events_partitions, "config": tagged_by_event()} if per_event else {}
     return dg.define_asset_job(
         name=name,
@@ -92,3 +93,20 @@ feed_jobs = {
     )
     for feed, (job_name, asset_name) in FEED_JOBS.items()
 }
+
+daily_metrics_job = asset_job(
+    "daily_metrics_job", ["daily_metrics"], {"eventreach/stage": "metrics"},
+    "The day's sends and engagement per event and channel, published to the metrics sink (23:59 UTC).",
+    per_event=False,
+)  # fmt: skip
+campaign_report_job = asset_job(
+    "campaign_report_job", ["campaign_report"], {"eventreach/stage": "report"},
+    "One event's campaign report: funnel, attribution, costs, holdout lift, charts and HTML.",
+)  # fmt: skip
+daily_metrics_freshness_job = dg.define_asset_job(
+    name="daily_metrics_freshness",
+    selection=dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("daily_metrics"), "yesterday_published")),
+    executor_def=dg.in_process_executor,
+    tags={"eventreach/stage": "metrics"},
+    description="At 00:30: are yesterday's metrics published?",
+)

@@ -1,9 +1,27 @@
-"""Schedules of the use case, from the program YAML; they only launch runs, no logic here."""
+"""Every schedule of the use case, in one place, crons from the program YAML; they only launch runs.
+
+All run in `TIMEZONE` (the YAML's crons are UTC: "Weekly on Monday at 2 AM UTC"):
+model training Mon 01:00, weekly batch Mon 02:00, export Mon 04:30, email Mon 10:00, in-app
+Mon 14:00, daily metrics and campaign reports 23:59, the metrics freshness check 00:30. The
+event-relative steps (reminders, attendance, survey) are the event-date sensor's (sensors.py).
+"""
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import dagster as dg
+import polars as pl
 
-from eventreach_assets.domain.events import upcoming_event_ids
-from eventreach_assets.jobs import export_job, model_training_job, weekly_batch_job
+from eventreach_assets.domain.events import reportable_event_ids, upcoming_event_ids
+from eventreach_assets.jobs import (
+    campaign_report_job,
+    daily_metrics_freshness_job,
+    daily_metrics_job,
+    export_job,
+    model_training_job,
+    weekly_batch_job,
+)
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig, aws_cron_to_unix
 from eventreach_assets.resources.program import ClockResource
@@ -12,24 +30,40 @@ from eventreach_assets.resources.warehouse import WarehouseResource
 TIMEZONE = "UTC"  # the YAML's crons are UTC ("Weekly on Monday at 2 AM UTC")
 
 
+def tick_of(context: dg.ScheduleEvaluationContext) -> str:
+    return context.scheduled_execution_time.strftime("%Y-%m-%dT%H%M") if context.scheduled_execution_time else "adhoc"
+
+
 def per_event_run_requests(
-    context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource, clock: ClockResource, stage: str
+    context: dg.ScheduleEvaluationContext,
+    warehouse: WarehouseResource,
+    clock: ClockResource,
+    stage: str,
+    select: Callable[[pl.DataFrame, datetime], list[str]] = upcoming_event_ids,
 ) -> list[dg.RunRequest]:
-    """One run per upcoming event that is registered as a partition; run keys make ticks idempotent."""
+    """One run per selected event (default: upcoming) that is registered as a partition; run keys
+    make ticks idempotent."""
     known = set(context.instance.get_dynamic_partitions(events_partitions.name))
-    tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H%M") if context.scheduled_execution_time else "adhoc"
+    tick = tick_of(context)
     return [
         dg.RunRequest(
             run_key=f"{stage}:{event_id}:{tick}",
             partition_key=event_id,
             tags={"eventreach/event": event_id, "eventreach/stage": stage},
         )
-        for event_id in upcoming_event_ids(warehouse.events(), clock.now())
+        for event_id in select(warehouse.events(), clock.now())
         if event_id in known
     ]
 
 
-def per_event_schedule(name: str, cron: str, job_name: str, stage: str, source: str) -> dg.ScheduleDefinition:
+def per_event_schedule(
+    name: str,
+    cron: str,
+    job_name: str,
+    stage: str,
+    source: str,
+    select: Callable[[pl.DataFrame, datetime], list[str]] = upcoming_event_ids,
+) -> dg.ScheduleDefinition:
     """A schedule that launches the job once per upcoming event partition at each tick."""
 
     @dg.schedule(
@@ -43,8 +77,27 @@ def per_event_schedule(name: str, cron: str, job_name: str, stage: str, source: 
     def _schedule(
         context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource, clock: ClockResource
     ) -> list[dg.RunRequest] | dg.SkipReason:
-        requests = per_event_run_requests(context, warehouse, clock, stage)
-        return requests or dg.SkipReason("no upcoming event partitions")
+        requests = per_event_run_requests(context, warehouse, clock, stage, select)
+        return requests or dg.SkipReason("no event partitions to run")
+
+    return _schedule
+
+
+def daily_metrics_schedule(cron: str, source: str) -> dg.ScheduleDefinition:
+    """The day's metrics at the YAML's time (23:59 UTC): that day's partition."""
+
+    @dg.schedule(
+        name="daily_metrics_schedule",
+        cron_schedule=cron,
+        execution_timezone=TIMEZONE,
+        job=daily_metrics_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"daily_metrics for the day ({source}).",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        moment = context.scheduled_execution_time or datetime.now(UTC)
+        day = moment.astimezone(ZoneInfo(TIMEZONE)).date().isoformat()
+        return dg.RunRequest(run_key=f"daily-metrics:{day}", partition_key=day, tags={"eventreach/stage": "metrics"})
 
     return _schedule
 
@@ -78,5 +131,22 @@ def build_schedules(program: ProgramConfig) -> list[dg.ScheduleDefinition]:
             "in_app_campaign",
             "in-app-campaign",
             program.campaigns.in_app.schedule,
+        ),
+        daily_metrics_schedule(aws_cron_to_unix(program.metrics.schedule), program.metrics.schedule),
+        per_event_schedule(
+            "campaign_report_schedule",
+            aws_cron_to_unix(program.metrics.schedule),
+            campaign_report_job.name,
+            "report",
+            program.metrics.schedule,
+            select=reportable_event_ids,
+        ),
+        dg.ScheduleDefinition(
+            name="daily_metrics_freshness_schedule",
+            cron_schedule="30 0 * * *",
+            execution_timezone=TIMEZONE,
+            job=daily_metrics_freshness_job,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="00:30: the check that yesterday's metrics are published.",
         ),
     ]

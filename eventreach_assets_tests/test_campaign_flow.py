@@ -229,3 +229,20 @@ def test_day_of_email_goes_out_in_waves_at_nine_local(deployment: Deployment, ba
     last = run_at(start - timedelta(hours=1))
     assert NEXT_DUE_AT not in last and last["not_yet_due"] == 0
     assert sent().height == waiting and sent()["customer_id"].is_unique().all()
+
+
+def test_in_app_holds_out_a_stable_control_group(deployment: Deployment, batch: str):
+    ledger = deployment.defs.resources["ledger"]
+    job = deployment.defs.resolve_job_def("in_app_campaign")
+    first = job.execute_in_process(instance=deployment.instance, partition_key=batch)
+    metadata = next(e.materialization.metadata for e in first.get_asset_materialization_events())
+    rows = ledger.deliveries(batch, channel="in-app", kind="invitation")
+    held = rows.filter(pl.col("status") == "held_out")
+    sent = rows.filter(pl.col("status") == "sent")
+    assert metadata["held_out"].value == held.height > 0
+    share = held.height / (held.height + sent.height)
+    assert 0.03 < share < 0.2  # metrics.holdout.share = 0.1 of the planned candidates
+    job.execute_in_process(instance=deployment.instance, partition_key=batch)  # a rerun holds out the same people
+    again = ledger.deliveries(batch, channel="in-app", kind="invitation")
+    assert set(again.filter(pl.col("status") == "held_out")["customer_id"]) == set(held["customer_id"])
+    assert again.filter(pl.col("status") == "sent").height == sent.height

@@ -41,6 +41,8 @@ def test_one_event_plays_from_invitation_to_survey(tmp_path: Path):
         ("attendance_tracking", "event_lifecycle_sensor"),
         ("post_event_survey", "event_lifecycle_sensor"),
         ("survey_ingest", "survey_feed_sensor"),
+        ("daily_metrics_job", "daily_metrics_schedule"),
+        ("campaign_report_job", "campaign_report_schedule"),
     ]:
         assert expected in launched, f"{expected} never launched: {sorted(launched)}"
     # Every run is a real run on the instance, tagged as the daemon would have tagged it.

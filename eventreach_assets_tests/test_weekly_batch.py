@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import duckdb
@@ -185,3 +185,26 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "eventreach_assets.definitions" in result.stdout + result.stderr
+
+
+def test_the_use_case_schedules_in_one_place_with_their_timezone(deployment: Deployment):
+    schedules = {s.name: s for s in deployment.defs.schedules}
+    expected = {
+        "model_training_schedule": "0 1 * * 1",
+        "weekly_batch_schedule": "0 2 * * 1",
+        "candidates_export_schedule": "30 4 * * 1",
+        "email_campaign_schedule": "0 10 * * 1",
+        "in_app_campaign_schedule": "0 14 * * 1",
+        "daily_metrics_schedule": "59 23 * * *",
+        "campaign_report_schedule": "59 23 * * *",
+        "daily_metrics_freshness_schedule": "30 0 * * *",
+    }
+    assert {name: s.cron_schedule for name, s in schedules.items()} == expected
+    assert {s.execution_timezone for s in schedules.values()} == {"UTC"}
+    daily = deployment.defs.resolve_schedule_def("daily_metrics_schedule")
+    with dg.build_schedule_context(
+        instance=deployment.instance, scheduled_execution_time=datetime(2026, 11, 23, 23, 59, tzinfo=UTC),
+        repository_def=deployment.defs.get_repository_def(),
+    ) as context:  # fmt: skip
+        [request] = daily.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-11-23" and request.run_key == "daily-metrics:2026-11-23"

@@ -18,7 +18,7 @@ import polars as pl
 from eventreach_assets.assets.ingestion import current_event
 from eventreach_assets.assets.metadata import Stopwatch, stopwatch, table
 from eventreach_assets.assets.storage import candidates_table
-from eventreach_assets.domain import campaigns, messages
+from eventreach_assets.domain import campaigns, messages, report
 from eventreach_assets.domain.delivery import MessageKind, OutboundMessage
 from eventreach_assets.domain.filters import EventContext
 from eventreach_assets.domain.messages import to_email_message
@@ -176,6 +176,28 @@ def validated_emails(
     return sendable, invalid
 
 
+def hold_out(
+    plan: pl.DataFrame, config: ProgramConfig, event: EventContext, channel: str, ledger: DeliveryLedgerResource,
+    now: datetime,
+) -> tuple[pl.DataFrame, int]:  # fmt: skip
+    """The plan without the channel's control group, which the ledger records as held out.
+
+    Membership is a stable hash of customer x event (`metrics.holdout`), so a rerun holds out the
+    same people, and a held-out row is final: no later run sends it.
+    """
+    holdout = config.metrics.holdout
+    if holdout.channel != channel or holdout.share == 0 or plan.height == 0:
+        return plan, 0
+    held = report.holdout_members(plan.select("customer_id"), event.event_id, holdout.share)
+    control = plan.filter(held)
+    keys = control.select(
+        "customer_id", "campaign_id", event_id=pl.lit(event.event_id), channel=pl.lit(channel),
+        kind=pl.lit(str(MessageKind.INVITATION)),
+    )  # fmt: skip
+    ledger.mark_held_out_many(keys, now=now)
+    return plan.filter(~held), control.height
+
+
 def invitation_context(
     warehouse: WarehouseResource, store: CandidateStoreResource, engagement: EngagementStoreResource,
     config: ProgramConfig, event: EventContext, channel: str, now: datetime,
@@ -226,6 +248,7 @@ def email_invitations(
         plan, remaining = invitation_context(
             warehouse, candidate_store, engagement, config, event, "email", clock.now()
         )
+        plan, held_out = hold_out(plan, config, event, "email", ledger, clock.now())
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
             ledger=ledger, send=email_channel.send, clock=clock, validate_email=calendar_invite,
@@ -234,6 +257,7 @@ def email_invitations(
         metadata=run.metadata(
             watch,
             remaining_capacity=remaining,
+            held_out=held_out,
             segments=table(campaigns.segment_summary(plan)),
             fell_back_to_english=sum(1 for message in run.rendered if message.payload.get("fell_back")),
             languages=", ".join(sorted({str(message.payload.get("language")) for message in run.rendered})),
@@ -271,11 +295,12 @@ def in_app_invitations(
     )  # fmt: skip
     with stopwatch() as watch:
         plan, remaining = invitation_context(warehouse, candidate_store, engagement, config, event, "in-app", now)
+        plan, held_out = hold_out(plan, config, event, "in-app", ledger, now)
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"]),
             ledger=ledger, send=in_app_channel.send, clock=clock,
         )  # fmt: skip
-    return dg.MaterializeResult(metadata=run.metadata(watch, remaining_capacity=remaining))
+    return dg.MaterializeResult(metadata=run.metadata(watch, remaining_capacity=remaining, held_out=held_out))
 
 
 def reminder_plan(

@@ -117,16 +117,18 @@ def _lifecycle(args: argparse.Namespace) -> int:
     print(f"2/3 playing {event_id} from Monday 00:00, {args.step_minutes} simulated minutes per tick; every run")
     print("    below was launched by a schedule or sensor (the daemon's logic, evaluated on the simulated clock):")
 
-    ingested: dict[str, list[int]] = {}  # feed job -> [runs, accepted] since the last printed line
+    ingested: dict[str, list[int]] = {}  # routine job -> [runs, accepted] since the last printed line
+    routine = ("_feed_sensor", "daily_metrics_schedule", "campaign_report_schedule", "freshness_schedule")
 
     def flush() -> None:
         if ingested:
-            feeds = ", ".join(f"{job} x{runs} ({accepted:,} accepted)" for job, (runs, accepted) in ingested.items())
-            print(f"{'':<21}engagement from the feeds: {feeds}")
+            jobs = ", ".join(f"{job} x{runs}" + (f" ({accepted:,} accepted)" if accepted else "")
+                             for job, (runs, accepted) in ingested.items())  # fmt: skip
+            print(f"{'':<21}meanwhile: {jobs}")
             ingested.clear()
 
     def show(run: LaunchedRun) -> None:
-        if run.origin.endswith("_feed_sensor") and run.success:  # hourly ingests: one summary line
+        if run.origin.endswith(routine) and run.success:  # hourly ingests, nightly metrics: one line
             counts = ingested.setdefault(run.job_name, [0, 0])
             counts[0] += 1
             counts[1] += int(run.summary.get("accepted", 0))
@@ -149,6 +151,9 @@ def _lifecycle(args: argparse.Namespace) -> int:
         print(funnel.with_columns(pl.col("rate_of_previous").round(3)))
     failed = sum(not run.success for run in report.timeline)
     print(f"\n{len(report.timeline)} runs ({failed} failed) in {report.seconds:.0f} s wall time.")
+    html = home / "decisions" / "reports" / f"event={event_id}" / "campaign_report.html"
+    if html.exists():
+        print(f"Campaign report (tables, funnel and attribution charts): {html}")
     print(f"Dagster instance: {dagster_home}  (browse: make dev EVENTREACH_HOME={home})")
     return 1 if failed else 0
 

@@ -28,6 +28,7 @@ from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo import simulator
 from eventreach_assets.demo.run import QUIET
 from eventreach_assets.domain import engagement as engagement_domain
+from eventreach_assets.partitions import events_partitions
 
 SKIPPED_SENSORS = {"run_failure_alert_sensor"}  # reacts to run events, not to the clock
 
@@ -111,7 +112,8 @@ class LifecyclePlayer:
             self.tick(previous, self.now)
 
     def tick(self, previous: datetime, now: datetime) -> None:
-        with dg.partition_loading_context(dynamic_partitions_store=self.instance):
+        # Time partitions (the daily metrics) exist up to the simulated "now", not the wall clock's.
+        with dg.partition_loading_context(effective_dt=now.replace(tzinfo=UTC), dynamic_partitions_store=self.instance):
             self._tick(previous, now)
 
     def _tick(self, previous: datetime, now: datetime) -> None:
@@ -153,7 +155,8 @@ class LifecyclePlayer:
     ) -> None:
         """Execute each new request (its run key unseen for `origin`) for the demo's event only."""
         for request in requests:
-            if request.partition_key not in (None, self.event_id):
+            other_events = set(self.instance.get_dynamic_partitions(events_partitions.name)) - {self.event_id}
+            if request.partition_key in other_events:
                 continue  # the demo plays one event; the daemon would launch the others too
             key = (origin, request.run_key or f"{origin}:{now.isoformat()}")
             if key in self.state.run_keys:

@@ -39,6 +39,13 @@ import numpy as np
 import polars as pl
 
 from eventreach_assets.domain.delivery import DeliveryStatus, MessageKind
+from eventreach_assets.domain.engagement import (
+    ATTENDANCE_RECORD,
+    FEED_RECORDS,
+    REGISTRATION_RECORD,
+    SURVEY_RECORD,
+    TRACKING_RECORD,
+)
 from eventreach_assets.domain.events import UnknownEventError
 from eventreach_assets.domain.messages import sign_link_token
 from eventreach_assets.program.config import ProgramConfig
@@ -46,34 +53,13 @@ from eventreach_assets.resources.feeds import FEED_SUFFIX, EngagementFeedResourc
 
 SIM_MARKER = "sim"  # in every file name the simulator writes
 
-# Keys of one record of each feed, exactly as `resources/feeds.py` documents them.
-FEED_KEYS: dict[str, tuple[str, ...]] = {
-    "registrations": ("registration_id", "event_id", "customer_id", "registered_at", "token"),
-    "tracking": ("token", "path", "occurred_at"),
-    "attendance": ("event_id", "customer_id", "joined_at", "minutes_watched"),
-    "survey": ("token", "rating", "comment", "submitted_at"),
-}
 _TS = pl.Datetime("us")  # naive UTC, the project's convention
-TRACKING_SCHEMA: dict[str, pl.DataType] = {"token": pl.String(), "path": pl.String(), "occurred_at": _TS}
-REGISTRATION_SCHEMA: dict[str, pl.DataType] = {
-    "registration_id": pl.String(),
-    "event_id": pl.String(),
-    "customer_id": pl.String(),
-    "registered_at": _TS,
-    "token": pl.String(),
-}
-ATTENDANCE_SCHEMA: dict[str, pl.DataType] = {
-    "event_id": pl.String(),
-    "customer_id": pl.String(),
-    "joined_at": _TS,
-    "minutes_watched": pl.Int32(),
-}
-SURVEY_SCHEMA: dict[str, pl.DataType] = {
-    "token": pl.String(),
-    "rating": pl.Int8(),
-    "comment": pl.String(),
-    "submitted_at": _TS,
-}
+# One record of each feed: the formats ingestion validates (`domain/engagement.py`).
+TRACKING_SCHEMA = TRACKING_RECORD
+REGISTRATION_SCHEMA = REGISTRATION_RECORD
+ATTENDANCE_SCHEMA = ATTENDANCE_RECORD
+SURVEY_SCHEMA = SURVEY_RECORD
+FEED_KEYS: dict[str, tuple[str, ...]] = {feed: tuple(schema) for feed, schema in FEED_RECORDS.items()}
 
 # Survey comments: short, neutral, no personal data; chosen by the rating's mood.
 SURVEY_COMMENTS: dict[int, tuple[str, ...]] = {

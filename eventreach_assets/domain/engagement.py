@@ -85,6 +85,12 @@ SURVEY_RECORD: dict[str, pl.DataType] = {
     "comment": pl.String(),
     "submitted_at": pl.Datetime("us"),
 }
+FEED_RECORDS: dict[str, dict[str, pl.DataType]] = {  # feed (resources/feeds.py) -> its record
+    "registrations": REGISTRATION_RECORD,
+    "tracking": TRACKING_RECORD,
+    "attendance": ATTENDANCE_RECORD,
+    "survey": SURVEY_RECORD,
+}
 
 # Rejected rows of every feed.
 QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
@@ -528,6 +534,54 @@ FUNNEL_SCHEMA: dict[str, pl.DataType] = {
     "average_rating": pl.Float64(),  # rated rows only
 }
 REMINDER_KINDS: tuple[str, ...] = (MessageKind.REMINDER.value, MessageKind.DAY_OF.value)
+OPENED, CLICKED = "opened", "clicked"
+TOUCH_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "customer_id": pl.String(),
+    "channel": pl.String(),
+    "campaign_id": pl.String(),  # the message's campaign (from its link token)
+    "stage": pl.String(),  # opened | clicked
+    "at": pl.Datetime("us"),  # naive UTC: when the interaction or registration happened
+}
+
+
+def _column(frame: pl.DataFrame, name: str, dtype: pl.DataType) -> pl.Expr:
+    """`name` from `frame` as `dtype` (times as naive UTC), or nulls when the frame lacks it."""
+    if name not in frame.columns:
+        return pl.lit(None, dtype).alias(name)
+    if isinstance(dtype, pl.Datetime):
+        return utc_naive(name, frame.schema[name])
+    return pl.col(name).cast(dtype)
+
+
+def engagement_touches(interactions: pl.DataFrame, registrations: pl.DataFrame) -> pl.DataFrame:
+    """Every sign that a message was opened or clicked (TOUCH_SCHEMA), one row per sign and stage.
+
+    The one rule for "opened" and "clicked", shared by the funnel and the campaign report: an open
+    proves opened; a click proves opened and clicked (mail clients often block the open pixel); a
+    registration (status registered) through a channel's link proves both (the register link is a
+    link clicked). Unsubscribes prove nothing. A registration without a channel is no sign.
+    """
+
+    def signs(frame: pl.DataFrame, stage: str, at: str) -> pl.DataFrame:
+        return frame.select(
+            _column(frame, "event_id", pl.String()),
+            pl.col("customer_id").cast(pl.String),
+            pl.col("channel").cast(pl.String),
+            _column(frame, "campaign_id", pl.String()),
+            pl.lit(stage, pl.String()).alias("stage"),
+            _column(frame, at, pl.Datetime("us")).alias("at"),
+        )
+
+    through_link = registrations.filter((pl.col("status") == REGISTERED) & pl.col("channel").is_not_null())
+    return pl.concat(
+        [
+            signs(interactions.filter(pl.col("action").is_in(["open", "click"])), OPENED, "occurred_at"),
+            signs(through_link, OPENED, "registered_at"),
+            signs(interactions.filter(pl.col("action") == "click"), CLICKED, "occurred_at"),
+            signs(through_link, CLICKED, "registered_at"),
+        ]
+    ).cast(TOUCH_SCHEMA)
 
 
 def event_funnel(
@@ -545,9 +599,9 @@ def event_funnel(
 
     - invited: a sent invitation on the channel (ledger status sent, kind invitation);
     - opened: an open on the channel's messages, or a click or registration through them (a click
-      proves the message was opened; mail clients often block the open pixel);
+      proves the message was opened; mail clients often block the open pixel) — `engagement_touches`;
     - clicked: a click on the channel's links, or a registration through them (the register link
-      is a link clicked);
+      is a link clicked) — `engagement_touches`;
     - registered: status registered (waitlisted customers hold no seat), channel = the channel the
       registration is attributed to (its link token's);
     - reminded: sent a reminder or a day-of message (any channel);
@@ -564,10 +618,10 @@ def event_funnel(
     sent = deliveries.filter(pl.col("status") == DeliveryStatus.SENT.value)
     registered = registrations.filter(pl.col("status") == REGISTERED).select("customer_id", "channel")
     attributed = registered.filter(pl.col("channel").is_not_null()).unique("customer_id", keep="first")
-    via_registration = registered.filter(pl.col("channel").is_not_null())
+    touches = engagement_touches(interactions, registrations)
 
-    def acted(*actions: str) -> pl.DataFrame:
-        return interactions.filter(pl.col("action").is_in(actions)).select("customer_id", "channel")
+    def touched(name: str) -> pl.DataFrame:
+        return touches.filter(pl.col("stage") == name).select("customer_id", "channel")
 
     def by_registration(frame: pl.DataFrame, value: str | None = None) -> pl.DataFrame:
         """The stage's customers with their registration's channel (null without one)."""
@@ -590,8 +644,8 @@ def event_funnel(
     members = pl.concat(
         [
             stage("invited", sent.filter(pl.col("kind") == MessageKind.INVITATION.value)),
-            stage("opened", acted("open", "click"), via_registration),
-            stage("clicked", acted("click"), via_registration),
+            stage("opened", touched(OPENED)),
+            stage("clicked", touched(CLICKED)),
             stage("registered", registered),
             stage("reminded", by_registration(sent.filter(pl.col("kind").is_in(REMINDER_KINDS)))),
             stage("attended", by_registration(attendance, "minutes_watched")),

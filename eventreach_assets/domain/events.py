@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import polars as pl
 
@@ -53,6 +53,22 @@ def upcoming_event_ids(events: pl.DataFrame, now: datetime) -> list[str]:
     return (
         normalize_events(events)
         .filter((pl.col("status") == "scheduled") & (pl.col("start_time_utc") > now))
+        .sort("start_time_utc")["event_id"]
+        .to_list()
+    )
+
+
+REPORT_WINDOW_BEFORE = timedelta(days=30)  # reports for events starting within a month...
+REPORT_WINDOW_AFTER = timedelta(days=8)  # ...or that started within the last 8 days (survey answers)
+
+
+def reportable_event_ids(events: pl.DataFrame, now: datetime) -> list[str]:
+    """Events whose campaign report is worth refreshing tonight (cancelled ones included: their
+    report shows what was sent before the cancellation)."""
+    start = pl.col("start_time_utc")
+    return (
+        normalize_events(events)
+        .filter((start >= now - REPORT_WINDOW_AFTER) & (start <= now + REPORT_WINDOW_BEFORE))
         .sort("start_time_utc")["event_id"]
         .to_list()
     )

@@ -589,6 +589,7 @@ def render_push_reminder(
             "body": body,
             "action": "Add to Calendar",
             "deep_link": links["calendar"],
+            "open_url": links["open"],  # the app pings it when the notification is opened
             "join_url": links["join"],
             "event_id": event.event_id,
         },

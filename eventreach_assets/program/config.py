@@ -119,6 +119,39 @@ class StorageConfig(_Model):
     batch_write_size: int = Field(gt=0, le=25)
 
 
+class HoldoutConfig(_Model):
+    """A randomized control group: a deterministic share of a channel's eligible candidates is
+    not sent that channel (recorded as held out), so its lift can be measured, not asserted."""
+
+    channel: str = "in-app"
+    share: float = Field(default=0.1, ge=0, le=0.5)
+    min_sample_per_arm: int = Field(default=200, gt=0)  # below it the report says "not enough data"
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class MetricsConfig(_Model):
+    """The daily metrics and the campaign report (issue: metrics the events team reviews)."""
+
+    schedule: str = "cron(59 23 * * ? *)"  # "Daily Schedule, 11:59 PM"
+    attribution: Literal["last-touch", "first-touch"] = "last-touch"
+    unit_costs: dict[str, float] = Field(default_factory=dict)  # channel -> cost per message sent
+    holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
+
+    @field_validator("unit_costs")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = {channel: cost for channel, cost in value.items() if cost < 0}
+        if negative:
+            raise ValueError(f"metrics.unitCosts must be >= 0, got {negative}")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        aws_cron_to_unix(value)
+        return value
+
+
 class ChannelTargeting(_Model):
     """Which stored candidates a channel's campaign reaches (the Serving API's minScore / limit)."""
 
@@ -170,6 +203,7 @@ class ProgramConfig(_Model):
     campaigns: CampaignConfig
     export_schedule: str
     model_training_schedule: str
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("batch_schedule", "export_schedule", "model_training_schedule")
     @classmethod
