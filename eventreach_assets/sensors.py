@@ -12,7 +12,6 @@ Every run request carries a run key, so a tick that repeats (a daemon restart, a
 launches nothing twice, and the tags the UI filters on: event, stage, channel.
 """
 
-import hashlib
 import json
 import time
 from datetime import UTC, datetime
@@ -42,10 +41,6 @@ def run_tags(event_id: str, stage: str, channel: str | None = None) -> dict[str,
     """The tags operators filter runs by in the UI."""
     tags = {"eventreach/event": event_id, "eventreach/stage": stage}
     return {**tags, "eventreach/channel": channel} if channel else tags
-
-
-def catalog_fingerprint(event_ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(event_ids)).encode()).hexdigest()[:16]
 
 
 def catalog_state(events: pl.DataFrame, event_ids: list[str]) -> dict[str, str]:
