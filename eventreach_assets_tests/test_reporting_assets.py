@@ -97,3 +97,23 @@ def test_daily_metrics_count_the_day_and_the_freshness_check(campaign: tuple[dg.
     assert present.passed
     [missing] = freshness.execute_in_process(instance=instance, raise_on_error=False).get_asset_check_evaluations()
     assert not missing.passed  # ten days later, yesterday's metrics were never run
+
+
+def test_a_report_before_anything_was_sent(campaign: tuple[dg.Definitions, dg.DagsterInstance]):
+    defs, instance = campaign
+    instance.add_dynamic_partitions(events_partitions.name, ["evt-quiet"])
+    job = defs.resolve_job_def("campaign_report_job")
+    result = job.execute_in_process(instance=instance, partition_key="evt-quiet")
+    assert result.success
+    rows = {record.data["channel"]: record.data for record in values(result, "campaign_report")["channels"].records}
+    assert rows["all"]["sent"] == 0 and rows["all"]["registered"] == 0
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_a_quiet_day_publishes_nothing_and_says_so(campaign: tuple[dg.Definitions, dg.DagsterInstance]):
+    defs, instance = campaign
+    quiet_day = (SENT_AT - timedelta(days=3)).date().isoformat()
+    result = defs.resolve_job_def("daily_metrics_job").execute_in_process(instance=instance, partition_key=quiet_day)
+    assert result.success
+    metadata = values(result, "daily_metrics")
+    assert metadata["datums_published"] == 0 and metadata["events"] == 1
