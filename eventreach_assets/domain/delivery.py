@@ -19,7 +19,7 @@ class MessageKind(StrEnum):
     INVITATION = "invitation"  # email or in-app invitation to register
     REMINDER = "reminder"  # push, one day before (eventConfig.reminderSchedule)
     DAY_OF = "day-of"  # email on the event day at 09:00 local
-    SURVEY = "survey"  # after the event (lifecycle issue)
+    SURVEY = "survey"  # to attendees, the day after the event
 
 
 class DeliveryStatus(StrEnum):
@@ -29,7 +29,7 @@ class DeliveryStatus(StrEnum):
     FAILED_PERMANENT = "failed_permanent"  # provider refused for good (bad address, ...): never retried
     SUPPRESSED = "suppressed"  # opted out / unsubscribed at send time: not sent
     IN_DOUBT = "in_doubt"  # a run died between calling the provider and confirming: not resent
-    HELD_OUT = "held_out"  # randomized control group (metrics issue): deliberately not sent
+    HELD_OUT = "held_out"  # randomized control group (metrics.holdout): deliberately not sent
 
 
 @dataclass(frozen=True)
