@@ -28,6 +28,21 @@ from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
+
+def registered_customers(warehouse: WarehouseResource, store: CandidateStoreResource,
+                         engagement: EngagementStoreResource, program_id: str, event_id: str,
+                         now: datetime) -> pl.DataFrame:  # fmt: skip
+    """Everyone registered for the event: the event platform's list, candidates marked registered
+    and every registration ingested from the feed or webhook (waitlisted ones excluded)."""
+    return pl.concat(
+        [
+            warehouse.event_registrations(event_id).select("customer_id"),
+            store.registered_candidates(program_id, event_id, now=now).select("customer_id"),
+            engagement.registrations(event_id, status=REGISTERED).select("customer_id"),
+        ]
+    ).unique(maintain_order=True)
+
+
 STORED_COLUMNS = ("event_id", "customer_id", "registration_id", "registered_at", "channel", "campaign_id")
 
 
@@ -61,16 +76,12 @@ def ingest_registrations(
     known_events = events["event_id"].to_list()
     already = pl.concat(
         [
-            part.select(pl.lit(event_id).alias("event_id"), pl.col("customer_id").cast(pl.String))
+            registered_customers(warehouse, store, engagement, program.program_id, event_id, now)
+            .select(pl.lit(event_id).alias("event_id"), pl.col("customer_id").cast(pl.String))
             for event_id in known_events
-            for part in (
-                warehouse.event_registrations(event_id),
-                store.registered_candidates(program.program_id, event_id, now=now),
-                engagement.registrations(event_id, REGISTERED),
-            )
         ]
         or [pl.DataFrame(schema={"event_id": pl.String, "customer_id": pl.String})]
-    ).unique()
+    )
     customer_ids = sorted(rows["customer_id"].drop_nulls().unique().to_list())
     known_customers = set(warehouse.contacts(customer_ids)["customer_id"].to_list()) if customer_ids else set()
 

@@ -25,9 +25,10 @@ from eventreach_assets.domain.messages import to_email_message
 from eventreach_assets.domain.sending import DeliveryReport, deliver
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
+from eventreach_assets.registrations import registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
-from eventreach_assets.resources.engagement import REGISTERED, EngagementStoreResource
+from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.secrets import LinkSigningResource
@@ -38,20 +39,6 @@ CAMPAIGN = {"group_name": "campaigns", "owners": ["team:events"], "partitions_de
 PAGE = 5_000
 NEXT_DUE_AT = "next_due_at"  # metadata keys the event-date sensor reads
 PLANNED_AT = "planned_at"
-
-
-def registered_customers(warehouse: WarehouseResource, store: CandidateStoreResource,
-                         engagement: EngagementStoreResource, program_id: str, event_id: str,
-                         now: datetime) -> pl.DataFrame:  # fmt: skip
-    """Everyone registered for the event: the event platform's list, candidates marked registered
-    and every registration ingested from the feed or webhook (waitlisted ones excluded)."""
-    return pl.concat(
-        [
-            warehouse.event_registrations(event_id).select("customer_id"),
-            store.registered_candidates(program_id, event_id, now=now).select("customer_id"),
-            engagement.registrations(event_id, status=REGISTERED).select("customer_id"),
-        ]
-    ).unique(maintain_order=True)
 
 
 def with_contacts(customers: pl.DataFrame, warehouse: WarehouseResource, store: CandidateStoreResource,

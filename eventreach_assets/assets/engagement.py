@@ -16,13 +16,13 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from eventreach_assets.assets.campaigns import NEXT_DUE_AT, PLANNED_AT, registered_customers
+from eventreach_assets.assets.campaigns import NEXT_DUE_AT, PLANNED_AT
 from eventreach_assets.assets.ingestion import current_event
 from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.domain.registrations import RegistrationOutcome
 from eventreach_assets.engagement import ingest_attendance, ingest_survey, ingest_tracking
 from eventreach_assets.partitions import events_partitions
-from eventreach_assets.registrations import ingest_registrations
+from eventreach_assets.registrations import ingest_registrations, registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.engagement import REGISTERED, WAITLISTED, EngagementStoreResource
 from eventreach_assets.resources.feeds import EngagementFeedResource

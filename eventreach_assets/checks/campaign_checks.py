@@ -3,8 +3,9 @@
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.campaigns import CAMPAIGN_KINDS, registered_customers
+from eventreach_assets.assets.campaigns import CAMPAIGN_KINDS
 from eventreach_assets.partitions import events_partitions
+from eventreach_assets.registrations import registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource

@@ -23,12 +23,12 @@ import dagster as dg
 import polars as pl
 from dagster._utils.schedules import cron_string_iterator  # the daemon's own cron arithmetic
 
-from eventreach_assets.assets.campaigns import registered_customers
 from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo import simulator
 from eventreach_assets.demo.run import QUIET
 from eventreach_assets.domain import engagement as engagement_domain
 from eventreach_assets.partitions import events_partitions
+from eventreach_assets.registrations import registered_customers
 
 SKIPPED_SENSORS = {"run_failure_alert_sensor"}  # reacts to run events, not to the clock
 
@@ -154,8 +154,8 @@ class LifecyclePlayer:
         self, defs: dg.Definitions, origin: str, default_job: str | None, requests: list[dg.RunRequest], now: datetime
     ) -> None:
         """Execute each new request (its run key unseen for `origin`) for the demo's event only."""
+        other_events = set(self.instance.get_dynamic_partitions(events_partitions.name)) - {self.event_id}
         for request in requests:
-            other_events = set(self.instance.get_dynamic_partitions(events_partitions.name)) - {self.event_id}
             if request.partition_key in other_events:
                 continue  # the demo plays one event; the daemon would launch the others too
             key = (origin, request.run_key or f"{origin}:{now.isoformat()}")

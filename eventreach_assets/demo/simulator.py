@@ -390,6 +390,31 @@ def _simulate_funnel(
     )
 
 
+def _simulate_funnels(
+    rows: pl.DataFrame,
+    funnels: Sequence[_Funnel],
+    rng_seed: int,
+    stream: str,
+    score_effect: float,
+    end: datetime,
+    register_end: datetime | None,
+) -> pl.DataFrame:
+    """Each channel's rows through its funnel, one random stream per stage and channel."""
+    return pl.concat(
+        [
+            _simulate_funnel(
+                rows.filter(pl.col("channel") == funnel.channel),
+                funnel,
+                _rng(rng_seed, stream, funnel.channel),
+                score_effect,
+                end,
+                register_end,
+            )
+            for funnel in funnels
+        ]
+    )
+
+
 def _signed_tokens(secret: bytes, frame: pl.DataFrame, action: pl.Expr | str) -> pl.Series:
     """The link token the real message carries for each row (the only per-row Python: HMAC)."""
     actions = [action] * frame.height if isinstance(action, str) else frame.select(action).to_series().to_list()
@@ -459,19 +484,7 @@ def simulate_invitation_engagement(
         _Funnel("in-app", rates.in_app_display, rates.in_app_click, rates.in_app_register),
     )
     register_end = min(now, event.registration_deadline)
-    outcomes = pl.concat(
-        [
-            _simulate_funnel(
-                rows.filter(pl.col("channel") == funnel.channel),
-                funnel,
-                _rng(rng_seed, "invitation", funnel.channel),
-                rates.score_effect,
-                now,
-                register_end,
-            )
-            for funnel in funnels
-        ]
-    )
+    outcomes = _simulate_funnels(rows, funnels, rng_seed, "invitation", rates.score_effect, now, register_end)
     tracking, counts = _tracking(outcomes, secret)
     registered = (
         outcomes.filter("registers")
@@ -514,19 +527,7 @@ def simulate_reminder_engagement(
         _Funnel("email", rates.day_of_open, rates.day_of_open * rates.day_of_click_of_opens, click_path="join"),
     )
     end = min(now, event.end_time_utc)
-    outcomes = pl.concat(
-        [
-            _simulate_funnel(
-                rows.filter(pl.col("channel") == funnel.channel),
-                funnel,
-                _rng(rng_seed, "reminder", funnel.channel),
-                rates.score_effect,
-                end,
-                None,
-            )
-            for funnel in funnels
-        ]
-    )
+    outcomes = _simulate_funnels(rows, funnels, rng_seed, "reminder", rates.score_effect, end, None)
     tracking, counts = _tracking(outcomes, secret)
     return SimulatedEngagement(
         tracking=tracking, registrations=pl.DataFrame(schema=REGISTRATION_SCHEMA), counts=dict(sorted(counts.items()))

@@ -378,13 +378,15 @@ def _email_message(
     secret: bytes | str,
     base_url: str,
     sender: str,
-    organizer_email: str,
     campaign_id: str,
-    include_calendar_invite: bool,
     send_at: datetime | None,
-    duration_minutes: int,
+    organizer_email: str | None = None,
+    include_calendar_invite: bool = False,
+    duration_minutes: int = 60,
     extra_context: dict[str, Any] | None = None,
 ) -> OutboundMessage:
+    """One email of any kind; `organizer_email` (default: the sender's address) only matters
+    with a calendar invite."""
     customer_id = str(row["customer_id"])
     recipient = row.get("email")
     if not recipient:
@@ -412,7 +414,7 @@ def _email_message(
         ics = calendar_invite(
             event,
             customer_id=customer_id,
-            organizer_email=organizer_email,
+            organizer_email=organizer_email or parseaddr(sender)[1],
             join_url=links["join"],
             duration_minutes=duration_minutes,
             attendee_email=str(recipient),
@@ -510,7 +512,7 @@ def render_day_of_email(
         secret=secret,
         base_url=base_url,
         sender=sender,
-        organizer_email=organizer_email or parseaddr(sender)[1],
+        organizer_email=organizer_email,
         campaign_id=campaign_id,
         include_calendar_invite=include_calendar_invite,
         send_at=send_at,
@@ -532,20 +534,9 @@ def render_survey_email(
 ) -> OutboundMessage:
     """The post-event survey to an attendee: a signed survey link, so answers can't be forged."""
     return _email_message(
-        row,
-        event=event,
-        templates=templates,
-        template_id=template_id,
-        kind=MessageKind.SURVEY,
-        secret=secret,
-        base_url=base_url,
-        sender=sender,
-        organizer_email=parseaddr(sender)[1],
-        campaign_id=campaign_id,
-        include_calendar_invite=False,
-        send_at=send_at,
-        duration_minutes=0,
-    )
+        row, event=event, templates=templates, template_id=template_id, kind=MessageKind.SURVEY, secret=secret,
+        base_url=base_url, sender=sender, campaign_id=campaign_id, send_at=send_at,
+    )  # fmt: skip
 
 
 class _KeepUnknown(dict[str, str]):
