@@ -38,6 +38,7 @@ from eventreach_assets.jobs import (
 )
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, ProgramConfig, load_program
 from eventreach_assets.resources.alerts import LocalAlertLog
+from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.channels import LocalOutboxEmail, LocalOutboxInApp, LocalOutboxPush
 from eventreach_assets.resources.engagement import SqliteEngagementStore
@@ -235,6 +236,11 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
     }
 
 
+def campaign_services(resources: dict[str, Any]) -> CampaignServices:
+    """The campaign assets' shared services, built from the deployment's own resources."""
+    return CampaignServices(**{name: resources[name] for name in CampaignServices.model_fields})
+
+
 def build_definitions(
     home: Path | None = None,
     program_path: Path | None = None,
@@ -252,6 +258,7 @@ def build_definitions(
         resources = aws_resources(program_path, fixed_now)
     else:
         resources = local_resources(home or eventreach_home(), program_path, fixed_now)
+    resources["services"] = campaign_services(resources)
     return dg.Definitions(
         assets=[
             ingestion.raw_candidates,
@@ -263,11 +270,7 @@ def build_definitions(
             storage.candidates_table,
             storage.candidates_export,
             metrics.batch_metrics,
-            campaigns.email_invitations,
-            campaigns.in_app_invitations,
-            campaigns.push_reminders,
-            campaigns.day_of_reminders,
-            campaigns.post_event_surveys,
+            *campaigns.campaign_assets,
             *engagement.engagement_assets,
             *reporting.reporting_assets,
         ],

@@ -7,6 +7,7 @@ process per step costs seconds of start-up each (measured in the README's benchm
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS
 from eventreach_assets.partitions import events_partitions
 
 
@@ -59,17 +60,12 @@ model_training_job = asset_job(
     "Retrain the attendance and interest-affinity models, then deploy the promoted versions.", per_event=False,
 )  # fmt: skip
 
-# One job per send, so each can be launched (and retried) on its own schedule or sensor.
-CAMPAIGN_JOBS = [  # job, asset, channel, description
-    ("email_campaign", "email_invitations", "email", "Email invitations with .ics (Monday 10:00)."),
-    ("in_app_campaign", "in_app_invitations", "in-app", "In-app banners (Monday 14:00)."),
-    ("push_reminder", "push_reminders", "push", "Push reminder to registrants, 1 day before."),
-    ("day_of_reminder", "day_of_reminders", "email", "Email on the event day, 09:00 local."),
-    ("post_event_survey", "post_event_surveys", "email", "Survey email to attendees, 1 day after the event."),
-]
+# One job per sending asset (domain/campaign_kinds.py), so each is launched and retried on its own.
 campaign_jobs = [
-    asset_job(name, [asset], {"eventreach/stage": "campaign", "eventreach/channel": channel}, description)
-    for name, asset, channel, description in CAMPAIGN_JOBS
+    asset_job(
+        kind.job, [kind.asset], {"eventreach/stage": kind.stage, "eventreach/channel": kind.channel}, kind.description
+    )
+    for kind in CAMPAIGN_KINDS.values()
 ]
 attendance_job = asset_job(
     "attendance_tracking", ["event_attendance"],

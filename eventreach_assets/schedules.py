@@ -1,9 +1,11 @@
 """Every schedule of the use case, in one place, crons from the program YAML; they only launch runs.
 
 All run in `TIMEZONE` (the YAML's crons are UTC: "Weekly on Monday at 2 AM UTC"):
-model training Mon 01:00, weekly batch Mon 02:00, export Mon 04:30, email Mon 10:00, in-app
-Mon 14:00, daily metrics and campaign reports 23:59, the metrics freshness check 00:30. The
-event-relative steps (reminders, attendance, survey) are the event-date sensor's (sensors.py).
+model training Mon 01:00, weekly batch Mon 02:00, export Mon 04:30, daily metrics and campaign
+reports 23:59, the metrics freshness check 00:30. The invitations are not a UTC cron: each segment
+goes out at its own local 10:00 (email) / 14:00 (in-app, the hour of the YAML's campaign
+schedule), so the event-date sensor (sensors.py) launches them in waves once the batch is ready,
+like the event-relative steps (reminders, attendance, survey).
 """
 
 from collections.abc import Callable
@@ -117,20 +119,6 @@ def build_schedules(program: ProgramConfig) -> list[dg.ScheduleDefinition]:
         ),
         per_event_schedule(
             "candidates_export_schedule", program.export_cron, export_job.name, "export", program.export_schedule
-        ),
-        per_event_schedule(
-            "email_campaign_schedule",
-            aws_cron_to_unix(program.campaigns.email.schedule),
-            "email_campaign",
-            "email-campaign",
-            program.campaigns.email.schedule,
-        ),
-        per_event_schedule(
-            "in_app_campaign_schedule",
-            aws_cron_to_unix(program.campaigns.in_app.schedule),
-            "in_app_campaign",
-            "in-app-campaign",
-            program.campaigns.in_app.schedule,
         ),
         daily_metrics_schedule(aws_cron_to_unix(program.metrics.schedule), program.metrics.schedule),
         per_event_schedule(

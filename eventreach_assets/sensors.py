@@ -2,8 +2,9 @@
 
 - `events_catalog_sensor`: keeps the `events` partitions in sync with the warehouse's catalog
   and records cancellations and reschedules on the event's partition;
-- `event_lifecycle_sensor`: launches each event's reminders, attendance tracking and survey
-  when `domain.lifecycle` says they are due;
+- `event_lifecycle_sensor`: launches each event's invitation waves (once the batch is ready, then
+  at each segment's local send time), reminders, attendance tracking and survey when
+  `domain.lifecycle` says they are due;
 - one sensor per engagement feed (`registrations`, `tracking`, `survey`): hands new files to
   the feed's ingestion job, launching nothing when there is nothing new;
 - `run_failure_alert_sensor`: announces every failed run on the alert channel and tags the run.
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.campaigns import NEXT_DUE_AT, PLANNED_AT
+from eventreach_assets.assets.campaigns import NEXT_DUE_AT, PLANNED_AT, batch_ready_at, latest_metadata
 from eventreach_assets.domain.events import normalize_events, upcoming_event_ids
 from eventreach_assets.domain.lifecycle import STAGES, due_stages, lifecycle_schedule, stage_run_key
 from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, feed_jobs
@@ -99,22 +100,18 @@ def events_catalog_sensor(
 
 def next_due(instance: dg.DagsterInstance, asset_name: str, event_id: str, window_opened: datetime) -> datetime | None:
     """When a repeating stage runs next: the window's start, then whatever the last run in this
-    window said (`next_due_at`: the next timezone's 09:00, or when to look for the attendance
-    export again); None when the last run left nothing to do.
+    window said (`next_due_at`: the next segment's local send time, or when to look for the
+    attendance export again); None when the last run left nothing to do.
 
     "In this window" is judged by the run's own clock (`planned_at`), so a run before a
     reschedule, or a manual one days earlier, does not end the stage.
     """
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset_name), asset_partitions=[event_id]), limit=1
-    ).records
-    materialization = records[0].asset_materialization if records else None
-    metadata = materialization.metadata if materialization else {}
+    metadata = latest_metadata(instance, asset_name, event_id)
     planned_at = metadata.get(PLANNED_AT)
-    if planned_at is None or datetime.fromisoformat(str(planned_at.value)) < window_opened:
+    if planned_at is None or datetime.fromisoformat(str(planned_at)) < window_opened:
         return window_opened
     due = metadata.get(NEXT_DUE_AT)
-    return datetime.fromisoformat(str(due.value)) if due is not None else None
+    return datetime.fromisoformat(str(due)) if due is not None else None
 
 
 @dg.sensor(
@@ -122,20 +119,29 @@ def next_due(instance: dg.DagsterInstance, asset_name: str, event_id: str, windo
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
     jobs=[job for job in [*campaign_jobs, attendance_job] if job.name in LIFECYCLE_JOBS],
-    description="Push reminder 1 day before, day-of email at 09:00 local, attendance after, survey 1 day after.",
+    description="Invitation waves at each segment's local send time once the batch is ready, push reminder 1 day "
+    "before, day-of email at 09:00 local, attendance after, survey 1 day after.",
 )
 def event_lifecycle_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, program: ProgramResource, clock: ClockResource
 ) -> dg.SensorResult | dg.SkipReason:
     now = clock.now()
     known = context.instance.get_dynamic_partitions(events_partitions.name)
-    schedule = lifecycle_schedule(warehouse.events(), program.load().event_config.reminder_schedule)
+    config = program.load()
+    schedule = lifecycle_schedule(
+        warehouse.events(), config.event_config.reminder_schedule, config.event_config.registration_deadline_days
+    )
     requests: list[dg.RunRequest] = []
     for row in due_stages(schedule, now, known).iter_rows(named=True):
         stage = STAGES[row["stage"]]
         due_at = row["due_at"]
+        if stage.after_batch:  # invitation waves open when the batch has stored the event's candidates
+            ready = batch_ready_at(context.instance, row["event_id"])
+            if ready is None:
+                continue
+            due_at = max(due_at, ready)
         if stage.repeats:
-            due_at = next_due(context.instance, stage.asset_name, row["event_id"], row["due_at"])
+            due_at = next_due(context.instance, stage.asset_name, row["event_id"], due_at)
             if due_at is None or due_at > now:
                 continue
         requests.append(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from email import policy
 from pathlib import Path
 
@@ -12,9 +12,10 @@ import icalendar
 import polars as pl
 import pytest
 
-from eventreach_assets.assets.campaigns import email_invitations
-from eventreach_assets.definitions import build_definitions
-from eventreach_assets.demo.run import run_weekly_batch
+from eventreach_assets.assets.campaigns import NEXT_DUE_AT, REASON, email_invitations
+from eventreach_assets.definitions import build_definitions, campaign_services
+from eventreach_assets.demo.run import MAX_WAVES, run_waves, run_weekly_batch
+from eventreach_assets.domain.campaigns import ALL_INVITED, to_local
 from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.resources.channels import LocalOutboxEmail
 from eventreach_assets_tests.conftest import AS_OF, Deployment
@@ -34,12 +35,29 @@ class FailingAfter(LocalOutboxEmail):
         return super().send(message)
 
 
-def materialize_email(deployment: Deployment, event_id: str, **overrides: object) -> dg.ExecuteInProcessResult:
-    resources = {**deployment.defs.resources, **overrides}
-    return dg.materialize(
-        [email_invitations], resources=resources, partition_key=event_id, instance=deployment.instance,
-        raise_on_error=False, selection=[email_invitations],
-    )  # fmt: skip
+def materialize_email(deployment: Deployment, event_id: str, **overrides: object) -> list[dg.ExecuteInProcessResult]:
+    """Every wave of the email invitations, with some resources replaced, as the event-date sensor
+    launches them: at the batch's time, then at each `next_due_at` (a simulated clock)."""
+    results: list[dg.ExecuteInProcessResult] = []
+    now = AS_OF
+    for _ in range(MAX_WAVES):
+        resources = {**build_definitions(home=deployment.home, fixed_now=now.isoformat()).resources, **overrides}
+        resources["services"] = campaign_services(resources)
+        result = dg.materialize(
+            [email_invitations], resources=resources, partition_key=event_id, instance=deployment.instance,
+            raise_on_error=False, selection=[email_invitations],
+        )  # fmt: skip
+        results.append(result)
+        due = wave_metadata(result).get(NEXT_DUE_AT)
+        if not result.success or due is None:
+            return results
+        now = max(datetime.fromisoformat(str(due)), now + timedelta(minutes=1))
+    raise AssertionError(f"the email campaign did not finish in {MAX_WAVES} waves")
+
+
+def wave_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    events = result.get_asset_materialization_events()
+    return {key: value.value for key, value in events[0].materialization.metadata.items()} if events else {}
 
 
 def sent_rows(deployment: Deployment, event_id: str) -> pl.DataFrame:
@@ -56,15 +74,13 @@ def batch(deployment: Deployment) -> str:
 def test_email_invitations_go_out_once_with_calendar_invite(deployment: Deployment, batch: str):
     store = deployment.defs.resources["candidate_store"]
     eligible = store.top_candidates_for_channel(PROGRAM, batch, "email", min_score=0.5, limit=50_000, now=AS_OF)
-    result = deployment.defs.resolve_job_def("email_campaign").execute_in_process(
-        instance=deployment.instance, partition_key=batch
-    )
-    assert result.success
+    waves = run_waves(deployment.home, deployment.instance, batch, "email_campaign", AS_OF)
+    assert all(wave.result.success for wave in waves) and len(waves) > 2  # one wave per local send time
     sent = sent_rows(deployment, batch)
     assert sent.height == eligible.count > 0
     assert sent["customer_id"].n_unique() == sent.height
     assert set(sent["customer_id"]) == set(eligible.items["customer_id"])
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    checks = {(e.check_name, wave.at): e.passed for wave in waves for e in wave.result.get_asset_check_evaluations()}
     assert checks and all(checks.values()), checks
 
     outbox = sorted((deployment.home / "outbox" / "email").glob("*.eml"))
@@ -78,29 +94,34 @@ def test_email_invitations_go_out_once_with_calendar_invite(deployment: Deployme
     invite = next(part for part in message.walk() if part.get_content_type() == "text/calendar")
     calendar = icalendar.Calendar.from_ical(invite.get_payload(decode=True))
     assert str(calendar["METHOD"]) == "REQUEST"
+    # Each message left at its segment's local 10:00 (within the wave's minutes), dated when it left.
+    wave_times = {wave.at for wave in waves}
+    for message in parsed:
+        sent_at = message["Date"].datetime.astimezone(UTC).replace(tzinfo=None)
+        assert sent_at in wave_times
+        timezone = str(message["X-EventReach-Campaign"]).split(":")[3]
+        assert to_local(sent_at, timezone).time() >= time(10, 0), (timezone, sent_at)
 
-    metadata = next(e.materialization.metadata for e in result.get_asset_materialization_events())
-    preview = email.message_from_bytes(Path(metadata["sample_message"].value).read_bytes(), policy=policy.default)
+    metadata = wave_metadata(next(wave.result for wave in waves if wave_metadata(wave.result)["sent"]))
+    preview = email.message_from_bytes(Path(str(metadata["sample_message"])).read_bytes(), policy=policy.default)
     assert preview["To"] == "preview@eventreach.invalid"  # a sample, never a customer's address
-    assert metadata["segments"].value.records and metadata["sent"].value == sent.height
+    assert metadata["segments"].records
 
-    again = deployment.defs.resolve_job_def("email_campaign").execute_in_process(
-        instance=deployment.instance, partition_key=batch
-    )
-    assert again.success
+    again = run_waves(deployment.home, deployment.instance, batch, "email_campaign", waves[-1].at)
+    assert [wave.result.success for wave in again] == [True]
     assert sent_rows(deployment, batch).height == sent.height
     assert len(list((deployment.home / "outbox" / "email").glob("*.eml"))) == sent.height
-    metadata = next(e.materialization.metadata for e in again.get_asset_materialization_events())
-    assert metadata["sent"].value == 0 and metadata["skipped"].value == sent.height
+    metadata = wave_metadata(again[0].result)
+    assert metadata["sent"] == 0 and metadata[REASON] == ALL_INVITED
 
 
 def test_a_run_that_dies_half_way_is_finished_by_the_retry_without_duplicates(deployment: Deployment, batch: str):
     outbox = deployment.home / "outbox" / "email"
     first = materialize_email(deployment, batch, email_channel=FailingAfter(outbox_dir=str(outbox), allowed=7))
-    assert not first.success
+    assert not first[-1].success
     assert sent_rows(deployment, batch).height == 7
     second = materialize_email(deployment, batch)
-    assert second.success
+    assert all(result.success for result in second)
     sent = sent_rows(deployment, batch)
     assert sent["customer_id"].n_unique() == sent.height > 7
     assert len(list(outbox.glob("*.eml"))) == sent.height
@@ -111,19 +132,18 @@ def test_an_unsubscribe_after_the_batch_suppresses_the_send(deployment: Deployme
     top = store.top_candidates_for_channel(PROGRAM, batch, "email", min_score=0.5, limit=1, now=AS_OF).items
     customer = top["customer_id"][0]
     deployment.defs.resources["ledger"].record_opt_out(customer, None, "unsubscribe-link", AS_OF)
-    result = materialize_email(deployment, batch)
-    assert result.success
+    results = materialize_email(deployment, batch)
+    assert all(result.success for result in results)
     assert customer not in set(sent_rows(deployment, batch)["customer_id"])
+    assert sent_rows(deployment, batch).height > 0
 
 
 def test_frequency_cap_counts_invitations_from_the_ledger(deployment: Deployment, batch: str):
     """Invitations this month recorded only in the ledger (not yet in the warehouse) cap a customer."""
     from eventreach_assets.domain.delivery import DeliveryKey, MessageKind
 
-    assert (
-        deployment.defs.resolve_job_def("email_campaign")
-        .execute_in_process(instance=deployment.instance, partition_key=batch)
-        .success
+    assert all(
+        wave.result.success for wave in run_waves(deployment.home, deployment.instance, batch, "email_campaign", AS_OF)
     )
     customer = sent_rows(deployment, batch)["customer_id"][0]
     ledger = deployment.defs.resources["ledger"]
@@ -160,11 +180,10 @@ def test_invitations_stop_at_the_events_remaining_capacity(deployment: Deploymen
     program["eventConfig"]["capacityLimit"] = registered + 3  # three seats left
     path = tmp_path / "program.yaml"
     path.write_text(yaml.safe_dump(program))
-    result = materialize_email(deployment, batch, program=ProgramResource(path=str(path)))
-    assert result.success
+    results = materialize_email(deployment, batch, program=ProgramResource(path=str(path)))
+    assert all(result.success for result in results)
     assert sent_rows(deployment, batch).height == 3
-    metadata = next(e.materialization.metadata for e in result.get_asset_materialization_events())
-    assert metadata["remaining_capacity"].value == 3
+    assert wave_metadata(results[0])["remaining_capacity"] == 3
 
 
 def test_reminders_reach_every_registrant_once(deployment: Deployment, batch: str):
@@ -233,16 +252,14 @@ def test_day_of_email_goes_out_in_waves_at_nine_local(deployment: Deployment, ba
 
 def test_in_app_holds_out_a_stable_control_group(deployment: Deployment, batch: str):
     ledger = deployment.defs.resources["ledger"]
-    job = deployment.defs.resolve_job_def("in_app_campaign")
-    first = job.execute_in_process(instance=deployment.instance, partition_key=batch)
-    metadata = next(e.materialization.metadata for e in first.get_asset_materialization_events())
+    first = run_waves(deployment.home, deployment.instance, batch, "in_app_campaign", AS_OF)
     rows = ledger.deliveries(batch, channel="in-app", kind="invitation")
     held = rows.filter(pl.col("status") == "held_out")
     sent = rows.filter(pl.col("status") == "sent")
-    assert metadata["held_out"].value == held.height > 0
+    assert sum(int(wave.metadata["held_out"]) for wave in first) == held.height > 0
     share = held.height / (held.height + sent.height)
     assert 0.03 < share < 0.2  # metrics.holdout.share = 0.1 of the planned candidates
-    job.execute_in_process(instance=deployment.instance, partition_key=batch)  # a rerun holds out the same people
+    run_waves(deployment.home, deployment.instance, batch, "in_app_campaign", AS_OF)  # a rerun: the same people
     again = ledger.deliveries(batch, channel="in-app", kind="invitation")
     assert set(again.filter(pl.col("status") == "held_out")["customer_id"]) == set(held["customer_id"])
     assert again.filter(pl.col("status") == "sent").height == sent.height

@@ -8,8 +8,16 @@ import polars as pl
 import pytest
 
 from eventreach_assets.domain.campaigns import (
+    ALL_INVITED,
+    NO_CANDIDATES,
+    NOTHING_DUE,
+    PRIOR_SCHEMA,
+    REGISTRATION_CLOSED,
+    SOLD_OUT,
+    WAVE_GRACE,
+    InvitationWave,
     next_send_time,
-    plan_invitations,
+    plan_invitation_wave,
     plan_reminders,
     remaining_capacity,
     reminder_due,
@@ -41,17 +49,28 @@ def candidates() -> pl.DataFrame:
     )
 
 
-def plan(**overrides: object) -> pl.DataFrame:
+def wave(frame: pl.DataFrame | None = None, **overrides: object) -> InvitationWave:
     arguments: dict = {
+        "prior": pl.DataFrame(schema=PRIOR_SCHEMA),
+        "outstanding": 0,
         "event": EVENT,
         "channel": "email",
         "limit": 50_000,
         "remaining_capacity": 10_000,
         "send_time": "10:00",
+        "batch_ready_at": MONDAY_8_UTC,
         "now": MONDAY_8_UTC,
+        "deadline": EVENT.start_time_utc,
     }
     arguments.update(overrides)
-    return plan_invitations(candidates(), **arguments)
+    if "now" in overrides and "batch_ready_at" not in overrides:
+        arguments["batch_ready_at"] = arguments["now"]
+    return plan_invitation_wave(candidates() if frame is None else frame, **arguments)
+
+
+def plan(**overrides: object) -> pl.DataFrame:
+    """Everything the campaign selected (due now and waiting for its local time), by score."""
+    return wave(**overrides).planned.sort(["score", "customer_id"], descending=[True, False])
 
 
 def test_remaining_capacity_is_the_tighter_limit_minus_registrations_never_negative():
@@ -192,3 +211,63 @@ def test_reminder_due():
     assert reminder_due(EVENT, 0, "09:00", datetime(2026, 1, 20, 8, 0), "Europe/Berlin")
     assert not reminder_due(EVENT, 0, "09:00", datetime(2026, 1, 20, 16, 0), "Europe/Berlin")  # started
     assert reminder_due(EVENT, 1, None, datetime(2026, 1, 19, 9, 0), "Asia/Tokyo")
+
+
+# ---- invitation waves: the real local send time of every segment ------------------------------------
+
+
+def test_the_first_wave_sends_only_segments_whose_local_time_has_come():
+    at_nine = datetime(2026, 1, 12, 9, 0)  # 10:00 Berlin has just come; New York's 10:00 is 15:00 UTC
+    first = wave(batch_ready_at=MONDAY_8_UTC, now=at_nine)
+    assert sorted(first.due["customer_id"]) == ["c1", "c3"]  # Berlin only
+    assert (first.due["send_at_utc"] <= at_nine).all()
+    assert (first.deferred["send_at_utc"] > at_nine).all()
+    assert first.next_due_at == datetime(2026, 1, 12, 10, 0)  # the UTC segment (no timezone known)
+    assert first.reason is None
+
+
+def test_later_waves_send_the_next_segment_and_never_a_started_one_again():
+    at_fifteen = datetime(2026, 1, 12, 15, 0)
+    prior = pl.DataFrame(
+        {"customer_id": ["c1", "c3", "c6"], "campaign_id": ["ev-1:email:DE:Europe/Berlin:2026-01-12"] * 2
+         + ["ev-1:email:DE:UTC:2026-01-12"], "status": ["sent", "sent", "sent"]}
+    )  # fmt: skip
+    later = wave(prior=prior, outstanding=3, batch_ready_at=MONDAY_8_UTC, now=at_fifteen)
+    assert sorted(later.due["customer_id"]) == ["c2", "c4"]  # New York, at its 10:00
+    assert later.deferred["customer_id"].to_list() == ["c5"]  # Tokyo waits for its Tuesday 10:00
+    assert later.next_due_at == datetime(2026, 1, 13, 1, 0)
+
+
+def test_a_segment_missed_by_more_than_the_grace_moves_to_its_next_local_send_time():
+    # The batch was ready at 08:00 UTC but the wave only ran at 20:00 UTC: Berlin's 10:00 was 11 hours ago.
+    late = datetime(2026, 1, 12, 20, 0)
+    assert late - datetime(2026, 1, 12, 9, 0) > WAVE_GRACE
+    result = wave(batch_ready_at=MONDAY_8_UTC, now=late)
+    berlin = result.deferred.filter(pl.col("customer_id") == "c1").row(0, named=True)
+    assert berlin["send_at_local"] == datetime(2026, 1, 13, 10, 0)  # not at 21:00 local: tomorrow 10:00
+    assert "c1" not in result.due["customer_id"].to_list()
+
+
+def test_transient_failures_are_retried_and_capacity_counts_outstanding_invitations():
+    prior = pl.DataFrame(
+        {"customer_id": ["c1"], "campaign_id": ["ev-1:email:DE:Europe/Berlin:2026-01-12"],
+         "status": ["failed_transient"]}
+    )  # fmt: skip
+    result = wave(prior=prior, outstanding=1, remaining_capacity=3, now=datetime(2026, 1, 12, 23, 30))
+    assert result.retries == 1 and "c1" in result.due["customer_id"].to_list()
+    assert result.budget == 2  # 3 seats, 1 invitation still outstanding
+    assert result.planned.height == 3
+
+
+def test_empty_cases_succeed_with_a_reason():
+    sold_out = wave(remaining_capacity=0)
+    assert sold_out.due.height == 0 and sold_out.reason == SOLD_OUT
+    assert {"campaign_id", "send_at_utc", "segment"} <= set(sold_out.due.columns)
+    no_one = wave(pl.DataFrame(schema={"customer_id": pl.String, "score": pl.Float64}))
+    assert no_one.planned.height == 0 and no_one.reason == NO_CANDIDATES
+    everyone = wave(prior=candidates().select("customer_id", campaign_id=pl.lit("x"), status=pl.lit("sent")))
+    assert everyone.planned.height == 0 and everyone.reason == ALL_INVITED
+    waiting = wave(now=datetime(2026, 1, 12, 8, 30))
+    assert waiting.due.height == 0 and waiting.reason == NOTHING_DUE and waiting.next_due_at is not None
+    closed = wave(now=datetime(2026, 1, 19, 17, 0), deadline=datetime(2026, 1, 19, 16, 0))
+    assert closed.planned.height == 0 and closed.reason == REGISTRATION_CLOSED

@@ -16,6 +16,7 @@ from eventreach_assets.domain.lifecycle import (
     DAY_OF_EMAIL,
     PUSH_REMINDER,
     SURVEY,
+    WAVE_STAGES,
     due_stages,
     lifecycle_schedule,
     stage_run_key,
@@ -49,11 +50,15 @@ def test_stages_follow_the_use_case_and_the_reminder_schedule():
     ended = START + timedelta(minutes=90)
     assert stages[ATTENDANCE][0] == ended + timedelta(minutes=30)
     assert stages[SURVEY][0] == START + timedelta(days=1)
+    # Invitation waves: open (the sensor waits for the batch) until registration closes a day before.
+    for stage in WAVE_STAGES:
+        assert stages[stage][1] == START - timedelta(days=1)
 
 
 def test_due_stages_respect_their_windows():
     schedule = lifecycle_schedule(events_frame(), REMINDERS)
-    assert due_stages(schedule, START - timedelta(days=2)).height == 0
+    assert set(due_stages(schedule, START - timedelta(days=2))["stage"]) == set(WAVE_STAGES)
+    assert due_stages(schedule, START - timedelta(days=90)).height == 0
     assert due_stages(schedule, START - timedelta(hours=20))["stage"].to_list() == [PUSH_REMINDER]
     assert set(due_stages(schedule, START - timedelta(hours=1))["stage"]) == {PUSH_REMINDER, DAY_OF_EMAIL}
     after = due_stages(schedule, START + timedelta(days=1, hours=1))["stage"].to_list()

@@ -32,8 +32,8 @@ def test_one_event_plays_from_invitation_to_survey(tmp_path: Path):
         ("train_models", "model_training_schedule"),
         ("weekly_batch", "weekly_batch_schedule"),
         ("export_candidates", "candidates_export_schedule"),
-        ("email_campaign", "email_campaign_schedule"),
-        ("in_app_campaign", "in_app_campaign_schedule"),
+        ("email_campaign", "event_lifecycle_sensor"),  # invitation waves at each segment's local time
+        ("in_app_campaign", "event_lifecycle_sensor"),
         ("tracking_ingest", "tracking_feed_sensor"),
         ("registration_ingest", "registrations_feed_sensor"),
         ("push_reminder", "event_lifecycle_sensor"),

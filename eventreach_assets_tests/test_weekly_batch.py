@@ -193,8 +193,6 @@ def test_the_use_case_schedules_in_one_place_with_their_timezone(deployment: Dep
         "model_training_schedule": "0 1 * * 1",
         "weekly_batch_schedule": "0 2 * * 1",
         "candidates_export_schedule": "30 4 * * 1",
-        "email_campaign_schedule": "0 10 * * 1",
-        "in_app_campaign_schedule": "0 14 * * 1",
         "daily_metrics_schedule": "59 23 * * *",
         "campaign_report_schedule": "59 23 * * *",
         "daily_metrics_freshness_schedule": "30 0 * * *",

@@ -1,9 +1,13 @@
-"""The campaign: email and in-app invitations, push and day-of reminders, each sent exactly once.
+"""The campaign: invitations in local-time waves, reminders, the survey; each message sent exactly once.
 
-Every asset reads the candidates table by key, plans its sends (domain/campaigns.py), renders
-messages (domain/messages.py) and hands them to `domain.sending.deliver`, which consults the
-delivery ledger before every provider call. Re-materializing a partition, or retrying a run
-that died half-way, sends only what was not sent yet.
+Every sending asset is declared by its row in `domain.campaign_kinds.CAMPAIGN_KINDS` (name,
+channel, pool, tags, upstream, what launches it); the bodies below are what differs between
+kinds. Each reads what it needs once through `CampaignServices`, hands it to one planning
+function in `domain/campaigns.py`, renders (`domain/messages.py`) and delivers through
+`domain.sending.deliver`, which consults the delivery ledger before every provider call:
+re-materializing a partition, or retrying a run that died half-way, sends only what was not sent.
+A run that sends nothing (sold out, nobody registered, everyone already invited, the next
+segment's local time still ahead, the event cancelled) succeeds and says why in `reason`.
 """
 
 from collections.abc import Callable
@@ -15,72 +19,63 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.ingestion import current_event
 from eventreach_assets.assets.metadata import Stopwatch, stopwatch, table
-from eventreach_assets.assets.storage import candidates_table
+from eventreach_assets.assets.storage import BATCH_READY_AT
 from eventreach_assets.domain import campaigns, messages, report
-from eventreach_assets.domain.delivery import MessageKind, OutboundMessage
+from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, CampaignKind
+from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.domain.filters import EventContext
 from eventreach_assets.domain.messages import to_email_message
 from eventreach_assets.domain.sending import DeliveryReport, deliver
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
-from eventreach_assets.registrations import registered_customers
-from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
-from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
-from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.secrets import LinkSigningResource
+from eventreach_assets.resources.program import ClockResource
 from eventreach_assets.resources.storage import DecisionLogResource
-from eventreach_assets.resources.warehouse import WarehouseResource
 
-CAMPAIGN = {"group_name": "campaigns", "owners": ["team:events"], "partitions_def": events_partitions}
-PAGE = 5_000
 NEXT_DUE_AT = "next_due_at"  # metadata keys the event-date sensor reads
 PLANNED_AT = "planned_at"
+REASON = "reason"  # why a run sent nothing
+NO_REGISTRANTS = "no_registrations: nobody is registered for the event"
+NO_ATTENDEES = "no_attendees: nobody attended the event"
 
 
-def with_contacts(customers: pl.DataFrame, warehouse: WarehouseResource, store: CandidateStoreResource,
-                  program_id: str, event_id: str, now: datetime) -> pl.DataFrame:  # fmt: skip
-    """`customers` with where to reach them: from the candidates table, or from the warehouse
-    for customers who never were candidates (registered before the batch, or elsewhere)."""
-    stored = (
-        store.event_items(program_id, event_id, now=now)
-        .unique("customer_id", keep="first", maintain_order=True)
-        .select("customer_id", "email", "marketplace", "timezone")
+def sending_asset(name: str) -> Callable[[Callable[..., dg.MaterializeResult]], dg.AssetsDefinition]:
+    """The asset decorator for one row of CAMPAIGN_KINDS: partitions, group, pool, tags, kinds, deps."""
+    kind = CAMPAIGN_KINDS[name]
+    return dg.asset(
+        name=kind.asset,
+        partitions_def=events_partitions,
+        group_name="campaigns",
+        owners=["team:events"],
+        deps=list(kind.upstream),
+        kinds={kind.channel},
+        tags={"stage": kind.stage, "channel": kind.channel},
+        pool=kind.pool,
+        description=kind.description,
     )
-    missing = customers.join(stored, on="customer_id", how="anti")["customer_id"].to_list()
-    contacts = pl.concat([stored, warehouse.contacts(missing).select(stored.columns)], how="vertical_relaxed")
-    return customers.join(contacts, on="customer_id", how="inner", maintain_order="left")
 
 
-def cancelled_result(event: EventContext) -> dg.MaterializeResult | None:
-    """For a cancelled event: a materialization that says nothing was sent, and why."""
-    if event.status != "cancelled":
-        return None
-    return dg.MaterializeResult(metadata={"event_status": "cancelled", "sent": 0, "dagster/row_count": 0})
+def latest_metadata(instance: dg.DagsterInstance, asset_name: str, event_id: str) -> dict[str, Any]:
+    """The metadata of the asset's latest materialization for the event ({} if none)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset_name), asset_partitions=[event_id]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    return {key: value.value for key, value in materialization.metadata.items()} if materialization else {}
 
 
-def top_candidates(
-    store: CandidateStoreResource, program_id: str, event_id: str, channel: str, min_score: float, limit: int,
-    now: datetime,
-) -> pl.DataFrame:  # fmt: skip
-    """Up to `limit` live, unregistered candidates for a channel, score descending, read page by page."""
-    pages: list[pl.DataFrame] = []
-    cursor: str | None = None
-    fetched = 0
-    while fetched < limit:
-        page = store.top_candidates_for_channel(
-            program_id, event_id, channel, min_score=min_score, limit=min(PAGE, limit - fetched),
-            exclude_registered=True, cursor=cursor, now=now,
-        )  # fmt: skip
-        pages.append(page.items)
-        fetched += page.count
-        cursor = page.next_cursor
-        if cursor is None or page.count == 0:
-            break
-    return pl.concat(pages, how="diagonal_relaxed") if pages else pl.DataFrame()
+def batch_ready_at(instance: dg.DagsterInstance, event_id: str) -> datetime | None:
+    """When the weekly batch stored the event's candidates (by the batch's clock), or None if it has not."""
+    value = latest_metadata(instance, "candidates_table", event_id).get(BATCH_READY_AT)
+    return datetime.fromisoformat(str(value)) if value else None
+
+
+def nothing_sent(reason: str, **extra: Any) -> dg.MaterializeResult:
+    """A successful run that sent nothing, saying why."""
+    return dg.MaterializeResult(metadata={REASON: reason, "planned": 0, "sent": 0, "dagster/row_count": 0, **extra})
 
 
 @dataclass(frozen=True)
@@ -142,7 +137,7 @@ def preview_message(
     """A sample of what went out, rendered for a made-up recipient so no customer's data is exposed."""
     first = plan.row(0, named=True) if plan.height else {"marketplace": "US", "timezone": "UTC"}
     row = {**first, **PREVIEW_RECIPIENT, "campaign_id": f"{event_id}:preview"}
-    message = render(row, campaign_id=row["campaign_id"], send_at=first.get("send_at_utc") or now)
+    message = render(row, campaign_id=row["campaign_id"], send_at=now)
     return decision_log.write_file("samples", event_id, f"{asset_name}.eml", to_email_message(message).as_bytes())
 
 
@@ -164,8 +159,8 @@ def validated_emails(
 
 
 def hold_out(
-    plan: pl.DataFrame, config: ProgramConfig, event: EventContext, channel: str, ledger: DeliveryLedgerResource,
-    now: datetime,
+    plan: pl.DataFrame, config: ProgramConfig, event: EventContext, kind: CampaignKind,
+    ledger: DeliveryLedgerResource, now: datetime,
 ) -> tuple[pl.DataFrame, int]:  # fmt: skip
     """The plan without the channel's control group, which the ledger records as held out.
 
@@ -173,203 +168,216 @@ def hold_out(
     same people, and a held-out row is final: no later run sends it.
     """
     holdout = config.metrics.holdout
-    if holdout.channel != channel or holdout.share == 0 or plan.height == 0:
+    if holdout.channel != kind.channel or holdout.share == 0 or plan.height == 0:
         return plan, 0
     held = report.holdout_members(plan.select("customer_id"), event.event_id, holdout.share)
     control = plan.filter(held)
     keys = control.select(
-        "customer_id", "campaign_id", event_id=pl.lit(event.event_id), channel=pl.lit(channel),
-        kind=pl.lit(str(MessageKind.INVITATION)),
+        "customer_id", "campaign_id", event_id=pl.lit(event.event_id), channel=pl.lit(kind.channel),
+        kind=pl.lit(str(kind.kind)),
     )  # fmt: skip
     ledger.mark_held_out_many(keys, now=now)
     return plan.filter(~held), control.height
 
 
-def invitation_context(
-    warehouse: WarehouseResource, store: CandidateStoreResource, engagement: EngagementStoreResource,
-    config: ProgramConfig, event: EventContext, channel: str, now: datetime,
-) -> tuple[pl.DataFrame, int]:  # fmt: skip
-    """This channel's plan for the event, and how many seats were left when it was made."""
-    registered = registered_customers(warehouse, store, engagement, config.program_id, event.event_id, now)
+def open_campaign(
+    context: dg.AssetExecutionContext, services: CampaignServices, kind: CampaignKind
+) -> tuple[EventContext, dg.MaterializeResult | None]:
+    """The partition's event, and a finished result when this kind must not send for it any more."""
+    event = services.event(context.partition_key)
+    stopped = services.stopped_because(event, kind)
+    return event, (nothing_sent(stopped, event_status=event.status) if stopped else None)
+
+
+# ---- invitations: per-segment local-time waves ---------------------------------------------------
+
+
+def invitation_wave(
+    context: dg.AssetExecutionContext, services: CampaignServices, config: ProgramConfig, event: EventContext,
+    kind: CampaignKind, now: datetime,
+) -> tuple[campaigns.InvitationWave, int]:  # fmt: skip
+    """This wave of the channel's invitations (domain.campaigns.plan_invitation_wave) and the seats
+    left when it was planned."""
+    registered = services.registered(event.event_id, now)
     remaining = campaigns.remaining_capacity(event.capacity, config.event_config.capacity_limit, registered.height)
-    targeting = config.campaigns.targeting(channel)
-    candidates = top_candidates(
-        store, config.program_id, event.event_id, channel, targeting.min_score, min(targeting.limit, remaining), now
-    ).join(registered, on="customer_id", how="anti", maintain_order="left")
-    send_time = config.channel(channel).config.get("sendTime")
-    plan = campaigns.plan_invitations(
-        candidates, event=event, channel=channel, limit=targeting.limit, remaining_capacity=remaining,
-        send_time=send_time, now=now,
+    targeting = config.campaigns.targeting(kind.channel)
+    prior = services.ledger.deliveries(event.event_id, channel=kind.channel, kind=kind.kind)
+    outstanding = prior.join(registered, on="customer_id", how="anti").height
+    candidates = services.top_candidates(event.event_id, kind.channel, targeting.min_score, targeting.limit, now).join(
+        registered, on="customer_id", how="anti", maintain_order="left"
+    )
+    wave = campaigns.plan_invitation_wave(
+        candidates, prior=prior, outstanding=outstanding, event=event, channel=kind.channel,
+        limit=targeting.limit, remaining_capacity=remaining, send_time=config.invitation_send_time(kind.channel),
+        batch_ready_at=batch_ready_at(context.instance, event.event_id) or now, now=now,
+        deadline=campaigns.registration_deadline(event, config.event_config.registration_deadline_days),
     )  # fmt: skip
-    return plan, remaining
+    return wave, remaining
 
 
-@dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"email"}, tags={"stage": "campaign", "channel": "email"},
-          pool="channel-email")  # fmt: skip
+def wave_metadata(wave: campaigns.InvitationWave, remaining: int, now: datetime) -> dict[str, Any]:
+    """What the events team and the event-date sensor read of a wave."""
+    next_due = wave.next_due_at
+    return {
+        PLANNED_AT: now.isoformat(),
+        **({NEXT_DUE_AT: next_due.isoformat()} if next_due is not None else {}),
+        **({REASON: wave.reason} if wave.reason else {}),
+        "remaining_capacity": remaining,
+        "new_invitations_budget": wave.budget,
+        "due_now": wave.due.height,
+        "retried_after_transient_failure": wave.retries,
+        "waiting_for_local_send_time": wave.deferred.height,
+        "segments": table(campaigns.segment_summary(wave.planned)),
+    }
+
+
+@sending_asset("email_invitations")
 def email_invitations(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    candidate_store: CandidateStoreResource,
-    engagement: EngagementStoreResource,
-    ledger: DeliveryLedgerResource,
+    services: CampaignServices,
     email_channel: EmailChannelResource,
-    link_signing: LinkSigningResource,
-    decision_log: DecisionLogResource,
-    program: ProgramResource,
     clock: ClockResource,
 ) -> dg.MaterializeResult:
-    """Monday 10:00 local: the top candidates (score ≥ 0.5, ≤ 50,000, ≤ remaining capacity) get an email."""
-    config = program.load()
-    event = current_event(warehouse, context.partition_key)
-    if (cancelled := cancelled_result(event)) is not None:
-        return cancelled
+    """Top candidates (score ≥ 0.5, ≤ 50,000, ≤ seats left) get an email, each segment at its local 10:00."""
+    kind = CAMPAIGN_KINDS["email_invitations"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
     channel = config.channel("email")
-    calendar_invite = bool(channel.config.get("includeCalendarInvite", True))
     render = partial(
-        messages.render_invitation_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
-        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
-        organizer_email=config.campaigns.organizer, include_calendar_invite=calendar_invite,
+        messages.render_invitation_email, event=event, templates=messages.TemplateSet(),
+        secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
+        organizer_email=config.campaigns.organizer, include_calendar_invite=kind.calendar_invite,
         template_id=channel.config["templateId"], duration_minutes=event.duration_minutes,
     )  # fmt: skip
     with stopwatch() as watch:
-        plan, remaining = invitation_context(
-            warehouse, candidate_store, engagement, config, event, "email", clock.now()
-        )
-        plan, held_out = hold_out(plan, config, event, "email", ledger, clock.now())
+        wave, remaining = invitation_wave(context, services, config, event, kind, now)
+        plan, held_out = hold_out(wave.due, config, event, kind, services.ledger, now)
+        # `Date` is the real send time: the wave runs at its segment's local send time.
         run = send_campaign(
-            plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
-            ledger=ledger, send=email_channel.send, clock=clock, validate_email=calendar_invite,
+            plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
+            ledger=services.ledger, send=email_channel.send, clock=clock, validate_email=kind.calendar_invite,
         )  # fmt: skip
     return dg.MaterializeResult(
         metadata=run.metadata(
             watch,
-            remaining_capacity=remaining,
+            **wave_metadata(wave, remaining, now),
             held_out=held_out,
-            segments=table(campaigns.segment_summary(plan)),
             fell_back_to_english=sum(1 for message in run.rendered if message.payload.get("fell_back")),
             languages=", ".join(sorted({str(message.payload.get("language")) for message in run.rendered})),
             sample_message=dg.MetadataValue.path(
-                preview_message(plan, render, decision_log, event.event_id, "email_invitations", clock.now())
+                preview_message(plan, render, services.decision_log, event.event_id, kind.asset, now)
             ),
         )
     )
 
 
-@dg.asset(**CAMPAIGN, deps=[email_invitations], kinds={"in-app"}, tags={"stage": "campaign", "channel": "in-app"},
-          pool="channel-in-app")  # fmt: skip
+@sending_asset("in_app_invitations")
 def in_app_invitations(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    candidate_store: CandidateStoreResource,
-    engagement: EngagementStoreResource,
-    ledger: DeliveryLedgerResource,
+    services: CampaignServices,
     in_app_channel: InAppChannelResource,
-    link_signing: LinkSigningResource,
-    program: ProgramResource,
     clock: ClockResource,
 ) -> dg.MaterializeResult:
-    """Monday 14:00: a home-screen banner for candidates with score ≥ 0.6 not registered by then."""
-    config = program.load()
-    event = current_event(warehouse, context.partition_key)
-    if (cancelled := cancelled_result(event)) is not None:
-        return cancelled
+    """A home-screen banner for candidates with score ≥ 0.6 not registered, each segment at its local 14:00."""
+    kind = CAMPAIGN_KINDS["in_app_invitations"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
     channel = config.channel("in-app")
-    now = clock.now()
     render = partial(
         messages.render_in_app_banner, event=event, banner_type=channel.config["bannerType"],
         placement=channel.config["placement"], display_days=int(channel.config["displayDuration"]),
-        secret=link_signing.key(), base_url=config.campaigns.link_base_url, now=now,
+        secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, now=now,
     )  # fmt: skip
     with stopwatch() as watch:
-        plan, remaining = invitation_context(warehouse, candidate_store, engagement, config, event, "in-app", now)
-        plan, held_out = hold_out(plan, config, event, "in-app", ledger, now)
+        wave, remaining = invitation_wave(context, services, config, event, kind, now)
+        plan, held_out = hold_out(wave.due, config, event, kind, services.ledger, now)
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"]),
-            ledger=ledger, send=in_app_channel.send, clock=clock,
+            ledger=services.ledger, send=in_app_channel.send, clock=clock,
         )  # fmt: skip
-    return dg.MaterializeResult(metadata=run.metadata(watch, remaining_capacity=remaining, held_out=held_out))
+    return dg.MaterializeResult(metadata=run.metadata(watch, **wave_metadata(wave, remaining, now), held_out=held_out))
+
+
+# ---- reminders and the survey --------------------------------------------------------------------
 
 
 def reminder_plan(
-    warehouse: WarehouseResource, store: CandidateStoreResource, engagement: EngagementStoreResource,
-    config: ProgramConfig, event: EventContext, channel: str, now: datetime,
-) -> tuple[pl.DataFrame, int]:  # fmt: skip
+    services: CampaignServices, config: ProgramConfig, event: EventContext, kind: CampaignKind, now: datetime
+) -> tuple[pl.DataFrame, int, int]:
     """Registered customers with where to reach them, timed by the program's reminderSchedule entry.
 
-    Returns the plan and how many were dropped because the event has already started.
+    Returns the plan, how many are registered and how many were dropped because the event has
+    already started.
     """
-    schedule = next(r for r in config.event_config.reminder_schedule if r.channel == channel)
-    registered = registered_customers(warehouse, store, engagement, config.program_id, event.event_id, now)
+    schedule = next(r for r in config.event_config.reminder_schedule if r.channel == kind.channel)
+    registered = services.registered(event.event_id, now)
     plan = campaigns.plan_reminders(
-        with_contacts(registered, warehouse, store, config.program_id, event.event_id, now),
-        event=event, days_before=schedule.days_before, time=schedule.time, now=now, channel=channel,
+        services.with_contacts(registered, event.event_id, now),
+        event=event, days_before=schedule.days_before, time=schedule.time, now=now, channel=kind.channel,
+        kind=kind.kind,
     )  # fmt: skip
-    return plan.filter(~pl.col("too_late")), plan.filter(pl.col("too_late")).height
+    return plan.filter(~pl.col("too_late")), registered.height, plan.filter(pl.col("too_late")).height
 
 
-@dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"push"}, tags={"stage": "reminder", "channel": "push"},
-          pool="channel-push")  # fmt: skip
+@sending_asset("push_reminders")
 def push_reminders(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    candidate_store: CandidateStoreResource,
-    engagement: EngagementStoreResource,
-    ledger: DeliveryLedgerResource,
+    services: CampaignServices,
     push_channel: PushChannelResource,
-    link_signing: LinkSigningResource,
-    program: ProgramResource,
     clock: ClockResource,
 ) -> dg.MaterializeResult:
     """One day before the event: a push to every registered customer ("{eventName} Tomorrow!")."""
-    config = program.load()
-    event = current_event(warehouse, context.partition_key)
-    if (cancelled := cancelled_result(event)) is not None:
-        return cancelled
+    kind = CAMPAIGN_KINDS["push_reminders"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
     channel = config.channel("push")
     render = partial(
         messages.render_push_reminder, event=event, title_template=channel.config["title"],
-        body_template=channel.config["body"], secret=link_signing.key(), base_url=config.campaigns.link_base_url,
+        body_template=channel.config["body"], secret=services.link_signing.key(),
+        base_url=config.campaigns.link_base_url,
     )  # fmt: skip
     with stopwatch() as watch:
-        plan, too_late = reminder_plan(warehouse, candidate_store, engagement, config, event, "push", clock.now())
+        plan, registered, too_late = reminder_plan(services, config, event, kind, now)
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"]),
-            ledger=ledger, send=push_channel.send, clock=clock,
+            ledger=services.ledger, send=push_channel.send, clock=clock,
         )  # fmt: skip
-    return dg.MaterializeResult(metadata=run.metadata(watch, not_sent_event_started=too_late))
+    extra = {REASON: NO_REGISTRANTS} if registered == 0 else {}
+    return dg.MaterializeResult(metadata=run.metadata(watch, not_sent_event_started=too_late, **extra))
 
 
-@dg.asset(**CAMPAIGN, deps=[candidates_table], kinds={"email"}, tags={"stage": "reminder", "channel": "email"},
-          pool="channel-email")  # fmt: skip
+@sending_asset("day_of_reminders")
 def day_of_reminders(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    candidate_store: CandidateStoreResource,
-    engagement: EngagementStoreResource,
-    ledger: DeliveryLedgerResource,
+    services: CampaignServices,
     email_channel: EmailChannelResource,
-    link_signing: LinkSigningResource,
-    program: ProgramResource,
     clock: ClockResource,
 ) -> dg.MaterializeResult:
     """The event day at 09:00 local: an email with the join link to every registered customer."""
-    config = program.load()
-    event = current_event(warehouse, context.partition_key)
-    if (cancelled := cancelled_result(event)) is not None:
-        return cancelled
+    kind = CAMPAIGN_KINDS["day_of_reminders"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
     render = partial(
-        messages.render_day_of_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
-        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
+        messages.render_day_of_email, event=event, templates=messages.TemplateSet(),
+        secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
     )  # fmt: skip
-    now = clock.now()
     with stopwatch() as watch:
-        plan, too_late = reminder_plan(warehouse, candidate_store, engagement, config, event, "email", now)
+        plan, registered, too_late = reminder_plan(services, config, event, kind, now)
         due, deferred = campaigns.split_due(plan, now)
         run = send_campaign(
-            due, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
-            ledger=ledger, send=email_channel.send, clock=clock, validate_email=False,
+            due, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
+            ledger=services.ledger, send=email_channel.send, clock=clock, validate_email=kind.calendar_invite,
         )  # fmt: skip
     next_due = deferred["send_at_utc"].min() if deferred.height else None
+    extra = {REASON: NO_REGISTRANTS} if registered == 0 else {}
     return dg.MaterializeResult(
         metadata=run.metadata(
             watch,
@@ -377,51 +385,43 @@ def day_of_reminders(
             not_yet_due=deferred.height,
             **{PLANNED_AT: now.isoformat()},
             # The event-date sensor launches the next run at this moment (the next timezone's 09:00).
-            **({NEXT_DUE_AT: next_due.isoformat()} if next_due is not None else {}),
+            **({NEXT_DUE_AT: next_due.isoformat()} if next_due is not None else {}),  # type: ignore[union-attr]
+            **extra,
         )
     )
 
 
-@dg.asset(**CAMPAIGN, deps=["event_attendance"], kinds={"email"}, tags={"stage": "survey", "channel": "email"},
-          pool="channel-email")  # fmt: skip
+@sending_asset("post_event_surveys")
 def post_event_surveys(
     context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    candidate_store: CandidateStoreResource,
-    engagement: EngagementStoreResource,
-    ledger: DeliveryLedgerResource,
+    services: CampaignServices,
     email_channel: EmailChannelResource,
-    link_signing: LinkSigningResource,
-    program: ProgramResource,
     clock: ClockResource,
 ) -> dg.MaterializeResult:
     """One day after the event: a one-question survey email to every attendee (not to no-shows)."""
-    config = program.load()
-    event = current_event(warehouse, context.partition_key)
-    if (cancelled := cancelled_result(event)) is not None:
-        return cancelled
-    now = clock.now()
+    kind = CAMPAIGN_KINDS["post_event_surveys"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
     render = partial(
-        messages.render_survey_email, event=event, templates=messages.TemplateSet(), secret=link_signing.key(),
-        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
+        messages.render_survey_email, event=event, templates=messages.TemplateSet(),
+        secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
     )  # fmt: skip
     with stopwatch() as watch:
-        attendees = engagement.attendance(event.event_id).select("customer_id")
+        attendees = services.engagement.attendance(event.event_id).select("customer_id")
         plan = campaigns.plan_follow_up(
-            with_contacts(attendees, warehouse, candidate_store, config.program_id, event.event_id, now),
-            event=event, channel="email", kind=MessageKind.SURVEY, now=now,
+            services.with_contacts(attendees, event.event_id, now),
+            event=event, channel=kind.channel, kind=kind.kind, now=now,
         )  # fmt: skip
         run = send_campaign(
-            plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=row["send_at_utc"]),
-            ledger=ledger, send=email_channel.send, clock=clock, validate_email=False,
+            plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
+            ledger=services.ledger, send=email_channel.send, clock=clock, validate_email=kind.calendar_invite,
         )  # fmt: skip
-    return dg.MaterializeResult(metadata=run.metadata(watch, attendees=attendees.height))
+    extra = {REASON: NO_ATTENDEES} if attendees.height == 0 else {}
+    return dg.MaterializeResult(metadata=run.metadata(watch, attendees=attendees.height, **extra))
 
 
-CAMPAIGN_KINDS = {
-    "email_invitations": ("email", MessageKind.INVITATION),
-    "in_app_invitations": ("in-app", MessageKind.INVITATION),
-    "push_reminders": ("push", MessageKind.REMINDER),
-    "day_of_reminders": ("email", MessageKind.DAY_OF),
-    "post_event_surveys": ("email", MessageKind.SURVEY),
-}
+campaign_assets = [email_invitations, in_app_invitations, push_reminders, day_of_reminders, post_event_surveys]
+if {asset.key.path[-1] for asset in campaign_assets} != set(CAMPAIGN_KINDS):
+    raise RuntimeError("every row of CAMPAIGN_KINDS needs exactly one sending asset, and every sending asset a row")

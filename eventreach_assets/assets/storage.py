@@ -9,6 +9,8 @@ from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.export import CandidateExportResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 
+BATCH_READY_AT = "batch_ready_at"  # metadata key the invitation waves and the event-date sensor read
+
 
 @dg.asset(**BATCH, kinds={"sqlite"}, tags={"stage": "store"}, code_version="1")
 def candidates_table(
@@ -45,6 +47,8 @@ def candidates_table(
             "write_batches": summary.batches,
             "expired_entries_purged": purged,
             "expires_at": summary.expires_at.isoformat(),
+            # When the event's candidates were ready, by the batch's clock: invitation waves start here.
+            BATCH_READY_AT: now.isoformat(),
             "dagster/row_count": summary.items_written,
             **watch.metadata(summary.items_written),
         }

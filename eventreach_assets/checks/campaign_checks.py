@@ -3,21 +3,19 @@
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.campaigns import CAMPAIGN_KINDS
+from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS
+from eventreach_assets.domain.delivery import MessageKind
 from eventreach_assets.partitions import events_partitions
-from eventreach_assets.registrations import registered_customers
-from eventreach_assets.resources.candidate_store import CandidateStoreResource
-from eventreach_assets.resources.engagement import EngagementStoreResource
+from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
-from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.warehouse import WarehouseResource
+from eventreach_assets.resources.program import ClockResource
 
 SAMPLE = 5
 
 
 def sent_deliveries(ledger: DeliveryLedgerResource, event_id: str, asset_name: str) -> pl.DataFrame:
-    channel, kind = CAMPAIGN_KINDS[asset_name]
-    return ledger.deliveries(event_id, channel=channel, kind=kind).filter(pl.col("status") == "sent")
+    kind = CAMPAIGN_KINDS[asset_name]
+    return ledger.deliveries(event_id, channel=kind.channel, kind=kind.kind).filter(pl.col("status") == "sent")
 
 
 def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
@@ -36,9 +34,8 @@ def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset=asset_name, name=f"{asset_name}_no_opted_out", partitions_def=events_partitions)
     def no_opted_out(context: dg.AssetCheckExecutionContext, ledger: DeliveryLedgerResource) -> dg.AssetCheckResult:
         """Nobody was messaged after opting out (the weekly filter removes earlier opt-outs from the warehouse)."""
-        channel, _ = CAMPAIGN_KINDS[asset_name]
         sent = sent_deliveries(ledger, context.partition_key, asset_name)
-        opt_outs = ledger.opt_outs(sent["customer_id"], channel)
+        opt_outs = ledger.opt_outs(sent["customer_id"], CAMPAIGN_KINDS[asset_name].channel)
         violators = (
             sent.join(opt_outs, on="customer_id", how="inner")
             .filter(pl.col("opted_out_at") <= pl.col("sent_at"))["customer_id"]
@@ -52,13 +49,13 @@ def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
         )  # fmt: skip
 
     checks = [sent_once, no_opted_out]
-    if CAMPAIGN_KINDS[asset_name][0] == "email":
+    if CAMPAIGN_KINDS[asset_name].channel == "email":
 
         @dg.asset_check(asset=asset_name, name=f"{asset_name}_well_formed", partitions_def=events_partitions)
         def well_formed(context: dg.AssetCheckExecutionContext, ledger: DeliveryLedgerResource) -> dg.AssetCheckResult:
             """Every email had one-click unsubscribe headers and (invitations) a valid .ics, or was not sent."""
-            channel, kind = CAMPAIGN_KINDS[asset_name]
-            rows = ledger.deliveries(context.partition_key, channel=channel, kind=kind)
+            kind = CAMPAIGN_KINDS[asset_name]
+            rows = ledger.deliveries(context.partition_key, channel=kind.channel, kind=kind.kind)
             invalid = rows.filter(pl.col("reason").fill_null("").str.starts_with("invalid_message"))
             return dg.AssetCheckResult(
                 passed=invalid.height == 0,
@@ -67,27 +64,18 @@ def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
             )  # fmt: skip
 
         checks.append(well_formed)
-    if CAMPAIGN_KINDS[asset_name][1] == "invitation":
+    if CAMPAIGN_KINDS[asset_name].kind == MessageKind.INVITATION:
 
         @dg.asset_check(asset=asset_name, name=f"{asset_name}_within_capacity", partitions_def=events_partitions,
                         blocking=True)  # fmt: skip
         def within_capacity(
-            context: dg.AssetCheckExecutionContext,
-            ledger: DeliveryLedgerResource,
-            warehouse: WarehouseResource,
-            candidate_store: CandidateStoreResource,
-            engagement: EngagementStoreResource,
-            program: ProgramResource,
-            clock: ClockResource,
+            context: dg.AssetCheckExecutionContext, services: CampaignServices, clock: ClockResource
         ) -> dg.AssetCheckResult:
             """Never more invitations on this channel than seats the event had left when it went out."""
-            config = program.load()
-            events = warehouse.events().filter(pl.col("event_id") == context.partition_key)
-            capacity = min(int(events["capacity"][0]), config.event_config.capacity_limit)
-            registered = registered_customers(
-                warehouse, candidate_store, engagement, config.program_id, context.partition_key, clock.now()
-            ).height
-            sent = sent_deliveries(ledger, context.partition_key, asset_name).height
+            event = services.event(context.partition_key)
+            capacity = min(event.capacity, services.config().event_config.capacity_limit)
+            registered = services.registered(context.partition_key, clock.now()).height
+            sent = sent_deliveries(services.ledger, context.partition_key, asset_name).height
             return dg.AssetCheckResult(
                 passed=sent <= capacity,
                 metadata={"sent": sent, "capacity": capacity, "registered_now": registered},

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_HOME = ".eventreach"
@@ -178,8 +178,9 @@ def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
     import polars as pl
 
+    from eventreach_assets.assets.campaigns import batch_ready_at
     from eventreach_assets.demo.generator import seed_warehouse
-    from eventreach_assets.demo.run import funnel_frame, run_demo_campaign, run_weekly_batch
+    from eventreach_assets.demo.run import funnel_frame, run_campaigns, run_weekly_batch
 
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -208,17 +209,19 @@ def _demo(args: argparse.Namespace) -> int:
                 print(f"   check failed: {name}")
     if reports and not args.skip_campaign:
         event_id = reports[0].event_id
-        print(f"\n4/4 Monday's invitations for {event_id} (email 10:00, in-app 14:00), local outboxes:")
-        campaign = run_demo_campaign(home, instance, event_id)
-        for asset in ("email_invitations", "in_app_invitations"):
-            metadata = campaign.metadata.get(asset, {})
-            print(
-                f"    {asset:<20} planned {metadata.get('planned', 0):>7,}  sent {metadata.get('sent', 0):>7,}  "
-                f"skipped {metadata.get('skipped', 0):>7,}  failed "
-                f"{metadata.get('failed_transient', 0) + metadata.get('failed_permanent', 0):>5,}"
-            )
-        failed = [name for name, passed in campaign.checks.items() if not passed]
-        print(f"    checks: {len(campaign.checks) - len(failed)} passed, {len(failed)} failed {failed or ''}")
+        print(f"\n4/4 Monday's invitations for {event_id}: each segment at its local 10:00 (email) / 14:00 (in-app),")
+        print("    run wave by wave on a simulated clock as the event-date sensor launches them; local outboxes:")
+        start = batch_ready_at(instance, event_id) or datetime.now(UTC).replace(tzinfo=None)
+        for job, waves in run_campaigns(home, instance, event_id, start).items():
+            print(f"    {job}:")
+            for wave in waves:
+                metadata = wave.metadata
+                failed = [e.check_name for e in wave.result.get_asset_check_evaluations() if not e.passed]
+                print(
+                    f"      {wave.at:%a %H:%M} UTC  sent {metadata.get('sent', 0):>7,}  waiting "
+                    f"{metadata.get('waiting_for_local_send_time', 0):>7,}  {metadata.get('reason', '')}"
+                    + (f"  checks failed: {failed}" if failed else "")
+                )
         print(f"    outboxes: {home / 'outbox'} (open any .eml in a mail client)")
     print(f"\nDagster instance: {dagster_home}")
     print("Browse runs, materializations, checks and partitions: `make dev`, then http://127.0.0.1:3000")

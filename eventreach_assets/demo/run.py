@@ -8,12 +8,14 @@ check result and partition afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
+from eventreach_assets.assets.campaigns import NEXT_DUE_AT
 from eventreach_assets.definitions import build_definitions
 from eventreach_assets.partitions import events_partitions
 
@@ -91,17 +93,50 @@ def run_event_batches(
 
 
 CAMPAIGN_JOBS = ("email_campaign", "in_app_campaign")
+MAX_WAVES = 48  # a campaign has one wave per distinct local send time: a handful, bounded anyway
+SIMULATED_TAG = {"eventreach/clock": "simulated"}
 
 
-def run_campaigns(defs: dg.Definitions, instance: dg.DagsterInstance, event_id: str) -> EventReport:
-    """Monday's invitations for one event: the email then the in-app campaign, as their schedules would."""
-    results = [
-        defs.resolve_job_def(job).execute_in_process(
-            instance=instance, partition_key=event_id, tags={"eventreach/event": event_id}, run_config=QUIET
-        )
-        for job in CAMPAIGN_JOBS
-    ]
-    return collect_report(event_id, *results)
+@dataclass
+class Wave:
+    """One run of a campaign job at its (simulated) moment."""
+
+    at: datetime
+    result: dg.ExecuteInProcessResult
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        events = self.result.get_asset_materialization_events()
+        return _values(events[0].materialization.metadata) if events else {}
+
+
+def run_waves(
+    home: Path, instance: dg.DagsterInstance, event_id: str, job: str, start: datetime, until: datetime | None = None
+) -> list[Wave]:
+    """Run a campaign job as the event-date sensor launches it: at `start`, then at each
+    `next_due_at` the last run reported (the next segment's local send time), on a simulated
+    clock, until nothing is left to wait for (or `until`)."""
+    waves: list[Wave] = []
+    now = start
+    for _ in range(MAX_WAVES):
+        defs = build_definitions(home=home, fixed_now=now.isoformat())
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, partition_key=event_id, run_config=QUIET, raise_on_error=False,
+            tags={"eventreach/event": event_id, **SIMULATED_TAG},
+        )  # fmt: skip
+        waves.append(Wave(now, result))
+        due = waves[-1].metadata.get(NEXT_DUE_AT)
+        if not result.success or due is None:
+            break
+        now = max(datetime.fromisoformat(str(due)), now + timedelta(minutes=1))
+        if until is not None and now > until:
+            break
+    return waves
+
+
+def run_campaigns(home: Path, instance: dg.DagsterInstance, event_id: str, start: datetime) -> dict[str, list[Wave]]:
+    """Monday's invitations for one event: every email wave, then every in-app wave."""
+    return {job: run_waves(home, instance, event_id, job, start) for job in CAMPAIGN_JOBS}
 
 
 def run_weekly_batch(
@@ -112,11 +147,6 @@ def run_weekly_batch(
     register_event_partitions(defs, instance)
     models = train_models(defs, instance)
     return run_event_batches(defs, instance, limit), models
-
-
-def run_demo_campaign(home: Path, instance: dg.DagsterInstance, event_id: str) -> EventReport:
-    """The demo's campaign step on the same deployment the batch ran on."""
-    return run_campaigns(build_definitions(home=home), instance, event_id)
 
 
 def funnel_frame(report: EventReport) -> pl.DataFrame:

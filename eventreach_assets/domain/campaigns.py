@@ -10,6 +10,7 @@ handful) and joined back, so planning stays columnar at 50,000 rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,6 +24,9 @@ from eventreach_assets.domain.filters import EventContext
 DEFAULT_TIMEZONE = "UTC"  # customers without a (known) timezone are scheduled in UTC
 UNKNOWN_MARKETPLACE = "unknown"
 REMINDER_LEAD = timedelta(hours=1)  # a reminder is useless if it arrives as the event starts
+# A segment whose local send time passed more than this long ago (the sensor was down, the batch
+# was late) is not sent in the middle of the night: it moves to its next local send time.
+WAVE_GRACE = timedelta(hours=2)
 
 PLAN_COLUMNS: tuple[str, ...] = (
     "campaign_id",
@@ -209,43 +213,6 @@ def _with_schedule(lazy: pl.LazyFrame, schedule: pl.DataFrame, campaign_prefix: 
     )
 
 
-def plan_invitations(
-    candidates: pl.DataFrame | pl.LazyFrame,
-    *,
-    event: EventContext,
-    channel: str,
-    limit: int,
-    remaining_capacity: int,
-    send_time: str | None,
-    now: datetime,
-    latest: datetime | None = None,
-) -> pl.DataFrame:
-    """The invitations to send for one channel, one row per customer, highest score first.
-
-    Keeps the top min(limit, remaining_capacity) by score (ties by customer_id, so reruns pick the
-    same people), and schedules each at the next `send_time` in its own timezone before `latest`
-    (default: the event start), else now. Adds `segment`, `send_at_local`, `send_at_utc`,
-    `send_date_local` and `campaign_id` = event:channel:marketplace:timezone:local send date.
-    """
-    if "score" not in (candidates.collect_schema().names()):
-        raise ValueError("candidates need a score column")
-    keep = max(0, min(limit, remaining_capacity))
-    deadline = latest if latest is not None else event.start_time_utc
-    top = (
-        _normalised(candidates)
-        .sort(["score", "customer_id"], descending=[True, False], nulls_last=True)
-        .unique(subset="customer_id", keep="first", maintain_order=True)
-        .head(keep)
-        .collect()
-    )
-    timezones = top["timezone"].unique().sort().to_list()
-    schedule = _schedule_frame(
-        timezones, lambda name: next_send_time(send_time, timezone=name, now=now, latest=deadline)
-    )
-    prefix = pl.lit(f"{event.event_id}:{channel}")
-    return _with_schedule(top.lazy(), schedule, prefix)
-
-
 def plan_reminders(
     registered: pl.DataFrame | pl.LazyFrame,
     *,
@@ -322,3 +289,111 @@ def segment_summary(plan: pl.DataFrame) -> pl.DataFrame:
         .sort(["send_at_utc", "segment"])
         .select(list(SUMMARY_SCHEMA))
     )
+
+
+# ---- invitation waves -------------------------------------------------------------------
+
+PRIOR_SCHEMA: dict[str, pl.DataType] = {"customer_id": pl.String(), "campaign_id": pl.String(), "status": pl.String()}
+RETRYABLE = "failed_transient"  # the ledger status a later wave sends again
+
+# Why a wave sends nothing: metadata says it in words an events team reads.
+SOLD_OUT = "sold_out: no seats left"
+REGISTRATION_CLOSED = "registration_closed: the registration deadline has passed"
+NO_CANDIDATES = "no_candidates: nobody in the candidates table qualifies for this channel"
+ALL_INVITED = "everyone_already_invited: every selected customer has this invitation"
+NOTHING_DUE = "nothing_due: the next segment's local send time has not come yet"
+
+
+def registration_deadline(event: EventContext, deadline_days: int) -> datetime:
+    """The last moment an invitation is worth sending: registration closes `deadline_days` before."""
+    return event.start_time_utc - timedelta(days=deadline_days)
+
+
+@dataclass(frozen=True)
+class InvitationWave:
+    """One run of an invitation campaign: what goes out now, what waits for its local time, and why."""
+
+    due: pl.DataFrame  # plan rows to send now (retries of transient failures first)
+    deferred: pl.DataFrame  # selected rows whose segment's local send time is still ahead
+    budget: int  # new invitations this wave could still select (seats and limit left)
+    retries: int  # earlier transient failures sent again
+    reason: str | None  # why nothing is due, when nothing is
+
+    @property
+    def next_due_at(self) -> datetime | None:
+        """When the next segment is due (naive UTC): the event-date sensor launches the next wave then."""
+        return self.deferred["send_at_utc"].min() if self.deferred.height else None  # type: ignore[return-value]
+
+    @property
+    def planned(self) -> pl.DataFrame:
+        return pl.concat([self.due, self.deferred], how="vertical_relaxed")
+
+
+def plan_invitation_wave(
+    candidates: pl.DataFrame | pl.LazyFrame,
+    *,
+    prior: pl.DataFrame,
+    outstanding: int,
+    event: EventContext,
+    channel: str,
+    limit: int,
+    remaining_capacity: int,
+    send_time: str | None,
+    batch_ready_at: datetime,
+    now: datetime,
+    deadline: datetime,
+) -> InvitationWave:
+    """The invitations of one wave: true per-segment local send times, stable across waves.
+
+    - Each segment (marketplace x timezone) is sent at the first `send_time` local at or after the
+      moment the batch was ready (`batch_ready_at`), before `deadline`; a segment whose time has
+      passed by more than `WAVE_GRACE` moves to its next local send time, so nobody gets an
+      invitation in the middle of their night; none left before the deadline: now.
+    - `prior` are the ledger rows this campaign already has (customer, campaign, status): those
+      customers are never planned again, except `failed_transient` ones, which are retried now;
+      a segment that already went out (its campaign id is in `prior`) takes no new members.
+    - New invitations are capped by what is left of `limit` and by the seats left
+      (`remaining_capacity`) minus `outstanding` invitations not yet turned into registrations,
+      so the campaign never invites more people than there are seats.
+    """
+    if "score" not in candidates.collect_schema().names():
+        raise ValueError("candidates need a score column")
+    prior = prior.select(list(PRIOR_SCHEMA)).cast(PRIOR_SCHEMA)  # type: ignore[arg-type]
+    budget = max(0, min(limit - prior.height, remaining_capacity - outstanding))
+    anchor = max(to_utc_naive(batch_ready_at), to_utc_naive(now) - WAVE_GRACE)
+    ranked = (
+        _normalised(candidates)
+        .sort(["score", "customer_id"], descending=[True, False], nulls_last=True)
+        .unique(subset="customer_id", keep="first", maintain_order=True)
+        .collect()
+    )
+    timezones = ranked["timezone"].unique().sort().to_list()
+    schedule = _schedule_frame(
+        timezones, lambda name: next_send_time(send_time, timezone=name, now=anchor, latest=deadline)
+    )
+    planned = _with_schedule(ranked.lazy(), schedule, pl.lit(f"{event.event_id}:{channel}"))
+    retry_ids = prior.filter(pl.col("status") == RETRYABLE).select("customer_id")
+    retries = planned.join(retry_ids, on="customer_id", how="semi", maintain_order="left").with_columns(
+        send_at_utc=pl.lit(to_utc_naive(now), dtype=pl.Datetime("us"))
+    )
+    fresh = (
+        planned.join(prior.select("customer_id"), on="customer_id", how="anti", maintain_order="left")
+        .filter(~pl.col("campaign_id").is_in(prior["campaign_id"].unique().implode()))
+        .head(budget)
+    )
+    is_due = pl.col("send_at_utc") <= pl.lit(to_utc_naive(now), dtype=pl.Datetime("us"))
+    due = pl.concat([retries, fresh.filter(is_due)], how="vertical_relaxed")
+    deferred = fresh.filter(~is_due)
+    if to_utc_naive(now) >= to_utc_naive(deadline):  # registration closed: nothing new goes out
+        return InvitationWave(due.head(0), deferred.head(0), budget, 0, REGISTRATION_CLOSED)
+    reason = None
+    if due.height == 0:
+        if deferred.height:
+            reason = NOTHING_DUE
+        elif remaining_capacity <= 0:
+            reason = SOLD_OUT
+        elif ranked.height == 0:
+            reason = NO_CANDIDATES
+        else:
+            reason = ALL_INVITED
+    return InvitationWave(due=due, deferred=deferred, budget=budget, retries=retries.height, reason=reason)

@@ -5,7 +5,11 @@ one run per row, with a run key that names the event, the stage and the moment i
 The moment is computed from the event's current start time, so a rescheduled event gets its
 steps at the new dates (new run keys) and a cancelled event gets none.
 
-Stages (use case "Scheduled Jobs" and the program's `eventConfig.reminderSchedule`):
+Stages (use case "Scheduled Jobs" and the program's `eventConfig.reminderSchedule`; the
+campaign stages are the rows of `domain.campaign_kinds.CAMPAIGN_KINDS`):
+- email and in-app invitations: once the weekly batch has stored the event's candidates, then at
+  each segment's local send time (10:00 / 14:00) that the last wave reported (`next_due_at`),
+  until the registration deadline;
 - push reminder: `daysBefore` days before the start, until the start;
 - day-of email: from the first moment any customer's 09:00 (the YAML's time) on the event's
   local date can have come (15 hours before the start), until the start; the asset sends only
@@ -24,17 +28,20 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
+from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, Trigger, kinds_with
 from eventreach_assets.domain.campaigns import parse_hhmm
 from eventreach_assets.domain.events import normalize_events
 from eventreach_assets.program.config import ReminderSpec
 
 ATTENDANCE_GRACE = timedelta(minutes=30)
 FOLLOW_UP_WINDOW = timedelta(days=7)
+INVITATION_LOOKAHEAD = timedelta(days=60)  # invitation waves may open this long before the event
 
-PUSH_REMINDER = "push-reminder"
-DAY_OF_EMAIL = "day-of-email"
+PUSH_REMINDER = CAMPAIGN_KINDS["push_reminders"].stage
+DAY_OF_EMAIL = CAMPAIGN_KINDS["day_of_reminders"].stage
+SURVEY = CAMPAIGN_KINDS["post_event_surveys"].stage
 ATTENDANCE = "attendance"
-SURVEY = "survey"
+REMINDER_STAGES = {"push": PUSH_REMINDER, "email": DAY_OF_EMAIL}  # reminderSchedule channel -> stage
 
 
 @dataclass(frozen=True)
@@ -45,15 +52,26 @@ class Stage:
     job_name: str
     asset_name: str
     channel: str
-    repeats: bool = False  # runs again at the `next_due_at` its last run reported (day-of waves, attendance)
+    repeats: bool = False  # runs again at the `next_due_at` its last run reported (waves, attendance)
+    after_batch: bool = False  # opens only once the weekly batch has stored the event's candidates
 
 
 STAGES: dict[str, Stage] = {
-    PUSH_REMINDER: Stage(PUSH_REMINDER, "push_reminder", "push_reminders", "push"),
-    DAY_OF_EMAIL: Stage(DAY_OF_EMAIL, "day_of_reminder", "day_of_reminders", "email", repeats=True),
+    **{
+        kind.stage: Stage(
+            kind.stage,
+            kind.job,
+            kind.asset,
+            kind.channel,
+            repeats=kind.repeats,
+            after_batch=kind.trigger == Trigger.WAVES,
+        )
+        for kind in CAMPAIGN_KINDS.values()
+        if kind.trigger != Trigger.CATALOG
+    },
     ATTENDANCE: Stage(ATTENDANCE, "attendance_tracking", "event_attendance", "event-platform", repeats=True),
-    SURVEY: Stage(SURVEY, "post_event_survey", "post_event_surveys", "email"),
 }
+WAVE_STAGES = [kind.stage for kind in kinds_with(Trigger.WAVES)]
 
 DUE_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),
@@ -75,18 +93,24 @@ def first_local_time(start_utc: pl.Expr, days_before: int, time_of_day: str) -> 
     return start_utc - pl.duration(days=days_before + 1) + pl.duration(hours=at.hour, minutes=at.minute)
 
 
-def lifecycle_schedule(events: pl.DataFrame, reminders: Sequence[ReminderSpec]) -> pl.DataFrame:
+def lifecycle_schedule(
+    events: pl.DataFrame, reminders: Sequence[ReminderSpec], registration_deadline_days: int = 1
+) -> pl.DataFrame:
     """Every scheduled event's stages with the window in which each is due (DUE_SCHEMA).
 
-    Cancelled events get no rows: nothing more is sent for them.
+    Invitation waves are due until the registration deadline (the sensor opens them only once
+    the batch is ready). Cancelled events get no rows: nothing more is sent for them.
     """
     scheduled = normalize_events(events).filter(pl.col("status") == "scheduled")
     start = pl.col("start_time_utc")
     ended = start + pl.duration(minutes=pl.col("duration_minutes").fill_null(0)) + ATTENDANCE_GRACE
     survey_due = start + pl.duration(days=1)
-    windows: list[tuple[str, pl.Expr, pl.Expr]] = []  # stage, due_at, until
+    deadline = start - pl.duration(days=registration_deadline_days)
+    windows: list[tuple[str, pl.Expr, pl.Expr]] = [
+        (stage, start - INVITATION_LOOKAHEAD, deadline) for stage in WAVE_STAGES
+    ]  # stage, due_at, until
     for reminder in reminders:
-        stage = {"push": PUSH_REMINDER, "email": DAY_OF_EMAIL}.get(reminder.channel)
+        stage = REMINDER_STAGES.get(reminder.channel)
         if stage is not None:
             due = (
                 start - pl.duration(days=reminder.days_before)

@@ -159,6 +159,18 @@ class ChannelTargeting(_Model):
     limit: int = Field(gt=0)
     schedule: str
 
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        aws_cron_to_unix(value)
+        return value
+
+    @property
+    def local_time(self) -> str:
+        """The cron's hour and minute as HH:MM: the local send time of each segment's wave."""
+        minute, hour = aws_cron_to_unix(self.schedule).split()[:2]
+        return f"{int(hour):02d}:{int(minute):02d}"
+
 
 class CampaignConfig(_Model):
     email: ChannelTargeting
@@ -242,6 +254,11 @@ class ProgramConfig(_Model):
             if spec.channel_id == channel_id:
                 return spec
         raise KeyError(f"program {self.program_id!r} has no channel {channel_id!r}")
+
+    def invitation_send_time(self, channel_id: str) -> str:
+        """Each segment's local send time for the channel's invitations: the channel's `sendTime`
+        (email: "10:00", timezone local), else the hour of its campaign schedule (in-app: 14:00)."""
+        return str(self.channel(channel_id).config.get("sendTime") or self.campaigns.targeting(channel_id).local_time)
 
     @property
     def model_training_cron(self) -> str:
