@@ -12,10 +12,10 @@ import icalendar
 import polars as pl
 import pytest
 
-from eventreach_assets.assets.campaigns import NEXT_DUE_AT, REASON, email_invitations
+from eventreach_assets.assets.campaigns import NEXT_DUE_AT, REASON, email_invitations, in_app_invitations
 from eventreach_assets.definitions import build_definitions, campaign_services
 from eventreach_assets.demo.run import MAX_WAVES, run_waves, run_weekly_batch
-from eventreach_assets.domain.campaigns import ALL_INVITED, to_local
+from eventreach_assets.domain.campaigns import ALL_INVITED, SOLD_OUT, to_local
 from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.resources.channels import LocalOutboxEmail
 from eventreach_assets_tests.conftest import AS_OF, Deployment
@@ -35,17 +35,19 @@ class FailingAfter(LocalOutboxEmail):
         return super().send(message)
 
 
-def materialize_email(deployment: Deployment, event_id: str, **overrides: object) -> list[dg.ExecuteInProcessResult]:
-    """Every wave of the email invitations, with some resources replaced, as the event-date sensor
-    launches them: at the batch's time, then at each `next_due_at` (a simulated clock)."""
+def materialize_email(
+    deployment: Deployment, event_id: str, asset: dg.AssetsDefinition = email_invitations, **overrides: object
+) -> list[dg.ExecuteInProcessResult]:
+    """Every wave of the invitations (email by default), with some resources replaced, as the
+    event-date sensor launches them: at the batch's time, then at each `next_due_at` (a simulated clock)."""
     results: list[dg.ExecuteInProcessResult] = []
     now = AS_OF
     for _ in range(MAX_WAVES):
         resources = {**build_definitions(home=deployment.home, fixed_now=now.isoformat()).resources, **overrides}
         resources["services"] = campaign_services(resources)
         result = dg.materialize(
-            [email_invitations], resources=resources, partition_key=event_id, instance=deployment.instance,
-            raise_on_error=False, selection=[email_invitations],
+            [asset], resources=resources, partition_key=event_id, instance=deployment.instance,
+            raise_on_error=False, selection=[asset],
         )  # fmt: skip
         results.append(result)
         due = wave_metadata(result).get(NEXT_DUE_AT)
@@ -184,6 +186,30 @@ def test_invitations_stop_at_the_events_remaining_capacity(deployment: Deploymen
     assert all(result.success for result in results)
     assert sent_rows(deployment, batch).height == 3
     assert wave_metadata(results[0])["remaining_capacity"] == 3
+
+
+def test_a_sold_out_event_succeeds_sending_nothing_and_says_why(deployment: Deployment, batch: str, tmp_path: Path):
+    import duckdb
+    import yaml
+
+    from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
+    from eventreach_assets.resources.program import ProgramResource
+
+    warehouse = duckdb.connect(str(deployment.home / "warehouse.duckdb"), read_only=True)
+    registered = warehouse.execute(
+        "select count(distinct customer_id) from event_registrations where event_id = ?", [batch]
+    ).fetchone()[0]
+    program = yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+    program["eventConfig"]["capacityLimit"] = registered  # every seat taken
+    path = tmp_path / "program.yaml"
+    path.write_text(yaml.safe_dump(program))
+    for asset in (email_invitations, in_app_invitations):
+        [result] = materialize_email(deployment, batch, asset, program=ProgramResource(path=str(path)))
+        assert result.success
+        metadata = wave_metadata(result)
+        assert metadata["sent"] == 0 and metadata["planned"] == 0 and metadata[REASON] == SOLD_OUT
+    assert deployment.defs.resources["ledger"].deliveries(batch).height == 0
+    assert not list((deployment.home / "outbox").rglob("*.*"))
 
 
 def test_reminders_reach_every_registrant_once(deployment: Deployment, batch: str):
