@@ -898,4 +898,4 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
         frame = _delivery_frame(rows)
         if kind is not None:
             frame = frame.filter(pl.col("kind") == str(kind))
-        return frame.sort("channel", "kind", "customer_id")
+        return frame.sort("channel", "kind", "occurrence", "customer_id")  # SQLite's order (kind@occurrence)
