@@ -12,6 +12,7 @@ from polars.testing import assert_frame_equal
 
 from eventreach_assets.resources.engagement import (
     ATTENDANCE_SCHEMA,
+    CANCELLED,
     INTERACTION_SCHEMA,
     REGISTERED,
     REGISTRATION_SCHEMA,
@@ -148,9 +149,9 @@ def test_registrations_status_filter(store):
     assert store.registrations(EVENT, status=WAITLISTED)["customer_id"].to_list() == ["w1"]
     assert store.registrations(EVENT)["customer_id"].to_list() == ["r1", "r2", "w1"]
     with pytest.raises(ValueError, match="status must be one of"):
-        store.registrations(EVENT, status="cancelled")
+        store.registrations(EVENT, status="attended")
     with pytest.raises(ValueError, match="status must be one of"):
-        store.record_registrations(registrations("x"), "cancelled", now=T0)
+        store.record_registrations(registrations("x"), "attended", now=T0)
 
 
 def test_unattributed_registrations_need_no_channel_or_campaign_columns(store):
@@ -361,3 +362,25 @@ def test_dynamodb_items_use_the_documented_keys(aws_endpoint):
     description = client.describe_table(TableName=TABLE)["Table"]
     assert description["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert engagement_table_definition(TABLE)["KeySchema"] == description["KeySchema"]
+
+
+def test_cancellation_frees_the_registration_once_and_only_a_later_registration_renews_it(store):
+    store.record_registrations(registrations("r1", "r2"), REGISTERED, now=T0)
+    store.record_registrations(registrations("w1", at=T0 + timedelta(hours=1)), WAITLISTED, now=T0)
+    later = T0 + timedelta(days=1)
+    assert store.record_registrations(registrations("r1"), CANCELLED, now=later) == 1
+    assert store.record_registrations(registrations("w1", at=T0 + timedelta(hours=1)), CANCELLED, now=later) == 1
+    assert store.record_registrations(registrations("r1"), CANCELLED, now=later) == 0  # once
+    assert store.registrations(EVENT, status=CANCELLED)["customer_id"].to_list() == ["r1", "w1"]
+    row = store.registrations(EVENT, status=CANCELLED).row(0, named=True)
+    assert (row["registered_at"], row["recorded_at"], row["registration_id"]) == (T0, later, "r-evt-1-r1-1000")
+    # A replay of the cancelled registration changes nothing; a new one (later registered_at) renews it.
+    assert store.record_registrations(registrations("r1"), REGISTERED, now=later) == 0
+    assert store.record_registrations(registrations("r1"), WAITLISTED, now=later) == 0
+    again = T0 + timedelta(days=2, minutes=5)
+    assert store.record_registrations(registrations("r1", at=again, channel=None), REGISTERED, now=again) == 1
+    renewed = store.registrations(EVENT).filter(pl.col("customer_id") == "r1").row(0, named=True)
+    assert (renewed["status"], renewed["registered_at"], renewed["registration_id"], renewed["channel"]) == (
+        REGISTERED, again, "r-evt-1-r1-1005", None,
+    )  # fmt: skip
+    assert store.registrations(EVENT, status=REGISTERED)["customer_id"].to_list() == ["r2", "r1"]

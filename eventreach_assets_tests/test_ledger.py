@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
 
-from eventreach_assets.domain.delivery import DeliveryKey, MessageKind
+from eventreach_assets.domain.delivery import DeliveryKey, MessageKind, occurrence_of
 from eventreach_assets.resources.ledger import (
+    DELIVERY_SCHEMA,
     DeliveryLedgerResource,
     DynamoDBDeliveryLedger,
     SqliteDeliveryLedger,
+    decode_kind,
+    encode_kind,
+    key_frame,
     keys_frame,
     ledger_table_definition,
 )
@@ -213,3 +218,66 @@ def test_opt_outs_frame_gives_the_earliest_covering_opt_out_per_customer(ledger)
     in_app = ledger.opt_outs(pl.Series(["a", "b"]), "in-app")
     assert in_app.select("customer_id", "channel", "source").rows() == [("a", "*", "preference-center")]
     assert ledger.opt_outs(pl.Series([], dtype=pl.String), "email").is_empty()
+
+
+# ---- per-date keys: the kind column holds `kind@occurrence` -----------------------------------
+
+FIRST_DATE, NEW_DATE = occurrence_of(datetime(2026, 12, 1, 15, 0)), occurrence_of(datetime(2026, 12, 8, 15, 0))
+
+
+def test_kind_encoding_round_trips_and_refuses_the_separator():
+    assert encode_kind(MessageKind.REMINDER, "20261201T1500") == "reminder@20261201T1500"
+    assert encode_kind(MessageKind.INVITATION) == "invitation"
+    assert decode_kind("reminder@20261201T1500") == ("reminder", "20261201T1500")
+    assert decode_kind("day-of") == ("day-of", "")
+    with pytest.raises(ValueError, match="'@'"):
+        encode_kind(MessageKind.REMINDER, "2026@x")
+    with pytest.raises(ValueError, match="'@'"):
+        key_frame(frame(DeliveryKey("a", EVENT, "push", MessageKind.REMINDER, "x#y")))
+
+
+def test_a_reminder_is_sent_once_per_event_date(ledger):
+    old = DeliveryKey("a", EVENT, "push", MessageKind.REMINDER, FIRST_DATE)
+    new = DeliveryKey("a", EVENT, "push", MessageKind.REMINDER, NEW_DATE)
+    first = ledger.reserve(frame(old, key("a")), now=NOW)
+    assert first.select("kind", "occurrence", "granted").rows() == [
+        ("reminder", FIRST_DATE, True),
+        ("invitation", "", True),
+    ]
+    ledger.mark_sent(old, "msg-old", NOW)
+    assert not ledger.reserve(frame(old), now=NOW + timedelta(hours=1))["granted"].item()  # same date: once
+    moved = ledger.reserve(frame(new), now=NOW + timedelta(hours=1))  # the event moved: the new date's reminder
+    assert moved.select("kind", "occurrence", "granted", "previous_status").rows() == [
+        ("reminder", NEW_DATE, True, None)
+    ]
+    ledger.mark_sent(new, "msg-new", NOW + timedelta(hours=1))
+    rows = ledger.deliveries(EVENT, "push", "reminder")
+    assert rows.select("kind", "occurrence", "status", "provider_message_id").rows() == [
+        ("reminder", FIRST_DATE, "sent", "msg-old"),
+        ("reminder", NEW_DATE, "sent", "msg-new"),
+    ]
+    assert ledger.deliveries(EVENT).columns == list(DELIVERY_SCHEMA)
+    assert ledger.sent_count(EVENT, "push", "reminder") == 2
+    assert ledger.sent_count(EVENT, kind="reminder") == 2
+    assert ledger.deliveries(EVENT, kind="invitation")["occurrence"].to_list() == [""]
+    assert ledger.duplicates(EVENT).is_empty()
+    # Marks address the occurrence too: failing the new date's key leaves the old one alone.
+    assert ledger.mark_suppressed(DeliveryKey("b", EVENT, "push", MessageKind.REMINDER, NEW_DATE), "opted out", NOW)
+    assert ledger.release([new], "aborted", NOW) == 0  # sent rows are not pending
+    statuses = ledger.deliveries(EVENT, "push").select("customer_id", "occurrence", "status").rows()
+    assert statuses == [("a", FIRST_DATE, "sent"), ("a", NEW_DATE, "sent"), ("b", NEW_DATE, "suppressed")]
+
+
+def test_the_stored_kind_is_encoded_at_the_ledger_boundary(ledger):
+    reminder = DeliveryKey("a", EVENT, "push", MessageKind.REMINDER, FIRST_DATE)
+    ledger.reserve(frame(reminder), now=NOW)
+    ledger.mark_sent(reminder, "m", NOW)
+    if isinstance(ledger, SqliteDeliveryLedger):
+        with sqlite3.connect(ledger.path) as conn:
+            stored = conn.execute("SELECT kind FROM delivery_ledger").fetchall()
+        assert stored == [(f"reminder@{FIRST_DATE}",)]
+    else:
+        items = ledger.client().scan(TableName=ledger.table_name)["Items"]
+        assert [(i["sk"]["S"], i["kind"]["S"]) for i in items] == [
+            (f"DELIVERY#push#reminder@{FIRST_DATE}#a", f"reminder@{FIRST_DATE}")
+        ]

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from eventreach_assets.domain import registrations as reg
-from eventreach_assets.domain.engagement import QUARANTINE_SCHEMA, REGISTERED, WAITLISTED
+from eventreach_assets.domain.engagement import CANCELLED, QUARANTINE_SCHEMA, REGISTERED, WAITLISTED
 from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, sign_link_token, verify_link_token
 from eventreach_assets.program.config import default_program
-from eventreach_assets.registrations import ingest_registrations
+from eventreach_assets.registrations import ingest_registrations, promote_from_waitlist, registered_customers
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.engagement import SqliteEngagementStore
 
@@ -299,3 +299,162 @@ def test_feed_records_are_ingested_and_malformed_lines_quarantined_with_their_re
     assert outcome.rejected["raw"][0] == "{oops"  # the line as it came, for the quarantine file
     assert json.loads(outcome.rejected["raw"][2])["registered_at"] == "soon"
     assert engagement.registrations(EVENT)["customer_id"].to_list() == ["c01"]
+
+
+# ---- cancellations and the waitlist -------------------------------------------------------------
+
+
+class CatalogWarehouse(FakeWarehouse):
+    """FakeWarehouse whose event capacity the catalog can raise."""
+
+    def __init__(self, registrations: pl.DataFrame, capacity: int = 3) -> None:
+        super().__init__(registrations)
+        self.capacity = capacity
+
+    def events(self) -> pl.DataFrame:
+        return super().events().with_columns(capacity=pl.lit(self.capacity, pl.Int64))
+
+
+def cancel_record(customer: str, *, minutes: int = 60, line: int = 1, **fields) -> dict:
+    return {
+        "action": "cancel",
+        "event_id": EVENT,
+        "customer_id": customer,
+        "cancelled_at": (T0 + timedelta(minutes=minutes)).isoformat() + "Z",
+        "_source": "0002.jsonl",
+        "_line": line,
+        **fields,
+    }
+
+
+def seated(warehouse, store, engagement, program) -> list[str]:
+    frame = registered_customers(warehouse, store, engagement, program.program_id, EVENT, NOW)
+    return sorted(frame["customer_id"].to_list())
+
+
+def test_cancellation_problems_name_the_field():
+    good = {"action": "cancel", "event_id": EVENT, "customer_id": "c01", "cancelled_at": "2025-02-01T10:00:00Z"}
+    assert reg.cancellation_problem(good) is None
+    assert reg.cancellation_problem({"event_id": EVENT}) is None  # a registration: judged by validate_registrations
+    assert reg.cancellation_problem({**good, "action": "CANCEL "}) is None
+    assert reg.cancellation_problem({**good, "action": "delete"})[0] == "action"
+    assert reg.cancellation_problem({**good, "cancelled_at": " "})[0] == "cancelled_at"
+    assert reg.cancellation_problem({**good, "cancelled_at": "tomorrow"})[0] == "cancelled_at"
+    assert reg.cancellation_problem({**good, "customer_id": "c 01"})[0] == "customer_id"
+    assert reg.cancellation_problem({k: v for k, v in good.items() if k != "event_id"})[0] == "event_id"
+
+
+def test_validate_cancellations_rules_in_order():
+    current = pl.DataFrame(
+        {
+            "event_id": [EVENT] * 4,
+            "customer_id": ["c01", "c02", "c03", "c04"],
+            "status": [REGISTERED, WAITLISTED, CANCELLED, REGISTERED],
+            "registration_id": ["r1", "r2", "r3", "r4"],
+            "registered_at": [T0, T0, T0, T0 + timedelta(hours=5)],
+            "channel": ["email", None, "email", "in-app"],
+            "campaign_id": ["cmp-1", None, "cmp-1", "cmp-2"],
+        },
+        schema=reg.CURRENT_SCHEMA,
+    )
+    at = T0 + timedelta(hours=1)
+    rows = [
+        ("cancel", None, EVENT, "c01", at),  # accepted, frees a seat
+        ("cancel", None, EVENT, "c01", at + timedelta(minutes=1)),  # later duplicate in the batch
+        ("cancel", "x2", EVENT, "c02", at),  # waitlisted: accepted, frees nothing
+        ("cancel", None, EVENT, "c03", at),  # already cancelled
+        ("cancel", None, EVENT, "c04", at),  # older than c04's registration
+        ("cancel", None, EVENT, "c05", at),  # holds nothing
+        ("cancel", None, "evt-unknown", "c01", at),
+        ("cancel", None, EVENT, "c01", datetime(2025, 3, 1)),  # after NOW
+        ("cancel", None, EVENT, None, at),
+        ("delete", None, EVENT, "c01", at),
+    ]
+    incoming = pl.DataFrame(rows, schema=reg.CANCELLATION_RECORD, orient="row")
+    outcome = reg.validate_cancellations(incoming, events=EVENTS, current=current, now=NOW)
+    assert outcome.accepted.select("customer_id", "registration_id", "previous_status", "channel").rows() == [
+        ("c01", "r1", REGISTERED, "email"),
+        ("c02", "x2", WAITLISTED, None),
+    ]
+    assert outcome.freed == 1
+    assert outcome.accepted.schema == pl.Schema(reg.CANCELLED_SCHEMA)
+    assert dict(outcome.rejected.select("line", "reason").rows()) == {
+        2: reg.DUPLICATE,
+        4: reg.DUPLICATE,
+        5: reg.CANCELLED_BEFORE_REGISTRATION,
+        6: reg.NOT_REGISTERED,
+        7: reg.UNKNOWN_EVENT,
+        8: reg.FUTURE_TIMESTAMP,
+        9: reg.MISSING_FIELD,
+        10: reg.UNKNOWN_ACTION,
+    }
+
+
+def test_promote_waitlist_is_first_come_first_served_and_never_overbooks():
+    waitlisted = pl.DataFrame(
+        {"customer_id": ["w3", "w1", "w2", "w0"], "registered_at": [T0 + timedelta(minutes=m) for m in (5, 1, 1, 9)]}
+    )
+    assert reg.promote_waitlist(waitlisted, 8, 10)["customer_id"].to_list() == ["w1", "w2"]
+    assert reg.promote_waitlist(waitlisted, 8, 10, capacity_limit=9)["customer_id"].to_list() == ["w1"]
+    assert reg.promote_waitlist(waitlisted, 12, 10).is_empty()  # overbooked already: nobody
+    assert reg.promote_waitlist(waitlisted, 0, 100)["customer_id"].to_list() == ["w1", "w2", "w3", "w0"]
+
+
+def test_a_cancellation_frees_a_seat_and_the_earliest_waitlisted_is_promoted_once(stores):
+    program, store, engagement = stores
+    warehouse = CatalogWarehouse(NO_REGISTRATIONS, capacity=3)
+
+    def ingest(batch):
+        return ingest_registrations(
+            batch, warehouse=warehouse, store=store, engagement=engagement, program=program, secret=SECRET, now=NOW
+        )
+
+    full = ingest(incoming(row(1, "c01"), row(2, "c02", minutes=1), row(3, "c03", minutes=2), row(5, "c05", minutes=4),
+                           row(4, "c04", minutes=3)))  # fmt: skip
+    assert full.waitlisted["customer_id"].to_list() == ["c04", "c05"]  # c04 registered first
+    assert promote_from_waitlist(warehouse, store, engagement, program, EVENT, NOW).is_empty()  # no seat yet
+
+    cancelled = ingest([cancel_record("c01"), cancel_record("c09", line=2), cancel_record("c02", line=3, action="x")])
+    assert cancelled.cancelled.select("customer_id", "previous_status").rows() == [("c01", REGISTERED)]
+    assert cancelled.rejected.select("line", "reason").rows() == [(2, reg.NOT_REGISTERED), (3, reg.UNKNOWN_ACTION)]
+    assert cancelled.summary()["cancelled"] == 1
+    assert seated(warehouse, store, engagement, program) == ["c02", "c03"]  # c01's mark no longer counts
+
+    promoted = promote_from_waitlist(warehouse, store, engagement, program, EVENT, NOW)
+    assert promoted.select("customer_id", "registration_id", "registered_at").rows() == [
+        ("c04", "r4", T0 + timedelta(minutes=3))
+    ]
+    assert promoted["promoted_at"].to_list() == [NOW.replace(tzinfo=None)]
+    statuses = dict(engagement.registrations(EVENT).select("customer_id", "status").iter_rows())
+    assert statuses == {"c01": CANCELLED, "c02": REGISTERED, "c03": REGISTERED, "c04": REGISTERED, "c05": WAITLISTED}
+    assert seated(warehouse, store, engagement, program) == ["c02", "c03", "c04"]
+    assert promote_from_waitlist(warehouse, store, engagement, program, EVENT, NOW).is_empty()  # running again
+    assert ingest([cancel_record("c01")]).rejected["reason"].to_list() == [reg.DUPLICATE]  # replayed cancellation
+
+    # A replay of c01's old registration does not take a seat back; a new registration is waitlisted.
+    assert ingest(incoming(row(1, "c01"))).rejected["reason"].to_list() == [reg.DUPLICATE]
+    again = ingest(incoming(row(6, "c01", minutes=90)))
+    assert again.waitlisted["customer_id"].to_list() == ["c01"]
+    statuses = dict(engagement.registrations(EVENT).select("customer_id", "status").iter_rows())
+    assert statuses["c01"] == WAITLISTED
+
+
+def test_a_capacity_raised_in_the_catalog_promotes_as_many_as_it_opens(stores):
+    program, store, engagement = stores
+    warehouse = CatalogWarehouse(NO_REGISTRATIONS, capacity=1)
+    batch = incoming(*(row(n, f"c0{n}", minutes=n) for n in range(1, 6)))
+    ingest_registrations(
+        batch, warehouse=warehouse, store=store, engagement=engagement, program=program, secret=SECRET, now=NOW
+    )
+    assert seated(warehouse, store, engagement, program) == ["c01"]
+    warehouse.capacity = 3
+    promoted = promote_from_waitlist(warehouse, store, engagement, program, EVENT, NOW)
+    assert promoted["customer_id"].to_list() == ["c02", "c03"]
+    assert seated(warehouse, store, engagement, program) == ["c01", "c02", "c03"]
+    marked = store.registered_candidates(program.program_id, EVENT, now=NOW)
+    assert sorted(set(marked["customer_id"])) == ["c01", "c02"]  # c03 is not a candidate: nothing to mark
+    assert promote_from_waitlist(warehouse, store, engagement, program, EVENT, NOW).is_empty()
+    # Nobody is promoted once the event has started.
+    warehouse.capacity = 10
+    assert promote_from_waitlist(warehouse, store, engagement, program, EVENT, START).is_empty()
+    assert len(promote_from_waitlist(warehouse, store, engagement, program, EVENT, NOW)) == 2

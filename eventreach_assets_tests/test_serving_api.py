@@ -523,3 +523,43 @@ def test_an_expired_list_is_served_while_one_refresh_replaces_it():
     assert cache.lookup(("p", "e", "registered")) == (None, False)  # the older list was not kept
     off = ExpiringCache(seconds=0)
     assert [off.load(("k",), loader), off.load(("k",), loader)] == [4, 5] and off.lookup(("k",)) == (None, False)
+
+
+def cancellation(api: Api, customer: str, **fields: Any) -> dict:
+    record = {
+        "action": "cancel",
+        "registration_id": "web-1",
+        "event_id": api.event,
+        "customer_id": customer,
+        "cancelled_at": (AS_OF - timedelta(minutes=10)).isoformat() + "Z",
+    }
+    return {**record, **fields}
+
+
+def test_a_signed_cancellation_frees_the_seat_and_a_bad_one_is_a_400_naming_the_field(api: Api):
+    customer = api.scored["customer_id"][7]
+    assert api.deliver(json.dumps([registration(api, 1, customer)]).encode()).body["accepted"] == 1
+    assert customer in [item["customer_id"] for item in api.registered(limit=100).body["items"]]
+
+    for record, parameter in [
+        (cancellation(api, customer, cancelled_at=None), "registrations[0].cancelled_at"),
+        (cancellation(api, customer, cancelled_at="yesterday"), "registrations[0].cancelled_at"),
+        (cancellation(api, customer, action="unregister"), "registrations[0].action"),
+        ({k: v for k, v in cancellation(api, customer).items() if k != "customer_id"}, "registrations[0].customer_id"),
+    ]:
+        reply = api.deliver(json.dumps([record, registration(api, 2, api.scored["customer_id"][8])]).encode())
+        assert (reply.status, reply.body["parameter"]) == (400, parameter), reply.body
+    assert engagement_rows(api) == [(customer, "web-1", "registered", "email")]  # a refused delivery stores nothing
+
+    body = json.dumps([cancellation(api, customer)]).encode()
+    reply = api.deliver(body)
+    assert reply.status == 200
+    assert (reply.body["cancelled"], reply.body["stored"], reply.body["rejected"]) == (1, 1, 0)
+    assert engagement_rows(api) == [(customer, "web-1", "cancelled", "email")]
+    assert customer not in [item["customer_id"] for item in api.registered(limit=100).body["items"]]
+    replay = api.deliver(body)
+    assert (replay.body["cancelled"], replay.body["stored"]) == (0, 0)
+    assert replay.body["rejections"] == [{"position": 1, "reason": "duplicate"}]
+    # Cancelling a customer who holds no seat is quarantined with its reason, not a 400.
+    nobody = api.deliver(json.dumps([cancellation(api, api.scored["customer_id"][9])]).encode())
+    assert nobody.status == 200 and nobody.body["rejections"] == [{"position": 1, "reason": "not_registered"}]

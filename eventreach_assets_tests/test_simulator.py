@@ -56,6 +56,7 @@ def ledger_rows(
             "event_id": [event_id] * n,
             "channel": [channel] * n,
             "kind": [kind] * n,
+            "occurrence": [""] * n,  # per-date kinds carry the event date; "" is enough here
             "campaign_id": [campaign or f"{event_id}:{channel}:{kind}:seg{i % 3}" for i in range(n)],
             "status": [status] * n,
             "reason": [None] * n,

@@ -21,9 +21,10 @@ def sent_deliveries(ledger: DeliveryLedgerResource, event_id: str, asset_name: s
 def build_campaign_checks(asset_name: str) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(asset=asset_name, name=f"{asset_name}_sent_once", partitions_def=events_partitions, blocking=True)
     def sent_once(context: dg.AssetCheckExecutionContext, ledger: DeliveryLedgerResource) -> dg.AssetCheckResult:
-        """No customer got this message twice for this event (ledger rows and provider ids both unique)."""
+        """No customer got this message twice for this event date (ledger rows and provider ids both
+        unique); reminders, day-of and updates go once per date (`occurrence`)."""
         sent = sent_deliveries(ledger, context.partition_key, asset_name)
-        repeated = sent.filter(pl.col("customer_id").is_duplicated())["customer_id"].unique()
+        repeated = sent.filter(pl.struct("customer_id", "occurrence").is_duplicated())["customer_id"].unique()
         repeated_ids = sent.filter(pl.col("provider_message_id").is_duplicated()).height
         return dg.AssetCheckResult(
             passed=repeated.len() == 0 and repeated_ids == 0,

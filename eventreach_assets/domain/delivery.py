@@ -1,6 +1,7 @@
 """What every channel sends and what the delivery ledger records about it.
 
-One ledger row per customer x event x channel x message kind: written `pending` before the
+One ledger row per customer x event x channel x message kind (x event date for the kinds sent
+once per date: reminders, day-of, updates): written `pending` before the
 provider is called, confirmed `sent` with the provider's message id after. A re-run or a
 retried run consults it first, so a message is never sent twice. Shared by the campaign
 planning (domain), the ledger (resources/ledger.py) and the channel services
@@ -10,9 +11,11 @@ planning (domain), the ledger (resources/ledger.py) and the channel services
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+import polars as pl
 
 
 class MessageKind(StrEnum):
@@ -20,6 +23,26 @@ class MessageKind(StrEnum):
     REMINDER = "reminder"  # push, one day before (eventConfig.reminderSchedule)
     DAY_OF = "day-of"  # email on the event day at 09:00 local
     SURVEY = "survey"  # to attendees, the day after the event
+    UPDATE = "update"  # the event moved: updated calendar invite (METHOD:REQUEST, SEQUENCE + 1), once per new date
+    CANCELLATION = "cancellation"  # the event is off: METHOD:CANCEL to invitees and registrants, push to registrants
+    WAITLIST_CONFIRMATION = "waitlist-confirmation"  # a seat freed up: the promoted customer's confirmation + .ics
+
+
+# Kinds sent once per event date: a reschedule gives them a new key, so they go out again for
+# the new date (a reminder sent for the old date does not block the new date's reminder).
+PER_DATE_KINDS: frozenset[MessageKind] = frozenset({MessageKind.REMINDER, MessageKind.DAY_OF, MessageKind.UPDATE})
+OCCURRENCE_FORMAT = "%Y%m%dT%H%M"  # the event start in UTC, e.g. 20261201T1500
+
+
+def occurrence_of(start_time_utc: datetime) -> str:
+    """The event date a per-date message is about: its start in UTC as `%Y%m%dT%H%M` (naive = UTC)."""
+    start = start_time_utc if start_time_utc.tzinfo is None else start_time_utc.astimezone(UTC)
+    return start.strftime(OCCURRENCE_FORMAT)
+
+
+def occurrence_for(kind: MessageKind | str, start_time_utc: datetime) -> str:
+    """The key's occurrence: the event date for PER_DATE_KINDS, "" for kinds sent once per event."""
+    return occurrence_of(start_time_utc) if MessageKind(kind) in PER_DATE_KINDS else ""
 
 
 class DeliveryStatus(StrEnum):
@@ -34,12 +57,14 @@ class DeliveryStatus(StrEnum):
 
 @dataclass(frozen=True)
 class DeliveryKey:
-    """The ledger's primary key: at most one message of a kind per customer, event and channel."""
+    """The ledger's primary key: at most one message of a kind per customer, event and channel
+    (and per event date, `occurrence`, for PER_DATE_KINDS; "" for the others)."""
 
     customer_id: str
     event_id: str
     channel: str  # email | in-app | push
     kind: MessageKind
+    occurrence: str = ""  # occurrence_of(event start) for PER_DATE_KINDS
 
 
 @dataclass(frozen=True)
@@ -67,7 +92,9 @@ class OutboundMessage:
     @property
     def idempotency_key(self) -> str:
         """Stable across retries, so providers that deduplicate (webhooks, Message-ID) can."""
-        return f"{self.key.event_id}:{self.key.channel}:{self.key.kind}:{self.key.customer_id}"
+        key = self.key
+        kind = f"{key.kind}@{key.occurrence}" if key.occurrence else str(key.kind)
+        return f"{key.event_id}:{key.channel}:{kind}:{key.customer_id}"
 
 
 class TransientSendError(RuntimeError):
@@ -80,3 +107,73 @@ class PermanentSendError(RuntimeError):
 
 class ChannelUnavailableError(TransientSendError):
     """The channel cannot send anything (credentials, account, configuration): stop, do not try every message."""
+
+
+# ---- who hears about a change, and with which calendar SEQUENCE ---------------------------------
+
+FIRST_CHANGE_SEQUENCE = 1  # the original invitation's .ics is SEQUENCE 0; the first change is 1
+RECIPIENTS_SCHEMA: dict[str, pl.DataType] = {"customer_id": pl.String(), "registered": pl.Boolean()}
+SEQUENCES_SCHEMA: dict[str, pl.DataType] = {"customer_id": pl.String(), "sequence": pl.Int64()}
+# The emails that put the event in a customer's calendar (and so must be moved or cancelled there).
+CALENDAR_KINDS: tuple[str, ...] = (MessageKind.INVITATION.value, MessageKind.WAITLIST_CONFIRMATION.value)
+
+
+def _event_rows(deliveries: pl.DataFrame, event_id: str) -> pl.LazyFrame:
+    """The event's ledger rows with an `occurrence` column ("" when the frame has none)."""
+    frame = deliveries.lazy().filter(pl.col("event_id") == event_id)
+    if "occurrence" not in deliveries.columns:
+        frame = frame.with_columns(occurrence=pl.lit(""))
+    return frame.with_columns(pl.col("customer_id").cast(pl.String), pl.col("occurrence").fill_null(""))
+
+
+def calendar_sequences(deliveries: pl.DataFrame, event_id: str, occurrence: str) -> pl.DataFrame:
+    """The iCalendar SEQUENCE of a change notice (update for `occurrence`, or "" for a cancellation
+    or waitlist confirmation) per customer: 1 + the update occurrences other than this one already
+    in the ledger for that customer and event.
+
+    Calendars apply a notice only if its SEQUENCE is higher than the one they hold, so every later
+    notice must carry a strictly larger one; rendering the same update again (a retry) gives the
+    same number. One row per customer with any ledger row of the event; customers absent get
+    FIRST_CHANGE_SEQUENCE (`fill_null(FIRST_CHANGE_SEQUENCE)` after a left join).
+    """
+    rows = _event_rows(deliveries, event_id)
+    updates = (
+        rows.filter((pl.col("kind") == MessageKind.UPDATE.value) & (pl.col("occurrence") != occurrence))
+        .group_by("customer_id")
+        .agg(pl.col("occurrence").n_unique().cast(pl.Int64).alias("_earlier"))
+    )
+    return (
+        rows.select("customer_id")
+        .unique()
+        .join(updates, on="customer_id", how="left")
+        .select("customer_id", (pl.col("_earlier").fill_null(0) + FIRST_CHANGE_SEQUENCE).alias("sequence"))
+        .sort("customer_id")
+        .collect()
+        .cast(SEQUENCES_SCHEMA)  # type: ignore[arg-type]
+    )
+
+
+def change_notice_recipients(deliveries: pl.DataFrame, registered: pl.DataFrame, event_id: str) -> pl.DataFrame:
+    """Who must hear that the event moved or is off: customers the event's calendar invite reached
+    (a SENT email invitation or waitlist confirmation) and everyone registered (whichever channel
+    brought them in). customer_id, registered (push cancellations go to registrants only), one row
+    per customer, by customer_id."""
+    invited = (
+        _event_rows(deliveries, event_id)
+        .filter(
+            (pl.col("status") == DeliveryStatus.SENT.value)
+            & (pl.col("channel") == "email")
+            & pl.col("kind").is_in(CALENDAR_KINDS)
+        )
+        .select("customer_id")
+    )
+    seated = registered.lazy().select(pl.col("customer_id").cast(pl.String)).drop_nulls().unique()
+    return (
+        pl.concat([invited, seated])
+        .unique()
+        .join(seated.with_columns(registered=pl.lit(True)), on="customer_id", how="left")
+        .select("customer_id", pl.col("registered").fill_null(False))
+        .sort("customer_id")
+        .collect()
+        .cast(RECIPIENTS_SCHEMA)  # type: ignore[arg-type]
+    )

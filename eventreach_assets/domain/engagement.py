@@ -32,6 +32,7 @@ from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, veri
 # them equal until that module imports these).
 REGISTERED = "registered"
 WAITLISTED = "waitlisted"
+CANCELLED = "cancelled"  # the customer cancelled (feed / webhook cancellation record): the seat is free
 REGISTRATION_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),
     "customer_id": pl.String(),
@@ -39,8 +40,8 @@ REGISTRATION_SCHEMA: dict[str, pl.DataType] = {
     "registered_at": pl.Datetime("us"),  # naive UTC
     "channel": pl.String(),  # attributed channel (from the link token), null if unknown
     "campaign_id": pl.String(),
-    "status": pl.String(),  # registered | waitlisted
-    "recorded_at": pl.Datetime("us"),
+    "status": pl.String(),  # registered | waitlisted | cancelled
+    "recorded_at": pl.Datetime("us"),  # when the current status was recorded
 }
 INTERACTION_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),

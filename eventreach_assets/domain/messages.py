@@ -28,7 +28,7 @@ import icalendar
 import jinja2
 
 from eventreach_assets.domain.campaigns import to_local, to_utc_naive
-from eventreach_assets.domain.delivery import Attachment, DeliveryKey, MessageKind, OutboundMessage
+from eventreach_assets.domain.delivery import Attachment, DeliveryKey, MessageKind, OutboundMessage, occurrence_for
 from eventreach_assets.domain.filters import EventContext
 
 # ---- signed links ------------------------------------------------------------------------
@@ -160,11 +160,27 @@ def _signed(
     }
 
 
-# ---- calendar invite (RFC 5545 / iTIP REQUEST) ---------------------------------------------
+# ---- calendar invite (RFC 5545 / iTIP RFC 5546 REQUEST and CANCEL) ------------------------
 
-ICS_CONTENT_TYPE = "text/calendar; method=REQUEST; charset=utf-8"
+ICS_REQUEST = "REQUEST"  # invite, or update of an invite (same UID, higher SEQUENCE)
+ICS_CANCEL = "CANCEL"  # the event is off: calendars remove the entry with that UID
+ICS_METHODS: frozenset[str] = frozenset({ICS_REQUEST, ICS_CANCEL})
+ICS_CONFIRMED = "CONFIRMED"
+ICS_CANCELLED = "CANCELLED"
+ICS_STATUSES: frozenset[str] = frozenset({ICS_CONFIRMED, ICS_CANCELLED})
 ICS_FILENAME = "invite.ics"
 _PRODID = "-//EventReach//Event Invitations//EN"
+
+
+def ics_content_type(method: str = ICS_REQUEST) -> str:
+    """The attachment's content type: mail clients read the iTIP method from it (RFC 6047)."""
+    if method not in ICS_METHODS:
+        raise ValueError(f"calendar method must be one of {sorted(ICS_METHODS)}, got {method!r}")
+    return f"text/calendar; method={method}; charset=utf-8"
+
+
+ICS_CONTENT_TYPE = ics_content_type(ICS_REQUEST)
+ICS_CANCEL_CONTENT_TYPE = ics_content_type(ICS_CANCEL)
 
 
 def calendar_uid(event_id: str, customer_id: str) -> str:
@@ -184,18 +200,31 @@ def calendar_invite(
     organizer_name: str = "EventReach",
     stamp: datetime | None = None,
     sequence: int = 0,
+    method: str = ICS_REQUEST,
+    status: str | None = None,
 ) -> bytes:
-    """The `.ics` bytes of a METHOD:REQUEST invite, times in UTC.
+    """The `.ics` bytes of an iTIP invite (METHOD:REQUEST) or cancellation (METHOD:CANCEL), times in UTC.
 
-    `stamp` (DTSTAMP) defaults to now; pass the send time to make the bytes reproducible.
+    The UID is `calendar_uid(event, customer)` whatever the method, so an update or a cancellation
+    acts on the entry the original invitation (SEQUENCE 0) created; calendars apply it only if its
+    SEQUENCE is higher than the one they hold (see delivery.calendar_sequences). `status` defaults
+    to CONFIRMED for a REQUEST and CANCELLED for a CANCEL. `stamp` (DTSTAMP) defaults to now; pass
+    the send time to make the bytes reproducible.
     """
     if duration_minutes <= 0:
         raise ValueError(f"duration_minutes must be positive, got {duration_minutes}")
+    if method not in ICS_METHODS:
+        raise ValueError(f"calendar method must be one of {sorted(ICS_METHODS)}, got {method!r}")
+    status = status or (ICS_CANCELLED if method == ICS_CANCEL else ICS_CONFIRMED)
+    if status not in ICS_STATUSES:
+        raise ValueError(f"calendar status must be one of {sorted(ICS_STATUSES)}, got {status!r}")
+    if sequence < 0:
+        raise ValueError(f"sequence must be >= 0, got {sequence}")
     start = to_utc_naive(event.start_time_utc).replace(tzinfo=UTC)
     calendar = icalendar.Calendar()
     calendar.add("prodid", _PRODID)
     calendar.add("version", "2.0")
-    calendar.add("method", "REQUEST")
+    calendar.add("method", method)
     vevent = icalendar.Event()
     vevent.add("uid", calendar_uid(event.event_id, customer_id))
     vevent.add(
@@ -204,7 +233,7 @@ def calendar_invite(
     vevent.add("dtstart", start)
     vevent.add("dtend", start + timedelta(minutes=duration_minutes))
     vevent.add("sequence", sequence)
-    vevent.add("status", "CONFIRMED")
+    vevent.add("status", status)
     vevent.add("summary", event.name)
     vevent.add("description", f"{event.name}\n\nJoin online: {join_url}")
     vevent.add("location", join_url)
@@ -229,6 +258,9 @@ DEFAULT_LANGUAGE = "en"
 INVITATION_TEMPLATE = "event-invitation-v3"
 DAY_OF_TEMPLATE = "event-day-of-v1"
 SURVEY_TEMPLATE = "event-survey-v1"
+UPDATE_TEMPLATE = "event-update-v1"
+CANCELLATION_TEMPLATE = "event-cancellation-v1"
+WAITLIST_CONFIRMATION_TEMPLATE = "event-waitlist-confirmation-v1"
 MARKETPLACE_LANGUAGE: dict[str, str] = {
     "US": "en",
     "UK": "en",
@@ -384,9 +416,12 @@ def _email_message(
     include_calendar_invite: bool = False,
     duration_minutes: int = 60,
     extra_context: dict[str, Any] | None = None,
+    calendar_method: str = ICS_REQUEST,
+    calendar_sequence: int = 0,
 ) -> OutboundMessage:
     """One email of any kind; `organizer_email` (default: the sender's address) only matters
-    with a calendar invite."""
+    with a calendar invite (`calendar_method` / `calendar_sequence`: see calendar_invite). The key
+    carries the event date for kinds sent once per date (delivery.PER_DATE_KINDS)."""
     customer_id = str(row["customer_id"])
     recipient = row.get("email")
     if not recipient:
@@ -419,8 +454,10 @@ def _email_message(
             duration_minutes=duration_minutes,
             attendee_email=str(recipient),
             stamp=send_at,
+            sequence=calendar_sequence,
+            method=calendar_method,
         )
-        attachments = (Attachment(ICS_FILENAME, ICS_CONTENT_TYPE, ics),)
+        attachments = (Attachment(ICS_FILENAME, ics_content_type(calendar_method), ics),)
     headers = {
         "From": sender,
         **_unsubscribe_headers(links["unsubscribe"], links["unsubscribe_token"], sender),
@@ -428,7 +465,7 @@ def _email_message(
         "Content-Language": rendered.used_language,
     }
     return OutboundMessage(
-        key=DeliveryKey(customer_id, event.event_id, "email", kind),
+        key=DeliveryKey(customer_id, event.event_id, "email", kind, occurrence_for(kind, event.start_time_utc)),
         campaign_id=campaign_id,
         recipient=str(recipient),
         subject=rendered.subject,
@@ -539,6 +576,103 @@ def render_survey_email(
     )  # fmt: skip
 
 
+def _previous_when(row: dict[str, Any], previous_start_utc: datetime | None, templates: TemplateSet,
+                   template_id: str) -> dict[str, str]:  # fmt: skip
+    """`previous_event_when` (the old date, worded like the new one), "" when unknown."""
+    if previous_start_utc is None:
+        return {"previous_event_when": ""}
+    language = templates.resolve(template_id, language_for(row.get("marketplace")))
+    return {"previous_event_when": local_when(previous_start_utc, row.get("timezone"), language)["event_when"]}
+
+
+def render_update_email(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    templates: TemplateSet,
+    secret: bytes | str,
+    base_url: str,
+    sender: str,
+    campaign_id: str,
+    sequence: int,
+    send_at: datetime | None = None,
+    organizer_email: str | None = None,
+    previous_start_utc: datetime | None = None,
+    template_id: str = UPDATE_TEMPLATE,
+    duration_minutes: int = 60,
+) -> OutboundMessage:
+    """The event moved: "Updated: ..." with the new times and an .ics METHOD:REQUEST under the
+    original UID with `sequence` (delivery.calendar_sequences), so calendars move the entry.
+
+    `event` carries the new start; the key's occurrence is that start, so each new date is
+    announced once. `previous_start_utc`, when known, is worded in the body ("was ...").
+    """
+    if sequence < 1:
+        raise ValueError(f"an update's SEQUENCE must be above the invitation's 0, got {sequence}")
+    return _email_message(
+        row, event=event, templates=templates, template_id=template_id, kind=MessageKind.UPDATE, secret=secret,
+        base_url=base_url, sender=sender, organizer_email=organizer_email, campaign_id=campaign_id,
+        include_calendar_invite=True, send_at=send_at, duration_minutes=duration_minutes,
+        extra_context=_previous_when(row, previous_start_utc, templates, template_id),
+        calendar_method=ICS_REQUEST, calendar_sequence=sequence,
+    )  # fmt: skip
+
+
+def render_cancellation_email(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    templates: TemplateSet,
+    secret: bytes | str,
+    base_url: str,
+    sender: str,
+    campaign_id: str,
+    sequence: int,
+    send_at: datetime | None = None,
+    organizer_email: str | None = None,
+    template_id: str = CANCELLATION_TEMPLATE,
+    duration_minutes: int = 60,
+) -> OutboundMessage:
+    """The event is off: a cancellation with an .ics METHOD:CANCEL, STATUS:CANCELLED under the
+    original UID with `sequence`, so calendars remove the entry. Sent once per customer and event."""
+    if sequence < 1:
+        raise ValueError(f"a cancellation's SEQUENCE must be above the invitation's 0, got {sequence}")
+    return _email_message(
+        row, event=event, templates=templates, template_id=template_id, kind=MessageKind.CANCELLATION,
+        secret=secret, base_url=base_url, sender=sender, organizer_email=organizer_email, campaign_id=campaign_id,
+        include_calendar_invite=True, send_at=send_at, duration_minutes=duration_minutes,
+        calendar_method=ICS_CANCEL, calendar_sequence=sequence,
+    )  # fmt: skip
+
+
+def render_waitlist_confirmation_email(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    templates: TemplateSet,
+    secret: bytes | str,
+    base_url: str,
+    sender: str,
+    campaign_id: str,
+    sequence: int,
+    send_at: datetime | None = None,
+    organizer_email: str | None = None,
+    template_id: str = WAITLIST_CONFIRMATION_TEMPLATE,
+    duration_minutes: int = 60,
+) -> OutboundMessage:
+    """A seat freed up: the promoted customer's confirmation with the join link and an .ics
+    METHOD:REQUEST (`sequence` from delivery.calendar_sequences, so it also supersedes an
+    invitation already in their calendar). Sent once per customer and event."""
+    if sequence < 0:
+        raise ValueError(f"sequence must be >= 0, got {sequence}")
+    return _email_message(
+        row, event=event, templates=templates, template_id=template_id, kind=MessageKind.WAITLIST_CONFIRMATION,
+        secret=secret, base_url=base_url, sender=sender, organizer_email=organizer_email, campaign_id=campaign_id,
+        include_calendar_invite=True, send_at=send_at, duration_minutes=duration_minutes,
+        calendar_method=ICS_REQUEST, calendar_sequence=sequence,
+    )  # fmt: skip
+
+
 class _KeepUnknown(dict[str, str]):
     """format_map mapping that leaves unknown {placeholders} as they are instead of failing."""
 
@@ -570,7 +704,7 @@ def render_push_reminder(
     title = _one_line(title_template.format_map(values))
     body = _one_line(body_template.format_map(values))
     return OutboundMessage(
-        key=DeliveryKey(customer_id, event.event_id, "push", kind),
+        key=DeliveryKey(customer_id, event.event_id, "push", kind, occurrence_for(kind, event.start_time_utc)),
         campaign_id=campaign_id,
         recipient=str(row.get("push_target") or customer_id),
         subject=title,
@@ -583,6 +717,57 @@ def render_push_reminder(
             "open_url": links["open"],  # the app pings it when the notification is opened
             "join_url": links["join"],
             "event_id": event.event_id,
+        },
+        scheduled_at=to_utc_naive(send_at) if send_at else None,
+    )
+
+
+# Cancellation push texts per language ({eventName}, {eventDate}, {eventTime}, {eventWhen}); English fallback.
+CANCELLATION_PUSH_TEXT: dict[str, tuple[str, str]] = {
+    "en": ("Cancelled: {eventName}", "{eventName} on {eventWhen} will not take place. We're sorry."),
+    "de": ("Abgesagt: {eventName}", "{eventName} am {eventWhen} findet nicht statt. Das tut uns leid."),
+    "fr": ("Annulé : {eventName}", "{eventName} du {eventWhen} n'aura pas lieu. Nous en sommes désolés."),
+}
+
+
+def render_cancellation_push(
+    row: dict[str, Any],
+    *,
+    event: EventContext,
+    secret: bytes | str,
+    base_url: str,
+    campaign_id: str,
+    send_at: datetime | None = None,
+    title_template: str | None = None,
+    body_template: str | None = None,
+) -> OutboundMessage:
+    """The push telling a registrant the event is off (like render_push_reminder: local date and
+    time, signed open link), worded in their language unless templates are given. No join or
+    calendar action: there is nothing to join."""
+    customer_id = str(row["customer_id"])
+    requested = language_for(row.get("marketplace"))
+    language = requested if requested in CANCELLATION_PUSH_TEXT else DEFAULT_LANGUAGE
+    default_title, default_body = CANCELLATION_PUSH_TEXT[language]
+    when = local_when(event.start_time_utc, row.get("timezone"), language)
+    values = _KeepUnknown(
+        eventName=event.name, eventTime=when["event_time"], eventDate=when["event_date"], eventWhen=when["event_when"]
+    )
+    links = _signed(secret, base_url, row, event, "push", campaign_id)
+    title = _one_line((title_template or default_title).format_map(values))
+    body = _one_line((body_template or default_body).format_map(values))
+    return OutboundMessage(
+        key=DeliveryKey(customer_id, event.event_id, "push", MessageKind.CANCELLATION),
+        campaign_id=campaign_id,
+        recipient=str(row.get("push_target") or customer_id),
+        subject=title,
+        body_text=body,
+        payload={
+            "title": title,
+            "body": body,
+            "status": "cancelled",
+            "open_url": links["open"],  # the app pings it when the notification is opened
+            "event_id": event.event_id,
+            "language": language,
         },
         scheduled_at=to_utc_naive(send_at) if send_at else None,
     )

@@ -1,4 +1,5 @@
-"""Validating registrations from the event platform before they mark a candidate "registered".
+"""Validating registrations from the event platform before they mark a candidate "registered",
+the platform's cancellations that free a seat again, and who the waitlist promotes into it.
 
 Pure polars, no Dagster, no I/O: the polled feed and the serving API's webhook both call the
 same ingestion function, which calls this, so a registration is judged the same way however
@@ -9,19 +10,29 @@ shape every engagement feed shares (domain/engagement.py), the record kept as JS
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import polars as pl
 
+from eventreach_assets.domain.campaigns import remaining_capacity, to_utc_naive
 from eventreach_assets.domain.engagement import (
+    CANCELLED,
     DUPLICATE,
+    FUTURE_TIMESTAMP,
+    FUTURE_TOLERANCE,
+    ID_PATTERN,
+    INVALID_ID,
     INVALID_TIMESTAMP,
     INVALID_TOKEN,
     META_SCHEMA,
     MISSING_FIELD,
+    REGISTERED,
     REGISTRATION_RECORD,
     UNKNOWN_EVENT,
+    WAITLISTED,
     claims_frame,
     quarantine,
     require_columns,
@@ -61,11 +72,14 @@ class RegistrationOutcome:
     waitlisted: pl.DataFrame
     rejected: pl.DataFrame
     stored: int | None = None
+    cancelled: pl.DataFrame | None = None  # accepted cancellations (CANCELLED_SCHEMA), set by ingestion
 
     def summary(self) -> dict[str, int]:
         """Counts per outcome and per rejection reason (for run metadata and logs; no PII)."""
         reasons = dict(self.rejected.group_by("reason").len().sort("reason").iter_rows())
         counts = {"accepted": self.accepted.height, "waitlisted": self.waitlisted.height}
+        if self.cancelled is not None and self.cancelled.height:  # only batches that cancelled something
+            counts["cancelled"] = self.cancelled.height
         counts["rejected"] = self.rejected.height
         if self.stored is not None:
             counts["stored"] = self.stored
@@ -101,6 +115,7 @@ def validate_registrations(
     capacity_limit: int,
     deadline_days: int,
     verify: Callable[[str], LinkClaims | None],
+    cancelled: pl.DataFrame | None = None,
 ) -> RegistrationOutcome:
     """Split incoming registrations into accepted, waitlisted and rejected (with a reason).
 
@@ -109,7 +124,9 @@ def validate_registrations(
     and make a redelivery a duplicate). Within the batch the earliest row of an
     event x customer wins; seats go in registered_at order, the rest are waitlisted. Accepted and
     waitlisted rows carry the token's channel and campaign (attribution); rejected rows are
-    QUARANTINE_SCHEMA, the record as JSON in `raw`.
+    QUARANTINE_SCHEMA, the record as JSON in `raw`. `cancelled` (event_id, customer_id,
+    registered_at of cancelled registrations) makes a replay of a cancelled registration a
+    duplicate; a registration made after it (a later registered_at) is a new one.
     """
     rows = normalize_incoming(incoming).with_row_index("_row")
     rows = pl.concat([rows, claims_frame(rows["token"].to_list(), verify)], how="horizontal")
@@ -121,6 +138,16 @@ def validate_registrations(
     ).unique("event_id", keep="first")
     prior = already_registered.select(pl.col("event_id").cast(pl.String), pl.col("customer_id").cast(pl.String))
     prior = prior.drop_nulls().unique()
+    gone = (
+        pl.DataFrame(schema={"event_id": pl.String, "customer_id": pl.String, "_cancelled_registered_at": pl.Datetime})
+        if cancelled is None
+        else cancelled.select(
+            pl.col("event_id").cast(pl.String),
+            pl.col("customer_id").cast(pl.String),
+            pl.col("registered_at").cast(pl.Datetime("us")).alias("_cancelled_registered_at"),
+        ).unique(["event_id", "customer_id"], keep="last")
+    ).with_columns(pl.col("_cancelled_registered_at").cast(pl.Datetime("us")))
+    rows = rows.join(gone, on=["event_id", "customer_id"], how="left", maintain_order="left")
     rows = rows.join(event_info, on="event_id", how="left", maintain_order="left").with_columns(
         pl.col("event_id").is_in(event_info["event_id"].implode()).alias("_event_known"),
         pl.col("customer_id").is_in(known.cast(pl.String).implode()).alias("_customer_known"),
@@ -144,7 +171,7 @@ def validate_registrations(
         .then(pl.lit(TOKEN_MISMATCH))
         .when(pl.col("registered_at") > deadline)
         .then(pl.lit(AFTER_DEADLINE))
-        .when(pl.col("_prior"))
+        .when(pl.col("_prior") | (pl.col("registered_at") <= pl.col("_cancelled_registered_at")).fill_null(False))
         .then(pl.lit(DUPLICATE))
     )
     rows = rows.with_columns(reason.alias("reason")).sort("registered_at", "registration_id", "_row", nulls_last=True)
@@ -183,3 +210,199 @@ def validate_registrations(
     )
     rejected = quarantine(rows.filter(pl.col("reason").is_not_null()), pl.col("event_id"))
     return RegistrationOutcome(accepted=accepted, waitlisted=waitlisted, rejected=rejected)
+
+
+# ---- cancellations ---------------------------------------------------------------------------
+
+# A feed / webhook record is a registration unless its `action` says otherwise.
+ACTION_REGISTER = "register"
+ACTION_CANCEL = "cancel"
+ACTIONS: tuple[str, ...] = (ACTION_REGISTER, ACTION_CANCEL)
+CANCELLATION_RECORD: dict[str, pl.DataType] = {
+    "action": pl.String(),  # "cancel"
+    "registration_id": pl.String(),  # optional: the platform's id of the registration cancelled
+    "event_id": pl.String(),
+    "customer_id": pl.String(),
+    "cancelled_at": pl.Datetime("us"),  # ISO 8601; without an offset taken as UTC
+}
+CANCELLATION_REQUIRED: tuple[str, ...] = ("event_id", "customer_id", "cancelled_at")
+CANCELLED_SCHEMA: dict[str, pl.DataType] = {  # accepted cancellations: what the stores record
+    "registration_id": pl.String(),
+    "event_id": pl.String(),
+    "customer_id": pl.String(),
+    "registered_at": pl.Datetime("us"),  # the registration's own time (kept in the store)
+    "channel": pl.String(),
+    "campaign_id": pl.String(),
+    "cancelled_at": pl.Datetime("us"),
+    "previous_status": pl.String(),  # registered | waitlisted: a registered one frees a seat
+}
+# Reason codes of cancellations (besides MISSING_FIELD, INVALID_TIMESTAMP, FUTURE_TIMESTAMP,
+# INVALID_ID, UNKNOWN_EVENT and DUPLICATE, shared):
+UNKNOWN_ACTION = "unknown_action"  # `action` is neither "register" nor "cancel"
+NOT_REGISTERED = "not_registered"  # nothing to cancel: the customer holds no seat or waitlist place
+CANCELLED_BEFORE_REGISTRATION = "cancelled_before_registration"  # older than the registration it would cancel
+# Who holds what for an event when cancellations are judged (the shell gathers it).
+CURRENT_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "customer_id": pl.String(),
+    "status": pl.String(),  # registered | waitlisted | cancelled
+    "registration_id": pl.String(),
+    "registered_at": pl.Datetime("us"),
+    "channel": pl.String(),
+    "campaign_id": pl.String(),
+}
+
+
+def record_action(record: Mapping[str, Any]) -> str:
+    """The record's action, normalized: "register" when absent or blank (today's records)."""
+    value = record.get("action")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ACTION_REGISTER
+    return value.strip().lower() if isinstance(value, str) else repr(value)
+
+
+def cancellation_problem(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, what is wrong) when a record cannot be a registration or a cancellation as sent:
+    an unknown `action`, or a cancellation lacking a required field, with an id the stores cannot
+    key or a `cancelled_at` that is not a date-time. None for a well-formed record (registrations
+    are judged by validate_registrations). The webhook answers these with a 400 naming the field.
+    """
+    action = record_action(record)
+    if action not in ACTIONS:
+        return "action", f"must be one of {list(ACTIONS)}, got {record.get('action')!r}"
+    if action != ACTION_CANCEL:
+        return None
+    for name in CANCELLATION_REQUIRED:
+        value = record.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return name, "is required for a cancellation"
+    for name in ("event_id", "customer_id"):
+        value = record[name]
+        if not isinstance(value, str) or not pl.select(pl.lit(value).str.contains(ID_PATTERN)).item():
+            return name, "must be a non-empty id without '#' or whitespace"
+    value = record["cancelled_at"]
+    text = pl.DataFrame({"t": [value if isinstance(value, str) else str(value)]})
+    if text.select(utc_naive("t", pl.String())).item() is None:
+        return "cancelled_at", f"not an ISO 8601 date-time: {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class CancellationOutcome:
+    """Accepted cancellations (CANCELLED_SCHEMA) and rejected rows (QUARANTINE_SCHEMA, with a reason)."""
+
+    accepted: pl.DataFrame
+    rejected: pl.DataFrame
+
+    @property
+    def freed(self) -> int:
+        """Seats the accepted cancellations free (waitlisted ones held none)."""
+        return self.accepted.filter(pl.col("previous_status") == REGISTERED).height
+
+
+def normalize_cancellations(incoming: pl.DataFrame) -> pl.DataFrame:
+    """CANCELLATION_RECORD columns typed (times naive UTC; registration_id may be absent) plus
+    META_SCHEMA and `_at_given` (a cancelled_at value was sent, so null means unparseable)."""
+    frame = incoming if "registration_id" in incoming.columns else incoming.with_columns(registration_id=pl.lit(None))
+    if "action" not in frame.columns:
+        frame = frame.with_columns(action=pl.lit(ACTION_CANCEL))
+    rows = require_columns(frame, CANCELLATION_RECORD, "incoming cancellations")
+    given = pl.col("_at_given") if "_at_given" in rows.columns else pl.col("cancelled_at").is_not_null()
+    return rows.select(
+        pl.col("action").cast(pl.String),
+        pl.col("registration_id").cast(pl.String),
+        pl.col("event_id").cast(pl.String),
+        pl.col("customer_id").cast(pl.String),
+        utc_naive("cancelled_at", rows.schema["cancelled_at"]),
+        *META_SCHEMA,
+        given.alias("_at_given"),
+    )
+
+
+def validate_cancellations(
+    incoming: pl.DataFrame, *, events: pl.DataFrame, current: pl.DataFrame, now: datetime
+) -> CancellationOutcome:
+    """Split cancellation records into accepted and rejected (the first failing rule names the row).
+
+    Rules: MISSING_FIELD (event_id, customer_id, cancelled_at), INVALID_TIMESTAMP,
+    FUTURE_TIMESTAMP (later than `now` + FUTURE_TOLERANCE), INVALID_ID, UNKNOWN_EVENT,
+    UNKNOWN_ACTION (an action other than "cancel" in a cancellations frame), DUPLICATE (already
+    cancelled, or a later row of the same event x customer in the batch), NOT_REGISTERED (no seat
+    or waitlist place to cancel), CANCELLED_BEFORE_REGISTRATION (older than the registration it
+    would cancel: a stale record from before a re-registration). `current` is CURRENT_SCHEMA:
+    one row per event x customer known to hold or have held a place.
+    """
+    rows = normalize_cancellations(incoming).with_row_index("_row")
+    known = current.select(
+        pl.col(name).cast(dtype) for name, dtype in CURRENT_SCHEMA.items() if name != "registration_id"
+    ).rename({"registered_at": "_registered_at", "status": "_status", "channel": "_channel"})
+    known = known.rename({"campaign_id": "_campaign_id"}).unique(["event_id", "customer_id"], keep="first")
+    ids = current.select(
+        pl.col("event_id").cast(pl.String), pl.col("customer_id").cast(pl.String),
+        pl.col("registration_id").cast(pl.String).alias("_registration_id"),
+    ).unique(["event_id", "customer_id"], keep="first")  # fmt: skip
+    event_ids = events.select(pl.col("event_id").cast(pl.String)).unique()["event_id"]
+    rows = (
+        rows.join(known, on=["event_id", "customer_id"], how="left", maintain_order="left")
+        .join(ids, on=["event_id", "customer_id"], how="left", maintain_order="left")
+        .with_columns(pl.col("event_id").is_in(event_ids.implode()).alias("_event_known"))
+    )
+    latest = pl.lit(to_utc_naive(now) + FUTURE_TOLERANCE, dtype=pl.Datetime("us"))
+    bad_id = ~pl.col("event_id").str.contains(ID_PATTERN) | ~pl.col("customer_id").str.contains(ID_PATTERN)
+    reason = (
+        pl.when(pl.any_horizontal(pl.col("event_id", "customer_id").is_null()) | ~pl.col("_at_given"))
+        .then(pl.lit(MISSING_FIELD))
+        .when(pl.col("cancelled_at").is_null())
+        .then(pl.lit(INVALID_TIMESTAMP))
+        .when(pl.col("cancelled_at") > latest)
+        .then(pl.lit(FUTURE_TIMESTAMP))
+        .when(bad_id)
+        .then(pl.lit(INVALID_ID))
+        .when(~pl.col("_event_known"))
+        .then(pl.lit(UNKNOWN_EVENT))
+        .when(pl.col("action").str.strip_chars().str.to_lowercase() != ACTION_CANCEL)
+        .then(pl.lit(UNKNOWN_ACTION))
+        .when(pl.col("_status") == CANCELLED)
+        .then(pl.lit(DUPLICATE))
+        .when(pl.col("_status").is_null() | ~pl.col("_status").is_in([REGISTERED, WAITLISTED]))
+        .then(pl.lit(NOT_REGISTERED))
+        .when(pl.col("cancelled_at") < pl.col("_registered_at"))
+        .then(pl.lit(CANCELLED_BEFORE_REGISTRATION))
+    )
+    rows = rows.with_columns(reason.alias("reason")).sort("cancelled_at", "_row", nulls_last=True)
+    valid = pl.col("reason").is_null()
+    rows = rows.with_columns(  # one cancellation per event x customer: the earliest wins
+        pl.when(valid & (pl.col("_row") != pl.col("_row").filter(valid).first().over("event_id", "customer_id")))
+        .then(pl.lit(DUPLICATE))
+        .otherwise(pl.col("reason"))
+        .alias("reason")
+    )
+    accepted = rows.filter(pl.col("reason").is_null()).select(
+        pl.coalesce("registration_id", "_registration_id").alias("registration_id"),
+        "event_id",
+        "customer_id",
+        pl.col("_registered_at").alias("registered_at"),
+        pl.col("_channel").alias("channel"),
+        pl.col("_campaign_id").alias("campaign_id"),
+        "cancelled_at",
+        pl.col("_status").alias("previous_status"),
+    )
+    rejected = quarantine(rows.filter(pl.col("reason").is_not_null()), pl.col("event_id"))
+    return CancellationOutcome(accepted=accepted.cast(CANCELLED_SCHEMA), rejected=rejected)  # type: ignore[arg-type]
+
+
+# ---- waitlist ----------------------------------------------------------------------------------
+
+
+def promote_waitlist(
+    waitlisted: pl.DataFrame, registered_count: int, capacity: int, capacity_limit: int | None = None
+) -> pl.DataFrame:
+    """The waitlisted customers who get the seats now open, first come first served.
+
+    Order: registered_at, then customer_id (a stable tie-break); never more than
+    `remaining_capacity(capacity, capacity_limit, registered_count)` (the program's limit
+    defaults to the event's capacity), so promotion never overbooks. Rows keep their columns.
+    """
+    seats = remaining_capacity(capacity, capacity if capacity_limit is None else capacity_limit, registered_count)
+    ordered = waitlisted.sort("registered_at", "customer_id", nulls_last=True, maintain_order=True)
+    return ordered.unique("customer_id", keep="first", maintain_order=True).head(seats)

@@ -187,14 +187,22 @@ def _reserve(
 ) -> list[OutboundMessage]:
     """Reserve a chunk; returns the messages this run must send (in order), counts the rest."""
     keys = pl.DataFrame(
-        [(m.key.customer_id, m.key.event_id, m.key.channel, str(m.key.kind), m.campaign_id) for m in chunk],
-        schema={name: pl.String() for name in ("customer_id", "event_id", "channel", "kind", "campaign_id")},
+        [
+            (k.customer_id, k.event_id, k.channel, str(k.kind), k.occurrence, m.campaign_id)
+            for m in chunk
+            for k in [m.key]
+        ],
+        schema={
+            name: pl.String() for name in ("customer_id", "event_id", "channel", "kind", "occurrence", "campaign_id")
+        },
         orient="row",
     )
     by_key = {m.key: m for m in chunk}
     granted: set[DeliveryKey] = set()
     for row in ledger.reserve(keys, now=now(), stale_after=lease).iter_rows(named=True):
-        key = DeliveryKey(row["customer_id"], row["event_id"], row["channel"], MessageKind(row["kind"]))
+        key = DeliveryKey(
+            row["customer_id"], row["event_id"], row["channel"], MessageKind(row["kind"]), row.get("occurrence") or ""
+        )
         if row["granted"]:
             granted.add(key)
             continue

@@ -7,7 +7,7 @@ webhook, is stored once, and the first occurrence wins (its timestamps are the t
 The daily metrics and campaign report read these records; nothing keeps counters on the side.
 
 Natural keys:
-- registration: (event_id, customer_id); status "registered" | "waitlisted"
+- registration: (event_id, customer_id); status "registered" | "waitlisted" | "cancelled"
 - interaction:  (event_id, customer_id, channel, campaign_id, action)
 - attendance:   (event_id, customer_id)
 - survey:       (event_id, customer_id)
@@ -32,6 +32,7 @@ from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain.engagement import (
     ATTENDANCE_SCHEMA,
+    CANCELLED,
     INTERACTION_SCHEMA,
     REGISTERED,
     REGISTRATION_SCHEMA,
@@ -41,7 +42,7 @@ from eventreach_assets.domain.engagement import (
 from eventreach_assets.resources.dynamodb import DynamoDBClient, create_table_if_missing, is_conditional_failure
 from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
-STATUSES: tuple[str, ...] = (REGISTERED, WAITLISTED)
+STATUSES: tuple[str, ...] = (REGISTERED, WAITLISTED, CANCELLED)
 
 # Times are stored as fixed-width UTC text (ordered as text), like the delivery ledger's.
 _TS_POLARS = "%Y-%m-%dT%H:%M:%S%.6fZ"
@@ -188,9 +189,14 @@ class EngagementStoreResource(dg.ConfigurableResource):
 
     def record_registrations(self, registrations: pl.DataFrame, status: str, now: datetime) -> int:
         """Columns of REGISTRATION_SCHEMA minus status/recorded_at (channel and campaign_id may be
-        absent: unattributed). A waitlisted customer who later registers is upgraded to registered
-        (the only update ever made: status and recorded_at; the first registered_at stays).
-        Returns the rows new or upgraded."""
+        absent: unattributed). Returns the rows new or changed. The only status changes made:
+
+        - waitlisted -> registered (a seat: registration redelivered or waitlist promotion); the
+          first registered_at stays;
+        - registered | waitlisted -> cancelled (the seat is free again); registered_at stays;
+        - cancelled -> registered | waitlisted only for a registration made after the cancelled
+          one (a later registered_at, which replaces it): a replay of the old one changes nothing.
+        """
         frame = registrations.with_columns(
             status=pl.lit(check_status(status)),
             recorded_at=pl.lit(naive_utc(now), dtype=pl.Datetime("us")),
@@ -262,9 +268,17 @@ def _sqlite_table(kind: RecordKind) -> str:
 
 _DDL = "\n".join(_sqlite_table(kind) for kind in RECORD_KINDS)
 # The one update: waitlisted -> registered (never back), keeping the first registered_at.
+_OLD = REGISTRATION.table
+_RENEWED = f"({_OLD}.status = '{CANCELLED}' AND excluded.registered_at > {_OLD}.registered_at)"
 _UPGRADE = (
-    f"ON CONFLICT (event_id, customer_id) DO UPDATE SET status = excluded.status, recorded_at = excluded.recorded_at "
-    f"WHERE {REGISTRATION.table}.status = '{WAITLISTED}' AND excluded.status = '{REGISTERED}'"
+    "ON CONFLICT (event_id, customer_id) DO UPDATE SET status = excluded.status, recorded_at = excluded.recorded_at, "
+    + ", ".join(
+        f"{name} = CASE WHEN {_RENEWED} THEN excluded.{name} ELSE {_OLD}.{name} END"
+        for name in ("registered_at", "registration_id", "channel", "campaign_id")
+    )
+    + f" WHERE ({_OLD}.status = '{WAITLISTED}' AND excluded.status = '{REGISTERED}')"
+    f" OR ({_OLD}.status IN ('{REGISTERED}', '{WAITLISTED}') AND excluded.status = '{CANCELLED}')"
+    f" OR ({_RENEWED} AND excluded.status IN ('{REGISTERED}', '{WAITLISTED}'))"
 )
 
 
@@ -341,6 +355,22 @@ def _row(kind: RecordKind, item: dict[str, Any]) -> tuple:
     )
 
 
+def _transitions(item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The conditional updates that may apply an incoming registration row whose key exists."""
+    status = item["status"]["S"]
+    if status == CANCELLED:
+        return [
+            (
+                "#status IN (:registered, :waitlisted)",
+                {":registered": {"S": REGISTERED}, ":waitlisted": {"S": WAITLISTED}},
+            )
+        ]
+    renew = ("#status = :was_cancelled AND registered_at < :registered_at", {":was_cancelled": {"S": CANCELLED}})
+    if status == REGISTERED:
+        return [("#status = :waitlisted", {":waitlisted": {"S": WAITLISTED}}), renew]
+    return [renew]
+
+
 class DynamoDBEngagementStore(DynamoDBClient, EngagementStoreResource):
     """Engagement records in one DynamoDB table (`engagement_table_definition`). Each row is a
     conditional PutItem (attribute_not_exists(pk)): a failed condition means the key is stored
@@ -360,26 +390,38 @@ class DynamoDBEngagementStore(DynamoDBClient, EngagementStoreResource):
         except ClientError as error:
             if not is_conditional_failure(error):
                 raise
-        if kind is not REGISTRATION or row["status"] != REGISTERED:
+        if kind is not REGISTRATION:
             return 0
-        try:  # the one update: waitlisted -> registered, never back; the first registered_at stays
+        return int(any(self._change_status(item, condition, values) for condition, values in _transitions(item)))
+
+    def _change_status(self, item: dict[str, Any], condition: str, values: dict[str, Any]) -> bool:
+        """One conditional status change of a stored registration (see record_registrations)."""
+        update = "SET #status = :status, recorded_at = :at"
+        values = {":status": item["status"], ":at": item["recorded_at"], **values}
+        if ":was_cancelled" in values:  # a new registration replacing a cancelled one takes its fields
+            values[":registered_at"] = item["registered_at"]
+            fields = ("registration_id", "channel", "campaign_id")
+            update += ", registered_at = :registered_at" + "".join(
+                f", {name} = :{name}" for name in fields if name in item
+            )
+            values |= {f":{name}": item[name] for name in fields if name in item}
+            absent = [name for name in fields if name not in item]
+            update += f" REMOVE {', '.join(absent)}" if absent else ""
+        names = {"#status": "status"}
+        try:
             self.client().update_item(
                 TableName=self.table_name,
                 Key={"pk": item["pk"], "sk": item["sk"]},
-                UpdateExpression="SET #status = :registered, recorded_at = :at",
-                ConditionExpression="#status = :waitlisted",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":registered": {"S": REGISTERED},
-                    ":waitlisted": {"S": WAITLISTED},
-                    ":at": item["recorded_at"],
-                },
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if is_conditional_failure(error):
-                return 0
+                return False
             raise
-        return 1
+        return True
 
     def _write(self, kind: RecordKind, stored: pl.DataFrame) -> int:
         return sum(self._parallel(lambda row: self._put(kind, row), list(stored.iter_rows(named=True))))

@@ -22,6 +22,11 @@ reserving the same keys at once each get a disjoint share.
 Opt-outs live in the ledger too (customer x channel, or all channels): the send loop checks them
 right before sending, so an unsubscribe recorded after the weekly batch still suppresses the send.
 
+Per-date keys (reminders, day-of, updates: `DeliveryKey.occurrence`) need no schema change: the
+stored `kind` is `kind` or `kind@occurrence` (`encode_kind` / `decode_kind`, the only two places
+that know), and every frame handed out has the base `kind` plus an `occurrence` column ("" for
+kinds sent once per event), so readers filtering on `kind == "reminder"` keep working.
+
 Timestamps are stored as fixed-width UTC strings (`%Y-%m-%dT%H:%M:%S.%fZ`, ordered as text) and
 returned as `pl.Datetime("us", "UTC")`; inputs may be naive (taken as UTC) or aware.
 """
@@ -45,7 +50,8 @@ from eventreach_assets.resources.dynamodb import DynamoDBClient, create_table_if
 from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
 ALL_CHANNELS = "*"  # opt-out channel meaning every channel
-KEY_COLUMNS = ("customer_id", "event_id", "channel", "kind")
+KEY_COLUMNS = ("customer_id", "event_id", "channel", "kind")  # as stored: kind is encode_kind(kind, occurrence)
+OCCURRENCE_SEPARATOR = "@"
 _TS = "%Y-%m-%dT%H:%M:%S.%fZ"
 _TS_POLARS = "%Y-%m-%dT%H:%M:%S%.6fZ"
 _UTC_US = pl.Datetime("us", "UTC")
@@ -57,7 +63,8 @@ RESERVATION_SCHEMA: dict[str, pl.DataType] = {
     "customer_id": pl.String(),
     "event_id": pl.String(),
     "channel": pl.String(),
-    "kind": pl.String(),
+    "kind": pl.String(),  # the base kind (decode_kind)
+    "occurrence": pl.String(),  # "" unless a per-date kind
     "campaign_id": pl.String(),
     "granted": pl.Boolean(),  # reserved for this caller: send it now
     "status": pl.String(),  # the ledger status after the call (pending when granted)
@@ -67,7 +74,8 @@ DELIVERY_SCHEMA: dict[str, pl.DataType] = {
     "customer_id": pl.String(),
     "event_id": pl.String(),
     "channel": pl.String(),
-    "kind": pl.String(),
+    "kind": pl.String(),  # the base kind (decode_kind)
+    "occurrence": pl.String(),  # "" unless a per-date kind
     "campaign_id": pl.String(),
     "status": pl.String(),
     "reason": pl.String(),
@@ -92,6 +100,32 @@ INVITATIONS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# ---- the stored kind: `kind` or `kind@occurrence` ------------------------------------------
+
+
+def encode_kind(kind: MessageKind | str, occurrence: str = "") -> str:
+    """The ledger's `kind` column for a key: `kind`, or `kind@occurrence` for a per-date message."""
+    base = str(kind)
+    if OCCURRENCE_SEPARATOR in base or "#" in occurrence or OCCURRENCE_SEPARATOR in occurrence:
+        raise ValueError(f"kind {base!r} / occurrence {occurrence!r} must not contain '@' or '#'")
+    return f"{base}{OCCURRENCE_SEPARATOR}{occurrence}" if occurrence else base
+
+
+def decode_kind(stored: pl.Expr | str) -> tuple[pl.Expr, pl.Expr] | tuple[str, str]:
+    """(base kind, occurrence) of a stored `kind`: a string, or an expression over a column of them."""
+    if isinstance(stored, str):
+        base, _, occurrence = stored.partition(OCCURRENCE_SEPARATOR)
+        return base, occurrence
+    parts = stored.str.splitn(OCCURRENCE_SEPARATOR, 2)
+    return parts.struct.field("field_0"), parts.struct.field("field_1").fill_null("")
+
+
+def _decoded(frame: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """A frame with the stored `kind` as base `kind` + `occurrence`, in `schema`'s column order."""
+    kind, occurrence = decode_kind(pl.col("kind"))
+    return frame.with_columns(kind.alias("kind"), occurrence.alias("occurrence")).select(list(schema))
+
+
 def _utc(moment: datetime | None) -> datetime:
     if moment is None:
         return datetime.now(UTC)
@@ -109,14 +143,30 @@ def _parse_times(frame: pl.DataFrame, *names: str) -> pl.DataFrame:
 
 
 def key_frame(keys: pl.DataFrame, campaign_id_col: str = "campaign_id") -> pl.DataFrame:
-    """The reservation input: key columns + campaign_id as strings, one row per key (first wins)."""
+    """The reservation input in stored form: key columns (kind encoded with the optional
+    `occurrence` column) + campaign_id as strings, one row per key (first wins)."""
     missing = {*KEY_COLUMNS, campaign_id_col} - set(keys.columns)
     if missing:
         raise ValueError(f"keys lacks columns {sorted(missing)}")
+    occurrence = pl.col("occurrence").cast(pl.String).fill_null("") if "occurrence" in keys.columns else pl.lit("")
+    bad = keys.select(
+        (
+            pl.col("kind").cast(pl.String).str.contains(OCCURRENCE_SEPARATOR, literal=True)
+            | occurrence.str.contains("[@#]")
+        )
+        .fill_null(False)
+        .sum()
+    ).item()
+    if bad:
+        raise ValueError(f"{bad} keys have '@' in kind or '@'/'#' in occurrence")
     frame = keys.select(
-        *(pl.col(name).cast(pl.String) for name in KEY_COLUMNS),
+        *(pl.col(name).cast(pl.String) for name in KEY_COLUMNS if name != "kind"),
+        pl.when(occurrence == "")
+        .then(pl.col("kind").cast(pl.String))
+        .otherwise(pl.concat_str(pl.col("kind").cast(pl.String), pl.lit(OCCURRENCE_SEPARATOR), occurrence))
+        .alias("kind"),
         pl.col(campaign_id_col).cast(pl.String).alias("campaign_id"),
-    )
+    ).select(*KEY_COLUMNS, "campaign_id")
     if frame.select(pl.any_horizontal(pl.col(*KEY_COLUMNS).is_null()).any()).item():
         raise ValueError("keys has null key columns")
     return frame.unique(list(KEY_COLUMNS), keep="first", maintain_order=True)
@@ -131,9 +181,10 @@ def keys_frame(keys: Sequence[DeliveryKey], campaign_id: str | Sequence[str] = "
             "event_id": [k.event_id for k in keys],
             "channel": [k.channel for k in keys],
             "kind": [str(k.kind) for k in keys],
+            "occurrence": [k.occurrence for k in keys],
             "campaign_id": campaigns,
         },
-        schema={name: pl.String() for name in (*KEY_COLUMNS, "campaign_id")},
+        schema={name: pl.String() for name in (*KEY_COLUMNS, "occurrence", "campaign_id")},
     )
 
 
@@ -264,11 +315,17 @@ class DeliveryLedgerResource(dg.ConfigurableResource):
 
 
 def _key(row: dict[str, Any]) -> DeliveryKey:
-    return DeliveryKey(row["customer_id"], row["event_id"], row["channel"], MessageKind(row["kind"]))
+    """The DeliveryKey of a stored-form row (kind encoded)."""
+    kind, occurrence = decode_kind(row["kind"])
+    return DeliveryKey(row["customer_id"], row["event_id"], row["channel"], MessageKind(kind), str(occurrence))
+
+
+_STORED_RESERVATION = {name: dtype for name, dtype in RESERVATION_SCHEMA.items() if name != "occurrence"}
 
 
 def _reservation(rows: list[tuple]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=RESERVATION_SCHEMA, orient="row")
+    """Reservation rows (stored kind) as RESERVATION_SCHEMA (base kind + occurrence)."""
+    return _decoded(pl.DataFrame(rows, schema=_STORED_RESERVATION, orient="row"), RESERVATION_SCHEMA)
 
 
 # ---- SQLite -------------------------------------------------------------------------------
@@ -301,7 +358,10 @@ CREATE TABLE IF NOT EXISTS {_OPT_OUTS} (
     PRIMARY KEY (customer_id, channel)
 );
 """
-_COLUMNS = ", ".join(DELIVERY_SCHEMA)
+_STORED_DELIVERY = {name: dtype for name, dtype in DELIVERY_SCHEMA.items() if name != "occurrence"}
+_COLUMNS = ", ".join(_STORED_DELIVERY)
+# A base-kind filter matches the kind and every occurrence of it.
+_KIND_FILTER = "(:kind IS NULL OR kind = :kind OR substr(kind, 1, length(:kind) + 1) = :kind || '@')"
 _PK = "(event_id, channel, kind, customer_id)"
 _KEY_WHERE = "event_id = :event_id AND channel = :channel AND kind = :kind AND customer_id = :customer_id"
 
@@ -310,7 +370,7 @@ def _params(key: DeliveryKey, **extra: Any) -> dict[str, Any]:
     return {
         "event_id": key.event_id,
         "channel": key.channel,
-        "kind": str(key.kind),
+        "kind": encode_kind(key.kind, key.occurrence),
         "customer_id": key.customer_id,
         **extra,
     }
@@ -462,7 +522,7 @@ class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
         with self._connect() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM {_LEDGER} WHERE event_id = :event_id "
-                "AND (:channel IS NULL OR channel = :channel) AND (:kind IS NULL OR kind = :kind) "
+                f"AND (:channel IS NULL OR channel = :channel) AND {_KIND_FILTER} "
                 "ORDER BY channel, kind, customer_id",
                 {"event_id": event_id, "channel": channel, "kind": None if kind is None else str(kind)},
             ).fetchall()
@@ -473,7 +533,7 @@ class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
             return int(
                 conn.execute(
                     f"SELECT count(*) FROM {_LEDGER} WHERE event_id = :event_id AND status = 'sent' "
-                    "AND (:channel IS NULL OR channel = :channel) AND (:kind IS NULL OR kind = :kind)",
+                    f"AND (:channel IS NULL OR channel = :channel) AND {_KIND_FILTER}",
                     {"event_id": event_id, "channel": channel, "kind": None if kind is None else str(kind)},
                 ).fetchone()[0]
             )
@@ -486,9 +546,10 @@ def _opt_out_frame(rows: list[tuple]) -> pl.DataFrame:
 
 
 def _delivery_frame(rows: list[tuple]) -> pl.DataFrame:
+    """Stored ledger rows (kind encoded, times as text) as DELIVERY_SCHEMA."""
     times = ("reserved_at", "updated_at", "sent_at")
-    schema = {name: (pl.String() if name in times else dtype) for name, dtype in DELIVERY_SCHEMA.items()}
-    return _parse_times(pl.DataFrame(rows, schema=schema, orient="row"), *times)
+    schema = {name: (pl.String() if name in times else dtype) for name, dtype in _STORED_DELIVERY.items()}
+    return _decoded(_parse_times(pl.DataFrame(rows, schema=schema, orient="row"), *times), DELIVERY_SCHEMA)
 
 
 # ---- DynamoDB -----------------------------------------------------------------------------
@@ -499,7 +560,7 @@ SENT_INDEX = "SENT"
 def ledger_table_definition(name: str) -> dict[str, Any]:
     """The `CreateTable` request of the ledger table.
 
-    pk = EVENT#{event_id}, sk = DELIVERY#{channel}#{kind}#{customer_id} (an event's deliveries
+    pk = EVENT#{event_id}, sk = DELIVERY#{channel}#{encode_kind(kind, occurrence)}#{customer_id} (an event's deliveries
     are one Query); opt-outs share the table as pk = OPTOUT#{customer_id}, sk = CHANNEL#{channel|*}.
     Sparse GSI SENT: only sent rows carry sent_pk = SENT#{kind}#{YYYY-MM-DD} and
     sent_sk = {sent_at}#{event_id}#{channel}#{customer_id}, so `invitations_since` queries one
@@ -536,7 +597,7 @@ def create_ledger_table(client: Any, table_name: str) -> bool:
 def _ddb_key(key: DeliveryKey) -> dict[str, dict[str, str]]:
     return {
         "pk": {"S": f"EVENT#{key.event_id}"},
-        "sk": {"S": f"DELIVERY#{key.channel}#{key.kind}#{key.customer_id}"},
+        "sk": {"S": f"DELIVERY#{key.channel}#{encode_kind(key.kind, key.occurrence)}#{key.customer_id}"},
     }
 
 
@@ -545,7 +606,7 @@ def _key_attrs(key: DeliveryKey) -> dict[str, dict[str, str]]:
         ":customer_id": {"S": key.customer_id},
         ":event_id": {"S": key.event_id},
         ":channel": {"S": key.channel},
-        ":kind": {"S": str(key.kind)},
+        ":kind": {"S": encode_kind(key.kind, key.occurrence)},
     }
 
 
@@ -581,8 +642,8 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
         return self.client().get_item(TableName=self.table_name, Key=_ddb_key(key), ConsistentRead=True).get("Item")
 
     def _reserve_one(self, row: tuple, at: str, cutoff: str) -> tuple:
-        customer_id, event_id, channel, kind, campaign_id = row
-        key = DeliveryKey(customer_id, event_id, channel, MessageKind(kind))
+        customer_id, event_id, channel, kind, campaign_id = row  # kind as stored
+        key = _key({"customer_id": customer_id, "event_id": event_id, "channel": channel, "kind": kind})
         client = self.client()
         item = {
             **_ddb_key(key),
@@ -816,7 +877,9 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
         return _parse_times(frame, "invited_at").sort("invited_at")
 
     def deliveries(self, event_id: str, channel: str | None = None, kind: str | None = None) -> pl.DataFrame:
-        prefix = "DELIVERY#" + (f"{channel}#" + (f"{kind}#" if kind is not None else "") if channel is not None else "")
+        # `kind` is a base kind: the prefix also matches its `kind@occurrence` rows; the filter below
+        # drops kinds that merely start with it.
+        prefix = "DELIVERY#" + (f"{channel}#" + (str(kind) if kind is not None else "") if channel is not None else "")
         items = self._query(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
             ExpressionAttributeValues={":pk": {"S": f"EVENT#{event_id}"}, ":prefix": {"S": prefix}},
@@ -835,4 +898,4 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
         frame = _delivery_frame(rows)
         if kind is not None:
             frame = frame.filter(pl.col("kind") == str(kind))
-        return frame.sort("channel", "kind", "customer_id")
+        return frame.sort("channel", "kind", "occurrence", "customer_id")  # SQLite's order (kind@occurrence)

@@ -13,7 +13,10 @@ Routes (JSON in and out; every GET needs an API key, the webhook a signed body):
   live candidate items (support), by event then channel.
 * `POST /v1/webhooks/registrations` — the event platform's registrations, validated and stored
   by the same `ingest_registrations` the registrations feed uses (idempotent: a replayed
-  delivery is stored once).
+  delivery is stored once). A record with `"action": "cancel"` (event_id, customer_id,
+  cancelled_at, optional registration_id) cancels a registration or waitlist place; a record
+  with an unknown action, or a cancellation lacking a field or with a bad one, refuses the
+  whole delivery with a 400 naming it (`registrations[<index>].<field>`), nothing stored.
 * `GET /health` — liveness, no key, no data.
 
 Every answer is at most one page (`limit` 1..100, default 100) with an opaque `nextCursor`
@@ -67,6 +70,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from eventreach_assets.domain.engagement import CANCELLED
+from eventreach_assets.domain.registrations import cancellation_problem
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.engagement import EngagementStoreResource
@@ -442,6 +447,12 @@ def webhook_records(body: bytes) -> list[dict[str, Any]]:
         raise bad_parameter("body", "registrations must be a non-empty list of records")
     if len(data) > MAX_WEBHOOK_RECORDS:
         raise bad_parameter("body", f"at most {MAX_WEBHOOK_RECORDS} records per delivery, got {len(data)}")
+    for index, record in enumerate(data):
+        # A cancellation that cannot be applied leaves a seat blocked: the platform must hear it now.
+        problem = cancellation_problem(record) if isinstance(record, dict) else None
+        if problem is not None:
+            field, message = problem
+            raise bad_parameter(f"registrations[{index}].{field}", message)
     return [
         record if isinstance(record, dict) else {"_error": "not a JSON object", "_raw": json.dumps(record)}
         for record in data
@@ -646,7 +657,8 @@ def create_app(
     def registration_list(query: RegisteredQuery) -> pl.DataFrame:
         if query.status == "registered":
             items = deps.store.registered_candidates(query.program, query.event, now=deps.clock())
-            return registered_view(items)
+            cancelled = deps.engagement.registrations(query.event, CANCELLED).select("customer_id")
+            return registered_view(items.join(cancelled, on="customer_id", how="anti"))
         return waitlisted_view(deps.engagement.registrations(query.event, "waitlisted"))
 
     async def registered_candidates(request: Request) -> Response:
@@ -696,6 +708,7 @@ def create_app(
         return {
             "accepted": outcome.accepted.height,
             "waitlisted": outcome.waitlisted.height,
+            "cancelled": 0 if outcome.cancelled is None else outcome.cancelled.height,
             "rejected": outcome.rejected.height,
             "stored": outcome.stored or 0,
             "rejections": [
