@@ -58,6 +58,7 @@ from eventreach_assets.sensors import (
     events_catalog_sensor,
     feed_sensors,
     run_failure_alert_sensor,
+    waitlist_promotion_sensor,
 )
 
 DEPLOYMENTS = ("local", "aws")
@@ -291,7 +292,13 @@ def build_definitions(
             daily_metrics_freshness_job,
         ],
         schedules=build_schedules(program),
-        sensors=[events_catalog_sensor, event_lifecycle_sensor, *feed_sensors, run_failure_alert_sensor],
+        sensors=[
+            events_catalog_sensor,
+            event_lifecycle_sensor,
+            *feed_sensors,
+            waitlist_promotion_sensor,
+            run_failure_alert_sensor,
+        ],
         resources=resources,
     )
 

@@ -15,12 +15,21 @@ launches nothing twice, and the tags the UI filters on: event, stage, channel.
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.campaigns import NEXT_DUE_AT, PLANNED_AT, batch_ready_at, latest_metadata
+from eventreach_assets.assets.campaigns import (
+    NEXT_DUE_AT,
+    PLANNED_AT,
+    PREVIOUS_START_TAG,
+    batch_ready_at,
+    latest_metadata,
+)
+from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, Trigger, kinds_with
+from eventreach_assets.domain.engagement import CANCELLED
 from eventreach_assets.domain.events import normalize_events, upcoming_event_ids
 from eventreach_assets.domain.lifecycle import STAGES, due_stages, lifecycle_schedule, stage_run_key
 from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, feed_jobs
@@ -31,6 +40,7 @@ from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 LIFECYCLE_JOBS = {stage.job_name for stage in STAGES.values()}
+CATALOG_JOBS = {kind.job for kind in kinds_with(Trigger.CATALOG)}
 FILES_PER_RUN = 200  # a backlog is ingested in runs of this many files, one run per tick
 
 
@@ -45,20 +55,67 @@ def run_tags(event_id: str, stage: str, channel: str | None = None) -> dict[str,
 
 
 def catalog_state(events: pl.DataFrame, event_ids: list[str]) -> dict[str, str]:
-    """`status@start` per known event: what the cursor remembers to notice a change."""
+    """`status@start@capacity` per known event: what the cursor remembers to notice a change."""
     rows = normalize_events(events).filter(pl.col("event_id").is_in(event_ids))
     return dict(
-        rows.select("event_id", pl.format("{}@{}", "status", pl.col("start_time_utc").dt.to_string("%Y-%m-%dT%H:%M")))
+        rows.select(
+            "event_id",
+            pl.format(
+                "{}@{}@{}", "status", pl.col("start_time_utc").dt.to_string("%Y-%m-%dT%H:%M"), pl.col("capacity")
+            ),
+        )
         .sort("event_id")
         .iter_rows()
     )
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    status: str
+    start: str
+    capacity: int | None  # None in a cursor written before capacity was remembered
+
+    @classmethod
+    def parse(cls, value: str) -> "CatalogEntry":
+        status, start, *rest = value.split("@")
+        return cls(status, start, int(rest[0]) if rest else None)
+
+
+def change_requests(event_id: str, was: CatalogEntry, now: CatalogEntry) -> tuple[str | None, list[dg.RunRequest]]:
+    """What a change in the catalog sends (domain/campaign_kinds.py, trigger `catalog`): a
+    cancellation notice on each channel, an update for a new date, waitlist promotions for
+    added seats. Run keys name the change, so a repeated tick launches nothing twice."""
+
+    def request(asset: str, key: str, **tags: str) -> dg.RunRequest:
+        kind = CAMPAIGN_KINDS[asset]
+        return dg.RunRequest(
+            run_key=f"{kind.stage}:{event_id}:{kind.channel}:{key}", job_name=kind.job, partition_key=event_id,
+            tags={**run_tags(event_id, kind.stage, kind.channel), **tags},
+        )  # fmt: skip
+
+    if now.status == "cancelled" and was.status != "cancelled":
+        return "cancelled: notices go out, nothing else", [
+            request("cancellation_emails", "cancelled"), request("cancellation_pushes", "cancelled")
+        ]  # fmt: skip
+    if now.status != "scheduled":
+        return None, []
+    if now.start != was.start:
+        update = request("event_update_emails", now.start, **{PREVIOUS_START_TAG: was.start})
+        return f"rescheduled from {was.start} to {now.start}: updates go out", [update]
+    if was.capacity is not None and now.capacity is not None and now.capacity > was.capacity:
+        return f"capacity raised from {was.capacity} to {now.capacity}: waitlist promoted", [
+            request("waitlist_confirmations", f"capacity-{now.capacity}")
+        ]
+    return None, []
 
 
 @dg.sensor(
     name="events_catalog_sensor",
     minimum_interval_seconds=300,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Adds a partition for every upcoming scheduled event; records cancellations and reschedules.",
+    jobs=[job for job in campaign_jobs if job.name in CATALOG_JOBS],
+    description="Adds a partition for every upcoming scheduled event; on a cancellation, a reschedule or a capacity "
+    "raise, records it and launches the notices (cancellation, update, waitlist confirmations).",
 )
 def events_catalog_sensor(
     context: dg.SensorEvaluationContext, warehouse: WarehouseResource, clock: ClockResource
@@ -69,32 +126,43 @@ def events_catalog_sensor(
     new_events = [event_id for event_id in upcoming if event_id not in known]
     previous: dict[str, str] = json.loads(context.cursor) if context.cursor and context.cursor[0] == "{" else {}
     state = catalog_state(events, known + new_events)
-    changed = {event_id: value for event_id, value in state.items() if previous.get(event_id, value) != value}
-    if not new_events and not changed and previous == state:
-        return dg.SkipReason(f"events catalog unchanged ({len(upcoming)} upcoming events)")
-    if new_events:
-        context.log.info(f"adding event partitions: {', '.join(new_events)}")
-    observations = []
+    observations: list[dg.AssetObservation] = []
+    requests: list[dg.RunRequest] = []
     summary = [f"added partitions {', '.join(new_events)}"] if new_events else []
-    for event_id, value in changed.items():
-        status, start = value.split("@")
-        was_status, was_start = previous[event_id].split("@")
-        change = "cancelled: no further sends" if status == "cancelled" else f"rescheduled from {was_start} to {start}"
+    for event_id, value in state.items():
+        if event_id not in previous:
+            continue
+        was, now = CatalogEntry.parse(previous[event_id]), CatalogEntry.parse(value)
+        change, launched = change_requests(event_id, was, now)
+        if change is None:
+            continue
         context.log.warning(f"event {event_id} {change}")
         summary.append(f"{event_id} {change}")
+        requests.extend(launched)
         observations.append(
             dg.AssetObservation(
                 asset_key="candidates_table",
                 partition=event_id,
-                metadata={"event_status": status, "start_time_utc": start, "change": change, "was": was_status},
+                metadata={
+                    "event_status": now.status,
+                    "start_time_utc": now.start,
+                    "capacity": now.capacity,
+                    "change": change,
+                    "was": was.status,
+                },
             )
         )
+    if not new_events and not requests and previous == state:
+        return dg.SkipReason(f"events catalog unchanged ({len(upcoming)} upcoming events)")
+    if new_events:
+        context.log.info(f"adding event partitions: {', '.join(new_events)}")
     return dg.SensorResult(
+        run_requests=requests,
         dynamic_partitions_requests=[events_partitions.build_add_request(new_events)] if new_events else [],
         asset_events=observations,
         cursor=json.dumps(state, sort_keys=True),
         # A tick that launches no run is shown as skipped; say what it did instead of "empty result".
-        skip_reason="; ".join(summary) or "catalog state recorded",
+        skip_reason=None if requests else "; ".join(summary) or "catalog state recorded",
     )
 
 
@@ -189,6 +257,47 @@ def build_feed_sensor(feed: str) -> dg.SensorDefinition:
 
 
 feed_sensors = [build_feed_sensor(feed) for feed in FEED_JOBS]
+
+
+def events_with_cancellations(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Events for which the run's registrations batch recorded cancellations (seats freed)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    events: set[str] = set()
+    for record in records:
+        materialization = record.event_log_entry.asset_materialization
+        per_event = materialization.metadata.get("per_event") if materialization else None
+        for row in getattr(per_event, "records", None) or []:
+            if row.data.get("outcome") == CANCELLED:
+                events.add(str(row.data["event_id"]))
+    return sorted(events)
+
+
+WAITLIST = CAMPAIGN_KINDS["waitlist_confirmations"]
+
+
+@dg.run_status_sensor(
+    name="waitlist_promotion_sensor",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[feed_jobs["registrations"]],
+    request_job=next(job for job in campaign_jobs if job.name == WAITLIST.job),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="After a registrations batch with cancellations: promotes the earliest waitlisted customers of each "
+    "event whose seats were freed, and sends their confirmations.",
+)
+def waitlist_promotion_sensor(context: dg.RunStatusSensorContext) -> list[dg.RunRequest] | dg.SkipReason:
+    run_id = context.dagster_run.run_id
+    known = set(context.instance.get_dynamic_partitions(events_partitions.name))
+    events = [event_id for event_id in events_with_cancellations(context.instance, run_id) if event_id in known]
+    if not events:
+        return dg.SkipReason(f"run {run_id} freed no seat")
+    return [
+        dg.RunRequest(
+            run_key=f"{WAITLIST.stage}:{event_id}:{run_id}",
+            partition_key=event_id,
+            tags=run_tags(event_id, WAITLIST.stage, WAITLIST.channel),
+        )
+        for event_id in events
+    ]
 
 
 @dg.run_failure_sensor(

@@ -23,12 +23,19 @@ from eventreach_assets.assets.metadata import Stopwatch, stopwatch, table
 from eventreach_assets.assets.storage import BATCH_READY_AT
 from eventreach_assets.domain import campaigns, messages, report
 from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, CampaignKind
-from eventreach_assets.domain.delivery import OutboundMessage
+from eventreach_assets.domain.delivery import (
+    FIRST_CHANGE_SEQUENCE,
+    OutboundMessage,
+    calendar_sequences,
+    change_notice_recipients,
+    occurrence_of,
+)
 from eventreach_assets.domain.filters import EventContext
 from eventreach_assets.domain.messages import to_email_message
 from eventreach_assets.domain.sending import DeliveryReport, deliver
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
+from eventreach_assets.registrations import promote_from_waitlist
 from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
@@ -40,6 +47,8 @@ PLANNED_AT = "planned_at"
 REASON = "reason"  # why a run sent nothing
 NO_REGISTRANTS = "no_registrations: nobody is registered for the event"
 NO_ATTENDEES = "no_attendees: nobody attended the event"
+NO_RECIPIENTS = "no_recipients: nobody was invited to or registered for the event"
+NO_SEATS_OR_WAITLIST = "nobody_promoted: no seat is free, or nobody is waiting for one"
 
 
 def sending_asset(name: str) -> Callable[[Callable[..., dg.MaterializeResult]], dg.AssetsDefinition]:
@@ -422,6 +431,171 @@ def post_event_surveys(
     return dg.MaterializeResult(metadata=run.metadata(watch, attendees=attendees.height, **extra))
 
 
-campaign_assets = [email_invitations, in_app_invitations, push_reminders, day_of_reminders, post_event_surveys]
+# ---- when the event changes: updates, cancellations, waitlist confirmations ----------------------
+
+
+def change_notice_plan(
+    services: CampaignServices, event: EventContext, kind: CampaignKind, occurrence: str, now: datetime
+) -> pl.DataFrame:
+    """Everyone who holds a calendar entry or a seat for the event (a delivered invitation or
+    waitlist confirmation, or a registration), with where to reach them and the SEQUENCE their
+    next .ics must carry (strictly above every notice they may have)."""
+    deliveries = services.ledger.deliveries(event.event_id)
+    recipients = change_notice_recipients(deliveries, services.registered(event.event_id, now), event.event_id)
+    if kind.channel == "push":  # the app reaches registrants; invitees only have the email
+        recipients = recipients.filter(pl.col("registered"))
+    with_sequence = recipients.join(
+        calendar_sequences(deliveries, event.event_id, occurrence), on="customer_id", how="left"
+    ).with_columns(pl.col("sequence").fill_null(FIRST_CHANGE_SEQUENCE))
+    return campaigns.plan_follow_up(
+        services.with_contacts(with_sequence, event.event_id, now), event=event, channel=kind.channel,
+        kind=kind.kind, now=now,
+    )  # fmt: skip
+
+
+def notice_email(
+    render: Callable[..., OutboundMessage], clock: ClockResource
+) -> Callable[[dict[str, Any]], OutboundMessage]:
+    """Render one planned change notice, dated when it leaves, with the row's calendar SEQUENCE."""
+    return lambda row: render(row, campaign_id=row["campaign_id"], sequence=int(row["sequence"]), send_at=clock.now())
+
+
+def email_notice_renderer(
+    render: Callable[..., OutboundMessage], services: CampaignServices, config: ProgramConfig, event: EventContext,
+    **extra: Any,
+) -> Callable[..., OutboundMessage]:  # fmt: skip
+    return partial(
+        render, event=event, templates=messages.TemplateSet(), secret=services.link_signing.key(),
+        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
+        organizer_email=config.campaigns.organizer, duration_minutes=event.duration_minutes, **extra,
+    )  # fmt: skip
+
+
+PREVIOUS_START_TAG = "eventreach/previous-start"  # set by the catalog sensor on an update run
+
+
+@sending_asset("event_update_emails")
+def event_update_emails(
+    context: dg.AssetExecutionContext,
+    services: CampaignServices,
+    email_channel: EmailChannelResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """After a reschedule: one "Updated:" email per new date, the .ics under the invitation's UID
+    with a higher SEQUENCE (METHOD:REQUEST), so calendars move the entry instead of adding one."""
+    kind = CAMPAIGN_KINDS["event_update_emails"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
+    previous = context.run.tags.get(PREVIOUS_START_TAG)
+    render = email_notice_renderer(
+        messages.render_update_email, services, config, event,
+        previous_start_utc=datetime.fromisoformat(previous) if previous else None,
+    )  # fmt: skip
+    with stopwatch() as watch:
+        plan = change_notice_plan(services, event, kind, occurrence_of(event.start_time_utc), now)
+        run = send_campaign(
+            plan, notice_email(render, clock), ledger=services.ledger, send=email_channel.send, clock=clock,
+            validate_email=kind.calendar_invite,
+        )  # fmt: skip
+    extra = {REASON: NO_RECIPIENTS} if plan.height == 0 else {}
+    return dg.MaterializeResult(metadata=run.metadata(watch, new_start_utc=event.start_time_utc.isoformat(), **extra))
+
+
+@sending_asset("cancellation_emails")
+def cancellation_emails(
+    context: dg.AssetExecutionContext,
+    services: CampaignServices,
+    email_channel: EmailChannelResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """The event is cancelled: one email to every invitee and registrant whose .ics (METHOD:CANCEL,
+    STATUS:CANCELLED, same UID, higher SEQUENCE) removes the calendar entry."""
+    kind = CAMPAIGN_KINDS["cancellation_emails"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
+    render = email_notice_renderer(messages.render_cancellation_email, services, config, event)
+    with stopwatch() as watch:
+        plan = change_notice_plan(services, event, kind, "", now)
+        run = send_campaign(
+            plan, notice_email(render, clock), ledger=services.ledger, send=email_channel.send, clock=clock,
+            validate_email=kind.calendar_invite,
+        )  # fmt: skip
+    extra = {REASON: NO_RECIPIENTS} if plan.height == 0 else {}
+    return dg.MaterializeResult(metadata=run.metadata(watch, **extra))
+
+
+@sending_asset("cancellation_pushes")
+def cancellation_pushes(
+    context: dg.AssetExecutionContext,
+    services: CampaignServices,
+    push_channel: PushChannelResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """The event is cancelled: a push to every registrant, once."""
+    kind = CAMPAIGN_KINDS["cancellation_pushes"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
+    render = partial(
+        messages.render_cancellation_push, event=event, secret=services.link_signing.key(),
+        base_url=config.campaigns.link_base_url,
+    )  # fmt: skip
+    with stopwatch() as watch:
+        plan = change_notice_plan(services, event, kind, "", now)
+        run = send_campaign(
+            plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
+            ledger=services.ledger, send=push_channel.send, clock=clock,
+        )  # fmt: skip
+    extra = {REASON: NO_REGISTRANTS} if plan.height == 0 else {}
+    return dg.MaterializeResult(metadata=run.metadata(watch, **extra))
+
+
+@sending_asset("waitlist_confirmations")
+def waitlist_confirmations(
+    context: dg.AssetExecutionContext,
+    services: CampaignServices,
+    email_channel: EmailChannelResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """Seats freed by cancellations (or a capacity raised in the catalog) go to the earliest
+    waitlisted customers, first come first served; each promoted customer gets one confirmation
+    with the join link and the .ics."""
+    kind = CAMPAIGN_KINDS["waitlist_confirmations"]
+    event, stopped = open_campaign(context, services, kind)
+    if stopped is not None:
+        return stopped
+    config, now = services.config(), clock.now()
+    render = email_notice_renderer(messages.render_waitlist_confirmation_email, services, config, event)
+    with stopwatch() as watch:
+        promoted = promote_from_waitlist(
+            services.warehouse, services.candidate_store, services.engagement, config, event, now
+        ).select("customer_id")
+        sequences = calendar_sequences(services.ledger.deliveries(event.event_id), event.event_id, "")
+        plan = campaigns.plan_follow_up(
+            services.with_contacts(
+                promoted.join(sequences, on="customer_id", how="left").with_columns(
+                    pl.col("sequence").fill_null(FIRST_CHANGE_SEQUENCE)
+                ),
+                event.event_id, now,
+            ),
+            event=event, channel=kind.channel, kind=kind.kind, now=now,
+        )  # fmt: skip
+        run = send_campaign(
+            plan, notice_email(render, clock), ledger=services.ledger, send=email_channel.send, clock=clock,
+            validate_email=kind.calendar_invite,
+        )  # fmt: skip
+    extra = {REASON: NO_SEATS_OR_WAITLIST} if promoted.height == 0 else {}
+    return dg.MaterializeResult(metadata=run.metadata(watch, promoted=promoted.height, **extra))
+
+
+campaign_assets = [
+    email_invitations, in_app_invitations, push_reminders, day_of_reminders, post_event_surveys,
+    event_update_emails, cancellation_emails, cancellation_pushes, waitlist_confirmations,
+]  # fmt: skip
 if {asset.key.path[-1] for asset in campaign_assets} != set(CAMPAIGN_KINDS):
     raise RuntimeError("every row of CAMPAIGN_KINDS needs exactly one sending asset, and every sending asset a row")

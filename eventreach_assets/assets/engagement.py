@@ -24,7 +24,7 @@ from eventreach_assets.engagement import ingest_attendance, ingest_survey, inges
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.registrations import ingest_registrations, registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
-from eventreach_assets.resources.engagement import REGISTERED, WAITLISTED, EngagementStoreResource
+from eventreach_assets.resources.engagement import CANCELLED, REGISTERED, WAITLISTED, EngagementStoreResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
@@ -99,8 +99,11 @@ def ingest_feed_batch(
 
 
 def registrations_per_event(outcome: RegistrationOutcome) -> pl.DataFrame:
+    """Rows per event and outcome; `cancelled` rows free seats (the waitlist sensor reads them)."""
     parts = [outcome.accepted.select("event_id", outcome=pl.lit(REGISTERED)),
              outcome.waitlisted.select("event_id", outcome=pl.lit(WAITLISTED))]  # fmt: skip
+    if outcome.cancelled is not None:
+        parts.append(outcome.cancelled.select(pl.col("event_id").cast(pl.String), outcome=pl.lit(CANCELLED)))
     return pl.concat(parts).group_by("event_id", "outcome").len("rows").sort("event_id", "outcome")
 
 

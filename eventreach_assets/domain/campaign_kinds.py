@@ -44,7 +44,7 @@ class CampaignKind:
     description: str
     upstream: tuple[str, ...] = ("candidates_table",)
     calendar_invite: bool = False  # emails carry an .ics that the validator must find
-    sends_when_cancelled: bool = False  # only the cancellation notice goes out for a cancelled event
+    sends_when_cancelled: bool = False  # the cancellation notice: sent only for a cancelled event
 
     @property
     def pool(self) -> str:
@@ -82,6 +82,25 @@ CAMPAIGN_KINDS: dict[str, CampaignKind] = {
             "post_event_surveys", "post_event_survey", "survey", "email", MessageKind.SURVEY,
             Trigger.AFTER_EVENT, "Survey email to attendees, 1 day after the event.",
             upstream=("event_attendance",),
+        ),
+        CampaignKind(
+            "event_update_emails", "event_update", "event-update", "email", MessageKind.UPDATE,
+            Trigger.CATALOG, "The event moved: one update per new date to invitees and registrants (.ics SEQUENCE+1).",
+            calendar_invite=True,
+        ),
+        CampaignKind(
+            "cancellation_emails", "event_cancellation_email", "event-cancellation", "email", MessageKind.CANCELLATION,
+            Trigger.CATALOG, "The event is off: a cancellation (.ics METHOD:CANCEL) to invitees and registrants, once.",
+            calendar_invite=True, sends_when_cancelled=True,
+        ),
+        CampaignKind(
+            "cancellation_pushes", "event_cancellation_push", "event-cancellation", "push", MessageKind.CANCELLATION,
+            Trigger.CATALOG, "The event is off: a push to every registrant, once.", sends_when_cancelled=True,
+        ),
+        CampaignKind(
+            "waitlist_confirmations", "waitlist_promotion", "waitlist", "email", MessageKind.WAITLIST_CONFIRMATION,
+            Trigger.CATALOG, "A seat freed up or capacity was raised: the earliest waitlisted are promoted and get a "
+            "confirmation with the .ics, once.", calendar_invite=True,
         ),
     )
 }  # fmt: skip

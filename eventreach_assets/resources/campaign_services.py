@@ -30,6 +30,7 @@ from eventreach_assets.resources.warehouse import WarehouseResource
 
 PAGE = 5_000  # candidates read per store query
 EVENT_CANCELLED = "event_cancelled: nothing more is sent for a cancelled event"
+EVENT_NOT_CANCELLED = "event_not_cancelled: a cancellation notice goes out only for a cancelled event"
 
 
 class CampaignServices(dg.ConfigurableResource):
@@ -56,10 +57,13 @@ class CampaignServices(dg.ConfigurableResource):
     def stopped_because(self, event: EventContext, kind: CampaignKind) -> str | None:
         """Why this kind sends nothing for the event as it stands now, or None when it may send.
 
-        A cancelled event gets its cancellation notice and nothing else.
+        A cancelled event gets its cancellation notice and nothing else; a scheduled one never gets it.
         """
-        if event.status == "cancelled" and not kind.sends_when_cancelled:
+        cancelled = event.status == "cancelled"
+        if cancelled and not kind.sends_when_cancelled:
             return EVENT_CANCELLED
+        if kind.sends_when_cancelled and not cancelled:
+            return EVENT_NOT_CANCELLED
         return None
 
     def registered(self, event_id: str, now: datetime) -> pl.DataFrame:
