@@ -230,6 +230,10 @@ def test_wire_problems_names_each_defect_on_the_bytes() -> None:
     assert wire_problems(no_post, expect_calendar_invite=True) == [
         "missing List-Unsubscribe-Post: List-Unsubscribe=One-Click"
     ]
+    truncated = good.rsplit(b"\r\n--=_er0_", 1)[0]
+    assert wire_problems(truncated, expect_calendar_invite=True) == [
+        "MIME structure is broken: CloseBoundaryNotFoundDefect"
+    ]
     assert email_problems(replace(message, attachments=()), expect_calendar_invite=True) == ["missing calendar invite"]
 
 

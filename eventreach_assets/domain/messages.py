@@ -812,7 +812,7 @@ def _calendar_problems(parsed: EmailMessage, expect_calendar_invite: bool) -> li
 def wire_problems(raw: bytes, *, expect_calendar_invite: bool) -> list[str]:
     """What makes these email bytes unfit to send, as a mailbox provider reads them.
 
-    Line ends and lengths (RFC 5321/5322), 7-bit data, the required headers, a plain one-click
+    Line ends and lengths (RFC 5321/5322), 7-bit data, the required headers, MIME structure, a plain one-click
     List-Unsubscribe (RFC 2369/8058: `<https://…>` first, a `mailto:` too, no RFC 2047) with
     `List-Unsubscribe-Post: List-Unsubscribe=One-Click`, and a calendar invite that parses.
     """
@@ -827,7 +827,7 @@ def wire_problems(raw: bytes, *, expect_calendar_invite: bool) -> list[str]:
     fields: dict[str, list[bytes]] = {}
     for name, value in raw_header_fields(raw):
         fields.setdefault(name.lower(), []).append(value)
-    for name in ("From", "To", "Subject", "Date", "Message-ID"):
+    for name in ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version"):
         count = len(fields.get(name.lower(), []))
         if count != 1:
             problems.append(f"missing {name} header" if not count else f"{count} {name} headers")
@@ -846,6 +846,9 @@ def wire_problems(raw: bytes, *, expect_calendar_invite: bool) -> list[str]:
         problems.append("missing List-Unsubscribe-Post: List-Unsubscribe=One-Click")
     parsed = message_from_bytes(raw, policy=email_policy.default)
     assert isinstance(parsed, EmailMessage)
+    defects = sorted({type(defect).__name__ for part in parsed.walk() for defect in part.defects})
+    if defects:
+        problems.append(f"MIME structure is broken: {', '.join(defects)}")
     problems.extend(_calendar_problems(parsed, expect_calendar_invite))
     return problems
 
