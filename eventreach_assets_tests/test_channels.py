@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from email import policy
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from eventreach_assets.domain.delivery import (
     PermanentSendError,
     TransientSendError,
 )
+from eventreach_assets.domain.messages import email_wire_bytes, wire_problems
 from eventreach_assets.resources.channels import (
     ChannelUnavailableError,
     EmailChannelResource,
@@ -50,8 +51,8 @@ def _ics(customer_id: str) -> bytes:
     event = icalendar.Event()
     event.add("uid", f"ev-1-{customer_id}@eventreach.example")
     event.add("summary", "Cloud Summit")
-    event.add("dtstart", datetime(2026, 12, 3, 17, 0))
-    event.add("dtend", datetime(2026, 12, 3, 18, 0))
+    event.add("dtstart", datetime(2026, 12, 3, 17, 0, tzinfo=UTC))
+    event.add("dtend", datetime(2026, 12, 3, 18, 0, tzinfo=UTC))
     calendar.add_component(event)
     return calendar.to_ical()
 
@@ -93,6 +94,14 @@ def in_app_message(customer_id: str) -> OutboundMessage:
 
 
 def _check_received_email(raw: bytes, customer_id: str) -> None:
+    # The raw bytes first: parsing back decodes RFC 2047, which would hide an encoded List-Unsubscribe.
+    assert raw == email_wire_bytes(email_message(customer_id))
+    assert wire_problems(raw, expect_calendar_invite=True) == []
+    assert (
+        b"\r\nList-Unsubscribe: <https://eventreach.example/u/tok>,\r\n"
+        b" <mailto:unsubscribe@eventreach.example?subject=u>\r\n"
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    ) in raw
     parsed = email.message_from_bytes(raw, policy=policy.default)
     assert parsed["Subject"] == "Join us for Cloud Summit on Dec 3 — Überraschung"
     assert parsed["To"] == f"{customer_id}@example.com"

@@ -17,6 +17,7 @@ from eventreach_assets.domain.messages import (
     InvalidLinkToken,
     TemplateSet,
     calendar_invite,
+    email_wire_bytes,
     language_for,
     link,
     render_day_of_email,
@@ -166,13 +167,14 @@ def test_html_autoescapes_a_hostile_event_name_and_subject_stays_one_line():
     assert "<script>" not in message.body_html
     assert "&lt;script&gt;" in message.body_html
     assert "\n" not in message.subject and "\r" not in message.subject
-    parsed = message_from_bytes(to_email_message(message).as_bytes(), policy=policy.default)
+    parsed = message_from_bytes(email_wire_bytes(message), policy=policy.default)
     assert parsed["Bcc"] is None
 
 
 def test_email_parses_back_with_headers_attachment_and_valid_links():
     message = invitation()
-    raw = to_email_message(message).as_bytes()
+    raw = email_wire_bytes(message)
+    assert raw == to_email_message(message).as_bytes()  # the message carries the wire policy
     parsed = message_from_bytes(raw, policy=policy.default)
     assert parsed["To"] == "ann@example.com"
     assert parsed["From"] == "EventReach <events@example.com>"
@@ -184,6 +186,7 @@ def test_email_parses_back_with_headers_attachment_and_valid_links():
     assert https.startswith(f"{BASE}/unsubscribe?t=") and mailto.startswith("mailto:unsubscribe@example.com")
     assert verify_link_token(SECRET, token_of(https), action="unsubscribe").customer_id == "c1"
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert f"\r\nList-Unsubscribe: <{https}>,\r\n <{mailto}>\r\n".encode() in raw  # never RFC 2047-encoded
 
     html = parsed.get_body(("html",)).get_content()
     text = parsed.get_body(("plain",)).get_content()

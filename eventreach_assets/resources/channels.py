@@ -32,7 +32,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
-from email import policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
@@ -50,7 +49,7 @@ from eventreach_assets.domain.delivery import (
     PermanentSendError,
     TransientSendError,
 )
-from eventreach_assets.domain.messages import to_email_message
+from eventreach_assets.domain.messages import email_wire_bytes, message_id, to_email_message
 
 __all__ = [
     "ChannelUnavailableError",
@@ -65,15 +64,11 @@ __all__ = [
     "SnsPush",
     "WebhookInApp",
     "build_email",
+    "email_bytes",
     "outbox_file_stem",
 ]
 
 log = logging.getLogger(__name__)
-
-# What goes on the wire: CRLF line ends and 7-bit transfer encodings (quoted-printable/base64),
-# which every MTA and SES accept without needing the 8BITMIME extension.
-WIRE_POLICY = policy.SMTP.clone(cte_type="7bit")
-
 
 # ---- shared helpers ---------------------------------------------------------------------------
 
@@ -200,11 +195,29 @@ class _RateLimiter:
 # ---- email ------------------------------------------------------------------------------------
 
 
+def _with_sender(message: OutboundMessage, sender: str | None) -> OutboundMessage:
+    if sender and not any(name.lower() == "from" for name in message.headers):
+        return replace(message, headers={"From": sender, **message.headers})
+    return message
+
+
 def build_email(message: OutboundMessage, sender: str | None = None) -> EmailMessage:
     """The RFC 5322 message (domain.messages.to_email_message); `sender` fills a missing From header."""
-    if sender and not any(name.lower() == "from" for name in message.headers):
-        message = replace(message, headers={"From": sender, **message.headers})
-    return to_email_message(message)
+    return to_email_message(_with_sender(message, sender))
+
+
+def email_bytes(message: OutboundMessage, sender: str | None = None) -> tuple[bytes, str]:
+    """(wire bytes, Message-ID) of an email: what every email channel sends, byte for byte.
+
+    The bytes come from `domain.messages.email_wire_bytes` only, so the outbox file, SMTP DATA
+    and SES `Content.Raw` are identical and are what `email_problems` validated. A message that
+    cannot be serialized (e.g. a List-Unsubscribe URI over the line limit) is a PermanentSendError.
+    """
+    message = _with_sender(message, sender)
+    try:
+        return email_wire_bytes(message), message_id(message)
+    except ValueError as error:
+        raise PermanentSendError(f"email cannot be serialized: {error}") from None
 
 
 class EmailChannelResource(dg.ConfigurableResource):
@@ -231,10 +244,9 @@ class LocalOutboxEmail(EmailChannelResource):
     sender: str = Field(default="EventReach <events@eventreach.invalid>", description="From, when not rendered.")
 
     def send(self, message: OutboundMessage) -> str:
-        email = build_email(message, self.sender)
-        path = Path(self.outbox_dir, f"{outbox_file_stem(message)}.eml")
-        _write_atomically(path, email.as_bytes(policy=WIRE_POLICY))
-        return str(email["Message-ID"])
+        data, sent_id = email_bytes(message, self.sender)
+        _write_atomically(Path(self.outbox_dir, f"{outbox_file_stem(message)}.eml"), data)
+        return sent_id
 
 
 def _smtp_error(code: int, reply: bytes | str, what: str) -> TransientSendError | PermanentSendError:
@@ -312,8 +324,7 @@ class SmtpEmail(EmailChannelResource):
             raise _smtp_error(code, reply, "recipient refused")
 
     def send(self, message: OutboundMessage) -> str:
-        email = build_email(message, self.sender)
-        data = email.as_bytes(policy=WIRE_POLICY)
+        data, sent_id = email_bytes(message, self.sender)  # sent as they are: DATA adds only dot-stuffing
         if self._limiter is None:
             self._limiter = _RateLimiter(self.max_messages_per_second)
         self._limiter.wait()
@@ -345,7 +356,7 @@ class SmtpEmail(EmailChannelResource):
             self._sent_on_connection += 1
             if self._sent_on_connection >= self.max_messages_per_connection:
                 self._drop()
-        return str(email["Message-ID"])
+        return sent_id
 
     def _reset_after_refusal(self) -> None:
         if self._connection is None:
@@ -384,11 +395,11 @@ class SesEmail(EmailChannelResource):
         return self._client
 
     def send(self, message: OutboundMessage) -> str:
-        email = build_email(message, self.sender)
+        data, _ = email_bytes(message, self.sender)
         request: dict[str, Any] = {
             "FromEmailAddress": self.sender,
             "Destination": {"ToAddresses": [message.recipient]},
-            "Content": {"Raw": {"Data": email.as_bytes(policy=WIRE_POLICY)}},
+            "Content": {"Raw": {"Data": data}},
             "EmailTags": [
                 {"Name": "campaign", "Value": _SES_TAG.sub("_", message.campaign_id)[:256] or "none"},
                 {"Name": "kind", "Value": _SES_TAG.sub("_", str(message.key.kind))},
