@@ -348,3 +348,15 @@ def test_each_reschedule_and_the_cancellation_reach_each_calendar_once_in_sequen
     ]
     assert ledger.duplicates("ev-1").is_empty()
     ledger.close()
+
+
+def test_change_notices_pass_the_wire_validator_and_a_method_mismatch_does_not():
+    from eventreach_assets.domain.messages import email_problems, email_wire_bytes, wire_problems
+
+    row = {"customer_id": "c1", "email": "c1@example.com", "marketplace": "US", "timezone": "America/New_York"}
+    for message in (update(row), cancellation(row)):
+        assert email_problems(message, expect_calendar_invite=True) == []
+    raw = email_wire_bytes(cancellation(row))
+    lying = raw.replace(b'method="CANCEL"', b'method="REQUEST"').replace(b"method=CANCEL", b"method=REQUEST")
+    assert lying != raw
+    assert any("method=CANCEL" in problem for problem in wire_problems(lying, expect_calendar_invite=True))

@@ -985,8 +985,12 @@ def _calendar_problems(parsed: Message, expect_calendar_invite: bool) -> list[st
         try:
             calendar = icalendar.Calendar.from_ical(part.get_payload(decode=True))
             events = calendar.walk("VEVENT")
-            if str(calendar.get("METHOD")) != "REQUEST" or not events or not events[0].get("UID"):
-                problems.append("calendar invite lacks METHOD:REQUEST, a VEVENT or its UID")
+            method = str(calendar.get("METHOD"))
+            if method not in ICS_METHODS or not events or not events[0].get("UID"):
+                problems.append(f"calendar invite lacks METHOD ({'/'.join(sorted(ICS_METHODS))}), a VEVENT or its UID")
+            elif str(part.get_param("method") or "").upper() != method:
+                # RFC 6047: the part's method parameter must name the iTIP method inside.
+                problems.append(f"calendar part's content type does not say method={method}")
             elif events[0].get("DTSTART") is None or events[0].decoded("DTSTART").utcoffset() is None:
                 problems.append("calendar invite DTSTART is not in UTC")
         except ValueError as error:
