@@ -369,6 +369,7 @@ def normalize_feedback(
     rejected = (
         judged.filter(pl.col("reason").is_not_null())
         .unique(["file", "line", "reason"], keep="first", maintain_order=True)
+        .sort("file", "line", nulls_last=True, maintain_order=True)
         .select(pl.col("file").alias("source"), "line", pl.lit(None, pl.String).alias("event_id"), "reason", "raw")
         .cast(eng.QUARANTINE_SCHEMA)  # type: ignore[arg-type]
     )
@@ -580,3 +581,78 @@ def breaker_for(counts: pl.DataFrame, event_id: str, channel: str, policy: Deliv
     row = counts.filter((pl.col("event_id") == event_id) & (pl.col("channel") == channel))
     values = row.row(0, named=True) if row.height else dict.fromkeys(COUNTS_SCHEMA, 0)
     return breaker(values["sent"], values["delivered"], values["bounced"], values["complained"], policy)
+
+
+# ---- SES event records (the simulator and tests play SES) --------------------------------------
+
+
+def _iso_ms(moment: datetime) -> str:
+    return eng.to_utc_naive(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def ses_event(
+    event_type: str,
+    message_id: str,
+    recipient: str,
+    at: datetime,
+    *,
+    sent_at: datetime | None = None,
+    source: str = "events@eventreach.example",
+    bounce_type: str = "Permanent",
+    bounce_subtype: str = "General",
+    configuration_set: str = "eventreach",
+) -> dict[str, Any]:
+    """One SES event publishing record, shaped as SES documents it (the fields this module reads,
+    plus the usual neighbours): eventType Delivery | Bounce | Complaint | Reject."""
+    stamp, sent = _iso_ms(at), _iso_ms(sent_at or at)
+    record: dict[str, Any] = {
+        "eventType": event_type,
+        "mail": {
+            "timestamp": sent,
+            "source": source,
+            "sendingAccountId": "123456789012",
+            "messageId": message_id,
+            "destination": [recipient],
+            "headersTruncated": False,
+            "tags": {"ses:configuration-set": [configuration_set]},
+        },
+    }
+    if event_type == "Delivery":
+        record["delivery"] = {
+            "timestamp": stamp,
+            "processingTimeMillis": 1200,
+            "recipients": [recipient],
+            "smtpResponse": "250 2.0.0 OK",
+            "reportingMTA": "a8-70.smtp-out.amazonses.com",
+        }
+    elif event_type == "Bounce":
+        status = "5.1.1" if bounce_type == "Permanent" else "4.2.2"
+        record["bounce"] = {
+            "bounceType": bounce_type,
+            "bounceSubType": bounce_subtype,
+            "bouncedRecipients": [
+                {
+                    "emailAddress": recipient,
+                    "action": "failed",
+                    "status": status,
+                    "diagnosticCode": f"smtp; 550 {status} mailbox unavailable",
+                }
+            ],
+            "timestamp": stamp,
+            "feedbackId": f"{message_id}-bounce",
+            "reportingMTA": "dsn; a8-70.smtp-out.amazonses.com",
+        }
+    elif event_type == "Complaint":
+        record["complaint"] = {
+            "complainedRecipients": [{"emailAddress": recipient}],
+            "timestamp": stamp,
+            "feedbackId": f"{message_id}-complaint",
+            "complaintFeedbackType": "abuse",
+            "userAgent": "Mozilla/5.0",
+            "arrivalDate": stamp,
+        }
+    elif event_type == "Reject":
+        record["reject"] = {"reason": "Bad content"}
+    else:
+        raise ValueError(f"ses_event plays Delivery, Bounce, Complaint or Reject, not {event_type!r}")
+    return record

@@ -892,8 +892,14 @@ _UNMATCHED = "FEEDBACK#UNMATCHED"
 
 
 def _item(values: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """A DynamoDB item of string attributes (nulls left out)."""
-    return {name: {"S": str(value)} for name, value in values.items() if value is not None}
+    """A DynamoDB item of string attributes (nulls left out). `provider_message_id` is stored as
+    `message_id`: only delivery rows may carry the MESSAGE index's key."""
+    renamed = {("message_id" if name == "provider_message_id" else name): value for name, value in values.items()}
+    return {name: {"S": str(value)} for name, value in renamed.items() if value is not None}
+
+
+def _attr(item: dict[str, Any], name: str) -> str | None:
+    return _s(item, "message_id" if name == "provider_message_id" else name)
 
 
 def _feedback_key(row: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -967,7 +973,11 @@ class _DynamoDBFeedback:
                 ExpressionAttributeValues={":id": {"S": message_id}},
             )
             names = ("event_id", "channel", "kind", "customer_id", "campaign_id", "status", "sent_at")
-            return [(message_id, *(_s(item, name) for name in names)) for item in items]
+            return [
+                (message_id, *(_s(item, name) for name in names))
+                for item in items
+                if (_s(item, "sk") or "").startswith("DELIVERY#")
+            ]
 
         ids = _ids(provider_message_ids)
         return _lookup_frame([row for rows in self._parallel(one, ids) for row in rows])  # type: ignore[attr-defined]
@@ -990,7 +1000,7 @@ class _DynamoDBFeedback:
         return added
 
     def _feedback_items(self, items: Iterator[dict[str, Any]]) -> pl.DataFrame:
-        rows = [tuple(_s(item, name) or ("" if name == "bounce_type" else None) for name in _FEEDBACK_COLUMNS)
+        rows = [tuple(_attr(item, name) or ("" if name == "bounce_type" else None) for name in _FEEDBACK_COLUMNS)
                 for item in items]  # fmt: skip
         return _feedback_frame(rows)
 
@@ -1030,7 +1040,7 @@ class _DynamoDBFeedback:
     def address_suppressions(self, addresses: pl.Series) -> pl.DataFrame:
         keys = [{"pk": {"S": f"SUPPRESSED#{a}"}, "sk": {"S": "EMAIL"}} for a in _ids(normalize_addresses(addresses))]
         items = self._batch_get(keys)
-        return _suppression_frame([tuple(_s(item, name) for name in SUPPRESSION_SCHEMA) for item in items])
+        return _suppression_frame([tuple(_attr(item, name) for name in SUPPRESSION_SCHEMA) for item in items])
 
     def record_opt_outs(self, rows: pl.DataFrame) -> int:
         items = [
