@@ -98,7 +98,8 @@ def ingest_provider_feedback(
         rejected=batch.rejected,
         stored=stored,
         counts={
-            **{name: per_feedback.get(name, 0) for name in ("delivered", "bounced", "complained", "rejected")},
+            **{name: per_feedback.get(name, 0) for name in ("delivered", "bounced", "complained")},
+            "rejected_by_provider": per_feedback.get("rejected", 0),  # SES Reject events (not sent at all)
             "ignored": batch.ignored,
             "unmatched": resolved.filter(pl.col("event_id").is_null()).height,
             "suppressed_addresses": suppressed,
