@@ -257,3 +257,26 @@ def test_the_breaker_trips_on_a_bouncing_campaign_and_an_operator_rearms_it(tmp_
     assert ledger.breaker_rearmed_at("evt-1", "email").replace(tzinfo=None) == NOW + timedelta(days=1)
     after = breaker_decision(ledger, POLICY, "evt-1", "email")
     assert (after.stop, after.sent) == (False, 0)  # only what is sent from now on counts
+
+
+def test_the_provider_feed_sensor_launches_the_ingestion_job(deployment):
+    from eventreach_assets_tests.conftest import AS_OF
+    from eventreach_assets_tests.test_lifecycle import evaluate
+
+    ledger = deployment.defs.resources["ledger"]
+    sent_at = AS_OF - timedelta(hours=2)
+    send_all(ledger, messages("evt-1"), sent_at)
+    deployment.defs.resources["engagement_feed"].drop(
+        "provider",
+        "20261123T080000Z-0001.jsonl",
+        [fb.ses_event("Bounce", "ses-evt-1-email-ana", "Ana@Example.com", sent_at + timedelta(seconds=5))],
+    )
+    tick = evaluate(deployment.defs, deployment.instance, "provider_feed_sensor")
+    [request] = tick.run_requests
+    assert request.tags["eventreach/feed"] == "provider"
+    result = deployment.defs.resolve_job_def("provider_feedback_ingest").execute_in_process(
+        run_config=request.run_config, instance=deployment.instance, tags=request.tags
+    )
+    assert result.success
+    assert ledger.suppressed_addresses(pl.Series(["ana@example.com"])) == {"ana@example.com"}
+    assert evaluate(deployment.defs, deployment.instance, "provider_feed_sensor", cursor=tick.cursor).skip_message
