@@ -282,3 +282,10 @@ def test_addresses_normalize_the_same_everywhere():
     assert fb.normalize_addresses([" Ana <Ana.B@Example.COM> ", "x@y.z", "no-at-sign", None]).to_list() == [
         "ana.b@example.com", "x@y.z", None, None,
     ]  # fmt: skip
+
+
+def test_an_sns_envelope_is_unwrapped():
+    envelope = {"Type": "Notification", "MessageId": "sns-1", "Message": json.dumps(SES_BOUNCE)}
+    batch = fb.normalize_feedback([envelope, {"Type": "Notification", "Message": "[1, 2]"}], NOW)
+    assert batch.accepted["provider_message_id"].to_list() == ["0100018c-ses-message-1"]
+    assert batch.rejected["reason"].to_list() == ["malformed_record"]

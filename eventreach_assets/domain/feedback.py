@@ -14,8 +14,10 @@ Pure (polars, the standard `email` package; no Dagster, no I/O). Two formats arr
   `bounce.bounceType` (Permanent | Transient | Undetermined), `bounce.bounceSubType`,
   `bounce.bouncedRecipients[].emailAddress`, `bounce.timestamp`,
   `complaint.complainedRecipients[].emailAddress`, `complaint.timestamp`,
-  `complaint.complaintFeedbackType`. Other SES event types (Send, Open, Click, DeliveryDelay,
-  Rendering Failure, Subscription) are counted as ignored; a type SES does not have is quarantined.
+  `complaint.complaintFeedbackType`. The same record inside an SNS notification envelope
+  (`{"Type": "Notification", "Message": "<the record as JSON text>"}`) is read too. Other SES
+  event types (Send, Open, Click, DeliveryDelay, Rendering Failure, Subscription) are counted as
+  ignored; a type SES does not have is quarantined.
 - **SMTP delivery status notifications** (RFC 3464): `{"dsn": "<the DSN message as text>"}`,
   written by whatever drains the relay's bounce mailbox. `parse_dsn` reads the
   message/delivery-status part (`Action: failed` with `Status: 5.x.x` is a permanent bounce,
@@ -296,6 +298,15 @@ def _flatten(records: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame, int]:
             rows.append({**where, "reason": eng.MALFORMED_RECORD, "raw": _text(record.get("_raw"))})
             continue
         raw = json.dumps(body, default=str, sort_keys=True)
+        if record.get("Type") == "Notification" and isinstance(record.get("Message"), str):
+            try:  # an SNS envelope (SNS -> SQS -> a drain): the SES record is its Message
+                inner = json.loads(record["Message"])
+            except json.JSONDecodeError:
+                inner = None
+            if not isinstance(inner, dict):
+                rows.append({**where, "reason": eng.MALFORMED_RECORD, "raw": raw})
+                continue
+            record = inner
         if "dsn" in record:
             try:
                 found = parse_dsn(str(record["dsn"]))
