@@ -249,8 +249,8 @@ def test_the_channel_report_counts_rates_and_costs_last_touch():
     feedback = ("delivered", "bounced", "complained", "bounce_rate", "complaint_rate")
     assert {channel: tuple(row[name] for name in feedback) for channel, row in rows.items()} == {
         EMAIL: (9, 1, 1, 1 / 10, 1 / 9),  # 7 invitations + 2 day-of delivered; c7 bounced, c8 complained
-        IN_APP: (4, 0, 0, 0.0, 0.0),  # no provider feedback: delivered = sent
-        PUSH: (3, 0, 0, 0.0, 0.0),
+        IN_APP: (4, 0, 0, None, None),  # no provider feedback: delivered = sent, rates unknown
+        PUSH: (3, 0, 0, None, None),
         "all": (16, 1, 1, 1 / 17, 1 / 16),
     }
     assert {channel: tuple(row[name] for name in counts) for channel, row in rows.items()} == {
@@ -529,6 +529,7 @@ def test_daily_counts_land_on_the_utc_day_they_happened():
     assert (one[(EVENT, EMAIL, "MessagesDelivered")], one[(EVENT, EMAIL, "MessagesBounced")]) == (1, 1)
     assert one[(OTHER, IN_APP, "MessagesDelivered")] == 2  # in-app: delivered = sent
     assert one[(EVENT, EMAIL, "BounceRate")] == pytest.approx(100 / 3)
+    assert (OTHER, IN_APP, "BounceRate") not in one  # in-app reports no bounces: no rate, not a false 0 %
     assert one[(EVENT, EMAIL, "OpenRate")] == 0.0  # 3 sent, none opened yet: a true 0 %
 
     two = datums(report.daily_metrics_frame(DAY2, *records.values(), program_id="event-invitations"))

@@ -368,8 +368,13 @@ def _report(
         pl.concat([rows, totals], how="diagonal_relaxed")
         .with_columns(
             _ratio("opened", "sent").alias("open_rate"),
-            _ratio("bounced", "sent").alias("bounce_rate"),
-            _ratio("complained", "delivered").alias("complaint_rate"),
+            *(  # no provider feedback on in-app and push: their rates are unknown, not 0 %
+                pl.when(pl.col("channel").is_in([*FEEDBACK_CHANNELS, ALL])).then(rate).alias(name)
+                for name, rate in (
+                    ("bounce_rate", _ratio("bounced", "sent")),
+                    ("complaint_rate", _ratio("complained", "delivered")),
+                )
+            ),
             _ratio("clicked", "sent").alias("click_through_rate"),
             _ratio("clicked", "opened").alias("click_to_open_rate"),
             _ratio("registered", "sent").alias("conversion_rate"),
