@@ -15,6 +15,7 @@ import dagster as dg
 from eventreach_assets.assets import (
     campaigns,
     engagement,
+    feedback,
     filtering,
     ingestion,
     metrics,
@@ -24,7 +25,7 @@ from eventreach_assets.assets import (
     scoring,
     storage,
 )
-from eventreach_assets.checks import batch_checks, campaign_checks, report_checks
+from eventreach_assets.checks import batch_checks, campaign_checks, deliverability_checks, report_checks
 from eventreach_assets.jobs import (
     attendance_job,
     campaign_jobs,
@@ -273,12 +274,14 @@ def build_definitions(
             metrics.batch_metrics,
             *campaigns.campaign_assets,
             *engagement.engagement_assets,
+            *feedback.feedback_assets,
             *reporting.reporting_assets,
         ],
         asset_checks=[
             *dg.load_asset_checks_from_modules([batch_checks]),
             *campaign_checks.campaign_checks,
             *report_checks.report_checks,
+            *deliverability_checks.deliverability_checks,
         ],
         jobs=[
             weekly_batch_job,
@@ -290,6 +293,7 @@ def build_definitions(
             daily_metrics_job,
             campaign_report_job,
             daily_metrics_freshness_job,
+            feedback.rearm_circuit_breaker,
         ],
         schedules=build_schedules(program),
         sensors=[

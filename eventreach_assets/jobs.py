@@ -78,6 +78,7 @@ FEED_JOBS = {  # feed -> (job name, asset name)
     "registrations": ("registration_ingest", "ingested_registrations"),
     "tracking": ("tracking_ingest", "link_interactions"),
     "survey": ("survey_ingest", "survey_responses"),
+    "provider": ("provider_feedback_ingest", "provider_feedback"),  # SES events, SMTP DSNs
 }
 feed_jobs = {
     feed: asset_job(

@@ -205,7 +205,7 @@ def test_unknown_feed_is_refused(feeds):
     ):
         with pytest.raises(FeedError, match="unknown engagement feed"):
             call()
-    assert set(FEEDS) == {"registrations", "tracking", "attendance", "survey"}
+    assert set(FEEDS) == {"registrations", "tracking", "attendance", "survey", "provider"}
 
 
 @pytest.mark.parametrize(

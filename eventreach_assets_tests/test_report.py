@@ -55,6 +55,22 @@ def ledger(*rows: tuple, event: str = EVENT) -> pl.DataFrame:
     return pl.DataFrame(records, schema=DELIVERY_SCHEMA)
 
 
+def with_feedback(deliveries: pl.DataFrame, **reports: dict[str, float]) -> pl.DataFrame:
+    """Provider feedback on email rows (feedback.message_outcomes' columns): e.g.
+    delivered_at={"c1": 0.1} (customer -> hours after T0), for every email row of the customer."""
+    outcome = [
+        pl.col("customer_id")
+        .replace_strict(
+            {c: at(h) for c, h in reports.get(name, {}).items()}, default=None, return_dtype=pl.Datetime("us")
+        )
+        .alias(name)
+        for name in ("delivered_at", "bounced_at", "soft_bounced_at", "complained_at")
+    ]
+    return deliveries.with_columns(
+        pl.when(pl.col("channel") == EMAIL).then(expr).alias(expr.meta.output_name()) for expr in outcome
+    )
+
+
 def interactions(*rows: tuple, event: str = EVENT) -> pl.DataFrame:
     """(customer, channel, kind, action, hours after T0)."""
     return pl.DataFrame(
@@ -179,6 +195,16 @@ def campaign() -> dict[str, pl.DataFrame]:
         *((c, PUSH, "reminder", "sent", at(24)) for c in ("c1", "c2", "c3")),
         *((c, EMAIL, "day-of", "sent", at(48)) for c in ("c1", "c2")),
     )
+    # SES says: c7's address bounced for good, c8 complained; the rest of the sent email arrived
+    # (c9's bounce report is about a message that never went out: it counts nowhere).
+    deliveries = with_feedback(
+        deliveries,
+        delivered_at={c: 0.1 for c in ("c1", "c2", "c3", "c4", "c5", "c6", "c8")},
+        bounced_at={"c7": 0.1, "c9": 0.1},
+        complained_at={"c8": 5},
+    ).with_columns(  # the day-of emails of c1 and c2 were delivered too
+        pl.when(pl.col("kind") == "day-of").then(at(48.1)).otherwise(pl.col("delivered_at")).alias("delivered_at")
+    )
     touches = interactions(
         ("c1", EMAIL, "invitation", "open", 1),
         ("c1", EMAIL, "invitation", "click", 1.5),
@@ -220,15 +246,22 @@ def test_the_channel_report_counts_rates_and_costs_last_touch():
     assert result["channel"].to_list() == [EMAIL, IN_APP, PUSH, "all"]
     rows = by_channel(result)
     counts = ("sent", "delivered", "failed", "in_doubt", "opened", "clicked", "invited", "registered", "attended")
+    feedback = ("delivered", "bounced", "complained", "bounce_rate", "complaint_rate")
+    assert {channel: tuple(row[name] for name in feedback) for channel, row in rows.items()} == {
+        EMAIL: (9, 1, 1, 1 / 10, 1 / 9),  # 7 invitations + 2 day-of delivered; c7 bounced, c8 complained
+        IN_APP: (4, 0, 0, None, None),  # no provider feedback: delivered = sent, rates unknown
+        PUSH: (3, 0, 0, None, None),
+        "all": (16, 1, 1, 1 / 17, 1 / 16),
+    }
     assert {channel: tuple(row[name] for name in counts) for channel, row in rows.items()} == {
         # email: 8 invitations + 2 day-of sent; c9 c10 failed, c11 in doubt; opened c1 c2 c4 + c1's day-of,
         # clicked c1 c4; registered (attributed) c1, who attended.
-        EMAIL: (10, 10, 2, 1, 4, 2, 8, 1, 1),
+        EMAIL: (10, 9, 2, 1, 4, 2, 8, 1, 1),
         # in-app: 4 sent (held-out c13 is not a message); opened c2 (click) c3; clicked c2, c3 (registered).
         IN_APP: (4, 4, 0, 0, 2, 2, 4, 2, 1),
         PUSH: (3, 3, 0, 0, 2, 0, 0, 0, 0),  # reminders: opened by c1, c2; nobody registers through one
         # all: invited c1-c8; registered c1 c2 c3 c20 (c6 waitlisted); attended c1 c2 c20 (c30 a walk-in).
-        "all": (17, 17, 2, 1, 8, 4, 8, 4, 3),
+        "all": (17, 16, 2, 1, 8, 4, 8, 4, 3),
     }
     assert rows["all"]["walk_ins"] == 1 and rows[EMAIL]["walk_ins"] is None
 
@@ -311,7 +344,8 @@ def test_an_event_without_records_reports_zeros_and_several_events_are_refused()
     assert result["open_rate"].null_count() == 4 and result["cost"].to_list() == [0.0] * 4
 
     records = campaign()
-    records["deliveries"] = pl.concat([records["deliveries"], ledger(("x", EMAIL, "invitation", "sent"), event=OTHER)])
+    other = ledger(("x", EMAIL, "invitation", "sent"), event=OTHER)
+    records["deliveries"] = pl.concat([records["deliveries"], other], how="diagonal")
     with pytest.raises(ValueError, match=r"covers one event; the frames hold \['evt-other', 'evt-report'\]"):
         report.channel_report(**records, unit_costs=COSTS)
 
@@ -466,9 +500,14 @@ def daily_records() -> dict[str, pl.DataFrame]:
     return {
         "deliveries": pl.concat(
             [
-                ledger(*((c, EMAIL, "invitation", "sent") for c in ("c1", "c2", "c3"))),
+                with_feedback(  # c1's delivery reported after midnight UTC, c3 bounced at once
+                    ledger(*((c, EMAIL, "invitation", "sent") for c in ("c1", "c2", "c3"))),
+                    delivered_at={"c1": 14.5, "c2": 0.1},
+                    bounced_at={"c3": 0.1},
+                ),
                 ledger(("d1", IN_APP, "invitation", "sent"), ("d2", IN_APP, "invitation", "sent"), event=OTHER),
-            ]
+            ],
+            how="diagonal",
         ),
         "registrations": registrations(("c2", EMAIL, "registered", 20.5)),
         "interactions": opens,
@@ -487,12 +526,16 @@ def test_daily_counts_land_on_the_utc_day_they_happened():
     assert one[(EVENT, EMAIL, "MessagesSent")] == 3 and one[(EVENT, "all", "MessagesSent")] == 3
     assert one[(EVENT, EMAIL, "MessagesOpened")] == 0  # 23:30 in New York is already the 24th in UTC
     assert one[(OTHER, IN_APP, "MessagesSent")] == 2 and one[(OTHER, EMAIL, "MessagesSent")] == 0
+    assert (one[(EVENT, EMAIL, "MessagesDelivered")], one[(EVENT, EMAIL, "MessagesBounced")]) == (1, 1)
+    assert one[(OTHER, IN_APP, "MessagesDelivered")] == 2  # in-app: delivered = sent
+    assert one[(EVENT, EMAIL, "BounceRate")] == pytest.approx(100 / 3)
+    assert (OTHER, IN_APP, "BounceRate") not in one  # in-app reports no bounces: no rate, not a false 0 %
     assert one[(EVENT, EMAIL, "OpenRate")] == 0.0  # 3 sent, none opened yet: a true 0 %
 
     two = datums(report.daily_metrics_frame(DAY2, *records.values(), program_id="event-invitations"))
     assert {name: two[(EVENT, EMAIL, name)] for name in report.DAILY_COUNT_METRICS.values()} == {
-        "MessagesSent": 0, "MessagesOpened": 2, "MessagesClicked": 1, "Registrations": 1, "Attendees": 0,
-        "SurveyResponses": 0,
+        "MessagesSent": 0, "MessagesDelivered": 1, "MessagesBounced": 0, "Complaints": 0, "MessagesOpened": 2,
+        "MessagesClicked": 1, "Registrations": 1, "Attendees": 0, "SurveyResponses": 0,
     }  # fmt: skip
     assert two[(EVENT, "all", "Registrations")] == 1 and two[(EVENT, IN_APP, "Registrations")] == 0
     # Cumulative to the end of day 2, in percent: 2 of 3 emails opened, 1 clicked, 1 registration.

@@ -9,6 +9,7 @@ effects asserted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -575,3 +576,92 @@ def test_from_the_real_ledger_through_the_feed_to_registration_validation(tmp_pa
             "evt-missing",
             program,
         )
+
+
+# ---- provider feedback (SES events) ---------------------------------------------------------------
+
+
+def provider_inputs(n: int, *, channel: str = "email") -> tuple[pl.DataFrame, pl.DataFrame]:
+    """n sent emails with provider ids, and customers whose addresses are 0 to 10 years old."""
+    customers = [f"p{i:05d}" for i in range(n)]
+    sent = ledger_rows(customers, channel).with_columns(
+        pl.Series("provider_message_id", [f"0100-{c}" for c in customers])
+    )
+    ages = pl.DataFrame(
+        {
+            "customer_id": customers,
+            "email": [f"{c}@example.com" for c in customers],
+            "created_at": [SEND.replace(tzinfo=None) - timedelta(days=365 * (i % 11)) for i in range(n)],
+        }
+    )
+    return sent, ages
+
+
+def test_provider_events_come_at_realistic_rates_more_bounces_for_old_addresses():
+    from eventreach_assets.domain import feedback as fb
+
+    n = 40_000
+    sent, customers = provider_inputs(n)
+    records = sim.simulate_provider_events(sent, customers, AFTER, seed=3)
+    batch = fb.normalize_feedback(records, AFTER)
+    assert batch.rejected.height == 0  # every record is valid SES event publishing JSON
+    counts = batch.accepted.group_by("feedback", "bounce_type").len()
+    share = {(f, b): c / n for f, b, c in counts.iter_rows()}
+    rates = sim.DEFAULT_PROVIDER_RATES
+    hard, soft = share[("bounced", "permanent")], share[("bounced", "transient")]
+    assert abs(hard - rates.hard_bounce) < tolerance(rates.hard_bounce, n)
+    assert abs(soft - rates.soft_bounce) < tolerance(rates.soft_bounce, n)
+    assert 0.01 <= hard + soft <= 0.02
+    delivered = share[("delivered", None)]
+    assert delivered == pytest.approx(1 - hard - soft)  # every other message is delivered, once
+    complained = share.get(("complained", None), 0.0)
+    assert abs(complained - rates.complaint * delivered) < tolerance(rates.complaint, n)
+    # Older addresses bounce more: compare the oldest third with the newest third.
+    age = customers.select("customer_id", years=pl.col("customer_id").str.slice(1).cast(pl.Int64) % 11)
+    bounced = batch.accepted.filter(pl.col("feedback") == "bounced").select(
+        customer_id=pl.col("recipient").str.extract(r"^(p\d+)@")
+    )
+    by_age = age.with_columns(pl.col("customer_id").is_in(bounced["customer_id"].implode()).alias("bounced"))
+    old = by_age.filter(pl.col("years") >= 8)["bounced"].mean()
+    new = by_age.filter(pl.col("years") <= 2)["bounced"].mean()
+    assert old > 2 * new
+
+
+def test_provider_events_are_reproducible_only_for_sent_email_and_never_ahead_of_now():
+    sent, customers = provider_inputs(3_000)
+    first = sim.simulate_provider_events(sent, customers, AFTER, seed=1)
+    assert first == sim.simulate_provider_events(sent, customers, AFTER, seed=1)
+    assert first != sim.simulate_provider_events(sent, customers, AFTER, seed=2)
+    assert {r["mail"]["messageId"] for r in first} <= set(sent["provider_message_id"])
+    push, _ = provider_inputs(50, channel="push")
+    failed = sent.head(50).with_columns(pl.lit("failed_permanent").alias("status"))
+    assert sim.simulate_provider_events(pl.concat([push, failed]), customers, AFTER) == []
+    # Ten seconds after sending only the quick reports exist; no complaint yet (they take hours).
+    early = sim.simulate_provider_events(sent, customers, SEND + timedelta(seconds=10), seed=1)
+    assert 0 < len(early) < len(first)
+    assert {r["eventType"] for r in early} <= {"Delivery", "Bounce"}
+    times = [r.get("delivery", r.get("bounce", r.get("complaint", {}))).get("timestamp") for r in first]
+    assert times == sorted(times)
+
+
+def test_simulated_provider_events_drop_into_the_provider_feed(tmp_path: Path):
+    sent, customers = provider_inputs(500)
+    feed = LocalFolderFeed(base_dir=str(tmp_path / "feeds"))
+    records = sim.simulate_provider_events(sent, customers, AFTER)
+    uri = sim.drop_provider_events(feed, AFTER, records)
+    assert uri is not None and Path(uri).parent.name == "provider" and "-sim-ses" in Path(uri).name
+    assert [json.loads(line) for line in Path(uri).read_text().splitlines()] == records
+    with pytest.raises(FileExistsError):
+        sim.drop_provider_events(feed, AFTER, records)
+    assert sim.drop_provider_events(feed, AFTER + timedelta(hours=1), []) is None
+
+
+def test_provider_events_tick_by_tick_play_each_report_once():
+    sent, customers = provider_inputs(2_000)
+    ticks = [SEND + timedelta(seconds=s) for s in (0, 30, 60, 3600)] + [AFTER.replace(tzinfo=UTC)]
+    played = [
+        record
+        for previous, now in itertools.pairwise(ticks)
+        for record in sim.simulate_provider_events(sent, customers, now, seed=5, since=previous)
+    ]
+    assert played == sim.simulate_provider_events(sent, customers, AFTER, seed=5)

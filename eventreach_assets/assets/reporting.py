@@ -37,7 +37,7 @@ def engagement_records(
         return pl.concat([read(event_id) for event_id in event_ids], how="diagonal_relaxed")
 
     return {
-        "deliveries": gather(ledger.deliveries),
+        "deliveries": gather(ledger.deliveries_with_feedback),  # provider feedback: delivered, bounced, complained
         "registrations": gather(engagement.registrations),
         "interactions": gather(engagement.interactions),
         "attendance": gather(engagement.attendance),

@@ -2,8 +2,10 @@
 
 SIMULATED DATA — local deployment only. Nothing here is a measurement: given what the campaign
 actually sent (the delivery ledger's `sent` rows), it invents opens, clicks, unsubscribes,
-registrations, attendance and survey answers at the use case's rates and drops them into the
-engagement feeds as JSON-lines files whose names carry "sim" (`<UTC stamp>-sim-<stage>.jsonl`).
+registrations, attendance, survey answers, and the email provider's deliveries, bounces and
+complaints (SES event records for the `provider` feed: `simulate_provider_events`) at the use
+case's rates and drops them into the engagement feeds as JSON-lines files whose names carry
+"sim" (`<UTC stamp>-sim-<stage>.jsonl`).
 It never writes a store: the feed sensors and the same ingestion code a real event platform's
 files go through pick them up, so the demo exercises the real path end to end.
 
@@ -47,6 +49,7 @@ from eventreach_assets.domain.engagement import (
     TRACKING_RECORD,
 )
 from eventreach_assets.domain.events import UnknownEventError
+from eventreach_assets.domain.feedback import ses_event
 from eventreach_assets.domain.messages import sign_link_token
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.feeds import FEED_SUFFIX, EngagementFeedResource, check_feed
@@ -723,3 +726,142 @@ def drop_engagement(
         drop_simulated(feed_resource, "registrations", stage, now, engagement.registrations),
     )
     return [uri for uri in dropped if uri is not None]
+
+
+# ---- provider feedback (SES event publishing) --------------------------------------------------
+
+PROVIDER_FEED = "provider"
+
+
+@dataclass(frozen=True)
+class ProviderRates:
+    """How often SIMULATED emails bounce or draw complaints, of emails sent: ~1-2 % bounces and
+    0.05-0.1 % complaints, the range of a reasonably kept list; deliveries for the rest.
+
+    A customer's bounce odds grow with their address's age (`created_at`, when the customers frame
+    has it): weight 1 + `age_effect` x years, scaled so the set's expected rate is the target
+    (old addresses are abandoned more often). Soft (transient) bounces still deliver nothing.
+    """
+
+    hard_bounce: float = 0.012
+    soft_bounce: float = 0.004
+    complaint: float = 0.0008  # of delivered emails
+    age_effect: float = 0.5  # bounce weight added per year of address age
+    delivery_seconds: tuple[float, float] = (1.0, 90.0)  # SES reports deliveries / bounces this soon
+    complaint_hours: tuple[float, float] = (1.0, 48.0)  # recipients press "spam" this long after
+
+    def __post_init__(self) -> None:
+        for name in ("hard_bounce", "soft_bounce", "complaint"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 0.2:
+                raise ValueError(f"ProviderRates.{name} must be in [0, 0.2], got {value!r}")
+        if self.age_effect < 0:
+            raise ValueError(f"ProviderRates.age_effect must be >= 0, got {self.age_effect}")
+
+
+DEFAULT_PROVIDER_RATES = ProviderRates()
+
+
+def _uniform(column: str, seed: int, draw: int) -> pl.Expr:
+    """A reproducible U[0, 1) per value of `column` (a message id): the same message gets the same
+    fate however often the simulation runs, so a re-dropped record is a duplicate, not a new fact."""
+    return pl.col(column).hash(seed=seed * 1_000 + draw).cast(pl.Float64) / float(2**64)
+
+
+def simulate_provider_events(
+    sent: pl.DataFrame,
+    customers: pl.DataFrame,
+    now: datetime,
+    *,
+    rates: ProviderRates = DEFAULT_PROVIDER_RATES,
+    seed: int = 0,
+    since: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """SIMULATED SES event records (Delivery, Bounce, Complaint) for the emails the ledger says
+    were sent (`sent`: ledger rows with provider_message_id and sent_at; other channels and
+    statuses ignored), addressed as `customers` (customer_id, email[, created_at]) says. Only
+    what happened in (`since`, `now`] is emitted (a message's fate is fixed by the seed and its
+    id, so calling this every tick with the previous tick as `since` plays each report once);
+    records come in time order."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    missing = {"customer_id", "channel", "status", "provider_message_id", "sent_at"} - set(sent.columns)
+    if missing:
+        raise ValueError(f"sent lacks ledger columns {sorted(missing)}")
+    if not {"customer_id", "email"} <= set(customers.columns):
+        raise ValueError("customers must have customer_id and email")
+    cutoff = _naive_now(now)
+    created = [_as_naive_utc(customers, "created_at").alias("created_at")] if "created_at" in customers.columns else []
+    addresses = customers.select(pl.col("customer_id").cast(pl.String), "email", *created)
+    emails = (
+        sent.filter(
+            (pl.col("channel") == "email")
+            & (pl.col("status") == DeliveryStatus.SENT.value)
+            & pl.col("provider_message_id").is_not_null()
+        )
+        .select(pl.col("customer_id").cast(pl.String), "provider_message_id", _as_naive_utc(sent, "sent_at"))
+        .unique("provider_message_id", keep="first")
+        .join(addresses, on="customer_id", how="inner")
+        .sort("sent_at", "provider_message_id")
+    )
+    if emails.height == 0:
+        return []
+    age_years = (
+        ((pl.col("sent_at") - pl.col("created_at")).dt.total_days().clip(lower_bound=0) / 365.25).fill_null(0.0)
+        if "created_at" in emails.columns
+        else pl.lit(0.0)
+    )
+    weight = 1.0 + rates.age_effect * age_years
+    scale = weight / weight.mean()
+    low, high = rates.delivery_seconds
+    c_low, c_high = rates.complaint_hours
+    fate = emails.with_columns(
+        _uniform("provider_message_id", seed, 1).alias("_u"),
+        _uniform("provider_message_id", seed, 2).alias("_complain"),
+        _uniform("provider_message_id", seed, 3).alias("_delay"),
+        scale.alias("_scale"),
+    ).with_columns(
+        pl.when(pl.col("_u") < (rates.hard_bounce * pl.col("_scale")).clip(upper_bound=0.9))
+        .then(pl.lit("hard"))
+        .when(pl.col("_u") < ((rates.hard_bounce + rates.soft_bounce) * pl.col("_scale")).clip(upper_bound=0.95))
+        .then(pl.lit("soft"))
+        .otherwise(pl.lit("delivered"))
+        .alias("_fate"),
+        (pl.col("sent_at") + pl.duration(milliseconds=(low + (high - low) * pl.col("_delay")) * 1000)).alias("_at"),
+        (pl.col("sent_at") + pl.duration(milliseconds=(c_low + (c_high - c_low) * pl.col("_delay")) * 3_600_000)).alias(
+            "_complained_at"
+        ),
+    )
+    fate = fate.filter(pl.col("_at") <= cutoff)
+    records: list[tuple[datetime, dict[str, Any]]] = []
+    columns = ("provider_message_id", "email", "sent_at", "_fate", "_at", "_complains", "_complained_at")
+    fate = fate.with_columns((pl.col("_complain") < rates.complaint).alias("_complains"))
+    for message_id, email, sent_at, outcome, at, complains, complained_at in fate.select(columns).iter_rows():
+        # The records are nested JSON, built one per message.
+        if outcome == "delivered":
+            records.append((at, ses_event("Delivery", message_id, email, at, sent_at=sent_at)))
+            if complains and complained_at <= cutoff:
+                complaint = ses_event("Complaint", message_id, email, complained_at, sent_at=sent_at)
+                records.append((complained_at, complaint))
+        else:
+            kind, subtype = ("Permanent", "General") if outcome == "hard" else ("Transient", "MailboxFull")
+            bounce = ses_event(
+                "Bounce", message_id, email, at, sent_at=sent_at, bounce_type=kind, bounce_subtype=subtype
+            )
+            records.append((at, bounce))
+    start = _naive_now(since) if since is not None else None
+    records = [pair for pair in records if start is None or pair[0] > start]
+    return [record for _, record in sorted(records, key=lambda pair: (pair[0], pair[1]["mail"]["messageId"]))]
+
+
+def drop_provider_events(
+    feed_resource: EngagementFeedResource, now: datetime, records: Sequence[dict[str, Any]], stage: str = "ses"
+) -> str | None:
+    """Drop SIMULATED SES event records into the provider feed as one file (None when there are
+    none); like `drop_simulated`, a file of the same name is never rewritten."""
+    if not records:
+        return None
+    name = sim_file_name(stage, now)
+    if _feed_has(feed_resource, PROVIDER_FEED, name):
+        raise FileExistsError(f"feed {PROVIDER_FEED!r} already has {name}; simulated files are never rewritten")
+    return feed_resource.drop(PROVIDER_FEED, name, list(records))

@@ -35,6 +35,7 @@ import polars as pl
 
 from eventreach_assets.domain import engagement as eng
 from eventreach_assets.domain.delivery import DeliveryStatus, MessageKind
+from eventreach_assets.domain.feedback import FEEDBACK_CHANNELS, OUTCOME_COLUMNS
 from eventreach_assets.domain.metrics import EVENT_DIMENSION, PROGRAM_DIMENSION, validate_metrics
 
 CHANNELS: tuple[str, ...] = ("email", "in-app", "push")  # always reported, in this order
@@ -53,7 +54,9 @@ ATTRIBUTION_SCHEMA: dict[str, pl.DataType] = {
 REPORT_SCHEMA: dict[str, pl.DataType] = {
     "channel": pl.String(),  # a channel, or "all"
     "sent": pl.Int64(),  # messages the provider accepted (ledger status sent), every kind
-    "delivered": pl.Int64(),  # = sent: see channel_report
+    "delivered": pl.Int64(),  # sent and reported delivered by the provider (email); = sent elsewhere
+    "bounced": pl.Int64(),  # sent, then hard bounced (provider feedback)
+    "complained": pl.Int64(),  # sent, then reported as spam by the recipient (provider feedback)
     "failed": pl.Int64(),  # messages that did not go out: failed_permanent + failed_transient
     "in_doubt": pl.Int64(),  # a run died during the provider call: maybe sent, never resent
     "opened": pl.Int64(),  # sent messages opened (or clicked, or registered through)
@@ -66,6 +69,8 @@ REPORT_SCHEMA: dict[str, pl.DataType] = {
     "click_through_rate": pl.Float64(),  # clicked / sent
     "click_to_open_rate": pl.Float64(),  # clicked / opened
     "conversion_rate": pl.Float64(),  # registered / sent
+    "bounce_rate": pl.Float64(),  # bounced / sent (SES's reputation bounce rate)
+    "complaint_rate": pl.Float64(),  # complained / delivered (Gmail's spam rate: per inbox reached)
     "registration_rate": pl.Float64(),  # registered / invited ("% of invited")
     "attendance_rate": pl.Float64(),  # attended / registered
     "average_minutes_watched": pl.Float64(),  # over `attended`
@@ -141,10 +146,12 @@ class _Records:
             (survey, SURVEY_COLUMNS, "survey"),
         ):
             _require(frame, columns + (extra.get(what, ()) if timed else ()), what)
+        # Provider feedback (feedback.message_outcomes); without it nothing is known to be delivered.
+        absent = [pl.lit(None, dtype).alias(name) for name, dtype in OUTCOME_COLUMNS.items() if name not in deliveries]
         return cls(
             deliveries=deliveries.with_columns(
-                *_texts(deliveries, *DELIVERY_COLUMNS), *_times(deliveries, "sent_at", "updated_at")
-            ),
+                *_texts(deliveries, *DELIVERY_COLUMNS), *_times(deliveries, "sent_at", "updated_at", *OUTCOME_COLUMNS)
+            ).with_columns(absent),
             registrations=registrations.with_columns(
                 *_texts(registrations, *REGISTRATION_COLUMNS[:-1]), *_times(registrations, "registered_at")
             ),
@@ -173,7 +180,9 @@ class _Records:
         cut = pl.lit(end, _TIME)
         moment = pl.coalesce("sent_at", "updated_at") if "updated_at" in self.deliveries.columns else pl.col("sent_at")
         return _Records(
-            deliveries=self.deliveries.filter(moment < cut),
+            deliveries=self.deliveries.filter(moment < cut).with_columns(
+                pl.when(pl.col(name) < cut).then(pl.col(name)).alias(name) for name in OUTCOME_COLUMNS
+            ),
             registrations=self.registrations.filter(pl.col("registered_at") < cut),
             interactions=self.interactions.filter(pl.col("occurred_at") < cut),
             attendance=self.attendance.filter(pl.col("joined_at") < cut),
@@ -265,10 +274,11 @@ def _report(
     row per channel then the "all" row."""
     costs = _check_costs(unit_costs)
     keys = ["event_id", "channel"]
-    deliveries = records.deliveries
+    deliveries = _with_outcomes(records.deliveries)
     status = pl.col("status")
     messages = deliveries.group_by(keys).agg(
         (status == _SENT).sum().cast(pl.Int64).alias("sent"),
+        *(pl.col(f"_{name}").sum().cast(pl.Int64).alias(name) for name in ("delivered", "bounced", "complained")),
         status.is_in(_FAILED).sum().cast(pl.Int64).alias("failed"),
         (status == DeliveryStatus.IN_DOUBT.value).sum().cast(pl.Int64).alias("in_doubt"),
         pl.col("customer_id")
@@ -311,7 +321,7 @@ def _report(
             pl.lit(None, pl.Int64).alias("walk_ins"),
         )
     )
-    message_counts = ("sent", "failed", "in_doubt", "opened", "clicked")
+    message_counts = ("sent", "delivered", "bounced", "complained", "failed", "in_doubt", "opened", "clicked")
     rows = rows.with_columns(
         pl.col(name).fill_null(0) for name in (*message_counts, "invited", "registered", "attended", "survey_responses")
     )
@@ -357,8 +367,14 @@ def _report(
     return (
         pl.concat([rows, totals], how="diagonal_relaxed")
         .with_columns(
-            pl.col("sent").alias("delivered"),
             _ratio("opened", "sent").alias("open_rate"),
+            *(  # no provider feedback on in-app and push: their rates are unknown, not 0 %
+                pl.when(pl.col("channel").is_in([*FEEDBACK_CHANNELS, ALL])).then(rate).alias(name)
+                for name, rate in (
+                    ("bounce_rate", _ratio("bounced", "sent")),
+                    ("complaint_rate", _ratio("complained", "delivered")),
+                )
+            ),
             _ratio("clicked", "sent").alias("click_through_rate"),
             _ratio("clicked", "opened").alias("click_to_open_rate"),
             _ratio("registered", "sent").alias("conversion_rate"),
@@ -370,6 +386,22 @@ def _report(
         .sort("event_id", pl.col("channel").replace_strict(order, return_dtype=pl.Int64))
         .select("event_id", *REPORT_SCHEMA)
         .cast({"event_id": pl.String(), **REPORT_SCHEMA})
+    )
+
+
+def _with_outcomes(deliveries: pl.DataFrame) -> pl.DataFrame:
+    """Per ledger row, whether it counts as delivered / bounced / complained, and when: sent and
+    reported so by the provider on channels with provider feedback (email); sent = delivered on the
+    others (in-app and push report no deliveries: their acceptance is all we know)."""
+    sent = pl.col("status") == _SENT
+    moment = pl.coalesce("sent_at", "updated_at") if "updated_at" in deliveries.columns else pl.col("sent_at")
+    reported = pl.col("channel").is_in(list(FEEDBACK_CHANNELS))
+    return deliveries.with_columns(
+        pl.when(sent).then(pl.when(reported).then(pl.col("delivered_at")).otherwise(moment)).alias("_delivered_on"),
+        pl.when(sent).then(pl.col("bounced_at")).alias("_bounced_on"),
+        pl.when(sent).then(pl.col("complained_at")).alias("_complained_on"),
+    ).with_columns(
+        pl.col(f"_{name}_on").is_not_null().alias(f"_{name}") for name in ("delivered", "bounced", "complained")
     )
 
 
@@ -428,10 +460,13 @@ def channel_report(
     number is what it is:
 
     - `sent` = ledger status sent: the provider accepted the message, and that is what is paid
-      for, so `cost` = sent x the channel's unit cost. `delivered` equals `sent`: the ledger
-      writes `sent` only once the provider accepted the message, a permanent failure is recorded
-      instead of a send (never as well as one), and no bounce or receipt is recorded after
-      acceptance, so nothing can tell a delivered message from an accepted one. What did not go
+      for, so `cost` = sent x the channel's unit cost. `delivered`, `bounced`, `complained`
+      come from the providers' feedback (domain/feedback.py: SES events, SMTP DSNs), passed in as
+      the deliveries' `delivered_at` / `bounced_at` / `complained_at` (`feedback.message_outcomes`,
+      `ledger.deliveries_with_feedback`): a sent email counts as delivered only once its provider
+      said so (none without feedback); in-app and push report no deliveries, so there delivered =
+      sent. `bounced` counts hard bounces. bounce_rate = bounced / sent (SES's definition),
+      complaint_rate = complained / delivered (Gmail's spam rate: per inbox reached). What did not go
       out is in `failed` (permanent + transient) and `in_doubt`; suppressed and held-out rows
       were never meant to go out and are in no column.
     - `opened` / `clicked`: sent messages with a sign of being opened / clicked (see the module
@@ -654,6 +689,9 @@ def holdout_members(candidates: pl.DataFrame, event_id: str, share: float, salt:
 CHANNEL_DIMENSION = "Channel"
 DAILY_COUNT_METRICS: dict[str, str] = {  # counted on the UTC day it happened
     "sent": "MessagesSent",
+    "delivered": "MessagesDelivered",
+    "bounced": "MessagesBounced",
+    "complained": "Complaints",
     "opened": "MessagesOpened",
     "clicked": "MessagesClicked",
     "registered": "Registrations",
@@ -664,6 +702,8 @@ DAILY_RATE_METRICS: dict[str, str] = {  # cumulative to the end of the day, Perc
     "open_rate": "OpenRate",
     "click_through_rate": "ClickThroughRate",
     "conversion_rate": "ConversionRate",
+    "bounce_rate": "BounceRate",
+    "complaint_rate": "ComplaintRate",
     "registration_rate": "RegistrationRate",
     "attendance_rate": "AttendanceRate",
 }
@@ -682,6 +722,13 @@ def _day_counts(records: _Records, rule: str, start: datetime, end: datetime) ->
     sent = _on_day(
         deliveries.filter(pl.col("status") == _SENT).with_columns(moment.alias("_at")), "_at", start, end
     ).select(*keys, pl.lit("sent").alias("metric"))
+    outcomes = _with_outcomes(deliveries)
+    feedback = pl.concat(
+        [
+            _on_day(outcomes, f"_{name}_on", start, end).select(*keys, pl.lit(name).alias("metric"))
+            for name in ("delivered", "bounced", "complained")
+        ]
+    )
     touches = _on_day(_message_touches(records), "at", start, end).select(*keys, pl.col("stage").alias("metric"))
     people = _people(records, rule)
     registered = _on_day(people, "registered_at", start, end).select(*keys, pl.lit("registered").alias("metric"))
@@ -694,7 +741,7 @@ def _day_counts(records: _Records, rule: str, start: datetime, end: datetime) ->
     every_answer = _on_day(records.survey.unique(["event_id", "customer_id"]), "submitted_at", start, end).select(
         "event_id", pl.lit(ALL).alias("channel"), pl.lit("survey_responses").alias("metric")
     )
-    per_channel = pl.concat([sent, touches, registered, attended, answered]).with_columns(
+    per_channel = pl.concat([sent, feedback, touches, registered, attended, answered]).with_columns(
         pl.col("metric").replace({eng.OPENED: "opened", eng.CLICKED: "clicked"})
     )
     overall = pl.concat(

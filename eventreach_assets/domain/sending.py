@@ -69,6 +69,7 @@ class Ledger(Protocol):
     def mark_in_doubt(self, key: DeliveryKey, reason: str, now: datetime | None = ...) -> bool: ...
     def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = ...) -> int: ...
     def opted_out(self, customer_ids: pl.Series, channel: str) -> set[str]: ...
+    def suppressed_addresses(self, addresses: pl.Series) -> set[str]: ...
 
 
 @dataclass
@@ -214,12 +215,21 @@ def _reserve(
     return [m for m in chunk if m.key in granted]
 
 
+SUPPRESSED_ADDRESS_CHANNELS = frozenset({"email"})  # where `recipient` is an address the providers bounce
+
+
 def _opted_out(chunk: list[OutboundMessage], ledger: Ledger) -> set[tuple[str, str]]:
-    """(channel, customer_id) of the chunk's recipients opted out right now."""
+    """(channel, customer_id) of the chunk's recipients opted out right now, and of its email
+    messages whose recipient address is suppressed (a hard bounce, repeated soft bounces or a
+    complaint: resources/ledger.py `suppressed_addresses`), whoever the customer is."""
     opted: set[tuple[str, str]] = set()
     for channel in sorted({m.key.channel for m in chunk}):
         ids = pl.Series([m.key.customer_id for m in chunk if m.key.channel == channel], dtype=pl.String)
         opted |= {(channel, customer_id) for customer_id in ledger.opted_out(ids, channel)}
+    emails = [m for m in chunk if m.key.channel in SUPPRESSED_ADDRESS_CHANNELS and m.recipient]
+    if emails:
+        suppressed = ledger.suppressed_addresses(pl.Series([m.recipient for m in emails], dtype=pl.String))
+        opted |= {(m.key.channel, m.key.customer_id) for m in emails if m.recipient in suppressed}
     return opted
 
 

@@ -152,6 +152,28 @@ class MetricsConfig(_Model):
         return value
 
 
+class DeliverabilityConfig(_Model):
+    """Provider feedback guard rails (issue 10): SES reviews an account at 5 % bounces or 0.1 %
+    complaints and suspends it at 10 % / 0.5 %; Gmail asks bulk senders to stay under 0.3 % spam.
+    Rates per campaign (event x channel): bounce rate = hard bounces / sent, complaint rate =
+    complaints / delivered (domain/feedback.py)."""
+
+    bounce_warn_rate: float = Field(default=0.05, gt=0, lt=1)  # asset check WARN (SES review)
+    complaint_warn_rate: float = Field(default=0.001, gt=0, lt=1)
+    bounce_stop_rate: float = Field(default=0.08, gt=0, lt=1)  # circuit breaker: stop the next waves
+    complaint_stop_rate: float = Field(default=0.003, gt=0, lt=1)
+    min_sent_for_bounce_rate: int = Field(default=200, gt=0)  # below it a rate is noise, never a verdict
+    min_delivered_for_complaint_rate: int = Field(default=1000, gt=0)
+    transient_bounces_to_suppress: int = Field(default=3, gt=0)  # soft bounces that count as a hard one ...
+    transient_bounce_window_days: int = Field(default=30, gt=0)  # ... within this many days
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DeliverabilityConfig:
+        if self.bounce_stop_rate < self.bounce_warn_rate or self.complaint_stop_rate < self.complaint_warn_rate:
+            raise ValueError("deliverability stop rates must not be below the warn rates")
+        return self
+
+
 class ChannelTargeting(_Model):
     """Which stored candidates a channel's campaign reaches (the Serving API's minScore / limit)."""
 
@@ -216,6 +238,7 @@ class ProgramConfig(_Model):
     export_schedule: str
     model_training_schedule: str
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    deliverability: DeliverabilityConfig = Field(default_factory=DeliverabilityConfig)
 
     @field_validator("batch_schedule", "export_schedule", "model_training_schedule")
     @classmethod

@@ -14,6 +14,10 @@ Record formats (one JSON object per line; times are ISO 8601, UTC when no offset
 - attendance: event_id, customer_id, joined_at, minutes_watched
 - survey: token (the signed "survey" token of the survey email), rating (1-5), comment,
   submitted_at
+- provider: the email providers' feedback: Amazon SES event publishing records (Delivery,
+  Bounce, Complaint, Reject; a configuration set's Kinesis Data Firehose destination writes them
+  to this feed's S3 prefix) and SMTP delivery status notifications as {"dsn": "<message>"}
+  (domain/feedback.py documents both)
 
 A line that is not a JSON object is not dropped: `read` returns it as
 `{"_error": "...", "_raw": "<line>"}` so ingestion can quarantine it with its reason.
@@ -39,7 +43,7 @@ from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
-FEEDS: tuple[str, ...] = ("registrations", "tracking", "attendance", "survey")
+FEEDS: tuple[str, ...] = ("registrations", "tracking", "attendance", "survey", "provider")
 FEED_SUFFIX = ".jsonl"
 _FILE_NAME = re.compile(r"[A-Za-z0-9._-]+\.jsonl")  # used with fullmatch: "$" would let "x.jsonl\n" through
 

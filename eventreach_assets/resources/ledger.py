@@ -45,6 +45,15 @@ from botocore.exceptions import ClientError
 from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind
+from eventreach_assets.domain.feedback import (
+    COUNTS_SCHEMA,
+    FEEDBACK_SCHEMA,
+    STORED_FEEDBACK_SCHEMA,
+    SUPPRESSION_SCHEMA,
+    campaign_counts,
+    message_outcomes,
+    normalize_addresses,
+)
 from eventreach_assets.domain.sending import DEFAULT_LEASE
 from eventreach_assets.resources.dynamodb import DynamoDBClient, create_table_if_missing, is_conditional_failure
 from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
@@ -91,6 +100,11 @@ OPT_OUT_SCHEMA: dict[str, pl.DataType] = {
     "channel": pl.String(),  # the channel opted out of, or "*" for all
     "source": pl.String(),
     "opted_out_at": _UTC_US,
+}
+MESSAGE_LOOKUP_SCHEMA: dict[str, pl.DataType] = {
+    "provider_message_id": pl.String(),
+    **{name: pl.String() for name in ("event_id", "channel", "kind", "customer_id", "campaign_id", "status")},
+    "sent_at": _UTC_US,
 }
 INVITATIONS_SCHEMA: dict[str, pl.DataType] = {
     "customer_id": pl.String(),
@@ -313,6 +327,80 @@ class DeliveryLedgerResource(dg.ConfigurableResource):
         frame = self.deliveries(event_id)
         return frame.filter(pl.col("sends") > 1)
 
+    # -- provider feedback (domain/feedback.py; assets/feedback.py ingests, the send loop and the
+    # circuit breaker read). Feedback frames carry naive UTC times, as the domain's frames do. --
+
+    def messages_by_provider_id(self, provider_message_ids: pl.Series) -> pl.DataFrame:
+        """The ledger rows with these provider message ids (MESSAGE_LOOKUP_SCHEMA), one per id."""
+        raise NotImplementedError
+
+    def record_feedback(self, rows: pl.DataFrame) -> int:
+        """Store feedback rows (STORED_FEEDBACK_SCHEMA) once each; returns how many were new (a replay adds 0)."""
+        raise NotImplementedError
+
+    def feedback(self, event_id: str, channel: str | None = None) -> pl.DataFrame:
+        """The event's stored feedback (STORED_FEEDBACK_SCHEMA), optionally one channel."""
+        raise NotImplementedError
+
+    def bounce_history(self, addresses: pl.Series, since: datetime) -> pl.DataFrame:
+        """Bounces of these (normalized) addresses since `since` (FEEDBACK_SCHEMA), any event."""
+        raise NotImplementedError
+
+    def suppress_addresses(self, rows: pl.DataFrame) -> int:
+        """Suppress addresses on email (SUPPRESSION_SCHEMA rows); the first record of an address
+        wins; returns how many addresses were newly suppressed."""
+        raise NotImplementedError
+
+    def address_suppressions(self, addresses: pl.Series) -> pl.DataFrame:
+        """The suppressions of these addresses (SUPPRESSION_SCHEMA; the input is normalized first)."""
+        raise NotImplementedError
+
+    def suppressed_addresses(self, addresses: pl.Series) -> set[str]:
+        """The given addresses (as given) whose normalized form is suppressed: the send-time check."""
+        given = addresses.cast(pl.String).drop_nulls().unique()
+        frame = pl.DataFrame({"given": given, "address": normalize_addresses(given)}).drop_nulls()
+        if frame.height == 0:
+            return set()
+        found = self.address_suppressions(frame["address"])["address"]
+        return set(frame.filter(pl.col("address").is_in(found.implode()))["given"].to_list())
+
+    def record_opt_outs(self, rows: pl.DataFrame) -> int:
+        """`record_opt_out` for a frame (customer_id, channel (null = every channel), source,
+        opted_out_at), in one batch; the first record per customer x channel wins. Returns rows new."""
+        raise NotImplementedError
+
+    def rearm_breaker(self, event_id: str, channel: str, at: datetime | None = None, by: str = "operator") -> None:
+        """An operator re-arms the campaign's circuit breaker: from `at` on, only messages sent
+        after it (and their feedback) count (`campaign_counts`)."""
+        raise NotImplementedError
+
+    def breaker_rearmed_at(self, event_id: str, channel: str) -> datetime | None:
+        """The campaign's latest re-arm time (aware UTC), None if never re-armed."""
+        raise NotImplementedError
+
+    def deliveries_with_feedback(
+        self, event_id: str, channel: str | None = None, kind: str | None = None
+    ) -> pl.DataFrame:
+        """`deliveries` with feedback.OUTCOME_COLUMNS (delivered_at, bounced_at, soft_bounced_at,
+        complained_at): what the campaign report and the daily metrics count."""
+        return message_outcomes(self.deliveries(event_id, channel, kind), self.feedback(event_id, channel))
+
+    def campaign_counts(self, event_id: str, channel: str | None = None, *, rearmed: bool = True) -> pl.DataFrame:
+        """Per channel of the event (feedback.COUNTS_SCHEMA): sent, delivered, bounced (hard),
+        soft_bounced, complained, rejected. With `rearmed`, a channel whose breaker was re-armed
+        counts only messages sent since (what the circuit breaker and the checks judge)."""
+        deliveries, feedback = self.deliveries(event_id, channel), self.feedback(event_id, channel)
+        channels = sorted(set(deliveries["channel"].drop_nulls().to_list()))
+        parts = [
+            campaign_counts(
+                deliveries.filter(pl.col("channel") == name),
+                feedback.filter(pl.col("channel") == name),
+                self.breaker_rearmed_at(event_id, name) if rearmed else None,
+            )
+            for name in channels
+        ]
+        return pl.concat(parts) if parts else pl.DataFrame(schema=COUNTS_SCHEMA)
+
 
 def _key(row: dict[str, Any]) -> DeliveryKey:
     """The DeliveryKey of a stored-form row (kind encoded)."""
@@ -376,7 +464,212 @@ def _params(key: DeliveryKey, **extra: Any) -> dict[str, Any]:
     }
 
 
-class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
+# Provider feedback tables (added, not changed: the ledger table itself is untouched). Feedback
+# is its own table keyed by what the provider reported, not columns on the delivery row: one
+# message gets several reports (delivered, then a complaint), a report may arrive for a message
+# the ledger does not know (sent by hand, or in doubt), and a replayed file must change nothing.
+_FEEDBACK = "delivery_feedback"
+_SUPPRESSIONS = "email_suppressions"
+_REARMS = "breaker_rearms"
+_FEEDBACK_DDL = f"""
+CREATE INDEX IF NOT EXISTS {_LEDGER}_provider_message ON {_LEDGER} (provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {_FEEDBACK} (
+    provider_message_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    feedback TEXT NOT NULL,
+    bounce_type TEXT NOT NULL,  -- '' when not a bounce (NULLs are distinct in a key)
+    occurred_at TEXT NOT NULL,
+    bounce_subtype TEXT,
+    source TEXT,
+    event_id TEXT,
+    channel TEXT,
+    kind TEXT,
+    customer_id TEXT,
+    campaign_id TEXT,
+    PRIMARY KEY (provider_message_id, recipient, feedback, bounce_type, occurred_at)
+);
+CREATE INDEX IF NOT EXISTS {_FEEDBACK}_event ON {_FEEDBACK} (event_id, channel);
+CREATE INDEX IF NOT EXISTS {_FEEDBACK}_bounces ON {_FEEDBACK} (recipient, occurred_at) WHERE feedback = 'bounced';
+CREATE TABLE IF NOT EXISTS {_SUPPRESSIONS} (
+    address TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    suppressed_at TEXT NOT NULL,
+    provider_message_id TEXT
+);
+CREATE TABLE IF NOT EXISTS {_REARMS} (
+    event_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    rearmed_at TEXT NOT NULL,
+    rearmed_by TEXT,
+    PRIMARY KEY (event_id, channel, rearmed_at)
+);
+"""
+_FEEDBACK_COLUMNS = tuple(STORED_FEEDBACK_SCHEMA)
+_NAIVE = pl.Datetime("us")
+
+
+def _naive_times(frame: pl.DataFrame, *names: str) -> pl.DataFrame:
+    """Stored UTC text as naive UTC datetimes (the domain's convention for feedback frames)."""
+    return _parse_times(frame, *names).with_columns(pl.col(name).dt.replace_time_zone(None) for name in names)
+
+
+def _ts_column(name: str) -> pl.Expr:
+    """A datetime column (naive = UTC) as the ledger's stored text."""
+    return pl.col(name).dt.replace_time_zone(None).dt.strftime(_TS_POLARS).alias(name)
+
+
+def _feedback_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """STORED_FEEDBACK_SCHEMA rows as stored text (bounce_type '' for none), one per key."""
+    missing = [name for name in _FEEDBACK_COLUMNS if name not in rows.columns]
+    if missing:
+        raise ValueError(f"feedback rows lack columns {missing}")
+    return (
+        rows.select(_FEEDBACK_COLUMNS)
+        .with_columns(_ts_column("occurred_at"), pl.col("bounce_type").fill_null(""))
+        .unique(["provider_message_id", "recipient", "feedback", "bounce_type", "occurred_at"], maintain_order=True)
+    )
+
+
+def _feedback_frame(rows: list[tuple]) -> pl.DataFrame:
+    frame = pl.DataFrame(rows, schema={**STORED_FEEDBACK_SCHEMA, "occurred_at": pl.String()}, orient="row")
+    frame = _naive_times(frame, "occurred_at").with_columns(
+        pl.when(pl.col("bounce_type") != "").then(pl.col("bounce_type")).alias("bounce_type")
+    )
+    return frame.sort("occurred_at", "provider_message_id", "recipient", "feedback")
+
+
+def _suppression_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    return (
+        rows.select(list(SUPPRESSION_SCHEMA))
+        .with_columns(_ts_column("suppressed_at"))
+        .sort("address", "suppressed_at")
+        .unique("address", keep="first", maintain_order=True)
+    )
+
+
+def _suppression_frame(rows: list[tuple]) -> pl.DataFrame:
+    frame = pl.DataFrame(rows, schema={**SUPPRESSION_SCHEMA, "suppressed_at": pl.String()}, orient="row")
+    return _naive_times(frame, "suppressed_at").sort("address")
+
+
+def _opt_out_rows(rows: pl.DataFrame) -> list[tuple]:
+    frame = rows.select(
+        pl.col("customer_id").cast(pl.String),
+        pl.col("channel").cast(pl.String).fill_null(ALL_CHANNELS),
+        pl.col("source").cast(pl.String),
+        _ts_column("opted_out_at"),
+    ).drop_nulls(["customer_id"])
+    return list(frame.sort("opted_out_at").unique(["customer_id", "channel"], maintain_order=True).iter_rows())
+
+
+def _lookup_frame(rows: list[tuple]) -> pl.DataFrame:
+    frame = pl.DataFrame(rows, schema={**MESSAGE_LOOKUP_SCHEMA, "sent_at": pl.String()}, orient="row")
+    return _parse_times(frame, "sent_at").unique("provider_message_id", keep="first").sort("provider_message_id")
+
+
+def _ids(series: pl.Series) -> list[str]:
+    return series.cast(pl.String).drop_nulls().unique().sort().to_list()
+
+
+class _SqliteFeedback:
+    """The feedback methods of `SqliteDeliveryLedger` (see the interface); batched statements."""
+
+    def messages_by_provider_id(self, provider_message_ids: pl.Series) -> pl.DataFrame:
+        ids = _ids(provider_message_ids)
+        rows: list[tuple] = []
+        if ids:
+            with self._connect() as conn:  # type: ignore[attr-defined]
+                rows = conn.execute(
+                    "SELECT l.provider_message_id, l.event_id, l.channel, l.kind, l.customer_id, l.campaign_id, "
+                    f"l.status, l.sent_at FROM json_each(?) AS j JOIN {_LEDGER} AS l "
+                    "ON l.provider_message_id = j.value",
+                    (json.dumps(ids),),
+                ).fetchall()
+        return _lookup_frame(rows)
+
+    def record_feedback(self, rows: pl.DataFrame) -> int:
+        frame = _feedback_rows(rows)
+        if frame.height == 0:
+            return 0
+        placeholders = ", ".join("?" for _ in _FEEDBACK_COLUMNS)
+        with self._transaction() as conn:  # type: ignore[attr-defined]
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT INTO {_FEEDBACK} ({', '.join(_FEEDBACK_COLUMNS)}) VALUES ({placeholders}) "
+                "ON CONFLICT DO NOTHING",
+                frame.iter_rows(),
+            )
+            return conn.total_changes - before
+
+    def feedback(self, event_id: str, channel: str | None = None) -> pl.DataFrame:
+        with self._connect() as conn:  # type: ignore[attr-defined]
+            rows = conn.execute(
+                f"SELECT {', '.join(_FEEDBACK_COLUMNS)} FROM {_FEEDBACK} WHERE event_id = ? "
+                "AND (? IS NULL OR channel = ?)",
+                (event_id, channel, channel),
+            ).fetchall()
+        return _feedback_frame(rows)
+
+    def bounce_history(self, addresses: pl.Series, since: datetime) -> pl.DataFrame:
+        ids = _ids(addresses)
+        rows: list[tuple] = []
+        if ids:
+            with self._connect() as conn:  # type: ignore[attr-defined]
+                rows = conn.execute(
+                    f"SELECT {', '.join(_FEEDBACK_COLUMNS)} FROM json_each(?) AS j JOIN {_FEEDBACK} AS f "
+                    "ON f.recipient = j.value WHERE f.feedback = 'bounced' AND f.occurred_at >= ?",
+                    (json.dumps(ids), _ts(since)),
+                ).fetchall()
+        return _feedback_frame(rows).select(list(FEEDBACK_SCHEMA))
+
+    def suppress_addresses(self, rows: pl.DataFrame) -> int:
+        frame = _suppression_rows(rows)
+        if frame.height == 0:
+            return 0
+        with self._transaction() as conn:  # type: ignore[attr-defined]
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT INTO {_SUPPRESSIONS} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", frame.iter_rows()
+            )
+            return conn.total_changes - before
+
+    def address_suppressions(self, addresses: pl.Series) -> pl.DataFrame:
+        ids = _ids(normalize_addresses(addresses))
+        rows: list[tuple] = []
+        if ids:
+            with self._connect() as conn:  # type: ignore[attr-defined]
+                rows = conn.execute(
+                    f"SELECT s.address, s.reason, s.suppressed_at, s.provider_message_id "
+                    f"FROM json_each(?) AS j JOIN {_SUPPRESSIONS} AS s ON s.address = j.value",
+                    (json.dumps(ids),),
+                ).fetchall()
+        return _suppression_frame(rows)
+
+    def record_opt_outs(self, rows: pl.DataFrame) -> int:
+        values = _opt_out_rows(rows)
+        if not values:
+            return 0
+        with self._transaction() as conn:  # type: ignore[attr-defined]
+            before = conn.total_changes
+            conn.executemany(f"INSERT INTO {_OPT_OUTS} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", values)
+            return conn.total_changes - before
+
+    def rearm_breaker(self, event_id: str, channel: str, at: datetime | None = None, by: str = "operator") -> None:
+        with self._transaction() as conn:  # type: ignore[attr-defined]
+            conn.execute(
+                f"INSERT INTO {_REARMS} VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (event_id, channel, _ts(at), by)
+            )
+
+    def breaker_rearmed_at(self, event_id: str, channel: str) -> datetime | None:
+        with self._connect() as conn:  # type: ignore[attr-defined]
+            (latest,) = conn.execute(
+                f"SELECT max(rearmed_at) FROM {_REARMS} WHERE event_id = ? AND channel = ?", (event_id, channel)
+            ).fetchone()
+        return None if latest is None else datetime.strptime(latest, _TS).replace(tzinfo=UTC)
+
+
+class SqliteDeliveryLedger(SqliteBacked, _SqliteFeedback, DeliveryLedgerResource):
     """The ledger in one SQLite file (WAL), like `SqliteCandidateStore`: one kept connection per
     process and thread, writers take the lock up front (BEGIN IMMEDIATE) and wait up to the busy
     timeout, so concurrent step processes serialize instead of failing or double-reserving."""
@@ -385,7 +678,7 @@ class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)
-    _ddl: ClassVar[str] = _DDL
+    _ddl: ClassVar[str] = _DDL + _FEEDBACK_DDL
 
     def reserve(
         self,
@@ -557,6 +850,30 @@ def _delivery_frame(rows: list[tuple]) -> pl.DataFrame:
 SENT_INDEX = "SENT"
 
 
+MESSAGE_INDEX = "MESSAGE"
+MESSAGE_INDEX_DEFINITION: dict[str, Any] = {
+    "IndexName": MESSAGE_INDEX,
+    "KeySchema": [{"AttributeName": "provider_message_id", "KeyType": "HASH"}],
+    "Projection": {
+        "ProjectionType": "INCLUDE",
+        "NonKeyAttributes": ["customer_id", "event_id", "channel", "kind", "campaign_id", "status", "sent_at"],
+    },
+}
+
+
+def add_message_index(client: Any, table_name: str) -> bool:
+    """Add the MESSAGE index to a ledger table created without it; returns whether it was added."""
+    indexes = client.describe_table(TableName=table_name)["Table"].get("GlobalSecondaryIndexes", [])
+    if any(index["IndexName"] == MESSAGE_INDEX for index in indexes):
+        return False
+    client.update_table(
+        TableName=table_name,
+        AttributeDefinitions=[{"AttributeName": "provider_message_id", "AttributeType": "S"}],
+        GlobalSecondaryIndexUpdates=[{"Create": MESSAGE_INDEX_DEFINITION}],
+    )
+    return True
+
+
 def ledger_table_definition(name: str) -> dict[str, Any]:
     """The `CreateTable` request of the ledger table.
 
@@ -565,12 +882,19 @@ def ledger_table_definition(name: str) -> dict[str, Any]:
     Sparse GSI SENT: only sent rows carry sent_pk = SENT#{kind}#{YYYY-MM-DD} and
     sent_sk = {sent_at}#{event_id}#{channel}#{customer_id}, so `invitations_since` queries one
     partition per day (keys only + the attributes it reads).
+    Sparse GSI MESSAGE on provider_message_id (rows the provider accepted): provider feedback
+    finds its message. Feedback items: pk = EVENT#{event_id} (FEEDBACK#UNMATCHED when no ledger
+    row), sk = FEEDBACK#{channel}#{message}#{recipient}#{feedback}#{bounce type}#{time}; bounces
+    also as pk = BOUNCES#{address}, sk = {time}#{message}; suppressions pk = SUPPRESSED#{address},
+    sk = EMAIL; breaker re-arms pk = BREAKER#{event_id}, sk = REARM#{channel}#{time}. A table
+    created before the MESSAGE index needs it added once (`add_message_index`).
     """
     return {
         "TableName": name,
         "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         "AttributeDefinitions": [
-            {"AttributeName": name_, "AttributeType": "S"} for name_ in ("pk", "sk", "sent_pk", "sent_sk")
+            {"AttributeName": name_, "AttributeType": "S"}
+            for name_ in ("pk", "sk", "sent_pk", "sent_sk", "provider_message_id")
         ],
         "GlobalSecondaryIndexes": [
             {
@@ -583,7 +907,8 @@ def ledger_table_definition(name: str) -> dict[str, Any]:
                     "ProjectionType": "INCLUDE",
                     "NonKeyAttributes": ["customer_id", "event_id", "channel", "sent_at"],
                 },
-            }
+            },
+            MESSAGE_INDEX_DEFINITION,
         ],
         "BillingMode": "PAY_PER_REQUEST",
     }
@@ -624,7 +949,194 @@ def _n(item: dict[str, Any], name: str) -> int:
     return int(value["N"]) if value and "N" in value else 0
 
 
-class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
+_UNMATCHED = "FEEDBACK#UNMATCHED"
+
+
+def _item(values: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """A DynamoDB item of string attributes (nulls left out). `provider_message_id` is stored as
+    `message_id`: only delivery rows may carry the MESSAGE index's key."""
+    renamed = {("message_id" if name == "provider_message_id" else name): value for name, value in values.items()}
+    return {name: {"S": str(value)} for name, value in renamed.items() if value is not None}
+
+
+def _attr(item: dict[str, Any], name: str) -> str | None:
+    return _s(item, "message_id" if name == "provider_message_id" else name)
+
+
+def _feedback_key(row: dict[str, Any]) -> dict[str, dict[str, str]]:
+    pk = f"EVENT#{row['event_id']}" if row.get("event_id") else _UNMATCHED
+    parts = (row.get("channel") or "-", row["provider_message_id"], row["recipient"], row["feedback"],
+             row["bounce_type"] or "", row["occurred_at"])  # fmt: skip
+    return {"pk": {"S": pk}, "sk": {"S": "FEEDBACK#" + "#".join(parts)}}
+
+
+def _key_id(key: dict[str, dict[str, str]]) -> tuple[str, str]:
+    return key["pk"]["S"], key["sk"]["S"]
+
+
+class _DynamoDBFeedback:
+    """The feedback methods of `DynamoDBDeliveryLedger` (see the interface and the table layout in
+    `ledger_table_definition`). Writes go in BatchWriteItem requests of 25 after one BatchGetItem
+    pass finds what already exists, so a replay writes nothing and the counts are of new rows.
+    Two ingestions racing on the same address may both write it (the later time wins); the
+    ingestion is one run at a time per feed, so this does not happen in practice."""
+
+    def _batch_get(self, keys: list[dict[str, Any]], attributes: str | None = None) -> list[dict[str, Any]]:
+        unique = list({_key_id(key): key for key in keys}.values())
+        chunks = [unique[start : start + 100] for start in range(0, len(unique), 100)]
+
+        def fetch(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            spec: dict[str, Any] = {"Keys": chunk, "ConsistentRead": True}
+            if attributes:
+                spec["ProjectionExpression"] = attributes
+            request: dict[str, Any] = {self.table_name: spec}  # type: ignore[attr-defined]
+            for _ in range(10):
+                response = self.client().batch_get_item(RequestItems=request)  # type: ignore[attr-defined]
+                found += response["Responses"].get(self.table_name, [])  # type: ignore[attr-defined]
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    return found
+                time.sleep(0.05)
+            raise RuntimeError("ledger batch read still unprocessed after 10 tries")
+
+        return [item for items in self._parallel(fetch, chunks) for item in items]  # type: ignore[attr-defined]
+
+    def _batch_write(self, items: list[dict[str, Any]]) -> None:
+        unique = list({_key_id(item): item for item in items}.values())
+        chunks = [unique[start : start + 25] for start in range(0, len(unique), 25)]
+
+        def write(chunk: list[dict[str, Any]]) -> None:
+            request: dict[str, Any] = {self.table_name: [{"PutRequest": {"Item": item}} for item in chunk]}  # type: ignore[attr-defined]
+            for _ in range(10):
+                response = self.client().batch_write_item(RequestItems=request)  # type: ignore[attr-defined]
+                request = response.get("UnprocessedItems") or {}
+                if not request:
+                    return
+                time.sleep(0.05)
+            raise RuntimeError("ledger batch write still unprocessed after 10 tries")
+
+        self._parallel(write, chunks)  # type: ignore[attr-defined]
+
+    def _write_new(self, items: list[dict[str, Any]]) -> int:
+        """Write the items whose key is not in the table yet; returns how many."""
+        keys = [{"pk": item["pk"], "sk": item["sk"]} for item in items]
+        existing = {_key_id(item) for item in self._batch_get(keys, "pk, sk")}
+        new = list({_key_id(item): item for item in items if _key_id(item) not in existing}.values())
+        self._batch_write(new)
+        return len(new)
+
+    def messages_by_provider_id(self, provider_message_ids: pl.Series) -> pl.DataFrame:
+        def one(message_id: str) -> list[tuple]:
+            items = self._query(  # type: ignore[attr-defined]
+                IndexName=MESSAGE_INDEX,
+                KeyConditionExpression="provider_message_id = :id",
+                ExpressionAttributeValues={":id": {"S": message_id}},
+            )
+            names = ("event_id", "channel", "kind", "customer_id", "campaign_id", "status", "sent_at")
+            return [
+                (message_id, *(_s(item, name) for name in names))
+                for item in items
+                if (_s(item, "sk") or "").startswith("DELIVERY#")
+            ]
+
+        ids = _ids(provider_message_ids)
+        return _lookup_frame([row for rows in self._parallel(one, ids) for row in rows])  # type: ignore[attr-defined]
+
+    def record_feedback(self, rows: pl.DataFrame) -> int:
+        frame = _feedback_rows(rows)
+        items, bounces = [], []
+        for row in frame.iter_rows(named=True):
+            items.append({**_feedback_key(row), **_item({**row, "bounce_type": row["bounce_type"] or None})})
+            if row["feedback"] == "bounced":
+                bounces.append(
+                    {
+                        "pk": {"S": f"BOUNCES#{row['recipient']}"},
+                        "sk": {"S": f"{row['occurred_at']}#{row['provider_message_id']}#{row['bounce_type']}"},
+                        **_item({name: row[name] for name in FEEDBACK_SCHEMA}),
+                    }
+                )
+        added = self._write_new(items)
+        self._batch_write(bounces)  # same key, same content: a replay rewrites nothing new
+        return added
+
+    def _feedback_items(self, items: Iterator[dict[str, Any]]) -> pl.DataFrame:
+        rows = [tuple(_attr(item, name) or ("" if name == "bounce_type" else None) for name in _FEEDBACK_COLUMNS)
+                for item in items]  # fmt: skip
+        return _feedback_frame(rows)
+
+    def feedback(self, event_id: str, channel: str | None = None) -> pl.DataFrame:
+        items = self._query(  # type: ignore[attr-defined]
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={
+                ":pk": {"S": f"EVENT#{event_id}"},
+                ":prefix": {"S": "FEEDBACK#" + (f"{channel}#" if channel is not None else "")},
+            },
+            ConsistentRead=True,
+        )
+        return self._feedback_items(items)
+
+    def bounce_history(self, addresses: pl.Series, since: datetime) -> pl.DataFrame:
+        low = _ts(since)
+
+        def one(address: str) -> list[dict[str, Any]]:
+            return list(
+                self._query(  # type: ignore[attr-defined]
+                    KeyConditionExpression="pk = :pk AND sk >= :low",
+                    ExpressionAttributeValues={":pk": {"S": f"BOUNCES#{address}"}, ":low": {"S": low}},
+                    ConsistentRead=True,
+                )
+            )
+
+        items = [item for found in self._parallel(one, _ids(addresses)) for item in found]  # type: ignore[attr-defined]
+        return self._feedback_items(iter(items)).select(list(FEEDBACK_SCHEMA))
+
+    def suppress_addresses(self, rows: pl.DataFrame) -> int:
+        items = [
+            {"pk": {"S": f"SUPPRESSED#{row['address']}"}, "sk": {"S": "EMAIL"}, **_item(row)}
+            for row in _suppression_rows(rows).iter_rows(named=True)
+        ]
+        return self._write_new(items)
+
+    def address_suppressions(self, addresses: pl.Series) -> pl.DataFrame:
+        keys = [{"pk": {"S": f"SUPPRESSED#{a}"}, "sk": {"S": "EMAIL"}} for a in _ids(normalize_addresses(addresses))]
+        items = self._batch_get(keys)
+        return _suppression_frame([tuple(_attr(item, name) for name in SUPPRESSION_SCHEMA) for item in items])
+
+    def record_opt_outs(self, rows: pl.DataFrame) -> int:
+        items = [
+            {
+                "pk": {"S": f"OPTOUT#{customer_id}"},
+                "sk": {"S": f"CHANNEL#{channel}"},
+                **_item({"customer_id": customer_id, "source": source, "opted_out_at": at}),
+            }
+            for customer_id, channel, source, at in _opt_out_rows(rows)
+        ]
+        return self._write_new(items)
+
+    def rearm_breaker(self, event_id: str, channel: str, at: datetime | None = None, by: str = "operator") -> None:
+        moment = _ts(at)
+        self.client().put_item(  # type: ignore[attr-defined]
+            TableName=self.table_name,  # type: ignore[attr-defined]
+            Item={"pk": {"S": f"BREAKER#{event_id}"}, "sk": {"S": f"REARM#{channel}#{moment}"},
+                  **_item({"event_id": event_id, "channel": channel, "rearmed_at": moment, "rearmed_by": by})},
+        )  # fmt: skip
+
+    def breaker_rearmed_at(self, event_id: str, channel: str) -> datetime | None:
+        response = self.client().query(  # type: ignore[attr-defined]
+            TableName=self.table_name,  # type: ignore[attr-defined]
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": f"BREAKER#{event_id}"}, ":prefix": {"S": f"REARM#{channel}#"}},
+            ScanIndexForward=False,
+            Limit=1,
+            ConsistentRead=True,
+        )
+        items = response.get("Items", [])
+        latest = _s(items[0], "rearmed_at") if items else None
+        return None if latest is None else datetime.strptime(latest, _TS).replace(tzinfo=UTC)
+
+
+class DynamoDBDeliveryLedger(DynamoDBClient, _DynamoDBFeedback, DeliveryLedgerResource):
     """The ledger on its own DynamoDB table (`ledger_table_definition`); conditional writes make
     each reservation atomic per key. botocore's standard retries handle throttling; a
     conditional-check failure is an answer (someone else holds the key), not an error.
