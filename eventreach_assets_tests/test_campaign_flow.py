@@ -36,12 +36,17 @@ class FailingAfter(LocalOutboxEmail):
 
 
 def materialize_email(
-    deployment: Deployment, event_id: str, asset: dg.AssetsDefinition = email_invitations, **overrides: object
+    deployment: Deployment,
+    event_id: str,
+    asset: dg.AssetsDefinition = email_invitations,
+    start: datetime = AS_OF,
+    until: datetime | None = None,
+    **overrides: object,
 ) -> list[dg.ExecuteInProcessResult]:
     """Every wave of the invitations (email by default), with some resources replaced, as the
     event-date sensor launches them: at the batch's time, then at each `next_due_at` (a simulated clock)."""
     results: list[dg.ExecuteInProcessResult] = []
-    now = AS_OF
+    now = start
     for _ in range(MAX_WAVES):
         resources = {**build_definitions(home=deployment.home, fixed_now=now.isoformat()).resources, **overrides}
         resources["services"] = campaign_services(resources)
@@ -54,6 +59,8 @@ def materialize_email(
         if not result.success or due is None:
             return results
         now = max(datetime.fromisoformat(str(due)), now + timedelta(minutes=1))
+        if until is not None and now > until:
+            return results
     raise AssertionError(f"the email campaign did not finish in {MAX_WAVES} waves")
 
 
@@ -289,3 +296,54 @@ def test_in_app_holds_out_a_stable_control_group(deployment: Deployment, batch: 
     again = ledger.deliveries(batch, channel="in-app", kind="invitation")
     assert set(again.filter(pl.col("status") == "held_out")["customer_id"]) == set(held["customer_id"])
     assert again.filter(pl.col("status") == "sent").height == sent.height
+
+
+def test_bounces_trip_the_circuit_breaker_and_stop_the_next_waves_until_rearmed(
+    deployment: Deployment, batch: str, tmp_path: Path
+):
+    import yaml
+
+    from eventreach_assets.assets.campaigns import BREAKER_OPEN
+    from eventreach_assets.assets.feedback import ingest_provider_feedback
+    from eventreach_assets.domain.feedback import ses_event
+    from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, load_program
+    from eventreach_assets.resources.program import ProgramResource
+
+    program = yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+    program["deliverability"]["minSentForBounceRate"] = 20  # the small warehouse's first waves are enough
+    path = tmp_path / "program.yaml"
+    path.write_text(yaml.safe_dump(program))
+    override = {"program": ProgramResource(path=str(path))}
+    first = materialize_email(deployment, batch, until=AS_OF + timedelta(hours=12), **override)
+    assert all(result.success for result in first) and NEXT_DUE_AT in wave_metadata(first[-1])
+    sent = sent_rows(deployment, batch)
+    assert sent.height >= 20
+    # 10 % of what went out bounces for good (SES event records, as the provider feed delivers them).
+    contacts = deployment.defs.resources["warehouse"].contacts(sent["customer_id"].to_list())
+    bounced = sent.join(contacts, on="customer_id").head(sent.height // 10 + 1)
+    ledger = deployment.defs.resources["ledger"]
+    resumed_at = datetime.fromisoformat(str(wave_metadata(first[-1])[NEXT_DUE_AT]))
+    reported_at = resumed_at - timedelta(minutes=5)  # the bounces arrive before the next wave
+    records = [
+        ses_event("Bounce", row["provider_message_id"], row["email"], reported_at)
+        for row in bounced.iter_rows(named=True)
+    ]
+    policy = load_program(path).deliverability
+    assert ingest_provider_feedback(records, ledger=ledger, policy=policy, now=reported_at).stored
+
+    # The next wave sends nothing and says why; so does every later one until an operator re-arms.
+    stopped = materialize_email(deployment, batch, start=resumed_at, **override)
+    assert [wave_metadata(result)["sent"] for result in stopped] == [0]
+    assert str(wave_metadata(stopped[0])[REASON]).startswith(BREAKER_OPEN)
+    assert sent_rows(deployment, batch).height == sent.height
+
+    rearm = build_definitions(home=deployment.home, fixed_now=resumed_at.isoformat()).resolve_job_def(
+        "rearm_circuit_breaker"
+    )
+    config = {"event_id": batch, "channel": "email", "operator": "on-call"}
+    assert rearm.execute_in_process(
+        instance=deployment.instance, run_config={"ops": {"rearm_breaker_op": {"config": config}}}
+    ).success
+    after = materialize_email(deployment, batch, start=resumed_at + timedelta(minutes=1), **override)
+    assert all(result.success for result in after)
+    assert sent_rows(deployment, batch).height > sent.height  # the campaign went on after the re-arm

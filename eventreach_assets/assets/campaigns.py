@@ -19,7 +19,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.metadata import Stopwatch, stopwatch, table
+from eventreach_assets.assets.feedback import breaker_decision
+from eventreach_assets.assets.metadata import NEXT_DUE_AT, PLANNED_AT, Stopwatch, stopwatch, table
 from eventreach_assets.assets.storage import BATCH_READY_AT
 from eventreach_assets.domain import campaigns, messages, report
 from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, CampaignKind
@@ -42,11 +43,10 @@ from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource
 from eventreach_assets.resources.storage import DecisionLogResource
 
-NEXT_DUE_AT = "next_due_at"  # metadata keys the event-date sensor reads
-PLANNED_AT = "planned_at"
 REASON = "reason"  # why a run sent nothing
 NO_REGISTRANTS = "no_registrations: nobody is registered for the event"
 NO_ATTENDEES = "no_attendees: nobody attended the event"
+BREAKER_OPEN = "circuit_breaker_open"
 NO_RECIPIENTS = "no_recipients: nobody was invited to or registered for the event"
 NO_SEATS_OR_WAITLIST = "nobody_promoted: no seat is free, or nobody is waiting for one"
 
@@ -192,10 +192,23 @@ def hold_out(
 def open_campaign(
     context: dg.AssetExecutionContext, services: CampaignServices, kind: CampaignKind
 ) -> tuple[EventContext, dg.MaterializeResult | None]:
-    """The partition's event, and a finished result when this kind must not send for it any more."""
+    """The partition's event, and a finished result when this kind must not send for it any more:
+    the event is off (or, for a cancellation notice, still on), or the campaign's circuit breaker
+    has tripped on bounces or complaints (until an operator re-arms it)."""
     event = services.event(context.partition_key)
     stopped = services.stopped_because(event, kind)
-    return event, (nothing_sent(stopped, event_status=event.status) if stopped else None)
+    if stopped:
+        return event, nothing_sent(stopped, event_status=event.status)
+    if kind.breaker:
+        decision = breaker_decision(services.ledger, services.config().deliverability, event.event_id, kind.channel)
+        if decision.stop:
+            context.log.warning(
+                f"circuit breaker open for {event.event_id} on {kind.channel}: {'; '.join(decision.reasons)}; "
+                "nothing sent until an operator runs rearm_circuit_breaker"
+            )
+            judged = {f"breaker_{key}": value for key, value in decision.as_metadata().items()}
+            return event, nothing_sent(f"{BREAKER_OPEN}: {'; '.join(decision.reasons)}", **judged)
+    return event, None
 
 
 # ---- invitations: per-segment local-time waves ---------------------------------------------------

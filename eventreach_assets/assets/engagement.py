@@ -16,9 +16,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from eventreach_assets.assets.campaigns import NEXT_DUE_AT, PLANNED_AT
 from eventreach_assets.assets.ingestion import current_event
-from eventreach_assets.assets.metadata import stopwatch, table
+from eventreach_assets.assets.metadata import NEXT_DUE_AT, PLANNED_AT, stopwatch, table
 from eventreach_assets.domain.registrations import RegistrationOutcome
 from eventreach_assets.engagement import ingest_attendance, ingest_survey, ingest_tracking
 from eventreach_assets.partitions import events_partitions

@@ -8,6 +8,10 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+# Metadata keys the event-date sensor reads from the runs it launches (waves, attendance polling).
+NEXT_DUE_AT = "next_due_at"  # when the stage should run next (naive UTC ISO)
+PLANNED_AT = "planned_at"  # the run's own clock when it planned
+
 _TABLE_TYPES: dict[type[pl.DataType], str] = {
     pl.Int8: "int", pl.Int16: "int", pl.Int32: "int", pl.Int64: "int",
     pl.UInt8: "int", pl.UInt16: "int", pl.UInt32: "int", pl.UInt64: "int",

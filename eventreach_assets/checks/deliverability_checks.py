@@ -14,17 +14,14 @@ from collections.abc import Iterable
 import dagster as dg
 
 from eventreach_assets.assets.feedback import breaker_decision
+from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS
 from eventreach_assets.domain.feedback import FEEDBACK_CHANNELS, BreakerDecision
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ProgramResource
 
-# The campaign assets whose channel has provider feedback: asset -> channel.
-EMAIL_CAMPAIGN_ASSETS: dict[str, str] = {
-    "email_invitations": "email",
-    "day_of_reminders": "email",
-    "post_event_surveys": "email",
-}
+# The campaign assets the circuit breaker guards (domain/campaign_kinds.py): asset -> channel.
+EMAIL_CAMPAIGN_ASSETS: dict[str, str] = {kind.asset: kind.channel for kind in CAMPAIGN_KINDS.values() if kind.breaker}
 
 
 def check_result(decision: BreakerDecision) -> dg.AssetCheckResult:

@@ -45,6 +45,9 @@ class CampaignKind:
     upstream: tuple[str, ...] = ("candidates_table",)
     calendar_invite: bool = False  # emails carry an .ics that the validator must find
     sends_when_cancelled: bool = False  # the cancellation notice: sent only for a cancelled event
+    # Marketing email stops when the campaign's circuit breaker trips (bounces / complaints); the
+    # transactional notices (update, cancellation, waitlist confirmation) still go out.
+    breaker: bool = False
 
     @property
     def pool(self) -> str:
@@ -63,7 +66,7 @@ CAMPAIGN_KINDS: dict[str, CampaignKind] = {
         CampaignKind(
             "email_invitations", "email_campaign", "email-invitation", "email", MessageKind.INVITATION,
             Trigger.WAVES, "Email invitations with .ics, each segment at its local 10:00 (Monday).",
-            calendar_invite=True,
+            calendar_invite=True, breaker=True,
         ),
         CampaignKind(
             "in_app_invitations", "in_app_campaign", "in-app-invitation", "in-app", MessageKind.INVITATION,
@@ -76,12 +79,12 @@ CAMPAIGN_KINDS: dict[str, CampaignKind] = {
         ),
         CampaignKind(
             "day_of_reminders", "day_of_reminder", "day-of-email", "email", MessageKind.DAY_OF,
-            Trigger.DAY_OF, "Email on the event day, 09:00 local.",
+            Trigger.DAY_OF, "Email on the event day, 09:00 local.", breaker=True,
         ),
         CampaignKind(
             "post_event_surveys", "post_event_survey", "survey", "email", MessageKind.SURVEY,
             Trigger.AFTER_EVENT, "Survey email to attendees, 1 day after the event.",
-            upstream=("event_attendance",),
+            upstream=("event_attendance",), breaker=True,
         ),
         CampaignKind(
             "event_update_emails", "event_update", "event-update", "email", MessageKind.UPDATE,
