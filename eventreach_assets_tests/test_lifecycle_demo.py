@@ -41,6 +41,8 @@ def test_one_event_plays_from_invitation_to_survey(tmp_path: Path):
         ("attendance_tracking", "event_lifecycle_sensor"),
         ("post_event_survey", "event_lifecycle_sensor"),
         ("survey_ingest", "survey_feed_sensor"),
+        ("event_update", "events_catalog_sensor"),  # the event moved half-way: updates went out
+        ("provider_feedback_ingest", "provider_feed_sensor"),  # SES reports: deliveries, bounces
         ("daily_metrics_job", "daily_metrics_schedule"),
         ("campaign_report_job", "campaign_report_schedule"),
     ]:

@@ -30,7 +30,8 @@ from eventreach_assets.domain import engagement as engagement_domain
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.registrations import registered_customers
 
-SKIPPED_SENSORS = {"run_failure_alert_sensor"}  # reacts to run events, not to the clock
+# React to run events, not to the clock (the daemon evaluates them on run status changes).
+SKIPPED_SENSORS = {"run_failure_alert_sensor", "waitlist_promotion_sensor"}
 
 
 @dataclass
@@ -67,7 +68,10 @@ def _merge(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]
     return {**base, **(extra or {})}
 
 
-SUMMARY_KEYS = ("sent", "planned", "accepted", "waitlisted", "attended", "not_yet_due", "items_written", "rows")
+SUMMARY_KEYS = (
+    "sent", "planned", "accepted", "waitlisted", "attended", "not_yet_due", "waiting_for_local_send_time",
+    "items_written", "rows", "delivered", "bounced", "complained", "suppressed_addresses", "reason",
+)  # fmt: skip
 
 
 def summarize(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
@@ -204,9 +208,16 @@ class SimulatedWorld:
     pending: dict[str, list[pl.DataFrame]] = field(default_factory=dict)  # feed -> records not yet due
     attendance_dropped: bool = False
     batches: int = 0
+    provider_since: datetime | None = None  # SES reports up to here were dropped already
+    reschedule_at: datetime | None = None  # the events team moves the event at this moment ...
+    reschedule_by: timedelta = timedelta(days=1)  # ... by this much (once)
 
     def __call__(self, now: datetime, defs: dg.Definitions) -> None:
         resources = defs.resources
+        if self.reschedule_at is not None and now >= self.reschedule_at:
+            move_event(resources["warehouse"].path, self.event_id, self.reschedule_by)
+            self.reschedule_at = None
+        self.provider_reports(now, resources)
         config = resources["program"].load()
         timing = simulator.EventTiming.from_events(resources["warehouse"].events(), self.event_id, config)
         secret = resources["link_signing"].key()
@@ -246,6 +257,17 @@ class SimulatedWorld:
         for feed in FEED_TIME_COLUMN:
             self.release(resources["engagement_feed"], feed, now)
 
+    def provider_reports(self, now: datetime, resources: dict[str, Any]) -> None:
+        """SES's delivery, bounce and complaint reports for the emails sent so far, into the provider feed."""
+        emails = resources["ledger"].deliveries(self.event_id, "email")
+        if emails.height:
+            contacts = resources["warehouse"].contacts(emails["customer_id"].unique().to_list())
+            records = simulator.simulate_provider_events(
+                emails, contacts, now, seed=self.seed, since=self.provider_since
+            )
+            simulator.drop_provider_events(resources["engagement_feed"], now, records)
+        self.provider_since = now
+
     def next_seed(self) -> int:
         self.batches += 1
         return self.seed * 1_000 + self.batches
@@ -283,6 +305,17 @@ class LifecycleReport:
     seconds: float
 
 
+def move_event(warehouse_path: str, event_id: str, by: timedelta) -> None:
+    """SIMULATED: the events team moves the event in the catalog (the catalog sensor notices)."""
+    import duckdb
+
+    with duckdb.connect(warehouse_path) as connection:
+        connection.execute(
+            "UPDATE events SET start_time_utc = start_time_utc + to_seconds(?) WHERE event_id = ?",
+            [int(by.total_seconds()), event_id],
+        )
+
+
 def monday_before(moment: datetime) -> datetime:
     """00:00 UTC of the Monday on or before `moment`: the lifecycle starts with a weekly batch."""
     day = moment.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
@@ -310,9 +343,13 @@ def play(
     days_after: int = 3,
     seed: int = 7,
     progress: Callable[[LaunchedRun], None] | None = None,
+    reschedule_by: timedelta | None = timedelta(days=1),
 ) -> LifecycleReport:
     """Tick from `clock_start` (a Monday 00:00) until `days_after` days after the event; every
-    run, from the model training at 01:00 to the survey, comes from a schedule or sensor."""
+    run, from the model training at 01:00 to the survey, comes from a schedule or sensor.
+
+    With `reschedule_by`, the event moves by that much halfway between the start of the clock
+    and the event (after the invitations, before the reminders): updates go out, reminders follow."""
     started = time.perf_counter()
     defs = build_definitions(home=home, deployment="local", fixed_now=clock_start.isoformat())
     events = defs.resources["warehouse"].events()
@@ -320,8 +357,10 @@ def play(
     if start.len() == 0:
         raise ValueError(f"event {event_id!r} is not in the warehouse's events table")
     world = SimulatedWorld(event_id, seed=seed)
+    if reschedule_by is not None:
+        world.reschedule_at, world.reschedule_by = clock_start + (start[0] - clock_start) / 2, reschedule_by
     player = LifecyclePlayer(home, instance, clock_start, event_id, on_tick=world, on_run=progress)
-    clock_end = start[0] + timedelta(days=days_after)
+    clock_end = start[0] + (reschedule_by or timedelta(0)) + timedelta(days=days_after)
     player.advance(clock_end, step)
     return LifecycleReport(
         event_id, clock_start, clock_end, player.timeline, event_funnel(player.definitions(clock_end), event_id),
