@@ -11,7 +11,15 @@ know whether the provider got the message: that one becomes `in_doubt` (never re
 
 Messages are reserved and checked against opt-outs a chunk (`chunk_size`) at a time, right before
 the chunk is sent: an unsubscribe that lands while a long campaign is sending takes effect from
-the next chunk, and a hard kill strands at most one chunk as `in_doubt`.
+the next chunk.
+
+A hard kill (SIGKILL, OOM, node loss) gives no chance to clean up. Reservations therefore record
+their `owner` (the Dagster run id) and each message is marked attempted (`mark_attempting`, one
+conditional write) right before its provider call: afterwards only that one message can be
+`in_doubt`. The reserved-but-never-attempted rows go back to the next run, by the run-failure
+sensor (`release_owner` of the dead run) or, failing that, by the next reservation once the lease
+expired. `mark_attempting` succeeds only while this reservation still holds the row, so a run
+presumed dead that wakes up never sends a row given to someone else.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ SKIP_REASONS: dict[str, str] = {
     DeliveryStatus.PENDING.value: "in_progress",  # another live run holds the reservation
 }
 DUPLICATE_IN_BATCH = "duplicate_in_batch"
+RESERVATION_LOST = "reservation_lost"  # our lease expired and another run took the row over: not ours to send
 OPTED_OUT = "suppressed"  # opted out at send time: the same reason as suppressed earlier
 
 
@@ -55,7 +64,12 @@ class Ledger(Protocol):
     """What the loop needs of `resources.ledger.DeliveryLedgerResource`."""
 
     def reserve(
-        self, keys: pl.DataFrame, campaign_id_col: str = ..., now: datetime | None = ..., stale_after: timedelta = ...
+        self,
+        keys: pl.DataFrame,
+        campaign_id_col: str = ...,
+        now: datetime | None = ...,
+        stale_after: timedelta = ...,
+        owner: str | None = ...,
     ) -> pl.DataFrame: ...
     def mark_sent(
         self, key: DeliveryKey, provider_message_id: str, now: datetime | None = ..., campaign_id: str | None = ...
@@ -69,6 +83,7 @@ class Ledger(Protocol):
     def mark_in_doubt(self, key: DeliveryKey, reason: str, now: datetime | None = ...) -> bool: ...
     def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = ...) -> int: ...
     def opted_out(self, customer_ids: pl.Series, channel: str) -> set[str]: ...
+    def mark_attempting(self, key: DeliveryKey, reserved_at: datetime, now: datetime | None = ...) -> bool: ...
 
 
 @dataclass
@@ -136,6 +151,7 @@ def deliver(
     sleep: Callable[[float], None] = time.sleep,
     chunk_size: int = 100,
     lease: timedelta = DEFAULT_LEASE,
+    owner: str | None = None,
 ) -> DeliveryReport:
     """Send each message at most once ever, recording every outcome in the ledger.
 
@@ -144,7 +160,8 @@ def deliver(
     Messages go in the caller's order (e.g. score descending), `chunk_size` at a time: each
     chunk is reserved, then checked against opt-outs, then sent. Reserving per chunk bounds
     what a hard kill (OOM, SIGKILL: no chance to release) can strand as `in_doubt` to one chunk;
-    `lease` must exceed the time one chunk takes to send, retries included.
+    `lease` must exceed the time one chunk takes to send, retries included. `owner` (the Dagster
+    run id; None outside Dagster) lets the run-failure sensor give a dead run's reservations back.
     """
     if max_transient_retries < 0 or chunk_size <= 0:
         raise ValueError("max_transient_retries must be >= 0 and chunk_size > 0")
@@ -160,7 +177,8 @@ def deliver(
     report.attempted = len(unique)
     ordered = list(unique.values())
     for start in range(0, len(ordered), chunk_size):
-        granted = _reserve(ordered[start : start + chunk_size], ledger, now, lease, report)
+        reserved_at = now()
+        granted = _reserve(ordered[start : start + chunk_size], ledger, reserved_at, lease, report, owner)
         position = 0
         try:
             opted = _opted_out(granted, ledger)
@@ -170,6 +188,10 @@ def deliver(
                     ledger.mark_suppressed(message.key, "opted out", now(), message.campaign_id)
                     report.skipped[OPTED_OUT] += 1
                     report._count(message.campaign_id, f"skipped:{OPTED_OUT}")
+                    continue
+                if not ledger.mark_attempting(message.key, reserved_at, now()):
+                    report.skipped[RESERVATION_LOST] += 1
+                    report._count(message.campaign_id, f"skipped:{RESERVATION_LOST}")
                     continue
                 _send_one(message, ledger, send, now, max_transient_retries, wait, sleep, report)
         except BaseException as error:
@@ -183,7 +205,12 @@ def deliver(
 
 
 def _reserve(
-    chunk: list[OutboundMessage], ledger: Ledger, now: Callable[[], datetime], lease: timedelta, report: DeliveryReport
+    chunk: list[OutboundMessage],
+    ledger: Ledger,
+    reserved_at: datetime,
+    lease: timedelta,
+    report: DeliveryReport,
+    owner: str | None,
 ) -> list[OutboundMessage]:
     """Reserve a chunk; returns the messages this run must send (in order), counts the rest."""
     keys = pl.DataFrame(
@@ -193,7 +220,7 @@ def _reserve(
     )
     by_key = {m.key: m for m in chunk}
     granted: set[DeliveryKey] = set()
-    for row in ledger.reserve(keys, now=now(), stale_after=lease).iter_rows(named=True):
+    for row in ledger.reserve(keys, now=reserved_at, stale_after=lease, owner=owner).iter_rows(named=True):
         key = DeliveryKey(row["customer_id"], row["event_id"], row["channel"], MessageKind(row["kind"]))
         if row["granted"]:
             granted.add(key)
