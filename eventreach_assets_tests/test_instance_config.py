@@ -23,6 +23,47 @@ def test_dagster_yaml_loads_with_run_and_pool_limits(tmp_path: Path):
         instance.dispose()
 
 
+def test_dagster_yaml_monitors_runs_and_frees_a_dead_runs_pool_slots(tmp_path: Path):
+    """A hard-killed run must be failed and lose its pool slot (issue 10, defect 4)."""
+    from eventreach_assets.run_launcher import LocalProcessRunLauncher
+
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert instance.run_monitoring_enabled
+        assert isinstance(instance.run_launcher, LocalProcessRunLauncher)
+        assert instance.run_launcher.supports_check_run_worker_health  # else monitoring never fails a dead run
+        assert instance.run_monitoring_max_resume_run_attempts == 0  # failed (and retried), never resumed
+        assert instance.run_monitoring_poll_interval_seconds <= 10
+        assert 0 < instance.run_monitoring_settings["free_slots_after_run_end_seconds"] <= 30
+        assert "MONITORING" in instance.get_required_daemon_types()
+    finally:
+        instance.dispose()
+
+
+def test_the_health_check_sees_a_killed_worker_and_ignores_a_reused_pid():
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from eventreach_assets.run_launcher import worker_alive
+
+    worker = subprocess.Popen(["sleep", "30"])
+    try:
+        assert worker_alive(worker.pid, time.time())
+        assert not worker_alive(worker.pid, time.time() - 3600)  # started after the run's event: a reused pid
+        os.kill(worker.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while worker_alive(worker.pid, time.time()) and time.monotonic() < deadline:  # a zombie until reaped
+            time.sleep(0.05)
+        assert not worker_alive(worker.pid, time.time())
+    finally:
+        worker.kill()
+        worker.wait()
+    assert not worker_alive(worker.pid, time.time())
+
+
 def test_campaign_assets_declare_their_channel_pool():
     from eventreach_assets.definitions import defs
 

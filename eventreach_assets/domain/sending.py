@@ -84,6 +84,7 @@ class Ledger(Protocol):
     def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = ...) -> int: ...
     def opted_out(self, customer_ids: pl.Series, channel: str) -> set[str]: ...
     def mark_attempting(self, key: DeliveryKey, reserved_at: datetime, now: datetime | None = ...) -> bool: ...
+    def release_owner(self, owner: str, reason: str, now: datetime | None = ...) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -99,6 +100,7 @@ class DeliveryReport:
     became_in_doubt: int = 0  # stale pending rows found by this reservation (not sent)
     transient_retries: int = 0  # provider calls repeated after a TransientSendError
     released: int = 0  # reserved but not attempted because the run aborted
+    taken_over: int = 0  # unattempted reservations of `dead_owners` given back before reserving
     per_campaign: dict[str, Counter[str]] = field(default_factory=dict)  # campaign -> outcome -> count
 
     def _count(self, campaign_id: str, outcome: str) -> None:
@@ -126,6 +128,7 @@ class DeliveryReport:
             "became_in_doubt": self.became_in_doubt,
             "transient_retries": self.transient_retries,
             "released": self.released,
+            "taken_over": self.taken_over,
             "per_campaign": {name: dict(sorted(c.items())) for name, c in sorted(self.per_campaign.items())},
         }
 
@@ -152,6 +155,7 @@ def deliver(
     chunk_size: int = 100,
     lease: timedelta = DEFAULT_LEASE,
     owner: str | None = None,
+    dead_owners: Sequence[str | None] = (),
 ) -> DeliveryReport:
     """Send each message at most once ever, recording every outcome in the ledger.
 
@@ -162,6 +166,8 @@ def deliver(
     what a hard kill (OOM, SIGKILL: no chance to release) can strand as `in_doubt` to one chunk;
     `lease` must exceed the time one chunk takes to send, retries included. `owner` (the Dagster
     run id; None outside Dagster) lets the run-failure sensor give a dead run's reservations back.
+    `dead_owners` (e.g. the failed run this run retries) are finished: their unattempted
+    reservations are given back first, so a retry need not wait for the sensor or the lease.
     """
     if max_transient_retries < 0 or chunk_size <= 0:
         raise ValueError("max_transient_retries must be >= 0 and chunk_size > 0")
@@ -175,6 +181,10 @@ def deliver(
         else:
             unique[message.key] = message
     report.attempted = len(unique)
+    for dead in dict.fromkeys(o for o in dead_owners if o is not None and o != owner):
+        released, in_doubt = ledger.release_owner(dead, f"run {dead} ended before confirming", now())
+        report.taken_over += released
+        report.became_in_doubt += in_doubt
     ordered = list(unique.values())
     for start in range(0, len(ordered), chunk_size):
         reserved_at = now()

@@ -229,8 +229,13 @@ class LocalOutboxEmail(EmailChannelResource):
 
     outbox_dir: str = Field(description="Directory the .eml files go to, e.g. $EVENTREACH_HOME/outbox/email.")
     sender: str = Field(default="EventReach <events@eventreach.invalid>", description="From, when not rendered.")
+    send_delay_seconds: float = Field(
+        default=0.0, ge=0.0, description="Pause before each message, like a provider's latency (tests, demos)."
+    )
 
     def send(self, message: OutboundMessage) -> str:
+        if self.send_delay_seconds:
+            time.sleep(self.send_delay_seconds)
         email = build_email(message, self.sender)
         path = Path(self.outbox_dir, f"{outbox_file_stem(message)}.eml")
         _write_atomically(path, email.as_bytes(policy=WIRE_POLICY))
