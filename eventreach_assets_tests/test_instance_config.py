@@ -64,6 +64,44 @@ def test_the_health_check_sees_a_killed_worker_and_ignores_a_reused_pid():
     assert not worker_alive(worker.pid, time.time())
 
 
+def test_run_monitoring_fails_a_started_run_whose_worker_was_killed(tmp_path: Path):
+    """The daemon's own check (no code server watching): the pid of the run worker decides."""
+    import logging
+    import signal
+    import subprocess
+
+    from dagster._core.events import EngineEventData
+    from dagster._core.launcher import WorkerStatus
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._daemon.monitoring.run_monitoring import monitor_started_run
+
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    worker = subprocess.Popen(["sleep", "60"])  # stands in for the run worker process
+    try:
+        run = create_run_for_test(instance, job_name="email_campaign", status=dg.DagsterRunStatus.STARTED)
+        launcher = instance.run_launcher
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING  # no worker recorded yet
+        instance.report_engine_event(
+            f"Started process for run (pid: {worker.pid}).", run, EngineEventData.in_process(worker.pid)
+        )
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        record = instance.get_run_record_by_id(run.run_id)
+        monitor_started_run(instance, None, record, logging.getLogger("test"))  # alive: left alone
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        health = launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.FAILED and str(worker.pid) in health.msg
+        monitor_started_run(instance, None, instance.get_run_record_by_id(run.run_id), logging.getLogger("test"))
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    finally:
+        worker.kill()
+        worker.wait()
+        instance.dispose()
+
+
 def test_campaign_assets_declare_their_channel_pool():
     from eventreach_assets.definitions import defs
 

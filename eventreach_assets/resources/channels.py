@@ -230,15 +230,15 @@ class LocalOutboxEmail(EmailChannelResource):
     outbox_dir: str = Field(description="Directory the .eml files go to, e.g. $EVENTREACH_HOME/outbox/email.")
     sender: str = Field(default="EventReach <events@eventreach.invalid>", description="From, when not rendered.")
     send_delay_seconds: float = Field(
-        default=0.0, ge=0.0, description="Pause before each message, like a provider's latency (tests, demos)."
+        default=0.0, ge=0.0, description="How long each message's answer takes, like a provider's latency (tests)."
     )
 
     def send(self, message: OutboundMessage) -> str:
-        if self.send_delay_seconds:
-            time.sleep(self.send_delay_seconds)
         email = build_email(message, self.sender)
         path = Path(self.outbox_dir, f"{outbox_file_stem(message)}.eml")
         _write_atomically(path, email.as_bytes(policy=WIRE_POLICY))
+        if self.send_delay_seconds:  # accepted, the answer still on its way
+            time.sleep(self.send_delay_seconds)
         return str(email["Message-ID"])
 
 
