@@ -215,6 +215,11 @@ def run_failure_alert_sensor(
     clock: ClockResource,
 ) -> None:  # fmt: skip
     run = context.dagster_run
+    latest = context.instance.get_run_by_id(run.run_id)
+    if latest is not None and latest.tags.get("eventreach/alerted") == "yes":
+        # A killed run can be reported failed twice (run monitoring and its code server): alert once.
+        context.log.info(f"run {run.run_id} ({run.job_name}) was already alerted")
+        return
     outcome = release_reservations(ledger, run.run_id, clock.now())
     record = context.instance.get_run_record_by_id(run.run_id)
     ended = record.end_time if record and record.end_time else time.time()
