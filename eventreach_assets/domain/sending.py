@@ -97,7 +97,7 @@ class DeliveryReport:
     failed_transient: int = 0  # gave up after retries; the next run retries them
     failed_permanent: int = 0
     failure_reasons: Counter[str] = field(default_factory=Counter)  # provider reason -> count
-    became_in_doubt: int = 0  # stale pending rows found by this reservation (not sent)
+    became_in_doubt: int = 0  # attempted rows of dead runs found by this run (not sent)
     transient_retries: int = 0  # provider calls repeated after a TransientSendError
     released: int = 0  # reserved but not attempted because the run aborted
     taken_over: int = 0  # unattempted reservations of `dead_owners` given back before reserving
@@ -162,9 +162,10 @@ def deliver(
     Safe to call again with the same messages (a re-materialization or a retried run): keys
     already sent, refused for good, suppressed, held out or in doubt are skipped and counted.
     Messages go in the caller's order (e.g. score descending), `chunk_size` at a time: each
-    chunk is reserved, then checked against opt-outs, then sent. Reserving per chunk bounds
-    what a hard kill (OOM, SIGKILL: no chance to release) can strand as `in_doubt` to one chunk;
-    `lease` must exceed the time one chunk takes to send, retries included. `owner` (the Dagster
+    chunk is reserved, then checked against opt-outs, then sent. A hard kill (OOM, SIGKILL: no
+    chance to release) leaves at most one chunk `pending`, of which only the message being sent
+    was attempted (it becomes `in_doubt`); `lease` must exceed the time one chunk takes to send,
+    retries included. `owner` (the Dagster
     run id; None outside Dagster) lets the run-failure sensor give a dead run's reservations back.
     `dead_owners` (e.g. the failed run this run retries) are finished: their unattempted
     reservations are given back first, so a retry need not wait for the sensor or the lease.
