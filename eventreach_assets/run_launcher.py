@@ -6,13 +6,14 @@ whose worker was SIGKILLed (OOM, a `kill -9`): only the code server that started
 and not at all once that code server was restarted. This launcher answers the health check from
 the worker's pid, which the run's "Started process for run (pid: N)" engine event records:
 alive (and not a zombie, and not a newer process that reused the pid) means RUNNING, anything
-else FAILED, and the daemon marks the run failed (`dagster.yaml`: `run_monitoring`). It only
-works where the daemon sees the workers' processes, i.e. on one machine; the AWS deployment's
-launcher (ECS) has its own check.
+else FAILED, and the daemon marks the run failed (`dagster.yaml`: `run_monitoring`). Only runs
+whose code server is on this machine (a unix socket or a loopback host) are judged; others count
+as RUNNING. A deployment with remote workers uses a launcher with its own check (ECS, k8s).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -20,9 +21,20 @@ from dagster import DefaultRunLauncher
 from dagster._core.events import DagsterEventType
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.tags import GRPC_INFO_TAG
 
 STARTED_PREFIX = "Started process for run"  # the engine event every run worker logs first (dagster/_grpc/impl.py)
 PID_REUSE_SLACK_SECONDS = 2.0  # a process started this long after the event cannot be the worker
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+def launched_here(run: DagsterRun) -> bool:
+    """Whether the run's code server (so its worker) is on this machine: a unix socket or a loopback host."""
+    try:
+        info = json.loads(run.tags.get(GRPC_INFO_TAG, "{}"))
+    except ValueError:
+        return False
+    return bool(info.get("socket")) or info.get("host") in LOCAL_HOSTS
 
 
 def _process_started_at(pid: int) -> float | None:
@@ -63,6 +75,8 @@ class LocalProcessRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        if not launched_here(run):  # a code server elsewhere: its pids mean nothing here
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "run worker on another machine: not checked")
         records = self._instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
         started = [
             record.event_log_entry

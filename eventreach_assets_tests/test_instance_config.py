@@ -79,7 +79,14 @@ def test_run_monitoring_fails_a_started_run_whose_worker_was_killed(tmp_path: Pa
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     worker = subprocess.Popen(["sleep", "60"])  # stands in for the run worker process
     try:
-        run = create_run_for_test(instance, job_name="email_campaign", status=dg.DagsterRunStatus.STARTED)
+        grpc_info = {".dagster/grpc_info": '{"host": "localhost", "socket": "/tmp/grpc-socket"}'}
+        run = create_run_for_test(
+            instance, job_name="email_campaign", status=dg.DagsterRunStatus.STARTED, tags=grpc_info
+        )
+        remote = create_run_for_test(
+            instance, job_name="email_campaign", status=dg.DagsterRunStatus.STARTED,
+            tags={".dagster/grpc_info": '{"host": "code-server.internal", "port": 4000}'},
+        )  # fmt: skip
         launcher = instance.run_launcher
         assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING  # no worker recorded yet
         instance.report_engine_event(
@@ -92,6 +99,11 @@ def test_run_monitoring_fails_a_started_run_whose_worker_was_killed(tmp_path: Pa
 
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+        for other in (remote, run):  # the same pid on another machine's code server is not ours to judge
+            instance.report_engine_event(
+                f"Started process for run (pid: {worker.pid}).", other, EngineEventData.in_process(worker.pid)
+            )
+        assert launcher.check_run_worker_health(remote).status == WorkerStatus.RUNNING
         health = launcher.check_run_worker_health(run)
         assert health.status == WorkerStatus.FAILED and str(worker.pid) in health.msg
         monitor_started_run(instance, None, instance.get_run_record_by_id(run.run_id), logging.getLogger("test"))
