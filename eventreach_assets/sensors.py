@@ -7,7 +7,9 @@
   `domain.lifecycle` says they are due;
 - one sensor per engagement feed (`registrations`, `tracking`, `survey`): hands new files to
   the feed's ingestion job, launching nothing when there is nothing new;
-- `run_failure_alert_sensor`: announces every failed run on the alert channel and tags the run.
+- `run_failure_alert_sensor`: announces every failed run on the alert channel, gives the run's
+  unattempted delivery reservations back to the next run (a hard-killed send could not) and tags
+  the run with what it did.
 
 Every run request carries a run key, so a tick that repeats (a daemon restart, a slow tick)
 launches nothing twice, and the tags the UI filters on: event, stage, channel.
@@ -36,6 +38,7 @@ from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, fee
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.alerts import AlertChannelResource, FailureAlert, first_line
 from eventreach_assets.resources.feeds import EngagementFeedResource
+from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
@@ -300,14 +303,39 @@ def waitlist_promotion_sensor(context: dg.RunStatusSensorContext) -> list[dg.Run
     ]
 
 
+def release_reservations(ledger: DeliveryLedgerResource, run_id: str, now: datetime) -> dict[str, str]:
+    """Give back the delivery reservations a failed run left `pending` (a SIGKILL leaves its chunk so):
+    the never-attempted ones go to the next run, the one in the provider's hands becomes `in_doubt`.
+    Returns the run tags saying what happened; a ledger error is reported there, never raised, so the
+    alert still goes out (the lease frees the rows later)."""
+    try:
+        released, in_doubt = ledger.release_owner(run_id, f"run {run_id} failed", now)
+    except Exception as error:
+        return {"eventreach/reservations": f"release failed: {first_line(str(error)) or type(error).__name__}"}
+    return {"eventreach/released": str(released), "eventreach/in_doubt": str(in_doubt)}
+
+
 @dg.run_failure_sensor(
     name="run_failure_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
     monitor_all_code_locations=False,
-    description="Sends every failed run to the alert channel and tags the run `eventreach/alerted`.",
+    minimum_interval_seconds=5,
+    description=(
+        "Sends every failed run to the alert channel, releases its unattempted delivery reservations "
+        "and tags the run `eventreach/alerted`, `eventreach/released`, `eventreach/in_doubt`."
+    ),
 )
-def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertChannelResource) -> None:
+def run_failure_alert_sensor(
+    context: dg.RunFailureSensorContext, alerts: AlertChannelResource, ledger: DeliveryLedgerResource,
+    clock: ClockResource,
+) -> None:  # fmt: skip
     run = context.dagster_run
+    latest = context.instance.get_run_by_id(run.run_id)
+    if latest is not None and latest.tags.get("eventreach/alerted") == "yes":
+        # A killed run can be reported failed twice (run monitoring and its code server): alert once.
+        context.log.info(f"run {run.run_id} ({run.job_name}) was already alerted")
+        return
+    outcome = release_reservations(ledger, run.run_id, clock.now())
     record = context.instance.get_run_record_by_id(run.run_id)
     ended = record.end_time if record and record.end_time else time.time()
     alert = FailureAlert(
@@ -319,8 +347,8 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertC
         error=first_line(root_cause(context) or context.failure_event.message),
     )
     where = alerts.send(alert)
-    context.instance.add_run_tags(run.run_id, {"eventreach/alerted": "yes"})
-    context.log.info(f"alert for run {run.run_id} ({run.job_name}) sent to {where}")
+    context.instance.add_run_tags(run.run_id, {"eventreach/alerted": "yes", **outcome})
+    context.log.info(f"alert for run {run.run_id} ({run.job_name}) sent to {where}; reservations: {outcome}")
 
 
 def root_cause(context: dg.RunFailureSensorContext) -> str | None:

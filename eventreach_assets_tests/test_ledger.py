@@ -68,27 +68,31 @@ def test_reserve_grants_new_keys_once_and_blocks_them_afterwards(ledger):
 
 
 def test_outcomes_decide_what_a_later_reservation_may_send(ledger):
-    keys = [key(c) for c in "abcdef"]
+    keys = [key(c) for c in "abcdefg"]
     ledger.reserve(frame(*keys), now=NOW)
     ledger.mark_sent(keys[0], "msg-a", NOW)
     assert ledger.mark_failed(keys[1], "mailbox unavailable", permanent=True, now=NOW)
     assert ledger.mark_failed(keys[2], "timeout", permanent=False, now=NOW)
     assert ledger.mark_suppressed(keys[3], "opted out", NOW)
     assert ledger.mark_held_out(keys[4], NOW)
-    # keys[5] stays pending and its run dies: after the lease it is in doubt, not resent.
+    # keys[5] and keys[6] stay pending and their run dies; keys[6] was in the provider's hands:
+    # after the lease it is in doubt, not resent, while keys[5], never attempted, is sent now.
+    assert ledger.mark_attempting(keys[6], NOW, NOW)
     later = ledger.reserve(frame(*keys, campaign="camp-2"), now=NOW + timedelta(hours=2))
     by_customer = {row["customer_id"]: row for row in later.iter_rows(named=True)}
-    assert granted(later) == {"c"}
-    assert {c: by_customer[c]["status"] for c in "abcdef"} == {
+    assert granted(later) == {"c", "f"}
+    assert {c: by_customer[c]["status"] for c in "abcdefg"} == {
         "a": "sent",
         "b": "failed_permanent",
         "c": "pending",
         "d": "suppressed",
         "e": "held_out",
-        "f": "in_doubt",
+        "f": "pending",
+        "g": "in_doubt",
     }
     assert by_customer["c"]["previous_status"] == "failed_transient"
     assert by_customer["f"]["previous_status"] == "pending"
+    assert by_customer["g"]["previous_status"] == "pending"
     rows = {row["customer_id"]: row for row in ledger.deliveries(EVENT).iter_rows(named=True)}
     assert rows["a"]["provider_message_id"] == "msg-a"
     assert rows["a"]["sends"] == 1
@@ -96,10 +100,11 @@ def test_outcomes_decide_what_a_later_reservation_may_send(ledger):
     assert rows["b"]["reason"] == "mailbox unavailable"
     assert rows["c"]["attempts"] == 2
     assert rows["c"]["campaign_id"] == "camp-2"
-    assert rows["f"]["status"] == "in_doubt"
-    assert "lease expired" in rows["f"]["reason"]
+    assert rows["f"]["attempts"] == 2
+    assert rows["g"]["status"] == "in_doubt"
+    assert "lease expired" in rows["g"]["reason"]
     # in_doubt stays in doubt: a third reservation does not flip it again.
-    third = ledger.reserve(frame(keys[5]), now=NOW + timedelta(hours=5))
+    third = ledger.reserve(frame(keys[6]), now=NOW + timedelta(hours=5))
     assert third.row(0, named=True)["previous_status"] == "in_doubt"
 
 
@@ -130,6 +135,37 @@ def test_release_gives_back_only_pending_reservations(ledger):
     ledger.mark_sent(a, "m", NOW)
     assert ledger.release([a, b], "run aborted", NOW) == 1
     assert granted(ledger.reserve(frame(a, b), now=NOW)) == {"b"}
+
+
+def test_an_attempt_needs_the_reservation_it_was_granted_by(ledger):
+    a = key("a")
+    ledger.reserve(frame(a), now=NOW, owner="run-dead")
+    taken_over = NOW + timedelta(hours=2)  # past the lease, never attempted: the next run takes it over
+    assert granted(ledger.reserve(frame(a), now=taken_over, owner="run-next")) == {"a"}
+    assert not ledger.mark_attempting(a, NOW, taken_over)  # the presumed-dead run woke up: not its row any more
+    assert ledger.mark_attempting(a, taken_over, taken_over)
+    assert not ledger.mark_attempting(a, taken_over, taken_over)  # one attempt per reservation
+    assert not ledger.mark_attempting(key("never-reserved"), NOW, NOW)
+    ledger.mark_sent(a, "m", taken_over)
+    assert not ledger.mark_attempting(a, taken_over, taken_over)
+
+
+def test_release_owner_gives_back_a_dead_runs_unattempted_rows_and_doubts_the_attempted_one(ledger):
+    a, b, c, d, e = (key(name) for name in "abcde")
+    ledger.reserve(frame(a, b, c, e), now=NOW, owner="run-1")
+    ledger.reserve(frame(d), now=NOW, owner="run-2")
+    ledger.mark_attempting(c, NOW, NOW)
+    ledger.mark_sent(c, "m-c", NOW)
+    ledger.mark_attempting(b, NOW, NOW)  # the provider call the kill interrupted
+    assert ledger.release_owner("run-1", "run run-1 failed", NOW) == (2, 1)
+    assert ledger.release_owner("run-1", "run run-1 failed", NOW) == (0, 0)  # safe to call twice
+    assert ledger.release_owner("run-unknown", "no such run", NOW) == (0, 0)
+    rows = dict(ledger.deliveries(EVENT).select("customer_id", "status").iter_rows())
+    assert rows == {"a": "failed_transient", "b": "in_doubt", "c": "sent", "d": "pending", "e": "failed_transient"}
+    reasons = dict(ledger.deliveries(EVENT).select("customer_id", "reason").iter_rows())
+    assert reasons["b"].startswith("run run-1 failed") and "not resent" in reasons["b"]
+    # The next run, well within the lease, sends the released rows; run-2's live reservation stays its own.
+    assert granted(ledger.reserve(frame(a, b, c, d, e), now=NOW + timedelta(minutes=1), owner="run-3")) == {"a", "e"}
 
 
 def test_sent_count_and_deliveries_filter_by_channel_and_kind(ledger):
@@ -205,6 +241,7 @@ def test_dynamodb_table_definition_has_the_sparse_sent_index():
     definition = ledger_table_definition("t")
     assert [k["AttributeName"] for k in definition["KeySchema"]] == ["pk", "sk"]
     assert definition["GlobalSecondaryIndexes"][0]["IndexName"] == "SENT"
+    assert definition["GlobalSecondaryIndexes"][1]["KeySchema"] == [{"AttributeName": "lease_owner", "KeyType": "HASH"}]
 
 
 def test_opt_outs_frame_gives_the_earliest_covering_opt_out_per_customer(ledger):
@@ -281,3 +318,30 @@ def test_the_stored_kind_is_encoded_at_the_ledger_boundary(ledger):
         assert [(i["sk"]["S"], i["kind"]["S"]) for i in items] == [
             (f"DELIVERY#push#reminder@{FIRST_DATE}#a", f"reminder@{FIRST_DATE}")
         ]
+
+
+def test_a_sqlite_ledger_from_before_the_attempt_column_is_migrated_and_its_pending_rows_stay_safe(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the ledger's schema before owner / attempted_at
+        conn.execute(
+            "CREATE TABLE delivery_ledger (event_id TEXT NOT NULL, channel TEXT NOT NULL, kind TEXT NOT NULL, "
+            "customer_id TEXT NOT NULL, campaign_id TEXT, status TEXT NOT NULL, reason TEXT, "
+            "provider_message_id TEXT, attempts INTEGER NOT NULL DEFAULT 0, sends INTEGER NOT NULL DEFAULT 0, "
+            "reserved_at TEXT, updated_at TEXT NOT NULL, sent_at TEXT, "
+            "PRIMARY KEY (event_id, channel, kind, customer_id))"
+        )
+        conn.execute(
+            "INSERT INTO delivery_ledger (event_id, channel, kind, customer_id, status, attempts, reserved_at, "
+            "updated_at) VALUES (?, 'email', 'invitation', 'old', 'pending', 1, ?, ?)",
+            (EVENT, "2026-11-23T09:00:00.000000Z", "2026-11-23T09:00:00.000000Z"),
+        )
+    store = SqliteDeliveryLedger(path=str(path))
+    try:
+        later = store.reserve(frame(key("old"), key("new")), now=NOW + timedelta(hours=2), owner="run-1")
+        # Whether the old row reached the provider is unknown: in doubt, as before; the new key works as usual.
+        assert dict(later.select("customer_id", "status").iter_rows()) == {"old": "in_doubt", "new": "pending"}
+        assert store.mark_attempting(key("new"), NOW + timedelta(hours=2))
+    finally:
+        store.close()

@@ -191,6 +191,7 @@ def test_a_stale_pending_row_becomes_in_doubt_and_is_not_resent(ledger):
         ),
         now=clock.moment,
     )  # a run reserved c001, called the provider, and died before confirming
+    assert ledger.mark_attempting(batch[1].key, clock.moment, clock.moment)
     channel = FakeChannel()
     soon = run(batch, ledger, channel, clock)  # within the lease: someone may still be sending it
     assert soon.skipped == {"in_progress": 1}
@@ -278,7 +279,7 @@ class NoRelease:
         raise RuntimeError("killed")
 
 
-def test_a_hard_kill_strands_at_most_one_chunk_in_doubt_and_the_retry_sends_the_rest(ledger):
+def test_unattempted_reservations_of_a_dead_run_are_sent_by_the_next_run_after_the_lease(ledger):
     batch = messages(20)
     channel = FakeChannel(die_after=7)
     with pytest.raises(RuntimeError, match="killed"):
@@ -286,10 +287,99 @@ def test_a_hard_kill_strands_at_most_one_chunk_in_doubt_and_the_retry_sends_the_
     clock = Clock(NOW + timedelta(hours=2))  # past the lease
     channel.die_after = None
     report = run(batch, ledger, channel, clock, chunk_size=5)
-    assert report.skipped == {"already_sent": 7, "in_doubt": 2}  # the rest of the second chunk
-    assert report.sent == 11  # the message that raised (failed_transient) and the 10 never reserved
+    assert report.skipped == {"already_sent": 7}  # the 2 reserved-but-never-attempted rows are not in doubt
+    assert report.sent == 13  # those 2, the message that raised (failed_transient) and the 10 never reserved
     assert max(channel.accepted.values()) == 1
+    assert len(channel.accepted) == 20
     assert ledger.duplicates(EVENT).is_empty()
+
+
+class Killed(BaseException):
+    """SIGKILL: nothing runs after it, not even an except clause's ledger write."""
+
+
+class KillableLedger:
+    """Every ledger call fails once the process is 'dead'."""
+
+    def __init__(self, ledger: DeliveryLedgerResource) -> None:
+        self._ledger = ledger
+        self.dead = False
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._ledger, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            if self.dead:
+                raise Killed
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def hard_kill_mid_call(ledger, batch, owner: str) -> FakeChannel:
+    """Run `batch` and 'SIGKILL' the process while the provider has the 8th message."""
+    dying = KillableLedger(ledger)
+    channel = FakeChannel()
+
+    def kill(message: OutboundMessage) -> None:
+        if sum(channel.accepted.values()) == 7:
+            channel.accepted[message.key] += 1  # the provider got it, the process never heard back
+            dying.dead = True
+            raise Killed
+
+    channel.on_send = kill
+    with pytest.raises(Killed):
+        deliver(batch, ledger=dying, send=channel, now=Clock(), chunk_size=5, owner=owner)
+    channel.on_send = None
+    return channel
+
+
+def test_after_a_hard_kill_only_the_message_in_the_providers_hands_is_in_doubt(ledger):
+    batch = messages(20)
+    channel = hard_kill_mid_call(ledger, batch, owner="run-killed")
+    statuses = Counter(ledger.deliveries(EVENT)["status"])
+    assert statuses == {"sent": 7, "pending": 3}  # what SIGKILL leaves: c007 attempted, c008-c009 not
+    # The run-failure sensor's call for the dead run:
+    assert ledger.release_owner("run-killed", "run failed", NOW) == (2, 1)
+    report = run(batch, ledger, channel, Clock(NOW + timedelta(minutes=5)), chunk_size=5, owner="run-retry")
+    assert report.skipped == {"already_sent": 7, "in_doubt": 1}
+    assert report.sent == 12
+    assert len(channel.accepted) == 20 and max(channel.accepted.values()) == 1  # everyone once, c007 included
+    assert ledger.duplicates(EVENT).is_empty()
+    in_doubt = ledger.deliveries(EVENT).filter(pl.col("status") == "in_doubt")
+    assert in_doubt["customer_id"].to_list() == ["c007"]
+
+
+def test_without_the_sensor_the_lease_gives_the_same_outcome(ledger):
+    batch = messages(20)
+    channel = hard_kill_mid_call(ledger, batch, owner=None)
+    within = run(batch, ledger, channel, Clock(NOW + timedelta(minutes=5)), chunk_size=5)
+    assert within.skipped == {"already_sent": 7, "in_progress": 3}  # the dead run's lease still holds them
+    assert within.sent == 10  # the chunks it never reserved
+    report = run(batch, ledger, channel, Clock(NOW + timedelta(hours=2)), chunk_size=5)
+    assert report.skipped == {"already_sent": 17, "in_doubt": 1}
+    assert report.sent == 2
+    assert report.became_in_doubt == 1
+    assert len(channel.accepted) == 20 and max(channel.accepted.values()) == 1
+
+
+def test_a_run_whose_lease_was_taken_over_does_not_send_those_rows(ledger):
+    batch = messages(3)
+    clock = Clock()
+    channel = FakeChannel()
+
+    def slow(message: OutboundMessage) -> None:  # the first run stalls past the lease on its first message
+        if message.key.customer_id == "c000" and clock.moment == NOW:
+            clock.moment = NOW + timedelta(hours=2)
+            assert run(batch, ledger, FakeChannel(), clock, owner="run-2").sent == 2  # takes c001, c002 over
+
+    channel.on_send = slow
+    report = run(batch, ledger, channel, clock, owner="run-1")
+    assert report.sent == 1
+    assert report.skipped == {"reservation_lost": 2}
+    assert ledger.sent_count(EVENT) == 3 and ledger.duplicates(EVENT).is_empty()
 
 
 def test_skipped_frame_is_a_table_of_reasons():

@@ -129,7 +129,11 @@ def send_campaign(
     sendable, invalid = (
         validated_emails(rendered, ledger, validate_email) if validate_email is not None else (rendered, 0)
     )
-    return CampaignRun(plan, rendered, invalid, deliver(sendable, ledger=ledger, send=send, now=clock.now))
+    run = dg.OpExecutionContext.get().run  # owns its reservations; a retry first takes over its failed parent's
+    report = deliver(
+        sendable, ledger=ledger, send=send, now=clock.now, owner=run.run_id, dead_owners=[run.parent_run_id]
+    )
+    return CampaignRun(plan, rendered, invalid, report)
 
 
 PREVIEW_RECIPIENT = {"customer_id": "preview", "email": "preview@eventreach.invalid"}

@@ -11,7 +11,15 @@ know whether the provider got the message: that one becomes `in_doubt` (never re
 
 Messages are reserved and checked against opt-outs a chunk (`chunk_size`) at a time, right before
 the chunk is sent: an unsubscribe that lands while a long campaign is sending takes effect from
-the next chunk, and a hard kill strands at most one chunk as `in_doubt`.
+the next chunk.
+
+A hard kill (SIGKILL, OOM, node loss) gives no chance to clean up. Reservations therefore record
+their `owner` (the Dagster run id) and each message is marked attempted (`mark_attempting`, one
+conditional write) right before its provider call: afterwards only that one message can be
+`in_doubt`. The reserved-but-never-attempted rows go back to the next run, by the run-failure
+sensor (`release_owner` of the dead run) or, failing that, by the next reservation once the lease
+expired. `mark_attempting` succeeds only while this reservation still holds the row, so a run
+presumed dead that wakes up never sends a row given to someone else.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ SKIP_REASONS: dict[str, str] = {
     DeliveryStatus.PENDING.value: "in_progress",  # another live run holds the reservation
 }
 DUPLICATE_IN_BATCH = "duplicate_in_batch"
+RESERVATION_LOST = "reservation_lost"  # our lease expired and another run took the row over: not ours to send
 OPTED_OUT = "suppressed"  # opted out at send time: the same reason as suppressed earlier
 
 
@@ -55,7 +64,12 @@ class Ledger(Protocol):
     """What the loop needs of `resources.ledger.DeliveryLedgerResource`."""
 
     def reserve(
-        self, keys: pl.DataFrame, campaign_id_col: str = ..., now: datetime | None = ..., stale_after: timedelta = ...
+        self,
+        keys: pl.DataFrame,
+        campaign_id_col: str = ...,
+        now: datetime | None = ...,
+        stale_after: timedelta = ...,
+        owner: str | None = ...,
     ) -> pl.DataFrame: ...
     def mark_sent(
         self, key: DeliveryKey, provider_message_id: str, now: datetime | None = ..., campaign_id: str | None = ...
@@ -70,6 +84,8 @@ class Ledger(Protocol):
     def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = ...) -> int: ...
     def opted_out(self, customer_ids: pl.Series, channel: str) -> set[str]: ...
     def suppressed_addresses(self, addresses: pl.Series) -> set[str]: ...
+    def mark_attempting(self, key: DeliveryKey, reserved_at: datetime, now: datetime | None = ...) -> bool: ...
+    def release_owner(self, owner: str, reason: str, now: datetime | None = ...) -> tuple[int, int]: ...
 
 
 @dataclass
@@ -82,9 +98,10 @@ class DeliveryReport:
     failed_transient: int = 0  # gave up after retries; the next run retries them
     failed_permanent: int = 0
     failure_reasons: Counter[str] = field(default_factory=Counter)  # provider reason -> count
-    became_in_doubt: int = 0  # stale pending rows found by this reservation (not sent)
+    became_in_doubt: int = 0  # attempted rows of dead runs found by this run (not sent)
     transient_retries: int = 0  # provider calls repeated after a TransientSendError
     released: int = 0  # reserved but not attempted because the run aborted
+    taken_over: int = 0  # unattempted reservations of `dead_owners` given back before reserving
     per_campaign: dict[str, Counter[str]] = field(default_factory=dict)  # campaign -> outcome -> count
 
     def _count(self, campaign_id: str, outcome: str) -> None:
@@ -112,6 +129,7 @@ class DeliveryReport:
             "became_in_doubt": self.became_in_doubt,
             "transient_retries": self.transient_retries,
             "released": self.released,
+            "taken_over": self.taken_over,
             "per_campaign": {name: dict(sorted(c.items())) for name, c in sorted(self.per_campaign.items())},
         }
 
@@ -137,15 +155,21 @@ def deliver(
     sleep: Callable[[float], None] = time.sleep,
     chunk_size: int = 100,
     lease: timedelta = DEFAULT_LEASE,
+    owner: str | None = None,
+    dead_owners: Sequence[str | None] = (),
 ) -> DeliveryReport:
     """Send each message at most once ever, recording every outcome in the ledger.
 
     Safe to call again with the same messages (a re-materialization or a retried run): keys
     already sent, refused for good, suppressed, held out or in doubt are skipped and counted.
     Messages go in the caller's order (e.g. score descending), `chunk_size` at a time: each
-    chunk is reserved, then checked against opt-outs, then sent. Reserving per chunk bounds
-    what a hard kill (OOM, SIGKILL: no chance to release) can strand as `in_doubt` to one chunk;
-    `lease` must exceed the time one chunk takes to send, retries included.
+    chunk is reserved, then checked against opt-outs, then sent. A hard kill (OOM, SIGKILL: no
+    chance to release) leaves at most one chunk `pending`, of which only the message being sent
+    was attempted (it becomes `in_doubt`); `lease` must exceed the time one chunk takes to send,
+    retries included. `owner` (the Dagster
+    run id; None outside Dagster) lets the run-failure sensor give a dead run's reservations back.
+    `dead_owners` (e.g. the failed run this run retries) are finished: their unattempted
+    reservations are given back first, so a retry need not wait for the sensor or the lease.
     """
     if max_transient_retries < 0 or chunk_size <= 0:
         raise ValueError("max_transient_retries must be >= 0 and chunk_size > 0")
@@ -159,9 +183,14 @@ def deliver(
         else:
             unique[message.key] = message
     report.attempted = len(unique)
+    for dead in dict.fromkeys(o for o in dead_owners if o is not None and o != owner):
+        released, in_doubt = ledger.release_owner(dead, f"run {dead} ended before confirming", now())
+        report.taken_over += released
+        report.became_in_doubt += in_doubt
     ordered = list(unique.values())
     for start in range(0, len(ordered), chunk_size):
-        granted = _reserve(ordered[start : start + chunk_size], ledger, now, lease, report)
+        reserved_at = now()
+        granted = _reserve(ordered[start : start + chunk_size], ledger, reserved_at, lease, report, owner)
         position = 0
         try:
             opted = _opted_out(granted, ledger)
@@ -171,6 +200,10 @@ def deliver(
                     ledger.mark_suppressed(message.key, "opted out", now(), message.campaign_id)
                     report.skipped[OPTED_OUT] += 1
                     report._count(message.campaign_id, f"skipped:{OPTED_OUT}")
+                    continue
+                if not ledger.mark_attempting(message.key, reserved_at, now()):
+                    report.skipped[RESERVATION_LOST] += 1
+                    report._count(message.campaign_id, f"skipped:{RESERVATION_LOST}")
                     continue
                 _send_one(message, ledger, send, now, max_transient_retries, wait, sleep, report)
         except BaseException as error:
@@ -184,7 +217,12 @@ def deliver(
 
 
 def _reserve(
-    chunk: list[OutboundMessage], ledger: Ledger, now: Callable[[], datetime], lease: timedelta, report: DeliveryReport
+    chunk: list[OutboundMessage],
+    ledger: Ledger,
+    reserved_at: datetime,
+    lease: timedelta,
+    report: DeliveryReport,
+    owner: str | None,
 ) -> list[OutboundMessage]:
     """Reserve a chunk; returns the messages this run must send (in order), counts the rest."""
     keys = pl.DataFrame(
@@ -200,7 +238,7 @@ def _reserve(
     )
     by_key = {m.key: m for m in chunk}
     granted: set[DeliveryKey] = set()
-    for row in ledger.reserve(keys, now=now(), stale_after=lease).iter_rows(named=True):
+    for row in ledger.reserve(keys, now=reserved_at, stale_after=lease, owner=owner).iter_rows(named=True):
         key = DeliveryKey(
             row["customer_id"], row["event_id"], row["channel"], MessageKind(row["kind"]), row.get("occurrence") or ""
         )

@@ -242,10 +242,15 @@ class LocalOutboxEmail(EmailChannelResource):
 
     outbox_dir: str = Field(description="Directory the .eml files go to, e.g. $EVENTREACH_HOME/outbox/email.")
     sender: str = Field(default="EventReach <events@eventreach.invalid>", description="From, when not rendered.")
+    send_delay_seconds: float = Field(
+        default=0.0, ge=0.0, description="How long each message's answer takes, like a provider's latency (tests)."
+    )
 
     def send(self, message: OutboundMessage) -> str:
         data, sent_id = email_bytes(message, self.sender)
         _write_atomically(Path(self.outbox_dir, f"{outbox_file_stem(message)}.eml"), data)
+        if self.send_delay_seconds:  # accepted, the answer still on its way
+            time.sleep(self.send_delay_seconds)
         return sent_id
 
 

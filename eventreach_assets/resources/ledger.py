@@ -6,13 +6,21 @@ Protocol (the send loop in `domain/sending.py` follows it):
    row and may be sent; a `failed_transient` row flips back to `pending` and may be sent again.
    Every other status blocks the key: `sent`, `failed_permanent`, `suppressed`, `held_out`,
    `in_doubt`, and `pending` held by a live run. A `pending` row older than the lease
-   (`stale_after`) was left by a run that died between reserving and confirming: we cannot
-   know whether the provider got the message, so it becomes `in_doubt` and is never resent
-   (a duplicate invitation is worse than a missing one; an operator can reconcile it with the
-   provider's logs and `mark_sent` / `mark_failed` it).
-2. Call the provider, then confirm with `mark_sent` (provider message id) or `mark_failed`.
+   (`stale_after`) was left by a run that died between reserving and confirming. If that run
+   had marked it attempted, we cannot know whether the provider got the message, so it becomes
+   `in_doubt` and is never resent (a duplicate invitation is worse than a missing one; an
+   operator can reconcile it with the provider's logs and `mark_sent` / `mark_failed` it); if
+   not, nobody ever sent it and the new reservation takes it over.
+   Each reservation records its `owner` (the Dagster run id, or none) and `reserved_at`.
+2. `mark_attempting` right before the provider call: a conditional write that succeeds only
+   while this very reservation (same `reserved_at`, still pending, not yet attempted) holds the
+   row. `attempted_at` is '' from reservation to attempt (NULL on rows older than this column:
+   treated as attempted, the safe side).
+3. Call the provider, then confirm with `mark_sent` (provider message id) or `mark_failed`.
    `mark_suppressed` (opted out at send time), `mark_held_out` (control group) and `release`
    (reserved but not attempted because the run is aborting) complete the set.
+4. `release_owner`: the run-failure sensor gives back a dead run's unattempted reservations
+   and marks its attempted-but-unconfirmed ones `in_doubt` (at most one per hard kill).
 
 Reservation is atomic per key: SQLite does it in one `BEGIN IMMEDIATE` transaction with
 `INSERT ... ON CONFLICT DO NOTHING`; DynamoDB with a conditional `PutItem`
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -202,16 +211,22 @@ def keys_frame(keys: Sequence[DeliveryKey], campaign_id: str | Sequence[str] = "
     )
 
 
-def _decide(previous: str | None, reserved_at: str | None, cutoff: str) -> tuple[bool, str]:
+def _decide(
+    previous: str | None, reserved_at: str | None, cutoff: str, attempted_at: str | None = None
+) -> tuple[bool, str]:
     """(granted, status after) for a key whose ledger row is `previous` (None = no row)."""
     if previous is None or previous in SENDABLE_FROM:
         return True, DeliveryStatus.PENDING.value
     if previous == DeliveryStatus.PENDING and reserved_at is not None and reserved_at < cutoff:
+        if attempted_at == NOT_ATTEMPTED:  # its run died before calling the provider: ours now
+            return True, DeliveryStatus.PENDING.value
         return False, DeliveryStatus.IN_DOUBT.value
     return False, previous
 
 
 LEASE_EXPIRED_REASON = "lease expired: a run reserved it and died before confirming; not resent"
+NOT_ATTEMPTED = ""  # attempted_at of a reservation whose provider call has not started
+IN_DOUBT_AFTER_DEATH = "the run died during the provider call; not resent"
 
 
 # ---- interface ----------------------------------------------------------------------------
@@ -231,13 +246,15 @@ class DeliveryLedgerResource(dg.ConfigurableResource):
         campaign_id_col: str = "campaign_id",
         now: datetime | None = None,
         stale_after: timedelta = DEFAULT_LEASE,
+        owner: str | None = None,
     ) -> pl.DataFrame:
         """Atomically reserve `keys` (customer_id, event_id, channel, kind, campaign id column).
 
         Returns one row per distinct key (`RESERVATION_SCHEMA`): `granted` true for the keys the
         caller must send now (new ones and former `failed_transient`), false with the blocking
         `status` otherwise; stale `pending` rows come back as `status == "in_doubt"` with
-        `previous_status == "pending"` (they are not sent).
+        `previous_status == "pending"` (they are not sent), or granted if never attempted.
+        `owner` (the run id) is recorded on the granted rows for `release_owner`.
         """
         raise NotImplementedError
 
@@ -245,6 +262,16 @@ class DeliveryLedgerResource(dg.ConfigurableResource):
         self, key: DeliveryKey, provider_message_id: str, now: datetime | None = None, campaign_id: str | None = None
     ) -> None:
         """The provider accepted the message; records its id and `sent_at`."""
+        raise NotImplementedError
+
+    def mark_attempting(self, key: DeliveryKey, reserved_at: datetime, now: datetime | None = None) -> bool:
+        """Right before the provider call: record the attempt, if the reservation made at `reserved_at`
+        still holds the row (pending, not attempted). False: not ours any more, do not send."""
+        raise NotImplementedError
+
+    def release_owner(self, owner: str, reason: str, now: datetime | None = None) -> tuple[int, int]:
+        """A run died (`owner` = its run id): its `pending` rows never attempted become `failed_transient`
+        (the next run sends them), the attempted ones `in_doubt`. Returns (released, in_doubt); idempotent."""
         raise NotImplementedError
 
     def mark_failed(
@@ -435,6 +462,8 @@ CREATE TABLE IF NOT EXISTS {_LEDGER} (
     reserved_at TEXT,
     updated_at TEXT NOT NULL,
     sent_at TEXT,
+    owner TEXT,
+    attempted_at TEXT,
     PRIMARY KEY (event_id, channel, kind, customer_id)
 );
 CREATE INDEX IF NOT EXISTS {_LEDGER}_sent ON {_LEDGER} (kind, sent_at) WHERE status = 'sent';
@@ -452,6 +481,7 @@ _COLUMNS = ", ".join(_STORED_DELIVERY)
 _KIND_FILTER = "(:kind IS NULL OR kind = :kind OR substr(kind, 1, length(:kind) + 1) = :kind || '@')"
 _PK = "(event_id, channel, kind, customer_id)"
 _KEY_WHERE = "event_id = :event_id AND channel = :channel AND kind = :kind AND customer_id = :customer_id"
+_ADDED_COLUMNS = {"owner": "TEXT", "attempted_at": "TEXT"}  # added to ledgers created before them
 
 
 def _params(key: DeliveryKey, **extra: Any) -> dict[str, Any]:
@@ -680,12 +710,24 @@ class SqliteDeliveryLedger(SqliteBacked, _SqliteFeedback, DeliveryLedgerResource
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)
     _ddl: ClassVar[str] = _DDL + _FEEDBACK_DDL
 
+    def _db(self) -> SqliteConnections:
+        fresh = self._sqlite is None
+        db = super()._db()
+        if fresh:  # a ledger file from before the lease columns: add them (NULL attempted_at = maybe attempted)
+            with db.transaction() as conn:
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({_LEDGER})")}
+                for name, kind in _ADDED_COLUMNS.items():
+                    if name not in present:
+                        conn.execute(f"ALTER TABLE {_LEDGER} ADD COLUMN {name} {kind}")
+        return db
+
     def reserve(
         self,
         keys: pl.DataFrame,
         campaign_id_col: str = "campaign_id",
         now: datetime | None = None,
         stale_after: timedelta = DEFAULT_LEASE,
+        owner: str | None = None,
     ) -> pl.DataFrame:
         frame = key_frame(keys, campaign_id_col)
         moment = _utc(now)
@@ -699,19 +741,21 @@ class SqliteDeliveryLedger(SqliteBacked, _SqliteFeedback, DeliveryLedgerResource
             conn.execute("DELETE FROM temp.reserve_keys")
             conn.executemany("INSERT INTO temp.reserve_keys VALUES (?, ?, ?, ?, ?)", frame.iter_rows())
             existing = {
-                (c, e, ch, k): (status, reserved_at)
-                for c, e, ch, k, status, reserved_at in conn.execute(
-                    f"SELECT r.customer_id, r.event_id, r.channel, r.kind, l.status, l.reserved_at "
+                (c, e, ch, k): (status, reserved_at, attempted_at)
+                for c, e, ch, k, status, reserved_at, attempted_at in conn.execute(
+                    f"SELECT r.customer_id, r.event_id, r.channel, r.kind, l.status, l.reserved_at, l.attempted_at "
                     f"FROM temp.reserve_keys AS r JOIN {_LEDGER} AS l "
                     "USING (event_id, channel, kind, customer_id)"
                 )
             }
             inserts, retries, doubts = [], [], []
             for customer_id, event_id, channel, kind, campaign_id in frame.iter_rows():
-                previous, reserved_at = existing.get((customer_id, event_id, channel, kind), (None, None))
-                granted, status = _decide(previous, reserved_at, cutoff)
+                previous, reserved_at, attempted_at = existing.get(
+                    (customer_id, event_id, channel, kind), (None, None, None)
+                )
+                granted, status = _decide(previous, reserved_at, cutoff, attempted_at)
                 rows.append((customer_id, event_id, channel, kind, campaign_id, granted, status, previous))
-                params = (campaign_id, at, event_id, channel, kind, customer_id)
+                params = (campaign_id, at, event_id, channel, kind, customer_id, owner)
                 if previous is None:
                     inserts.append(params)
                 elif granted:
@@ -719,18 +763,18 @@ class SqliteDeliveryLedger(SqliteBacked, _SqliteFeedback, DeliveryLedgerResource
                 elif status == DeliveryStatus.IN_DOUBT and previous == DeliveryStatus.PENDING:
                     doubts.append((at, event_id, channel, kind, customer_id))
             inserted = conn.executemany(
-                f"INSERT INTO {_LEDGER} (campaign_id, reserved_at, event_id, channel, kind, customer_id, "
-                "status, attempts, sends, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 1, 0, ?2) "
-                "ON CONFLICT DO NOTHING",
+                f"INSERT INTO {_LEDGER} (campaign_id, reserved_at, event_id, channel, kind, customer_id, owner, "
+                "status, attempts, sends, updated_at, attempted_at) "
+                "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 1, 0, ?2, '') ON CONFLICT DO NOTHING",
                 inserts,
             ).rowcount
             if inserts and inserted != len(inserts):  # impossible under the lock; fail loudly, never send twice
                 raise RuntimeError(f"reserved {inserted} of {len(inserts)} new keys: the ledger changed under the lock")
             conn.executemany(
                 f"UPDATE {_LEDGER} SET status = 'pending', reason = NULL, attempts = attempts + 1, "
-                "campaign_id = ?1, reserved_at = ?2, updated_at = ?2 "
+                "campaign_id = ?1, reserved_at = ?2, updated_at = ?2, owner = ?7, attempted_at = '' "
                 "WHERE event_id = ?3 AND channel = ?4 AND kind = ?5 AND customer_id = ?6 "
-                "AND status = 'failed_transient'",
+                "AND (status = 'failed_transient' OR (status = 'pending' AND attempted_at = ''))",
                 retries,
             )
             conn.executemany(
@@ -769,6 +813,32 @@ class SqliteDeliveryLedger(SqliteBacked, _SqliteFeedback, DeliveryLedgerResource
                 ).rowcount
                 > 0
             )
+
+    def mark_attempting(self, key: DeliveryKey, reserved_at: datetime, now: datetime | None = None) -> bool:
+        with self._transaction() as conn:
+            return (
+                conn.execute(
+                    f"UPDATE {_LEDGER} SET attempted_at = :at, updated_at = :at WHERE {_KEY_WHERE} "
+                    "AND status = 'pending' AND attempted_at = '' AND reserved_at = :reserved",
+                    _params(key, at=_ts(now), reserved=_ts(reserved_at)),
+                ).rowcount
+                > 0
+            )
+
+    def release_owner(self, owner: str, reason: str, now: datetime | None = None) -> tuple[int, int]:
+        params = {"owner": owner, "at": _ts(now), "reason": f"{reason}: reserved, never attempted; released"}
+        with self._transaction() as conn:
+            released = conn.execute(
+                f"UPDATE {_LEDGER} SET status = 'failed_transient', reason = :reason, updated_at = :at "
+                "WHERE owner = :owner AND status = 'pending' AND attempted_at = ''",
+                params,
+            ).rowcount
+            doubted = conn.execute(
+                f"UPDATE {_LEDGER} SET status = 'in_doubt', reason = :reason, updated_at = :at "
+                "WHERE owner = :owner AND status = 'pending'",
+                params | {"reason": f"{reason}: {IN_DOUBT_AFTER_DEATH}"},
+            ).rowcount
+        return released, doubted
 
     def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = None) -> int:
         at = _ts(now)
@@ -848,6 +918,7 @@ def _delivery_frame(rows: list[tuple]) -> pl.DataFrame:
 # ---- DynamoDB -----------------------------------------------------------------------------
 
 SENT_INDEX = "SENT"
+OWNER_INDEX = "OWNER"
 
 
 MESSAGE_INDEX = "MESSAGE"
@@ -888,13 +959,15 @@ def ledger_table_definition(name: str) -> dict[str, Any]:
     also as pk = BOUNCES#{address}, sk = {time}#{message}; suppressions pk = SUPPRESSED#{address},
     sk = EMAIL; breaker re-arms pk = BREAKER#{event_id}, sk = REARM#{channel}#{time}. A table
     created before the MESSAGE index needs it added once (`add_message_index`).
+    Sparse GSI OWNER: rows reserved by a known run carry lease_owner = its run id, so
+    `release_owner` finds a dead run's reservations in one query (status and attempted_at included).
     """
     return {
         "TableName": name,
         "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
         "AttributeDefinitions": [
             {"AttributeName": name_, "AttributeType": "S"}
-            for name_ in ("pk", "sk", "sent_pk", "sent_sk", "provider_message_id")
+            for name_ in ("pk", "sk", "sent_pk", "sent_sk", "provider_message_id", "lease_owner")
         ],
         "GlobalSecondaryIndexes": [
             {
@@ -909,6 +982,11 @@ def ledger_table_definition(name: str) -> dict[str, Any]:
                 },
             },
             MESSAGE_INDEX_DEFINITION,
+            {
+                "IndexName": OWNER_INDEX,
+                "KeySchema": [{"AttributeName": "lease_owner", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["status", "attempted_at"]},
+            },
         ],
         "BillingMode": "PAY_PER_REQUEST",
     }
@@ -1153,7 +1231,7 @@ class DynamoDBDeliveryLedger(DynamoDBClient, _DynamoDBFeedback, DeliveryLedgerRe
     def _get(self, key: DeliveryKey) -> dict[str, Any] | None:
         return self.client().get_item(TableName=self.table_name, Key=_ddb_key(key), ConsistentRead=True).get("Item")
 
-    def _reserve_one(self, row: tuple, at: str, cutoff: str) -> tuple:
+    def _reserve_one(self, row: tuple, at: str, cutoff: str, owner: str | None = None) -> tuple:
         customer_id, event_id, channel, kind, campaign_id = row  # kind as stored
         key = _key({"customer_id": customer_id, "event_id": event_id, "channel": channel, "kind": kind})
         client = self.client()
@@ -1168,9 +1246,12 @@ class DynamoDBDeliveryLedger(DynamoDBClient, _DynamoDBFeedback, DeliveryLedgerRe
             "sends": {"N": "0"},
             "reserved_at": {"S": at},
             "updated_at": {"S": at},
+            "attempted_at": {"S": NOT_ATTEMPTED},
         }
         if campaign_id is not None:
             item["campaign_id"] = {"S": campaign_id}
+        if owner is not None:
+            item["lease_owner"] = {"S": owner}
         try:
             client.put_item(TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
             return (*row, True, DeliveryStatus.PENDING.value, None)
@@ -1182,17 +1263,26 @@ class DynamoDBDeliveryLedger(DynamoDBClient, _DynamoDBFeedback, DeliveryLedgerRe
             previous, reserved_at = _s(current, "status"), _s(current, "reserved_at")
             if previous is None:  # deleted meanwhile (never happens in normal operation)
                 return (*row, False, DeliveryStatus.IN_DOUBT.value, None)
-            granted, status = _decide(previous, reserved_at, cutoff)
-            if status == previous:
+            granted, status = _decide(previous, reserved_at, cutoff, _s(current, "attempted_at"))
+            if status == previous and not granted:
                 return (*row, False, status, previous)
             values: dict[str, Any] = {":previous": {"S": previous}, ":status": {"S": status}, ":at": {"S": at}}
             if granted:
                 update = "SET #status = :status, reserved_at = :at, updated_at = :at, attempts = attempts + :one"
-                update += ", campaign_id = :campaign REMOVE reason" if campaign_id is not None else " REMOVE reason"
-                values[":one"] = {"N": "1"}
+                update += ", attempted_at = :not_attempted"
+                values |= {":one": {"N": "1"}, ":not_attempted": {"S": NOT_ATTEMPTED}}
                 if campaign_id is not None:
+                    update += ", campaign_id = :campaign"
                     values[":campaign"] = {"S": campaign_id}
+                if owner is not None:
+                    update += ", lease_owner = :owner REMOVE reason"
+                    values[":owner"] = {"S": owner}
+                else:
+                    update += " REMOVE reason, lease_owner"
                 condition = "#status = :previous"
+                if previous == DeliveryStatus.PENDING:  # taking over a dead run's unattempted row
+                    condition += " AND reserved_at = :reserved AND attempted_at = :not_attempted"
+                    values[":reserved"] = {"S": reserved_at or ""}
             else:
                 update = "SET #status = :status, reason = :reason, updated_at = :at"
                 values |= {":reason": {"S": LEASE_EXPIRED_REASON}, ":reserved": {"S": reserved_at or ""}}
@@ -1218,11 +1308,13 @@ class DynamoDBDeliveryLedger(DynamoDBClient, _DynamoDBFeedback, DeliveryLedgerRe
         campaign_id_col: str = "campaign_id",
         now: datetime | None = None,
         stale_after: timedelta = DEFAULT_LEASE,
+        owner: str | None = None,
     ) -> pl.DataFrame:
         frame = key_frame(keys, campaign_id_col)
         moment = _utc(now)
         at, cutoff = _ts(moment), _ts(moment - stale_after)
-        return _reservation(self._parallel(lambda row: self._reserve_one(row, at, cutoff), list(frame.iter_rows())))
+        rows = list(frame.iter_rows())
+        return _reservation(self._parallel(lambda row: self._reserve_one(row, at, cutoff, owner), rows))
 
     def mark_sent(
         self, key: DeliveryKey, provider_message_id: str, now: datetime | None = None, campaign_id: str | None = None
@@ -1283,6 +1375,89 @@ class DynamoDBDeliveryLedger(DynamoDBClient, _DynamoDBFeedback, DeliveryLedgerRe
                 return False
             raise
         return True
+
+    def mark_attempting(self, key: DeliveryKey, reserved_at: datetime, now: datetime | None = None) -> bool:
+        try:
+            self.client().update_item(
+                TableName=self.table_name,
+                Key=_ddb_key(key),
+                UpdateExpression="SET attempted_at = :at, updated_at = :at",
+                ConditionExpression="#status = :pending AND attempted_at = :not_attempted AND reserved_at = :reserved",
+                ExpressionAttributeNames=_NAMES,
+                ExpressionAttributeValues={
+                    ":at": {"S": _ts(now)},
+                    ":pending": {"S": DeliveryStatus.PENDING.value},
+                    ":not_attempted": {"S": NOT_ATTEMPTED},
+                    ":reserved": {"S": _ts(reserved_at)},
+                },
+            )
+        except ClientError as error:
+            if is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    def _owned_pending(self, owner: str) -> list[dict[str, Any]]:
+        """Keys of `owner`'s pending rows: from the OWNER index, or a filtered scan on a table made before it."""
+        request: dict[str, Any] = {
+            "FilterExpression": "#status = :pending",
+            "ExpressionAttributeNames": _NAMES,
+            "ExpressionAttributeValues": {":pending": {"S": DeliveryStatus.PENDING.value}, ":owner": {"S": owner}},
+        }
+        try:
+            items = list(self._query(IndexName=OWNER_INDEX, KeyConditionExpression="lease_owner = :owner", **request))
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ValidationException":
+                raise
+            request["FilterExpression"] += " AND lease_owner = :owner"
+            items, scan = [], dict(request)
+            while True:
+                response = self.client().scan(TableName=self.table_name, **scan)
+                items += response.get("Items", [])
+                if "LastEvaluatedKey" not in response:
+                    break
+                scan["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return [{"pk": item["pk"], "sk": item["sk"]} for item in items]
+
+    def release_owner(self, owner: str, reason: str, now: datetime | None = None) -> tuple[int, int]:
+        at = _ts(now)
+        outcomes = (
+            (
+                DeliveryStatus.FAILED_TRANSIENT,
+                f"{reason}: reserved, never attempted; released",
+                " AND attempted_at = :not_attempted",
+            ),
+            (DeliveryStatus.IN_DOUBT, f"{reason}: {IN_DOUBT_AFTER_DEATH}", ""),
+        )
+
+        def one(key: dict[str, Any]) -> DeliveryStatus | None:
+            for status, why, extra in outcomes:  # unattempted first; attempted (or unknown) ones are in doubt
+                values = {
+                    ":status": {"S": status.value},
+                    ":reason": {"S": why},
+                    ":at": {"S": at},
+                    ":pending": {"S": DeliveryStatus.PENDING.value},
+                    ":owner": {"S": owner},
+                }
+                if extra:
+                    values[":not_attempted"] = {"S": NOT_ATTEMPTED}
+                try:
+                    self.client().update_item(
+                        TableName=self.table_name,
+                        Key=key,
+                        UpdateExpression="SET #status = :status, reason = :reason, updated_at = :at",
+                        ConditionExpression="#status = :pending AND lease_owner = :owner" + extra,
+                        ExpressionAttributeNames=_NAMES,
+                        ExpressionAttributeValues=values,
+                    )
+                    return status
+                except ClientError as error:
+                    if not is_conditional_failure(error):
+                        raise
+            return None
+
+        done = Counter(self._parallel(one, self._owned_pending(owner)))
+        return done[DeliveryStatus.FAILED_TRANSIENT], done[DeliveryStatus.IN_DOUBT]
 
     def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = None) -> int:
         at = _ts(now)
