@@ -21,6 +21,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from email import policy
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[Console, Path, dg.DagsterInstance, s
             **os.environ,
             "DAGSTER_HOME": str(dagster_home),
             "EVENTREACH_HOME": str(home),
-            "EVENTREACH_NOW": AS_OF.isoformat(),
+            # The send runs when New York's segment is due (10:00 EST): invitations go out in local waves.
+            "EVENTREACH_NOW": (AS_OF + timedelta(hours=13)).isoformat(),
             "EVENTREACH_DEPLOYMENT": "local",
         }
         port = free_port()

@@ -91,9 +91,11 @@ def test_daily_metrics_count_the_day_and_the_freshness_check(campaign: tuple[dg.
     freshness = defs.resolve_job_def("daily_metrics_freshness")
     later = build_definitions(home=Path(defs.resources["ledger"].path).parent,
                               fixed_now=(SENT_AT + timedelta(days=1, minutes=30)).isoformat())  # fmt: skip
-    [present] = later.resolve_job_def("daily_metrics_freshness").execute_in_process(
-        instance=instance, raise_on_error=False
-    ).get_asset_check_evaluations()
+    [present] = (
+        later.resolve_job_def("daily_metrics_freshness")
+        .execute_in_process(instance=instance, raise_on_error=False)
+        .get_asset_check_evaluations()
+    )
     assert present.passed
     [missing] = freshness.execute_in_process(instance=instance, raise_on_error=False).get_asset_check_evaluations()
     assert not missing.passed  # ten days later, yesterday's metrics were never run
