@@ -180,8 +180,13 @@ def test_catalog_sensor_records_a_cancellation_and_a_reschedule(
     (deployment.home / "warehouse.duckdb").symlink_to(warehouse)
     data = evaluate(deployment.defs, deployment.instance, "events_catalog_sensor", cursor=cursor)
     changes = {event.partition: event.metadata["change"].value for event in data.asset_events}
-    assert changes[registered] == "cancelled: no further sends"
+    assert changes[registered] == "cancelled: notices go out, nothing else"
     assert changes[others[0]].startswith("rescheduled from ")
+    launched = {(r.partition_key, r.job_name) for r in data.run_requests}
+    assert launched == {
+        (registered, "event_cancellation_email"), (registered, "event_cancellation_push"),
+        (others[0], "event_update"),
+    }  # fmt: skip
     assert evaluate(deployment.defs, deployment.instance, "events_catalog_sensor", cursor=data.cursor).skip_message
     # Nothing more is launched for the cancelled event.
     start = event_start(deployment, others[0])
