@@ -196,10 +196,10 @@ def test_a_cancellation_reaches_everyone_once_and_stops_everything_else(deployme
         assert metadata(result)[REASON] == EVENT_CANCELLED
 
 
-def test_a_cancelled_registration_promotes_the_earliest_waitlisted_customer_once(deployment: Deployment, invited: str):
+def test_a_cancelled_registration_promotes_the_earliest_waitlisted_customer_once(deployment: Deployment, batched: str):
     from eventreach_assets.domain.engagement import REGISTERED, WAITLISTED
 
-    event_id = invited
+    event_id = batched
     engagement = deployment.defs.resources["engagement"]
     seated = sorted(registrants(deployment, event_id))
     # The event is full: capacity = those registered; three customers wait, in this order.

@@ -50,7 +50,7 @@ from eventreach_assets_tests.test_operator_console import (
 
 pytestmark = pytest.mark.integration
 
-PROFILES = 3_000
+PROFILES = 12_000  # New York's segment (the wave the test kills) is a few dozen emails
 JOB = "email_campaign"
 DELAY = 0.1  # seconds per message in the outbox: the kill lands mid-send
 KILL_AFTER = 5  # .eml files written before the SIGKILL
@@ -89,18 +89,35 @@ def stack(tmp_path: Path) -> Iterator[tuple[Console, Path, dg.DagsterInstance, s
             ) as webserver,
         ):  # fmt: skip
             started = time.monotonic()
-            # The batch runs here while the servers load the code location (both take ~20 s).
-            reports, _ = run_weekly_batch(home, instance, fixed_now=AS_OF.isoformat(), limit=1)
-            event_id = reports[0].event_id
             console = Console(port=port, logs=logs, client=DagsterGraphQLClient("127.0.0.1", port_number=port))
-            console.timings["batch"] = round(time.monotonic() - started, 1)
             wait_for_http(f"http://127.0.0.1:{port}/server_info", START_TIMEOUT, [daemon, webserver],
                           console.log_tails)  # fmt: skip
             discover_repository(console)
             console.timings["servers_ready"] = round(time.monotonic() - started, 1)
+            # The test launches the send itself: the event-date sensor would launch its own wave as soon
+            # as the batch is ready, so it is stopped (as an operator would, in the UI) before the batch.
+            stop_sensor(console, "event_lifecycle_sensor")
+            reports, _ = run_weekly_batch(home, instance, fixed_now=AS_OF.isoformat(), limit=1)
+            event_id = reports[0].event_id
+            console.timings["batch"] = round(time.monotonic() - started, 1)
             yield console, home, instance, event_id
     finally:
         instance.dispose()
+
+
+SENSOR_ID = """query($sensor: SensorSelector!) { sensorOrError(sensorSelector: $sensor) { __typename
+  ... on Sensor { id } ... on PythonError { message } } }"""
+STOP_SENSOR = """mutation($id: String!) { stopSensor(id: $id) { __typename
+  ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message } } }"""
+
+
+def stop_sensor(console: Console, name: str) -> None:
+    """Stop a sensor through the UI's GraphQL API, as an operator's toggle does."""
+    found = console.graphql(SENSOR_ID, {"sensor": {**console.repository_selector, "sensorName": name}})
+    assert found["sensorOrError"]["__typename"] == "Sensor", found
+    stopped = console.graphql(STOP_SENSOR, {"id": found["sensorOrError"]["id"]})["stopSensor"]
+    assert stopped["__typename"] == "StopSensorMutationResult", stopped
+    assert stopped["instigationState"]["status"] == "STOPPED", stopped
 
 
 def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
@@ -141,6 +158,8 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
         lambda: len(list((home / "outbox" / "email").glob("*.eml"))) >= KILL_AFTER,
         lambda: f"{run_errors(console, run_id)}\n{console.log_tails()}", every=0.05,
     )  # fmt: skip
+    holding = instance.event_log_storage.get_concurrency_info("channel-email")
+    assert run_id in {slot.run_id for slot in holding.claimed_slots}  # the send holds the channel's one slot
     os.kill(pid, signal.SIGKILL)  # what the OOM killer does: no except, no finally, no atexit
     killed_at = time.monotonic()
     before = {path: str(message["Message-ID"]) for path, message in outbox(home).items()}
@@ -153,8 +172,6 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
         lambda: f"status {instance.get_run_by_id(run_id).status}\n{console.log_tails()}", every=0.5,
     )  # fmt: skip
     detected_after = time.monotonic() - killed_at
-    holding = instance.event_log_storage.get_concurrency_info("channel-email")
-    assert run_id in {slot.run_id for slot in holding.claimed_slots}  # failed, yet still holding the channel
 
     # 2. The operator is alerted, and the sensor released the run's unattempted reservations.
     alerts = home / "alerts.jsonl"
@@ -194,15 +211,19 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
     assert statuses["in_doubt"] <= 1, statuses
     assert set(statuses) <= {"sent", "in_doubt", "held_out", "suppressed", "failed_permanent"}, statuses
     assert rows.filter(pl.col("sends") > 1).is_empty()
-    materialization = instance.get_latest_materialization_event(dg.AssetKey("email_invitations"))
-    planned = materialization.asset_materialization.metadata["planned"].value
+    # The retry's own materialization (the event-date sensor may launch later waves that find nothing to do).
+    [record] = instance.get_records_for_run(retried.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+    planned = record.event_log_entry.asset_materialization.metadata["planned"].value
     after = outbox(home)
     recipients = Counter(str(message["To"]) for message in after.values())
     assert max(recipients.values()) == 1, recipients.most_common(3)
     reached = statuses["sent"] + statuses["in_doubt"]
-    assert planned == statuses["sent"] + statuses["in_doubt"] + statuses["suppressed"] + statuses["failed_permanent"]
+    # The retry planned exactly what the killed run never attempted: everything else was the killed run's
+    # (the files written before the kill, plus at most the one in flight).
+    assert planned >= 1
+    assert reached - planned in {len(before), len(before) + 1}, (reached, planned, len(before))
     assert len(after) in {reached, reached - 1}  # the in-doubt message was written, or killed just before
-    assert len(after) >= statuses["sent"] > KILL_AFTER
+    assert len(after) >= statuses["sent"] > len(before)
     assert {path: str(after[path]["Message-ID"]) for path in before} == before  # none of them sent again
     runs = [(r.job_name, r.status.value, r.tags.get("dagster/partition")) for r in instance.get_runs()]
     print(f"\nSIGKILL → FAILURE in {detected_after:.1f} s, retry started {retry_started - failed_at:.1f} s after "

@@ -129,4 +129,8 @@ def test_campaign_assets_declare_their_channel_pool():
         "push_reminders": "channel-push",
         "day_of_reminders": "channel-email",
         "post_event_surveys": "channel-email",
+        "event_update_emails": "channel-email",
+        "cancellation_emails": "channel-email",
+        "cancellation_pushes": "channel-push",
+        "waitlist_confirmations": "channel-email",
     }

@@ -240,8 +240,10 @@ def test_two_threads_reserving_the_same_keys_each_key_goes_to_one(ledger):
 def test_dynamodb_table_definition_has_the_sparse_sent_index():
     definition = ledger_table_definition("t")
     assert [k["AttributeName"] for k in definition["KeySchema"]] == ["pk", "sk"]
-    assert definition["GlobalSecondaryIndexes"][0]["IndexName"] == "SENT"
-    assert definition["GlobalSecondaryIndexes"][1]["KeySchema"] == [{"AttributeName": "lease_owner", "KeyType": "HASH"}]
+    indexes = {index["IndexName"]: index for index in definition["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {"SENT", "MESSAGE", "OWNER"}
+    assert indexes["OWNER"]["KeySchema"] == [{"AttributeName": "lease_owner", "KeyType": "HASH"}]
+    assert indexes["MESSAGE"]["KeySchema"] == [{"AttributeName": "provider_message_id", "KeyType": "HASH"}]
 
 
 def test_opt_outs_frame_gives_the_earliest_covering_opt_out_per_customer(ledger):

@@ -66,3 +66,9 @@ def test_one_event_plays_from_invitation_to_survey(tmp_path: Path):
     assert 0 < counts["registered"] <= counts["clicked"]
     assert 0 < counts["attended"] <= counts["reminded"]
     assert 0 < counts["rated"] <= counts["attended"]
+    # SES's reports came back through the provider feed: deliveries counted from them, not assumed.
+    email = report.deliverability.filter(pl.col("channel") == "email").row(0, named=True)
+    assert 0 < email["delivered"] <= email["sent"] and email["delivered"] + email["bounced"] <= email["sent"]
+    # The event moved half-way: the update went to the people who had it in their calendar.
+    updates = [run for run in report.timeline if run.job_name == "event_update"]
+    assert updates and updates[0].success and updates[0].summary.get("sent", 0) > 0

@@ -129,11 +129,8 @@ def send_campaign(
     sendable, invalid = (
         validated_emails(rendered, ledger, validate_email) if validate_email is not None else (rendered, 0)
     )
-    run = dg.OpExecutionContext.get().run  # owns its reservations; a retry first takes over its failed parent's
-    report = deliver(
-        sendable, ledger=ledger, send=send, now=clock.now, owner=run.run_id, dead_owners=[run.parent_run_id]
-    )
-    return CampaignRun(plan, rendered, invalid, report)
+    owner = dg.OpExecutionContext.get().run_id  # the run owns its reservations (see open_campaign)
+    return CampaignRun(plan, rendered, invalid, deliver(sendable, ledger=ledger, send=send, now=clock.now, owner=owner))
 
 
 PREVIEW_RECIPIENT = {"customer_id": "preview", "email": "preview@eventreach.invalid"}
@@ -200,6 +197,10 @@ def open_campaign(
     the event is off (or, for a cancellation notice, still on), or the campaign's circuit breaker
     has tripped on bounces or complaints (until an operator re-arms it)."""
     event = services.event(context.partition_key)
+    parent = context.run.parent_run_id
+    if parent:  # a retry of a run that died: its unattempted reservations come back before planning
+        released, in_doubt = services.ledger.release_owner(parent, f"run {parent} ended before confirming", None)
+        context.log.info(f"took over run {parent}'s reservations: {released} released, {in_doubt} in doubt")
     stopped = services.stopped_because(event, kind)
     if stopped:
         return event, nothing_sent(stopped, event_status=event.status)

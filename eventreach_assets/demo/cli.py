@@ -149,6 +149,9 @@ def _lifecycle(args: argparse.Namespace) -> int:
     with pl.Config(tbl_rows=40, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         funnel = report.funnel.filter(pl.col("channel") == "all").drop("channel")
         print(funnel.with_columns(pl.col("rate_of_previous").round(3)))
+    print("\nDeliverability per channel (SIMULATED SES reports through the provider feed; rates as SES counts them):")
+    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        print(report.deliverability)
     failed = sum(not run.success for run in report.timeline)
     print(f"\n{len(report.timeline)} runs ({failed} failed) in {report.seconds:.0f} s wall time.")
     html = home / "decisions" / "reports" / f"event={event_id}" / "campaign_report.html"

@@ -302,6 +302,7 @@ class LifecycleReport:
     clock_end: datetime
     timeline: list[LaunchedRun]
     funnel: pl.DataFrame
+    deliverability: pl.DataFrame  # per channel: sent, delivered, bounced, complained (ledger + provider reports)
     seconds: float
 
 
@@ -362,7 +363,13 @@ def play(
     player = LifecyclePlayer(home, instance, clock_start, event_id, on_tick=world, on_run=progress)
     clock_end = start[0] + (reschedule_by or timedelta(0)) + timedelta(days=days_after)
     player.advance(clock_end, step)
+    final = player.definitions(clock_end)
+    counts = final.resources["ledger"].campaign_counts(event_id, rearmed=False)
     return LifecycleReport(
-        event_id, clock_start, clock_end, player.timeline, event_funnel(player.definitions(clock_end), event_id),
+        event_id, clock_start, clock_end, player.timeline, event_funnel(final, event_id),
+        counts.drop("event_id").with_columns(
+            bounce_rate_pct=(pl.col("bounced") * 100 / pl.col("sent")).round(2),
+            complaint_rate_pct=(pl.col("complained") * 100 / pl.col("delivered")).round(3),
+        ),
         time.perf_counter() - started,
     )  # fmt: skip

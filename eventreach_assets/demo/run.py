@@ -17,6 +17,7 @@ import polars as pl
 
 from eventreach_assets.assets.campaigns import NEXT_DUE_AT
 from eventreach_assets.definitions import build_definitions
+from eventreach_assets.domain.campaign_kinds import Trigger, kinds_with
 from eventreach_assets.partitions import events_partitions
 
 # The demo prints its own summary; Dagster's step-by-step console log stays in the instance (UI).
@@ -92,7 +93,7 @@ def run_event_batches(
     return reports
 
 
-CAMPAIGN_JOBS = ("email_campaign", "in_app_campaign")
+CAMPAIGN_JOBS = tuple(kind.job for kind in kinds_with(Trigger.WAVES))  # Monday's invitations, in waves
 MAX_WAVES = 48  # a campaign has one wave per distinct local send time: a handful, bounded anyway
 SIMULATED_TAG = {"eventreach/clock": "simulated"}
 
