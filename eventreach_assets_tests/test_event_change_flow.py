@@ -125,7 +125,7 @@ def registrants(deployment: Deployment, event_id: str) -> set[str]:
 
 def test_a_reschedule_moves_every_calendar_entry_once_and_the_reminder_follows(deployment: Deployment, batched: str):
     event_id = batched
-    send_invitations(deployment, event_id)
+    send_invitations(deployment, event_id, until=AS_OF + timedelta(hours=14))  # the first waves
     cursor = catalog_cursor(deployment)
     invitations = {str(m["To"]): m for m in emails(deployment, "invitation")}
     assert invitations

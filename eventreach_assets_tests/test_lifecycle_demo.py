@@ -23,7 +23,9 @@ def test_one_event_plays_from_invitation_to_survey(tmp_path: Path):
     event_id = summary.upcoming_event_ids[0]
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
-        report = play(home, instance, event_id, clock_start, timedelta(hours=3), days_after=2, seed=3)
+        # The event moves by 3 hours half-way (a new date for the calendars, no extra simulated day).
+        report = play(home, instance, event_id, clock_start, timedelta(hours=3), days_after=2, seed=3,
+                      reschedule_by=timedelta(hours=3))  # fmt: skip
         runs = instance.get_runs()
 
     assert all(run.success for run in report.timeline), [r for r in report.timeline if not r.success]
