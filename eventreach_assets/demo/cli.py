@@ -150,7 +150,7 @@ def _lifecycle(args: argparse.Namespace) -> int:
         funnel = report.funnel.filter(pl.col("channel") == "all").drop("channel")
         print(funnel.with_columns(pl.col("rate_of_previous").round(3)))
     print("\nDeliverability per channel (SIMULATED SES reports through the provider feed; rates as SES counts them):")
-    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_cols=-1, tbl_width_chars=120):
         print(report.deliverability)
     failed = sum(not run.success for run in report.timeline)
     print(f"\n{len(report.timeline)} runs ({failed} failed) in {report.seconds:.0f} s wall time.")

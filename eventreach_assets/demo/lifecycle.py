@@ -367,9 +367,11 @@ def play(
     counts = final.resources["ledger"].campaign_counts(event_id, rearmed=False)
     return LifecycleReport(
         event_id, clock_start, clock_end, player.timeline, event_funnel(final, event_id),
-        counts.drop("event_id").with_columns(
-            bounce_rate_pct=(pl.col("bounced") * 100 / pl.col("sent")).round(2),
-            complaint_rate_pct=(pl.col("complained") * 100 / pl.col("delivered")).round(3),
+        counts.drop("event_id", "rejected").with_columns(
+            bounce_rate_pct=pl.when(pl.col("sent") > 0).then((pl.col("bounced") * 100 / pl.col("sent")).round(2)),
+            complaint_rate_pct=pl.when(pl.col("delivered") > 0).then(
+                (pl.col("complained") * 100 / pl.col("delivered")).round(3)
+            ),
         ),
         time.perf_counter() - started,
     )  # fmt: skip
