@@ -17,7 +17,6 @@ The circuit breaker (`breaker_decision`) is what a campaign's next wave asks bef
 """
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +38,7 @@ from eventreach_assets.domain.feedback import (
     resolve,
     suppressions,
 )
+from eventreach_assets.engagement import EngagementOutcome
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import ALL_CHANNELS, DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
@@ -47,33 +47,13 @@ from eventreach_assets.resources.storage import DecisionLogResource
 COMPLAINT_SOURCE = "complaint"  # the opt-out source a complaint records
 
 
-@dataclass(frozen=True)
-class FeedbackOutcome:
-    """What one provider batch did; `summary()` holds counts only (no addresses, no ids)."""
-
-    accepted: pl.DataFrame  # STORED_FEEDBACK_SCHEMA: feedback rows with their ledger message
-    rejected: pl.DataFrame  # QUARANTINE_SCHEMA
-    stored: int
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, int]:
-        reasons = dict(self.rejected.group_by("reason").len().sort("reason").iter_rows())
-        totals = {
-            "records": self.accepted.height + self.rejected.height,
-            "accepted": self.accepted.height,
-            "rejected": self.rejected.height,
-            "stored": self.stored,
-        }
-        return {**totals, **self.counts, **reasons}
-
-
 def ingest_provider_feedback(
     records: Sequence[Mapping[str, Any]],
     *,
     ledger: DeliveryLedgerResource,
     policy: DeliverabilityPolicy,
     now: datetime,
-) -> FeedbackOutcome:
+) -> EngagementOutcome:
     """Judge a provider batch, then opt out complainers, suppress addresses, store the reports."""
     batch = normalize_feedback(records, now)
     accepted = batch.accepted
@@ -93,7 +73,8 @@ def ingest_provider_feedback(
     suppressed = ledger.suppress_addresses(suppress) if suppress.height else 0
     stored = ledger.record_feedback(resolved) if resolved.height else 0
     per_feedback = dict(resolved.group_by("feedback").len().iter_rows())
-    return FeedbackOutcome(
+    return EngagementOutcome(
+        "provider",
         accepted=resolved,
         rejected=batch.rejected,
         stored=stored,
@@ -108,7 +89,7 @@ def ingest_provider_feedback(
     )
 
 
-def feedback_by_type(outcome: FeedbackOutcome) -> pl.DataFrame:
+def feedback_by_type(outcome: EngagementOutcome) -> pl.DataFrame:
     return (
         outcome.accepted.group_by("channel", "feedback", "bounce_type")
         .len("rows")
@@ -153,9 +134,9 @@ def provider_feedback(
     out of every channel, bounced addresses suppressed on email, the report's delivered / bounced /
     complained made real; the campaigns the batch touched are judged against the thresholds."""
     policy = program.load().deliverability
-    outcomes: list[FeedbackOutcome] = []
+    outcomes: list[EngagementOutcome] = []
 
-    def ingest(records: list[dict[str, Any]]) -> FeedbackOutcome:
+    def ingest(records: list[dict[str, Any]]) -> EngagementOutcome:
         outcomes.append(ingest_provider_feedback(records, ledger=ledger, policy=policy, now=clock.now()))
         return outcomes[-1]
 
