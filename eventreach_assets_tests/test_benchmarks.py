@@ -1,0 +1,40 @@
+"""Every `make bench…` command runs at a tiny size in the suite, so it cannot rot.
+
+These assert that the commands finish and print their figures, never how fast anything is
+(speed is what the benchmarks themselves print, at full size).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def run_module(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2_000:] + done.stderr[-3_000:]
+    return done.stdout
+
+
+def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
+    out = run_module("eventreach_assets.bench", "--sizes", "3000", "--runs", "1")
+    [row] = [line for line in out.splitlines() if re.match(r"\s+3,000\s", line)]
+    _profiles, extracted, eligible, wall, _per_minute, peak = row.split()[:6]
+    assert int(extracted.replace(",", "")) >= int(eligible.replace(",", "")) > 0
+    assert float(wall) > 0 and float(peak.replace(",", "")) > 0
+    assert all(f"{stage}=" in row for stage in ("extract", "filter", "score", "store", "export"))
+
+
+def test_make_bench_serving_prints_the_latency_figures_at_a_tiny_size():
+    out = run_module(
+        "eventreach_assets.serving.bench", "--candidates", "500", "--registered", "50", "--seconds", "1",
+        "--runs", "1", "--connections", "2", "--workers", "1", "--client", "python",
+    )  # fmt: skip
+    summary = next(line for line in out.splitlines() if line.startswith("median of 1:"))
+    assert re.search(r"[\d,]+ req/s .* p99 [\d.]+ ms", summary) and "server peak RSS" in summary
+    assert " 0 errors" in out
