@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
@@ -97,6 +98,9 @@ def console(tmp_path: Path) -> Iterator[Console]:
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
     seed_warehouse(home / "warehouse.duckdb", PROFILES, seed=11, as_of=AS_OF)
+    # Create the instance's storage before the two servers start: left to them, both run the schema
+    # migrations of a fresh SQLite storage at once and one dies ("table alembic_version already exists").
+    dg.DagsterInstance.from_config(str(dagster_home)).dispose()
     env = {
         **os.environ,
         "DAGSTER_HOME": str(dagster_home),
