@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -64,3 +65,21 @@ def aws_endpoint(moto_endpoint: str) -> Iterator[str]:
 
     yield moto_endpoint
     reset_moto(moto_endpoint)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The delivery ledger on both backends (SQLite file; DynamoDB on the moto server), one suite for both."""
+    from eventreach_assets.resources.ledger import DynamoDBDeliveryLedger, SqliteDeliveryLedger
+    from eventreach_assets_tests.stand_ins import REGION
+
+    if request.param == "sqlite":
+        store = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
+        yield store
+        store.close()
+    else:
+        endpoint = request.getfixturevalue("aws_endpoint")
+        store = DynamoDBDeliveryLedger(table_name="eventreach-ledger", region_name=REGION, endpoint_url=endpoint)
+        assert store.create_table()
+        assert not store.create_table()  # idempotent
+        yield store

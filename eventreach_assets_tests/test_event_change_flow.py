@@ -26,23 +26,13 @@ from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo.run import run_waves, run_weekly_batch
 from eventreach_assets.resources.campaign_services import EVENT_CANCELLED
 from eventreach_assets_tests.conftest import AS_OF, Deployment
+from eventreach_assets_tests.test_lifecycle import evaluate
 
 pytestmark = pytest.mark.integration
 
 
 def at(deployment: Deployment, now: datetime) -> dg.Definitions:
     return build_definitions(home=deployment.home, fixed_now=now.isoformat())
-
-
-def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance, name: str, cursor: str | None = None):
-    sensor = defs.resolve_sensor_def(name)
-    with (
-        dg.partition_loading_context(dynamic_partitions_store=instance),
-        dg.build_sensor_context(
-            instance=instance, cursor=cursor, sensor_name=name, resources=defs.resources, definitions=defs
-        ) as context,
-    ):
-        return sensor.evaluate_tick(context)
 
 
 def launch(defs: dg.Definitions, instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
-import pytest
 
 from eventreach_assets.domain import feedback as fb
 from eventreach_assets.domain.delivery import DeliveryKey, MessageKind
@@ -13,7 +12,6 @@ from eventreach_assets.resources.ledger import (
     MESSAGE_INDEX,
     DeliveryLedgerResource,
     DynamoDBDeliveryLedger,
-    SqliteDeliveryLedger,
     add_message_index,
     keys_frame,
 )
@@ -21,19 +19,6 @@ from eventreach_assets_tests.stand_ins import REGION
 
 NOW = datetime(2026, 12, 1, 10, 0)
 EVENT = "evt-1"
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def ledger(request, tmp_path) -> DeliveryLedgerResource:
-    if request.param == "sqlite":
-        store = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
-        yield store
-        store.close()
-    else:
-        endpoint = request.getfixturevalue("aws_endpoint")
-        store = DynamoDBDeliveryLedger(table_name="eventreach-ledger", region_name=REGION, endpoint_url=endpoint)
-        assert store.create_table()
-        yield store
 
 
 def send(ledger: DeliveryLedgerResource, customers: list[str], channel: str = "email", at: datetime = NOW) -> None:

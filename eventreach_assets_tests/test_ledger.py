@@ -12,8 +12,6 @@ import pytest
 from eventreach_assets.domain.delivery import DeliveryKey, MessageKind, occurrence_of
 from eventreach_assets.resources.ledger import (
     DELIVERY_SCHEMA,
-    DeliveryLedgerResource,
-    DynamoDBDeliveryLedger,
     SqliteDeliveryLedger,
     decode_kind,
     encode_kind,
@@ -21,24 +19,9 @@ from eventreach_assets.resources.ledger import (
     keys_frame,
     ledger_table_definition,
 )
-from eventreach_assets_tests.stand_ins import REGION
 
 NOW = datetime(2026, 11, 23, 10, 0)
 EVENT = "evt-1"
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def ledger(request, tmp_path) -> DeliveryLedgerResource:
-    if request.param == "sqlite":
-        store = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
-        yield store
-        store.close()
-    else:
-        endpoint = request.getfixturevalue("aws_endpoint")
-        store = DynamoDBDeliveryLedger(table_name="eventreach-ledger", region_name=REGION, endpoint_url=endpoint)
-        assert store.create_table()
-        assert not store.create_table()  # idempotent
-        yield store
 
 
 def key(customer: str, channel: str = "email", kind: MessageKind = MessageKind.INVITATION, event: str = EVENT):

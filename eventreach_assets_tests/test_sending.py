@@ -16,24 +16,10 @@ from eventreach_assets.domain.delivery import (
     TransientSendError,
 )
 from eventreach_assets.domain.sending import deliver
-from eventreach_assets.resources.ledger import DeliveryLedgerResource, DynamoDBDeliveryLedger, SqliteDeliveryLedger
-from eventreach_assets_tests.stand_ins import REGION
+from eventreach_assets.resources.ledger import DeliveryLedgerResource, SqliteDeliveryLedger
 
 NOW = datetime(2026, 11, 23, 10, 0)
 EVENT = "evt-1"
-
-
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def ledger(request, tmp_path) -> DeliveryLedgerResource:
-    if request.param == "sqlite":
-        store = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
-        yield store
-        store.close()
-    else:
-        endpoint = request.getfixturevalue("aws_endpoint")
-        store = DynamoDBDeliveryLedger(table_name="ledger", region_name=REGION, endpoint_url=endpoint)
-        store.create_table()
-        yield store
 
 
 class Clock:
@@ -396,7 +382,6 @@ def test_an_unavailable_channel_stops_the_campaign_after_one_message(tmp_path):
 
     from eventreach_assets.domain.delivery import ChannelUnavailableError, DeliveryKey, MessageKind, OutboundMessage
     from eventreach_assets.domain.sending import deliver
-    from eventreach_assets.resources.ledger import SqliteDeliveryLedger
 
     ledger = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
     batch = [
