@@ -8,16 +8,15 @@ client and retries, shares only `run_parallel`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import boto3
 import dagster as dg
-from botocore.config import Config
 from botocore.exceptions import ClientError
-from pydantic import Field, PrivateAttr
+from pydantic import Field
+
+from eventreach_assets.resources.aws import aws_client
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -69,20 +68,16 @@ class DynamoDBClient(dg.ConfigurableResource):
     create_table_on_setup: bool = Field(default=False, description="Create the table at run start if missing.")
 
     _table_definition: ClassVar[Callable[[str], dict[str, Any]]]
-    _client: Any = PrivateAttr(default=None)
-    _client_pid: int = PrivateAttr(default=-1)
 
     def client(self) -> Any:
         """The low-level DynamoDB client, one per process (thread-safe, not fork-safe)."""
-        if self._client is None or self._client_pid != os.getpid():
-            config = Config(
-                retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=2 * self.max_parallel_requests
-            )
-            self._client = boto3.session.Session().client(
-                "dynamodb", region_name=self.region_name, endpoint_url=self.endpoint_url, config=config
-            )
-            self._client_pid = os.getpid()
-        return self._client
+        return aws_client(
+            "dynamodb",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            max_attempts=9,
+            max_pool_connections=2 * self.max_parallel_requests,
+        )
 
     def create_table(self) -> bool:
         """Create the table if missing (tests, first deployment); returns whether created."""
@@ -91,9 +86,6 @@ class DynamoDBClient(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.create_table_on_setup:
             self.create_table()
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = None
 
     def _parallel(self, function: Callable[[T], R], work: Sequence[T]) -> list[R]:
         return run_parallel(function, work, self.max_parallel_requests)
