@@ -42,7 +42,7 @@ from eventreach_assets.resources.alerts import LocalAlertLog
 from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.channels import LocalOutboxEmail, LocalOutboxInApp, LocalOutboxPush
-from eventreach_assets.resources.engagement import SqliteEngagementStore
+from eventreach_assets.resources.engagement_store import SqliteEngagementStore
 from eventreach_assets.resources.export import LocalParquetExport
 from eventreach_assets.resources.feeds import LocalFolderFeed
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
@@ -111,7 +111,7 @@ def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_u
     Email goes through SES v2 unless `EVENTREACH_EMAIL_PROVIDER=smtp` (any ESP's SMTP relay).
     """
     from eventreach_assets.resources.channels import SesEmail, SmtpEmail, SnsPush, WebhookInApp
-    from eventreach_assets.resources.engagement import DynamoDBEngagementStore
+    from eventreach_assets.resources.engagement_store import DynamoDBEngagementStore
     from eventreach_assets.resources.ledger import DynamoDBDeliveryLedger
 
     if os.environ.get("EVENTREACH_EMAIL_PROVIDER", "ses") == "smtp":
@@ -172,7 +172,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
     # Imported here: dagster-snowflake pulls in Snowpark (seconds), which local runs never need.
     from dagster_aws.s3 import S3Resource
 
-    from eventreach_assets.resources.dynamodb_store import DynamoDBCandidateStore
+    from eventreach_assets.resources.candidate_store import DynamoDBCandidateStore
     from eventreach_assets.resources.feeds import S3Feed
     from eventreach_assets.resources.metrics import CloudWatchMetricsSink
     from eventreach_assets.resources.model_deployment import SageMakerDeployment

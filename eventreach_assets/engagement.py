@@ -28,7 +28,7 @@ from eventreach_assets.domain.engagement import (
     validate_tracking,
 )
 from eventreach_assets.domain.events import normalize_events
-from eventreach_assets.resources.engagement import EngagementStoreResource
+from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 

@@ -44,7 +44,7 @@ from eventreach_assets.domain.registrations import (
 )
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
-from eventreach_assets.resources.engagement import EngagementStoreResource
+from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 

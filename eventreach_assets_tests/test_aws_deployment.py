@@ -23,8 +23,8 @@ from dagster_snowflake import SnowflakeResource
 from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo.generator import generate_warehouse, write_duckdb
 from eventreach_assets.demo.run import register_event_partitions, run_event_batches, train_models
-from eventreach_assets.resources.dynamodb_store import create_candidate_tables
-from eventreach_assets.resources.engagement import create_engagement_table
+from eventreach_assets.resources.candidate_store import create_candidate_tables
+from eventreach_assets.resources.engagement_store import create_engagement_table
 from eventreach_assets.resources.ledger import create_ledger_table
 from eventreach_assets.resources.snowflake_warehouse import load_tables
 from eventreach_assets.serving.model_server import ModelApp, serve_in_thread

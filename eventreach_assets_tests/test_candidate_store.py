@@ -3,7 +3,7 @@
 Tests taking `store` run against the SQLite store (a real file) and the DynamoDB store (moto in
 server mode over real HTTP, see stand_ins.py); `@sqlite_only` tests check what only the SQLite
 store has (transactions, connections, query plans, an eager purge). DynamoDB-only behaviour
-(table shape, throttling, sharding) is in test_dynamodb_store.py.
+(table shape, throttling, sharding) is in test_candidate_store_dynamodb.py.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from eventreach_assets.domain import candidate_items as ci
 from eventreach_assets.resources.candidate_store import (
     CandidatePage,
     CandidateStoreResource,
+    DynamoDBCandidateStore,
     SqliteCandidateStore,
     WriteSummary,
+    create_candidate_tables,
 )
-from eventreach_assets.resources.dynamodb_store import DynamoDBCandidateStore, create_candidate_tables
 
 PROGRAM = "event-invitations"
 EVENT = "evt-2025-01"
@@ -436,7 +437,7 @@ def test_expired_items_are_hidden_then_purged(store):
     if isinstance(store, SqliteCandidateStore):
         assert store.purge_expired(at_expiry) == 16
         assert raw(store, "SELECT count(*) FROM candidate_items") == [(2,)]
-    # DynamoDB: TTL deletes by itself; the call is a no-op (see dynamodb_store's docstring)
+    # DynamoDB: TTL deletes by itself; the call is a no-op (see candidate_store/dynamodb.py's docstring)
     assert store.purge_expired(at_expiry) == 0
 
 
@@ -536,13 +537,12 @@ def test_score_cache_round_trip_for_100k_customers(store):
 
 
 def test_base_resource_is_an_interface():
-    base = CandidateStoreResource()
-    with pytest.raises(NotImplementedError):
-        base.replace_event_candidates(PROGRAM, EVENT, scored_frame({"c01": 0.5}), CHANNELS, NOW, TTL, 25)
-    with pytest.raises(NotImplementedError):
-        base.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.5, 10)
-    with pytest.raises(NotImplementedError):
-        base.get_cached_scores(EVENT, "m", "v", pl.Series(["c01"]), NOW)
+    with pytest.raises(TypeError, match="abstract"):
+        CandidateStoreResource()
+    # the public methods hold the shared logic; a store provides only private I/O methods
+    abstract = CandidateStoreResource.__abstractmethods__
+    assert {"_replace_event_items", "_top_page", "_cached_scores"} <= abstract
+    assert all(name.startswith("_") for name in abstract)
 
 
 def test_store_works_as_a_dagster_resource(store):

@@ -429,10 +429,10 @@ def test_an_event_with_nothing_yet_has_every_stage_at_zero():
 
 
 def test_the_store_schemas_are_the_domains():
-    from eventreach_assets.resources import engagement as store
+    from eventreach_assets.resources import engagement_store as store
 
-    assert store.REGISTRATION_SCHEMA == eng.REGISTRATION_SCHEMA
-    assert store.INTERACTION_SCHEMA == eng.INTERACTION_SCHEMA
-    assert store.ATTENDANCE_SCHEMA == eng.ATTENDANCE_SCHEMA
-    assert store.SURVEY_SCHEMA == eng.SURVEY_SCHEMA
-    assert (store.REGISTERED, store.WAITLISTED) == (eng.REGISTERED, eng.WAITLISTED)
+    assert store.REGISTRATION.schema == eng.REGISTRATION_SCHEMA
+    assert store.INTERACTION.schema == eng.INTERACTION_SCHEMA
+    assert store.ATTENDANCE.schema == eng.ATTENDANCE_SCHEMA
+    assert store.SURVEY.schema == eng.SURVEY_SCHEMA
+    assert store.STATUSES == (eng.REGISTERED, eng.WAITLISTED, eng.CANCELLED)

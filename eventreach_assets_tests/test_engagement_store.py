@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from eventreach_assets.resources.engagement import (
+from eventreach_assets.domain.engagement import (
     ATTENDANCE_SCHEMA,
     CANCELLED,
     INTERACTION_SCHEMA,
@@ -18,6 +18,8 @@ from eventreach_assets.resources.engagement import (
     REGISTRATION_SCHEMA,
     SURVEY_SCHEMA,
     WAITLISTED,
+)
+from eventreach_assets.resources.engagement_store import (
     DynamoDBEngagementStore,
     EngagementStoreResource,
     SqliteEngagementStore,

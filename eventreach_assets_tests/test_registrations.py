@@ -15,7 +15,7 @@ from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, sign
 from eventreach_assets.program.config import default_program
 from eventreach_assets.registrations import ingest_registrations, promote_from_waitlist, registered_customers
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
-from eventreach_assets.resources.engagement import SqliteEngagementStore
+from eventreach_assets.resources.engagement_store import SqliteEngagementStore
 
 SECRET = b"test-secret"
 EVENT = "evt-2025-02"

@@ -18,12 +18,13 @@ from pydantic import Field
 
 from eventreach_assets.assets.ingestion import current_event
 from eventreach_assets.assets.metadata import NEXT_DUE_AT, PLANNED_AT, stopwatch, table
+from eventreach_assets.domain.engagement import CANCELLED, REGISTERED, WAITLISTED
 from eventreach_assets.domain.registrations import RegistrationOutcome
 from eventreach_assets.engagement import ingest_attendance, ingest_survey, ingest_tracking
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.registrations import ingest_registrations, registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
-from eventreach_assets.resources.engagement import CANCELLED, REGISTERED, WAITLISTED, EngagementStoreResource
+from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource

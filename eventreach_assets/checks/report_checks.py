@@ -9,7 +9,7 @@ import polars as pl
 from eventreach_assets.assets.reporting import campaign_report, daily_metrics, engagement_records
 from eventreach_assets.domain import report
 from eventreach_assets.partitions import events_partitions
-from eventreach_assets.resources.engagement import EngagementStoreResource
+from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 

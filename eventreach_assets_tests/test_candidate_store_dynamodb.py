@@ -1,14 +1,16 @@
 """What only the DynamoDB store has: table shape, retries under throttling, index shards, key-only reads.
 
 Everything runs against moto in server mode over real HTTP (`aws_endpoint`, emptied after each
-test); failures are injected with botocore event hooks on the store's own client, so the calls
-that are not failed still reach the server. The shared semantics are the contract tests in
-test_candidate_store.py.
+test); failures are injected with botocore event hooks on the store's client, so the calls that
+are not failed still reach the server. Stores of the same settings share one client per process
+(`aws_client`), so every hook is removed after its test (the `inject` fixture). The shared
+semantics are the contract tests in test_candidate_store.py.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +21,7 @@ from botocore.awsrequest import AWSResponse
 from polars.testing import assert_frame_equal
 
 from eventreach_assets.domain import candidate_items as ci
-from eventreach_assets.resources.dynamodb_store import (
+from eventreach_assets.resources.candidate_store import (
     GSI1,
     GSI2,
     DynamoDBCandidateStore,
@@ -28,12 +30,10 @@ from eventreach_assets.resources.dynamodb_store import (
     candidate_table_definition,
     check_candidate_tables,
     create_candidate_tables,
-    items_frame,
-    main,
-    number_value,
     score_cache_table_definition,
-    to_dynamo_items,
 )
+from eventreach_assets.resources.candidate_store.cli import main
+from eventreach_assets.resources.candidate_store.dynamodb_items import items_frame, number_value, to_dynamo_items
 from eventreach_assets_tests.test_candidate_store import (
     CACHE_TABLE,
     CANDIDATES_TABLE,
@@ -64,15 +64,26 @@ class Injector:
     """
 
     def __init__(self, store: DynamoDBCandidateStore) -> None:
-        events = store.dynamodb_client().meta.events
+        self.events = store.dynamodb_client().meta.events
+        self.hooks: list[tuple[str, Callable[..., Any]]] = []
         self.lock = threading.Lock()
         self.calls: list[str] = []  # every API call attempted, in order
         self.errors: dict[str, list[str]] = {}
         self.table, self.per_call, self.hold_left = "", 0, 0
         self.held: list[int] = []
-        events.register("before-parameter-build.dynamodb", self._decide)
-        events.register("before-call.dynamodb", self._answer)
-        events.register("after-call.dynamodb.BatchWriteItem", self._report)
+        self.register("before-parameter-build.dynamodb", self._decide)
+        self.register("before-call.dynamodb", self._answer)
+        self.register("after-call.dynamodb.BatchWriteItem", self._report)
+
+    def register(self, event: str, handler: Callable[..., Any]) -> None:
+        """A hook on the client, removed by `remove`."""
+        self.events.register(event, handler)
+        self.hooks.append((event, handler))
+
+    def remove(self) -> None:
+        for event, handler in self.hooks:
+            self.events.unregister(event, handler)
+        self.hooks.clear()
 
     def fail(self, operation: str, code: str, times: int) -> None:
         self.errors.setdefault(operation, []).extend([code] * times)
@@ -117,6 +128,20 @@ class Injector:
 @pytest.fixture
 def store(aws_endpoint: str) -> DynamoDBCandidateStore:
     return dynamodb_store(aws_endpoint, gsi_shards=4)
+
+
+@pytest.fixture
+def inject() -> Iterator[Callable[[DynamoDBCandidateStore], Injector]]:
+    """`inject(store)` hooks an `Injector` on the store's client; its hooks go when the test ends."""
+    injectors: list[Injector] = []
+
+    def on(store: DynamoDBCandidateStore) -> Injector:
+        injectors.append(Injector(store))
+        return injectors[-1]
+
+    yield on
+    for injector in injectors:
+        injector.remove()
 
 
 def stored_keys(store: DynamoDBCandidateStore) -> list[tuple[str, str]]:
@@ -245,8 +270,8 @@ def test_cli_creates_and_checks_the_tables(aws_endpoint, capsys):
 # ---- writes under throttling ----------------------------------------------------------------
 
 
-def test_throttled_and_unprocessed_writes_are_retried_and_nothing_is_lost(store):
-    injector = Injector(store)
+def test_throttled_and_unprocessed_writes_are_retried_and_nothing_is_lost(store, inject):
+    injector = inject(store)
     injector.fail("BatchWriteItem", "ProvisionedThroughputExceededException", times=3)
     injector.fail("BatchWriteItem", "ThrottlingException", times=2)
     injector.fail("Query", "ThrottlingException", times=1)  # the replace's GSI2 read
@@ -264,17 +289,17 @@ def test_throttled_and_unprocessed_writes_are_retried_and_nothing_is_lost(store)
     assert injector.calls.count("BatchWriteItem") == 8 + 3 + 2 + 6
 
 
-def test_writes_give_up_after_max_retries_and_say_how_many_items_are_missing(aws_endpoint):
+def test_writes_give_up_after_max_retries_and_say_how_many_items_are_missing(aws_endpoint, inject):
     store = dynamodb_store(aws_endpoint, max_retries=2)
-    Injector(store).hold_back(CANDIDATES_TABLE, per_call=5, times=None)  # the last 5 of every batch never land
+    inject(store).hold_back(CANDIDATES_TABLE, per_call=5, times=None)  # the last 5 of every batch never land
     with pytest.raises(DynamoDBWriteError, match=r"40 of 200 items were not written to DynamoDB table 'candidates'"):
         replace(store, MANY, batch=25)
     assert store.retry_counts["retries"] == 8 * 2
     assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 200 - 40
 
 
-def test_a_non_retryable_error_is_raised_at_once(store):
-    injector = Injector(store)
+def test_a_non_retryable_error_is_raised_at_once(store, inject):
+    injector = inject(store)
     injector.fail("BatchWriteItem", "ValidationException", times=1)
     with pytest.raises(Exception, match="ValidationException"):
         replace(store, {"c01": 0.5}, batch=25)
@@ -381,13 +406,13 @@ def test_one_long_equal_score_run_pages_in_customer_order(store):
     assert seen == ["a", *sorted(k for k in scores if k.startswith("t"))]
 
 
-def test_reads_are_key_queries_never_scans(store):
+def test_reads_are_key_queries_never_scans(store, inject):
     replace(store, SCORES)
     store.mark_registered(PROGRAM, EVENT, "c01", NOW, "email")
     store.put_cached_scores(EVENT, "m", "v", pl.DataFrame({"customer_id": ["c01"], "probability": [0.5]}), NOW, TTL)
-    injector = Injector(store)
+    injector = inject(store)
     indexes: list[str | None] = []
-    store.dynamodb_client().meta.events.register(
+    injector.register(
         "provide-client-params.dynamodb.Query", lambda params, **_: indexes.append(params.get("IndexName"))
     )
     store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.5, 2, now=NOW)

@@ -5,6 +5,8 @@ unsubscribe), attendance and survey responses. Every write is idempotent on the 
 natural key, so a feed file read twice, or a registration delivered by both the feed and the
 webhook, is stored once, and the first occurrence wins (its timestamps are the true ones).
 The daily metrics and campaign report read these records; nothing keeps counters on the side.
+This module is the interface and what every store shares: the record kinds, validation and
+storage form; a store only writes and reads stored rows.
 
 Natural keys:
 - registration: (event_id, customer_id); status "registered" | "waitlisted" | "cancelled"
@@ -20,15 +22,14 @@ so every read of an event is one key query.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import dagster as dg
 import polars as pl
-from botocore.exceptions import ClientError
-from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain.engagement import (
     ATTENDANCE_SCHEMA,
@@ -39,8 +40,6 @@ from eventreach_assets.domain.engagement import (
     SURVEY_SCHEMA,
     WAITLISTED,
 )
-from eventreach_assets.resources.dynamodb import DynamoDBClient, create_table_if_missing, is_conditional_failure
-from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
 STATUSES: tuple[str, ...] = (REGISTERED, WAITLISTED, CANCELLED)
 
@@ -177,7 +176,7 @@ def from_storage(rows: Sequence[Sequence[Any]], kind: RecordKind) -> pl.DataFram
 # ---- interface ----------------------------------------------------------------------------
 
 
-class EngagementStoreResource(dg.ConfigurableResource):
+class EngagementStoreResource(dg.ConfigurableResource, abc.ABC):
     """Interface; each `record_*` takes a frame with (at least) the columns of its schema and
     returns how many rows were new (already-stored keys are left untouched).
 
@@ -231,7 +230,7 @@ class EngagementStoreResource(dg.ConfigurableResource):
         """The event's survey responses (comments may hold PII: do not log them)."""
         return self._read(SURVEY, event_id, None)
 
-    # -- what an implementation provides --
+    # -- shared: validation and storage form --
 
     def _record(self, kind: RecordKind, frame: pl.DataFrame) -> int:
         rows = prepare_records(frame, kind)
@@ -240,207 +239,13 @@ class EngagementStoreResource(dg.ConfigurableResource):
     def _read(self, kind: RecordKind, event_id: str, status: str | None) -> pl.DataFrame:
         return from_storage(self._fetch(kind, event_id, status), kind)
 
-    def _write(self, kind: RecordKind, stored: pl.DataFrame) -> int:
-        """Store rows (storage form) unless their key exists (registration: upgrade a waitlisted
-        one to registered); returns the rows written."""
-        raise NotImplementedError
+    # -- what a store provides --
 
+    @abc.abstractmethod
+    def _write(self, kind: RecordKind, stored: pl.DataFrame) -> int:
+        """Store rows (storage form) unless their key exists (registrations: the status changes
+        `record_registrations` lists); returns the rows new or changed."""
+
+    @abc.abstractmethod
     def _fetch(self, kind: RecordKind, event_id: str, status: str | None) -> list[tuple]:
         """The event's stored rows of `kind` (tuples in schema order; registrations of `status`)."""
-        raise NotImplementedError
-
-
-# ---- SQLite -------------------------------------------------------------------------------
-
-
-def _sqlite_table(kind: RecordKind) -> str:
-    required = {*kind.keys, kind.time}
-    columns = [
-        f"{name} {'INTEGER' if dtype.is_integer() else 'TEXT'}{' NOT NULL' if name in required else ''}"
-        for name, dtype in kind.schema.items()
-    ]
-    return (
-        f"CREATE TABLE IF NOT EXISTS {kind.table} (\n    "
-        + ",\n    ".join([*columns, f"PRIMARY KEY ({', '.join(kind.keys)})"])
-        + "\n);"
-    )
-
-
-_DDL = "\n".join(_sqlite_table(kind) for kind in RECORD_KINDS)
-# The one update: waitlisted -> registered (never back), keeping the first registered_at.
-_OLD = REGISTRATION.table
-_RENEWED = f"({_OLD}.status = '{CANCELLED}' AND excluded.registered_at > {_OLD}.registered_at)"
-_UPGRADE = (
-    "ON CONFLICT (event_id, customer_id) DO UPDATE SET status = excluded.status, recorded_at = excluded.recorded_at, "
-    + ", ".join(
-        f"{name} = CASE WHEN {_RENEWED} THEN excluded.{name} ELSE {_OLD}.{name} END"
-        for name in ("registered_at", "registration_id", "channel", "campaign_id")
-    )
-    + f" WHERE ({_OLD}.status = '{WAITLISTED}' AND excluded.status = '{REGISTERED}')"
-    f" OR ({_OLD}.status IN ('{REGISTERED}', '{WAITLISTED}') AND excluded.status = '{CANCELLED}')"
-    f" OR ({_RENEWED} AND excluded.status IN ('{REGISTERED}', '{WAITLISTED}'))"
-)
-
-
-class SqliteEngagementStore(SqliteBacked, EngagementStoreResource):
-    """Engagement records in the local SQLite file (WAL) the candidate store and ledger may share,
-    one table per record kind keyed by its natural key; `INSERT ... ON CONFLICT` makes every
-    write idempotent inside one `BEGIN IMMEDIATE` transaction."""
-
-    path: str = Field(description="SQLite file; may be the candidate store's; created on first use.")
-    busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
-
-    _sqlite: SqliteConnections | None = PrivateAttr(default=None)
-    _ddl: ClassVar[str] = _DDL
-
-    def _write(self, kind: RecordKind, stored: pl.DataFrame) -> int:
-        conflict = _UPGRADE if kind is REGISTRATION else "ON CONFLICT DO NOTHING"
-        sql = (
-            f"INSERT INTO {kind.table} ({', '.join(stored.columns)}) "
-            f"VALUES ({', '.join('?' * stored.width)}) {conflict}"
-        )
-        with self._transaction() as conn:
-            return max(conn.executemany(sql, stored.iter_rows()).rowcount, 0)
-
-    def _fetch(self, kind: RecordKind, event_id: str, status: str | None) -> list[tuple]:
-        sql = f"SELECT {', '.join(kind.schema)} FROM {kind.table} WHERE event_id = :event_id"
-        if status is not None:
-            sql += " AND status = :status"
-        with self._connect() as conn:
-            return conn.execute(sql, {"event_id": event_id, "status": status}).fetchall()
-
-
-# ---- DynamoDB -----------------------------------------------------------------------------
-
-
-def engagement_table_definition(name: str) -> dict[str, Any]:
-    """The `CreateTable` request of the engagement table.
-
-    pk = EVENT#{event_id}, sk = {REG|INT|ATT|SRV}#{customer_id}[#{channel}#{campaign_id}#{action}]
-    (interactions): every read of an event is one Query on pk with begins_with(sk, tag).
-    """
-    return {
-        "TableName": name,
-        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "S"} for key in ("pk", "sk")],
-        "BillingMode": "PAY_PER_REQUEST",
-    }
-
-
-def create_engagement_table(client: Any, table_name: str) -> bool:
-    """Create the engagement table unless it exists and wait until it is active; returns whether created."""
-    return create_table_if_missing(client, engagement_table_definition(table_name))
-
-
-def _event_pk(event_id: str) -> dict[str, str]:
-    return {"S": f"EVENT#{event_id}"}
-
-
-def _item(kind: RecordKind, row: dict[str, Any]) -> dict[str, Any]:
-    """A stored row as a DynamoDB item (null attributes left out, as DynamoDB items do)."""
-    item: dict[str, Any] = {
-        "pk": _event_pk(row["event_id"]),
-        "sk": {"S": "#".join([kind.tag, *(row[key] for key in kind.keys[1:])])},
-    }
-    for name, dtype in kind.schema.items():
-        if row[name] is not None:
-            item[name] = {"N": str(row[name])} if dtype.is_integer() else {"S": row[name]}
-    return item
-
-
-def _row(kind: RecordKind, item: dict[str, Any]) -> tuple:
-    return tuple(
-        (int(item[name]["N"]) if dtype.is_integer() else item[name]["S"]) if name in item else None
-        for name, dtype in kind.schema.items()
-    )
-
-
-def _transitions(item: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The conditional updates that may apply an incoming registration row whose key exists."""
-    status = item["status"]["S"]
-    if status == CANCELLED:
-        return [
-            (
-                "#status IN (:registered, :waitlisted)",
-                {":registered": {"S": REGISTERED}, ":waitlisted": {"S": WAITLISTED}},
-            )
-        ]
-    renew = ("#status = :was_cancelled AND registered_at < :registered_at", {":was_cancelled": {"S": CANCELLED}})
-    if status == REGISTERED:
-        return [("#status = :waitlisted", {":waitlisted": {"S": WAITLISTED}}), renew]
-    return [renew]
-
-
-class DynamoDBEngagementStore(DynamoDBClient, EngagementStoreResource):
-    """Engagement records in one DynamoDB table (`engagement_table_definition`). Each row is a
-    conditional PutItem (attribute_not_exists(pk)): a failed condition means the key is stored
-    already (the first occurrence stays), so replays and concurrent writers store each key once.
-    """
-
-    table_name: str = Field(description="The engagement table (see engagement_table_definition).")
-    max_parallel_requests: int = Field(default=8, ge=1, le=64, description="Threads issuing per-row requests.")
-
-    _table_definition = staticmethod(engagement_table_definition)
-
-    def _put(self, kind: RecordKind, row: dict[str, Any]) -> int:
-        item = _item(kind, row)
-        try:
-            self.client().put_item(TableName=self.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
-            return 1
-        except ClientError as error:
-            if not is_conditional_failure(error):
-                raise
-        if kind is not REGISTRATION:
-            return 0
-        return int(any(self._change_status(item, condition, values) for condition, values in _transitions(item)))
-
-    def _change_status(self, item: dict[str, Any], condition: str, values: dict[str, Any]) -> bool:
-        """One conditional status change of a stored registration (see record_registrations)."""
-        update = "SET #status = :status, recorded_at = :at"
-        values = {":status": item["status"], ":at": item["recorded_at"], **values}
-        if ":was_cancelled" in values:  # a new registration replacing a cancelled one takes its fields
-            values[":registered_at"] = item["registered_at"]
-            fields = ("registration_id", "channel", "campaign_id")
-            update += ", registered_at = :registered_at" + "".join(
-                f", {name} = :{name}" for name in fields if name in item
-            )
-            values |= {f":{name}": item[name] for name in fields if name in item}
-            absent = [name for name in fields if name not in item]
-            update += f" REMOVE {', '.join(absent)}" if absent else ""
-        names = {"#status": "status"}
-        try:
-            self.client().update_item(
-                TableName=self.table_name,
-                Key={"pk": item["pk"], "sk": item["sk"]},
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if is_conditional_failure(error):
-                return False
-            raise
-        return True
-
-    def _write(self, kind: RecordKind, stored: pl.DataFrame) -> int:
-        return sum(self._parallel(lambda row: self._put(kind, row), list(stored.iter_rows(named=True))))
-
-    def _fetch(self, kind: RecordKind, event_id: str, status: str | None) -> list[tuple]:
-        request: dict[str, Any] = {
-            "TableName": self.table_name,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": _event_pk(event_id), ":prefix": {"S": f"{kind.tag}#"}},
-            "ConsistentRead": True,
-        }
-        if status is not None:
-            request["FilterExpression"] = "#status = :status"
-            request["ExpressionAttributeNames"] = {"#status": "status"}
-            request["ExpressionAttributeValues"][":status"] = {"S": status}
-        rows: list[tuple] = []
-        while True:
-            response = self.client().query(**request)
-            rows += [_row(kind, item) for item in response.get("Items", [])]
-            if "LastEvaluatedKey" not in response:
-                return rows
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
