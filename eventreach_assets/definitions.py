@@ -42,16 +42,18 @@ from eventreach_assets.resources.alerts import LocalAlertLog
 from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.channels import LocalOutboxEmail, LocalOutboxInApp, LocalOutboxPush
+from eventreach_assets.resources.decision_log import LocalDecisionLog
 from eventreach_assets.resources.engagement_store import SqliteEngagementStore
 from eventreach_assets.resources.export import LocalParquetExport
 from eventreach_assets.resources.feeds import LocalFolderFeed
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
 from eventreach_assets.resources.metrics import LocalMetricsSink
 from eventreach_assets.resources.model_deployment import InProcessDeployment
-from eventreach_assets.resources.models import InProcessScoring, LocalModelRegistry
+from eventreach_assets.resources.model_registry import LocalModelRegistry
+from eventreach_assets.resources.parquet_io import PolarsParquetIOManager
 from eventreach_assets.resources.program import ClockResource, ProgramResource
+from eventreach_assets.resources.scoring import InProcessScoring
 from eventreach_assets.resources.secrets import EnvLinkSecret, LocalLinkSecret
-from eventreach_assets.resources.storage import LocalDecisionLog, PolarsParquetIOManager
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets.schedules import build_schedules
 from eventreach_assets.sensors import (
@@ -173,14 +175,15 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
     from dagster_aws.s3 import S3Resource
 
     from eventreach_assets.resources.candidate_store import DynamoDBCandidateStore
+    from eventreach_assets.resources.decision_log import S3DecisionLog
+    from eventreach_assets.resources.export import S3GlueExport
     from eventreach_assets.resources.feeds import S3Feed
     from eventreach_assets.resources.metrics import CloudWatchMetricsSink
     from eventreach_assets.resources.model_deployment import SageMakerDeployment
-    from eventreach_assets.resources.s3_export import S3GlueExport
-    from eventreach_assets.resources.s3_models import S3ModelRegistry
-    from eventreach_assets.resources.s3_storage import S3DecisionLog, S3PolarsParquetIOManager
-    from eventreach_assets.resources.sagemaker import SageMakerScoring, endpoints_from_program
-    from eventreach_assets.resources.snowflake_warehouse import SnowflakeWarehouse, snowflake_resource_from_env
+    from eventreach_assets.resources.model_registry import S3ModelRegistry
+    from eventreach_assets.resources.parquet_io import S3PolarsParquetIOManager
+    from eventreach_assets.resources.scoring import SageMakerScoring, endpoints_from_program
+    from eventreach_assets.resources.warehouse import SnowflakeWarehouse, snowflake_resource_from_env
 
     def setting(name: str) -> str:
         return os.environ.get(name, AWS_DEFAULTS[name])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
-from eventreach_assets.resources.storage import DecisionLogResource
+from eventreach_assets.resources.decision_log import DecisionLogResource
 
 
 @dataclass(frozen=True)

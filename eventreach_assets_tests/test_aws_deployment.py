@@ -26,7 +26,7 @@ from eventreach_assets.demo.run import register_event_partitions, run_event_batc
 from eventreach_assets.resources.candidate_store import create_candidate_tables
 from eventreach_assets.resources.engagement_store import create_engagement_table
 from eventreach_assets.resources.ledger import create_ledger_table
-from eventreach_assets.resources.snowflake_warehouse import load_tables
+from eventreach_assets.resources.warehouse import load_tables
 from eventreach_assets.serving.model_server import ModelApp, serve_in_thread
 from eventreach_assets_tests.stand_ins import REGION, fake_snowflake_connector
 

@@ -26,10 +26,10 @@ from eventreach_assets.domain import feedback as fb
 from eventreach_assets.domain.delivery import DeliveryKey, MessageKind, OutboundMessage
 from eventreach_assets.domain.sending import deliver
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, DeliverabilityConfig
+from eventreach_assets.resources.decision_log import LocalDecisionLog
 from eventreach_assets.resources.feeds import EngagementFeedResource, LocalFolderFeed, S3Feed
 from eventreach_assets.resources.ledger import DeliveryLedgerResource, DynamoDBDeliveryLedger, SqliteDeliveryLedger
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.storage import LocalDecisionLog
 from eventreach_assets_tests.stand_ins import REGION
 
 NOW = datetime(2026, 12, 1, 10, 0)

@@ -29,9 +29,8 @@ from eventreach_assets.resources.model_deployment import (
     SageMakerDeployment,
     sagemaker_name,
 )
-from eventreach_assets.resources.models import LocalModelRegistry
+from eventreach_assets.resources.model_registry import LocalModelRegistry, S3ModelRegistry
 from eventreach_assets.resources.program import ProgramResource
-from eventreach_assets.resources.s3_models import S3ModelRegistry
 from eventreach_assets_tests.stand_ins import REGION
 from eventreach_assets_tests.test_models import training_frame
 
@@ -273,7 +272,12 @@ class ScriptedSageMaker:
 
 def scripted(client: ScriptedSageMaker, **settings: Any) -> SageMakerDeployment:
     """A deployment talking to `client`; its registry cannot package (the local one)."""
-    deployment = SageMakerDeployment(
+
+    class ScriptedDeployment(SageMakerDeployment):
+        def client(self) -> Any:
+            return client
+
+    return ScriptedDeployment(
         registry=LocalModelRegistry(base_dir="unused"),
         endpoints=ENDPOINTS,
         role_arn=ROLE,
@@ -281,8 +285,6 @@ def scripted(client: ScriptedSageMaker, **settings: Any) -> SageMakerDeployment:
         poll_seconds=0,
         **settings,
     )
-    deployment._client = client
-    return deployment
 
 
 def endpoint_state(config: str, status: str, reason: str | None = None) -> dict[str, Any]:
@@ -364,6 +366,9 @@ def test_one_failure_does_not_hide_the_other_deployment():
             if model_id == AFFINITY_MODEL:
                 raise ModelDeploymentError("interest-affinity-v2", "create_model", "AccessDenied")
             return DeploymentResult(model_id, version, "event-attendance-v3", "updated", 1.0)
+
+        def deployed_version(self, model_id: str) -> str | None:
+            return None
 
     message = r"1 of 2 deployments failed: .*interest-affinity-v2.*create_model.*succeeded: event-attendance-v3 updated"
     with pytest.raises(RuntimeError, match=message):

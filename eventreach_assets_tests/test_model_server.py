@@ -18,17 +18,19 @@ import numpy as np
 import pytest
 
 from eventreach_assets.domain.models import AFFINITY_MODEL, ATTENDANCE_MODEL, MODEL_SPECS, TrainedModel, train_model
-from eventreach_assets.resources.s3_models import write_sagemaker_tarball
-from eventreach_assets.serving.model_server import (
+from eventreach_assets.domain.sagemaker_wire import (
     CUSTOM_ATTRIBUTES_HEADER,
+    csv_lines,
+    format_probabilities,
+    parse_probabilities,
+)
+from eventreach_assets.resources.model_registry import write_sagemaker_tarball
+from eventreach_assets.serving.model_server import (
     MODEL_DIR_ENV,
     ModelApp,
-    csv_lines,
     find_artifact,
-    format_probabilities,
     main,
     parse_csv,
-    parse_probabilities,
     serve_in_thread,
 )
 from eventreach_assets_tests.stand_ins import free_port

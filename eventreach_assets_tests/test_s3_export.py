@@ -14,7 +14,7 @@ from dagster_aws.s3 import S3Resource
 from polars.testing import assert_frame_equal
 
 from eventreach_assets.domain.candidate_items import EXPORT_EXCLUDED_COLUMNS, build_candidate_items, export_frame
-from eventreach_assets.resources.s3_export import PARQUET_SERDE, S3GlueExport, hive_type
+from eventreach_assets.resources.export import PARQUET_SERDE, S3GlueExport, hive_type
 from eventreach_assets_tests.stand_ins import REGION
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,8 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from eventreach_assets.domain.models import AFFINITY_MODEL, ATTENDANCE_MODEL, MODEL_SPECS, TrainedModel, train_model
-from eventreach_assets.resources.models import ModelNotTrainedError
-from eventreach_assets.resources.s3_models import S3ModelRegistry
-from eventreach_assets.resources.sagemaker import SageMakerScoring
+from eventreach_assets.resources.model_registry import ModelNotTrainedError, S3ModelRegistry
+from eventreach_assets.resources.scoring import SageMakerScoring
 from eventreach_assets.serving.model_server import find_artifact, load_models, serve_in_thread
 from eventreach_assets_tests.stand_ins import REGION
 from eventreach_assets_tests.test_models import training_frame

@@ -9,7 +9,9 @@ import pytest
 from dagster_aws.s3 import S3Resource
 from polars.testing import assert_frame_equal
 
-from eventreach_assets.resources.s3_storage import S3DecisionLog, S3PolarsParquetIOManager
+from eventreach_assets.resources.decision_log import S3DecisionLog
+from eventreach_assets.resources.parquet_io import S3PolarsParquetIOManager
+from eventreach_assets.resources.s3_objects import s3_client
 from eventreach_assets_tests.stand_ins import REGION
 
 pytestmark = pytest.mark.integration
@@ -135,3 +137,13 @@ def test_decision_log_write_read(s3, s3_resource):
         log.read("scoring")
     with pytest.raises(ValueError, match="unsafe key"):
         log.write("rejections", "../evt", rejections_1)
+
+
+def test_the_s3_client_keeps_the_s3_resource_settings():
+    """The factory builds it: dagster-aws's `max_attempts` (retries) becomes total attempts + 1."""
+    client = s3_client(S3Resource(region_name=REGION, endpoint_url="http://127.0.0.1:9", max_attempts=3))
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+    assert (client.meta.region_name, client.meta.endpoint_url) == (REGION, "http://127.0.0.1:9")
+    assert s3_client(S3Resource(region_name=REGION, endpoint_url="http://127.0.0.1:9", max_attempts=3)) is client
+    with pytest.raises(ValueError, match="use_unsigned_session"):
+        s3_client(S3Resource(region_name=REGION, use_unsigned_session=True))

@@ -25,8 +25,8 @@ from eventreach_assets.domain.models import (
 )
 from eventreach_assets.domain.scoring import score_in_batches
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, load_program
-from eventreach_assets.resources.models import LocalModelRegistry
-from eventreach_assets.resources.sagemaker import SageMakerEndpointError, SageMakerScoring, endpoints_from_program
+from eventreach_assets.resources.model_registry import LocalModelRegistry
+from eventreach_assets.resources.scoring import SageMakerEndpointError, SageMakerScoring, endpoints_from_program
 from eventreach_assets.serving.model_server import InferenceError, ModelApp, Reply, serve_in_thread
 from eventreach_assets_tests.stand_ins import FAKE_AWS_ENV, free_port
 from eventreach_assets_tests.test_models import synthetic_warehouse

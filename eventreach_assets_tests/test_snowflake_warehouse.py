@@ -32,19 +32,16 @@ from eventreach_assets.domain.filters import build_filter_chain, run_filter_chai
 from eventreach_assets.domain.schema import EVENT_COLUMNS, PROFILE_COLUMNS
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.snowflake_warehouse import (
-    SnowflakeWarehouse,
-    arrow_batches_to_polars,
-    load_tables,
-    result_schema,
-    snowflake_resource_from_env,
-)
 from eventreach_assets.resources.warehouse import (
     DuckDBWarehouse,
+    SnowflakeWarehouse,
     WarehouseResource,
     WarehouseSchemaError,
     extraction_sql,
+    load_tables,
+    snowflake_resource_from_env,
 )
+from eventreach_assets.resources.warehouse.snowflake import arrow_batches_to_polars, result_schema
 from eventreach_assets_tests.stand_ins import fake_snowflake_connector
 
 AS_OF = datetime(2026, 11, 23, 2, 0)  # a Monday, 02:00 UTC

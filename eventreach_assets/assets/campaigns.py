@@ -39,9 +39,9 @@ from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.registrations import promote_from_waitlist
 from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource
-from eventreach_assets.resources.storage import DecisionLogResource
 
 REASON = "reason"  # why a run sent nothing
 NO_REGISTRANTS = "no_registrations: nobody is registered for the event"

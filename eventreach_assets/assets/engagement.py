@@ -24,12 +24,12 @@ from eventreach_assets.engagement import ingest_attendance, ingest_survey, inges
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.registrations import ingest_registrations, registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.secrets import LinkSigningResource
-from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 ENGAGEMENT = {"group_name": "engagement", "owners": ["team:events"]}

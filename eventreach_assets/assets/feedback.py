@@ -39,10 +39,10 @@ from eventreach_assets.domain.feedback import (
     suppressions,
 )
 from eventreach_assets.engagement import EngagementOutcome
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import ALL_CHANNELS, DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.storage import DecisionLogResource
 
 COMPLAINT_SOURCE = "complaint"  # the opt-out source a complaint records
 

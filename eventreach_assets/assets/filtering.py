@@ -8,9 +8,9 @@ import polars as pl
 from eventreach_assets.assets.ingestion import BATCH, current_event
 from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, run_filter_chain
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 # The frequency cap looks back a month; read a little more history than that.

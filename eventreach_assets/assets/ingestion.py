@@ -7,8 +7,8 @@ from eventreach_assets.domain.events import UnknownEventError, event_context
 from eventreach_assets.domain.extract import validate_and_dedupe
 from eventreach_assets.domain.filters import EventContext
 from eventreach_assets.partitions import events_partitions
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.program import ProgramResource
-from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 BATCH = {"group_name": "weekly_batch", "owners": ["team:data-platform"], "partitions_def": events_partitions}

@@ -12,7 +12,7 @@ import polars as pl
 from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.assets.models import MODEL_ASSETS, MODELS
 from eventreach_assets.resources.model_deployment import DeploymentResult, ModelDeploymentResource
-from eventreach_assets.resources.models import ModelRegistryResource
+from eventreach_assets.resources.model_registry import ModelRegistryResource
 from eventreach_assets.resources.program import ProgramResource
 
 

@@ -5,7 +5,7 @@ import polars as pl
 
 from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.domain.models import build_training_frame, model_spec, train_model
-from eventreach_assets.resources.models import ModelRegistryResource
+from eventreach_assets.resources.model_registry import ModelRegistryResource
 from eventreach_assets.resources.program import ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 

@@ -16,11 +16,11 @@ from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.assets.metrics import STAGE_ASSETS, latest_metadata
 from eventreach_assets.domain import charts, report
 from eventreach_assets.partitions import daily_partitions, events_partitions
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.metrics import MetricsSinkResource
 from eventreach_assets.resources.program import ProgramResource
-from eventreach_assets.resources.storage import DecisionLogResource
 
 REPORTING = {"group_name": "reporting", "owners": ["team:events"]}
 

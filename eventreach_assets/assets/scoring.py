@@ -9,8 +9,8 @@ from eventreach_assets.assets.models import MODEL_ASSETS
 from eventreach_assets.domain import scoring
 from eventreach_assets.domain.candidate_items import EXTRA_ATTRIBUTES
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
-from eventreach_assets.resources.models import ScoringResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
+from eventreach_assets.resources.scoring import ScoringResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 # Candidate attributes carried to the store (campaigns need where and how to reach people).

@@ -33,7 +33,7 @@ PROBABILITY_PREFIX = "p_"  # model probability columns, e.g. p_event_attendance
 # Extra attributes copied from the scored frame when present (null otherwise). `email` is
 # PII: it is stored because the email channel needs it, and never exported.
 EXTRA_ATTRIBUTES: tuple[str, ...] = ("marketplace", "timezone", "geographic_region", "email", "job_role")
-# Columns the analyst export never contains (see resources/export.py).
+# Columns the analyst export never contains (see resources/export/base.py).
 EXPORT_EXCLUDED_COLUMNS: tuple[str, ...] = ("email",)
 
 KEY_COLUMNS: tuple[str, ...] = ("pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk")

@@ -21,11 +21,11 @@ from eventreach_assets.domain.filters import EventContext
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.registrations import registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ProgramResource
 from eventreach_assets.resources.secrets import LinkSigningResource
-from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 PAGE = 5_000  # candidates read per store query

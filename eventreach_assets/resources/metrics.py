@@ -30,7 +30,7 @@ from eventreach_assets.domain.metrics import (
     plan_batches,
     validate_metrics,
 )
-from eventreach_assets.resources.storage import write_parquet_atomically
+from eventreach_assets.resources.files import write_parquet_atomically
 
 __all__ = ["CloudWatchMetricsSink", "LocalMetricsSink", "MetricsSinkResource"]
 

@@ -74,9 +74,9 @@ from eventreach_assets.domain.engagement import CANCELLED
 from eventreach_assets.domain.registrations import cancellation_problem
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
+from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.sqlite import SqliteBacked
-from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 logger = logging.getLogger(__name__)

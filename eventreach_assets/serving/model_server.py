@@ -34,8 +34,9 @@ The artifact is the file `TrainedModel.save` writes, read from SageMaker's model
 
 `--host` defaults to 127.0.0.1 (local use); the container must pass `--host 0.0.0.0` and listen
 on 8080 (the default port, or env `SAGEMAKER_BIND_TO_PORT`). SageMaker starts the container
-with the argument `serve`, which is accepted and ignored. See `eventreach_assets/resources/
-s3_models.py` for packaging and deploying.
+with the argument `serve`, which is accepted and ignored. The payload formats are
+`domain/sagemaker_wire.py` (shared with the scoring client); packaging is
+`resources/model_registry/sagemaker_package.py`, deploying `resources/model_deployment/sagemaker.py`.
 """
 
 from __future__ import annotations
@@ -60,72 +61,25 @@ import numpy as np
 import polars as pl
 
 from eventreach_assets.domain.models import TrainedModel
+from eventreach_assets.domain.sagemaker_wire import (
+    ARTIFACT_NAME,
+    CSV,
+    CUSTOM_ATTRIBUTES_HEADER,
+    JSON,
+    MAX_PAYLOAD_BYTES,
+    format_probabilities,
+    media_type,
+    model_attributes,
+)
 
 logger = logging.getLogger(__name__)
 
-CSV = "text/csv"
-JSON = "application/json"
 MODEL_DIR_ENV = "SM_MODEL_DIR"
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
 DEFAULT_PORT = 8080  # the port SageMaker sends /ping and /invocations to
-ARTIFACT_NAME = "model.joblib"  # the name `package_for_sagemaker` gives the artifact in model.tar.gz
 CURRENT_POINTER = "CURRENT"  # LocalModelRegistry's pointer file, so a registry dir can be served too
-# SageMaker rejects real-time invocation payloads above 6 MB before they reach the container;
-# the server enforces the same limit so a client that would overflow it fails locally too.
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
-CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 _ENDPOINT_PATH = re.compile(r"/endpoints/([^/]+)/invocations")
-
-
-# ---- payloads (shared with the client in resources/sagemaker.py) ----------------------
-
-
-def csv_lines(matrix: np.ndarray) -> list[str]:
-    """One CSV line per matrix row, each float in its shortest exact form (NaN as `NaN`).
-
-    polars writes floats with the shortest representation that parses back to the same bits
-    (like `repr`), about 5x faster than formatting in Python; the tests check the round trip.
-    """
-    if matrix.ndim != 2:
-        raise ValueError(f"expected a 2-d matrix, got shape {matrix.shape}")
-    if matrix.shape[0] == 0:
-        return []
-    text = pl.DataFrame(np.ascontiguousarray(matrix, dtype=np.float64)).write_csv(
-        include_header=False, line_terminator="\n"
-    )
-    return text.split("\n")[:-1]
-
-
-def format_probabilities(values: np.ndarray, content_type: str) -> bytes:
-    """Probabilities as `text/csv` (one per line) or `application/json` (`{"predictions": [...]}`)."""
-    floats = np.asarray(values, dtype=np.float64).tolist()  # Python floats: json and repr are exact
-    if content_type == JSON:
-        return json.dumps({"predictions": floats}).encode()
-    return "".join(f"{v!r}\n" for v in floats).encode()
-
-
-def parse_probabilities(body: bytes, content_type: str | None) -> np.ndarray:
-    """The inverse of `format_probabilities` (what a client reads back)."""
-    text = body.decode("utf-8")
-    if _media_type(content_type) == JSON:
-        return np.asarray(json.loads(text)["predictions"], dtype=np.float64)
-    return np.asarray([float(line) for line in text.split()], dtype=np.float64)
-
-
-def model_attributes(model: TrainedModel) -> str:
-    """The custom-attributes value naming the model and version that answered."""
-    return f"model_id={model.model_id},model_version={model.version}"
-
-
-def parse_attributes(value: str | None) -> dict[str, str]:
-    """`k=v,k=v` custom attributes as a dict (empty when absent)."""
-    pairs = (item.partition("=") for item in (value or "").split(",") if "=" in item)
-    return {key.strip(): val.strip() for key, _, val in pairs}
-
-
-def _media_type(header: str | None) -> str:
-    return (header or "").split(";", 1)[0].strip().lower()
 
 
 # ---- the application (HTTP-independent, so tests can wrap it) -------------------------
@@ -195,7 +149,7 @@ class ModelApp:
     def invoke(self, endpoint: str | None, body: bytes, content_type: str | None, accept: str | None) -> Reply:
         """Score one payload: parse, predict with the endpoint's model, format in the Accept type."""
         model = self.model_for(endpoint)
-        request_type = _media_type(content_type)
+        request_type = media_type(content_type)
         if request_type not in (CSV, JSON):
             raise InferenceError(
                 415, "ValidationError", f"model {model.model_id!r}: unsupported Content-Type {content_type!r}; "
@@ -206,13 +160,13 @@ class ModelApp:
         parse = parse_csv if request_type == CSV else parse_json
         matrix = parse(body, width, model.model_id)
         probabilities = model.predict_matrix(matrix)
-        headers = {CUSTOM_ATTRIBUTES_HEADER: model_attributes(model)}
+        headers = {CUSTOM_ATTRIBUTES_HEADER: model_attributes(model.model_id, model.version)}
         return Reply(200, format_probabilities(probabilities, response_type), response_type, headers)
 
 
 def _negotiate(accept: str | None, request_type: str, model_id: str) -> str:
     """The first supported type in Accept; none or `*/*` means answer in the request's type."""
-    offered = [_media_type(part) for part in (accept or "").split(",") if part.strip()]
+    offered = [media_type(part) for part in (accept or "").split(",") if part.strip()]
     if not offered:
         return request_type
     wildcards = {"*/*": request_type, "text/*": CSV, "application/*": JSON}

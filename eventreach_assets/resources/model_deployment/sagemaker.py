@@ -1,10 +1,4 @@
-"""Making the scoring endpoints serve each model's current version (the `model_endpoints` asset).
-
-A model version is a content hash, so the weekly retrain promotes a new version almost every
-week, and `SageMakerScoring` refuses an endpoint that reports another version than `CURRENT`.
-Deploying is therefore part of the training job rather than a manual step.
-
-Locally there is nothing to deploy: in-process scoring reads the registry's `CURRENT` itself.
+"""Deploying registry versions to SageMaker endpoints (the aws deployment).
 
 On aws, each deployment is a SageMaker model and an endpoint config with one deterministic
 name, `<model id>-<version>-<spec>`, where `<spec>` is a digest of the image, role, instance
@@ -28,19 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-import dagster as dg
-from pydantic import Field, PrivateAttr
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import Field
 
-from eventreach_assets.resources.models import ModelRegistryResource
+from eventreach_assets.resources.aws import aws_client
+from eventreach_assets.resources.model_deployment.base import Action, DeploymentResult, ModelDeploymentResource
+from eventreach_assets.resources.model_registry import ModelRegistryResource
+from eventreach_assets.resources.scoring import endpoint_for
 
-Action = Literal["unchanged", "updated", "created", "not needed"]
-
-IN_PROCESS = "in-process"
 VARIANT_NAME = "AllTraffic"
 MAX_NAME_LENGTH = 63  # SageMaker model / endpoint config names: ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}
 TAG_MODEL_ID = "eventreach:model-id"
@@ -60,27 +52,6 @@ class ModelDeploymentError(RuntimeError):
         super().__init__(f"SageMaker endpoint {endpoint!r}: {step} failed: {message}")
         self.endpoint = endpoint
         self.step = step
-
-
-@dataclass(frozen=True)
-class DeploymentResult:
-    """What `deploy` did for one model, as the asset reports it."""
-
-    model_id: str
-    version: str
-    endpoint: str
-    action: Action
-    seconds: float
-    endpoint_config: str | None = None
-    previous_config: str | None = None
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "endpoint": self.endpoint,
-            "action": self.action,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 @runtime_checkable
@@ -104,30 +75,6 @@ def sagemaker_name(model_id: str, version: str, spec: str) -> str:
     return name
 
 
-class ModelDeploymentResource(dg.ConfigurableResource):
-    """Makes a model's scoring endpoint serve a given version."""
-
-    def deploy(self, model_id: str, version: str) -> DeploymentResult:
-        """Ensure `version` is what scoring of `model_id` uses; idempotent."""
-        raise NotImplementedError
-
-    def deployed_version(self, model_id: str) -> str | None:
-        """The version scoring of `model_id` uses now; None when nothing (recognisable) is deployed."""
-        raise NotImplementedError
-
-
-class InProcessDeployment(ModelDeploymentResource):
-    """The local deployment: in-process scoring loads the registry's `CURRENT`, nothing to deploy."""
-
-    registry: ModelRegistryResource
-
-    def deploy(self, model_id: str, version: str) -> DeploymentResult:
-        return DeploymentResult(model_id, version, IN_PROCESS, "not needed", 0.0)
-
-    def deployed_version(self, model_id: str) -> str | None:
-        return self.registry.load_current(model_id).version
-
-
 class SageMakerDeployment(ModelDeploymentResource):
     """Deploys registry versions to the SageMaker endpoints `SageMakerScoring` invokes."""
 
@@ -136,7 +83,7 @@ class SageMakerDeployment(ModelDeploymentResource):
         description="model_id -> SageMaker endpoint name; `endpoints_from_program` reads the program's URIs"
     )
     role_arn: str = Field(description="execution role SageMaker assumes: reads the packages, pulls the image")
-    image_uri: str = Field(description="ECR URI of the model-server image (see resources/s3_models.py)")
+    image_uri: str = Field(description="ECR URI of the model-server image (see model_registry/sagemaker_package.py)")
     instance_type: str = Field(default="ml.m5.large", description="instance type of each endpoint")
     initial_instance_count: int = Field(default=1, ge=1, description="instances per endpoint")
     region_name: str | None = Field(default=None, description="AWS region; None: AWS_REGION / AWS_DEFAULT_REGION")
@@ -144,28 +91,12 @@ class SageMakerDeployment(ModelDeploymentResource):
     wait_timeout_seconds: float = Field(default=1800.0, gt=0, description="longest wait for one endpoint")
     poll_seconds: float = Field(default=15.0, ge=0, description="pause between DescribeEndpoint calls")
 
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _client: Any = PrivateAttr(default=None)
-
     def client(self) -> Any:
-        """One SageMaker control-plane client per resource (thread-safe), botocore standard retries."""
-        import boto3  # here: the local deployment never needs boto3
-        from botocore.config import Config
-
-        with self._lock:
-            if self._client is None:
-                config = Config(retries={"mode": "standard", "max_attempts": 5})
-                self._client = boto3.session.Session().client(
-                    "sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url, config=config
-                )
-            return self._client
+        """The SageMaker control-plane client, botocore standard retries (5 retries)."""
+        return aws_client("sagemaker", region_name=self.region_name, endpoint_url=self.endpoint_url, max_attempts=6)
 
     def endpoint_for(self, model_id: str) -> str:
-        try:
-            return self.endpoints[model_id]
-        except KeyError:
-            message = f"no SageMaker endpoint configured for model {model_id!r}; configured: {self.endpoints}"
-            raise KeyError(message) from None
+        return endpoint_for(self.endpoints, model_id)
 
     def spec_digest(self) -> str:
         """8 hex of what else than the version shapes a deployment: a change redeploys."""
@@ -295,8 +226,6 @@ class SageMakerDeployment(ModelDeploymentResource):
 
     def _call(self, endpoint: str, operation: str, **kwargs: Any) -> dict[str, Any]:
         """One API call; any failure names the endpoint and the operation."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
             return getattr(self.client(), operation)(**kwargs)
         except ClientError as error:

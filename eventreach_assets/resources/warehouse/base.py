@@ -1,16 +1,15 @@
-"""The customer data warehouse: DuckDB file locally, Snowflake in production.
+"""The customer data warehouse interface: read-only access to the four tables of `domain/schema.py`.
 
-Both implementations run the same SQL (only functions both engines share, topics passed as
-bind parameters, never formatted in) and check the tables' columns first, so a warehouse
-that lacks a column fails with a message naming it rather than with an engine error.
+Every backend runs the same SQL (only functions both DuckDB and Snowflake share, topics and ids
+passed as bind parameters, never formatted in) and checks a table's columns first, so a
+warehouse that lacks a column fails with a message naming it rather than with an engine error.
+A backend only answers two questions: run this query, and which columns does this table have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import abc
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -42,14 +41,16 @@ def missing_columns(table: str, present: set[str]) -> list[str]:
     return [column for column in WAREHOUSE_TABLES[table] if column not in present]
 
 
-class WarehouseResource(dg.ConfigurableResource):
+class WarehouseResource(dg.ConfigurableResource, abc.ABC):
     """Read-only access to the four warehouse tables of `domain/schema.py`."""
 
+    @abc.abstractmethod
     def _query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-        raise NotImplementedError
+        """Run one statement with `?` bind parameters; the result as the DuckDB backend types it."""
 
+    @abc.abstractmethod
     def _columns(self, table: str) -> set[str]:
-        raise NotImplementedError
+        """The table's column names, lower-case; empty when the table does not exist."""
 
     def check_table(self, table: str) -> None:
         present = self._columns(table)
@@ -116,34 +117,3 @@ class WarehouseResource(dg.ConfigurableResource):
             PROFILE_COLUMNS,
             "WHERE customer_id IN (SELECT DISTINCT customer_id FROM invitation_history)",
         )
-
-
-class DuckDBWarehouse(WarehouseResource):
-    """The local deployment's warehouse: a DuckDB file seeded by `eventreach-demo seed`."""
-
-    path: str
-
-    @contextmanager
-    def _connect(self) -> Iterator[Any]:
-        import duckdb
-
-        if not Path(self.path).exists():
-            raise WarehouseSchemaError(
-                f"warehouse file {self.path} does not exist; seed it with `eventreach-demo seed --profiles N`"
-            )
-        connection = duckdb.connect(self.path, read_only=True)
-        try:
-            yield connection
-        finally:
-            connection.close()
-
-    def _query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-        with self._connect() as connection:
-            return connection.sql(sql, params=params or None).pl()
-
-    def _columns(self, table: str) -> set[str]:
-        with self._connect() as connection:
-            rows = connection.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
-            ).fetchall()
-        return {row[0] for row in rows}

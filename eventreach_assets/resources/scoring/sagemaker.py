@@ -15,28 +15,28 @@ Credentials and, when `region_name` is unset, the region come from the environme
 (boto3's default chain: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`,
 `AWS_PROFILE`, the instance or task role; `AWS_REGION`/`AWS_DEFAULT_REGION`). `endpoint_url`
 points the client at `eventreach_assets.serving.model_server` on loopback for tests and local
-runs; boto3 then POSTs to `{endpoint_url}/endpoints/{name}/invocations`.
+runs; boto3 then POSTs to `{endpoint_url}/endpoints/{name}/invocations`. The payload formats are
+`domain/sagemaker_wire.py`, shared with that server.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import boto3
 import numpy as np
-from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from eventreach_assets.domain.models import TrainedModel
+from eventreach_assets.domain.sagemaker_wire import CSV, csv_lines, parse_attributes, parse_probabilities
 from eventreach_assets.program.config import ProgramConfig
-from eventreach_assets.resources.models import ScoringResource
-from eventreach_assets.serving.model_server import CSV, csv_lines, parse_attributes, parse_probabilities
+from eventreach_assets.resources.aws import aws_client
+from eventreach_assets.resources.scoring.base import ScoringResource
 
 # Error codes worth another try: throttling, a model still starting, transient server faults.
 RETRYABLE_CODES = frozenset(
@@ -69,6 +69,15 @@ def endpoints_from_program(program: ProgramConfig) -> dict[str, str]:
     return {spec.model_id: spec.endpoint_name for spec in program.scoring_models}
 
 
+def endpoint_for(endpoints: Mapping[str, str], model_id: str) -> str:
+    """The endpoint serving `model_id`; a KeyError naming the configured ones otherwise."""
+    try:
+        return endpoints[model_id]
+    except KeyError:
+        message = f"no SageMaker endpoint configured for model {model_id!r}; configured: {dict(endpoints)}"
+        raise KeyError(message) from None
+
+
 def _retryable(status: int | None, code: str | None, response: dict[str, Any]) -> bool:
     if code in RETRYABLE_CODES or status == 429 or (status is not None and status >= 500):
         return True
@@ -96,30 +105,20 @@ class SageMakerScoring(ScoringResource):
         default=True, description="fail when an endpoint reports a version other than the registry's current one"
     )
 
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _client: Any = PrivateAttr(default=None)
-
     def endpoint_for(self, model_id: str) -> str:
-        try:
-            return self.endpoints[model_id]
-        except KeyError:
-            message = f"no SageMaker endpoint configured for model {model_id!r}; configured: {self.endpoints}"
-            raise KeyError(message) from None
+        return endpoint_for(self.endpoints, model_id)
 
     def client(self) -> Any:
-        """One sagemaker-runtime client per resource (thread-safe), botocore retries off."""
-        with self._lock:
-            if self._client is None:
-                config = Config(
-                    retries={"total_max_attempts": 1, "mode": "standard"},
-                    max_pool_connections=max(10, self.max_in_flight),
-                    connect_timeout=10,
-                    read_timeout=self.timeout_seconds,
-                )
-                self._client = boto3.session.Session().client(
-                    "sagemaker-runtime", region_name=self.region_name, endpoint_url=self.endpoint_url, config=config
-                )
-            return self._client
+        """The sagemaker-runtime client, botocore retries off (`_invoke` retries and counts itself)."""
+        return aws_client(
+            "sagemaker-runtime",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            max_attempts=1,
+            connect_timeout_s=10,
+            read_timeout_s=self.timeout_seconds,
+            max_pool_connections=max(10, self.max_in_flight),
+        )
 
     def predict(self, model: TrainedModel, matrix: np.ndarray) -> np.ndarray:
         """P(label) per row, in row order, from the model's endpoint."""
@@ -204,7 +203,7 @@ class SageMakerScoring(ScoringResource):
             raise SageMakerEndpointError(
                 endpoint,
                 f"SageMaker endpoint {endpoint!r} serves {model.model_id} version {served}, but the registry's "
-                f"current version is {model.version}: deploy it (resources/s3_models.py) before scoring",
+                f"current version is {model.version}: deploy it (the `model_endpoints` asset) before scoring",
             )
         try:
             probabilities = parse_probabilities(payload, response.get("ContentType"))

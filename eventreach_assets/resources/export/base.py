@@ -16,31 +16,22 @@ event_id, channel, score, score_band, status, status_at, registered_channel, bat
 written_at, expires_at, marketplace, timezone, geographic_region, job_role, p_*), never the
 store's keys nor anything the store does not hold, and never EXPORT_EXCLUDED_COLUMNS
 (`email`): the export is for analysts.
+
+The layout, the file body and the result live here; a backend only publishes one partition's
+file (and catalogs it) and reads it back.
 """
 
 from __future__ import annotations
 
-import os
+import abc
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from pydantic import Field
 
-from eventreach_assets.domain.candidate_items import EXPORT_EXCLUDED_COLUMNS, export_frame
-
-__all__ = [
-    "EXPORT_EXCLUDED_COLUMNS",
-    "PART_FILE",
-    "CandidateExportResource",
-    "ExportResult",
-    "LocalParquetExport",
-    "partition_path",
-]
+from eventreach_assets.domain.candidate_items import export_frame
 
 PART_FILE = "part-0.parquet"
 # Partition values become path segments (and S3 keys): keep them to characters that need
@@ -60,6 +51,15 @@ class ExportResult:
     partition: dict[str, str]  # {"program": ..., "event": ..., "dt": "YYYY-MM-DD"} (Glue partition values)
 
 
+@dataclass(frozen=True)
+class PublishedFile:
+    """What a backend reports about the file it wrote."""
+
+    uri: str
+    path: str
+    bytes: int
+
+
 def partition_path(program_id: str, event_id: str, run_date: date) -> str:
     """Relative hive partition directory; raises on values unsafe as path segments."""
     for kind, value in (("program_id", program_id), ("event_id", event_id)):
@@ -68,7 +68,7 @@ def partition_path(program_id: str, event_id: str, run_date: date) -> str:
     return f"program={program_id}/event={event_id}/dt={run_date.isoformat()}"
 
 
-class CandidateExportResource(dg.ConfigurableResource):
+class CandidateExportResource(dg.ConfigurableResource, abc.ABC):
     """Exports an event's candidate items as one hive partition per (program, event, run date).
 
     Re-exporting the same partition replaces it, so re-runs are idempotent.
@@ -76,45 +76,33 @@ class CandidateExportResource(dg.ConfigurableResource):
 
     def export_event(self, program_id: str, event_id: str, run_date: date, items: pl.DataFrame) -> ExportResult:
         """Write `items` (as read from the candidate store) minus excluded columns to the partition."""
-        raise NotImplementedError
-
-    def read_event(self, program_id: str, event_id: str, run_date: date) -> pl.DataFrame:
-        """The file body of one partition (no partition columns); FileNotFoundError if absent."""
-        raise NotImplementedError
-
-
-class LocalParquetExport(CandidateExportResource):
-    """Parquet files under a local directory (the local stand-in for S3 + Glue)."""
-
-    base_dir: str = Field(description="Root of the hive-partitioned dataset.")
-
-    def export_event(self, program_id: str, event_id: str, run_date: date, items: pl.DataFrame) -> ExportResult:
-        directory = Path(self.base_dir) / partition_path(program_id, event_id, run_date)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = partition_path(program_id, event_id, run_date)
         body = export_frame(items)
-        target = directory / PART_FILE
-        # Write beside the target under a name no reader globs (leading dot, no .parquet
-        # suffix), then rename over it: readers see the old file or the new one, never half.
-        temp = directory / f".{PART_FILE}.{uuid.uuid4().hex}.tmp"
-        try:
-            body.write_parquet(temp, compression="zstd", statistics=True)
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
-        for leftover in directory.iterdir():  # the partition holds exactly this export
-            if leftover.name != PART_FILE and leftover.suffix == ".parquet":
-                leftover.unlink()
+        partition = {"program": program_id, "event": event_id, "dt": run_date.isoformat()}
+        published = self._publish(directory, body, partition)
         return ExportResult(
-            uri=target.resolve().as_uri(),
-            path=str(target),
+            uri=published.uri,
+            path=published.path,
             rows=body.height,
-            bytes=target.stat().st_size,
+            bytes=published.bytes,
             columns=body.columns,
-            partition={"program": program_id, "event": event_id, "dt": run_date.isoformat()},
+            partition=partition,
         )
 
     def read_event(self, program_id: str, event_id: str, run_date: date) -> pl.DataFrame:
-        target = Path(self.base_dir) / partition_path(program_id, event_id, run_date) / PART_FILE
-        if not target.exists():
-            raise FileNotFoundError(f"no export for program={program_id} event={event_id} dt={run_date}: {target}")
-        return pl.read_parquet(target)
+        """The file body of one partition (no partition columns); FileNotFoundError if absent."""
+        relative = f"{partition_path(program_id, event_id, run_date)}/{PART_FILE}"
+        missing = f"no export for program={program_id} event={event_id} dt={run_date}: {self._location(relative)}"
+        return self._read(relative, missing)
+
+    @abc.abstractmethod
+    def _publish(self, directory: str, body: pl.DataFrame, partition: dict[str, str]) -> PublishedFile:
+        """Make `body` the only file of the partition at `directory` (relative to the dataset root)."""
+
+    @abc.abstractmethod
+    def _location(self, relative: str) -> str:
+        """Where the file at `relative` is, as a message shows it."""
+
+    @abc.abstractmethod
+    def _read(self, relative: str, missing: str) -> pl.DataFrame:
+        """The file at `relative`; FileNotFoundError(`missing`) if there is none."""

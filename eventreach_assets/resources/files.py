@@ -1,0 +1,37 @@
+"""Storage plumbing shared by the file-like backends (IO managers, decision log, model registry,
+metrics): keys that cannot escape their directory or S3 prefix, and local writes that readers
+see whole or not at all (write beside the target, then rename over it)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import polars as pl
+
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9._:=-]+$")
+
+
+def safe_key(value: str) -> str:
+    """Refuse partition keys that could escape the data dir."""
+    if not _SAFE_KEY.match(value) or value in {".", ".."}:
+        raise ValueError(f"unsafe key for a storage path: {value!r}")
+    return value
+
+
+def _temporary_beside(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
+    temporary = _temporary_beside(path)
+    frame.write_parquet(temporary)
+    os.replace(temporary, path)
+
+
+def write_bytes_atomically(data: bytes, path: Path) -> None:
+    temporary = _temporary_beside(path)
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

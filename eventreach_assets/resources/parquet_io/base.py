@@ -1,0 +1,61 @@
+"""What the Parquet IO managers share: which file an asset value goes to, and refusing values
+that are not polars DataFrames. They implement Dagster's own IO manager interface
+(`handle_output` / `load_input`); a backend only stores and fetches a frame at a location.
+
+Layout, relative to the backend's root (a directory, an S3 prefix):
+
+    <asset key path>/<partition key>.parquet     partitioned assets
+    <asset key path>.parquet                     unpartitioned assets
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from eventreach_assets.resources.files import safe_key
+
+
+def value_path(context: dg.OutputContext | dg.InputContext) -> list[str]:
+    """The asset value's path segments, each checked so it cannot escape the root."""
+    asset_path = [safe_key(part) for part in context.asset_key.path]
+    if context.has_asset_partitions:
+        return [*asset_path, f"{safe_key(context.asset_partition_key)}.parquet"]
+    return [*asset_path[:-1], f"{asset_path[-1]}.parquet"]
+
+
+class PolarsParquetIOManagerBase(dg.ConfigurableIOManager, abc.ABC):
+    """Stores polars DataFrame asset values as one Parquet file per asset partition."""
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | None) -> None:
+        if obj is None:
+            return
+        if not isinstance(obj, pl.DataFrame):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} returned {type(obj).__name__}, expected polars.DataFrame"
+            )
+        metadata = self._write(value_path(context), obj)
+        if metadata:
+            context.add_output_metadata(metadata)
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+        path = value_path(context)
+        missing = (
+            f"no stored value for {context.asset_key.to_user_string()} at {self._location(path)}: materialize it first"
+        )
+        return self._read(path, missing)
+
+    @abc.abstractmethod
+    def _location(self, path: list[str]) -> str:
+        """Where the value at `path` is stored, as a message shows it."""
+
+    @abc.abstractmethod
+    def _write(self, path: list[str], frame: pl.DataFrame) -> dict[str, Any]:
+        """Store `frame` at `path`, replacing it atomically; returns output metadata (may be empty)."""
+
+    @abc.abstractmethod
+    def _read(self, path: list[str], missing: str) -> pl.DataFrame:
+        """The frame at `path`; FileNotFoundError(`missing`) if there is none."""
