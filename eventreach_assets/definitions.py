@@ -46,11 +46,11 @@ from eventreach_assets.resources.engagement import SqliteEngagementStore
 from eventreach_assets.resources.export import LocalParquetExport
 from eventreach_assets.resources.feeds import LocalFolderFeed
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
-from eventreach_assets.resources.metrics import LocalMetricsSink
+from eventreach_assets.resources.link_signing import EnvLinkSecret, LocalLinkSecret
+from eventreach_assets.resources.metrics_sink import LocalMetricsSink
 from eventreach_assets.resources.model_deployment import InProcessDeployment
 from eventreach_assets.resources.models import InProcessScoring, LocalModelRegistry
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.secrets import EnvLinkSecret, LocalLinkSecret
 from eventreach_assets.resources.storage import LocalDecisionLog, PolarsParquetIOManager
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets.schedules import build_schedules
@@ -174,7 +174,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
 
     from eventreach_assets.resources.dynamodb_store import DynamoDBCandidateStore
     from eventreach_assets.resources.feeds import S3Feed
-    from eventreach_assets.resources.metrics import CloudWatchMetricsSink
+    from eventreach_assets.resources.metrics_sink import CloudWatchMetricsSink
     from eventreach_assets.resources.model_deployment import SageMakerDeployment
     from eventreach_assets.resources.s3_export import S3GlueExport
     from eventreach_assets.resources.s3_models import S3ModelRegistry

@@ -187,9 +187,9 @@ def test_smtp_wrong_password_and_no_server() -> None:
 
 
 def test_smtp_rate_limit_spaces_sends() -> None:
-    from eventreach_assets.resources.channels import _RateLimiter
+    from eventreach_assets.resources.channels import RateLimiter
 
-    limiter = _RateLimiter(20.0)
+    limiter = RateLimiter(20.0)
     start = datetime.now()
     for _ in range(5):
         limiter.wait()

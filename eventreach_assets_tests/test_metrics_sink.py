@@ -24,7 +24,7 @@ from eventreach_assets.domain.metrics import (
     plan_batches,
     validate_metrics,
 )
-from eventreach_assets.resources.metrics import CloudWatchMetricsSink, LocalMetricsSink
+from eventreach_assets.resources.metrics_sink import CloudWatchMetricsSink, LocalMetricsSink
 from eventreach_assets_tests.stand_ins import REGION
 
 PROGRAM = "event-invitations"

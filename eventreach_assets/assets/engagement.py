@@ -26,8 +26,8 @@ from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.engagement import CANCELLED, REGISTERED, WAITLISTED, EngagementStoreResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
+from eventreach_assets.resources.link_signing import LinkSigningResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.secrets import LinkSigningResource
 from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 

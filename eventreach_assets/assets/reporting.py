@@ -18,7 +18,7 @@ from eventreach_assets.domain import charts, report
 from eventreach_assets.partitions import daily_partitions, events_partitions
 from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
-from eventreach_assets.resources.metrics import MetricsSinkResource
+from eventreach_assets.resources.metrics_sink import MetricsSinkResource
 from eventreach_assets.resources.program import ProgramResource
 from eventreach_assets.resources.storage import DecisionLogResource
 

@@ -23,8 +23,8 @@ from eventreach_assets.registrations import registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
+from eventreach_assets.resources.link_signing import LinkSigningResource
 from eventreach_assets.resources.program import ProgramResource
-from eventreach_assets.resources.secrets import LinkSigningResource
 from eventreach_assets.resources.storage import DecisionLogResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
