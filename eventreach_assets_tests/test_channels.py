@@ -196,6 +196,22 @@ def test_smtp_rate_limit_spaces_sends() -> None:
     assert (datetime.now() - start).total_seconds() >= 0.19
 
 
+def test_every_channel_paces_to_its_rate_and_refuses_before_waiting(tmp_path: Path) -> None:
+    push = LocalOutboxPush(outbox_dir=str(tmp_path / "push"), max_messages_per_second=20.0)
+    start = datetime.now()
+    for number in range(5):
+        push.send(push_message(f"c{number}", f"customer-c{number}"))
+    assert (datetime.now() - start).total_seconds() >= 0.19
+    assert len(list((tmp_path / "push").iterdir())) == 5
+
+    slow = SnsPush(region_name=REGION, max_messages_per_second=0.2)  # 5 s apart
+    start = datetime.now()
+    for number in range(3):  # no topic and no endpoint ARN: refused while encoding, before any wait
+        with pytest.raises(PermanentSendError, match="no topic is set"):
+            slow.send(push_message(f"c{number}", f"customer-c{number}"))
+    assert (datetime.now() - start).total_seconds() < 1
+
+
 # ---- email: SES v2 (moto) -----------------------------------------------------------------
 
 
