@@ -47,13 +47,13 @@ from eventreach_assets.resources.engagement_store import SqliteEngagementStore
 from eventreach_assets.resources.export import LocalParquetExport
 from eventreach_assets.resources.feeds import LocalFolderFeed
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
-from eventreach_assets.resources.metrics import LocalMetricsSink
+from eventreach_assets.resources.link_signing import EnvLinkSecret, LocalLinkSecret
+from eventreach_assets.resources.metrics_sink import LocalMetricsSink
 from eventreach_assets.resources.model_deployment import InProcessDeployment
 from eventreach_assets.resources.model_registry import LocalModelRegistry
 from eventreach_assets.resources.parquet_io import PolarsParquetIOManager
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.scoring import InProcessScoring
-from eventreach_assets.resources.secrets import EnvLinkSecret, LocalLinkSecret
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets.schedules import build_schedules
 from eventreach_assets.sensors import (
@@ -178,7 +178,7 @@ def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str,
     from eventreach_assets.resources.decision_log import S3DecisionLog
     from eventreach_assets.resources.export import S3GlueExport
     from eventreach_assets.resources.feeds import S3Feed
-    from eventreach_assets.resources.metrics import CloudWatchMetricsSink
+    from eventreach_assets.resources.metrics_sink import CloudWatchMetricsSink
     from eventreach_assets.resources.model_deployment import SageMakerDeployment
     from eventreach_assets.resources.model_registry import S3ModelRegistry
     from eventreach_assets.resources.parquet_io import S3PolarsParquetIOManager

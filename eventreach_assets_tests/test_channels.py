@@ -187,13 +187,29 @@ def test_smtp_wrong_password_and_no_server() -> None:
 
 
 def test_smtp_rate_limit_spaces_sends() -> None:
-    from eventreach_assets.resources.channels import _RateLimiter
+    from eventreach_assets.resources.channels import RateLimiter
 
-    limiter = _RateLimiter(20.0)
+    limiter = RateLimiter(20.0)
     start = datetime.now()
     for _ in range(5):
         limiter.wait()
     assert (datetime.now() - start).total_seconds() >= 0.19
+
+
+def test_every_channel_paces_to_its_rate_and_refuses_before_waiting(tmp_path: Path) -> None:
+    push = LocalOutboxPush(outbox_dir=str(tmp_path / "push"), max_messages_per_second=20.0)
+    start = datetime.now()
+    for number in range(5):
+        push.send(push_message(f"c{number}", f"customer-c{number}"))
+    assert (datetime.now() - start).total_seconds() >= 0.19
+    assert len(list((tmp_path / "push").iterdir())) == 5
+
+    slow = SnsPush(region_name=REGION, max_messages_per_second=0.2)  # 5 s apart
+    start = datetime.now()
+    for number in range(3):  # no topic and no endpoint ARN: refused while encoding, before any wait
+        with pytest.raises(PermanentSendError, match="no topic is set"):
+            slow.send(push_message(f"c{number}", f"customer-c{number}"))
+    assert (datetime.now() - start).total_seconds() < 1
 
 
 # ---- email: SES v2 (moto) -----------------------------------------------------------------

@@ -239,3 +239,10 @@ def test_nothing_escapes_the_local_base_dir(tmp_path: Path):
     with pytest.raises(FeedError):
         feed.drop("tracking", "../../outside.jsonl", [{"a": 1}])
     assert not list(tmp_path.rglob("outside.jsonl"))
+
+
+@pytest.mark.parametrize("option", [{"use_ssl": False}, {"verify": False}, {"use_unsigned_session": True}])
+def test_s3_feed_refuses_session_options_its_client_does_not_offer(option):
+    feed = S3Feed(s3=S3Resource(region_name=REGION, **option), bucket=BUCKET)
+    with pytest.raises(ValueError, match="not supported here"):
+        feed.new_files("tracking")

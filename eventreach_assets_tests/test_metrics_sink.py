@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import boto3
 import duckdb
@@ -24,7 +27,7 @@ from eventreach_assets.domain.metrics import (
     plan_batches,
     validate_metrics,
 )
-from eventreach_assets.resources.metrics import CloudWatchMetricsSink, LocalMetricsSink
+from eventreach_assets.resources.metrics_sink import CloudWatchMetricsSink, LocalMetricsSink
 from eventreach_assets_tests.stand_ins import REGION
 
 PROGRAM = "event-invitations"
@@ -185,31 +188,51 @@ def test_local_sink_round_trip(tmp_path):
 # ---- CloudWatch over moto --------------------------------------------------------------------
 
 
+@contextmanager
+def client_hooks(hooks: dict[str, Callable[..., Any]]) -> Iterator[None]:
+    """While inside, every client `CloudWatchMetricsSink.get_client` returns has `hooks` (event -> handler)
+    registered once; they are taken off again after, as the client is shared by the whole process."""
+    original = CloudWatchMetricsSink.get_client
+    hooked_clients: list[Any] = []
+
+    def hooked(self):
+        client = original(self)
+        for event, handler in hooks.items():
+            client.meta.events.register(event, handler, unique_id=f"{event}-{id(hooks)}")
+        hooked_clients.append(client)
+        return client
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CloudWatchMetricsSink, "get_client", hooked)
+        try:
+            yield
+        finally:
+            for client in hooked_clients:
+                for event in hooks:
+                    client.meta.events.unregister(event, unique_id=f"{event}-{id(hooks)}")
+
+
 @pytest.fixture
-def calls(monkeypatch):
+def calls():
     """Records, per PutMetricData call the sink makes, the datum count and the request body size.
 
     The size is taken at `before-call`, i.e. before botocore gzips the body (PutMetricData has
     the requestcompression trait): even uncompressed, each request must fit in 1 MB.
     """
     record: dict[str, list[int]] = {"datums": [], "body_bytes": []}
-    original = CloudWatchMetricsSink.get_client
 
-    def hooked(self):
-        client = original(self)
+    def count(params, **_):
+        record["datums"].append(len(params["MetricData"]))
 
-        def count(params, **_):
-            record["datums"].append(len(params["MetricData"]))
+    def size(params, **_):
+        record["body_bytes"].append(len(params["body"] or b""))
 
-        def size(params, **_):
-            record["body_bytes"].append(len(params["body"] or b""))
-
-        client.meta.events.register("provide-client-params.cloudwatch.PutMetricData", count)
-        client.meta.events.register("before-call.cloudwatch.PutMetricData", size)
-        return client
-
-    monkeypatch.setattr(CloudWatchMetricsSink, "get_client", hooked)
-    return record
+    hooks = {
+        "provide-client-params.cloudwatch.PutMetricData": count,
+        "before-call.cloudwatch.PutMetricData": size,
+    }
+    with client_hooks(hooks):
+        yield record
 
 
 @pytest.mark.integration
@@ -276,7 +299,6 @@ def test_cloudwatch_batch_metrics_and_throttling_retry(aws_endpoint, calls):
         sdk_max_attempts=1,
         throttle_base_delay_s=0.001,
     )
-    original = CloudWatchMetricsSink.get_client
     throttled = {"left": 2}
 
     def throttle_first_calls(**_):
@@ -286,14 +308,10 @@ def test_cloudwatch_batch_metrics_and_throttling_retry(aws_endpoint, calls):
             return AWSResponse(aws_endpoint, 400, {}, None), error
         return None
 
-    def throttling_client(self):
-        client = original(self)
-        client.meta.events.register("before-call.cloudwatch.PutMetricData", throttle_first_calls)
-        return client
+    throttling = {"before-call.cloudwatch.PutMetricData": throttle_first_calls}
 
     frame = batch_frame(at=now)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(CloudWatchMetricsSink, "get_client", throttling_client)
+    with client_hooks(throttling):
         assert sink.publish(frame) == frame.height
     assert throttled["left"] == 0 and calls["datums"] == [frame.height] * 3  # two throttled, one through
 
@@ -306,7 +324,5 @@ def test_cloudwatch_batch_metrics_and_throttling_retry(aws_endpoint, calls):
     assert len(filters) == 1
 
     throttled["left"] = 10  # more throttling than retries: the error surfaces
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(CloudWatchMetricsSink, "get_client", throttling_client)
-        with pytest.raises(ClientError, match="Rate exceeded"):
-            sink.model_copy(update={"throttle_retries": 2}).publish(frame)
+    with client_hooks(throttling), pytest.raises(ClientError, match="Rate exceeded"):
+        sink.model_copy(update={"throttle_retries": 2}).publish(frame)

@@ -28,8 +28,8 @@ from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
+from eventreach_assets.resources.link_signing import LinkSigningResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-from eventreach_assets.resources.secrets import LinkSigningResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 ENGAGEMENT = {"group_name": "engagement", "owners": ["team:events"]}

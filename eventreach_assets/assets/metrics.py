@@ -7,7 +7,7 @@ import dagster as dg
 from eventreach_assets.assets.ingestion import BATCH
 from eventreach_assets.assets.storage import candidates_table
 from eventreach_assets.domain.metrics import batch_metrics_frame
-from eventreach_assets.resources.metrics import MetricsSinkResource
+from eventreach_assets.resources.metrics_sink import MetricsSinkResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 
 STAGE_ASSETS = ("raw_candidates", "filtered_candidates", "scored_candidates", "candidates_table")

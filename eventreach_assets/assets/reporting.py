@@ -19,7 +19,7 @@ from eventreach_assets.partitions import daily_partitions, events_partitions
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
-from eventreach_assets.resources.metrics import MetricsSinkResource
+from eventreach_assets.resources.metrics_sink import MetricsSinkResource
 from eventreach_assets.resources.program import ProgramResource
 
 REPORTING = {"group_name": "reporting", "owners": ["team:events"]}

@@ -24,8 +24,8 @@ from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
+from eventreach_assets.resources.link_signing import LinkSigningResource
 from eventreach_assets.resources.program import ProgramResource
-from eventreach_assets.resources.secrets import LinkSigningResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 PAGE = 5_000  # candidates read per store query

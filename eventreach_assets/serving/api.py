@@ -777,7 +777,7 @@ def deployment_dependencies(home: Path | None = None, deployment: str | None = N
 
 def local_secret_file(path: Path) -> str:
     """A random secret kept in `path` (mode 0600), created on first use (as the link secret is)."""
-    from eventreach_assets.resources.secrets import LocalLinkSecret
+    from eventreach_assets.resources.link_signing import LocalLinkSecret
 
     return LocalLinkSecret(path=str(path)).key().decode()
 

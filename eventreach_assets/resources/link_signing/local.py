@@ -1,31 +1,12 @@
-"""The key that signs tracking, registration and unsubscribe links.
+"""The local deployment's link-signing key: random, created once in the data dir."""
 
-Production reads it from the environment (`dg.EnvVar("EVENTREACH_LINK_SECRET")`). The local
-deployment needs no account and no secret in the repository, so it creates a random key once
-in its data dir (mode 0600) and reuses it, which keeps links valid across runs.
-"""
+from __future__ import annotations
 
 import os
 import secrets
 from pathlib import Path
 
-import dagster as dg
-
-
-class LinkSigningResource(dg.ConfigurableResource):
-    def key(self) -> bytes:
-        raise NotImplementedError
-
-
-class EnvLinkSecret(LinkSigningResource):
-    """The signing key itself, from `dg.EnvVar("EVENTREACH_LINK_SECRET")`."""
-
-    secret: str
-
-    def key(self) -> bytes:
-        if len(self.secret) < 32:
-            raise ValueError("EVENTREACH_LINK_SECRET must be at least 32 characters")
-        return self.secret.encode()
+from eventreach_assets.resources.link_signing.base import LinkSigningResource
 
 
 class LocalLinkSecret(LinkSigningResource):

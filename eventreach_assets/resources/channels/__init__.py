@@ -1,0 +1,57 @@
+"""Channel services: the only code that hands a rendered message to a provider.
+
+One interface per channel (email, push, in-app; `base.py`), each with a local outbox for the
+local deployment and tests (`outbox.py`) and real providers: SMTP (`smtp.py`), Amazon SES v2
+(`ses.py`), Amazon SNS (`sns.py`), an HTTP webhook (`webhook.py`). `base.py` says what `send`
+returns and raises.
+"""
+
+from eventreach_assets.resources.channels.base import (
+    ChannelResource,
+    ChannelUnavailableError,
+    EmailChannelResource,
+    EmailWire,
+    InAppChannelResource,
+    PermanentSendError,
+    PushChannelResource,
+    RateLimiter,
+    TransientSendError,
+    build_email,
+    document_bytes,
+    email_bytes,
+    message_document,
+)
+from eventreach_assets.resources.channels.outbox import (
+    LocalOutboxEmail,
+    LocalOutboxInApp,
+    LocalOutboxPush,
+    outbox_file_stem,
+)
+from eventreach_assets.resources.channels.ses import SesEmail
+from eventreach_assets.resources.channels.smtp import SmtpEmail
+from eventreach_assets.resources.channels.sns import SnsPush
+from eventreach_assets.resources.channels.webhook import WebhookInApp
+
+__all__ = [
+    "ChannelResource",
+    "ChannelUnavailableError",
+    "EmailChannelResource",
+    "EmailWire",
+    "InAppChannelResource",
+    "LocalOutboxEmail",
+    "LocalOutboxInApp",
+    "LocalOutboxPush",
+    "PermanentSendError",
+    "PushChannelResource",
+    "RateLimiter",
+    "SesEmail",
+    "SmtpEmail",
+    "SnsPush",
+    "TransientSendError",
+    "WebhookInApp",
+    "build_email",
+    "document_bytes",
+    "email_bytes",
+    "message_document",
+    "outbox_file_stem",
+]

@@ -1,0 +1,91 @@
+"""The local deployment's channels: one file per message in an outbox folder, no provider.
+
+Each file is named from the message's idempotency key, so a resend overwrites instead of
+duplicating, and is written atomically, so a reader (or a crash) never sees half a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import Field
+
+from eventreach_assets.domain.delivery import OutboundMessage
+from eventreach_assets.resources.channels.base import (
+    EmailChannelResource,
+    EmailWire,
+    InAppChannelResource,
+    PushChannelResource,
+)
+
+
+def outbox_file_stem(message: OutboundMessage) -> str:
+    """A file name from the idempotency key: readable, filesystem-safe, and unique (a resend overwrites)."""
+    key = message.idempotency_key
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:100]
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a reader (or a crash) never sees half a message."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_to_outbox(outbox_dir: str, message: OutboundMessage, suffix: str, data: bytes) -> str:
+    """Put `data` in `outbox_dir` as `<stem><suffix>`; returns the stem."""
+    stem = outbox_file_stem(message)
+    write_atomically(Path(outbox_dir, f"{stem}{suffix}"), data)
+    return stem
+
+
+class LocalOutboxEmail(EmailChannelResource):
+    """One `.eml` file per message in `outbox_dir`, openable in any mail client.
+
+    The file name comes from the idempotency key, so a resend overwrites instead of
+    duplicating; the returned id is the message's Message-ID.
+    """
+
+    outbox_dir: str = Field(description="Directory the .eml files go to, e.g. $EVENTREACH_HOME/outbox/email.")
+    sender: str = Field(default="EventReach <events@eventreach.invalid>", description="From, when not rendered.")
+    send_delay_seconds: float = Field(
+        default=0.0, ge=0.0, description="How long each message's answer takes, like a provider's latency (tests)."
+    )
+
+    def _deliver(self, message: OutboundMessage, payload: EmailWire) -> str:
+        write_to_outbox(self.outbox_dir, message, ".eml", payload.data)
+        if self.send_delay_seconds:  # accepted, the answer still on its way
+            time.sleep(self.send_delay_seconds)
+        return payload.message_id
+
+
+class LocalOutboxPush(PushChannelResource):
+    """One JSON file per message in `outbox_dir`, named from the idempotency key (a resend overwrites)."""
+
+    outbox_dir: str = Field(description="Directory the .json files go to, e.g. $EVENTREACH_HOME/outbox/push.")
+
+    def _deliver(self, message: OutboundMessage, payload: bytes) -> str:
+        return f"local-push:{write_to_outbox(self.outbox_dir, message, '.json', payload)}"
+
+
+class LocalOutboxInApp(InAppChannelResource):
+    """One JSON file per banner in `outbox_dir`, named from the idempotency key (a resend overwrites)."""
+
+    outbox_dir: str = Field(description="Directory the .json files go to, e.g. $EVENTREACH_HOME/outbox/in-app.")
+
+    def _deliver(self, message: OutboundMessage, payload: bytes) -> str:
+        return f"local-in-app:{write_to_outbox(self.outbox_dir, message, '.json', payload)}"
