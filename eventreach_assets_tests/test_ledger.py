@@ -12,7 +12,10 @@ import pytest
 from eventreach_assets.domain.delivery import DeliveryKey, MessageKind, occurrence_of
 from eventreach_assets.resources.ledger import (
     DELIVERY_SCHEMA,
+    NOT_ATTEMPTED,
+    ReservationWrite,
     SqliteDeliveryLedger,
+    decide,
     decode_kind,
     encode_kind,
     key_frame,
@@ -256,6 +259,24 @@ def test_kind_encoding_round_trips_and_refuses_the_separator():
         encode_kind(MessageKind.REMINDER, "2026@x")
     with pytest.raises(ValueError, match="'@'"):
         key_frame(frame(DeliveryKey("a", EVENT, "push", MessageKind.REMINDER, "x#y")))
+
+
+def test_the_reservation_rule_both_backends_apply():
+    """`decide`: what a reservation grants and writes, per state of the key's row (cutoff = lease start)."""
+    cutoff, stale, live = "2026-11-23T09:00:00.000000Z", "2026-11-23T08:00:00.000000Z", "2026-11-23T09:30:00.000000Z"
+    cases = {
+        (None, None, None): (True, "pending", ReservationWrite.INSERT),
+        ("failed_transient", stale, "x"): (True, "pending", ReservationWrite.TAKE_OVER),
+        ("pending", stale, NOT_ATTEMPTED): (True, "pending", ReservationWrite.TAKE_OVER),  # died before the call
+        ("pending", stale, "2026-11-23T08:01:00.000000Z"): (False, "in_doubt", ReservationWrite.EXPIRE),
+        ("pending", stale, None): (False, "in_doubt", ReservationWrite.EXPIRE),  # a row older than attempted_at
+        ("pending", live, NOT_ATTEMPTED): (False, "pending", ReservationWrite.NONE),  # a live run holds it
+        ("sent", stale, "x"): (False, "sent", ReservationWrite.NONE),
+        ("held_out", None, None): (False, "held_out", ReservationWrite.NONE),
+    }
+    for (previous, reserved_at, attempted_at), expected in cases.items():
+        decision = decide(previous, reserved_at, cutoff, attempted_at)
+        assert (decision.granted, decision.status, decision.write) == expected, previous
 
 
 def test_a_reminder_is_sent_once_per_event_date(ledger):

@@ -1,0 +1,72 @@
+"""The delivery ledger: the interface (`base.py`, with the send protocol), its SQLite and DynamoDB
+backends, the stored key and row forms, and the DynamoDB table definition."""
+
+from eventreach_assets.resources.ledger.base import (
+    IN_DOUBT_AFTER_DEATH,
+    LEASE_EXPIRED_REASON,
+    NOT_ATTEMPTED,
+    SENDABLE_FROM,
+    DeliveryLedgerResource,
+    ReservationDecision,
+    ReservationWrite,
+    decide,
+)
+from eventreach_assets.resources.ledger.dynamodb import DynamoDBDeliveryLedger
+from eventreach_assets.resources.ledger.keys import (
+    KEY_COLUMNS,
+    OCCURRENCE_SEPARATOR,
+    decode_kind,
+    encode_kind,
+    key_frame,
+    keys_frame,
+)
+from eventreach_assets.resources.ledger.records import (
+    ALL_CHANNELS,
+    DELIVERY_SCHEMA,
+    INVITATIONS_SCHEMA,
+    MESSAGE_LOOKUP_SCHEMA,
+    OPT_OUT_SCHEMA,
+    RESERVATION_SCHEMA,
+)
+from eventreach_assets.resources.ledger.sqlite import SqliteDeliveryLedger
+from eventreach_assets.resources.ledger.tables import (
+    MESSAGE_INDEX,
+    MESSAGE_INDEX_DEFINITION,
+    OWNER_INDEX,
+    SENT_INDEX,
+    add_message_index,
+    create_ledger_table,
+    ledger_table_definition,
+)
+
+__all__ = [
+    "ALL_CHANNELS",
+    "DELIVERY_SCHEMA",
+    "INVITATIONS_SCHEMA",
+    "IN_DOUBT_AFTER_DEATH",
+    "KEY_COLUMNS",
+    "LEASE_EXPIRED_REASON",
+    "MESSAGE_INDEX",
+    "MESSAGE_INDEX_DEFINITION",
+    "MESSAGE_LOOKUP_SCHEMA",
+    "NOT_ATTEMPTED",
+    "OCCURRENCE_SEPARATOR",
+    "OPT_OUT_SCHEMA",
+    "OWNER_INDEX",
+    "RESERVATION_SCHEMA",
+    "SENDABLE_FROM",
+    "SENT_INDEX",
+    "DeliveryLedgerResource",
+    "DynamoDBDeliveryLedger",
+    "ReservationDecision",
+    "ReservationWrite",
+    "SqliteDeliveryLedger",
+    "add_message_index",
+    "create_ledger_table",
+    "decide",
+    "decode_kind",
+    "encode_kind",
+    "key_frame",
+    "keys_frame",
+    "ledger_table_definition",
+]

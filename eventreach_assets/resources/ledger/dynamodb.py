@@ -1,0 +1,334 @@
+"""The delivery ledger on its own DynamoDB table (layout: `tables.ledger_table_definition`; items
+and update requests: `dynamodb_items.py`)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+from botocore.exceptions import ClientError
+from pydantic import Field
+
+from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind
+from eventreach_assets.domain.feedback import SUPPRESSION_SCHEMA
+from eventreach_assets.resources.dynamodb import DynamoDBClient, is_conditional_failure
+from eventreach_assets.resources.ledger import dynamodb_items as layout
+from eventreach_assets.resources.ledger.base import DeliveryLedgerResource, ReservationWrite, decide
+from eventreach_assets.resources.ledger.dynamodb_items import STATUS_NAMES, string_attr
+from eventreach_assets.resources.ledger.keys import stored_key
+from eventreach_assets.resources.ledger.records import stored_time, to_utc
+from eventreach_assets.resources.ledger.tables import MESSAGE_INDEX, OWNER_INDEX, SENT_INDEX, ledger_table_definition
+
+_BATCH_TRIES = 10
+_SETTLE_TRIES = 5
+
+
+class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
+    """The ledger on its own DynamoDB table (`ledger_table_definition`); conditional writes make
+    each reservation atomic per key. botocore's standard retries handle throttling; a
+    conditional-check failure is an answer (someone else holds the key), not an error.
+
+    One partition per event holds its deliveries: a 50,000-key reservation is 50,000 small
+    writes, spread by `max_parallel_requests` threads (DynamoDB adapts a hot partition).
+    Feedback, suppression and batched opt-out writes go in BatchWriteItem requests of 25 after
+    one BatchGetItem pass finds what already exists, so a replay writes nothing and the counts
+    are of new rows. Two ingestions racing on the same address may both write it (the later time
+    wins); the ingestion is one run at a time per feed, so this does not happen in practice.
+    """
+
+    table_name: str = Field(description="The ledger table (see ledger_table_definition).")
+    max_parallel_requests: int = Field(default=8, ge=1, le=64, description="Threads issuing per-key requests.")
+
+    _table_definition = staticmethod(ledger_table_definition)
+
+    # ---- requests ----
+
+    def _paged(self, operation: str, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every item of a Query or Scan, page after page."""
+        request = dict(request)
+        while True:
+            response = getattr(self.client(), operation)(TableName=self.table_name, **request)
+            yield from response.get("Items", [])
+            if "LastEvaluatedKey" not in response:
+                return
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _query(self, **request: Any) -> Iterator[dict[str, Any]]:
+        return self._paged("query", request)
+
+    def _conditional(self, operation: str, **request: Any) -> bool:
+        """A conditional PutItem / UpdateItem; False when its condition refused it."""
+        try:
+            getattr(self.client(), operation)(TableName=self.table_name, **request)
+        except ClientError as error:
+            if is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    def _update(self, key: dict[str, Any], request: dict[str, Any]) -> bool:
+        """A conditional UpdateItem of `key` (a `dynamodb_items` request)."""
+        return self._conditional("update_item", Key=key, ExpressionAttributeNames=STATUS_NAMES, **request)
+
+    def _batch_get(
+        self,
+        keys: list[dict[str, Any]],
+        attributes: str | None = None,
+        failure: str = f"ledger batch read still unprocessed after {_BATCH_TRIES} tries",
+    ) -> list[dict[str, Any]]:
+        """The items of these keys (BatchGetItem in chunks of 100, unprocessed keys retried)."""
+        unique = list({layout.key_id(key): key for key in keys}.values())
+        chunks = [unique[start : start + 100] for start in range(0, len(unique), 100)]
+
+        def fetch(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            found: list[dict[str, Any]] = []
+            spec: dict[str, Any] = {"Keys": chunk, "ConsistentRead": True}
+            if attributes:
+                spec["ProjectionExpression"] = attributes
+            request: dict[str, Any] = {self.table_name: spec}
+            for _ in range(_BATCH_TRIES):
+                response = self.client().batch_get_item(RequestItems=request)
+                found += response["Responses"].get(self.table_name, [])
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    return found
+                time.sleep(0.05)
+            raise RuntimeError(failure)
+
+        return [item for items in self._parallel(fetch, chunks) for item in items]
+
+    def _batch_write(self, items: list[dict[str, Any]]) -> None:
+        """Put these items (BatchWriteItem in chunks of 25, unprocessed items retried)."""
+        unique = list({layout.key_id(item): item for item in items}.values())
+        chunks = [unique[start : start + 25] for start in range(0, len(unique), 25)]
+
+        def write(chunk: list[dict[str, Any]]) -> None:
+            request: dict[str, Any] = {self.table_name: [{"PutRequest": {"Item": item}} for item in chunk]}
+            for _ in range(_BATCH_TRIES):
+                response = self.client().batch_write_item(RequestItems=request)
+                request = response.get("UnprocessedItems") or {}
+                if not request:
+                    return
+                time.sleep(0.05)
+            raise RuntimeError(f"ledger batch write still unprocessed after {_BATCH_TRIES} tries")
+
+        self._parallel(write, chunks)
+
+    def _write_new(self, items: list[dict[str, Any]]) -> int:
+        """Write the items whose key is not in the table yet; returns how many."""
+        keys = [{"pk": item["pk"], "sk": item["sk"]} for item in items]
+        existing = {layout.key_id(item) for item in self._batch_get(keys, "pk, sk")}
+        new = list({layout.key_id(item): item for item in items if layout.key_id(item) not in existing}.values())
+        self._batch_write(new)
+        return len(new)
+
+    # ---- reservations and marks ----
+
+    def _reserve_rows(self, frame: pl.DataFrame, at: str, cutoff: str, owner: str | None) -> list[tuple]:
+        return self._parallel(lambda row: self._reserve_one(row, at, cutoff, owner), list(frame.iter_rows()))
+
+    def _reserve_one(self, row: tuple, at: str, cutoff: str, owner: str | None) -> tuple:
+        """Reserve one stored-form key: a new pending item, unless the key has a row already."""
+        customer_id, event_id, channel, kind, _ = row
+        key = stored_key({"customer_id": customer_id, "event_id": event_id, "channel": channel, "kind": kind})
+        item = layout.new_reservation(row, key, at, owner)
+        if self._conditional("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)"):
+            return (*row, True, DeliveryStatus.PENDING.value, None)
+        return self._settle_existing(row, key, at, cutoff, owner)
+
+    def _settle_existing(self, row: tuple, key: DeliveryKey, at: str, cutoff: str, owner: str | None) -> tuple:
+        """Decide from the row's current state and flip it conditionally; re-read if it changed meanwhile."""
+        campaign_id = row[-1]
+        for _ in range(_SETTLE_TRIES):
+            current = (
+                self.client()
+                .get_item(TableName=self.table_name, Key=layout.delivery_key(key), ConsistentRead=True)
+                .get("Item", {})
+            )
+            previous, reserved_at = string_attr(current, "status"), string_attr(current, "reserved_at")
+            if previous is None:  # deleted meanwhile (never happens in normal operation)
+                return (*row, False, DeliveryStatus.IN_DOUBT.value, None)
+            decision = decide(previous, reserved_at, cutoff, string_attr(current, "attempted_at"))
+            if decision.write == ReservationWrite.NONE:
+                return (*row, False, decision.status, previous)
+            if decision.write == ReservationWrite.EXPIRE:
+                request = layout.expire(previous, reserved_at, at)
+            else:
+                request = layout.take_over(previous, reserved_at, at, campaign_id, owner)
+            if self._update(layout.delivery_key(key), request):
+                return (*row, decision.granted, decision.status, previous)
+        raise RuntimeError(f"could not settle the reservation of {key}: the row keeps changing")
+
+    def _write_sent(self, key: DeliveryKey, provider_message_id: str, at: str, campaign_id: str | None) -> None:
+        request = layout.sent_update(key, provider_message_id, at, campaign_id)
+        self.client().update_item(
+            TableName=self.table_name, Key=layout.delivery_key(key), ExpressionAttributeNames=STATUS_NAMES, **request
+        )
+
+    def _write_status(
+        self, key: DeliveryKey, status: DeliveryStatus, reason: str, at: str, campaign_id: str | None
+    ) -> bool:
+        return self._update(layout.delivery_key(key), layout.status_update(key, status, reason, at, campaign_id))
+
+    def _write_attempt(self, key: DeliveryKey, reserved_at: str, at: str) -> bool:
+        return self._update(layout.delivery_key(key), layout.attempt_update(reserved_at, at))
+
+    def _owned_pending(self, owner: str) -> list[dict[str, Any]]:
+        """Keys of `owner`'s pending rows: from the OWNER index, or a filtered scan on a table made before it."""
+        request: dict[str, Any] = {
+            "FilterExpression": "#status = :pending",
+            "ExpressionAttributeNames": STATUS_NAMES,
+            "ExpressionAttributeValues": {":pending": {"S": DeliveryStatus.PENDING.value}, ":owner": {"S": owner}},
+        }
+        try:
+            found = list(self._query(IndexName=OWNER_INDEX, KeyConditionExpression="lease_owner = :owner", **request))
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ValidationException":
+                raise
+            request["FilterExpression"] += " AND lease_owner = :owner"
+            found = list(self._paged("scan", request))
+        return [{"pk": item["pk"], "sk": item["sk"]} for item in found]
+
+    def _release_owned(self, owner: str, released_reason: str, doubted_reason: str, at: str) -> tuple[int, int]:
+        updates = layout.owner_release_updates(owner, released_reason, doubted_reason, at)
+
+        def one(key: dict[str, Any]) -> DeliveryStatus | None:
+            return next((status for status, update in updates if self._update(key, update)), None)
+
+        done = Counter(self._parallel(one, self._owned_pending(owner)))
+        return done[DeliveryStatus.FAILED_TRANSIENT], done[DeliveryStatus.IN_DOUBT]
+
+    def _release_pending(self, keys: Sequence[DeliveryKey], reason: str, at: str) -> int:
+        update = layout.release_update(reason, at)
+        return sum(self._parallel(lambda key: int(self._update(layout.delivery_key(key), update)), list(keys)))
+
+    # ---- reads ----
+
+    def _delivery_rows(self, event_id: str, channel: str | None, kind: str | None) -> list[tuple]:
+        found = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={
+                ":pk": {"S": f"EVENT#{event_id}"},
+                ":prefix": {"S": layout.delivery_prefix(channel, kind)},
+            },
+            ConsistentRead=True,
+        )
+        return [layout.delivery_row(item) for item in found]
+
+    def _count_sent(self, event_id: str, channel: str | None, kind: str | None) -> int:
+        return self.deliveries(event_id, channel, kind).filter(pl.col("status") == DeliveryStatus.SENT.value).height
+
+    def _sent_invitation_rows(self, since: datetime, until: datetime | None) -> list[tuple]:
+        end = to_utc(until)  # None: now
+        low, high = stored_time(since), stored_time(end)
+
+        def day_rows(day: str) -> list[tuple]:
+            found = self._query(
+                IndexName=SENT_INDEX,
+                KeyConditionExpression="sent_pk = :pk AND sent_sk BETWEEN :low AND :high",
+                ExpressionAttributeValues={
+                    ":pk": {"S": f"SENT#{MessageKind.INVITATION}#{day}"},
+                    ":low": {"S": low},
+                    ":high": {"S": high},
+                },
+            )
+            names = ("customer_id", "sent_at", "event_id", "channel")
+            return [
+                tuple(string_attr(item, name) for name in names)
+                for item in found
+                if (string_attr(item, "sent_at") or "") < high or until is None
+            ]
+
+        return [row for rows in self._parallel(day_rows, layout.sent_days(since, end)) for row in rows]
+
+    # ---- opt-outs ----
+
+    def _insert_opt_out(self, customer_id: str, channel: str, source: str, at: str) -> None:
+        item = layout.opt_out_item(customer_id, channel, source, at)
+        self._conditional("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)")  # the first wins
+
+    def _insert_opt_outs(self, rows: list[tuple]) -> int:
+        return self._write_new([layout.opt_out_item(*row) for row in rows])
+
+    def _opt_out_rows(self, customer_ids: list[str], channels: tuple[str, ...]) -> list[tuple]:
+        keys = [layout.opt_out_key(customer_id, channel) for customer_id in customer_ids for channel in channels]
+        failure = f"opt-out lookup still unprocessed after {_BATCH_TRIES} tries; refusing to send unchecked"
+        return [layout.opt_out_row(item) for item in self._batch_get(keys, failure=failure)]
+
+    # ---- provider feedback ----
+
+    def _message_rows(self, provider_message_ids: list[str]) -> list[tuple]:
+        names = ("event_id", "channel", "kind", "customer_id", "campaign_id", "status", "sent_at")
+
+        def one(message_id: str) -> list[tuple]:
+            found = self._query(
+                IndexName=MESSAGE_INDEX,
+                KeyConditionExpression="provider_message_id = :id",
+                ExpressionAttributeValues={":id": {"S": message_id}},
+            )
+            return [
+                (message_id, *(string_attr(item, name) for name in names))
+                for item in found
+                if (string_attr(item, "sk") or "").startswith("DELIVERY#")
+            ]
+
+        return [row for rows in self._parallel(one, provider_message_ids) for row in rows]
+
+    def _insert_feedback(self, frame: pl.DataFrame) -> int:
+        stored, bounces = [], []
+        for row in frame.iter_rows(named=True):
+            first, *rest = layout.feedback_items(row)
+            stored.append(first)
+            bounces += rest
+        added = self._write_new(stored)
+        self._batch_write(bounces)  # same key, same content: a replay rewrites nothing new
+        return added
+
+    def _feedback_rows(self, event_id: str, channel: str | None) -> list[tuple]:
+        found = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={
+                ":pk": {"S": f"EVENT#{event_id}"},
+                ":prefix": {"S": layout.feedback_prefix(channel)},
+            },
+            ConsistentRead=True,
+        )
+        return [layout.feedback_row(item) for item in found]
+
+    def _bounce_rows(self, addresses: list[str], since: str) -> list[tuple]:
+        def one(address: str) -> list[tuple]:
+            found = self._query(
+                KeyConditionExpression="pk = :pk AND sk >= :low",
+                ExpressionAttributeValues={":pk": {"S": f"BOUNCES#{address}"}, ":low": {"S": since}},
+                ConsistentRead=True,
+            )
+            return [layout.feedback_row(item) for item in found]
+
+        return [row for rows in self._parallel(one, addresses) for row in rows]
+
+    def _insert_suppressions(self, frame: pl.DataFrame) -> int:
+        rows = frame.iter_rows(named=True)
+        return self._write_new([{**layout.suppression_key(row["address"]), **layout.string_item(row)} for row in rows])
+
+    def _suppression_rows(self, addresses: list[str]) -> list[tuple]:
+        found = self._batch_get([layout.suppression_key(address) for address in addresses])
+        return [tuple(layout.item_attr(item, name) for name in SUPPRESSION_SCHEMA) for item in found]
+
+    def _insert_rearm(self, event_id: str, channel: str, at: str, by: str) -> None:
+        self.client().put_item(TableName=self.table_name, Item=layout.rearm_item(event_id, channel, at, by))
+
+    def _latest_rearm(self, event_id: str, channel: str) -> str | None:
+        response = self.client().query(
+            TableName=self.table_name,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": f"BREAKER#{event_id}"}, ":prefix": {"S": f"REARM#{channel}#"}},
+            ScanIndexForward=False,
+            Limit=1,
+            ConsistentRead=True,
+        )
+        found = response.get("Items", [])
+        return string_attr(found[0], "rearmed_at") if found else None
