@@ -25,8 +25,7 @@ from eventreach_assets.domain.engagement import (
     link_verifier,
     records_frame,
 )
-from eventreach_assets.domain.events import normalize_events
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext, normalize_events
 from eventreach_assets.domain.registrations import (
     ACTION_CANCEL,
     ACTION_REGISTER,

@@ -3,8 +3,8 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.filters import (
-    EventContext,
     FilterInputs,
     build_filter_chain,
     run_filter_chain,

@@ -31,7 +31,7 @@ from eventreach_assets.domain.delivery import (
     change_notice_recipients,
     occurrence_of,
 )
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.messages import to_email_message
 from eventreach_assets.domain.sending import DeliveryReport, deliver
 from eventreach_assets.partitions import events_partitions

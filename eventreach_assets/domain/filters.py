@@ -19,6 +19,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.extract import KNOWN_TIMEZONES
 from eventreach_assets.domain.features import interest_match
 
@@ -26,20 +27,6 @@ if TYPE_CHECKING:
     from eventreach_assets.program.config import FilterSpec, ProgramConfig
 
 NO_REASON = pl.lit(None, dtype=pl.String)
-
-
-@dataclass(frozen=True)
-class EventContext:
-    """What the filters need to know about the event a partition is for."""
-
-    event_id: str
-    name: str
-    topics: list[str]
-    start_time_utc: datetime  # naive UTC
-    capacity: int
-    target_regions: list[str]
-    status: str = "scheduled"  # scheduled | cancelled (a cancelled event gets no further sends)
-    duration_minutes: int = 60
 
 
 @dataclass(frozen=True)
