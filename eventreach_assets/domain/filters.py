@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.extract import KNOWN_TIMEZONES
 from eventreach_assets.domain.features import interest_match
+from eventreach_assets.program.config import ProgramConfigError
 
 if TYPE_CHECKING:
     from eventreach_assets.program.config import FilterSpec, ProgramConfig
@@ -234,6 +235,21 @@ def build_filter(spec: FilterSpec) -> CandidateFilter:
 
 def build_filter_chain(program: ProgramConfig) -> list[CandidateFilter]:
     return [build_filter(spec) for spec in program.ordered_filters]
+
+
+def check_program_filters(program: ProgramConfig, source: str = "<memory>") -> ProgramConfig:
+    """`program`, once every filterChain entry names a registered filter with valid parameters.
+
+    Layering: program/ is the bottom layer (the YAML schema; it imports nothing from domain/), so
+    it cannot know the filter classes that own the parameter models. This check lives with them,
+    and the application loads programs through `resources/program.py: load_checked_program`,
+    which runs it: a typo in a filter parameter still fails at load, naming the entry.
+    """
+    try:
+        build_filter_chain(program)
+    except (ValueError, KeyError) as error:
+        raise ProgramConfigError(f"program config {source} is invalid:\n  {error}") from None
+    return program
 
 
 @dataclass(frozen=True)
