@@ -17,8 +17,8 @@ import polars as pl
 from eventreach_assets.domain.campaign_kinds import CampaignKind
 from eventreach_assets.domain.candidate_items import ITEM_SCHEMA
 from eventreach_assets.domain.events import EventContext, UnknownEventError, event_context
+from eventreach_assets.ingestion import registered_customers
 from eventreach_assets.program.config import ProgramConfig
-from eventreach_assets.registrations import registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
