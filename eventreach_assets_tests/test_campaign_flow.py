@@ -13,8 +13,9 @@ import polars as pl
 import pytest
 
 from eventreach_assets.assets.campaigns import NEXT_DUE_AT, REASON, email_invitations, in_app_invitations
-from eventreach_assets.definitions import build_definitions, campaign_services
+from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo.run import MAX_WAVES, run_waves, run_weekly_batch
+from eventreach_assets.deployments import campaign_services, resources_for
 from eventreach_assets.domain.campaigns import ALL_INVITED, SOLD_OUT, to_local
 from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.resources.channels import LocalOutboxEmail
@@ -48,7 +49,7 @@ def materialize_email(
     results: list[dg.ExecuteInProcessResult] = []
     now = start
     for _ in range(MAX_WAVES):
-        resources = {**build_definitions(home=deployment.home, fixed_now=now.isoformat()).resources, **overrides}
+        resources = {**resources_for(home=deployment.home, fixed_now=now.isoformat()), **overrides}
         resources["services"] = campaign_services(resources)
         result = dg.materialize(
             [asset], resources=resources, partition_key=event_id, instance=deployment.instance,

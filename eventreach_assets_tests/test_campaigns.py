@@ -24,7 +24,7 @@ from eventreach_assets.domain.campaigns import (
     segment_summary,
 )
 from eventreach_assets.domain.delivery import MessageKind
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext
 
 EVENT = EventContext(
     event_id="ev-1",

@@ -20,7 +20,7 @@ import icalendar
 import pytest
 
 from eventreach_assets.domain.delivery import OutboundMessage, PermanentSendError
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.messages import (
     MAX_LINE_OCTETS,
     TemplateSet,

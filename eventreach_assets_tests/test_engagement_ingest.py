@@ -17,7 +17,7 @@ from eventreach_assets.domain.delivery import DeliveryKey, MessageKind, Outbound
 from eventreach_assets.domain.messages import sign_link_token
 from eventreach_assets.domain.schema import EVENT_COLUMNS
 from eventreach_assets.domain.sending import deliver
-from eventreach_assets.engagement import UNSUBSCRIBE_SOURCE, ingest_attendance, ingest_survey, ingest_tracking
+from eventreach_assets.ingestion import UNSUBSCRIBE_SOURCE, ingest_attendance, ingest_survey, ingest_tracking
 from eventreach_assets.resources.engagement_store import SqliteEngagementStore
 from eventreach_assets.resources.feeds import LocalFolderFeed
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger

@@ -22,7 +22,7 @@ from eventreach_assets.domain.delivery import (
     occurrence_for,
     occurrence_of,
 )
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.messages import (
     ICS_CANCEL_CONTENT_TYPE,
     ICS_CONTENT_TYPE,

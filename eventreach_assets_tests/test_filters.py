@@ -3,10 +3,11 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.filters import (
-    EventContext,
     FilterInputs,
     build_filter_chain,
+    check_program_filters,
     run_filter_chain,
 )
 from eventreach_assets.program.config import load_program
@@ -167,3 +168,69 @@ def test_a_new_filter_is_one_class_and_one_yaml_entry():
         assert outcome.rejected.row(0) == ("S", "job-role", "role_excluded")
     finally:
         filters.FILTER_REGISTRY.pop("job-role")
+
+
+# ---- filter parameters are checked where the filters live, when the application loads a program ----
+
+
+def program_document() -> dict:
+    import yaml
+
+    from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
+
+    return yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+
+
+def test_chain_order_follows_order_field_not_file_position():
+    from eventreach_assets.program.config import parse_program
+
+    data = program_document()
+    data["filterChain"].reverse()
+    assert [type(f).key for f in build_filter_chain(parse_program(data))] == [
+        "trust", "eligibility", "interest-match", "geographic", "frequency-cap"
+    ]  # fmt: skip
+
+
+BAD_FILTER_ENTRIES = [
+    (lambda d: d["filterChain"][2]["parameters"].update(minMatchScore="high"), "minMatchScore"),
+    (lambda d: d["filterChain"][2]["parameters"].update(minMatchScor=0.5), "minMatchScor"),
+    (lambda d: d["filterChain"][4].update(filterId="no-such-rule"), "no-such-rule"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "expected"), BAD_FILTER_ENTRIES)
+def test_a_bad_filter_entry_fails_the_program_check_naming_it(mutate, expected):
+    from eventreach_assets.program.config import ProgramConfigError, parse_program
+
+    data = program_document()
+    mutate(data)
+    with pytest.raises(ProgramConfigError) as error:
+        check_program_filters(parse_program(data, "test.yaml"), "test.yaml")
+    assert expected in str(error.value)
+    assert str(error.value).startswith("program config test.yaml is invalid:\n  ")
+    assert "filterChain entry" in str(error.value)
+
+
+def test_a_bad_filter_parameter_fails_when_the_application_loads_the_program(tmp_path):
+    import yaml
+
+    from eventreach_assets.program.config import ProgramConfigError
+    from eventreach_assets.resources.program import ProgramResource, load_checked_program
+
+    data = program_document()
+    data["filterChain"][2]["parameters"]["minMatchScore"] = "high"
+    path = tmp_path / "program.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProgramConfigError) as error:
+        ProgramResource(path=str(path)).load()
+    assert str(error.value).startswith(f"program config {path} is invalid:\n  filterChain entry 'interest-match'")
+    with pytest.raises(ProgramConfigError, match="minMatchScore"):
+        load_checked_program(path)
+    assert load_checked_program(None) == load_program()  # the packaged program passes both checks
+
+
+def test_every_registered_filter_is_reachable_from_yaml_keys():
+    from eventreach_assets.domain.filters import FILTER_REGISTRY
+
+    keys = {spec.registry_key for spec in load_program().filter_chain}
+    assert keys == set(FILTER_REGISTRY)

@@ -11,7 +11,7 @@ import icalendar
 import pytest
 
 from eventreach_assets.domain.delivery import MessageKind
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.messages import (
     ICS_CONTENT_TYPE,
     InvalidLinkToken,

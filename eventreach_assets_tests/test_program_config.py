@@ -1,9 +1,10 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from eventreach_assets.domain.filters import FILTER_REGISTRY, build_filter_chain
 from eventreach_assets.program.config import (
     DEFAULT_PROGRAM_PATH,
     ProgramConfigError,
@@ -38,7 +39,7 @@ def test_chain_order_follows_order_field_not_file_position():
     data = document()
     data["filterChain"].reverse()
     program = parse_program(data)
-    assert [type(f).key for f in build_filter_chain(program)] == [
+    assert [f.registry_key for f in program.ordered_filters] == [
         "trust", "eligibility", "interest-match", "geographic", "frequency-cap"
     ]  # fmt: skip
 
@@ -46,9 +47,6 @@ def test_chain_order_follows_order_field_not_file_position():
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["filterChain"][2]["parameters"].update(minMatchScore="high"), "minMatchScore"),
-        (lambda d: d["filterChain"][2]["parameters"].update(minMatchScor=0.5), "minMatchScor"),
-        (lambda d: d["filterChain"][4].update(filterId="no-such-rule"), "no-such-rule"),
         (lambda d: d.update(candidateTTLDays=0), "candidateTTLDays"),
         (lambda d: d["scoringModels"][0].update(endpoint="http://x"), "scoringModels.0.endpoint"),
         (lambda d: d["filterChain"][1].update(order=1), "orders must be unique"),
@@ -66,6 +64,34 @@ def test_bad_config_names_the_field(mutate, expected):
     assert "test.yaml" in str(error.value)
 
 
+# A filter entry's own parameters belong to its filter class (domain/filters.py): the schema
+# keeps them as written, and `check_program_filters` rejects them (test_filters.py).
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d["filterChain"][2]["parameters"].update(minMatchScore="high"),
+        lambda d: d["filterChain"][2]["parameters"].update(minMatchScor=0.5),
+        lambda d: d["filterChain"][4].update(filterId="no-such-rule"),
+    ],
+)
+def test_the_schema_leaves_filter_parameters_to_the_filters(mutate):
+    data = document()
+    mutate(data)
+    program = parse_program(data, "test.yaml")
+    assert [spec.model_dump(by_alias=True, exclude_unset=True) for spec in program.filter_chain] == data["filterChain"]
+
+
+def test_the_program_package_imports_nothing_from_the_domain():
+    """program/ is the bottom layer: loading a program pulls in no domain, resource or asset module."""
+    code = (
+        "import sys; from eventreach_assets.program import load_program; load_program(); "
+        "print(sorted(m for m in sys.modules if m.startswith('eventreach_assets.') "
+        "and not m.startswith('eventreach_assets.program')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
 def test_unreadable_file_is_a_config_error(tmp_path: Path):
     bad = tmp_path / "p.yaml"
     bad.write_text("programId: [unclosed")
@@ -73,11 +99,6 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path):
         load_program(bad)
     with pytest.raises(ProgramConfigError, match="cannot read"):
         load_program(tmp_path / "missing.yaml")
-
-
-def test_every_registered_filter_is_reachable_from_yaml_keys():
-    keys = {spec.registry_key for spec in load_program().filter_chain}
-    assert keys == set(FILTER_REGISTRY)
 
 
 def test_aws_cron_translation():

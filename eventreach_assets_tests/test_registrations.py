@@ -12,8 +12,8 @@ import pytest
 from eventreach_assets.domain import registrations as reg
 from eventreach_assets.domain.engagement import CANCELLED, QUARANTINE_SCHEMA, REGISTERED, WAITLISTED
 from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, sign_link_token, verify_link_token
+from eventreach_assets.ingestion import ingest_registrations, promote_from_waitlist, registered_customers
 from eventreach_assets.program.config import default_program
-from eventreach_assets.registrations import ingest_registrations, promote_from_waitlist, registered_customers
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.engagement_store import SqliteEngagementStore
 

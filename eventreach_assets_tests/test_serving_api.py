@@ -563,3 +563,15 @@ def test_a_signed_cancellation_frees_the_seat_and_a_bad_one_is_a_400_naming_the_
     # Cancelling a customer who holds no seat is quarantined with its reason, not a 400.
     nobody = api.deliver(json.dumps([cancellation(api, api.scored["customer_id"][9])]).encode())
     assert nobody.status == 200 and nobody.body["rejections"] == [{"position": 1, "reason": "not_registered"}]
+
+
+def test_the_api_imports_no_asset_module_and_not_the_definitions():
+    """The Serving API sits beside the assets, not on them: resources from deployments.py, the
+    webhook through ingestion/."""
+    code = (
+        "import sys; import eventreach_assets.serving.api; "
+        "print(sorted(m for m in sys.modules if m.startswith('eventreach_assets.assets') "
+        "or m in ('eventreach_assets.definitions', 'eventreach_assets.checks')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -31,12 +31,12 @@ from eventreach_assets.domain.delivery import (
     change_notice_recipients,
     occurrence_of,
 )
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.messages import to_email_message
 from eventreach_assets.domain.sending import DeliveryReport, deliver
+from eventreach_assets.ingestion import promote_from_waitlist
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
-from eventreach_assets.registrations import promote_from_waitlist
 from eventreach_assets.resources.campaign_services import CampaignServices
 from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
 from eventreach_assets.resources.decision_log import DecisionLogResource

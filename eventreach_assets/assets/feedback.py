@@ -24,7 +24,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from eventreach_assets.assets.engagement import ENGAGEMENT, FeedBatch, ingest_feed_batch
+from eventreach_assets.assets.feeds import ENGAGEMENT, FeedBatch, ingest_feed_batch
 from eventreach_assets.assets.metadata import table
 from eventreach_assets.domain.feedback import (
     COUNTS_SCHEMA,
@@ -38,7 +38,7 @@ from eventreach_assets.domain.feedback import (
     resolve,
     suppressions,
 )
-from eventreach_assets.engagement import EngagementOutcome
+from eventreach_assets.ingestion import EngagementOutcome
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import ALL_CHANNELS, DeliveryLedgerResource

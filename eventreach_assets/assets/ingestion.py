@@ -3,9 +3,8 @@
 import dagster as dg
 
 from eventreach_assets.assets.metadata import counts_table, stopwatch
-from eventreach_assets.domain.events import UnknownEventError, event_context
+from eventreach_assets.domain.events import EventContext, UnknownEventError, event_context
 from eventreach_assets.domain.extract import validate_and_dedupe
-from eventreach_assets.domain.filters import EventContext
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.program import ProgramResource

@@ -21,7 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def default_home() -> Path:
-    """The data dir: `EVENTREACH_HOME`, else `./.eventreach` (same rule as the definitions)."""
+    """The data dir: `EVENTREACH_HOME`, else `./.eventreach` (same rule as deployments.py)."""
     return Path(os.environ.get("EVENTREACH_HOME") or DEFAULT_HOME)
 
 
@@ -245,11 +245,10 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _why(args: argparse.Namespace) -> int:
-    from eventreach_assets.definitions import build_definitions
+    from eventreach_assets.deployments import resources_for
     from eventreach_assets.why import explain
 
-    defs = build_definitions(home=(args.home or default_home()).resolve())
-    resources = defs.resources
+    resources = resources_for(home=(args.home or default_home()).resolve())
     program_id = resources["program"].load().program_id
     print(explain(resources["decision_log"], resources["candidate_store"], program_id, args.event, args.customer))
     return 0

@@ -26,9 +26,10 @@ from dagster._utils.schedules import cron_string_iterator  # the daemon's own cr
 from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo import simulator
 from eventreach_assets.demo.run import QUIET
+from eventreach_assets.deployments import resources_for
 from eventreach_assets.domain import engagement as engagement_domain
+from eventreach_assets.ingestion import registered_customers
 from eventreach_assets.partitions import events_partitions
-from eventreach_assets.registrations import registered_customers
 
 # React to run events, not to the clock (the daemon evaluates them on run status changes).
 SKIPPED_SENSORS = {"run_failure_alert_sensor", "waitlist_promotion_sensor"}
@@ -323,11 +324,11 @@ def monday_before(moment: datetime) -> datetime:
     return day - timedelta(days=day.weekday())
 
 
-def event_funnel(defs: dg.Definitions, event_id: str) -> pl.DataFrame:
+def event_funnel(resources: dict[str, Any], event_id: str) -> pl.DataFrame:
     """The funnel from the ledger and the engagement records (nothing counted on the side)."""
-    store = defs.resources["engagement"]
+    store = resources["engagement"]
     return engagement_domain.event_funnel(
-        deliveries=defs.resources["ledger"].deliveries(event_id),
+        deliveries=resources["ledger"].deliveries(event_id),
         registrations=store.registrations(event_id),
         interactions=store.interactions(event_id),
         attendance=store.attendance(event_id),
@@ -352,8 +353,7 @@ def play(
     With `reschedule_by`, the event moves by that much halfway between the start of the clock
     and the event (after the invitations, before the reminders): updates go out, reminders follow."""
     started = time.perf_counter()
-    defs = build_definitions(home=home, deployment="local", fixed_now=clock_start.isoformat())
-    events = defs.resources["warehouse"].events()
+    events = resources_for("local", home=home, fixed_now=clock_start.isoformat())["warehouse"].events()
     start = events.filter(pl.col("event_id") == event_id)["start_time_utc"]
     if start.len() == 0:
         raise ValueError(f"event {event_id!r} is not in the warehouse's events table")
@@ -363,8 +363,8 @@ def play(
     player = LifecyclePlayer(home, instance, clock_start, event_id, on_tick=world, on_run=progress)
     clock_end = start[0] + (reschedule_by or timedelta(0)) + timedelta(days=days_after)
     player.advance(clock_end, step)
-    final = player.definitions(clock_end)
-    counts = final.resources["ledger"].campaign_counts(event_id, rearmed=False)
+    final = resources_for("local", home=home, fixed_now=clock_end.isoformat())
+    counts = final["ledger"].campaign_counts(event_id, rearmed=False)
     return LifecycleReport(
         event_id, clock_start, clock_end, player.timeline, event_funnel(final, event_id),
         counts.drop("event_id", "rejected").with_columns(

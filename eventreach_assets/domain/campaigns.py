@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import polars as pl
 
 from eventreach_assets.domain.delivery import MessageKind
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.extract import KNOWN_TIMEZONES
-from eventreach_assets.domain.filters import EventContext
 
 DEFAULT_TIMEZONE = "UTC"  # customers without a (known) timezone are scheduled in UTC
 UNKNOWN_MARKETPLACE = "unknown"

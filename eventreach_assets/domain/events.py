@@ -1,12 +1,25 @@
-"""Looking up the event a partition stands for."""
+"""Events: what the pipeline knows about one (`EventContext`) and looking up the event a partition stands for."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import polars as pl
 
-from eventreach_assets.domain.filters import EventContext
+
+@dataclass(frozen=True)
+class EventContext:
+    """What filters, campaigns and messages need to know about the event a partition is for."""
+
+    event_id: str
+    name: str
+    topics: list[str]
+    start_time_utc: datetime  # naive UTC
+    capacity: int
+    target_regions: list[str]
+    status: str = "scheduled"  # scheduled | cancelled (a cancelled event gets no further sends)
+    duration_minutes: int = 60
 
 
 def split_csv(column: str) -> pl.Expr:

@@ -19,27 +19,15 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.extract import KNOWN_TIMEZONES
 from eventreach_assets.domain.features import interest_match
+from eventreach_assets.program.config import ProgramConfigError
 
 if TYPE_CHECKING:
     from eventreach_assets.program.config import FilterSpec, ProgramConfig
 
 NO_REASON = pl.lit(None, dtype=pl.String)
-
-
-@dataclass(frozen=True)
-class EventContext:
-    """What the filters need to know about the event a partition is for."""
-
-    event_id: str
-    name: str
-    topics: list[str]
-    start_time_utc: datetime  # naive UTC
-    capacity: int
-    target_regions: list[str]
-    status: str = "scheduled"  # scheduled | cancelled (a cancelled event gets no further sends)
-    duration_minutes: int = 60
 
 
 @dataclass(frozen=True)
@@ -247,6 +235,21 @@ def build_filter(spec: FilterSpec) -> CandidateFilter:
 
 def build_filter_chain(program: ProgramConfig) -> list[CandidateFilter]:
     return [build_filter(spec) for spec in program.ordered_filters]
+
+
+def check_program_filters(program: ProgramConfig, source: str = "<memory>") -> ProgramConfig:
+    """`program`, once every filterChain entry names a registered filter with valid parameters.
+
+    Layering: program/ is the bottom layer (the YAML schema; it imports nothing from domain/), so
+    it cannot know the filter classes that own the parameter models. This check lives with them,
+    and the application loads programs through `resources/program.py: load_checked_program`,
+    which runs it: a typo in a filter parameter still fails at load, naming the entry.
+    """
+    try:
+        build_filter_chain(program)
+    except (ValueError, KeyError) as error:
+        raise ProgramConfigError(f"program config {source} is invalid:\n  {error}") from None
+    return program
 
 
 @dataclass(frozen=True)

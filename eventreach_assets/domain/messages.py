@@ -31,7 +31,7 @@ import jinja2
 
 from eventreach_assets.domain.campaigns import to_local, to_utc_naive
 from eventreach_assets.domain.delivery import Attachment, DeliveryKey, MessageKind, OutboundMessage, occurrence_for
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext
 
 # ---- signed links ------------------------------------------------------------------------
 

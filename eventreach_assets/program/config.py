@@ -310,21 +310,17 @@ def _format_errors(error: ValidationError) -> str:
 
 
 def parse_program(data: Any, source: str = "<memory>") -> ProgramConfig:
-    """Validate an already-parsed YAML document; errors name the field path."""
+    """Validate an already-parsed YAML document against the schema; errors name the field path."""
     if not isinstance(data, dict):
         raise ProgramConfigError(f"program config {source}: expected a mapping at the top level")
     try:
         program = ProgramConfig.model_validate(data)
     except ValidationError as error:
         raise ProgramConfigError(f"program config {source} is invalid:\n{_format_errors(error)}") from None
-    # Filter parameters are validated by the filter classes themselves (imported lazily to
-    # keep this module free of polars), so a typo in a parameter fails here, at load.
-    from eventreach_assets.domain.filters import build_filter_chain
-
-    try:
-        build_filter_chain(program)
-    except (ValueError, KeyError) as error:
-        raise ProgramConfigError(f"program config {source} is invalid:\n  {error}") from None
+    # Filter parameters are not checked here: program/ is the bottom layer and imports nothing
+    # from domain/, whose filter classes own the parameter models. The application loads
+    # programs through `resources/program.py: load_checked_program`, which adds that check
+    # (`domain/filters.py: check_program_filters`), so a bad parameter still fails at load.
     return program
 
 

@@ -16,10 +16,9 @@ import polars as pl
 
 from eventreach_assets.domain.campaign_kinds import CampaignKind
 from eventreach_assets.domain.candidate_items import ITEM_SCHEMA
-from eventreach_assets.domain.events import UnknownEventError, event_context
-from eventreach_assets.domain.filters import EventContext
+from eventreach_assets.domain.events import EventContext, UnknownEventError, event_context
+from eventreach_assets.ingestion import registered_customers
 from eventreach_assets.program.config import ProgramConfig
-from eventreach_assets.registrations import registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource

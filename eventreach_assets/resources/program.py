@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
+from eventreach_assets.domain.filters import check_program_filters
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, ProgramConfig, load_program
+
+
+def load_checked_program(path: str | Path | None = None) -> ProgramConfig:
+    """How the application loads a program: the YAML schema (program/), then every filter's
+    parameters (domain/filters.py); either kind of mistake is a ProgramConfigError naming it."""
+    path = Path(path) if path else DEFAULT_PROGRAM_PATH
+    return check_program_filters(load_program(path), source=str(path))
 
 
 class ProgramResource(dg.ConfigurableResource):
@@ -15,7 +24,7 @@ class ProgramResource(dg.ConfigurableResource):
     path: str = str(DEFAULT_PROGRAM_PATH)
 
     def load(self) -> ProgramConfig:
-        return load_program(self.path)
+        return load_checked_program(self.path)
 
 
 class ClockResource(dg.ConfigurableResource):

@@ -70,8 +70,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from eventreach_assets.deployments import DEPLOYMENT_ENV, eventreach_home, resources_for
 from eventreach_assets.domain.engagement import CANCELLED
-from eventreach_assets.domain.registrations import cancellation_problem
+from eventreach_assets.domain.registrations import RegistrationOutcome, cancellation_problem
+from eventreach_assets.ingestion import ingest_registrations, quarantine
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.decision_log import DecisionLogResource
@@ -581,16 +583,43 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(
-    dependencies: ServingDependencies,
-    *,
-    api_keys: Sequence[str],
-    webhook_secret: bytes | str,
-    cache_seconds: float = DEFAULT_CACHE_SECONDS,
-    reads_in_threads: bool | None = None,
-    on_shutdown: Callable[[], None] | None = None,
-) -> Starlette:
-    """The Serving API over `dependencies`; `on_shutdown` runs when the server stops (closing resources).
+def checked_api_keys(api_keys: Sequence[str]) -> list[bytes]:
+    keys = [key.encode() for key in api_keys]
+    if not keys or any(len(key) < MIN_API_KEY_LENGTH for key in keys):
+        raise ValueError(f"API keys: give at least one, each at least {MIN_API_KEY_LENGTH} characters")
+    return keys
+
+
+def checked_webhook_secret(webhook_secret: bytes | str) -> bytes:
+    secret = webhook_secret.encode() if isinstance(webhook_secret, str) else webhook_secret
+    if len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        raise ValueError(f"the webhook secret must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters")
+    return secret
+
+
+def webhook_reply(outcome: RegistrationOutcome) -> dict[str, Any]:
+    """What the webhook answers: counts, and each rejected record's position and reason (no ids)."""
+    return {
+        "accepted": outcome.accepted.height,
+        "waitlisted": outcome.waitlisted.height,
+        "cancelled": 0 if outcome.cancelled is None else outcome.cancelled.height,
+        "rejected": outcome.rejected.height,
+        "stored": outcome.stored or 0,
+        "rejections": [
+            {"position": line, "reason": reason} for line, reason in outcome.rejected.select("line", "reason").rows()
+        ],
+    }
+
+
+def webhook_batch_name(body: bytes) -> str:
+    """The quarantine file name of a delivery: when it came, and a digest of what came."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{WEBHOOK_BATCH_PREFIX}-{stamp}-{hashlib.sha256(body).hexdigest()[:12]}"
+
+
+class ServingApi:
+    """The API's request handlers and what they share: the deployment's dependencies, the keys,
+    the list cache. `create_app` routes requests to its methods.
 
     `reads_in_threads` (default: unless the candidate store is a local SQLite file) runs the
     store's page reads in the thread pool. A network store (DynamoDB: milliseconds per call)
@@ -598,135 +627,145 @@ def create_app(
     than the hand-off to a thread (measured: 520 vs 320 requests/s), so it runs inline. Whole
     registered lists and webhook ingestion always run in the thread pool.
     """
-    keys = [key.encode() for key in api_keys]
-    if not keys or any(len(key) < MIN_API_KEY_LENGTH for key in keys):
-        raise ValueError(f"API keys: give at least one, each at least {MIN_API_KEY_LENGTH} characters")
-    secret = webhook_secret.encode() if isinstance(webhook_secret, str) else webhook_secret
-    if len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
-        raise ValueError(f"the webhook secret must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters")
-    deps = dependencies
-    program_id = deps.program.program_id
-    channels = [spec.channel_id for spec in deps.program.invitation_channels]
-    lists = ExpiringCache(cache_seconds)
-    offload = not isinstance(deps.store, SqliteBacked) if reads_in_threads is None else reads_in_threads
-    ingest_lock = threading.Lock()  # one delivery at a time: capacity is read, then written
-    refreshes: set[asyncio.Task[Any]] = set()
 
-    def finished_refresh(task: asyncio.Task[Any]) -> None:
-        refreshes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # The stale list stays served and the next request retries; the type only (no data).
-            logger.warning("refreshing a registration list failed: %s", type(task.exception()).__name__)
+    def __init__(
+        self,
+        dependencies: ServingDependencies,
+        *,
+        api_keys: Sequence[str],
+        webhook_secret: bytes | str,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        reads_in_threads: bool | None = None,
+    ) -> None:
+        self.keys = checked_api_keys(api_keys)
+        self.secret = checked_webhook_secret(webhook_secret)
+        self.deps = dependencies
+        self.channels = [spec.channel_id for spec in dependencies.program.invitation_channels]
+        self.lists = ExpiringCache(cache_seconds)
+        self.offload = (
+            not isinstance(dependencies.store, SqliteBacked) if reads_in_threads is None else reads_in_threads
+        )
+        self._ingest_lock = threading.Lock()  # one delivery at a time: capacity is read, then written
+        self._refreshes: set[asyncio.Task[Any]] = set()
 
-    def authenticate(request: Request) -> None:
+    # ---- steps every route shares
+
+    def authenticate(self, request: Request) -> None:
         presented = presented_api_key(request.headers)
         if presented is None:
             raise ApiError(401, "an API key is required (X-API-Key header or Authorization: Bearer)")
-        if not api_key_matches(presented, keys):
+        if not api_key_matches(presented, self.keys):
             raise ApiError(401, "invalid API key")
 
-    def known_program(program: str) -> None:
-        if program != program_id:
+    def known_program(self, program: str) -> None:
+        if program != self.deps.program.program_id:
             raise ApiError(404, f"unknown program {program!r}")
 
-    async def read(function: Callable[..., T], *args: Any) -> T:
-        return await run_in_threadpool(function, *args) if offload else function(*args)
+    async def read(self, function: Callable[..., T], *args: Any) -> T:
+        return await run_in_threadpool(function, *args) if self.offload else function(*args)
 
-    async def candidates(request: Request) -> Response:
-        authenticate(request)
-        query = parse_candidates_query(request.query_params.multi_items(), channels)
-        known_program(query.program)
+    # ---- GET /v1/candidates
+
+    async def candidates(self, request: Request) -> Response:
+        self.authenticate(request)
+        query = parse_candidates_query(request.query_params.multi_items(), self.channels)
+        self.known_program(query.program)
+        store = self.deps.store
         try:
-            page = await read(
-                deps.store.top_candidates_for_channel,
-                query.program,
-                query.event,
-                query.channel,
-                query.min_score,
-                query.limit,
-                query.exclude_registered,
-                query.cursor,
-                deps.clock(),
-            )
+            page = await self.read(
+                store.top_candidates_for_channel, query.program, query.event, query.channel, query.min_score,
+                query.limit, query.exclude_registered, query.cursor, self.deps.clock(),
+            )  # fmt: skip
         except ValueError as error:
             if query.cursor is None:
                 raise
             raise bad_parameter("cursor", str(error)) from None  # the store's own cursor check
         return _ok(page_body(page.items, page.next_cursor))
 
-    def registration_list(query: RegisteredQuery) -> pl.DataFrame:
-        if query.status == "registered":
-            items = deps.store.registered_candidates(query.program, query.event, now=deps.clock())
-            cancelled = deps.engagement.registrations(query.event, CANCELLED).select("customer_id")
-            return registered_view(items.join(cancelled, on="customer_id", how="anti"))
-        return waitlisted_view(deps.engagement.registrations(query.event, "waitlisted"))
+    # ---- GET /v1/registered-candidates
 
-    async def registered_candidates(request: Request) -> Response:
-        authenticate(request)
-        query = parse_registered_query(request.query_params.multi_items())
-        known_program(query.program)
+    def registration_list(self, query: RegisteredQuery) -> pl.DataFrame:
+        """The whole registered (candidate store, less cancellations) or waitlisted list."""
+        engagement = self.deps.engagement
+        if query.status == "registered":
+            items = self.deps.store.registered_candidates(query.program, query.event, now=self.deps.clock())
+            cancelled = engagement.registrations(query.event, CANCELLED).select("customer_id")
+            return registered_view(items.join(cancelled, on="customer_id", how="anti"))
+        return waitlisted_view(engagement.registrations(query.event, "waitlisted"))
+
+    async def cached_registration_list(self, query: RegisteredQuery) -> pl.DataFrame:
+        """The list from the cache; loaded first when missing, refreshed in the background when expired."""
         key = (query.program, query.event, query.status)
-        rows, refresh = lists.lookup(key)
+        rows, refresh = self.lists.lookup(key)
         if rows is None:
-            rows = await run_in_threadpool(lists.load, key, lambda: registration_list(query))
-        elif refresh:
-            task = asyncio.create_task(run_in_threadpool(lists.load, key, lambda: registration_list(query)))
-            refreshes.add(task)  # keep a reference until it is done
-            task.add_done_callback(finished_refresh)
-        page, next_cursor = page_after(rows, ["customer_id"], query.limit, "|".join(key), query.cursor)
+            return await run_in_threadpool(self.lists.load, key, lambda: self.registration_list(query))
+        if refresh:
+            task = asyncio.create_task(run_in_threadpool(self.lists.load, key, lambda: self.registration_list(query)))
+            self._refreshes.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._finished_refresh)
+        return rows
+
+    def _finished_refresh(self, task: asyncio.Task[Any]) -> None:
+        self._refreshes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The stale list stays served and the next request retries; the type only (no data).
+            logger.warning("refreshing a registration list failed: %s", type(task.exception()).__name__)
+
+    async def registered_candidates(self, request: Request) -> Response:
+        self.authenticate(request)
+        query = parse_registered_query(request.query_params.multi_items())
+        self.known_program(query.program)
+        rows = await self.cached_registration_list(query)
+        query_key = "|".join((query.program, query.event, query.status))
+        page, next_cursor = page_after(rows, ["customer_id"], query.limit, query_key, query.cursor)
         return _ok(page_body(page, next_cursor))
 
-    async def customer_candidates(request: Request) -> Response:
-        authenticate(request)
+    # ---- GET /v1/customers/{customer}/candidates
+
+    async def customer_candidates(self, request: Request) -> Response:
+        self.authenticate(request)
         query = parse_customer_query(request.path_params["customer"], request.query_params.multi_items())
-        known_program(query.program)
-        items = await read(deps.store.candidates_for_customer, query.program, query.customer, deps.clock())
+        self.known_program(query.program)
+        items = await self.read(
+            self.deps.store.candidates_for_customer, query.program, query.customer, self.deps.clock()
+        )
         if query.event is not None:
             items = items.filter(pl.col("event_id") == query.event)
         query_key = f"{query.program}|{query.customer}|{query.event or ''}"
         page, next_cursor = page_after(items, ["event_id", "channel"], query.limit, query_key, query.cursor)
         return _ok(page_body(page, next_cursor))
 
-    def ingest(records: list[dict[str, Any]], batch: str) -> dict[str, Any]:
-        from eventreach_assets.assets.engagement import quarantine
-        from eventreach_assets.registrations import ingest_registrations
+    # ---- POST /v1/webhooks/registrations
 
-        with ingest_lock:
+    def ingest(self, records: list[dict[str, Any]], batch: str) -> dict[str, Any]:
+        """Store a delivery through the feed's own ingestion, quarantine its rejections, answer counts."""
+        deps = self.deps
+        with self._ingest_lock:
             outcome = ingest_registrations(
-                records,
-                warehouse=deps.warehouse,
-                store=deps.store,
-                engagement=deps.engagement,
-                program=deps.program,
-                secret=deps.link_key,
-                now=deps.clock(),
-            )
-            lists.clear()
+                records, warehouse=deps.warehouse, store=deps.store, engagement=deps.engagement,
+                program=deps.program, secret=deps.link_key, now=deps.clock(),
+            )  # fmt: skip
+            self.lists.clear()
         quarantine(deps.decision_log, "registrations", batch, outcome.rejected)
         summary = outcome.summary()
         logger.info("registration webhook: %s", {key: summary[key] for key in ("accepted", "waitlisted", "rejected")})
-        return {
-            "accepted": outcome.accepted.height,
-            "waitlisted": outcome.waitlisted.height,
-            "cancelled": 0 if outcome.cancelled is None else outcome.cancelled.height,
-            "rejected": outcome.rejected.height,
-            "stored": outcome.stored or 0,
-            "rejections": [
-                {"position": line, "reason": reason}
-                for line, reason in outcome.rejected.select("line", "reason").rows()
-            ],
-        }
+        return webhook_reply(outcome)
 
-    async def registrations_webhook(request: Request) -> Response:
+    async def registrations_webhook(self, request: Request) -> Response:
         body = await _read_body(request, MAX_WEBHOOK_BYTES)
-        verify_webhook(secret, request.headers, body, time.time())
+        verify_webhook(self.secret, request.headers, body, time.time())
         records = webhook_records(body)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        batch = f"{WEBHOOK_BATCH_PREFIX}-{stamp}-{hashlib.sha256(body).hexdigest()[:12]}"
-        return _json(200, await run_in_threadpool(ingest, records, batch))
+        return _json(200, await run_in_threadpool(self.ingest, records, webhook_batch_name(body)))
 
-    async def health(request: Request) -> Response:
-        return _json(200, {"status": "ok"})
+
+async def health(request: Request) -> Response:
+    return _json(200, {"status": "ok"})
+
+
+def closing(
+    on_shutdown: Callable[[], None] | None,
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """The app's lifespan: run `on_shutdown` (closing resources) when the server stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -736,16 +775,34 @@ def create_app(
             if on_shutdown is not None:
                 on_shutdown()
 
+    return lifespan
+
+
+def create_app(
+    dependencies: ServingDependencies,
+    *,
+    api_keys: Sequence[str],
+    webhook_secret: bytes | str,
+    cache_seconds: float = DEFAULT_CACHE_SECONDS,
+    reads_in_threads: bool | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> Starlette:
+    """The Serving API over `dependencies` (see `ServingApi`); `on_shutdown` runs when the server
+    stops (closing resources)."""
+    api = ServingApi(
+        dependencies, api_keys=api_keys, webhook_secret=webhook_secret, cache_seconds=cache_seconds,
+        reads_in_threads=reads_in_threads,
+    )  # fmt: skip
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
-            Route("/v1/candidates", candidates, methods=["GET"]),
-            Route("/v1/registered-candidates", registered_candidates, methods=["GET"]),
-            Route("/v1/customers/{customer}/candidates", customer_candidates, methods=["GET"]),
-            Route("/v1/webhooks/registrations", registrations_webhook, methods=["POST"]),
+            Route("/v1/candidates", api.candidates, methods=["GET"]),
+            Route("/v1/registered-candidates", api.registered_candidates, methods=["GET"]),
+            Route("/v1/customers/{customer}/candidates", api.customer_candidates, methods=["GET"]),
+            Route("/v1/webhooks/registrations", api.registrations_webhook, methods=["POST"]),
         ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
-        lifespan=lifespan,
+        lifespan=closing(on_shutdown),
     )
 
 
@@ -756,14 +813,12 @@ SERVING_RESOURCES = ("program", "clock", "candidate_store", "engagement", "wareh
 
 @contextlib.contextmanager
 def deployment_dependencies(home: Path | None = None, deployment: str | None = None) -> Iterator[ServingDependencies]:
-    """The API's dependencies from the deployment's own resources (`build_definitions`), with every
-    `dg.EnvVar` resolved as a run would resolve it; closed when the context ends."""
+    """The API's dependencies from the deployment's own resources (deployments.py: `resources_for`),
+    with every `dg.EnvVar` resolved as a run would resolve it; closed when the context ends."""
     import dagster as dg
 
-    from eventreach_assets.definitions import build_definitions
-
-    defs = build_definitions(home=home, deployment=deployment)
-    with dg.build_resources({name: defs.resources[name] for name in SERVING_RESOURCES}) as resources:
+    deployed = resources_for(deployment, home=home)
+    with dg.build_resources({name: deployed[name] for name in SERVING_RESOURCES}) as resources:
         yield ServingDependencies(
             program=resources.program.load(),
             store=resources.candidate_store,
@@ -805,9 +860,7 @@ def webhook_secret_from_env(home: Path, deployment: str) -> tuple[str, str]:
 
 
 def _deployment_settings() -> tuple[Path, str]:
-    from eventreach_assets.definitions import eventreach_home
-
-    return eventreach_home(), os.environ.get("EVENTREACH_DEPLOYMENT", "local")
+    return eventreach_home(), os.environ.get(DEPLOYMENT_ENV, "local")
 
 
 def app_from_env() -> Starlette:

@@ -1,12 +1,12 @@
-"""Engagement coming back: registrations, link interactions, attendance and survey answers.
+"""The feed assets: registrations, link interactions, survey answers, and each event's attendance.
 
 Each feed asset ingests the files its sensor handed to the run (run config), through the same
-ingestion functions the serving API's webhook calls; rejected rows are quarantined with their
-reason next to the decision log, never dropped. Attendance is per event: the event-date sensor
-launches it once the event has ended, and again every hour until the platform's export is in.
+ingestion functions the Serving API's webhook calls (eventreach_assets/ingestion/); rejected rows
+are quarantined with their reason next to the decision log, never dropped. Attendance is per
+event: the event-date sensor launches it once the event has ended, and again every hour until the
+platform's export is in.
 """
 
-import io
 from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
@@ -20,9 +20,15 @@ from eventreach_assets.assets.ingestion import current_event
 from eventreach_assets.assets.metadata import NEXT_DUE_AT, PLANNED_AT, stopwatch, table
 from eventreach_assets.domain.engagement import CANCELLED, REGISTERED, WAITLISTED
 from eventreach_assets.domain.registrations import RegistrationOutcome
-from eventreach_assets.engagement import ingest_attendance, ingest_survey, ingest_tracking
+from eventreach_assets.ingestion import (
+    ingest_attendance,
+    ingest_registrations,
+    ingest_survey,
+    ingest_tracking,
+    quarantine,
+    registered_customers,
+)
 from eventreach_assets.partitions import events_partitions
-from eventreach_assets.registrations import ingest_registrations, registered_customers
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
@@ -33,22 +39,12 @@ from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
 ENGAGEMENT = {"group_name": "engagement", "owners": ["team:events"]}
-QUARANTINE_STAGE = "feed-quarantine"
 
 
 class FeedBatch(dg.Config):
     """The feed files one run ingests, in order (set by the feed's sensor; a retry reads the same)."""
 
     files: list[str] = Field(description="file names in the feed, e.g. 20261130T101500Z-0001.jsonl")
-
-
-def quarantine(decision_log: DecisionLogResource, feed: str, batch: str, rejected: pl.DataFrame) -> str | None:
-    """Keep rejected rows with their reason (Parquet next to the decision log); None when there are none."""
-    if rejected.height == 0:
-        return None
-    buffer = io.BytesIO()
-    rejected.write_parquet(buffer)
-    return decision_log.write_file(QUARANTINE_STAGE, feed, f"{batch}.parquet", buffer.getvalue())
 
 
 def feed_metadata(files: list[str], summary: dict[str, int], quarantined: str | None) -> dict[str, object]:
@@ -220,4 +216,4 @@ def event_attendance(
     return dg.MaterializeResult(metadata=metadata)
 
 
-engagement_assets = [ingested_registrations, link_interactions, survey_responses, event_attendance]
+feed_assets = [ingested_registrations, link_interactions, survey_responses, event_attendance]

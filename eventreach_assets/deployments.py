@@ -1,0 +1,263 @@
+"""Each deployment's resources: the one module that builds them.
+
+`EVENTREACH_DEPLOYMENT=local` (the default) runs everything on this machine under
+`EVENTREACH_HOME` (default `./.eventreach`); `aws` runs on Snowflake, DynamoDB, SageMaker, S3 +
+Glue and CloudWatch. The Dagster definitions, the Serving API and the demo all ask
+`resources_for` here, so they read and write the same stores; asset bodies never know which
+deployment runs them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, ProgramConfig
+from eventreach_assets.resources.alerts import LocalAlertLog
+from eventreach_assets.resources.campaign_services import CampaignServices
+from eventreach_assets.resources.candidate_store import SqliteCandidateStore
+from eventreach_assets.resources.channels import LocalOutboxEmail, LocalOutboxInApp, LocalOutboxPush
+from eventreach_assets.resources.decision_log import LocalDecisionLog
+from eventreach_assets.resources.engagement_store import SqliteEngagementStore
+from eventreach_assets.resources.export import LocalParquetExport
+from eventreach_assets.resources.feeds import LocalFolderFeed
+from eventreach_assets.resources.ledger import SqliteDeliveryLedger
+from eventreach_assets.resources.link_signing import EnvLinkSecret, LocalLinkSecret
+from eventreach_assets.resources.metrics_sink import LocalMetricsSink
+from eventreach_assets.resources.model_deployment import InProcessDeployment
+from eventreach_assets.resources.model_registry import LocalModelRegistry
+from eventreach_assets.resources.parquet_io import PolarsParquetIOManager
+from eventreach_assets.resources.program import ClockResource, ProgramResource, load_checked_program
+from eventreach_assets.resources.scoring import InProcessScoring
+from eventreach_assets.resources.warehouse import DuckDBWarehouse
+
+DEPLOYMENTS = ("local", "aws")
+DEPLOYMENT_ENV = "EVENTREACH_DEPLOYMENT"
+
+# Settings of the aws deployment that have defaults (required ones are `dg.EnvVar`s below).
+AWS_DEFAULTS = {
+    "EVENTREACH_STATE_PREFIX": "eventreach",
+    "EVENTREACH_EXPORT_PREFIX": "eventreach/candidates",
+    "EVENTREACH_GLUE_TABLE": "event_candidates",
+    "EVENTREACH_METRICS_NAMESPACE": "EventReach",
+    "EVENTREACH_SAGEMAKER_INSTANCE_TYPE": "ml.m5.large",
+}
+
+
+def eventreach_home() -> Path:
+    return Path(os.environ.get("EVENTREACH_HOME", ".eventreach")).resolve()
+
+
+def deployment_name(deployment: str | None = None) -> str:
+    """`deployment`, else `EVENTREACH_DEPLOYMENT`, else local; anything else is refused by name."""
+    deployment = deployment or os.environ.get(DEPLOYMENT_ENV, "local")
+    if deployment not in DEPLOYMENTS:
+        raise ValueError(f"{DEPLOYMENT_ENV}={deployment!r} is not one of {DEPLOYMENTS}")
+    return deployment
+
+
+def deployment_program_path(path: Path | None = None) -> Path:
+    """`path`, else `EVENTREACH_PROGRAM`, else the packaged event-invitations program."""
+    return path or Path(os.environ.get("EVENTREACH_PROGRAM", DEFAULT_PROGRAM_PATH))
+
+
+def local_resources(home: Path, program_path: Path, fixed_now: str | None = None) -> dict[str, Any]:
+    """Every resource of the local deployment, all state under one data dir."""
+    registry = LocalModelRegistry(base_dir=str(home / "models"))
+    return {
+        "program": ProgramResource(path=str(program_path)),
+        "clock": ClockResource(fixed_now=fixed_now),
+        "warehouse": DuckDBWarehouse(path=str(home / "warehouse.duckdb")),
+        "decision_log": LocalDecisionLog(base_dir=str(home / "decisions")),
+        "io_manager": PolarsParquetIOManager(base_dir=str(home / "assets")),
+        "model_registry": registry,
+        "scoring_service": InProcessScoring(registry=registry),
+        "model_deployment": InProcessDeployment(registry=registry),
+        "candidate_store": SqliteCandidateStore(path=str(home / "candidates.sqlite")),
+        "exporter": LocalParquetExport(base_dir=str(home / "export")),
+        "metrics_sink": LocalMetricsSink(base_dir=str(home / "metrics")),
+        # The ledger shares the candidate store's SQLite file, as the design asks.
+        "ledger": SqliteDeliveryLedger(path=str(home / "candidates.sqlite")),
+        "email_channel": LocalOutboxEmail(outbox_dir=str(home / "outbox" / "email")),
+        "push_channel": LocalOutboxPush(outbox_dir=str(home / "outbox" / "push")),
+        "in_app_channel": LocalOutboxInApp(outbox_dir=str(home / "outbox" / "in-app")),
+        "link_signing": LocalLinkSecret(path=str(home / "link_secret")),
+        "engagement": SqliteEngagementStore(path=str(home / "candidates.sqlite")),
+        "engagement_feed": LocalFolderFeed(base_dir=str(home / "feeds")),
+        "alerts": LocalAlertLog(path=str(home / "alerts.jsonl")),
+    }
+
+
+def _aws_setting(name: str) -> str:
+    return os.environ.get(name, AWS_DEFAULTS[name])
+
+
+def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_url: str | None) -> dict[str, Any]:
+    """Channel services and the delivery ledger of the aws deployment.
+
+    Email goes through SES v2 unless `EVENTREACH_EMAIL_PROVIDER=smtp` (any ESP's SMTP relay).
+    """
+    from eventreach_assets.resources.channels import SesEmail, SmtpEmail, SnsPush, WebhookInApp
+    from eventreach_assets.resources.engagement_store import DynamoDBEngagementStore
+    from eventreach_assets.resources.ledger import DynamoDBDeliveryLedger
+
+    if os.environ.get("EVENTREACH_EMAIL_PROVIDER", "ses") == "smtp":
+        email_channel: Any = SmtpEmail(
+            host=dg.EnvVar("EVENTREACH_SMTP_HOST"),
+            port=int(os.environ.get("EVENTREACH_SMTP_PORT", "587")),
+            username=dg.EnvVar("EVENTREACH_SMTP_USERNAME"),
+            password=dg.EnvVar("EVENTREACH_SMTP_PASSWORD"),
+            sender=program.campaigns.sender,
+        )
+    else:
+        email_channel = SesEmail(
+            region_name=region,
+            endpoint_url=endpoint_url,
+            configuration_set=os.environ.get("EVENTREACH_SES_CONFIGURATION_SET"),
+            sender=program.campaigns.sender,
+        )
+    return {
+        "ledger": DynamoDBDeliveryLedger(
+            table_name=dg.EnvVar("EVENTREACH_DYNAMODB_LEDGER_TABLE"), region_name=region, endpoint_url=endpoint_url
+        ),
+        "email_channel": email_channel,
+        "push_channel": SnsPush(
+            region_name=region, endpoint_url=endpoint_url, topic_arn=os.environ.get("EVENTREACH_PUSH_TOPIC_ARN")
+        ),
+        "in_app_channel": WebhookInApp(
+            url=dg.EnvVar("EVENTREACH_IN_APP_WEBHOOK_URL"), api_key=dg.EnvVar("EVENTREACH_IN_APP_API_KEY")
+        ),
+        "link_signing": EnvLinkSecret(secret=dg.EnvVar("EVENTREACH_LINK_SECRET")),
+        "engagement": DynamoDBEngagementStore(
+            table_name=dg.EnvVar("EVENTREACH_DYNAMODB_ENGAGEMENT_TABLE"), region_name=region, endpoint_url=endpoint_url
+        ),
+        "alerts": alert_channel(region, endpoint_url),
+    }
+
+
+def alert_channel(region: dg.EnvVar, endpoint_url: str | None) -> Any:
+    """SNS when `EVENTREACH_ALERT_TOPIC_ARN` is set, else a chat webhook when
+    `EVENTREACH_ALERT_WEBHOOK_URL` is, else the daemon's log."""
+    from eventreach_assets.resources.alerts import LoggedAlert, SnsAlert, WebhookAlert
+
+    if os.environ.get("EVENTREACH_ALERT_TOPIC_ARN"):
+        topic = dg.EnvVar("EVENTREACH_ALERT_TOPIC_ARN")
+        return SnsAlert(topic_arn=topic, region_name=region, endpoint_url=endpoint_url)
+    if os.environ.get("EVENTREACH_ALERT_WEBHOOK_URL"):
+        return WebhookAlert(url=dg.EnvVar("EVENTREACH_ALERT_WEBHOOK_URL"))
+    return LoggedAlert()
+
+
+def aws_model_resources(
+    program: ProgramConfig, registry: Any, region: dg.EnvVar, endpoint_url: str | None
+) -> dict[str, Any]:
+    """SageMaker scoring and model deployment of the aws deployment, one endpoint per program model."""
+    from eventreach_assets.resources.model_deployment import SageMakerDeployment
+    from eventreach_assets.resources.scoring import SageMakerScoring, endpoints_from_program
+
+    endpoints = endpoints_from_program(program)
+    return {
+        "scoring_service": SageMakerScoring(
+            registry=registry,
+            endpoints=endpoints,
+            region_name=region,
+            endpoint_url=os.environ.get("EVENTREACH_SAGEMAKER_ENDPOINT_URL"),
+        ),
+        "model_deployment": SageMakerDeployment(
+            registry=registry,
+            endpoints=endpoints,
+            role_arn=dg.EnvVar("EVENTREACH_SAGEMAKER_ROLE_ARN"),
+            image_uri=dg.EnvVar("EVENTREACH_SAGEMAKER_IMAGE_URI"),
+            instance_type=_aws_setting("EVENTREACH_SAGEMAKER_INSTANCE_TYPE"),
+            region_name=region,
+            endpoint_url=endpoint_url,
+        ),
+    }
+
+
+def aws_resources(program_path: Path, fixed_now: str | None = None) -> dict[str, Any]:
+    """The production deployment: Snowflake, DynamoDB, SageMaker, S3 + Glue, CloudWatch.
+
+    Every required setting is a `dg.EnvVar`, so a missing one fails at resource start-up with
+    its name; credentials come from the AWS / Snowflake environment, never from this file.
+    `EVENTREACH_AWS_ENDPOINT_URL` and `EVENTREACH_SAGEMAKER_ENDPOINT_URL` exist only to point
+    the clients at loopback stand-ins (moto, the model server) in tests.
+    """
+    # Imported here: dagster-snowflake pulls in Snowpark (seconds), which local runs never need.
+    from dagster_aws.s3 import S3Resource
+
+    from eventreach_assets.resources.candidate_store import DynamoDBCandidateStore
+    from eventreach_assets.resources.decision_log import S3DecisionLog
+    from eventreach_assets.resources.export import S3GlueExport
+    from eventreach_assets.resources.feeds import S3Feed
+    from eventreach_assets.resources.metrics_sink import CloudWatchMetricsSink
+    from eventreach_assets.resources.model_registry import S3ModelRegistry
+    from eventreach_assets.resources.parquet_io import S3PolarsParquetIOManager
+    from eventreach_assets.resources.warehouse import SnowflakeWarehouse, snowflake_resource_from_env
+
+    region = dg.EnvVar("AWS_REGION")
+    endpoint_url = os.environ.get("EVENTREACH_AWS_ENDPOINT_URL")
+    s3 = S3Resource(region_name=region, endpoint_url=endpoint_url)
+    state_bucket, prefix = dg.EnvVar("EVENTREACH_STATE_BUCKET"), _aws_setting("EVENTREACH_STATE_PREFIX")
+    registry = S3ModelRegistry(s3=s3, bucket=state_bucket, prefix=f"{prefix}/models")
+    program = load_checked_program(program_path)
+    return {
+        "program": ProgramResource(path=str(program_path)),
+        "clock": ClockResource(fixed_now=fixed_now),
+        "warehouse": SnowflakeWarehouse(snowflake=snowflake_resource_from_env()),
+        "decision_log": S3DecisionLog(s3=s3, bucket=state_bucket, prefix=f"{prefix}/decisions"),
+        "io_manager": S3PolarsParquetIOManager(s3=s3, bucket=state_bucket, prefix=f"{prefix}/assets"),
+        "model_registry": registry,
+        **aws_model_resources(program, registry, region, endpoint_url),
+        "candidate_store": DynamoDBCandidateStore(
+            table_name=dg.EnvVar("EVENTREACH_DYNAMODB_TABLE"),
+            score_cache_table_name=dg.EnvVar("EVENTREACH_DYNAMODB_CACHE_TABLE"),
+            region_name=region,
+            endpoint_url=endpoint_url,
+        ),
+        "exporter": S3GlueExport(
+            s3=s3,
+            bucket=dg.EnvVar("EVENTREACH_EXPORT_BUCKET"),
+            prefix=_aws_setting("EVENTREACH_EXPORT_PREFIX"),
+            glue_database=dg.EnvVar("EVENTREACH_GLUE_DATABASE"),
+            glue_table=_aws_setting("EVENTREACH_GLUE_TABLE"),
+            region_name=region,
+            endpoint_url=endpoint_url,
+        ),
+        **aws_campaign_resources(program, region, endpoint_url),
+        "engagement_feed": S3Feed(s3=s3, bucket=state_bucket, prefix=f"{prefix}/feeds"),
+        "metrics_sink": CloudWatchMetricsSink(
+            namespace=_aws_setting("EVENTREACH_METRICS_NAMESPACE"), region_name=region, endpoint_url=endpoint_url
+        ),
+    }
+
+
+def campaign_services(resources: dict[str, Any]) -> CampaignServices:
+    """The campaign assets' shared services, built from the deployment's own resources."""
+    return CampaignServices(**{name: resources[name] for name in CampaignServices.model_fields})
+
+
+def resources_for(
+    deployment: str | None = None,
+    *,
+    home: Path | None = None,
+    program: Path | None = None,
+    fixed_now: str | None = None,
+) -> dict[str, Any]:
+    """The resources of `deployment` (default: `EVENTREACH_DEPLOYMENT`, else local), the campaign
+    services included; the program (default `EVENTREACH_PROGRAM`) is loaded and checked first, so
+    a bad one fails here. `home` is the local data dir (default `EVENTREACH_HOME`); `fixed_now`
+    pins the clock (default `EVENTREACH_NOW`, else the wall clock)."""
+    deployment = deployment_name(deployment)
+    path = deployment_program_path(program)
+    load_checked_program(path)
+    fixed_now = fixed_now or os.environ.get("EVENTREACH_NOW")
+    if deployment == "aws":
+        resources = aws_resources(path, fixed_now)
+    else:
+        resources = local_resources(home or eventreach_home(), path, fixed_now)
+    resources["services"] = campaign_services(resources)
+    return resources
