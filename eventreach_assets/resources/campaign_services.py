@@ -17,7 +17,7 @@ import polars as pl
 from eventreach_assets.domain.campaign_kinds import CampaignKind
 from eventreach_assets.domain.candidate_items import ITEM_SCHEMA
 from eventreach_assets.domain.events import EventContext, UnknownEventError, event_context
-from eventreach_assets.ingestion import registered_customers
+from eventreach_assets.domain.seats import seat_holders
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.decision_log import DecisionLogResource
@@ -66,8 +66,11 @@ class CampaignServices(dg.ConfigurableResource):
         return None
 
     def registered(self, event_id: str, now: datetime) -> pl.DataFrame:
-        return registered_customers(
-            self.warehouse, self.candidate_store, self.engagement, self.config().program_id, event_id, now
+        """Everyone holding a seat at the event (the same three sources ingestion reads)."""
+        return seat_holders(
+            self.warehouse.event_registrations(event_id),
+            self.candidate_store.registered_candidates(self.config().program_id, event_id, now=now),
+            self.engagement.registrations(event_id),
         )
 
     def top_candidates(
