@@ -1,7 +1,7 @@
 """Engagement coming in from the feeds: tracking hits, attendance, survey answers.
 
-The thin shell around domain/engagement.py, like registrations.py: read what validation needs
-from the resources passed in, validate, write the accepted rows to the engagement store (every
+The thin shell around domain/engagement_feeds.py, like registrations.py: read what validation
+needs from the resources passed in, validate, write the accepted rows to the engagement store (every
 write idempotent, so a replayed feed file stores nothing new) and return what happened.
 Rejected rows (QUARANTINE_SCHEMA) are returned, not written: the caller quarantines them.
 Summaries are counts only (no ids, emails or comments).
@@ -16,18 +16,16 @@ from typing import Any
 
 import polars as pl
 
-from eventreach_assets.domain.engagement import (
+from eventreach_assets.domain.engagement_feeds import validate_attendance, validate_survey, validate_tracking
+from eventreach_assets.domain.events import normalize_events
+from eventreach_assets.domain.feed_records import (
     ATTENDANCE_RECORD,
     SURVEY_RECORD,
     TRACKING_RECORD,
     claims_frame,
     link_verifier,
     records_frame,
-    validate_attendance,
-    validate_survey,
-    validate_tracking,
 )
-from eventreach_assets.domain.events import normalize_events
 from eventreach_assets.resources.engagement import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.warehouse import WarehouseResource

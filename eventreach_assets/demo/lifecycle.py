@@ -26,7 +26,7 @@ from dagster._utils.schedules import cron_string_iterator  # the daemon's own cr
 from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo import simulator
 from eventreach_assets.demo.run import QUIET
-from eventreach_assets.domain import engagement as engagement_domain
+from eventreach_assets.domain import funnel as funnel_domain
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.registrations import registered_customers
 
@@ -326,7 +326,7 @@ def monday_before(moment: datetime) -> datetime:
 def event_funnel(defs: dg.Definitions, event_id: str) -> pl.DataFrame:
     """The funnel from the ledger and the engagement records (nothing counted on the side)."""
     store = defs.resources["engagement"]
-    return engagement_domain.event_funnel(
+    return funnel_domain.event_funnel(
         deliveries=defs.resources["ledger"].deliveries(event_id),
         registrations=store.registrations(event_id),
         interactions=store.interactions(event_id),

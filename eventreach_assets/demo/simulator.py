@@ -41,23 +41,23 @@ import numpy as np
 import polars as pl
 
 from eventreach_assets.domain.delivery import DeliveryStatus, MessageKind
-from eventreach_assets.domain.engagement import (
+from eventreach_assets.domain.events import UnknownEventError
+from eventreach_assets.domain.feed_records import (
     ATTENDANCE_RECORD,
     FEED_RECORDS,
     REGISTRATION_RECORD,
     SURVEY_RECORD,
     TRACKING_RECORD,
 )
-from eventreach_assets.domain.events import UnknownEventError
 from eventreach_assets.domain.feedback import ses_event
-from eventreach_assets.domain.messages import sign_link_token
+from eventreach_assets.domain.link_tokens import sign_link_token
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.feeds import FEED_SUFFIX, EngagementFeedResource, check_feed
 
 SIM_MARKER = "sim"  # in every file name the simulator writes
 
 _TS = pl.Datetime("us")  # naive UTC, the project's convention
-# One record of each feed: the formats ingestion validates (`domain/engagement.py`).
+# One record of each feed: the formats ingestion validates (`domain/feed_records.py`).
 TRACKING_SCHEMA = TRACKING_RECORD
 REGISTRATION_SCHEMA = REGISTRATION_RECORD
 ATTENDANCE_SCHEMA = ATTENDANCE_RECORD

@@ -48,7 +48,16 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from eventreach_assets.domain import engagement as eng
+from eventreach_assets.domain.campaigns import to_utc_naive
+from eventreach_assets.domain.feed_records import (
+    FUTURE_TIMESTAMP,
+    FUTURE_TOLERANCE,
+    INVALID_TIMESTAMP,
+    MALFORMED_RECORD,
+    MISSING_FIELD,
+    QUARANTINE_SCHEMA,
+    utc_naive,
+)
 
 FEEDBACK_FEED = "provider"  # the engagement feed both formats arrive in
 FEEDBACK_CHANNELS: tuple[str, ...] = ("email",)  # channels whose provider reports deliveries
@@ -106,7 +115,7 @@ OUTCOME_COLUMNS: dict[str, pl.DataType] = {  # what message_outcomes adds to led
 
 HARD_BOUNCE, SOFT_BOUNCES, COMPLAINT = "hard_bounce", "repeated_soft_bounces", "complaint"
 
-# ---- reason codes (besides domain/engagement.py's malformed_record, missing_field, invalid_timestamp,
+# ---- reason codes (besides domain/feed_records.py's malformed_record, missing_field, invalid_timestamp,
 # timestamp_in_future) ----
 UNKNOWN_EVENT_TYPE = "unknown_event_type"  # eventType missing or not an SES event type
 MISSING_MESSAGE_ID = "missing_message_id"  # mail.messageId / the DSN's original Message-ID absent
@@ -295,7 +304,7 @@ def _flatten(records: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame, int]:
         body = {key: value for key, value in record.items() if key not in ("_source", "_line")}
         where = {"file": record.get("_source"), "line": record.get("_line", position)}
         if "_error" in record:
-            rows.append({**where, "reason": eng.MALFORMED_RECORD, "raw": _text(record.get("_raw"))})
+            rows.append({**where, "reason": MALFORMED_RECORD, "raw": _text(record.get("_raw"))})
             continue
         raw = json.dumps(body, default=str, sort_keys=True)
         if record.get("Type") == "Notification" and isinstance(record.get("Message"), str):
@@ -304,7 +313,7 @@ def _flatten(records: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame, int]:
             except json.JSONDecodeError:
                 inner = None
             if not isinstance(inner, dict):
-                rows.append({**where, "reason": eng.MALFORMED_RECORD, "raw": raw})
+                rows.append({**where, "reason": MALFORMED_RECORD, "raw": raw})
                 continue
             record = inner
         if "dsn" in record:
@@ -335,14 +344,14 @@ class FeedbackBatch:
 
 
 def normalize_feedback(
-    records: Sequence[Mapping[str, Any]], now: datetime, tolerance: timedelta = eng.FUTURE_TOLERANCE
+    records: Sequence[Mapping[str, Any]], now: datetime, tolerance: timedelta = FUTURE_TOLERANCE
 ) -> FeedbackBatch:
     """Validate and normalize provider records (SES events and DSNs, see the module doc); every
     feedback row of a record is accepted or rejected, the first failing rule naming it."""
     raw, ignored = _flatten(records)
-    limit = pl.lit(eng.to_utc_naive(now) + tolerance, pl.Datetime("us"))
+    limit = pl.lit(to_utc_naive(now) + tolerance, pl.Datetime("us"))
     parsed = raw.with_columns(
-        eng.utc_naive("occurred_at", pl.String()).alias("_at"),
+        utc_naive("occurred_at", pl.String()).alias("_at"),
         address_expr("recipient").alias("_address"),
         pl.col("provider_message_id").str.strip_chars().alias("_message"),
     )
@@ -352,15 +361,15 @@ def normalize_feedback(
         .when(pl.col("_message").is_null() | (pl.col("_message") == ""))
         .then(pl.lit(MISSING_MESSAGE_ID))
         .when(pl.col("recipient").is_null() | (pl.col("recipient").str.strip_chars() == ""))
-        .then(pl.lit(eng.MISSING_FIELD))
+        .then(pl.lit(MISSING_FIELD))
         .when(pl.col("_address").is_null())
         .then(pl.lit(INVALID_ADDRESS))
         .when(pl.col("occurred_at").is_null())
-        .then(pl.lit(eng.MISSING_FIELD))
+        .then(pl.lit(MISSING_FIELD))
         .when(pl.col("_at").is_null())
-        .then(pl.lit(eng.INVALID_TIMESTAMP))
+        .then(pl.lit(INVALID_TIMESTAMP))
         .when(pl.col("_at") > limit)
-        .then(pl.lit(eng.FUTURE_TIMESTAMP))
+        .then(pl.lit(FUTURE_TIMESTAMP))
     )
     judged = parsed.with_columns(reason.alias("reason"))
     accepted = (
@@ -382,7 +391,7 @@ def normalize_feedback(
         .unique(["file", "line", "reason"], keep="first", maintain_order=True)
         .sort("file", "line", nulls_last=True, maintain_order=True)
         .select(pl.col("file").alias("source"), "line", pl.lit(None, pl.String).alias("event_id"), "reason", "raw")
-        .cast(eng.QUARANTINE_SCHEMA)  # type: ignore[arg-type]
+        .cast(QUARANTINE_SCHEMA)  # type: ignore[arg-type]
     )
     return FeedbackBatch(accepted=accepted, rejected=rejected, ignored=ignored)
 
@@ -507,8 +516,8 @@ def campaign_counts(deliveries: pl.DataFrame, feedback: pl.DataFrame, since: dat
     complained about, rejected. Each message counts once per outcome however often reported."""
     sent = deliveries.filter(pl.col("status") == "sent")
     if since is not None:
-        moment = eng.to_utc_naive(since)
-        sent = sent.filter(eng.utc_naive("sent_at", sent.schema["sent_at"]) >= pl.lit(moment, pl.Datetime("us")))
+        moment = to_utc_naive(since)
+        sent = sent.filter(utc_naive("sent_at", sent.schema["sent_at"]) >= pl.lit(moment, pl.Datetime("us")))
     outcomes = message_outcomes(sent, feedback)
     rejected = feedback.filter(pl.col("feedback") == REJECTED).select("provider_message_id").unique()
     return (
@@ -598,7 +607,7 @@ def breaker_for(counts: pl.DataFrame, event_id: str, channel: str, policy: Deliv
 
 
 def _iso_ms(moment: datetime) -> str:
-    return eng.to_utc_naive(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return to_utc_naive(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def ses_event(

@@ -5,7 +5,7 @@ Pure polars, no Dagster, no I/O: the polled feed and the serving API's webhook b
 same ingestion function, which calls this, so a registration is judged the same way however
 it arrives. Every row comes out in exactly one frame (accepted, waitlisted or rejected) with a
 reason code, so nothing the platform sent is silently lost. Rejected rows take the quarantine
-shape every engagement feed shares (domain/engagement.py), the record kept as JSON.
+shape every engagement feed shares (domain/feed_records.py), the record kept as JSON.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import polars as pl
 
 from eventreach_assets.domain.campaigns import remaining_capacity, to_utc_naive
-from eventreach_assets.domain.engagement import (
-    CANCELLED,
+from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED, WAITLISTED
+from eventreach_assets.domain.feed_records import (
     DUPLICATE,
     FUTURE_TIMESTAMP,
     FUTURE_TOLERANCE,
@@ -29,16 +29,14 @@ from eventreach_assets.domain.engagement import (
     INVALID_TOKEN,
     META_SCHEMA,
     MISSING_FIELD,
-    REGISTERED,
     REGISTRATION_RECORD,
     UNKNOWN_EVENT,
-    WAITLISTED,
     claims_frame,
     quarantine,
     require_columns,
     utc_naive,
 )
-from eventreach_assets.domain.messages import LinkClaims
+from eventreach_assets.domain.link_tokens import LinkClaims
 
 INCOMING_SCHEMA: dict[str, pl.DataType] = REGISTRATION_RECORD
 OUTPUT_SCHEMA: dict[str, pl.DataType] = {
@@ -64,7 +62,7 @@ CAPACITY_REACHED = "capacity_reached"
 class RegistrationOutcome:
     """Where each incoming row went; `waitlisted` rows are valid but over capacity (kept, not dropped).
 
-    `rejected` is QUARANTINE_SCHEMA (domain/engagement.py); `stored`, set by ingestion, is how
+    `rejected` is QUARANTINE_SCHEMA (domain/feed_records.py); `stored`, set by ingestion, is how
     many engagement-store rows the batch added or upgraded (0 for a replay).
     """
 

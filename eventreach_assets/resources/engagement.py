@@ -30,7 +30,7 @@ import polars as pl
 from botocore.exceptions import ClientError
 from pydantic import Field, PrivateAttr
 
-from eventreach_assets.domain.engagement import (
+from eventreach_assets.domain.engagement_schemas import (
     ATTENDANCE_SCHEMA,
     CANCELLED,
     INTERACTION_SCHEMA,

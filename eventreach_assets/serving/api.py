@@ -70,7 +70,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from eventreach_assets.domain.engagement import CANCELLED
+from eventreach_assets.domain.engagement_schemas import CANCELLED
 from eventreach_assets.domain.registrations import cancellation_problem
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
