@@ -625,7 +625,8 @@ def ses_event(
     """One SES event publishing record, shaped as SES documents it (the fields this module reads,
     plus the usual neighbours): eventType Delivery | Bounce | Complaint | Reject."""
     stamp, sent = _iso_ms(at), _iso_ms(sent_at or at)
-    record: dict[str, Any] = {
+    key, detail = _ses_detail(event_type, message_id, recipient, stamp, bounce_type, bounce_subtype)
+    return {
         "eventType": event_type,
         "mail": {
             "timestamp": sent,
@@ -636,18 +637,25 @@ def ses_event(
             "headersTruncated": False,
             "tags": {"ses:configuration-set": [configuration_set]},
         },
+        key: detail,
     }
+
+
+def _ses_detail(
+    event_type: str, message_id: str, recipient: str, stamp: str, bounce_type: str, bounce_subtype: str
+) -> tuple[str, dict[str, Any]]:
+    """The part of an SES record its event type adds: its key (delivery, bounce, ...) and body."""
     if event_type == "Delivery":
-        record["delivery"] = {
+        return "delivery", {
             "timestamp": stamp,
             "processingTimeMillis": 1200,
             "recipients": [recipient],
             "smtpResponse": "250 2.0.0 OK",
             "reportingMTA": "a8-70.smtp-out.amazonses.com",
         }
-    elif event_type == "Bounce":
+    if event_type == "Bounce":
         status = "5.1.1" if bounce_type == "Permanent" else "4.2.2"
-        record["bounce"] = {
+        return "bounce", {
             "bounceType": bounce_type,
             "bounceSubType": bounce_subtype,
             "bouncedRecipients": [
@@ -662,8 +670,8 @@ def ses_event(
             "feedbackId": f"{message_id}-bounce",
             "reportingMTA": "dsn; a8-70.smtp-out.amazonses.com",
         }
-    elif event_type == "Complaint":
-        record["complaint"] = {
+    if event_type == "Complaint":
+        return "complaint", {
             "complainedRecipients": [{"emailAddress": recipient}],
             "timestamp": stamp,
             "feedbackId": f"{message_id}-complaint",
@@ -671,8 +679,6 @@ def ses_event(
             "userAgent": "Mozilla/5.0",
             "arrivalDate": stamp,
         }
-    elif event_type == "Reject":
-        record["reject"] = {"reason": "Bad content"}
-    else:
-        raise ValueError(f"ses_event plays Delivery, Bounce, Complaint or Reject, not {event_type!r}")
-    return record
+    if event_type == "Reject":
+        return "reject", {"reason": "Bad content"}
+    raise ValueError(f"ses_event plays Delivery, Bounce, Complaint or Reject, not {event_type!r}")
