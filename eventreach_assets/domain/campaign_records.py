@@ -1,7 +1,7 @@
 """The records every campaign figure is computed from: the delivery ledger's rows and the engagement
 store's, checked for the columns each computation reads and normalised (ids as text, times as
-naive UTC), so attribution, the channel report, the daily metrics and the holdout lift read them
-the same way (pure polars: no Dagster, no I/O).
+naive UTC), so attribution, the channel report and the daily metrics read them the same way
+(pure polars: no Dagster, no I/O).
 
 Aware or ISO text times are converted, as the feeds' validators do (`feed_records.utc_naive`).
 """
