@@ -23,7 +23,7 @@ setup(
         "pyyaml",
         "boto3",
         "psutil",
-        "icalendar",  # calendar invites (domain/messages.py)
+        "icalendar",  # calendar invites (domain/calendar_invite.py)
         "jinja2",  # email templates
         "starlette",  # the serving API (ASGI)
         "uvicorn",  # its server

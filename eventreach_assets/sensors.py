@@ -31,7 +31,7 @@ from eventreach_assets.assets.campaigns import (
     latest_metadata,
 )
 from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, Trigger, kinds_with
-from eventreach_assets.domain.engagement import CANCELLED
+from eventreach_assets.domain.engagement_schemas import CANCELLED
 from eventreach_assets.domain.events import normalize_events, upcoming_event_ids
 from eventreach_assets.domain.lifecycle import STAGES, due_stages, lifecycle_schedule, stage_run_key
 from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, feed_jobs

@@ -22,7 +22,7 @@ from eventreach_assets.domain.delivery import (
     PermanentSendError,
     TransientSendError,
 )
-from eventreach_assets.domain.messages import email_wire_bytes, wire_problems
+from eventreach_assets.domain.email_wire import email_wire_bytes, wire_problems
 from eventreach_assets.resources.channels import (
     ChannelUnavailableError,
     EmailChannelResource,

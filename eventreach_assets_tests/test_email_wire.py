@@ -20,20 +20,20 @@ import icalendar
 import pytest
 
 from eventreach_assets.domain.delivery import OutboundMessage, PermanentSendError
-from eventreach_assets.domain.events import EventContext
-from eventreach_assets.domain.messages import (
+from eventreach_assets.domain.email_wire import (
     MAX_LINE_OCTETS,
-    TemplateSet,
     email_problems,
     email_wire_bytes,
     fold_verbatim_header,
     message_id,
     raw_header_fields,
-    render_invitation_email,
     to_email_message,
-    verify_link_token,
     wire_problems,
 )
+from eventreach_assets.domain.events import EventContext
+from eventreach_assets.domain.link_tokens import verify_link_token
+from eventreach_assets.domain.rendering import render_invitation_email
+from eventreach_assets.domain.templates import TemplateSet
 from eventreach_assets.resources.channels import LocalOutboxEmail, SesEmail, SmtpEmail, outbox_file_stem
 from eventreach_assets_tests.stand_ins import REGION, smtp_server
 

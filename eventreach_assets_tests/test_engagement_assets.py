@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from eventreach_assets.domain.messages import sign_link_token
+from eventreach_assets.domain.link_tokens import sign_link_token
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets_tests.conftest import AS_OF, Deployment
 

@@ -9,8 +9,52 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from eventreach_assets.domain import engagement as eng
-from eventreach_assets.domain.messages import sign_link_token
+from eventreach_assets.domain.engagement_feeds import (
+    COMMENT_TRUNCATED,
+    EVENT_NOT_STARTED,
+    INVALID_MINUTES,
+    INVALID_RATING,
+    JOINED_TOO_EARLY,
+    MAX_COMMENT_CHARS,
+    NOT_A_SURVEY_TOKEN,
+    NOT_A_TRACKING_TOKEN,
+    NOT_AN_ATTENDEE,
+    PATH_MISMATCH,
+    UNKNOWN_PATH,
+    validate_attendance,
+    validate_survey,
+    validate_tracking,
+)
+from eventreach_assets.domain.engagement_schemas import (
+    ATTENDANCE_SCHEMA,
+    CANCELLED,
+    INTERACTION_SCHEMA,
+    REGISTERED,
+    REGISTRATION_SCHEMA,
+    SURVEY_SCHEMA,
+    WAITLISTED,
+)
+from eventreach_assets.domain.feed_records import (
+    ATTENDANCE_RECORD,
+    DUPLICATE,
+    FUTURE_TIMESTAMP,
+    INVALID_ID,
+    INVALID_TIMESTAMP,
+    INVALID_TOKEN,
+    MALFORMED_RECORD,
+    META_SCHEMA,
+    MISSING_FIELD,
+    QUARANTINE_SCHEMA,
+    SURVEY_RECORD,
+    TRACKING_RECORD,
+    UNKNOWN_EVENT,
+    Validation,
+    link_verifier,
+    records_frame,
+    utc_naive,
+)
+from eventreach_assets.domain.funnel import FUNNEL_SCHEMA, FUNNEL_STAGES, event_funnel
+from eventreach_assets.domain.link_tokens import sign_link_token
 
 SECRET = b"test-secret"
 EVENT = "evt-1"
@@ -23,7 +67,7 @@ EVENTS = pl.DataFrame(
         "duration_minutes": [90, 60],
     }
 )
-VERIFY = eng.link_verifier(SECRET)
+VERIFY = link_verifier(SECRET)
 
 
 def token(customer: str, action: str, *, event: str = EVENT, channel: str = "email", secret: bytes = SECRET) -> str:
@@ -42,18 +86,18 @@ def altered(value: str) -> str:
 
 
 def rows(schema: dict[str, pl.DataType], *records: dict) -> pl.DataFrame:
-    frame, rejected = eng.records_frame(list(records), schema, source="batch.jsonl")
+    frame, rejected = records_frame(list(records), schema, source="batch.jsonl")
     assert rejected.is_empty()
     return frame
 
 
-def reasons(result: eng.Validation) -> list[tuple[int, str]]:
+def reasons(result: Validation) -> list[tuple[int, str]]:
     return result.rejected.select("line", "reason").rows()
 
 
-def assert_partition(result: eng.Validation, height: int) -> None:
+def assert_partition(result: Validation, height: int) -> None:
     assert result.accepted.height + result.rejected.height == height
-    assert result.rejected.schema == pl.Schema(eng.QUARANTINE_SCHEMA)
+    assert result.rejected.schema == pl.Schema(QUARANTINE_SCHEMA)
 
 
 # ---- records and times ------------------------------------------------------------------------
@@ -66,14 +110,14 @@ def test_records_become_text_columns_and_malformed_lines_are_rejected_with_their
         {"_error": "not JSON: Expecting value", "_raw": "{not json", "_source": "0001.jsonl", "_line": 2},
         {"event_id": "  ", "joined_at": datetime(2026, 11, 30, 18, tzinfo=UTC), "minutes_watched": True},
     ]  # fmt: skip
-    frame, rejected = eng.records_frame(records, eng.ATTENDANCE_RECORD, source="webhook")
-    assert frame.schema == pl.Schema({**{name: pl.String() for name in eng.ATTENDANCE_RECORD}, **eng.META_SCHEMA})
+    frame, rejected = records_frame(records, ATTENDANCE_RECORD, source="webhook")
+    assert frame.schema == pl.Schema({**{name: pl.String() for name in ATTENDANCE_RECORD}, **META_SCHEMA})
     assert frame.drop("_raw").rows() == [
         (EVENT, "17", "2026-11-30T17:05:00Z", "45", "0001.jsonl", 1),
         (None, None, "2026-11-30T18:00:00+00:00", "true", "webhook", 3),  # blank is missing; position as line
     ]
     assert json.loads(frame["_raw"][0]) == {k: v for k, v in records[0].items() if not k.startswith("_")}
-    assert rejected.rows() == [("0001.jsonl", 2, None, eng.MALFORMED_RECORD, "{not json")]
+    assert rejected.rows() == [("0001.jsonl", 2, None, MALFORMED_RECORD, "{not json")]
 
 
 @pytest.mark.parametrize(
@@ -88,17 +132,17 @@ def test_records_become_text_columns_and_malformed_lines_are_rejected_with_their
     ],
 )
 def test_iso_times_with_or_without_offset_are_naive_utc(text: str):
-    parsed = pl.DataFrame({"at": [text, "2026-11-30T17:05:00+05:30"]}).select(eng.utc_naive("at", pl.String()))
+    parsed = pl.DataFrame({"at": [text, "2026-11-30T17:05:00+05:30"]}).select(utc_naive("at", pl.String()))
     assert parsed["at"].to_list() == [datetime(2026, 11, 30, 17, 5), datetime(2026, 11, 30, 11, 35)]
 
 
 def test_text_that_is_not_a_time_is_null_and_other_types_are_refused():
     parsed = pl.DataFrame({"at": ["tomorrow", "2026-13-01T00:00:00", "2026-11-30"]}).select(
-        eng.utc_naive("at", pl.String())
+        utc_naive("at", pl.String())
     )
     assert parsed["at"].to_list() == [None, None, None]
     with pytest.raises(ValueError, match="at must be a datetime or ISO 8601 text column, got Int64"):
-        eng.utc_naive("at", pl.Int64())
+        utc_naive("at", pl.Int64())
 
 
 # ---- tracking ---------------------------------------------------------------------------------
@@ -110,16 +154,16 @@ def hit(tok: str | None, path: str | None = "open", at: str | None = "2026-11-20
 
 def test_genuine_hits_become_interactions_attributed_by_their_token():
     batch = rows(
-        eng.TRACKING_RECORD,
+        TRACKING_RECORD,
         hit(token("c1", "click", channel="in-app"), "join", "2026-11-20T11:00:00Z"),
         hit(token("c1", "open"), "open", "2026-11-20T10:00:00+01:00"),
         hit(token("c2", "unsubscribe"), "unsubscribe"),
         hit(token("c1", "open"), "open", "2026-11-21T08:00:00Z"),  # opened again: accepted, store keeps the first
     )
-    result = eng.validate_tracking(batch, VERIFY, now=AFTER)
+    result = validate_tracking(batch, VERIFY, now=AFTER)
     assert_partition(result, 4)
     assert result.rejected.is_empty()
-    assert result.accepted.schema == pl.Schema(eng.INTERACTION_SCHEMA)
+    assert result.accepted.schema == pl.Schema(INTERACTION_SCHEMA)
     assert result.accepted.rows() == [
         (EVENT, "c1", "email", "cmp-1", "open", datetime(2026, 11, 20, 9)),
         (EVENT, "c2", "email", "cmp-1", "unsubscribe", datetime(2026, 11, 20, 10)),
@@ -131,7 +175,7 @@ def test_genuine_hits_become_interactions_attributed_by_their_token():
 def test_each_tracking_rule_rejects_with_its_reason():
     genuine = token("c1", "open")
     batch = rows(
-        eng.TRACKING_RECORD,
+        TRACKING_RECORD,
         hit(None),
         hit(genuine, at="last week"),
         hit(token("c1", "open", secret=b"forger")),
@@ -146,21 +190,21 @@ def test_each_tracking_rule_rejects_with_its_reason():
         hit(genuine, at="2026-12-01T09:06:00Z"),  # 6 minutes after `now`
         hit(genuine, at="2026-12-01T09:04:00Z"),  # within the clock-skew tolerance: accepted
     )
-    result = eng.validate_tracking(batch, VERIFY, now=AFTER)
+    result = validate_tracking(batch, VERIFY, now=AFTER)
     assert_partition(result, 13)
     assert reasons(result) == [
-        (1, eng.MISSING_FIELD),
-        (2, eng.INVALID_TIMESTAMP),
-        (3, eng.INVALID_TOKEN),
-        (4, eng.INVALID_TOKEN),
-        (5, eng.INVALID_TOKEN),
-        (6, eng.INVALID_TOKEN),
-        (7, eng.NOT_A_TRACKING_TOKEN),
-        (8, eng.NOT_A_TRACKING_TOKEN),
-        (9, eng.UNKNOWN_PATH),
-        (10, eng.PATH_MISMATCH),
-        (11, eng.PATH_MISMATCH),
-        (12, eng.FUTURE_TIMESTAMP),
+        (1, MISSING_FIELD),
+        (2, INVALID_TIMESTAMP),
+        (3, INVALID_TOKEN),
+        (4, INVALID_TOKEN),
+        (5, INVALID_TOKEN),
+        (6, INVALID_TOKEN),
+        (7, NOT_A_TRACKING_TOKEN),
+        (8, NOT_A_TRACKING_TOKEN),
+        (9, UNKNOWN_PATH),
+        (10, PATH_MISMATCH),
+        (11, PATH_MISMATCH),
+        (12, FUTURE_TIMESTAMP),
     ]
     # The event is named only when a genuine token says so; a forged one names nothing.
     assert result.rejected["event_id"].to_list()[2:6] == [None] * 4
@@ -170,7 +214,7 @@ def test_each_tracking_rule_rejects_with_its_reason():
 
 def test_rows_missing_a_column_are_a_caller_error():
     with pytest.raises(ValueError, match=r"tracking rows lack columns \['path'\]"):
-        eng.validate_tracking(pl.DataFrame({"token": ["x"], "occurred_at": ["y"]}), VERIFY)
+        validate_tracking(pl.DataFrame({"token": ["x"], "occurred_at": ["y"]}), VERIFY)
 
 
 # ---- attendance -------------------------------------------------------------------------------
@@ -182,14 +226,14 @@ def seen(customer: str | None, minutes: object = 45, joined: str | None = "2026-
 
 def test_attendance_within_the_window_is_accepted_as_integers():
     batch = rows(
-        eng.ATTENDANCE_RECORD,
+        ATTENDANCE_RECORD,
         seen("c1", 150, "2026-11-30T16:00:00Z"),  # doors open an hour early; 90 + 60 minutes at most
         seen("c2", "0", "2026-11-30T18:00:00+01:00"),
         seen("c3", 45.0, "2026-11-30T17:30:00"),  # a whole number written as a float
     )
-    result = eng.validate_attendance(batch, EVENTS, AFTER)
+    result = validate_attendance(batch, EVENTS, AFTER)
     assert result.rejected.is_empty()
-    assert result.accepted.schema == pl.Schema(eng.ATTENDANCE_SCHEMA)
+    assert result.accepted.schema == pl.Schema(ATTENDANCE_SCHEMA)
     assert result.accepted.rows() == [
         (EVENT, "c1", datetime(2026, 11, 30, 16), 150),
         (EVENT, "c2", START, 0),
@@ -199,7 +243,7 @@ def test_attendance_within_the_window_is_accepted_as_integers():
 
 def test_each_attendance_rule_rejects_with_its_reason():
     batch = rows(
-        eng.ATTENDANCE_RECORD,
+        ATTENDANCE_RECORD,
         seen(None),
         seen("c1", event="evt-nope"),
         seen("c1", event="evt-later"),  # has not started yet
@@ -214,31 +258,31 @@ def test_each_attendance_rule_rejects_with_its_reason():
         seen("c2", 30, "2026-11-30T17:20:00Z"),
         seen("c2", 60, "2026-11-30T17:01:00Z"),  # the earlier join of c2 wins
     )
-    result = eng.validate_attendance(batch, EVENTS, AFTER)
+    result = validate_attendance(batch, EVENTS, AFTER)
     assert_partition(result, 13)
     assert reasons(result) == [
-        (1, eng.MISSING_FIELD),
-        (2, eng.UNKNOWN_EVENT),
-        (3, eng.EVENT_NOT_STARTED),
-        (4, eng.INVALID_ID),
-        (5, eng.INVALID_MINUTES),
-        (6, eng.INVALID_MINUTES),
-        (7, eng.INVALID_MINUTES),
-        (8, eng.INVALID_MINUTES),
-        (9, eng.INVALID_TIMESTAMP),
-        (10, eng.JOINED_TOO_EARLY),
-        (11, eng.FUTURE_TIMESTAMP),
-        (12, eng.DUPLICATE),
+        (1, MISSING_FIELD),
+        (2, UNKNOWN_EVENT),
+        (3, EVENT_NOT_STARTED),
+        (4, INVALID_ID),
+        (5, INVALID_MINUTES),
+        (6, INVALID_MINUTES),
+        (7, INVALID_MINUTES),
+        (8, INVALID_MINUTES),
+        (9, INVALID_TIMESTAMP),
+        (10, JOINED_TOO_EARLY),
+        (11, FUTURE_TIMESTAMP),
+        (12, DUPLICATE),
     ]
     assert result.accepted.rows() == [(EVENT, "c2", datetime(2026, 11, 30, 17, 1), 60)]
     assert result.rejected["event_id"].to_list()[1:3] == ["evt-nope", "evt-later"]
 
 
 def test_attendance_before_the_event_has_started_is_rejected():
-    batch = rows(eng.ATTENDANCE_RECORD, seen("c1", 0, "2026-11-30T16:30:00Z"))
-    before = eng.validate_attendance(batch, EVENTS, START - timedelta(minutes=1))
-    assert reasons(before) == [(1, eng.EVENT_NOT_STARTED)]
-    assert eng.validate_attendance(batch, EVENTS, START).accepted.height == 1
+    batch = rows(ATTENDANCE_RECORD, seen("c1", 0, "2026-11-30T16:30:00Z"))
+    before = validate_attendance(batch, EVENTS, START - timedelta(minutes=1))
+    assert reasons(before) == [(1, EVENT_NOT_STARTED)]
+    assert validate_attendance(batch, EVENTS, START).accepted.height == 1
 
 
 # ---- survey -----------------------------------------------------------------------------------
@@ -252,15 +296,15 @@ def answer(tok: str | None, rating: object = 4, comment: str | None = "Great tal
 
 def test_survey_answers_are_about_the_tokens_customer_and_event_not_the_body():
     body = {**answer(token("c1", "survey"), "5", "  "), "event_id": "evt-other", "customer_id": "c9"}
-    result = eng.validate_survey(rows(eng.SURVEY_RECORD, body), VERIFY, ATTENDED, now=AFTER)
-    assert result.accepted.schema == pl.Schema(eng.SURVEY_SCHEMA)
+    result = validate_survey(rows(SURVEY_RECORD, body), VERIFY, ATTENDED, now=AFTER)
+    assert result.accepted.schema == pl.Schema(SURVEY_SCHEMA)
     assert result.accepted.rows() == [(EVENT, "c1", 5, None, datetime(2026, 11, 30, 19))]
-    assert result.notes == {eng.COMMENT_TRUNCATED: 0}
+    assert result.notes == {COMMENT_TRUNCATED: 0}
 
 
 def test_each_survey_rule_rejects_with_its_reason():
     batch = rows(
-        eng.SURVEY_RECORD,
+        SURVEY_RECORD,
         answer(None),
         answer(token("c1", "survey"), at="after the talk"),
         answer(token("c1", "survey", secret=b"forger")),
@@ -275,38 +319,38 @@ def test_each_survey_rule_rejects_with_its_reason():
         answer(token("c2", "survey"), 3, at="2026-11-30T20:00:00Z"),
         answer(token("c2", "survey"), 1, at="2026-11-30T19:30:00Z"),  # c2's first answer wins
     )
-    result = eng.validate_survey(batch, VERIFY, ATTENDED, now=AFTER)
+    result = validate_survey(batch, VERIFY, ATTENDED, now=AFTER)
     assert_partition(result, 13)
     assert reasons(result) == [
-        (1, eng.MISSING_FIELD),
-        (2, eng.INVALID_TIMESTAMP),
-        (3, eng.INVALID_TOKEN),
-        (4, eng.INVALID_TOKEN),
-        (5, eng.NOT_A_SURVEY_TOKEN),
-        (6, eng.INVALID_RATING),
-        (7, eng.INVALID_RATING),
-        (8, eng.INVALID_RATING),
-        (9, eng.NOT_AN_ATTENDEE),
-        (10, eng.NOT_AN_ATTENDEE),
-        (11, eng.FUTURE_TIMESTAMP),
-        (12, eng.DUPLICATE),
+        (1, MISSING_FIELD),
+        (2, INVALID_TIMESTAMP),
+        (3, INVALID_TOKEN),
+        (4, INVALID_TOKEN),
+        (5, NOT_A_SURVEY_TOKEN),
+        (6, INVALID_RATING),
+        (7, INVALID_RATING),
+        (8, INVALID_RATING),
+        (9, NOT_AN_ATTENDEE),
+        (10, NOT_AN_ATTENDEE),
+        (11, FUTURE_TIMESTAMP),
+        (12, DUPLICATE),
     ]
     assert result.accepted.select("customer_id", "rating").rows() == [("c2", 1)]
 
 
 def test_a_long_comment_is_cut_to_the_limit_and_counted_not_rejected():
-    long = "ab" * eng.MAX_COMMENT_CHARS
-    batch = rows(eng.SURVEY_RECORD, answer(token("c1", "survey"), 2, long), answer(token("c2", "survey"), 5, "ok"))
-    result = eng.validate_survey(batch, VERIFY, ATTENDED)
+    long = "ab" * MAX_COMMENT_CHARS
+    batch = rows(SURVEY_RECORD, answer(token("c1", "survey"), 2, long), answer(token("c2", "survey"), 5, "ok"))
+    result = validate_survey(batch, VERIFY, ATTENDED)
     assert result.rejected.is_empty()
-    assert result.accepted["comment"].to_list() == [long[: eng.MAX_COMMENT_CHARS], "ok"]
-    assert result.notes == {eng.COMMENT_TRUNCATED: 1}
+    assert result.accepted["comment"].to_list() == [long[:MAX_COMMENT_CHARS], "ok"]
+    assert result.notes == {COMMENT_TRUNCATED: 1}
 
 
 def test_nobody_attended_means_every_answer_is_rejected():
     nobody = pl.DataFrame(schema={"event_id": pl.String, "customer_id": pl.String})
-    result = eng.validate_survey(rows(eng.SURVEY_RECORD, answer(token("c1", "survey"))), VERIFY, nobody)
-    assert reasons(result) == [(1, eng.NOT_AN_ATTENDEE)]
+    result = validate_survey(rows(SURVEY_RECORD, answer(token("c1", "survey"))), VERIFY, nobody)
+    assert reasons(result) == [(1, NOT_AN_ATTENDEE)]
 
 
 # ---- funnel -----------------------------------------------------------------------------------
@@ -340,28 +384,28 @@ def scenario() -> dict[str, pl.DataFrame]:
             (EVENT, "c4", "email", "cmp-1", "unsubscribe", at),
             (EVENT, "c6", "in-app", "cmp-3", "open", at),
         ],
-        schema=eng.INTERACTION_SCHEMA,
+        schema=INTERACTION_SCHEMA,
         orient="row",
     )
     registrations = pl.DataFrame(
         [
-            (EVENT, "c1", "r1", at, "email", "cmp-1", eng.REGISTERED, at),
-            (EVENT, "c2", "r2", at, "email", "cmp-1", eng.REGISTERED, at),
-            (EVENT, "c3", "r3", at, "in-app", "cmp-3", eng.REGISTERED, at),  # no in-app open seen: implied
-            (EVENT, "c5", "r5", at, "in-app", "cmp-3", eng.WAITLISTED, at),  # no seat: not registered
-            (EVENT, "c7", "r7", at, None, None, eng.REGISTERED, at),  # unattributed: "all" only
+            (EVENT, "c1", "r1", at, "email", "cmp-1", REGISTERED, at),
+            (EVENT, "c2", "r2", at, "email", "cmp-1", REGISTERED, at),
+            (EVENT, "c3", "r3", at, "in-app", "cmp-3", REGISTERED, at),  # no in-app open seen: implied
+            (EVENT, "c5", "r5", at, "in-app", "cmp-3", WAITLISTED, at),  # no seat: not registered
+            (EVENT, "c7", "r7", at, None, None, REGISTERED, at),  # unattributed: "all" only
         ],
-        schema=eng.REGISTRATION_SCHEMA,
+        schema=REGISTRATION_SCHEMA,
         orient="row",
     )
     attendance = pl.DataFrame(
         [(EVENT, "c1", START, 60), (EVENT, "c3", START, 30), (EVENT, "c7", START, 90), (EVENT, "c8", START, 10)],
-        schema=eng.ATTENDANCE_SCHEMA,
+        schema=ATTENDANCE_SCHEMA,
         orient="row",
     )
     survey = pl.DataFrame(
         [(EVENT, "c1", 5, None, AFTER), (EVENT, "c3", 3, "meh", AFTER), (EVENT, "c8", 4, None, AFTER)],
-        schema=eng.SURVEY_SCHEMA,
+        schema=SURVEY_SCHEMA,
         orient="row",
     )
     return {
@@ -374,8 +418,8 @@ def scenario() -> dict[str, pl.DataFrame]:
 
 
 def test_the_funnel_counts_distinct_customers_per_stage_and_channel():
-    funnel = eng.event_funnel(**scenario())
-    assert funnel.schema == pl.Schema(eng.FUNNEL_SCHEMA)
+    funnel = event_funnel(**scenario())
+    assert funnel.schema == pl.Schema(FUNNEL_SCHEMA)
     counts = {(stage, channel): count for stage, channel, count in funnel.select("stage", "channel", "count").rows()}
     expected = {
         #              all  email  in-app
@@ -418,21 +462,21 @@ def test_the_funnel_counts_distinct_customers_per_stage_and_channel():
 def test_an_event_with_nothing_yet_has_every_stage_at_zero():
     empty = {
         "deliveries": deliveries(),
-        "registrations": pl.DataFrame(schema=eng.REGISTRATION_SCHEMA),
-        "interactions": pl.DataFrame(schema=eng.INTERACTION_SCHEMA),
-        "attendance": pl.DataFrame(schema=eng.ATTENDANCE_SCHEMA),
-        "survey": pl.DataFrame(schema=eng.SURVEY_SCHEMA),
+        "registrations": pl.DataFrame(schema=REGISTRATION_SCHEMA),
+        "interactions": pl.DataFrame(schema=INTERACTION_SCHEMA),
+        "attendance": pl.DataFrame(schema=ATTENDANCE_SCHEMA),
+        "survey": pl.DataFrame(schema=SURVEY_SCHEMA),
     }
-    funnel = eng.event_funnel(**empty)
-    assert funnel.select("stage", "channel", "count").rows() == [(stage, "all", 0) for stage in eng.FUNNEL_STAGES]
-    assert funnel["rate_of_previous"].null_count() == len(eng.FUNNEL_STAGES)
+    funnel = event_funnel(**empty)
+    assert funnel.select("stage", "channel", "count").rows() == [(stage, "all", 0) for stage in FUNNEL_STAGES]
+    assert funnel["rate_of_previous"].null_count() == len(FUNNEL_STAGES)
 
 
 def test_the_store_schemas_are_the_domains():
     from eventreach_assets.resources import engagement_store as store
 
-    assert store.REGISTRATION.schema == eng.REGISTRATION_SCHEMA
-    assert store.INTERACTION.schema == eng.INTERACTION_SCHEMA
-    assert store.ATTENDANCE.schema == eng.ATTENDANCE_SCHEMA
-    assert store.SURVEY.schema == eng.SURVEY_SCHEMA
-    assert store.STATUSES == (eng.REGISTERED, eng.WAITLISTED, eng.CANCELLED)
+    assert store.REGISTRATION.schema == REGISTRATION_SCHEMA
+    assert store.INTERACTION.schema == INTERACTION_SCHEMA
+    assert store.ATTENDANCE.schema == ATTENDANCE_SCHEMA
+    assert store.SURVEY.schema == SURVEY_SCHEMA
+    assert store.STATUSES == (REGISTERED, WAITLISTED, CANCELLED)

@@ -12,9 +12,18 @@ import duckdb
 import polars as pl
 import pytest
 
-from eventreach_assets.domain import engagement as eng
 from eventreach_assets.domain.delivery import DeliveryKey, MessageKind, OutboundMessage
-from eventreach_assets.domain.messages import sign_link_token
+from eventreach_assets.domain.engagement_feeds import (
+    EVENT_NOT_STARTED,
+    INVALID_MINUTES,
+    JOINED_TOO_EARLY,
+    NOT_A_TRACKING_TOKEN,
+    NOT_AN_ATTENDEE,
+)
+from eventreach_assets.domain.engagement_schemas import REGISTERED
+from eventreach_assets.domain.feed_records import INVALID_TOKEN, MALFORMED_RECORD, MISSING_FIELD, UNKNOWN_EVENT
+from eventreach_assets.domain.funnel import event_funnel
+from eventreach_assets.domain.link_tokens import sign_link_token
 from eventreach_assets.domain.schema import EVENT_COLUMNS
 from eventreach_assets.domain.sending import deliver
 from eventreach_assets.ingestion import UNSUBSCRIBE_SOURCE, ingest_attendance, ingest_survey, ingest_tracking
@@ -103,10 +112,10 @@ def test_forged_and_altered_tokens_are_rejected_and_nothing_of_theirs_is_stored(
     )
     outcome = ingest_tracking(records, ledger=ledger, store=store, secret=SECRET, now=NOW)
     assert outcome.rejected.select("source", "line", "reason").rows() == [
-        ("20261120T100000Z-0001.jsonl", 2, eng.INVALID_TOKEN),
-        ("20261120T100000Z-0001.jsonl", 3, eng.INVALID_TOKEN),
-        ("20261120T100000Z-0001.jsonl", 4, eng.NOT_A_TRACKING_TOKEN),
-        ("20261120T100000Z-0001.jsonl", 5, eng.MALFORMED_RECORD),
+        ("20261120T100000Z-0001.jsonl", 2, INVALID_TOKEN),
+        ("20261120T100000Z-0001.jsonl", 3, INVALID_TOKEN),
+        ("20261120T100000Z-0001.jsonl", 4, NOT_A_TRACKING_TOKEN),
+        ("20261120T100000Z-0001.jsonl", 5, MALFORMED_RECORD),
     ]
     assert store.interactions(EVENT).select("customer_id", "action").rows() == [("c1", "open")]
     assert ledger.opted_out(pl.Series(["c2", "c9"]), "email") == set()  # no forged unsubscribe took effect
@@ -116,9 +125,9 @@ def test_forged_and_altered_tokens_are_rejected_and_nothing_of_theirs_is_stored(
         "rejected": 4,
         "stored": 1,
         "unsubscribed_customers": 0,
-        eng.INVALID_TOKEN: 2,
-        eng.MALFORMED_RECORD: 1,
-        eng.NOT_A_TRACKING_TOKEN: 1,
+        INVALID_TOKEN: 2,
+        MALFORMED_RECORD: 1,
+        NOT_A_TRACKING_TOKEN: 1,
     }
     assert not any(isinstance(value, str) for value in outcome.summary().values())
 
@@ -209,11 +218,11 @@ def test_attendance_is_checked_against_the_warehouse_events_and_a_replay_stores_
     )
     first = ingest_attendance(records, warehouse=warehouse, store=store, now=NOW)
     assert first.rejected.select("line", "event_id", "reason").rows() == [
-        (2, EVENT, eng.INVALID_MINUTES),
-        (3, EVENT, eng.JOINED_TOO_EARLY),
-        (4, LATER_EVENT, eng.EVENT_NOT_STARTED),
-        (5, "evt-unknown", eng.UNKNOWN_EVENT),
-        (7, None, eng.MALFORMED_RECORD),
+        (2, EVENT, INVALID_MINUTES),
+        (3, EVENT, JOINED_TOO_EARLY),
+        (4, LATER_EVENT, EVENT_NOT_STARTED),
+        (5, "evt-unknown", UNKNOWN_EVENT),
+        (7, None, MALFORMED_RECORD),
     ]
     kept = store.attendance(EVENT)
     assert kept.select("customer_id", "minutes_watched").rows() == [("c6", 150), ("c1", 80)]
@@ -227,7 +236,7 @@ def test_attendance_reported_before_the_event_starts_is_rejected(local, warehous
     store, _, _ = local
     early = [attendee("c1", 0, "2026-11-30T16:30:00Z")]
     outcome = ingest_attendance(early, warehouse=warehouse, store=store, now=START - timedelta(minutes=30))
-    assert outcome.rejected.select("line", "reason").rows() == [(1, eng.EVENT_NOT_STARTED)]
+    assert outcome.rejected.select("line", "reason").rows() == [(1, EVENT_NOT_STARTED)]
     assert store.attendance(EVENT).is_empty()
 
 
@@ -260,8 +269,8 @@ def test_only_attendees_answer_the_survey_and_a_replay_stores_nothing(local, war
     )
     first = ingest_survey(records, store=store, secret=SECRET, now=NOW)
     assert first.rejected.select("line", "event_id", "reason").rows() == [
-        (2, EVENT, eng.NOT_AN_ATTENDEE),
-        (4, None, eng.INVALID_TOKEN),
+        (2, EVENT, NOT_AN_ATTENDEE),
+        (4, None, INVALID_TOKEN),
     ]
     kept = store.survey_responses(EVENT)
     assert kept.select("customer_id", "rating").sort("customer_id").rows() == [("c1", 5), ("c2", 2)]
@@ -292,11 +301,11 @@ def test_the_funnel_reads_the_ledger_and_the_store(local, warehouse):
         {"event_id": [EVENT], "customer_id": ["c1"], "registration_id": ["r1"], "registered_at": [START],
          "channel": ["email"], "campaign_id": ["cmp-1"]}
     )  # fmt: skip
-    store.record_registrations(registrations, eng.REGISTERED, NOW)
+    store.record_registrations(registrations, REGISTERED, NOW)
     ingest_attendance([attendee("c1", 75)], warehouse=warehouse, store=store, now=NOW)
     ingest_survey([answer("c1", 4)], store=store, secret=SECRET, now=NOW)
 
-    funnel = eng.event_funnel(
+    funnel = event_funnel(
         deliveries=ledger.deliveries(EVENT),
         registrations=store.registrations(EVENT),
         interactions=store.interactions(EVENT),
@@ -327,13 +336,13 @@ def test_a_per_event_attendance_run_leaves_other_events_records_for_their_own_ru
     ]
     outcome = ingest_attendance(records, warehouse=warehouse, store=store, now=NOW, event_id=EVENT)
     assert outcome.accepted["customer_id"].to_list() == ["c1"]
-    assert outcome.rejected.select("line", "reason").rows() == [(3, eng.MISSING_FIELD)]
+    assert outcome.rejected.select("line", "reason").rows() == [(3, MISSING_FIELD)]
     assert outcome.summary() == {
         "records": 2,
         "accepted": 1,
         "rejected": 1,
         "stored": 1,
         "other_events": 1,
-        eng.MISSING_FIELD: 1,
+        MISSING_FIELD: 1,
     }
     assert store.attendance(LATER_EVENT).is_empty()

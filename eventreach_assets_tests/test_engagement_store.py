@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from eventreach_assets.domain.engagement import (
+from eventreach_assets.domain.engagement_schemas import (
     ATTENDANCE_SCHEMA,
     CANCELLED,
     INTERACTION_SCHEMA,

@@ -187,7 +187,7 @@ def test_a_cancellation_reaches_everyone_once_and_stops_everything_else(deployme
 
 
 def test_a_cancelled_registration_promotes_the_earliest_waitlisted_customer_once(deployment: Deployment, batched: str):
-    from eventreach_assets.domain.engagement import REGISTERED, WAITLISTED
+    from eventreach_assets.domain.engagement_schemas import REGISTERED, WAITLISTED
 
     event_id = batched
     engagement = deployment.defs.resources["engagement"]

@@ -12,6 +12,12 @@ import icalendar
 import polars as pl
 import pytest
 
+from eventreach_assets.domain.calendar_invite import (
+    ICS_CANCEL_CONTENT_TYPE,
+    ICS_CONTENT_TYPE,
+    calendar_invite,
+    calendar_uid,
+)
 from eventreach_assets.domain.delivery import (
     FIRST_CHANGE_SEQUENCE,
     DeliveryKey,
@@ -22,13 +28,9 @@ from eventreach_assets.domain.delivery import (
     occurrence_for,
     occurrence_of,
 )
+from eventreach_assets.domain.email_wire import to_email_message
 from eventreach_assets.domain.events import EventContext
-from eventreach_assets.domain.messages import (
-    ICS_CANCEL_CONTENT_TYPE,
-    ICS_CONTENT_TYPE,
-    TemplateSet,
-    calendar_invite,
-    calendar_uid,
+from eventreach_assets.domain.rendering import (
     render_cancellation_email,
     render_cancellation_push,
     render_day_of_email,
@@ -36,9 +38,9 @@ from eventreach_assets.domain.messages import (
     render_push_reminder,
     render_update_email,
     render_waitlist_confirmation_email,
-    to_email_message,
 )
 from eventreach_assets.domain.sending import deliver
+from eventreach_assets.domain.templates import TemplateSet
 from eventreach_assets.resources.ledger import DELIVERY_SCHEMA, SqliteDeliveryLedger
 
 SECRET = b"test-secret"
@@ -351,7 +353,7 @@ def test_each_reschedule_and_the_cancellation_reach_each_calendar_once_in_sequen
 
 
 def test_change_notices_pass_the_wire_validator_and_a_method_mismatch_does_not():
-    from eventreach_assets.domain.messages import email_problems, email_wire_bytes, wire_problems
+    from eventreach_assets.domain.email_wire import email_problems, email_wire_bytes, wire_problems
 
     row = {"customer_id": "c1", "email": "c1@example.com", "marketplace": "US", "timezone": "America/New_York"}
     for message in (update(row), cancellation(row)):

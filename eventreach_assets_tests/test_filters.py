@@ -4,12 +4,7 @@ import polars as pl
 import pytest
 
 from eventreach_assets.domain.events import EventContext
-from eventreach_assets.domain.filters import (
-    FilterInputs,
-    build_filter_chain,
-    check_program_filters,
-    run_filter_chain,
-)
+from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, check_program_filters, run_filter_chain
 from eventreach_assets.program.config import load_program
 from eventreach_assets_tests.frames import candidates
 

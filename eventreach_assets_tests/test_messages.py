@@ -10,24 +10,18 @@ from urllib.parse import parse_qs, urlparse
 import icalendar
 import pytest
 
+from eventreach_assets.domain.calendar_invite import ICS_CONTENT_TYPE, calendar_invite
 from eventreach_assets.domain.delivery import MessageKind
+from eventreach_assets.domain.email_wire import email_wire_bytes, to_email_message
 from eventreach_assets.domain.events import EventContext
-from eventreach_assets.domain.messages import (
-    ICS_CONTENT_TYPE,
-    InvalidLinkToken,
-    TemplateSet,
-    calendar_invite,
-    email_wire_bytes,
-    language_for,
-    link,
+from eventreach_assets.domain.link_tokens import InvalidLinkToken, link, sign_link_token, verify_link_token
+from eventreach_assets.domain.rendering import (
     render_day_of_email,
     render_in_app_banner,
     render_invitation_email,
     render_push_reminder,
-    sign_link_token,
-    to_email_message,
-    verify_link_token,
 )
+from eventreach_assets.domain.templates import TemplateSet, language_for
 
 SECRET = b"test-secret"
 BASE = "https://go.example.com"
@@ -296,7 +290,7 @@ def test_email_problems_flags_what_providers_and_calendars_reject():
     from dataclasses import replace
 
     from eventreach_assets.domain.delivery import Attachment
-    from eventreach_assets.domain.messages import email_problems
+    from eventreach_assets.domain.email_wire import email_problems
 
     good = invitation()
     assert email_problems(good, expect_calendar_invite=True) == []

@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 from eventreach_assets.domain import registrations as reg
-from eventreach_assets.domain.engagement import CANCELLED, QUARANTINE_SCHEMA, REGISTERED, WAITLISTED
-from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, sign_link_token, verify_link_token
+from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED, WAITLISTED
+from eventreach_assets.domain.feed_records import QUARANTINE_SCHEMA
+from eventreach_assets.domain.link_tokens import InvalidLinkToken, LinkClaims, sign_link_token, verify_link_token
 from eventreach_assets.ingestion import ingest_registrations, promote_from_waitlist, registered_customers
 from eventreach_assets.program.config import default_program
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore

@@ -13,8 +13,18 @@ import pytest
 from PIL import Image
 from scipy.stats.contingency import relative_risk
 
-from eventreach_assets.domain import charts, report
-from eventreach_assets.domain import engagement as eng
+from eventreach_assets.domain import charts
+from eventreach_assets.domain.attribution import ATTRIBUTION_SCHEMA, RULES, attribute_registrations
+from eventreach_assets.domain.channel_report import COUNT_COLUMNS, REPORT_SCHEMA, channel_report
+from eventreach_assets.domain.daily_metrics import DAILY_COUNT_METRICS, daily_metrics_frame
+from eventreach_assets.domain.engagement_schemas import (
+    ATTENDANCE_SCHEMA,
+    INTERACTION_SCHEMA,
+    REGISTRATION_SCHEMA,
+    SURVEY_SCHEMA,
+)
+from eventreach_assets.domain.funnel import event_funnel
+from eventreach_assets.domain.holdout import holdout_lift, holdout_members, lift_from_counts
 from eventreach_assets.domain.metrics import METRICS_SCHEMA, validate_metrics
 from eventreach_assets.resources.ledger import DELIVERY_SCHEMA
 
@@ -75,7 +85,7 @@ def interactions(*rows: tuple, event: str = EVENT) -> pl.DataFrame:
     """(customer, channel, kind, action, hours after T0)."""
     return pl.DataFrame(
         [(event, c, ch, CAMPAIGN.get((ch, kind), f"{event}:{ch}"), action, at(h)) for c, ch, kind, action, h in rows],
-        schema=eng.INTERACTION_SCHEMA,
+        schema=INTERACTION_SCHEMA,
         orient="row",
     )
 
@@ -87,21 +97,21 @@ def registrations(*rows: tuple, event: str = EVENT) -> pl.DataFrame:
             (event, c, f"r-{c}", at(h), ch, CAMPAIGN.get((ch, "invitation")) if ch else None, status, at(h))
             for c, ch, status, h in rows
         ],
-        schema=eng.REGISTRATION_SCHEMA,
+        schema=REGISTRATION_SCHEMA,
         orient="row",
     )
 
 
 def attendance(*rows: tuple, event: str = EVENT) -> pl.DataFrame:
     return pl.DataFrame(
-        [(event, c, at(hours), minutes) for c, minutes, hours in rows], schema=eng.ATTENDANCE_SCHEMA, orient="row"
+        [(event, c, at(hours), minutes) for c, minutes, hours in rows], schema=ATTENDANCE_SCHEMA, orient="row"
     )
 
 
 def survey(*rows: tuple, event: str = EVENT) -> pl.DataFrame:
     return pl.DataFrame(
         [(event, c, rating, "free text", at(hours)) for c, rating, hours in rows],
-        schema=eng.SURVEY_SCHEMA,
+        schema=SURVEY_SCHEMA,
         orient="row",
     )
 
@@ -160,8 +170,8 @@ def attribution_scenario() -> tuple[pl.DataFrame, pl.DataFrame]:
 )
 def test_each_registration_is_credited_to_one_channel_by_the_rule(rule: str, expected: dict[str, str | None]):
     regs, touches = attribution_scenario()
-    result = report.attribute_registrations(regs, touches, rule)
-    assert result.schema == pl.Schema(report.ATTRIBUTION_SCHEMA)
+    result = attribute_registrations(regs, touches, rule)
+    assert result.schema == pl.Schema(ATTRIBUTION_SCHEMA)
     mine = result.filter(pl.col("event_id") == EVENT)
     assert dict(zip(mine["customer_id"], mine["channel"], strict=True)) == expected
     assert set(result["rule"]) == {rule}
@@ -174,9 +184,9 @@ def test_each_registration_is_credited_to_one_channel_by_the_rule(rule: str, exp
 def test_an_unknown_rule_or_a_missing_column_is_refused():
     regs, touches = attribution_scenario()
     with pytest.raises(ValueError, match="attribution rule must be one of"):
-        report.attribute_registrations(regs, touches, "linear")  # type: ignore[arg-type]
+        attribute_registrations(regs, touches, "linear")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"interactions frame lacks columns \['occurred_at'\]"):
-        report.attribute_registrations(regs, touches.drop("occurred_at"))
+        attribute_registrations(regs, touches.drop("occurred_at"))
 
 
 # ---- the channel report ---------------------------------------------------------------------------
@@ -241,8 +251,8 @@ def by_channel(frame: pl.DataFrame) -> dict[str, dict[str, object]]:
 
 
 def test_the_channel_report_counts_rates_and_costs_last_touch():
-    result = report.channel_report(**campaign(), unit_costs=COSTS, rule="last-touch")
-    assert result.schema == pl.Schema(report.REPORT_SCHEMA)
+    result = channel_report(**campaign(), unit_costs=COSTS, rule="last-touch")
+    assert result.schema == pl.Schema(REPORT_SCHEMA)
     assert result["channel"].to_list() == [EMAIL, IN_APP, PUSH, "all"]
     rows = by_channel(result)
     counts = ("sent", "delivered", "failed", "in_doubt", "opened", "clicked", "invited", "registered", "attended")
@@ -294,7 +304,7 @@ def test_the_channel_report_counts_rates_and_costs_last_touch():
 
 
 def test_first_touch_moves_a_registration_and_its_attendance_to_the_first_channel():
-    rows = by_channel(report.channel_report(**campaign(), unit_costs=COSTS, rule="first-touch"))
+    rows = by_channel(channel_report(**campaign(), unit_costs=COSTS, rule="first-touch"))
     # c2 opened the email (1 h) before clicking the banner it registered through (2 h).
     assert {c: (r["registered"], r["attended"]) for c, r in rows.items()} == {
         EMAIL: (2, 2),
@@ -308,60 +318,60 @@ def test_first_touch_moves_a_registration_and_its_attendance_to_the_first_channe
 
 def test_registrations_of_the_channels_add_up_to_the_attributed_total():
     records = campaign()
-    rows = by_channel(report.channel_report(**records, unit_costs=COSTS))
-    attributed = report.attribute_registrations(records["registrations"], records["interactions"])
+    rows = by_channel(channel_report(**records, unit_costs=COSTS))
+    attributed = attribute_registrations(records["registrations"], records["interactions"])
     assert sum(rows[c]["registered"] for c in (EMAIL, IN_APP, PUSH)) == attributed["channel"].drop_nulls().len()
     assert rows["all"]["registered"] == attributed.height  # c20, unattributed, counts in the total
 
 
 def test_a_channel_without_a_unit_cost_has_no_cost_and_makes_the_total_unknown():
-    rows = by_channel(report.channel_report(**campaign(), unit_costs={EMAIL: 0.04, IN_APP: 0.05}))
+    rows = by_channel(channel_report(**campaign(), unit_costs={EMAIL: 0.04, IN_APP: 0.05}))
     assert rows[PUSH]["cost"] is None and rows["all"]["cost"] is None and rows["all"]["cost_per_registration"] is None
     assert rows[EMAIL]["cost"] == pytest.approx(0.40)
     with pytest.raises(ValueError, match="unit costs must be finite and >= 0"):
-        report.channel_report(**campaign(), unit_costs={EMAIL: -0.01})
+        channel_report(**campaign(), unit_costs={EMAIL: -0.01})
 
 
 def test_the_funnel_and_the_report_share_the_open_and_click_rule():
     records = campaign()
-    funnel = eng.event_funnel(**records)
+    funnel = event_funnel(**records)
     clicked = funnel.filter((pl.col("stage") == "clicked") & (pl.col("channel") == IN_APP))["count"].item()
-    rows = by_channel(report.channel_report(**records, unit_costs=COSTS))
+    rows = by_channel(channel_report(**records, unit_costs=COSTS))
     assert clicked == rows[IN_APP]["clicked"] == 2  # c3's registration through the banner is a click in both
 
 
 def test_an_event_without_records_reports_zeros_and_several_events_are_refused():
     empty = {
         "deliveries": pl.DataFrame(schema=DELIVERY_SCHEMA),
-        "registrations": pl.DataFrame(schema=eng.REGISTRATION_SCHEMA),
-        "interactions": pl.DataFrame(schema=eng.INTERACTION_SCHEMA),
-        "attendance": pl.DataFrame(schema=eng.ATTENDANCE_SCHEMA),
-        "survey": pl.DataFrame(schema=eng.SURVEY_SCHEMA),
+        "registrations": pl.DataFrame(schema=REGISTRATION_SCHEMA),
+        "interactions": pl.DataFrame(schema=INTERACTION_SCHEMA),
+        "attendance": pl.DataFrame(schema=ATTENDANCE_SCHEMA),
+        "survey": pl.DataFrame(schema=SURVEY_SCHEMA),
     }
-    result = report.channel_report(**empty, unit_costs=COSTS)
+    result = channel_report(**empty, unit_costs=COSTS)
     assert result["channel"].to_list() == [EMAIL, IN_APP, PUSH, "all"]
-    assert result.select(name for name in report.COUNT_COLUMNS if name != "walk_ins").sum_horizontal().sum() == 0
+    assert result.select(name for name in COUNT_COLUMNS if name != "walk_ins").sum_horizontal().sum() == 0
     assert result["open_rate"].null_count() == 4 and result["cost"].to_list() == [0.0] * 4
 
     records = campaign()
     other = ledger(("x", EMAIL, "invitation", "sent"), event=OTHER)
     records["deliveries"] = pl.concat([records["deliveries"], other], how="diagonal")
     with pytest.raises(ValueError, match=r"covers one event; the frames hold \['evt-other', 'evt-report'\]"):
-        report.channel_report(**records, unit_costs=COSTS)
+        channel_report(**records, unit_costs=COSTS)
 
 
 def test_a_frame_missing_a_column_is_named():
     records = campaign()
     records["deliveries"] = records["deliveries"].drop("campaign_id")
     with pytest.raises(ValueError, match=r"deliveries frame lacks columns \['campaign_id'\]"):
-        report.channel_report(**records, unit_costs=COSTS)
+        channel_report(**records, unit_costs=COSTS)
 
 
 # ---- holdout lift ---------------------------------------------------------------------------------
 
 
 def test_lift_and_its_intervals_match_independent_references():
-    result = report.lift_from_counts(channel=IN_APP, treated=1000, treated_registered=150, control=1000,
+    result = lift_from_counts(channel=IN_APP, treated=1000, treated_registered=150, control=1000,
                                      control_registered=100, min_sample_per_arm=200, confidence=0.95)  # fmt: skip
     assert result.status == "ok"
     assert (result.p_treated, result.p_control) == pytest.approx((0.15, 0.10))
@@ -369,7 +379,7 @@ def test_lift_and_its_intervals_match_independent_references():
     katz = relative_risk(150, 1000, 100, 1000).confidence_interval(0.95)  # scipy: the same Katz interval
     assert (result.lift_low, result.lift_high) == pytest.approx((katz.low - 1, katz.high - 1))
     # Newcombe (1998), Stat. Med. 17:873, example (a): 56/70 vs 48/80, method 10: 0.0524 to 0.3339.
-    newcombe = report.lift_from_counts(channel=IN_APP, treated=70, treated_registered=56, control=80,
+    newcombe = lift_from_counts(channel=IN_APP, treated=70, treated_registered=56, control=80,
                                        control_registered=48, min_sample_per_arm=1, confidence=0.95)  # fmt: skip
     assert (newcombe.difference_low, newcombe.difference_high) == pytest.approx((0.0524, 0.3339), abs=5e-5)
     assert "lift +50.0% (95% CI" in result.summary()
@@ -381,7 +391,7 @@ def test_the_lift_interval_covers_the_true_lift_about_as_often_as_promised():
     for _ in range(trials):
         x_t = sum(rng.random() < 0.15 for _ in range(2000))
         x_c = sum(rng.random() < 0.10 for _ in range(2000))
-        result = report.lift_from_counts(channel=IN_APP, treated=2000, treated_registered=x_t, control=2000,
+        result = lift_from_counts(channel=IN_APP, treated=2000, treated_registered=x_t, control=2000,
                                          control_registered=x_c, min_sample_per_arm=200, confidence=0.95)  # fmt: skip
         covered += result.lift_low <= true_lift <= result.lift_high
     assert 0.92 <= covered / trials <= 0.98  # 95 % +- 2.7 binomial standard errors
@@ -412,7 +422,7 @@ def holdout_campaign() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def test_holdout_lift_compares_those_sent_the_channel_with_those_held_out():
     deliveries, regs = holdout_campaign()
-    result = report.holdout_lift(deliveries, regs, channel=IN_APP, min_sample_per_arm=200, confidence=0.9)
+    result = holdout_lift(deliveries, regs, channel=IN_APP, min_sample_per_arm=200, confidence=0.9)
     assert (result.treated, result.treated_registered, result.control, result.control_registered) == (300, 60, 250, 25)
     assert (result.p_treated, result.p_control, result.lift) == pytest.approx((0.2, 0.1, 1.0))
     assert result.lift_low < 1.0 < result.lift_high and result.lift_low > 0  # 90 %: clearly positive
@@ -422,32 +432,32 @@ def test_holdout_lift_compares_those_sent_the_channel_with_those_held_out():
 
 def test_too_small_an_arm_or_no_control_registration_gives_no_numbers():
     deliveries, regs = holdout_campaign()
-    small = report.holdout_lift(deliveries, regs, channel=IN_APP, min_sample_per_arm=251, confidence=0.95)
+    small = holdout_lift(deliveries, regs, channel=IN_APP, min_sample_per_arm=251, confidence=0.95)
     assert small.status == "not enough data" and small.lift is None and small.p_control is None
     assert small.reason == "control arm has 250; need 251 per arm" and small.control == 250
     assert "not enough data" in small.summary()
-    nobody = report.holdout_lift(deliveries, regs.filter(~pl.col("customer_id").str.starts_with("h")),
+    nobody = holdout_lift(deliveries, regs.filter(~pl.col("customer_id").str.starts_with("h")),
                                  channel=IN_APP, min_sample_per_arm=200, confidence=0.95)  # fmt: skip
     assert nobody.status == "not enough data" and nobody.lift is None and "nobody in the control arm" in nobody.reason
-    none = report.holdout_lift(deliveries, regs, channel=PUSH, min_sample_per_arm=1, confidence=0.95)
+    none = holdout_lift(deliveries, regs, channel=PUSH, min_sample_per_arm=1, confidence=0.95)
     assert (none.status, none.treated, none.control) == ("not enough data", 0, 0)
     with pytest.raises(ValueError, match="confidence must be in"):
-        report.holdout_lift(deliveries, regs, channel=IN_APP, min_sample_per_arm=1, confidence=95)
+        holdout_lift(deliveries, regs, channel=IN_APP, min_sample_per_arm=1, confidence=95)
 
 
 def test_holdout_membership_is_a_stable_share_drawn_anew_per_event():
     ids = pl.DataFrame({"customer_id": [f"C{n:09d}" for n in range(20_000)]})
-    first = report.holdout_members(ids, EVENT, 0.1)
+    first = holdout_members(ids, EVENT, 0.1)
     assert first.dtype == pl.Boolean and first.len() == 20_000 and first.name == "held_out"
     assert abs(first.sum() - 2_000) <= 4 * (20_000 * 0.1 * 0.9) ** 0.5  # binomial: 2,000 +- 4 sd
-    assert first.equals(report.holdout_members(ids, EVENT, 0.1))  # a rerun picks the same people
+    assert first.equals(holdout_members(ids, EVENT, 0.1))  # a rerun picks the same people
     shuffled = ids.sample(fraction=1.0, shuffle=True, seed=3)
-    again = shuffled.with_columns(report.holdout_members(shuffled, EVENT, 0.1))
+    again = shuffled.with_columns(holdout_members(shuffled, EVENT, 0.1))
     assert set(again.filter("held_out")["customer_id"]) == set(ids.filter(first)["customer_id"])  # order-free
-    other = report.holdout_members(ids, OTHER, 0.1)
+    other = holdout_members(ids, OTHER, 0.1)
     overlap = (first & other).sum()
     assert not first.equals(other) and abs(overlap - 200) <= 4 * (20_000 * 0.01 * 0.99) ** 0.5  # independent draws
-    assert report.holdout_members(ids, EVENT, 0.0).sum() == 0 and report.holdout_members(ids, EVENT, 1.0).all()
+    assert holdout_members(ids, EVENT, 0.0).sum() == 0 and holdout_members(ids, EVENT, 1.0).all()
     # The documented recipe, recomputed by another engine: sha256's first 8 bytes below share x 2^64.
     sql = duckdb.sql(
         "SELECT ('0x' || substr(sha256('holdout' || chr(31) || ? || chr(31) || customer_id), 1, 16))::UBIGINT"
@@ -459,11 +469,11 @@ def test_holdout_membership_is_a_stable_share_drawn_anew_per_event():
 
 def test_holdout_membership_refuses_bad_input():
     with pytest.raises(ValueError, match="share must be in"):
-        report.holdout_members(pl.DataFrame({"customer_id": ["a"]}), EVENT, 1.5)
+        holdout_members(pl.DataFrame({"customer_id": ["a"]}), EVENT, 1.5)
     with pytest.raises(ValueError, match="1 rows without a customer_id"):
-        report.holdout_members(pl.DataFrame({"customer_id": ["a", None]}), EVENT, 0.1)
+        holdout_members(pl.DataFrame({"customer_id": ["a", None]}), EVENT, 0.1)
     with pytest.raises(ValueError, match="lacks column customer_id"):
-        report.holdout_members(pl.DataFrame({"id": ["a"]}), EVENT, 0.1)
+        holdout_members(pl.DataFrame({"id": ["a"]}), EVENT, 0.1)
 
 
 # ---- daily metrics --------------------------------------------------------------------------------
@@ -492,7 +502,7 @@ def daily_records() -> dict[str, pl.DataFrame]:
             opens,
             pl.DataFrame(
                 [(EVENT, "c1", EMAIL, CAMPAIGN[(EMAIL, "invitation")], "open", new_york_evening.replace(tzinfo=None))],
-                schema=eng.INTERACTION_SCHEMA,
+                schema=INTERACTION_SCHEMA,
                 orient="row",
             ),
         ]
@@ -512,13 +522,13 @@ def daily_records() -> dict[str, pl.DataFrame]:
         "registrations": registrations(("c2", EMAIL, "registered", 20.5)),
         "interactions": opens,
         "attendance": attendance(("c2", 45, 50)),
-        "survey": pl.DataFrame(schema=eng.SURVEY_SCHEMA),
+        "survey": pl.DataFrame(schema=SURVEY_SCHEMA),
     }
 
 
 def test_daily_counts_land_on_the_utc_day_they_happened():
     records = daily_records()
-    day1 = report.daily_metrics_frame(DAY1, *records.values(), program_id="event-invitations")
+    day1 = daily_metrics_frame(DAY1, *records.values(), program_id="event-invitations")
     assert day1.schema == pl.Schema(METRICS_SCHEMA)
     assert validate_metrics(day1).equals(day1)
     assert set(day1["timestamp"]) == {datetime(2026, 11, 23, tzinfo=UTC)}
@@ -532,8 +542,8 @@ def test_daily_counts_land_on_the_utc_day_they_happened():
     assert (OTHER, IN_APP, "BounceRate") not in one  # in-app reports no bounces: no rate, not a false 0 %
     assert one[(EVENT, EMAIL, "OpenRate")] == 0.0  # 3 sent, none opened yet: a true 0 %
 
-    two = datums(report.daily_metrics_frame(DAY2, *records.values(), program_id="event-invitations"))
-    assert {name: two[(EVENT, EMAIL, name)] for name in report.DAILY_COUNT_METRICS.values()} == {
+    two = datums(daily_metrics_frame(DAY2, *records.values(), program_id="event-invitations"))
+    assert {name: two[(EVENT, EMAIL, name)] for name in DAILY_COUNT_METRICS.values()} == {
         "MessagesSent": 0, "MessagesDelivered": 1, "MessagesBounced": 0, "Complaints": 0, "MessagesOpened": 2,
         "MessagesClicked": 1, "Registrations": 1, "Attendees": 0, "SurveyResponses": 0,
     }  # fmt: skip
@@ -546,7 +556,7 @@ def test_daily_counts_land_on_the_utc_day_they_happened():
     assert (EVENT, PUSH, "OpenRate") not in two  # nothing sent: no rate rather than a false 0 %
     assert not any(event == OTHER for event, _, _ in two)  # nothing happened to OTHER on day 2
 
-    three = datums(report.daily_metrics_frame(DAY3, *records.values(), program_id="event-invitations"))
+    three = datums(daily_metrics_frame(DAY3, *records.values(), program_id="event-invitations"))
     assert three[(EVENT, EMAIL, "MessagesOpened")] == 0  # c1's second open of the same message
     assert three[(EVENT, EMAIL, "Attendees")] == 1 and three[(EVENT, "all", "AttendanceRate")] == 100.0
 
@@ -557,18 +567,18 @@ def test_daily_counts_add_up_to_the_report():
     for offset in range(5):
         day = (T0 + timedelta(days=offset)).date()
         for (_, channel, name), value in datums(
-            report.daily_metrics_frame(day, *records.values(), program_id="event-invitations")
+            daily_metrics_frame(day, *records.values(), program_id="event-invitations")
         ).items():
-            if name in report.DAILY_COUNT_METRICS.values():
+            if name in DAILY_COUNT_METRICS.values():
                 totals[(channel, name)] = totals.get((channel, name), 0) + value
-    rows = by_channel(report.channel_report(**records, unit_costs=COSTS))
-    for column, name in report.DAILY_COUNT_METRICS.items():
+    rows = by_channel(channel_report(**records, unit_costs=COSTS))
+    for column, name in DAILY_COUNT_METRICS.items():
         for channel in (EMAIL, IN_APP, PUSH, "all"):
             assert totals[(channel, name)] == rows[channel][column], (channel, name)
 
 
 def test_a_quiet_day_has_no_datums():
-    quiet = report.daily_metrics_frame(date(2027, 1, 1), *daily_records().values(), program_id="event-invitations")
+    quiet = daily_metrics_frame(date(2027, 1, 1), *daily_records().values(), program_id="event-invitations")
     assert quiet.is_empty() and quiet.schema == pl.Schema(METRICS_SCHEMA)
 
 
@@ -585,12 +595,12 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 def test_charts_are_valid_pngs_of_a_fixed_size_and_repeatable():
     records = campaign()
-    table = report.channel_report(**records, unit_costs=COSTS)
+    table = channel_report(**records, unit_costs=COSTS)
     funnel = charts.funnel_chart_png(table)
     assert png_size(funnel) == (800, 450)
     assert charts.funnel_chart_png(table) == funnel
-    both = pl.concat([report.attribute_registrations(records["registrations"], records["interactions"], rule)
-                      for rule in report.RULES])  # fmt: skip
+    both = pl.concat([attribute_registrations(records["registrations"], records["interactions"], rule)
+                      for rule in RULES])  # fmt: skip
     assert png_size(charts.attribution_chart_png(both)) == (800, 450)
     counted = both.filter(pl.col("rule") == "last-touch").group_by("channel").len("registrations")
     assert png_size(charts.attribution_chart_png(counted)) == (800, 450)
@@ -600,7 +610,7 @@ def test_charts_are_valid_pngs_of_a_fixed_size_and_repeatable():
 
 
 def test_the_html_report_is_standalone_and_escaped():
-    table = report.channel_report(**campaign(), unit_costs=COSTS)
+    table = channel_report(**campaign(), unit_costs=COSTS)
     png = charts.funnel_chart_png(table)
     odd = pl.DataFrame({"figure": ["<script>alert(1)</script>", "big"], "value": [None, 12345.678912]})
     page = charts.html_report("Campaign <evt-report>", {"Channels": table, "Odd & ends": odd}, {"Funnel": png},

@@ -30,7 +30,7 @@ import polars as pl
 import pytest
 import uvicorn
 
-from eventreach_assets.domain.messages import sign_link_token
+from eventreach_assets.domain.link_tokens import sign_link_token
 from eventreach_assets.serving.api import (
     TIMESTAMP_HEADER,
     create_app,

@@ -23,7 +23,7 @@ import pytest
 from eventreach_assets.demo import simulator as sim
 from eventreach_assets.domain import registrations as reg
 from eventreach_assets.domain.delivery import DeliveryKey, MessageKind
-from eventreach_assets.domain.messages import InvalidLinkToken, LinkClaims, verify_link_token
+from eventreach_assets.domain.link_tokens import InvalidLinkToken, LinkClaims, verify_link_token
 from eventreach_assets.program.config import default_program
 from eventreach_assets.resources.feeds import LocalFolderFeed
 from eventreach_assets.resources.ledger import DELIVERY_SCHEMA, SqliteDeliveryLedger, keys_frame

@@ -3,7 +3,7 @@
 Every sending asset is declared by its row in `domain.campaign_kinds.CAMPAIGN_KINDS` (name,
 channel, pool, tags, upstream, what launches it); the bodies below are what differs between
 kinds. Each reads what it needs once through `CampaignServices`, hands it to one planning
-function in `domain/campaigns.py`, renders (`domain/messages.py`) and delivers through
+function in `domain/campaigns.py`, renders (`domain/rendering.py`) and delivers through
 `domain.sending.deliver`, which consults the delivery ledger before every provider call:
 re-materializing a partition, or retrying a run that died half-way, sends only what was not sent.
 A run that sends nothing (sold out, nobody registered, everyone already invited, the next
@@ -22,7 +22,7 @@ import polars as pl
 from eventreach_assets.assets.feedback import breaker_decision
 from eventreach_assets.assets.metadata import NEXT_DUE_AT, PLANNED_AT, Stopwatch, stopwatch, table
 from eventreach_assets.assets.storage import BATCH_READY_AT
-from eventreach_assets.domain import campaigns, messages, report
+from eventreach_assets.domain import campaigns, rendering
 from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, CampaignKind
 from eventreach_assets.domain.delivery import (
     FIRST_CHANGE_SEQUENCE,
@@ -31,9 +31,11 @@ from eventreach_assets.domain.delivery import (
     change_notice_recipients,
     occurrence_of,
 )
+from eventreach_assets.domain.email_wire import email_problems, to_email_message
 from eventreach_assets.domain.events import EventContext
-from eventreach_assets.domain.messages import to_email_message
+from eventreach_assets.domain.holdout import holdout_members
 from eventreach_assets.domain.sending import DeliveryReport, deliver
+from eventreach_assets.domain.templates import TemplateSet
 from eventreach_assets.ingestion import promote_from_waitlist
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
@@ -158,7 +160,7 @@ def validated_emails(
     sendable: list[OutboundMessage] = []
     invalid = 0
     for message in rendered:
-        problems = messages.email_problems(message, expect_calendar_invite=expect_calendar_invite)
+        problems = email_problems(message, expect_calendar_invite=expect_calendar_invite)
         if problems:
             ledger.mark_failed(message.key, f"invalid_message: {'; '.join(problems)}", permanent=True,
                                campaign_id=message.campaign_id)  # fmt: skip
@@ -180,7 +182,7 @@ def hold_out(
     holdout = config.metrics.holdout
     if holdout.channel != kind.channel or holdout.share == 0 or plan.height == 0:
         return plan, 0
-    held = report.holdout_members(plan.select("customer_id"), event.event_id, holdout.share)
+    held = holdout_members(plan.select("customer_id"), event.event_id, holdout.share)
     control = plan.filter(held)
     keys = control.select(
         "customer_id", "campaign_id", event_id=pl.lit(event.event_id), channel=pl.lit(kind.channel),
@@ -273,7 +275,7 @@ def email_invitations(
     config, now = services.config(), clock.now()
     channel = config.channel("email")
     render = partial(
-        messages.render_invitation_email, event=event, templates=messages.TemplateSet(),
+        rendering.render_invitation_email, event=event, templates=TemplateSet(),
         secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
         organizer_email=config.campaigns.organizer, include_calendar_invite=kind.calendar_invite,
         template_id=channel.config["templateId"], duration_minutes=event.duration_minutes,
@@ -315,7 +317,7 @@ def in_app_invitations(
     config, now = services.config(), clock.now()
     channel = config.channel("in-app")
     render = partial(
-        messages.render_in_app_banner, event=event, banner_type=channel.config["bannerType"],
+        rendering.render_in_app_banner, event=event, banner_type=channel.config["bannerType"],
         placement=channel.config["placement"], display_days=int(channel.config["displayDuration"]),
         secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, now=now,
     )  # fmt: skip
@@ -365,7 +367,7 @@ def push_reminders(
     config, now = services.config(), clock.now()
     channel = config.channel("push")
     render = partial(
-        messages.render_push_reminder, event=event, title_template=channel.config["title"],
+        rendering.render_push_reminder, event=event, title_template=channel.config["title"],
         body_template=channel.config["body"], secret=services.link_signing.key(),
         base_url=config.campaigns.link_base_url,
     )  # fmt: skip
@@ -393,7 +395,7 @@ def day_of_reminders(
         return stopped
     config, now = services.config(), clock.now()
     render = partial(
-        messages.render_day_of_email, event=event, templates=messages.TemplateSet(),
+        rendering.render_day_of_email, event=event, templates=TemplateSet(),
         secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
     )  # fmt: skip
     with stopwatch() as watch:
@@ -432,7 +434,7 @@ def post_event_surveys(
         return stopped
     config, now = services.config(), clock.now()
     render = partial(
-        messages.render_survey_email, event=event, templates=messages.TemplateSet(),
+        rendering.render_survey_email, event=event, templates=TemplateSet(),
         secret=services.link_signing.key(), base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
     )  # fmt: skip
     with stopwatch() as watch:
@@ -483,7 +485,7 @@ def email_notice_renderer(
     **extra: Any,
 ) -> Callable[..., OutboundMessage]:  # fmt: skip
     return partial(
-        render, event=event, templates=messages.TemplateSet(), secret=services.link_signing.key(),
+        render, event=event, templates=TemplateSet(), secret=services.link_signing.key(),
         base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
         organizer_email=config.campaigns.organizer, duration_minutes=event.duration_minutes, **extra,
     )  # fmt: skip
@@ -508,7 +510,7 @@ def event_update_emails(
     config, now = services.config(), clock.now()
     previous = context.run.tags.get(PREVIOUS_START_TAG)
     render = email_notice_renderer(
-        messages.render_update_email, services, config, event,
+        rendering.render_update_email, services, config, event,
         previous_start_utc=datetime.fromisoformat(previous) if previous else None,
     )  # fmt: skip
     with stopwatch() as watch:
@@ -535,7 +537,7 @@ def cancellation_emails(
     if stopped is not None:
         return stopped
     config, now = services.config(), clock.now()
-    render = email_notice_renderer(messages.render_cancellation_email, services, config, event)
+    render = email_notice_renderer(rendering.render_cancellation_email, services, config, event)
     with stopwatch() as watch:
         plan = change_notice_plan(services, event, kind, "", now)
         run = send_campaign(
@@ -560,7 +562,7 @@ def cancellation_pushes(
         return stopped
     config, now = services.config(), clock.now()
     render = partial(
-        messages.render_cancellation_push, event=event, secret=services.link_signing.key(),
+        rendering.render_cancellation_push, event=event, secret=services.link_signing.key(),
         base_url=config.campaigns.link_base_url,
     )  # fmt: skip
     with stopwatch() as watch:
@@ -588,7 +590,7 @@ def waitlist_confirmations(
     if stopped is not None:
         return stopped
     config, now = services.config(), clock.now()
-    render = email_notice_renderer(messages.render_waitlist_confirmation_email, services, config, event)
+    render = email_notice_renderer(rendering.render_waitlist_confirmation_email, services, config, event)
     with stopwatch() as watch:
         promoted = promote_from_waitlist(
             services.warehouse, services.candidate_store, services.engagement, config, event, now

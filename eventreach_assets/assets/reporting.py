@@ -1,8 +1,9 @@
 """What the events team reviews: the daily metrics and each event's campaign report.
 
 Both are computed from the delivery ledger and the engagement records (never from counters kept
-on the side), by `domain/report.py`. The daily metrics go to the metrics sink (CloudWatch on
-aws); the report is a table, two charts and a standalone HTML file under the data dir.
+on the side), by `domain/daily_metrics.py`, `domain/channel_report.py`, `domain/attribution.py`
+and `domain/holdout.py`. The daily metrics go to the metrics sink (CloudWatch on aws); the report
+is a table, two charts and a standalone HTML file under the data dir.
 """
 
 import base64
@@ -14,7 +15,11 @@ import polars as pl
 
 from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.assets.metrics import STAGE_ASSETS, latest_metadata
-from eventreach_assets.domain import charts, report
+from eventreach_assets.domain import charts
+from eventreach_assets.domain.attribution import attribute_registrations
+from eventreach_assets.domain.channel_report import channel_report
+from eventreach_assets.domain.daily_metrics import daily_metrics_frame
+from eventreach_assets.domain.holdout import holdout_lift
 from eventreach_assets.partitions import daily_partitions, events_partitions
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
@@ -66,7 +71,7 @@ def daily_metrics(
     with stopwatch() as watch:
         records = engagement_records(ledger, engagement, event_ids)
         config = program.load()
-        datums = report.daily_metrics_frame(
+        datums = daily_metrics_frame(
             day, *records.values(), program_id=config.program_id, rule=config.metrics.attribution
         )
         published = metrics_sink.publish(datums) if datums.height else 0
@@ -102,11 +107,11 @@ def campaign_report(
     event_id = context.partition_key
     with stopwatch() as watch:
         records = engagement_records(ledger, engagement, [event_id])
-        channels = report.channel_report(**records, unit_costs=config.unit_costs, rule=config.attribution)
-        attribution = report.attribute_registrations(records["registrations"], records["interactions"],
+        channels = channel_report(**records, unit_costs=config.unit_costs, rule=config.attribution)
+        attribution = attribute_registrations(records["registrations"], records["interactions"],
                                                      config.attribution)  # fmt: skip
         by_channel = attribution.group_by("channel").len("registrations").sort("channel")
-        lift = report.holdout_lift(
+        lift = holdout_lift(
             records["deliveries"], records["registrations"], channel=config.holdout.channel,
             min_sample_per_arm=config.holdout.min_sample_per_arm, confidence=config.holdout.confidence,
         )  # fmt: skip

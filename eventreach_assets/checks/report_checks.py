@@ -7,7 +7,8 @@ import dagster as dg
 import polars as pl
 
 from eventreach_assets.assets.reporting import campaign_report, daily_metrics, engagement_records
-from eventreach_assets.domain import report
+from eventreach_assets.domain.attribution import attribute_registrations
+from eventreach_assets.domain.channel_report import channel_report
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
@@ -22,8 +23,8 @@ def recomputed(
     """The report's channel table and attribution, recomputed from the records."""
     config = program.load().metrics
     records = engagement_records(ledger, engagement, [event_id])
-    channels = report.channel_report(**records, unit_costs=config.unit_costs, rule=config.attribution)
-    attribution = report.attribute_registrations(records["registrations"], records["interactions"], config.attribution)
+    channels = channel_report(**records, unit_costs=config.unit_costs, rule=config.attribution)
+    attribution = attribute_registrations(records["registrations"], records["interactions"], config.attribution)
     return channels, attribution, records
 
 

@@ -13,6 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the handlers import the heavy modules lazily
+    from eventreach_assets.demo.lifecycle import LaunchedRun, LifecycleReport
 
 DEFAULT_HOME = ".eventreach"
 WAREHOUSE_FILE = "warehouse.duckdb"
@@ -96,15 +100,44 @@ def _prepare_homes(args: argparse.Namespace) -> tuple[Path, Path]:
     return home, dagster_home
 
 
+class _RunPrinter:
+    """Prints the lifecycle's timeline: a line per run, routine runs (hourly ingests, nightly
+    metrics) folded into one "meanwhile" line before the next notable run."""
+
+    ROUTINE = ("_feed_sensor", "daily_metrics_schedule", "campaign_report_schedule", "freshness_schedule")
+
+    def __init__(self) -> None:
+        self.ingested: dict[str, list[int]] = {}  # routine job -> [runs, accepted] since the last printed line
+
+    def flush(self) -> None:
+        if self.ingested:
+            jobs = ", ".join(f"{job} x{runs}" + (f" ({accepted:,} accepted)" if accepted else "")
+                             for job, (runs, accepted) in self.ingested.items())  # fmt: skip
+            print(f"{'':<21}meanwhile: {jobs}")
+            self.ingested.clear()
+
+    def show(self, run: LaunchedRun) -> None:
+        if run.origin.endswith(self.ROUTINE) and run.success:
+            counts = self.ingested.setdefault(run.job_name, [0, 0])
+            counts[0] += 1
+            counts[1] += int(run.summary.get("accepted", 0))
+            return
+        self.flush()
+        numbers = ", ".join(
+            f"{key} {value:,}" if isinstance(value, int) else f"{key} {value}" for key, value in run.summary.items()
+        )
+        status = "ok    " if run.success else "FAILED"
+        print(f"    {run.at:%a %m-%d %H:%M}  {status} {run.job_name:<20} ({run.origin}) {numbers}")
+
+
 def _lifecycle(args: argparse.Namespace) -> int:
     import warnings
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     import dagster as dg
-    import polars as pl
 
     from eventreach_assets.demo.generator import seed_warehouse
-    from eventreach_assets.demo.lifecycle import LaunchedRun, monday_before, play
+    from eventreach_assets.demo.lifecycle import monday_before, play
 
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -116,35 +149,20 @@ def _lifecycle(args: argparse.Namespace) -> int:
     event_id = args.event or summary.upcoming_event_ids[0]
     print(f"2/3 playing {event_id} from Monday 00:00, {args.step_minutes} simulated minutes per tick; every run")
     print("    below was launched by a schedule or sensor (the daemon's logic, evaluated on the simulated clock):")
-
-    ingested: dict[str, list[int]] = {}  # routine job -> [runs, accepted] since the last printed line
-    routine = ("_feed_sensor", "daily_metrics_schedule", "campaign_report_schedule", "freshness_schedule")
-
-    def flush() -> None:
-        if ingested:
-            jobs = ", ".join(f"{job} x{runs}" + (f" ({accepted:,} accepted)" if accepted else "")
-                             for job, (runs, accepted) in ingested.items())  # fmt: skip
-            print(f"{'':<21}meanwhile: {jobs}")
-            ingested.clear()
-
-    def show(run: LaunchedRun) -> None:
-        if run.origin.endswith(routine) and run.success:  # hourly ingests, nightly metrics: one line
-            counts = ingested.setdefault(run.job_name, [0, 0])
-            counts[0] += 1
-            counts[1] += int(run.summary.get("accepted", 0))
-            return
-        flush()
-        numbers = ", ".join(
-            f"{key} {value:,}" if isinstance(value, int) else f"{key} {value}" for key, value in run.summary.items()
-        )
-        status = "ok    " if run.success else "FAILED"
-        print(f"    {run.at:%a %m-%d %H:%M}  {status} {run.job_name:<20} ({run.origin}) {numbers}")
-
+    printer = _RunPrinter()
     report = play(
         home, dg.DagsterInstance.get(), event_id, clock_start, timedelta(minutes=args.step_minutes),
-        seed=args.seed, progress=show,
+        seed=args.seed, progress=printer.show,
     )  # fmt: skip
-    flush()
+    printer.flush()
+    return _print_lifecycle_outcome(report, home, dagster_home)
+
+
+def _print_lifecycle_outcome(report: LifecycleReport, home: Path, dagster_home: Path) -> int:
+    """The event's funnel, deliverability and run count; 1 when a run failed."""
+    import polars as pl
+
+    event_id = report.event_id
     print(f"3/3 the funnel of {event_id} (from the ledger and engagement records), all channels:")
     with pl.Config(tbl_rows=40, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         funnel = report.funnel.filter(pl.col("channel") == "all").drop("channel")

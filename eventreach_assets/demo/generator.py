@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -435,28 +436,11 @@ def _customers(rng: np.random.Generator, n: int) -> _Customers:
     enthusiasm = rng.standard_normal(n)
     role = _categorical(rng, ROLE_SHARES, n)
     region = _categorical(rng, REGION_SHARES, n)
-    zone_in_region = np.zeros(n, dtype=np.int16)
-    for r, name in enumerate(REGIONS):
-        members = np.flatnonzero(region == r)
-        shares = np.array([share for _, share in REGION_TIMEZONES[name]])
-        zone_in_region[members] = _categorical(rng, shares, members.size)
-    timezone = (_ZONE_OFFSET[region] + zone_in_region).astype(np.int16)
+    timezone = _timezones(rng, region)
     elsewhere = rng.random(n) < 0.04  # shops in another storefront than where they live
     marketplace = np.where(elsewhere, rng.integers(0, len(REGIONS), n), region).astype(np.int16)
 
-    # Interests: cloud-computing + devops together by role; the rest by role, more of them
-    # for enthusiastic customers (so the number of tags carries signal about engagement).
-    draw = rng.random(n)
-    both = draw < ROLE_P_CLOUD_DEVOPS[role]
-    rest = (draw - ROLE_P_CLOUD_DEVOPS[role]) / (1 - ROLE_P_CLOUD_DEVOPS[role])
-    cloud_only = ~both & (rest < 0.40)
-    devops_only = ~both & (rest >= 0.40) & (rest < 0.58)
-    tags = np.where(both, (1 << CLOUD) | (1 << DEVOPS), 0)
-    tags |= np.where(cloud_only, 1 << CLOUD, 0) | np.where(devops_only, 1 << DEVOPS, 0)
-    boost = np.exp(0.5 * enthusiasm)
-    for tag in range(len(TOPICS)):
-        if tag not in (CLOUD, DEVOPS):
-            tags |= np.where(rng.random(n) < np.minimum(ROLE_TAG_P[role, tag] * boost, 0.95), 1 << tag, 0)
+    tags = _interest_tags(rng, role, enthusiasm)
     tags_null = rng.random(n) < 0.01
 
     engagement = np.round(_sigmoid(-0.1 + 1.1 * enthusiasm + 0.6 * rng.standard_normal(n)), 4)
@@ -489,6 +473,34 @@ def _customers(rng: np.random.Generator, n: int) -> _Customers:
         opt_out=opt_out,
         age_seconds=age_days * 86_400.0,
     )
+
+
+def _timezones(rng: np.random.Generator, region: np.ndarray) -> np.ndarray:
+    """Each customer's timezone (index into _ZONES), drawn by the shares of their region's zones."""
+    zone_in_region = np.zeros(region.size, dtype=np.int16)
+    for r, name in enumerate(REGIONS):
+        members = np.flatnonzero(region == r)
+        shares = np.array([share for _, share in REGION_TIMEZONES[name]])
+        zone_in_region[members] = _categorical(rng, shares, members.size)
+    return (_ZONE_OFFSET[region] + zone_in_region).astype(np.int16)
+
+
+def _interest_tags(rng: np.random.Generator, role: np.ndarray, enthusiasm: np.ndarray) -> np.ndarray:
+    """Interest bitmasks: cloud-computing + devops together by role; the rest by role, more of them
+    for enthusiastic customers (so the number of tags carries signal about engagement)."""
+    n = role.size
+    draw = rng.random(n)
+    both = draw < ROLE_P_CLOUD_DEVOPS[role]
+    rest = (draw - ROLE_P_CLOUD_DEVOPS[role]) / (1 - ROLE_P_CLOUD_DEVOPS[role])
+    cloud_only = ~both & (rest < 0.40)
+    devops_only = ~both & (rest >= 0.40) & (rest < 0.58)
+    tags = np.where(both, (1 << CLOUD) | (1 << DEVOPS), 0)
+    tags |= np.where(cloud_only, 1 << CLOUD, 0) | np.where(devops_only, 1 << DEVOPS, 0)
+    boost = np.exp(0.5 * enthusiasm)
+    for tag in range(len(TOPICS)):
+        if tag not in (CLOUD, DEVOPS):
+            tags |= np.where(rng.random(n) < np.minimum(ROLE_TAG_P[role, tag] * boost, 0.95), 1 << tag, 0)
+    return tags
 
 
 def _customer_ids(number: np.ndarray) -> pl.Series:
@@ -565,40 +577,13 @@ def _invitation_history(rng: np.random.Generator, customers: _Customers, as_of: 
     audience (cloud + devops, core market) got most of the cloud/devops-heavy recent
     invitations, so ~80% of it has had 2+ invitations in the last 30 days.
     """
-    n = customers.size
     events = PAST_EVENTS
     recent = np.array([-spec.days_from_as_of < RECENT_WINDOW_DAYS for spec in events])
-    topic_bits = _mask_bits(np.array([_topic_mask(spec.topics) for spec in events], dtype=np.int64))
-    n_topics = topic_bits.sum(axis=1)
-
-    core = _core(customers)
-    pair = (1 << CLOUD) | (1 << DEVOPS)
     tag_masks = np.where(customers.tags_null, 0, customers.tags)
-    audience = customers.contactable & core & ((tag_masks & pair) == pair)
-    u = rng.random(n)
-    recent_counts = np.select(
-        [audience, customers.contactable & core, customers.contactable],
-        [
-            np.searchsorted(np.cumsum([0.07, 0.13, 0.50, 0.22, 0.08]), u, side="right"),
-            np.searchsorted(np.cumsum([0.78, 0.16, 0.06]), u, side="right"),
-            np.searchsorted(np.cumsum([0.92, 0.08]), u, side="right"),
-        ],
-        0,
-    ).astype(np.int64)
-    older_mean = np.select([audience, customers.contactable & core, customers.contactable], [1.0, 0.6, 0.35], 0.0)
-    older_counts = np.minimum(rng.poisson(older_mean), 4)
-
-    # Event choice: past campaigns invited mostly customers whose interests matched and who
-    # live in the event's target regions. Weights per (tag mask, region) group x event.
-    all_bits = _mask_bits(np.arange(1 << len(TOPICS)))
-    match = (all_bits @ topic_bits.T) / n_topics  # (masks, events) share of the event's topics
-    related = np.clip((all_bits @ RELATEDNESS @ topic_bits.T) / n_topics, -1.0, 1.5)
-    region_ok = np.array([[region in spec.target_regions for spec in events] for region in REGIONS])
-    interest_weight = np.where(match >= 0.7, 1.0, np.where(match > 0, 0.12, 0.03))
-    log_weight = np.log(
-        (interest_weight[:, None, :] * np.where(region_ok, 1.0, 0.05)[None, :, :]).reshape(-1, len(events))
-    )
+    recent_counts, older_counts = _invitation_counts(rng, customers, tag_masks)
+    affinity = _EventAffinity.of(events)
     group = tag_masks * len(REGIONS) + customers.region
+    log_weight = affinity.log_weight
     who_recent, which_recent = _pick_events(rng, np.where(recent, log_weight, -np.inf), group, recent_counts)
     who_older, which_older = _pick_events(rng, np.where(recent, -np.inf, log_weight), group, older_counts)
     who = np.concatenate([who_recent, who_older])
@@ -611,32 +596,7 @@ def _invitation_history(rng: np.random.Generator, customers: _Customers, as_of: 
     window_edge = (RECENT_WINDOW_DAYS - 1) * 86_400.0
     before = np.where(recent[which], np.minimum(before, window_edge - rng.random(rows) * 43_200.0), before)
 
-    # Outcomes: a hidden logistic model. Registration depends on interests (topic match and
-    # related tags), role and engagement; attending, given registration, on engagement and
-    # past attendance. Opened >= clicked >= registered >= attended.
-    masks = tag_masks[who]
-    affinity = match[masks, which]
-    engagement = customers.engagement[who]
-    popularity = np.array([spec.speaker_popularity for spec in events])[which]
-    kind = np.array([EVENT_TYPE_EFFECT[spec.event_type] for spec in events])[which]
-    registration_logit = (
-        -2.4
-        + 2.4 * affinity
-        + 1.0 * related[masks, which]
-        + ROLE_REGISTRATION_EFFECT[customers.role[who]]
-        + 0.25 * (all_bits.sum(axis=1)[masks] - 3)
-        + 2.6 * (engagement - 0.5)
-        + 0.6 * (popularity - 0.6)
-        + kind
-    )
-    attend_logit = (
-        0.9 + 4.5 * (engagement - 0.5) + 0.6 * (np.log1p(customers.attendance[who]) - 1.0) + 0.8 * (affinity - 0.5)
-    )
-    registered = rng.random(rows) < _sigmoid(registration_logit)
-    attended = registered & (rng.random(rows) < _sigmoid(attend_logit))
-    clicked = registered | (rng.random(rows) < 0.5 * _sigmoid(registration_logit - 1.0))
-    opened = clicked | (rng.random(rows) < _sigmoid(registration_logit + 0.5))
-
+    opened, clicked, registered, attended = _outcomes(rng, customers, affinity, tag_masks[who], who, which)
     event_ids = pl.Series([spec.event_id for spec in events])
     return pl.DataFrame(
         {
@@ -650,6 +610,94 @@ def _invitation_history(rng: np.random.Generator, customers: _Customers, as_of: 
             "attended": attended,
         }
     )
+
+
+def _invitation_counts(
+    rng: np.random.Generator, customers: _Customers, tag_masks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(recent, older) invitations per customer: the core audience got the most, untrusted or
+    opted-out customers none."""
+    core = _core(customers)
+    pair = (1 << CLOUD) | (1 << DEVOPS)
+    audience = customers.contactable & core & ((tag_masks & pair) == pair)
+    u = rng.random(customers.size)
+    recent_counts = np.select(
+        [audience, customers.contactable & core, customers.contactable],
+        [
+            np.searchsorted(np.cumsum([0.07, 0.13, 0.50, 0.22, 0.08]), u, side="right"),
+            np.searchsorted(np.cumsum([0.78, 0.16, 0.06]), u, side="right"),
+            np.searchsorted(np.cumsum([0.92, 0.08]), u, side="right"),
+        ],
+        0,
+    ).astype(np.int64)
+    older_mean = np.select([audience, customers.contactable & core, customers.contactable], [1.0, 0.6, 0.35], 0.0)
+    return recent_counts, np.minimum(rng.poisson(older_mean), 4)
+
+
+@dataclass(frozen=True)
+class _EventAffinity:
+    """How well each tag mask matches each past event (rows: every mask over TOPICS)."""
+
+    all_bits: np.ndarray  # (masks, topics)
+    match: np.ndarray  # (masks, events): share of the event's topics the mask has
+    related: np.ndarray  # (masks, events): relatedness of the mask's tags to the event's topics
+    log_weight: np.ndarray  # (masks x regions, events): how likely a past campaign invited the group
+
+    @classmethod
+    def of(cls, events: Sequence[EventSpec]) -> _EventAffinity:
+        """Past campaigns invited mostly customers whose interests matched and who live in the
+        event's target regions: weights per (tag mask, region) group x event."""
+        topic_bits = _mask_bits(np.array([_topic_mask(spec.topics) for spec in events], dtype=np.int64))
+        n_topics = topic_bits.sum(axis=1)
+        all_bits = _mask_bits(np.arange(1 << len(TOPICS)))
+        match = (all_bits @ topic_bits.T) / n_topics
+        related = np.clip((all_bits @ RELATEDNESS @ topic_bits.T) / n_topics, -1.0, 1.5)
+        region_ok = np.array([[region in spec.target_regions for spec in events] for region in REGIONS])
+        interest_weight = np.where(match >= 0.7, 1.0, np.where(match > 0, 0.12, 0.03))
+        log_weight = np.log(
+            (interest_weight[:, None, :] * np.where(region_ok, 1.0, 0.05)[None, :, :]).reshape(-1, len(events))
+        )
+        return cls(all_bits, match, related, log_weight)
+
+
+def _outcomes(
+    rng: np.random.Generator,
+    customers: _Customers,
+    affinity: _EventAffinity,
+    masks: np.ndarray,
+    who: np.ndarray,
+    which: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(opened, clicked, registered, attended) per invitation, from a hidden logistic model.
+
+    Registration depends on interests (topic match and related tags), role and engagement;
+    attending, given registration, on engagement and past attendance. Opened >= clicked >=
+    registered >= attended.
+    """
+    events = PAST_EVENTS
+    rows = who.size
+    topic_match = affinity.match[masks, which]
+    engagement = customers.engagement[who]
+    popularity = np.array([spec.speaker_popularity for spec in events])[which]
+    kind = np.array([EVENT_TYPE_EFFECT[spec.event_type] for spec in events])[which]
+    registration_logit = (
+        -2.4
+        + 2.4 * topic_match
+        + 1.0 * affinity.related[masks, which]
+        + ROLE_REGISTRATION_EFFECT[customers.role[who]]
+        + 0.25 * (affinity.all_bits.sum(axis=1)[masks] - 3)
+        + 2.6 * (engagement - 0.5)
+        + 0.6 * (popularity - 0.6)
+        + kind
+    )
+    attend_logit = (
+        0.9 + 4.5 * (engagement - 0.5) + 0.6 * (np.log1p(customers.attendance[who]) - 1.0) + 0.8 * (topic_match - 0.5)
+    )
+    registered = rng.random(rows) < _sigmoid(registration_logit)
+    attended = registered & (rng.random(rows) < _sigmoid(attend_logit))
+    clicked = registered | (rng.random(rows) < 0.5 * _sigmoid(registration_logit - 1.0))
+    opened = clicked | (rng.random(rows) < _sigmoid(registration_logit + 0.5))
+    return opened, clicked, registered, attended
 
 
 def _profile_rows(rng: np.random.Generator, customers: _Customers, rows: int) -> tuple[pl.DataFrame, int]:

@@ -27,7 +27,7 @@ from eventreach_assets.definitions import build_definitions
 from eventreach_assets.demo import simulator
 from eventreach_assets.demo.run import QUIET
 from eventreach_assets.deployments import resources_for
-from eventreach_assets.domain import engagement as engagement_domain
+from eventreach_assets.domain import funnel as funnel_domain
 from eventreach_assets.ingestion import registered_customers
 from eventreach_assets.partitions import events_partitions
 
@@ -327,7 +327,7 @@ def monday_before(moment: datetime) -> datetime:
 def event_funnel(resources: dict[str, Any], event_id: str) -> pl.DataFrame:
     """The funnel from the ledger and the engagement records (nothing counted on the side)."""
     store = resources["engagement"]
-    return engagement_domain.event_funnel(
+    return funnel_domain.event_funnel(
         deliveries=resources["ledger"].deliveries(event_id),
         registrations=store.registrations(event_id),
         interactions=store.interactions(event_id),

@@ -41,23 +41,23 @@ import numpy as np
 import polars as pl
 
 from eventreach_assets.domain.delivery import DeliveryStatus, MessageKind
-from eventreach_assets.domain.engagement import (
+from eventreach_assets.domain.events import UnknownEventError
+from eventreach_assets.domain.feed_records import (
     ATTENDANCE_RECORD,
     FEED_RECORDS,
     REGISTRATION_RECORD,
     SURVEY_RECORD,
     TRACKING_RECORD,
 )
-from eventreach_assets.domain.events import UnknownEventError
 from eventreach_assets.domain.feedback import ses_event
-from eventreach_assets.domain.messages import sign_link_token
+from eventreach_assets.domain.link_tokens import sign_link_token
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.feeds import FEED_SUFFIX, EngagementFeedResource, check_feed
 
 SIM_MARKER = "sim"  # in every file name the simulator writes
 
 _TS = pl.Datetime("us")  # naive UTC, the project's convention
-# One record of each feed: the formats ingestion validates (`domain/engagement.py`).
+# One record of each feed: the formats ingestion validates (`domain/feed_records.py`).
 TRACKING_SCHEMA = TRACKING_RECORD
 REGISTRATION_SCHEMA = REGISTRATION_RECORD
 ATTENDANCE_SCHEMA = ATTENDANCE_RECORD
@@ -791,9 +791,21 @@ def simulate_provider_events(
     if not {"customer_id", "email"} <= set(customers.columns):
         raise ValueError("customers must have customer_id and email")
     cutoff = _naive_now(now)
+    emails = _sent_emails(sent, customers)
+    if emails.height == 0:
+        return []
+    records = _provider_records(_fates(emails, rates, seed).filter(pl.col("_at") <= cutoff), cutoff)
+    start = _naive_now(since) if since is not None else None
+    records = [pair for pair in records if start is None or pair[0] > start]
+    return [record for _, record in sorted(records, key=lambda pair: (pair[0], pair[1]["mail"]["messageId"]))]
+
+
+def _sent_emails(sent: pl.DataFrame, customers: pl.DataFrame) -> pl.DataFrame:
+    """The ledger's sent emails with a provider id, once each, with their address (and its
+    `created_at` when known), in send order."""
     created = [_as_naive_utc(customers, "created_at").alias("created_at")] if "created_at" in customers.columns else []
     addresses = customers.select(pl.col("customer_id").cast(pl.String), "email", *created)
-    emails = (
+    return (
         sent.filter(
             (pl.col("channel") == "email")
             & (pl.col("status") == DeliveryStatus.SENT.value)
@@ -804,8 +816,12 @@ def simulate_provider_events(
         .join(addresses, on="customer_id", how="inner")
         .sort("sent_at", "provider_message_id")
     )
-    if emails.height == 0:
-        return []
+
+
+def _fates(emails: pl.DataFrame, rates: ProviderRates, seed: int) -> pl.DataFrame:
+    """Each email's fate (`_fate`: hard, soft or delivered) and when the provider reports it
+    (`_at`), whether its recipient complains (`_complains`) and when (`_complained_at`). Older
+    addresses bounce more, scaled so the set's expected rate is the target."""
     age_years = (
         ((pl.col("sent_at") - pl.col("created_at")).dt.total_days().clip(lower_bound=0) / 365.25).fill_null(0.0)
         if "created_at" in emails.columns
@@ -832,12 +848,15 @@ def simulate_provider_events(
             "_complained_at"
         ),
     )
-    fate = fate.filter(pl.col("_at") <= cutoff)
+    return fate.with_columns((pl.col("_complain") < rates.complaint).alias("_complains"))
+
+
+def _provider_records(fate: pl.DataFrame, cutoff: datetime) -> list[tuple[datetime, dict[str, Any]]]:
+    """(time, SES record) of each reported fate: a Delivery (and a Complaint once its time came) or
+    a Bounce. The records are nested JSON, built one per message."""
     records: list[tuple[datetime, dict[str, Any]]] = []
     columns = ("provider_message_id", "email", "sent_at", "_fate", "_at", "_complains", "_complained_at")
-    fate = fate.with_columns((pl.col("_complain") < rates.complaint).alias("_complains"))
     for message_id, email, sent_at, outcome, at, complains, complained_at in fate.select(columns).iter_rows():
-        # The records are nested JSON, built one per message.
         if outcome == "delivered":
             records.append((at, ses_event("Delivery", message_id, email, at, sent_at=sent_at)))
             if complains and complained_at <= cutoff:
@@ -849,9 +868,7 @@ def simulate_provider_events(
                 "Bounce", message_id, email, at, sent_at=sent_at, bounce_type=kind, bounce_subtype=subtype
             )
             records.append((at, bounce))
-    start = _naive_now(since) if since is not None else None
-    records = [pair for pair in records if start is None or pair[0] > start]
-    return [record for _, record in sorted(records, key=lambda pair: (pair[0], pair[1]["mail"]["messageId"]))]
+    return records
 
 
 def drop_provider_events(

@@ -361,12 +361,7 @@ def plan_invitation_wave(
     prior = prior.select(list(PRIOR_SCHEMA)).cast(PRIOR_SCHEMA)  # type: ignore[arg-type]
     budget = max(0, min(limit - prior.height, remaining_capacity - outstanding))
     anchor = max(to_utc_naive(batch_ready_at), to_utc_naive(now) - WAVE_GRACE)
-    ranked = (
-        _normalised(candidates)
-        .sort(["score", "customer_id"], descending=[True, False], nulls_last=True)
-        .unique(subset="customer_id", keep="first", maintain_order=True)
-        .collect()
-    )
+    ranked = _ranked(candidates)
     timezones = ranked["timezone"].unique().sort().to_list()
     schedule = _schedule_frame(
         timezones, lambda name: next_send_time(send_time, timezone=name, now=anchor, latest=deadline)
@@ -386,14 +381,26 @@ def plan_invitation_wave(
     deferred = fresh.filter(~is_due)
     if to_utc_naive(now) >= to_utc_naive(deadline):  # registration closed: nothing new goes out
         return InvitationWave(due.head(0), deferred.head(0), budget, 0, REGISTRATION_CLOSED)
-    reason = None
-    if due.height == 0:
-        if deferred.height:
-            reason = NOTHING_DUE
-        elif remaining_capacity <= 0:
-            reason = SOLD_OUT
-        elif ranked.height == 0:
-            reason = NO_CANDIDATES
-        else:
-            reason = ALL_INVITED
+    reason = None if due.height else _why_nothing_due(deferred, remaining_capacity, ranked)
     return InvitationWave(due=due, deferred=deferred, budget=budget, retries=retries.height, reason=reason)
+
+
+def _ranked(candidates: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Each customer once (their best row), best score first; ties by customer id."""
+    return (
+        _normalised(candidates)
+        .sort(["score", "customer_id"], descending=[True, False], nulls_last=True)
+        .unique(subset="customer_id", keep="first", maintain_order=True)
+        .collect()
+    )
+
+
+def _why_nothing_due(deferred: pl.DataFrame, remaining_capacity: int, ranked: pl.DataFrame) -> str:
+    """The reason a wave with nothing due gives, most telling first."""
+    if deferred.height:
+        return NOTHING_DUE
+    if remaining_capacity <= 0:
+        return SOLD_OUT
+    if ranked.height == 0:
+        return NO_CANDIDATES
+    return ALL_INVITED

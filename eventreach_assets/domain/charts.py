@@ -70,7 +70,7 @@ def _grouped_bars(axes: Any, groups: Sequence[str], series: Mapping[str, Sequenc
 
 def funnel_chart_png(report: pl.DataFrame) -> bytes:
     """The funnel per channel (messages sent, opened, clicked; customers registered, attended) as
-    a PNG, from `report.channel_report`'s table: the shape the events team compares channels by.
+    a PNG, from `channel_report.channel_report`'s table: the shape the events team compares channels by.
 
     The "all" row is left out (it is the channels' sum and would flatten them).
     """
@@ -91,7 +91,7 @@ def funnel_chart_png(report: pl.DataFrame) -> bytes:
 def attribution_chart_png(attribution: pl.DataFrame) -> bytes:
     """Registrations credited to each channel as a PNG: why each channel earns its budget.
 
-    Takes either `report.attribute_registrations`'s rows (one per registration; several `rule`s
+    Takes either `attribution.attribute_registrations`'s rows (one per registration; several `rule`s
     side by side if the frame holds them) or counts already made (`channel`, `registrations`).
     A null channel is shown as "unattributed".
     """

@@ -48,7 +48,16 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from eventreach_assets.domain import engagement as eng
+from eventreach_assets.domain.campaigns import to_utc_naive
+from eventreach_assets.domain.feed_records import (
+    FUTURE_TIMESTAMP,
+    FUTURE_TOLERANCE,
+    INVALID_TIMESTAMP,
+    MALFORMED_RECORD,
+    MISSING_FIELD,
+    QUARANTINE_SCHEMA,
+    utc_naive,
+)
 
 FEEDBACK_FEED = "provider"  # the engagement feed both formats arrive in
 FEEDBACK_CHANNELS: tuple[str, ...] = ("email",)  # channels whose provider reports deliveries
@@ -106,7 +115,7 @@ OUTCOME_COLUMNS: dict[str, pl.DataType] = {  # what message_outcomes adds to led
 
 HARD_BOUNCE, SOFT_BOUNCES, COMPLAINT = "hard_bounce", "repeated_soft_bounces", "complaint"
 
-# ---- reason codes (besides domain/engagement.py's malformed_record, missing_field, invalid_timestamp,
+# ---- reason codes (besides domain/feed_records.py's malformed_record, missing_field, invalid_timestamp,
 # timestamp_in_future) ----
 UNKNOWN_EVENT_TYPE = "unknown_event_type"  # eventType missing or not an SES event type
 MISSING_MESSAGE_ID = "missing_message_id"  # mail.messageId / the DSN's original Message-ID absent
@@ -295,7 +304,7 @@ def _flatten(records: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame, int]:
         body = {key: value for key, value in record.items() if key not in ("_source", "_line")}
         where = {"file": record.get("_source"), "line": record.get("_line", position)}
         if "_error" in record:
-            rows.append({**where, "reason": eng.MALFORMED_RECORD, "raw": _text(record.get("_raw"))})
+            rows.append({**where, "reason": MALFORMED_RECORD, "raw": _text(record.get("_raw"))})
             continue
         raw = json.dumps(body, default=str, sort_keys=True)
         if record.get("Type") == "Notification" and isinstance(record.get("Message"), str):
@@ -304,7 +313,7 @@ def _flatten(records: Iterable[Mapping[str, Any]]) -> tuple[pl.DataFrame, int]:
             except json.JSONDecodeError:
                 inner = None
             if not isinstance(inner, dict):
-                rows.append({**where, "reason": eng.MALFORMED_RECORD, "raw": raw})
+                rows.append({**where, "reason": MALFORMED_RECORD, "raw": raw})
                 continue
             record = inner
         if "dsn" in record:
@@ -335,14 +344,14 @@ class FeedbackBatch:
 
 
 def normalize_feedback(
-    records: Sequence[Mapping[str, Any]], now: datetime, tolerance: timedelta = eng.FUTURE_TOLERANCE
+    records: Sequence[Mapping[str, Any]], now: datetime, tolerance: timedelta = FUTURE_TOLERANCE
 ) -> FeedbackBatch:
     """Validate and normalize provider records (SES events and DSNs, see the module doc); every
     feedback row of a record is accepted or rejected, the first failing rule naming it."""
     raw, ignored = _flatten(records)
-    limit = pl.lit(eng.to_utc_naive(now) + tolerance, pl.Datetime("us"))
+    limit = pl.lit(to_utc_naive(now) + tolerance, pl.Datetime("us"))
     parsed = raw.with_columns(
-        eng.utc_naive("occurred_at", pl.String()).alias("_at"),
+        utc_naive("occurred_at", pl.String()).alias("_at"),
         address_expr("recipient").alias("_address"),
         pl.col("provider_message_id").str.strip_chars().alias("_message"),
     )
@@ -352,15 +361,15 @@ def normalize_feedback(
         .when(pl.col("_message").is_null() | (pl.col("_message") == ""))
         .then(pl.lit(MISSING_MESSAGE_ID))
         .when(pl.col("recipient").is_null() | (pl.col("recipient").str.strip_chars() == ""))
-        .then(pl.lit(eng.MISSING_FIELD))
+        .then(pl.lit(MISSING_FIELD))
         .when(pl.col("_address").is_null())
         .then(pl.lit(INVALID_ADDRESS))
         .when(pl.col("occurred_at").is_null())
-        .then(pl.lit(eng.MISSING_FIELD))
+        .then(pl.lit(MISSING_FIELD))
         .when(pl.col("_at").is_null())
-        .then(pl.lit(eng.INVALID_TIMESTAMP))
+        .then(pl.lit(INVALID_TIMESTAMP))
         .when(pl.col("_at") > limit)
-        .then(pl.lit(eng.FUTURE_TIMESTAMP))
+        .then(pl.lit(FUTURE_TIMESTAMP))
     )
     judged = parsed.with_columns(reason.alias("reason"))
     accepted = (
@@ -382,7 +391,7 @@ def normalize_feedback(
         .unique(["file", "line", "reason"], keep="first", maintain_order=True)
         .sort("file", "line", nulls_last=True, maintain_order=True)
         .select(pl.col("file").alias("source"), "line", pl.lit(None, pl.String).alias("event_id"), "reason", "raw")
-        .cast(eng.QUARANTINE_SCHEMA)  # type: ignore[arg-type]
+        .cast(QUARANTINE_SCHEMA)  # type: ignore[arg-type]
     )
     return FeedbackBatch(accepted=accepted, rejected=rejected, ignored=ignored)
 
@@ -507,8 +516,8 @@ def campaign_counts(deliveries: pl.DataFrame, feedback: pl.DataFrame, since: dat
     complained about, rejected. Each message counts once per outcome however often reported."""
     sent = deliveries.filter(pl.col("status") == "sent")
     if since is not None:
-        moment = eng.to_utc_naive(since)
-        sent = sent.filter(eng.utc_naive("sent_at", sent.schema["sent_at"]) >= pl.lit(moment, pl.Datetime("us")))
+        moment = to_utc_naive(since)
+        sent = sent.filter(utc_naive("sent_at", sent.schema["sent_at"]) >= pl.lit(moment, pl.Datetime("us")))
     outcomes = message_outcomes(sent, feedback)
     rejected = feedback.filter(pl.col("feedback") == REJECTED).select("provider_message_id").unique()
     return (
@@ -598,7 +607,7 @@ def breaker_for(counts: pl.DataFrame, event_id: str, channel: str, policy: Deliv
 
 
 def _iso_ms(moment: datetime) -> str:
-    return eng.to_utc_naive(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return to_utc_naive(moment).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def ses_event(
@@ -616,7 +625,8 @@ def ses_event(
     """One SES event publishing record, shaped as SES documents it (the fields this module reads,
     plus the usual neighbours): eventType Delivery | Bounce | Complaint | Reject."""
     stamp, sent = _iso_ms(at), _iso_ms(sent_at or at)
-    record: dict[str, Any] = {
+    key, detail = _ses_detail(event_type, message_id, recipient, stamp, bounce_type, bounce_subtype)
+    return {
         "eventType": event_type,
         "mail": {
             "timestamp": sent,
@@ -627,18 +637,25 @@ def ses_event(
             "headersTruncated": False,
             "tags": {"ses:configuration-set": [configuration_set]},
         },
+        key: detail,
     }
+
+
+def _ses_detail(
+    event_type: str, message_id: str, recipient: str, stamp: str, bounce_type: str, bounce_subtype: str
+) -> tuple[str, dict[str, Any]]:
+    """The part of an SES record its event type adds: its key (delivery, bounce, ...) and body."""
     if event_type == "Delivery":
-        record["delivery"] = {
+        return "delivery", {
             "timestamp": stamp,
             "processingTimeMillis": 1200,
             "recipients": [recipient],
             "smtpResponse": "250 2.0.0 OK",
             "reportingMTA": "a8-70.smtp-out.amazonses.com",
         }
-    elif event_type == "Bounce":
+    if event_type == "Bounce":
         status = "5.1.1" if bounce_type == "Permanent" else "4.2.2"
-        record["bounce"] = {
+        return "bounce", {
             "bounceType": bounce_type,
             "bounceSubType": bounce_subtype,
             "bouncedRecipients": [
@@ -653,8 +670,8 @@ def ses_event(
             "feedbackId": f"{message_id}-bounce",
             "reportingMTA": "dsn; a8-70.smtp-out.amazonses.com",
         }
-    elif event_type == "Complaint":
-        record["complaint"] = {
+    if event_type == "Complaint":
+        return "complaint", {
             "complainedRecipients": [{"emailAddress": recipient}],
             "timestamp": stamp,
             "feedbackId": f"{message_id}-complaint",
@@ -662,8 +679,6 @@ def ses_event(
             "userAgent": "Mozilla/5.0",
             "arrivalDate": stamp,
         }
-    elif event_type == "Reject":
-        record["reject"] = {"reason": "Bad content"}
-    else:
-        raise ValueError(f"ses_event plays Delivery, Bounce, Complaint or Reject, not {event_type!r}")
-    return record
+    if event_type == "Reject":
+        return "reject", {"reason": "Bad content"}
+    raise ValueError(f"ses_event plays Delivery, Bounce, Complaint or Reject, not {event_type!r}")

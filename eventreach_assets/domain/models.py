@@ -398,6 +398,62 @@ def _version(model_id: str, content_hash: bytes, settings: Mapping[str, Any]) ->
     return digest.hexdigest()[:12]
 
 
+def _canonical_rows(spec: FeatureSpec, training: pl.DataFrame) -> pl.DataFrame:
+    """The labelled rows with the model's inputs, in row-hash order (`_row_hash`), so neither
+    sampling nor the version depends on the input's row order.
+
+    The row key takes part in the hash: many invitations share the same features and label, and
+    hashing only those would keep or drop identical rows together (and put copies on both sides
+    of the holdout, inflating its AUC).
+    """
+    columns = [pl.col(name).cast(dtype) for name, dtype in spec.inputs.items()]
+    keys = [pl.col(name) for name in ROW_KEY if name in training.columns]
+    data = training.select(*keys, *columns, pl.col(spec.label).cast(pl.Boolean)).filter(
+        pl.col(spec.label).is_not_null()
+    )
+    return (
+        data.with_columns(_row_hash=data.hash_rows(seed=0))
+        .sort("_row_hash", maintain_order=True)
+        .drop([key.meta.output_name() for key in keys])
+    )
+
+
+def _labels(model_id: str, spec: FeatureSpec, data: pl.DataFrame) -> np.ndarray:
+    """The label as 0/1; raises when either class has fewer than 5 rows (no meaningful holdout)."""
+    labels = data[spec.label].cast(pl.Int8).to_numpy()
+    positives = int(labels.sum())
+    if min(positives, labels.size - positives) < 5:
+        raise ValueError(
+            f"{model_id}: need at least 5 positive and 5 negative '{spec.label}' rows to train, "
+            f"got {positives} positive of {labels.size}"
+        )
+    return labels
+
+
+def _holdout_metrics(
+    estimator: HistGradientBoostingClassifier,
+    y_train: np.ndarray,
+    y_holdout: np.ndarray,
+    predicted: np.ndarray,
+    positive_rate: float,
+    source_rows: int,
+    started: float,
+) -> ModelMetrics:
+    """How well the fitted model predicts the holdout, against always predicting the training rate."""
+    return ModelMetrics(
+        auc=float(roc_auc_score(y_holdout, predicted)),
+        brier=float(brier_score_loss(y_holdout, predicted)),
+        brier_baseline=float(brier_score_loss(y_holdout, np.full(y_holdout.size, y_train.mean()))),
+        positive_rate=positive_rate,
+        source_rows=source_rows,
+        training_rows=int(y_train.size),
+        holdout_rows=int(y_holdout.size),
+        iterations=int(estimator.n_iter_),
+        train_seconds=round(time.perf_counter() - started, 3),
+        calibration=calibration_table(predicted, y_holdout).to_dicts(),
+    )
+
+
 def train_model(
     model_id: str,
     training: pl.DataFrame,
@@ -419,33 +475,14 @@ def train_model(
     spec = model_spec(model_id)
     max_rows = spec.max_training_rows if max_rows is None else max_rows
     settings = {**DEFAULT_PARAMS, **(params or {})}
-    columns = [pl.col(name).cast(dtype) for name, dtype in spec.inputs.items()]
-    # The row key takes part in the hash: many invitations share the same features and label,
-    # and hashing only those would keep or drop identical rows together (and put copies on
-    # both sides of the holdout, inflating its AUC).
-    keys = [pl.col(name) for name in ROW_KEY if name in training.columns]
-    data = training.select(*keys, *columns, pl.col(spec.label).cast(pl.Boolean)).filter(
-        pl.col(spec.label).is_not_null()
-    )
-    data = (
-        data.with_columns(_row_hash=data.hash_rows(seed=0))
-        .sort("_row_hash", maintain_order=True)
-        .drop([key.meta.output_name() for key in keys])
-    )
+    data = _canonical_rows(spec, training)
     source_rows = data.height
     content_hash = hashlib.sha256(data["_row_hash"].to_numpy().tobytes()).digest()
     version = _version(
         model_id, content_hash, {"params": settings, "seed": seed, "max_rows": max_rows, "holdout": HOLDOUT_FRACTION}
     )
     data = data.head(max_rows).drop("_row_hash")
-
-    labels = data[spec.label].cast(pl.Int8).to_numpy()
-    positives = int(labels.sum())
-    if min(positives, labels.size - positives) < 5:
-        raise ValueError(
-            f"{model_id}: need at least 5 positive and 5 negative '{spec.label}' rows to train, "
-            f"got {positives} positive of {labels.size}"
-        )
+    labels = _labels(model_id, spec, data)
     train_idx, holdout_idx = train_test_split(
         np.arange(labels.size), test_size=HOLDOUT_FRACTION, stratify=labels, random_state=seed
     )
@@ -461,19 +498,7 @@ def train_model(
         estimator.fit(x_train, y_train)
         predicted = estimator.predict_proba(feature_matrix(model_id, holdout_part, vocabularies))[:, 1]
 
-    positive_rate = float(labels.mean())
-    metrics = ModelMetrics(
-        auc=float(roc_auc_score(y_holdout, predicted)),
-        brier=float(brier_score_loss(y_holdout, predicted)),
-        brier_baseline=float(brier_score_loss(y_holdout, np.full(y_holdout.size, y_train.mean()))),
-        positive_rate=positive_rate,
-        source_rows=source_rows,
-        training_rows=int(y_train.size),
-        holdout_rows=int(y_holdout.size),
-        iterations=int(estimator.n_iter_),
-        train_seconds=round(time.perf_counter() - started, 3),
-        calibration=calibration_table(predicted, y_holdout).to_dicts(),
-    )
+    metrics = _holdout_metrics(estimator, y_train, y_holdout, predicted, float(labels.mean()), source_rows, started)
     return TrainedModel(
         model_id=model_id,
         version=version,

@@ -5,7 +5,7 @@ Pure polars, no Dagster, no I/O: the polled feed and the serving API's webhook b
 same ingestion function, which calls this, so a registration is judged the same way however
 it arrives. Every row comes out in exactly one frame (accepted, waitlisted or rejected) with a
 reason code, so nothing the platform sent is silently lost. Rejected rows take the quarantine
-shape every engagement feed shares (domain/engagement.py), the record kept as JSON.
+shape every engagement feed shares (domain/feed_records.py), the record kept as JSON.
 """
 
 from __future__ import annotations
@@ -17,28 +17,28 @@ from typing import Any
 
 import polars as pl
 
-from eventreach_assets.domain.campaigns import remaining_capacity, to_utc_naive
-from eventreach_assets.domain.engagement import (
-    CANCELLED,
+from eventreach_assets.domain.campaigns import remaining_capacity
+from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED, WAITLISTED
+from eventreach_assets.domain.feed_records import (
     DUPLICATE,
     FUTURE_TIMESTAMP,
-    FUTURE_TOLERANCE,
     ID_PATTERN,
     INVALID_ID,
     INVALID_TIMESTAMP,
     INVALID_TOKEN,
     META_SCHEMA,
     MISSING_FIELD,
-    REGISTERED,
     REGISTRATION_RECORD,
     UNKNOWN_EVENT,
-    WAITLISTED,
-    claims_frame,
+    apply_rules,
+    bad_id,
+    in_future,
     quarantine,
     require_columns,
     utc_naive,
+    with_claims,
 )
-from eventreach_assets.domain.messages import LinkClaims
+from eventreach_assets.domain.link_tokens import LinkClaims
 
 INCOMING_SCHEMA: dict[str, pl.DataType] = REGISTRATION_RECORD
 OUTPUT_SCHEMA: dict[str, pl.DataType] = {
@@ -64,7 +64,7 @@ CAPACITY_REACHED = "capacity_reached"
 class RegistrationOutcome:
     """Where each incoming row went; `waitlisted` rows are valid but over capacity (kept, not dropped).
 
-    `rejected` is QUARANTINE_SCHEMA (domain/engagement.py); `stored`, set by ingestion, is how
+    `rejected` is QUARANTINE_SCHEMA (domain/feed_records.py); `stored`, set by ingestion, is how
     many engagement-store rows the batch added or upgraded (0 for a replay).
     """
 
@@ -128,16 +128,39 @@ def validate_registrations(
     registered_at of cancelled registrations) makes a replay of a cancelled registration a
     duplicate; a registration made after it (a later registered_at) is a new one.
     """
+    prior = (
+        already_registered.select(pl.col("event_id").cast(pl.String), pl.col("customer_id").cast(pl.String))
+        .drop_nulls()
+        .unique()
+    )
+    rows = _registration_rows(incoming, verify, events, known_customers, prior, cancelled)
+    rows = apply_rules(
+        rows, _registration_reason(deadline_days), order=["registered_at", "registration_id"],
+        unique_by=["event_id", "customer_id"],
+    )  # fmt: skip
+    accepted, waitlisted = _seat(rows.filter(pl.col("reason").is_null()), prior, capacity_limit)
+    rejected = quarantine(rows.filter(pl.col("reason").is_not_null()), pl.col("event_id"))
+    return RegistrationOutcome(accepted=accepted, waitlisted=waitlisted, rejected=rejected)
+
+
+def _registration_rows(
+    incoming: pl.DataFrame,
+    verify: Callable[[str], LinkClaims | None],
+    events: pl.DataFrame,
+    known_customers: pl.Series | set[str],
+    prior: pl.DataFrame,
+    cancelled: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """The incoming rows with their token's claims, their event's start and capacity, and what the
+    rules need to know: a known event and customer, registered before, cancelled when."""
     rows = normalize_incoming(incoming).with_row_index("_row")
-    rows = pl.concat([rows, claims_frame(rows["token"].to_list(), verify)], how="horizontal")
+    rows = with_claims(rows, verify)
     known = pl.Series("customer_id", sorted(known_customers) if isinstance(known_customers, set) else known_customers)
     event_info = events.select(
         pl.col("event_id").cast(pl.String),
         pl.col("start_time_utc").cast(pl.Datetime("us")).alias("_start"),
         pl.col("capacity").cast(pl.Int64).alias("_capacity"),
     ).unique("event_id", keep="first")
-    prior = already_registered.select(pl.col("event_id").cast(pl.String), pl.col("customer_id").cast(pl.String))
-    prior = prior.drop_nulls().unique()
     gone = (
         pl.DataFrame(schema={"event_id": pl.String, "customer_id": pl.String, "_cancelled_registered_at": pl.Datetime})
         if cancelled is None
@@ -148,15 +171,19 @@ def validate_registrations(
         ).unique(["event_id", "customer_id"], keep="last")
     ).with_columns(pl.col("_cancelled_registered_at").cast(pl.Datetime("us")))
     rows = rows.join(gone, on=["event_id", "customer_id"], how="left", maintain_order="left")
-    rows = rows.join(event_info, on="event_id", how="left", maintain_order="left").with_columns(
+    return rows.join(event_info, on="event_id", how="left", maintain_order="left").with_columns(
         pl.col("event_id").is_in(event_info["event_id"].implode()).alias("_event_known"),
         pl.col("customer_id").is_in(known.cast(pl.String).implode()).alias("_customer_known"),
         pl.struct("event_id", "customer_id").is_in(pl.struct(prior).implode()).alias("_prior")
         if prior.height
         else pl.lit(False).alias("_prior"),
     )
+
+
+def _registration_reason(deadline_days: int) -> pl.Expr:
+    """The registration rules in order: the first that fails names the row."""
     deadline = pl.col("_start") - pl.duration(days=deadline_days)
-    reason = (
+    return (
         pl.when(pl.any_horizontal(pl.col("event_id", "customer_id").is_null()) | ~pl.col("_at_given"))
         .then(pl.lit(MISSING_FIELD))
         .when(pl.col("registered_at").is_null())
@@ -174,27 +201,19 @@ def validate_registrations(
         .when(pl.col("_prior") | (pl.col("registered_at") <= pl.col("_cancelled_registered_at")).fill_null(False))
         .then(pl.lit(DUPLICATE))
     )
-    rows = rows.with_columns(reason.alias("reason")).sort("registered_at", "registration_id", "_row", nulls_last=True)
-    # Among otherwise valid rows, later deliveries of the same event x customer are duplicates.
-    valid = pl.col("reason").is_null()
-    rows = rows.with_columns(
-        pl.when(valid & (pl.col("_row") != pl.col("_row").filter(valid).first().over("event_id", "customer_id")))
-        .then(pl.lit(DUPLICATE))
-        .otherwise(pl.col("reason"))
-        .alias("reason")
-    )
+
+
+def _seat(valid: pl.DataFrame, prior: pl.DataFrame, capacity_limit: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(accepted, waitlisted): the valid rows (in time order) get the seats still free after those
+    registered before, per event; the rest wait with CAPACITY_REACHED."""
     seated = prior.group_by("event_id").agg(pl.len().cast(pl.Int64).alias("_seated"))
-    good = (
-        rows.filter(pl.col("reason").is_null())
-        .join(seated, on="event_id", how="left")
-        .with_columns(
-            pl.max_horizontal(
-                pl.min_horizontal(pl.col("_capacity").fill_null(capacity_limit), pl.lit(capacity_limit))
-                - pl.col("_seated").fill_null(0),
-                pl.lit(0),
-            ).alias("_remaining"),
-            pl.int_range(1, pl.len() + 1).over("event_id").alias("_seat"),  # rows are in time order
-        )
+    good = valid.join(seated, on="event_id", how="left").with_columns(
+        pl.max_horizontal(
+            pl.min_horizontal(pl.col("_capacity").fill_null(capacity_limit), pl.lit(capacity_limit))
+            - pl.col("_seated").fill_null(0),
+            pl.lit(0),
+        ).alias("_remaining"),
+        pl.int_range(1, pl.len() + 1).over("event_id").alias("_seat"),  # rows are in time order
     )
     columns = [
         "registration_id",
@@ -208,8 +227,7 @@ def validate_registrations(
     waitlisted = good.filter(pl.col("_seat") > pl.col("_remaining")).select(
         *columns, pl.lit(CAPACITY_REACHED).alias("reason")
     )
-    rejected = quarantine(rows.filter(pl.col("reason").is_not_null()), pl.col("event_id"))
-    return RegistrationOutcome(accepted=accepted, waitlisted=waitlisted, rejected=rejected)
+    return accepted, waitlisted
 
 
 # ---- cancellations ---------------------------------------------------------------------------
@@ -332,51 +350,8 @@ def validate_cancellations(
     would cancel: a stale record from before a re-registration). `current` is CURRENT_SCHEMA:
     one row per event x customer known to hold or have held a place.
     """
-    rows = normalize_cancellations(incoming).with_row_index("_row")
-    known = current.select(
-        pl.col(name).cast(dtype) for name, dtype in CURRENT_SCHEMA.items() if name != "registration_id"
-    ).rename({"registered_at": "_registered_at", "status": "_status", "channel": "_channel"})
-    known = known.rename({"campaign_id": "_campaign_id"}).unique(["event_id", "customer_id"], keep="first")
-    ids = current.select(
-        pl.col("event_id").cast(pl.String), pl.col("customer_id").cast(pl.String),
-        pl.col("registration_id").cast(pl.String).alias("_registration_id"),
-    ).unique(["event_id", "customer_id"], keep="first")  # fmt: skip
-    event_ids = events.select(pl.col("event_id").cast(pl.String)).unique()["event_id"]
-    rows = (
-        rows.join(known, on=["event_id", "customer_id"], how="left", maintain_order="left")
-        .join(ids, on=["event_id", "customer_id"], how="left", maintain_order="left")
-        .with_columns(pl.col("event_id").is_in(event_ids.implode()).alias("_event_known"))
-    )
-    latest = pl.lit(to_utc_naive(now) + FUTURE_TOLERANCE, dtype=pl.Datetime("us"))
-    bad_id = ~pl.col("event_id").str.contains(ID_PATTERN) | ~pl.col("customer_id").str.contains(ID_PATTERN)
-    reason = (
-        pl.when(pl.any_horizontal(pl.col("event_id", "customer_id").is_null()) | ~pl.col("_at_given"))
-        .then(pl.lit(MISSING_FIELD))
-        .when(pl.col("cancelled_at").is_null())
-        .then(pl.lit(INVALID_TIMESTAMP))
-        .when(pl.col("cancelled_at") > latest)
-        .then(pl.lit(FUTURE_TIMESTAMP))
-        .when(bad_id)
-        .then(pl.lit(INVALID_ID))
-        .when(~pl.col("_event_known"))
-        .then(pl.lit(UNKNOWN_EVENT))
-        .when(pl.col("action").str.strip_chars().str.to_lowercase() != ACTION_CANCEL)
-        .then(pl.lit(UNKNOWN_ACTION))
-        .when(pl.col("_status") == CANCELLED)
-        .then(pl.lit(DUPLICATE))
-        .when(pl.col("_status").is_null() | ~pl.col("_status").is_in([REGISTERED, WAITLISTED]))
-        .then(pl.lit(NOT_REGISTERED))
-        .when(pl.col("cancelled_at") < pl.col("_registered_at"))
-        .then(pl.lit(CANCELLED_BEFORE_REGISTRATION))
-    )
-    rows = rows.with_columns(reason.alias("reason")).sort("cancelled_at", "_row", nulls_last=True)
-    valid = pl.col("reason").is_null()
-    rows = rows.with_columns(  # one cancellation per event x customer: the earliest wins
-        pl.when(valid & (pl.col("_row") != pl.col("_row").filter(valid).first().over("event_id", "customer_id")))
-        .then(pl.lit(DUPLICATE))
-        .otherwise(pl.col("reason"))
-        .alias("reason")
-    )
+    rows = _cancellation_rows(incoming, events, current)
+    rows = apply_rules(rows, _cancellation_reason(now), order=["cancelled_at"], unique_by=["event_id", "customer_id"])
     accepted = rows.filter(pl.col("reason").is_null()).select(
         pl.coalesce("registration_id", "_registration_id").alias("registration_id"),
         "event_id",
@@ -389,6 +364,50 @@ def validate_cancellations(
     )
     rejected = quarantine(rows.filter(pl.col("reason").is_not_null()), pl.col("event_id"))
     return CancellationOutcome(accepted=accepted.cast(CANCELLED_SCHEMA), rejected=rejected)  # type: ignore[arg-type]
+
+
+def _cancellation_rows(incoming: pl.DataFrame, events: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+    """The cancellation records with the place each cancels (`current`, prefixed `_`) and whether
+    their event is known."""
+    rows = normalize_cancellations(incoming).with_row_index("_row")
+    known = current.select(
+        pl.col(name).cast(dtype) for name, dtype in CURRENT_SCHEMA.items() if name != "registration_id"
+    ).rename({"registered_at": "_registered_at", "status": "_status", "channel": "_channel"})
+    known = known.rename({"campaign_id": "_campaign_id"}).unique(["event_id", "customer_id"], keep="first")
+    ids = current.select(
+        pl.col("event_id").cast(pl.String), pl.col("customer_id").cast(pl.String),
+        pl.col("registration_id").cast(pl.String).alias("_registration_id"),
+    ).unique(["event_id", "customer_id"], keep="first")  # fmt: skip
+    event_ids = events.select(pl.col("event_id").cast(pl.String)).unique()["event_id"]
+    return (
+        rows.join(known, on=["event_id", "customer_id"], how="left", maintain_order="left")
+        .join(ids, on=["event_id", "customer_id"], how="left", maintain_order="left")
+        .with_columns(pl.col("event_id").is_in(event_ids.implode()).alias("_event_known"))
+    )
+
+
+def _cancellation_reason(now: datetime) -> pl.Expr:
+    """The cancellation rules in order (see validate_cancellations): the first that fails names the row."""
+    return (
+        pl.when(pl.any_horizontal(pl.col("event_id", "customer_id").is_null()) | ~pl.col("_at_given"))
+        .then(pl.lit(MISSING_FIELD))
+        .when(pl.col("cancelled_at").is_null())
+        .then(pl.lit(INVALID_TIMESTAMP))
+        .when(in_future("cancelled_at", now))
+        .then(pl.lit(FUTURE_TIMESTAMP))
+        .when(bad_id("event_id", "customer_id"))
+        .then(pl.lit(INVALID_ID))
+        .when(~pl.col("_event_known"))
+        .then(pl.lit(UNKNOWN_EVENT))
+        .when(pl.col("action").str.strip_chars().str.to_lowercase() != ACTION_CANCEL)
+        .then(pl.lit(UNKNOWN_ACTION))
+        .when(pl.col("_status") == CANCELLED)
+        .then(pl.lit(DUPLICATE))
+        .when(pl.col("_status").is_null() | ~pl.col("_status").is_in([REGISTERED, WAITLISTED]))
+        .then(pl.lit(NOT_REGISTERED))
+        .when(pl.col("cancelled_at") < pl.col("_registered_at"))
+        .then(pl.lit(CANCELLED_BEFORE_REGISTRATION))
+    )
 
 
 # ---- waitlist ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from eventreach_assets.domain.engagement import CANCELLED, REGISTERED
+from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED
 from eventreach_assets.domain.registrations import CURRENT_SCHEMA
 
 

@@ -173,8 +173,32 @@ def deliver(
     """
     if max_transient_retries < 0 or chunk_size <= 0:
         raise ValueError("max_transient_retries must be >= 0 and chunk_size > 0")
-    wait = backoff or exponential_backoff
-    report = DeliveryReport()
+    loop = _SendLoop(ledger, send, now, max_transient_retries, backoff or exponential_backoff, sleep, DeliveryReport())
+    ordered = _unique(messages, loop.report)
+    for dead in dict.fromkeys(o for o in dead_owners if o is not None and o != owner):
+        released, in_doubt = ledger.release_owner(dead, f"run {dead} ended before confirming", now())
+        loop.report.taken_over += released
+        loop.report.became_in_doubt += in_doubt
+    for start in range(0, len(ordered), chunk_size):
+        _send_chunk(ordered[start : start + chunk_size], loop, lease, owner)
+    return loop.report
+
+
+@dataclass(frozen=True)
+class _SendLoop:
+    """What every message of one `deliver` call is sent with, and the report it adds to."""
+
+    ledger: Ledger
+    send: Callable[[OutboundMessage], str]
+    now: Callable[[], datetime]
+    max_transient_retries: int
+    wait: Callable[[int], float]
+    sleep: Callable[[float], None]
+    report: DeliveryReport
+
+
+def _unique(messages: Sequence[OutboundMessage], report: DeliveryReport) -> list[OutboundMessage]:
+    """The messages in order, each key once; repeats are counted as DUPLICATE_IN_BATCH skips."""
     unique: dict[DeliveryKey, OutboundMessage] = {}
     for message in messages:
         if message.key in unique:
@@ -183,37 +207,37 @@ def deliver(
         else:
             unique[message.key] = message
     report.attempted = len(unique)
-    for dead in dict.fromkeys(o for o in dead_owners if o is not None and o != owner):
-        released, in_doubt = ledger.release_owner(dead, f"run {dead} ended before confirming", now())
-        report.taken_over += released
-        report.became_in_doubt += in_doubt
-    ordered = list(unique.values())
-    for start in range(0, len(ordered), chunk_size):
-        reserved_at = now()
-        granted = _reserve(ordered[start : start + chunk_size], ledger, reserved_at, lease, report, owner)
-        position = 0
-        try:
-            opted = _opted_out(granted, ledger)
-            for message in granted:
-                position += 1
-                if (message.key.channel, message.key.customer_id) in opted:
-                    ledger.mark_suppressed(message.key, "opted out", now(), message.campaign_id)
-                    report.skipped[OPTED_OUT] += 1
-                    report._count(message.campaign_id, f"skipped:{OPTED_OUT}")
-                    continue
-                if not ledger.mark_attempting(message.key, reserved_at, now()):
-                    report.skipped[RESERVATION_LOST] += 1
-                    report._count(message.campaign_id, f"skipped:{RESERVATION_LOST}")
-                    continue
-                _send_one(message, ledger, send, now, max_transient_retries, wait, sleep, report)
-        except BaseException as error:
-            # Give back this chunk's untouched reservations so a retry sends them; later chunks
-            # were never reserved. If this fails too, they turn in_doubt after the lease: safe.
-            rest = [m.key for m in granted[position:]]
-            if rest:
-                report.released = ledger.release(rest, f"not attempted: run aborted ({_reason(error)})", now())
-            raise
-    return report
+    return list(unique.values())
+
+
+def _send_chunk(chunk: list[OutboundMessage], loop: _SendLoop, lease: timedelta, owner: str | None) -> None:
+    """Reserve the chunk, check it against opt-outs, send what this run was granted; on any abort
+    give back the reservations not yet attempted and re-raise."""
+    ledger, report, now = loop.ledger, loop.report, loop.now
+    reserved_at = now()
+    granted = _reserve(chunk, ledger, reserved_at, lease, report, owner)
+    position = 0
+    try:
+        opted = _opted_out(granted, ledger)
+        for message in granted:
+            position += 1
+            if (message.key.channel, message.key.customer_id) in opted:
+                ledger.mark_suppressed(message.key, "opted out", now(), message.campaign_id)
+                report.skipped[OPTED_OUT] += 1
+                report._count(message.campaign_id, f"skipped:{OPTED_OUT}")
+                continue
+            if not ledger.mark_attempting(message.key, reserved_at, now()):
+                report.skipped[RESERVATION_LOST] += 1
+                report._count(message.campaign_id, f"skipped:{RESERVATION_LOST}")
+                continue
+            _send_one(message, loop)
+    except BaseException as error:
+        # Give back this chunk's untouched reservations so a retry sends them; later chunks
+        # were never reserved. If this fails too, they turn in_doubt after the lease: safe.
+        rest = [m.key for m in granted[position:]]
+        if rest:
+            report.released = ledger.release(rest, f"not attempted: run aborted ({_reason(error)})", now())
+        raise
 
 
 def _reserve(
@@ -271,22 +295,14 @@ def _opted_out(chunk: list[OutboundMessage], ledger: Ledger) -> set[tuple[str, s
     return opted
 
 
-def _send_one(
-    message: OutboundMessage,
-    ledger: Ledger,
-    send: Callable[[OutboundMessage], str],
-    now: Callable[[], datetime],
-    max_transient_retries: int,
-    wait: Callable[[int], float],
-    sleep: Callable[[float], None],
-    report: DeliveryReport,
-) -> None:
+def _send_one(message: OutboundMessage, loop: _SendLoop) -> None:
     """One message: send with retries, then confirm its outcome in the ledger."""
     key, campaign = message.key, message.campaign_id
+    ledger, now, report = loop.ledger, loop.now, loop.report
     attempt = 0
     while True:
         try:
-            provider_id = send(message)
+            provider_id = loop.send(message)
         except ChannelUnavailableError as error:
             # Every further message would fail the same way: record this one, stop the campaign.
             reason = f"channel unavailable: {_reason(error)}"
@@ -296,10 +312,10 @@ def _send_one(
             report._count(campaign, "failed_transient")
             raise
         except TransientSendError as error:
-            if attempt < max_transient_retries:
+            if attempt < loop.max_transient_retries:
                 attempt += 1
                 report.transient_retries += 1
-                sleep(wait(attempt))
+                loop.sleep(loop.wait(attempt))
                 continue
             ledger.mark_failed(key, _reason(error), permanent=False, now=now(), campaign_id=campaign)
             report.failed_transient += 1

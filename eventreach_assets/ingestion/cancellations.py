@@ -7,7 +7,7 @@ from datetime import datetime
 
 import polars as pl
 
-from eventreach_assets.domain.engagement import CANCELLED
+from eventreach_assets.domain.engagement_schemas import CANCELLED
 from eventreach_assets.domain.registrations import (
     CANCELLATION_RECORD,
     CURRENT_SCHEMA,

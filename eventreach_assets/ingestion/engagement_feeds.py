@@ -14,18 +14,16 @@ from datetime import datetime
 
 import polars as pl
 
-from eventreach_assets.domain.engagement import (
+from eventreach_assets.domain.engagement_feeds import validate_attendance, validate_survey, validate_tracking
+from eventreach_assets.domain.events import normalize_events
+from eventreach_assets.domain.feed_records import (
     ATTENDANCE_RECORD,
     SURVEY_RECORD,
     TRACKING_RECORD,
     Validation,
     claims_frame,
     link_verifier,
-    validate_attendance,
-    validate_survey,
-    validate_tracking,
 )
-from eventreach_assets.domain.events import normalize_events
 from eventreach_assets.ingestion.outcome import EngagementOutcome, Records, ingest_records
 from eventreach_assets.resources.engagement_store import EngagementStoreResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from eventreach_assets.domain.engagement import Validation, records_frame
+from eventreach_assets.domain.feed_records import Validation, records_frame
 
 Records = Sequence[Mapping[str, Any]]
 

@@ -17,15 +17,9 @@ from typing import Any
 
 import polars as pl
 
-from eventreach_assets.domain.engagement import (
-    CANCELLED,
-    QUARANTINE_SCHEMA,
-    REGISTERED,
-    WAITLISTED,
-    link_verifier,
-    records_frame,
-)
+from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED, WAITLISTED
 from eventreach_assets.domain.events import normalize_events
+from eventreach_assets.domain.feed_records import QUARANTINE_SCHEMA, link_verifier, records_frame
 from eventreach_assets.domain.registrations import (
     ACTION_CANCEL,
     ACTION_REGISTER,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from eventreach_assets.domain.engagement import REGISTERED, WAITLISTED
+from eventreach_assets.domain.engagement_schemas import REGISTERED, WAITLISTED
 from eventreach_assets.domain.events import EventContext, normalize_events
 from eventreach_assets.domain.registrations import promote_waitlist
 from eventreach_assets.ingestion.seats import STORED_COLUMNS, registered_customers

@@ -71,7 +71,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from eventreach_assets.deployments import DEPLOYMENT_ENV, eventreach_home, resources_for
-from eventreach_assets.domain.engagement import CANCELLED
+from eventreach_assets.domain.engagement_schemas import CANCELLED
 from eventreach_assets.domain.registrations import RegistrationOutcome, cancellation_problem
 from eventreach_assets.ingestion import ingest_registrations, quarantine
 from eventreach_assets.program.config import ProgramConfig

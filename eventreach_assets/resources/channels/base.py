@@ -35,7 +35,7 @@ from eventreach_assets.domain.delivery import (
     PermanentSendError,
     TransientSendError,
 )
-from eventreach_assets.domain.messages import email_wire_bytes, message_id, to_email_message
+from eventreach_assets.domain.email_wire import email_wire_bytes, message_id, to_email_message
 
 __all__ = [
     "ChannelResource",
@@ -120,14 +120,14 @@ def _with_sender(message: OutboundMessage, sender: str | None) -> OutboundMessag
 
 
 def build_email(message: OutboundMessage, sender: str | None = None) -> EmailMessage:
-    """The RFC 5322 message (domain.messages.to_email_message); `sender` fills a missing From header."""
+    """The RFC 5322 message (domain.email_wire.to_email_message); `sender` fills a missing From header."""
     return to_email_message(_with_sender(message, sender))
 
 
 def email_bytes(message: OutboundMessage, sender: str | None = None) -> EmailWire:
     """(wire bytes, Message-ID) of an email: what every email channel sends, byte for byte.
 
-    The bytes come from `domain.messages.email_wire_bytes` only, so the outbox file, SMTP DATA
+    The bytes come from `domain.email_wire.email_wire_bytes` only, so the outbox file, SMTP DATA
     and SES `Content.Raw` are identical and are what `email_problems` validated. A message that
     cannot be serialized (e.g. a List-Unsubscribe URI over the line limit) is a PermanentSendError.
     """

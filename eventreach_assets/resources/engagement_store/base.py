@@ -31,7 +31,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.domain.engagement import (
+from eventreach_assets.domain.engagement_schemas import (
     ATTENDANCE_SCHEMA,
     CANCELLED,
     INTERACTION_SCHEMA,

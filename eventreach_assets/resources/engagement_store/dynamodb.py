@@ -14,7 +14,7 @@ import polars as pl
 from botocore.exceptions import ClientError
 from pydantic import Field
 
-from eventreach_assets.domain.engagement import CANCELLED, REGISTERED, WAITLISTED
+from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED, WAITLISTED
 from eventreach_assets.resources.dynamodb import DynamoDBClient, is_conditional_failure
 from eventreach_assets.resources.engagement_store.base import REGISTRATION, EngagementStoreResource, RecordKind
 from eventreach_assets.resources.engagement_store.tables import engagement_table_definition

@@ -11,7 +11,7 @@ from typing import ClassVar
 import polars as pl
 from pydantic import Field, PrivateAttr
 
-from eventreach_assets.domain.engagement import CANCELLED, REGISTERED, WAITLISTED
+from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED, WAITLISTED
 from eventreach_assets.resources.engagement_store.base import (
     RECORD_KINDS,
     REGISTRATION,
