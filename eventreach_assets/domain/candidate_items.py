@@ -13,7 +13,7 @@ mirrors it column for column) so every access pattern of the use case is a key q
 
 GSI1 is scoped to the event because campaigns are per event. GSI1SK is the `score`
 attribute rather than a copy so the two can never disagree. Nothing here imports Dagster;
-the stores (resources/candidate_store.py) call these functions and only do I/O.
+the stores (resources/candidate_store/) call these functions and only do I/O.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The per-channel campaign report the events team reviews: messages, engagement, registrations,
 attendance, survey and cost per channel and over all channels (pure polars: no Dagster, no I/O).
 
-Every figure is computed from the delivery ledger (`resources/ledger.py: deliveries`) and the
+Every figure is computed from the delivery ledger (`DeliveryLedgerResource.deliveries`, resources/ledger/) and the
 engagement store's records (`domain/engagement_schemas.py`), never from counters kept on the side,
 so the report, the daily metrics and the checks that recompute them cannot disagree. Times are
 naive UTC (aware or ISO text inputs are converted, as the feeds' validators do).

@@ -4,8 +4,8 @@ One ledger row per customer x event x channel x message kind (x event date for t
 once per date: reminders, day-of, updates): written `pending` before the
 provider is called, confirmed `sent` with the provider's message id after. A re-run or a
 retried run consults it first, so a message is never sent twice. Shared by the campaign
-planning (domain), the ledger (resources/ledger.py) and the channel services
-(resources/channels.py).
+planning (domain), the ledger (resources/ledger/) and the channel services
+(resources/channels/).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The engagement store's records: registrations (and their statuses), interactions, attendance and
-survey answers, as every layer reads and writes them (resources/engagement.py stores them; the
+survey answers, as every layer reads and writes them (resources/engagement_store/ stores them; the
 validators, the funnel and the report produce or read them). Times are naive UTC.
 """
 

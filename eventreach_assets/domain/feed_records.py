@@ -2,7 +2,7 @@
 the quarantine shape every rejected row takes with its reason, and the link-token claims that say
 who a record is about (pure polars, no Dagster, no I/O).
 
-Feed records (resources/feeds.py) become a frame of text columns (`records_frame`): values are
+Feed records (resources/feeds/) become a frame of text columns (`records_frame`): values are
 parsed by the validators (domain/engagement_feeds.py, domain/registrations.py,
 domain/feedback.py), so a bad value becomes a rejected row with its reason instead of failing
 the batch. Every validator puts each input row in exactly one of `accepted` (the store's
@@ -48,7 +48,7 @@ SURVEY_RECORD: dict[str, pl.DataType] = {
     "comment": pl.String(),
     "submitted_at": pl.Datetime("us"),
 }
-FEED_RECORDS: dict[str, dict[str, pl.DataType]] = {  # feed (resources/feeds.py) -> its record
+FEED_RECORDS: dict[str, dict[str, pl.DataType]] = {  # feed (resources/feeds/) -> its record
     "registrations": REGISTRATION_RECORD,
     "tracking": TRACKING_RECORD,
     "attendance": ATTENDANCE_RECORD,

@@ -1,7 +1,7 @@
 """Provider feedback: deliveries, bounces and complaints coming back from the email providers.
 
 Pure (polars, the standard `email` package; no Dagster, no I/O). Two formats arrive in the
-`provider` engagement feed (resources/feeds.py), one JSON object per line:
+`provider` engagement feed (resources/feeds/), one JSON object per line:
 
 - **Amazon SES event publishing.** A configuration set (`SesEmail.configuration_set`) with an
   event destination for Delivery, Bounce, Complaint and Reject events; the destination is a
@@ -27,7 +27,7 @@ Pure (polars, the standard `email` package; no Dagster, no I/O). Two formats arr
 `normalize_feedback` turns a batch into FEEDBACK_SCHEMA rows (one per provider message x
 recipient x feedback x bounce type x time, duplicates collapsed) and QUARANTINE_SCHEMA rows with a
 reason code. What the rows do (`suppressions`, `campaign_counts`, `breaker`) is decided here too;
-resources/ledger.py stores, assets/feedback.py wires.
+resources/ledger/ stores, assets/feedback.py wires.
 
 Rates, per campaign (event x channel): bounce rate = hard (Permanent) bounces / messages sent, as
 SES computes its reputation bounce rate; complaint rate = complaints / messages delivered, the

@@ -283,7 +283,7 @@ SUPPRESSED_ADDRESS_CHANNELS = frozenset({"email"})  # where `recipient` is an ad
 def _opted_out(chunk: list[OutboundMessage], ledger: Ledger) -> set[tuple[str, str]]:
     """(channel, customer_id) of the chunk's recipients opted out right now, and of its email
     messages whose recipient address is suppressed (a hard bounce, repeated soft bounces or a
-    complaint: resources/ledger.py `suppressed_addresses`), whoever the customer is."""
+    complaint: the ledger's `suppressed_addresses`), whoever the customer is."""
     opted: set[tuple[str, str]] = set()
     for channel in sorted({m.key.channel for m in chunk}):
         ids = pl.Series([m.key.customer_id for m in chunk if m.key.channel == channel], dtype=pl.String)

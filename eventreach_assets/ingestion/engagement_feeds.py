@@ -1,6 +1,6 @@
 """The engagement feeds: tracking hits, attendance, survey answers.
 
-The thin shell around domain/engagement.py's validators: read what validation needs from the
+The thin shell around domain/engagement_feeds.py's validators: read what validation needs from the
 resources passed in, validate, write the accepted rows to the engagement store (every write
 idempotent, so a replayed feed file stores nothing new) and return what happened
 (`ingest_records` in outcome.py is the shared skeleton). Rejected rows are returned, not written:
