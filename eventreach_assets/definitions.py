@@ -9,10 +9,10 @@ import dagster as dg
 
 from eventreach_assets.assets import (
     campaigns,
+    extraction,
     feedback,
     feeds,
     filtering,
-    ingestion,
     metrics,
     model_deployment,
     models,
@@ -44,7 +44,7 @@ from eventreach_assets.sensors import (
 )
 
 ASSETS = [
-    ingestion.raw_candidates,
+    extraction.raw_candidates,
     filtering.filtered_candidates,
     models.model_training_set,
     *models.model_assets,

@@ -15,16 +15,12 @@ import polars as pl
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from eventreach_assets.assets.feedback import (
-    breaker_decision,
-    ingest_provider_feedback,
-    provider_feedback,
-    rearm_circuit_breaker,
-)
+from eventreach_assets.assets.feedback import breaker_decision, provider_feedback, rearm_circuit_breaker
 from eventreach_assets.checks.deliverability_checks import build_deliverability_check, check_result
 from eventreach_assets.domain import feedback as fb
 from eventreach_assets.domain.delivery import DeliveryKey, MessageKind, OutboundMessage
 from eventreach_assets.domain.sending import deliver
+from eventreach_assets.ingestion import ingest_provider_feedback
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH, DeliverabilityConfig
 from eventreach_assets.resources.decision_log import LocalDecisionLog
 from eventreach_assets.resources.feeds import EngagementFeedResource, LocalFolderFeed, S3Feed

@@ -2,9 +2,9 @@
 
 `provider_feedback` ingests the files the provider feed's sensor handed to the run, like the other
 feed assets (bad records quarantined next to the decision log with their reason, a replayed file
-changes nothing). `ingest_provider_feedback` is the thin shell around domain/feedback.py, callable
-without Dagster; its effects, protective ones first (a run dying halfway leaves nobody
-reachable who should not be):
+changes nothing). `ingestion/provider_feedback.py: ingest_provider_feedback` is the thin shell
+around domain/feedback.py, callable without Dagster; its effects, protective ones first (a run dying
+halfway leaves nobody reachable who should not be):
 
 1. a complaint opts the customer out of every channel (`record_opt_outs`, source `complaint`);
 2. a hard bounce, a complaint, or repeated soft bounces (the YAML's `deliverability`) suppress
@@ -16,8 +16,6 @@ The circuit breaker (`breaker_decision`) is what a campaign's next wave asks bef
 `rearm_circuit_breaker` (a job in the UI's launchpad) is how an operator re-arms it.
 """
 
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -33,60 +31,12 @@ from eventreach_assets.domain.feedback import (
     DeliverabilityPolicy,
     breaker,
     breaker_for,
-    complaint_opt_outs,
-    normalize_feedback,
-    resolve,
-    suppressions,
 )
-from eventreach_assets.ingestion import EngagementOutcome
+from eventreach_assets.ingestion import EngagementOutcome, ingest_provider_feedback
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.feeds import EngagementFeedResource
-from eventreach_assets.resources.ledger import ALL_CHANNELS, DeliveryLedgerResource
+from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
-
-COMPLAINT_SOURCE = "complaint"  # the opt-out source a complaint records
-
-
-def ingest_provider_feedback(
-    records: Sequence[Mapping[str, Any]],
-    *,
-    ledger: DeliveryLedgerResource,
-    policy: DeliverabilityPolicy,
-    now: datetime,
-) -> EngagementOutcome:
-    """Judge a provider batch, then opt out complainers, suppress addresses, store the reports."""
-    batch = normalize_feedback(records, now)
-    accepted = batch.accepted
-    resolved = resolve(accepted, ledger.messages_by_provider_id(accepted["provider_message_id"]))
-    opt_outs = complaint_opt_outs(resolved).with_columns(
-        pl.lit(ALL_CHANNELS).alias("channel"), pl.lit(COMPLAINT_SOURCE).alias("source")
-    )
-    opted = ledger.record_opt_outs(opt_outs) if opt_outs.height else 0
-    bounced_addresses = accepted.filter(pl.col("feedback") == "bounced")["recipient"].unique()
-    earliest = accepted["occurred_at"].min()
-    history = (
-        ledger.bounce_history(bounced_addresses, earliest - timedelta(days=policy.transient_bounce_window_days))
-        if bounced_addresses.len() and isinstance(earliest, datetime)
-        else accepted.clear()
-    )
-    suppress = suppressions(accepted, history, policy)
-    suppressed = ledger.suppress_addresses(suppress) if suppress.height else 0
-    stored = ledger.record_feedback(resolved) if resolved.height else 0
-    per_feedback = dict(resolved.group_by("feedback").len().iter_rows())
-    return EngagementOutcome(
-        "provider",
-        accepted=resolved,
-        rejected=batch.rejected,
-        stored=stored,
-        counts={
-            **{name: per_feedback.get(name, 0) for name in ("delivered", "bounced", "complained")},
-            "rejected_by_provider": per_feedback.get("rejected", 0),  # SES Reject events (not sent at all)
-            "ignored": batch.ignored,
-            "unmatched": resolved.filter(pl.col("event_id").is_null()).height,
-            "suppressed_addresses": suppressed,
-            "complainers_opted_out": opted,
-        },
-    )
 
 
 def feedback_by_type(outcome: EngagementOutcome) -> pl.DataFrame:

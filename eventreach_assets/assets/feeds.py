@@ -16,7 +16,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from eventreach_assets.assets.ingestion import current_event
+from eventreach_assets.assets.extraction import current_event
 from eventreach_assets.assets.metadata import NEXT_DUE_AT, PLANNED_AT, stopwatch, table
 from eventreach_assets.domain.engagement_schemas import CANCELLED, REGISTERED, WAITLISTED
 from eventreach_assets.domain.registrations import RegistrationOutcome

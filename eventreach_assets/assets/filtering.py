@@ -5,7 +5,7 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.ingestion import BATCH, current_event
+from eventreach_assets.assets.extraction import BATCH, current_event
 from eventreach_assets.assets.metadata import stopwatch, table
 from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, run_filter_chain
 from eventreach_assets.resources.decision_log import DecisionLogResource

@@ -4,7 +4,7 @@ from typing import Any
 
 import dagster as dg
 
-from eventreach_assets.assets.ingestion import BATCH
+from eventreach_assets.assets.extraction import BATCH
 from eventreach_assets.assets.storage import candidates_table
 from eventreach_assets.domain.metrics import batch_metrics_frame
 from eventreach_assets.resources.metrics_sink import MetricsSinkResource

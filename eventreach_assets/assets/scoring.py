@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.ingestion import BATCH, current_event
+from eventreach_assets.assets.extraction import BATCH, current_event
 from eventreach_assets.assets.metadata import counts_table, stopwatch
 from eventreach_assets.assets.models import MODEL_ASSETS
 from eventreach_assets.domain import scoring

@@ -3,7 +3,7 @@
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.assets.ingestion import BATCH
+from eventreach_assets.assets.extraction import BATCH
 from eventreach_assets.assets.metadata import stopwatch
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
 from eventreach_assets.resources.export import CandidateExportResource
