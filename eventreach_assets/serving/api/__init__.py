@@ -1,0 +1,131 @@
+"""The Serving API: the use case's read queries and the registration webhook over HTTP (ASGI).
+
+Routes (JSON in and out; every GET needs an API key, the webhook a signed body):
+
+* `GET /v1/candidates?program=&event=&channel=&minScore=&limit=&excludeRegistered=&cursor=` —
+  GetCandidatesForChannel: the event's live candidates on an invitation channel with
+  score >= minScore, score descending (ties by customer_id), registered customers left out
+  unless `excludeRegistered=false`.
+* `GET /v1/registered-candidates?program=&event=&status=&limit=&cursor=` —
+  GetRegisteredCandidates: one row per customer, by customer_id; `registered` (the default)
+  from the candidate store, `waitlisted` from the engagement store.
+* `GET /v1/customers/{customer}/candidates?program=[&event=][&limit=&cursor=]` — one customer's
+  live candidate items (support), by event then channel.
+* `POST /v1/webhooks/registrations` — the event platform's registrations, validated and stored
+  by the same `ingest_registrations` the registrations feed uses (idempotent: a replayed
+  delivery is stored once). A record with `"action": "cancel"` (event_id, customer_id,
+  cancelled_at, optional registration_id) cancels a registration or waitlist place; a record
+  with an unknown action, or a cancellation lacking a field or with a bad one, refuses the
+  whole delivery with a 400 naming it (`registrations[<index>].<field>`), nothing stored.
+* `GET /health` — liveness, no key, no data.
+
+Every answer is at most one page (`limit` 1..100, default 100) with an opaque `nextCursor`
+(null on the last page). A bad parameter is a 400 naming it (`{"error": ..., "parameter": ...}`);
+an unknown parameter is a bad one (a typo must not silently widen a query). A missing or wrong
+API key is a 401, an unknown program a 404. The `email` attribute (PII) is never returned, and
+nothing here logs keys, customer ids or request URLs (uvicorn's access log is off).
+
+API keys: `X-API-Key: <key>` or `Authorization: Bearer <key>`, compared in constant time with
+every key of `EVENTREACH_API_KEYS` (comma-separated, each >= 16 characters). Webhook: header
+`X-EventReach-Timestamp: <unix seconds>` and `X-EventReach-Signature: sha256=<hex>`, the
+HMAC-SHA256 with `EVENTREACH_WEBHOOK_SECRET` of `<timestamp>.<raw body>`; the timestamp is
+signed so a captured delivery cannot be re-sent with a fresh one, and one more than 5 minutes
+from the server's clock is refused. The local deployment needs neither variable: it creates a
+random key and secret in its data dir (`api_key`, `webhook_secret`, mode 0600) and prints where.
+
+Registered / waitlisted lists are read whole and kept per process for
+`EVENTREACH_API_CACHE_SECONDS` (default 5; see `ExpiringCache`). Run it with
+`python -m eventreach_assets.serving.api --host 127.0.0.1 --port 8000 [--workers N]` (`make serve`).
+
+Modules: `params` (query parameters, `ApiError`), `paging` (cursors, page bodies), `views`
+(the rows served), `auth` (API keys, webhook signatures), `webhook` (the delivery format),
+`cache` (`ExpiringCache`), `app` (the Starlette app and its handlers), `cli` (the deployment's
+dependencies and secrets, `main`).
+"""
+
+from eventreach_assets.serving.api.app import ServingApi, ServingDependencies, create_app
+from eventreach_assets.serving.api.auth import (
+    API_KEY_HEADER,
+    MIN_API_KEY_LENGTH,
+    MIN_WEBHOOK_SECRET_LENGTH,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WEBHOOK_TOLERANCE_SECONDS,
+    api_key_matches,
+    presented_api_key,
+    verify_webhook,
+    webhook_signature,
+)
+from eventreach_assets.serving.api.cache import DEFAULT_CACHE_SECONDS, ExpiringCache
+from eventreach_assets.serving.api.cli import (
+    API_KEYS_ENV,
+    CACHE_SECONDS_ENV,
+    WEBHOOK_SECRET_ENV,
+    api_keys_from_env,
+    app_from_env,
+    deployment_dependencies,
+    main,
+    webhook_secret_from_env,
+)
+from eventreach_assets.serving.api.paging import decode_position, encode_position, page_after, page_body
+from eventreach_assets.serving.api.params import (
+    PAGE_LIMIT,
+    STATUSES,
+    ApiError,
+    CandidatesQuery,
+    CustomerQuery,
+    RegisteredQuery,
+    bad_parameter,
+    parse_candidates_query,
+    parse_customer_query,
+    parse_registered_query,
+)
+from eventreach_assets.serving.api.views import REGISTRATION_VIEW, public_rows, registered_view, waitlisted_view
+from eventreach_assets.serving.api.webhook import MAX_WEBHOOK_BYTES, MAX_WEBHOOK_RECORDS, webhook_records
+
+__all__ = [
+    "API_KEYS_ENV",
+    "API_KEY_HEADER",
+    "CACHE_SECONDS_ENV",
+    "DEFAULT_CACHE_SECONDS",
+    "MAX_WEBHOOK_BYTES",
+    "MAX_WEBHOOK_RECORDS",
+    "MIN_API_KEY_LENGTH",
+    "MIN_WEBHOOK_SECRET_LENGTH",
+    "PAGE_LIMIT",
+    "REGISTRATION_VIEW",
+    "SIGNATURE_HEADER",
+    "STATUSES",
+    "TIMESTAMP_HEADER",
+    "WEBHOOK_SECRET_ENV",
+    "WEBHOOK_TOLERANCE_SECONDS",
+    "ApiError",
+    "CandidatesQuery",
+    "CustomerQuery",
+    "ExpiringCache",
+    "RegisteredQuery",
+    "ServingApi",
+    "ServingDependencies",
+    "api_key_matches",
+    "api_keys_from_env",
+    "app_from_env",
+    "bad_parameter",
+    "create_app",
+    "decode_position",
+    "deployment_dependencies",
+    "encode_position",
+    "main",
+    "page_after",
+    "page_body",
+    "parse_candidates_query",
+    "parse_customer_query",
+    "parse_registered_query",
+    "presented_api_key",
+    "public_rows",
+    "registered_view",
+    "verify_webhook",
+    "waitlisted_view",
+    "webhook_records",
+    "webhook_secret_from_env",
+    "webhook_signature",
+]
