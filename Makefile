@@ -54,7 +54,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m eventreach_assets.bench
 
-.PHONY: serve bench-serving
+.PHONY: serve bench-serving bench-sends
 SERVE_PORT ?= 8000
 
 ## The Serving API (Starlette on uvicorn) on http://127.0.0.1:$(SERVE_PORT) over the local data dir;
@@ -65,6 +65,11 @@ serve: $(STAMP)
 ## Serving API under load: 100K candidates, 32 connections for 30 s (x3) on a mix of the three queries.
 bench-serving: $(STAMP)
 	$(BIN)/python -m eventreach_assets.serving.bench
+
+## Sending 50,000 invitation emails (.ics included) through today's send loop, 3 runs each: outbox + SQLite ledger,
+## outbox + DynamoDB ledger (moto) and SMTP (aiosmtpd answering in 20 ms) at 2,000 messages; beside the bare render cost.
+bench-sends: $(STAMP)
+	$(BIN)/python -m eventreach_assets.bench_sends
 
 clean:
 	rm -rf $(EVENTREACH_HOME) $(LIFECYCLE_HOME)

@@ -6,6 +6,7 @@ These assert that the commands finish and print their figures, never how fast an
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -38,3 +39,28 @@ def test_make_bench_serving_prints_the_latency_figures_at_a_tiny_size():
     summary = next(line for line in out.splitlines() if line.startswith("median of 1:"))
     assert re.search(r"[\d,]+ req/s .* p99 [\d.]+ ms", summary) and "server peak RSS" in summary
     assert " 0 errors" in out
+
+
+def test_make_bench_sends_prints_every_scenario_and_the_reference_at_a_tiny_size():
+    out = run_module(
+        "eventreach_assets.bench_sends", "--messages", "200", "--slow-messages", "50", "--runs", "1",
+    )  # fmt: skip
+    lines = out.splitlines()
+    figures = json.loads(lines[-1])["scenarios"]
+    expected = {"render+bytes": 200, "outbox+sqlite": 200, "outbox+dynamodb": 50, "smtp+sqlite": 50}
+    assert set(figures) == set(expected)
+    for name, planned in expected.items():
+        [row] = [line for line in lines if line.startswith(f"{name} ")]
+        messages, wall, per_second, cpu, peak, received = row.split()[1:7]
+        assert int(messages.replace(",", "")) == figures[name]["messages"] == planned
+        assert min(float(wall), float(per_second.replace(",", "")), float(cpu), float(peak.replace(",", ""))) > 0
+        got = figures[name]
+        assert got["messages_per_s"] > 0 and got["cpu_ms_per_message"] > 0 and got["peak_rss_mb"] > 0
+        if name == "render+bytes":
+            assert received == "-" and got["exactly_once"] is None
+        else:  # what the provider got (outbox files, SMTP messages) is exactly the plan
+            assert int(received.replace(",", "")) == planned and got["received"] == [planned]
+            assert got["exactly_once"] is True
+            assert set(got["phase_cpu_ms_per_message"]) == {"render", "validate", "deliver"}
+    capped = [line for line in lines if "capped at --slow-messages 50" in line]
+    assert [line.split()[0] for line in capped] == ["outbox+dynamodb", "smtp+sqlite"]
