@@ -55,6 +55,18 @@ class DeliveryStatus(StrEnum):
     HELD_OUT = "held_out"  # randomized control group (metrics.holdout): deliberately not sent
 
 
+OCCURRENCE_SEPARATOR = "@"
+
+
+def encode_kind(kind: str, occurrence: str = "") -> str:
+    """A key's message kind as stored and sent: `kind`, or `kind@occurrence` for a per-date message
+    (reminders, day-of, updates); the ledger and the providers' idempotency keys both use it."""
+    base = str(kind)
+    if OCCURRENCE_SEPARATOR in base or "#" in occurrence or OCCURRENCE_SEPARATOR in occurrence:
+        raise ValueError(f"kind {base!r} / occurrence {occurrence!r} must not contain '@' or '#'")
+    return f"{base}{OCCURRENCE_SEPARATOR}{occurrence}" if occurrence else base
+
+
 @dataclass(frozen=True)
 class DeliveryKey:
     """The ledger's primary key: at most one message of a kind per customer, event and channel
@@ -93,8 +105,7 @@ class OutboundMessage:
     def idempotency_key(self) -> str:
         """Stable across retries, so providers that deduplicate (webhooks, Message-ID) can."""
         key = self.key
-        kind = f"{key.kind}@{key.occurrence}" if key.occurrence else str(key.kind)
-        return f"{key.event_id}:{key.channel}:{kind}:{key.customer_id}"
+        return f"{key.event_id}:{key.channel}:{encode_kind(key.kind, key.occurrence)}:{key.customer_id}"
 
 
 class TransientSendError(RuntimeError):

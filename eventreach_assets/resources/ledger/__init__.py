@@ -1,6 +1,7 @@
 """The delivery ledger: the interface (`base.py`, with the send protocol), its SQLite and DynamoDB
 backends, the stored key and row forms, and the DynamoDB table definition."""
 
+from eventreach_assets.domain.delivery import OCCURRENCE_SEPARATOR, encode_kind
 from eventreach_assets.resources.ledger.base import (
     IN_DOUBT_AFTER_DEATH,
     LEASE_EXPIRED_REASON,
@@ -12,14 +13,7 @@ from eventreach_assets.resources.ledger.base import (
     decide,
 )
 from eventreach_assets.resources.ledger.dynamodb import DynamoDBDeliveryLedger
-from eventreach_assets.resources.ledger.keys import (
-    KEY_COLUMNS,
-    OCCURRENCE_SEPARATOR,
-    decode_kind,
-    encode_kind,
-    key_frame,
-    keys_frame,
-)
+from eventreach_assets.resources.ledger.keys import KEY_COLUMNS, decode_kind, key_frame, keys_frame
 from eventreach_assets.resources.ledger.records import (
     ALL_CHANNELS,
     DELIVERY_SCHEMA,

@@ -6,10 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus
+from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, encode_kind
 from eventreach_assets.domain.feedback import FEEDBACK_SCHEMA
 from eventreach_assets.resources.ledger.base import LEASE_EXPIRED_REASON, NOT_ATTEMPTED
-from eventreach_assets.resources.ledger.keys import encode_kind
 from eventreach_assets.resources.ledger.records import FEEDBACK_COLUMNS
 
 Item = dict[str, dict[str, str]]

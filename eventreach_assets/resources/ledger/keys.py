@@ -1,8 +1,8 @@
 """The ledger's key in stored form: customer_id, event_id, channel and the stored `kind`.
 
 Per-date keys (reminders, day-of, updates: `DeliveryKey.occurrence`) need no schema change: the
-stored `kind` is `kind` or `kind@occurrence` (`encode_kind` / `decode_kind`, the only two places
-that know), and every frame handed out has the base `kind` plus an `occurrence` column ("" for
+stored `kind` is `kind` or `kind@occurrence` (`domain.delivery.encode_kind` / `decode_kind`, the only
+two places that know), and every frame handed out has the base `kind` plus an `occurrence` column ("" for
 kinds sent once per event), so readers filtering on `kind == "reminder"` keep working.
 """
 
@@ -13,18 +13,9 @@ from typing import Any
 
 import polars as pl
 
-from eventreach_assets.domain.delivery import DeliveryKey, MessageKind
+from eventreach_assets.domain.delivery import OCCURRENCE_SEPARATOR, DeliveryKey, MessageKind
 
 KEY_COLUMNS = ("customer_id", "event_id", "channel", "kind")  # as stored: kind is encode_kind(kind, occurrence)
-OCCURRENCE_SEPARATOR = "@"
-
-
-def encode_kind(kind: MessageKind | str, occurrence: str = "") -> str:
-    """The ledger's `kind` column for a key: `kind`, or `kind@occurrence` for a per-date message."""
-    base = str(kind)
-    if OCCURRENCE_SEPARATOR in base or "#" in occurrence or OCCURRENCE_SEPARATOR in occurrence:
-        raise ValueError(f"kind {base!r} / occurrence {occurrence!r} must not contain '@' or '#'")
-    return f"{base}{OCCURRENCE_SEPARATOR}{occurrence}" if occurrence else base
 
 
 def decode_kind(stored: pl.Expr | str) -> tuple[pl.Expr, pl.Expr] | tuple[str, str]:

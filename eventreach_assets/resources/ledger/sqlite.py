@@ -11,14 +11,13 @@ from typing import Any, ClassVar
 import polars as pl
 from pydantic import Field, PrivateAttr
 
-from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind
+from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind, encode_kind
 from eventreach_assets.resources.ledger.base import (
     LEASE_EXPIRED_REASON,
     DeliveryLedgerResource,
     ReservationWrite,
     decide,
 )
-from eventreach_assets.resources.ledger.keys import encode_kind
 from eventreach_assets.resources.ledger.records import FEEDBACK_COLUMNS, STORED_DELIVERY, stored_time
 from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
