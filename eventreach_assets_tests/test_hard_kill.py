@@ -182,8 +182,13 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
 
     [alert] = poll("failure alert written", ALERT_TIMEOUT, alerted, console.log_tails, every=0.5)
     assert alert["job_name"] == JOB and alert["partition"] == event_id
-    tags = instance.get_run_by_id(run_id).tags
-    assert tags["eventreach/alerted"] == "yes"
+
+    # The sensor tags the run just after the alert is written: wait for the tags, not only the file.
+    def tagged_alerted() -> dict[str, str] | None:
+        tags = instance.get_run_by_id(run_id).tags
+        return tags if tags.get("eventreach/alerted") == "yes" else None
+
+    tags = poll("run tagged alerted", ALERT_TIMEOUT, tagged_alerted, console.log_tails, every=0.2)
     assert int(tags["eventreach/in_doubt"]) <= 1, tags
 
     # 3. The pool slot is free: the automatic retry's email step gets it and finishes the campaign.
