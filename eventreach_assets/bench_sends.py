@@ -1,26 +1,28 @@
-"""`make bench-sends`: today's sending path for N invitation emails, end to end, per ledger and channel.
+"""`make bench-sends`: the campaign's sending path end to end, per channel and ledger, beside the bare render cost.
 
-The measuring stick of issue 12, before anything changes. Each measured run is its own child
-process (so its peak RSS is its own) that synthesizes N customers (email, marketplace, timezone)
-in memory, plans them with the real `domain.campaigns.plan_invitation_wave`, and then does what
-the `email_invitations` asset does (`assets.campaigns.send_campaign`, minus Dagster): render every
-row with the real `render_invitation_email` and `TemplateSet` (an `.ics` in each), validate every
-email (`validated_emails`), and `domain.sending.deliver` them through a real ledger and channel:
+Each measured run is its own child process (so its peak RSS is its own) that synthesizes N
+customers (email, marketplace, timezone) in memory, plans them with the real
+`domain.campaigns.plan_invitation_wave`, and runs exactly what the sending assets run,
+`assets.campaigns.stream_campaign` (minus Dagster): each row rendered as the send loop asks for it
+(real templates, signed links, an `.ics` in every email), every email validated, reserved in a
+real ledger, sent through a real channel at the channel's concurrency and rate, and confirmed:
 
-* `outbox+sqlite`   — `LocalOutboxEmail` into a temporary folder, `SqliteDeliveryLedger` (the local deployment);
-* `outbox+dynamodb` — the same outbox, `DynamoDBDeliveryLedger` on a moto server this bench starts on 127.0.0.1;
-* `smtp+sqlite`     — `SmtpEmail` to an aiosmtpd server this bench starts on 127.0.0.1, answering each
-  message after `--smtp-latency-ms` (a provider's round trip), unlimited send rate.
+* `outbox+sqlite`   — `LocalOutboxEmail` (one fsynced `.eml` per message), `SqliteDeliveryLedger`: the local deployment;
+* `outbox+dynamodb` — the same outbox, `DynamoDBDeliveryLedger` on moto;
+* `smtp+sqlite`     — `SmtpEmail` to aiosmtpd answering each message after `--latency-ms`;
+* `ses+dynamodb`    — `SesEmail` (SES v2 `SendEmail`, raw MIME) on moto answering after `--latency-ms`, ledger on moto;
+* `webhook+sqlite`  — in-app banners POSTed by `WebhookInApp` to an HTTP service answering after `--latency-ms`;
+* `sns+dynamodb`    — push reminders published by `SnsPush` to an SNS topic on moto answering after `--latency-ms`.
 
-The servers (moto, aiosmtpd) run in this parent process and stand in for remote providers: their
-CPU is not in the figures. Beside the end-to-end figures, the same run measures the bare cost of a
-message (`render+bytes`: rendering and the wire bytes only, no validation, ledger or provider).
-Per scenario: messages/s and ms of CPU per message (the child's user + system time over the timed
-section, every thread), medians of `--runs`; wall time; peak RSS (the child's `ru_maxrss`, imports
-included); and what the provider received (`.eml` files in the outbox, messages at the SMTP
-server), which must equal the planned count. A scenario too slow for N with today's sequential
-loop (every message waits for its DynamoDB or SMTP round trips) is capped at `--slow-messages`, and
-the table says so. Prints a table, then one JSON line.
+The provider scenarios send with `--concurrency` in flight at a configured `--rate`; their target is
+80% of min(rate, concurrency / latency), printed beside the figure. The servers (moto, aiosmtpd, the
+webhook) run in this parent process on 127.0.0.1 and stand in for remote providers: their CPU is
+not in the figures, and they count what they received per recipient. The same run measures the
+bare cost of a message (`render+bytes`: rendering and the wire bytes only, no validation, ledger or
+provider). Per scenario: messages/s, ms of CPU per message (the child's user + system time over the
+sending, every thread; render and validate measured on the thread that runs them), medians of
+`--runs`; wall time; peak RSS (the child's `ru_maxrss`, imports included); and what the provider
+received, which must be the plan, each recipient once. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import argparse
 import cProfile
 import io
 import json
-import logging
 import os
 import pstats
 import resource
@@ -42,10 +43,11 @@ import time
 import urllib.request
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,15 @@ from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS
 from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.domain.events import EventContext
 
-SCENARIOS = ("outbox+sqlite", "outbox+dynamodb", "smtp+sqlite")
-# One provider or DynamoDB round trip after another per message: 20-50 messages/s today, capped at --slow-messages.
-SLOW = frozenset({"outbox+dynamodb", "smtp+sqlite"})
 REFERENCE = "render+bytes"
+SCENARIOS = ("outbox+sqlite", "outbox+dynamodb", "smtp+sqlite", "ses+dynamodb", "webhook+sqlite", "sns+dynamodb")
+PROVIDERS = frozenset({"smtp+sqlite", "ses+dynamodb", "webhook+sqlite", "sns+dynamodb"})  # latency, rate, concurrency
+CAPPED = PROVIDERS | {"outbox+dynamodb"}  # run at --provider-messages (paced, or moto's CPU in the loop)
+CHANNEL_OF = {"webhook+sqlite": "in-app", "sns+dynamodb": "push"}  # the rest send email
+TARGET_SHARE = 0.8  # of min(rate, concurrency / latency)
 OWNER = "bench-sends"  # the reservations' owner, as a Dagster run id would be
 REGION = "us-east-1"
+SENDER = "events@eventreach.invalid"
 FAKE_AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": REGION}
 EVENT = EventContext(
     event_id="evt-bench-sends",
@@ -83,19 +88,45 @@ INVITE = CAMPAIGN_KINDS["email_invitations"].calendar_invite  # the .ics, and th
 @dataclass(frozen=True)
 class Settings:
     messages: int
-    slow_messages: int
+    provider_messages: int
     runs: int
     scenarios: tuple[str, ...]
-    smtp_latency_ms: float
+    latency_ms: float
+    concurrency: int
+    rate: float
 
     def size(self, scenario: str) -> int:
-        return min(self.messages, self.slow_messages) if scenario in SLOW else self.messages
+        return min(self.messages, self.provider_messages) if scenario in CAPPED else self.messages
+
+    def target(self, scenario: str) -> float | None:
+        """80% of what the provider allows: min(rate, concurrency / latency); None where no provider paces."""
+        if scenario not in PROVIDERS:
+            return None
+        bound = self.concurrency / (self.latency_ms / 1000) if self.latency_ms else float("inf")
+        return TARGET_SHARE * min(self.rate or float("inf"), bound)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Where the child finds the stand-in providers (from the parent)."""
+
+    endpoint: str | None = None
+    smtp_port: int | None = None
+    webhook_url: str | None = None
+    concurrency: int = 32
+    rate: float = 500.0
+
+    def args(self) -> list[str]:
+        return [*(["--endpoint", self.endpoint] if self.endpoint else []),
+                *(["--smtp-port", str(self.smtp_port)] if self.smtp_port else []),
+                *(["--webhook-url", self.webhook_url] if self.webhook_url else []),
+                "--concurrency", str(self.concurrency), "--rate", str(self.rate)]  # fmt: skip
 
 
 # ---- the child: one measured run ------------------------------------------------------------------
 
 
-def planned_rows(messages: int, now: datetime) -> pl.DataFrame:
+def planned_rows(messages: int, now: datetime, channel: str = "email") -> pl.DataFrame:
     """`messages` planned invitations, as the weekly batch + `plan_invitation_wave` give them
     (campaign id per segment); every segment is due now (no local send time: the bench measures
     sending, not waiting for 10:00)."""
@@ -112,7 +143,7 @@ def planned_rows(messages: int, now: datetime) -> pl.DataFrame:
         }
     ).with_columns(email=pl.col("customer_id").str.to_lowercase() + "@example.invalid")
     wave = campaigns.plan_invitation_wave(
-        customers, prior=pl.DataFrame(schema=campaigns.PRIOR_SCHEMA), outstanding=0, event=EVENT, channel="email",
+        customers, prior=pl.DataFrame(schema=campaigns.PRIOR_SCHEMA), outstanding=0, event=EVENT, channel=channel,
         limit=messages, remaining_capacity=messages, send_time=None, batch_ready_at=now, now=now,
         deadline=EVENT.start_time_utc - timedelta(days=1),
     )  # fmt: skip
@@ -126,41 +157,51 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def invitation_renderer() -> Callable[[dict[str, Any]], OutboundMessage]:
-    """Render one plan row exactly as `email_invitations` does (program YAML, real templates, signed links)."""
-    from functools import partial
-
+def renderer(channel: str = "email") -> Callable[[dict[str, Any]], OutboundMessage]:
+    """Render one plan row exactly as the channel's sending asset does (program YAML, real templates,
+    signed links): the invitation email, the in-app banner, or the push reminder."""
     from eventreach_assets.domain import rendering
     from eventreach_assets.domain.templates import TemplateSet
     from eventreach_assets.program.config import default_program
 
     config = default_program()
+    shared = {"event": EVENT, "secret": os.urandom(32), "base_url": config.campaigns.link_base_url}
+    settings = config.channel(channel).config
+    if channel == "in-app":
+        render = partial(rendering.render_in_app_banner, **shared, banner_type=settings["bannerType"],
+                         placement=settings["placement"], display_days=int(settings["displayDuration"]))  # fmt: skip
+        return lambda row: render(row, campaign_id=row["campaign_id"], now=utc_now())
+    if channel == "push":
+        render = partial(rendering.render_push_reminder, **shared, title_template=settings["title"],
+                         body_template=settings["body"])  # fmt: skip
+        return lambda row: render(row, campaign_id=row["campaign_id"], send_at=utc_now())
     render = partial(
-        rendering.render_invitation_email, event=EVENT, templates=TemplateSet(), secret=os.urandom(32),
-        base_url=config.campaigns.link_base_url, sender=config.campaigns.sender,
-        organizer_email=config.campaigns.organizer,
-        include_calendar_invite=INVITE,
-        template_id=config.channel("email").config["templateId"], duration_minutes=EVENT.duration_minutes,
+        rendering.render_invitation_email, **shared, templates=TemplateSet(), sender=config.campaigns.sender,
+        organizer_email=config.campaigns.organizer, include_calendar_invite=INVITE,
+        template_id=settings["templateId"], duration_minutes=EVENT.duration_minutes,
     )  # fmt: skip
     return lambda row: render(row, campaign_id=row["campaign_id"], send_at=utc_now())
 
 
-class Phases:
-    """Wall and CPU seconds per named phase of the timed section."""
+@dataclass
+class ThreadClock:
+    """CPU seconds a wrapped function spends on the thread that calls it (render and validate run on the
+    send loop's thread; the senders' threads are not in it)."""
 
-    def __init__(self) -> None:
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
+    seconds: float = 0.0
 
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        yield
-        self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-        self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds += time.thread_time() - started
+
+        return timed
 
 
-def _ledger(scenario: str, work: Path, endpoint: str | None) -> Any:
+def make_ledger(scenario: str, work: Path, endpoint: str | None) -> Any:
     from eventreach_assets.resources.ledger import DynamoDBDeliveryLedger, SqliteDeliveryLedger
 
     if scenario.endswith("+dynamodb"):
@@ -168,204 +209,184 @@ def _ledger(scenario: str, work: Path, endpoint: str | None) -> Any:
         ledger = DynamoDBDeliveryLedger(table_name=table, region_name=REGION, endpoint_url=endpoint)
         ledger.create_table()
         return ledger
-    return SqliteDeliveryLedger(path=str(work / "candidates.sqlite"))
+    return SqliteDeliveryLedger(path=str(work / "ledger.sqlite"))
 
 
-def _channel(scenario: str, work: Path, smtp_port: int | None) -> Any:
-    from eventreach_assets.resources.channels import LocalOutboxEmail, SmtpEmail
+def make_channel(scenario: str, work: Path, wiring: Wiring) -> Any:
+    """The scenario's channel resource, pointed at its stand-in (SES identity and SNS topic created here)."""
+    from eventreach_assets.resources import aws
+    from eventreach_assets.resources.channels import LocalOutboxEmail, SesEmail, SmtpEmail, SnsPush, WebhookInApp
 
+    paced = {"concurrency": wiring.concurrency, "max_messages_per_second": wiring.rate}
     if scenario.startswith("smtp+"):
-        return SmtpEmail(host="127.0.0.1", port=smtp_port or 25, starttls=False, sender="events@eventreach.invalid",
-                         max_messages_per_second=0.0)  # fmt: skip
+        return SmtpEmail(host="127.0.0.1", port=wiring.smtp_port or 25, starttls=False, sender=SENDER, **paced)
+    if scenario.startswith("ses+"):
+        ses = aws.aws_client("ses", region_name=REGION, endpoint_url=wiring.endpoint)
+        ses.verify_domain_identity(Domain=SENDER.rpartition("@")[2])
+        return SesEmail(region_name=REGION, endpoint_url=wiring.endpoint, sender=SENDER, **paced)
+    if scenario.startswith("webhook+"):
+        return WebhookInApp(url=wiring.webhook_url or "", **paced)
+    if scenario.startswith("sns+"):
+        sns = aws.aws_client("sns", region_name=REGION, endpoint_url=wiring.endpoint)
+        topic = sns.create_topic(Name=f"bench-push-{uuid.uuid4().hex[:8]}")["TopicArn"]
+        return SnsPush(region_name=REGION, endpoint_url=wiring.endpoint, topic_arn=topic, **paced)
     return LocalOutboxEmail(outbox_dir=str(work / "outbox"))
 
 
-def send_today(scenario: str, plan: pl.DataFrame, work: Path, endpoint: str | None, smtp_port: int | None,
-               phases: Phases) -> int:  # fmt: skip
-    """What `send_campaign` does for `email_invitations`: render all, validate all, deliver; returns sent."""
-    from eventreach_assets.assets.campaigns import validated_emails
-    from eventreach_assets.domain.sending import deliver
+def send(scenario: str, plan: pl.DataFrame, work: Path, wiring: Wiring, clocks: dict[str, ThreadClock]) -> dict:
+    """What the channel's sending asset does (`stream_campaign`); returns the run's figures."""
+    from eventreach_assets.assets import campaigns
 
-    ledger, channel = _ledger(scenario, work, endpoint), _channel(scenario, work, smtp_port)
-    render = invitation_renderer()
+    channel_name = CHANNEL_OF.get(scenario, "email")
+    ledger, channel = make_ledger(scenario, work, wiring.endpoint), make_channel(scenario, work, wiring)
+    # The validation's CPU, measured where the send loop calls it (the asset module's own name for it).
+    campaigns.email_problems = clocks["validate"].wrap(campaigns.email_problems)  # type: ignore[attr-defined]
     try:
-        started = time.perf_counter(), time.process_time()
-        with phases.phase("render"):
-            rendered = [render(row) for row in plan.iter_rows(named=True)]
-        with phases.phase("validate"):
-            sendable, invalid = validated_emails(rendered, ledger, expect_calendar_invite=INVITE)
-        with phases.phase("deliver"):
-            report = deliver(sendable, ledger=ledger, send=channel.send, now=utc_now, owner=OWNER)
-        phases.wall["total"] = time.perf_counter() - started[0]
-        phases.cpu["total"] = time.process_time() - started[1]
+        run = campaigns.stream_campaign(
+            plan, clocks["render"].wrap(renderer(channel_name)), ledger=ledger, channel=channel, now=utc_now,
+            owner=OWNER, validate_email=INVITE if channel_name == "email" else None,
+        )  # fmt: skip
     finally:
         channel.close()
-    if invalid or report.sent != plan.height:
-        raise RuntimeError(f"sent {report.sent} of {plan.height} ({invalid} invalid): {report.as_metadata()}")
-    return report.sent
+    report = run.report
+    if run.tally.invalid or report.sent != plan.height:
+        raise RuntimeError(f"sent {report.sent} of {plan.height} ({run.tally.invalid} invalid): {report.as_metadata()}")
+    return {"sent": report.sent, "concurrency": report.concurrency, "peak_in_flight": report.peak_in_flight,
+            "provider_rate": run.provider_rate}  # fmt: skip
 
 
-def render_bytes(plan: pl.DataFrame, phases: Phases) -> int:
+def render_bytes(plan: pl.DataFrame) -> int:
     """The reference: each message rendered and turned into its wire bytes, nothing kept or sent."""
     from eventreach_assets.resources.channels import email_bytes
 
-    render = invitation_renderer()
-    size = 0
-    with phases.phase("total"):
-        for row in plan.iter_rows(named=True):
-            size += len(email_bytes(render(row)).data)
+    render = renderer("email")
+    size = sum(len(email_bytes(render(row)).data) for row in plan.iter_rows(named=True))
     return plan.height if size else 0
 
 
-def measure(scenario: str, messages: int, work: Path, endpoint: str | None, smtp_port: int | None) -> dict[str, Any]:
+def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[str, Any]:
     """One run of one scenario (or the reference) in this process; the figures of its timed section."""
-    plan = planned_rows(messages, PLANNED_AT)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    phases = Phases()
+    plan = planned_rows(messages, PLANNED_AT, CHANNEL_OF.get(scenario, "email"))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    clocks = {name: ThreadClock() for name in ("render", "validate")}
+    wall, cpu = time.perf_counter(), time.process_time()
     if scenario == REFERENCE:
-        sent = render_bytes(plan, phases)
+        figures: dict[str, Any] = {"sent": render_bytes(plan)}
     else:
-        sent = send_today(scenario, plan, work, endpoint, smtp_port, phases)
-    wall, cpu = phases.wall["total"], phases.cpu["total"]
+        figures = send(scenario, plan, work, wiring, clocks)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    phases = {"render": clocks["render"].seconds, "validate": clocks["validate"].seconds}
+    phases["deliver"] = max(0.0, cpu - sum(phases.values()))
     return {
+        **figures,
         "planned": plan.height,
-        "sent": sent,
         "wall_s": wall,
         "messages_per_s": plan.height / wall,
         "cpu_ms_per_message": 1000 * cpu / plan.height,
-        "phase_cpu_ms_per_message": {
-            name: 1000 * phases.cpu[name] / plan.height for name in PHASES if name in phases.cpu
+        "phase_cpu_ms_per_message": {} if scenario == REFERENCE else {
+            name: 1000 * seconds / plan.height for name, seconds in phases.items()
         },
-        "phase_wall_s": {name: phases.wall[name] for name in PHASES if name in phases.wall},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_before_mb": base_rss,
-    }
+        "rss_before_mb": rss_before,
+    }  # fmt: skip
 
 
-# ---- the stand-in providers (this process) -------------------------------------------------------
-
-
-class LatentSmtpHandler:
-    """An aiosmtpd handler that counts every message it receives and answers it after `latency_s`."""
-
-    def __init__(self, latency_s: float) -> None:
-        self.latency_s = latency_s
-        self.received = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        import asyncio
-
-        self.received += 1
-        await asyncio.sleep(self.latency_s)
-        return "250 2.0.0 Ok: queued"
-
-
-@contextmanager
-def smtp_server(latency_s: float) -> Iterator[tuple[int, LatentSmtpHandler]]:
-    """aiosmtpd on a free loopback port; yields (port, handler)."""
-    from aiosmtpd.controller import Controller
-
-    from eventreach_assets.serving.bench import free_port
-
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
-    handler = LatentSmtpHandler(latency_s)
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield controller.port, handler
-    finally:
-        controller.stop()
-
-
-@contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's ThreadedMotoServer on a free loopback port (fake credentials in this process's environment,
-    which the children inherit); yields its endpoint."""
-    from moto.server import ThreadedMotoServer
-
-    os.environ.update(FAKE_AWS_ENV)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()  # port 0: the one the OS chose
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-def reset_moto(endpoint: str) -> None:
-    """Forget every table (moto's reset API), so runs do not accumulate 50,000 items each."""
-    with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30):
-        pass
+# ---- the parent: stand-ins, runs, medians, table, JSON ---------------------------------------------
 
 
 @dataclass
 class Providers:
-    """The stand-ins one bench run needs, started once."""
+    """The stand-ins one bench run needs, started once in this process."""
 
-    endpoint: str | None = None
+    moto: Any = None
     smtp_port: int | None = None
-    smtp: LatentSmtpHandler | None = None
+    smtp: Any = None
+    webhook: Any = None
+    concurrency: int = 32
+    rate: float = 500.0
+    started: list[str] = field(default_factory=list)
 
-    def args(self) -> list[str]:
-        return [*(["--endpoint", self.endpoint] if self.endpoint else []),
-                *(["--smtp-port", str(self.smtp_port)] if self.smtp_port else [])]  # fmt: skip
+    def wiring(self) -> Wiring:
+        return Wiring(self.moto.endpoint if self.moto else None, self.smtp_port,
+                      self.webhook.url if self.webhook else None, self.concurrency, self.rate)  # fmt: skip
+
+    def received(self, scenario: str, work: Path) -> tuple[int, int] | None:
+        """(messages received, the most any one recipient got) at the scenario's provider; None: the reference."""
+        if scenario == REFERENCE:
+            return None
+        if scenario.startswith("smtp+"):
+            counts = self.smtp.recipients
+        elif scenario.startswith("ses+"):
+            counts = self.moto.ses_recipients(REGION)
+        elif scenario.startswith("webhook+"):
+            counts = self.webhook.keys
+        elif scenario.startswith("sns+"):
+            published = self.moto.sns_published(REGION)
+            return published, 1 if published else 0  # a topic publish names no single recipient
+        else:
+            files = list((work / "outbox").glob("*.eml"))  # named by idempotency key: a resend overwrites
+            return len(files), 1 if files else 0
+        return sum(counts.values()), max(counts.values(), default=0)
+
+    def reset(self) -> None:
+        """Forget what the stand-ins received and every moto table, topic and message."""
+        if self.smtp is not None:
+            self.smtp.reset()
+        if self.webhook is not None:
+            self.webhook.keys.clear()
+        if self.moto is not None:
+            request = urllib.request.Request(f"{self.moto.endpoint}/moto-api/reset", method="POST")
+            with urllib.request.urlopen(request, timeout=30):
+                pass
 
 
-def start_providers(stack: ExitStack, scenarios: tuple[str, ...], latency_s: float) -> Providers:
-    providers = Providers()
-    if any(s.endswith("+dynamodb") for s in scenarios):
-        providers.endpoint = stack.enter_context(moto_server())
+def start_providers(stack: ExitStack, settings: Settings) -> Providers:
+    from eventreach_assets import provider_standins as standins
+
+    latency = settings.latency_ms / 1000
+    providers = Providers(concurrency=settings.concurrency, rate=settings.rate)
+    scenarios = settings.scenarios
+    if any(s.startswith(("ses+", "sns+")) or s.endswith("+dynamodb") for s in scenarios):
+        os.environ.update(FAKE_AWS_ENV)  # the children inherit it
+        providers.moto = stack.enter_context(standins.moto_server(latency))
     if any(s.startswith("smtp+") for s in scenarios):
-        providers.smtp_port, providers.smtp = stack.enter_context(smtp_server(latency_s))
+        providers.smtp_port, providers.smtp = stack.enter_context(standins.smtp_server(latency))
+    if any(s.startswith("webhook+") for s in scenarios):
+        providers.webhook = stack.enter_context(standins.in_app_service(latency))
     return providers
 
 
-# ---- the parent: runs, medians, table, JSON --------------------------------------------------------
-
-
-def _child(scenario: str, messages: int, work: Path, providers: Providers) -> dict[str, Any]:
+def _child(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[str, Any]:
     command = [sys.executable, "-m", "eventreach_assets.bench_sends", "--measure", scenario, "--work", str(work),
-               "--messages", str(messages), *providers.args()]  # fmt: skip
+               "--messages", str(messages), *wiring.args()]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{scenario} run failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def received(scenario: str, work: Path, providers: Providers) -> int | None:
-    """What the provider got: `.eml` files in the outbox, messages at the SMTP server (None: reference)."""
-    if scenario == REFERENCE:
-        return None
-    if scenario.startswith("smtp+") and providers.smtp is not None:
-        return providers.smtp.received
-    return sum(1 for _ in (work / "outbox").glob("*.eml"))
-
-
 def one_run(scenario: str, messages: int, providers: Providers) -> dict[str, Any]:
-    """One child run in a fresh folder (and a fresh SMTP count / moto state); adds `received`."""
+    """One child run in a fresh folder and fresh stand-ins; adds what the provider received."""
     work = Path(tempfile.mkdtemp(prefix="eventreach-bench-sends-"))
-    if providers.smtp is not None:
-        providers.smtp.received = 0
+    providers.reset()
     try:
-        sample = _child(scenario, messages, work, providers)
-        sample["received"] = received(scenario, work, providers)
+        sample = _child(scenario, messages, work, providers.wiring())
+        sample["received"], sample["most_per_recipient"] = providers.received(scenario, work) or (None, None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if providers.endpoint and scenario.endswith("+dynamodb"):
-            reset_moto(providers.endpoint)
     return sample
 
 
-def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians over the runs (peak RSS: the highest); `exactly_once` when every run's provider got the plan."""
+def summarize(samples: list[dict[str, Any]], target: float | None) -> dict[str, Any]:
+    """Medians over the runs (peak RSS: the highest); `exactly_once` when every run's provider got the
+    plan, each recipient once; `meets_target` where a provider paces."""
     median = {
         name: statistics.median(s[name] for s in samples) for name in ("wall_s", "messages_per_s", "cpu_ms_per_message")
     }
     phases = {name: statistics.median(s["phase_cpu_ms_per_message"][name] for s in samples)
               for name in samples[0]["phase_cpu_ms_per_message"]}  # fmt: skip
     counts = [s["received"] for s in samples]
+    exactly_once = all(s["received"] == s["planned"] == s["sent"] and s["most_per_recipient"] == 1 for s in samples)
     return {
         "messages": samples[0]["planned"],
         **median,
@@ -373,94 +394,108 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "peak_rss_mb": max(s["peak_rss_mb"] for s in samples),
         "rss_before_mb": max(s["rss_before_mb"] for s in samples),
         "received": counts,
-        "exactly_once": None if counts[0] is None else all(s["received"] == s["planned"] == s["sent"] for s in samples),
+        "exactly_once": None if counts[0] is None else exactly_once,
+        "concurrency": samples[0].get("concurrency"),
+        "provider_rate": samples[0].get("provider_rate"),
+        "target_messages_per_s": target,
+        "meets_target": None if target is None else median["messages_per_s"] >= target,
         "runs": samples,
     }
 
 
 COLUMNS = (("scenario", -16), ("messages", 9), ("wall s", 8), ("msg/s", 8), ("CPU ms/msg", 11), ("peak MB", 8),
-           ("received", 9))  # fmt: skip
+           ("received", 9), ("in flight", 9), ("target", 8))  # fmt: skip
 
 
-def row(name: str, figures: dict[str, Any], settings: Settings) -> str:
+def row(name: str, figures: dict[str, Any]) -> str:
     counts = figures["received"]
     got = "-" if counts[0] is None else f"{min(counts):,}" + ("" if figures["exactly_once"] else " MISMATCH")
+    target = figures["target_messages_per_s"]
+    goal = "-" if target is None else f"{target:,.0f}" + ("" if figures["meets_target"] else " MISSED")
     phases = " ".join(f"{phase}={ms:.2f}" for phase, ms in figures["phase_cpu_ms_per_message"].items())
-    note = phases or "reference: render + wire bytes only"
-    if name in SLOW and figures["messages"] < settings.messages:
-        note += f"  (capped at --slow-messages {settings.slow_messages:,})"
+    rate = figures["provider_rate"]
+    note = (phases + (f"  rate {rate:g}/s" if rate else "")) or "reference: render + wire bytes only"
     return (
         f"{name:<16} {figures['messages']:>9,} {figures['wall_s']:>8.2f} {figures['messages_per_s']:>8,.0f} "
-        f"{figures['cpu_ms_per_message']:>11.2f} {figures['peak_rss_mb']:>8,.0f} {got:>9}  {note}"
+        f"{figures['cpu_ms_per_message']:>11.2f} {figures['peak_rss_mb']:>8,.0f} {got:>9} "
+        f"{figures['concurrency'] or '-':>9} {goal:>8}  {note}"
     )
 
 
 def run(settings: Settings) -> dict[str, Any]:
     """Every scenario and the reference, `runs` times each; prints the table and returns all figures."""
     print(
-        f"sending {settings.messages:,} invitation emails (.ics included): render, validate, reserve, send, confirm; "
-        f"medians of {settings.runs} runs, each its own process; SMTP answers after {settings.smtp_latency_ms:g} ms",
+        f"sending invitations (emails with .ics, in-app banners, push reminders): render, validate, reserve, send, "
+        f"confirm; medians of {settings.runs} runs, each its own process; providers answer after "
+        f"{settings.latency_ms:g} ms, {settings.concurrency} in flight, rate {settings.rate:g}/s; target = "
+        f"{TARGET_SHARE:.0%} of min(rate, in flight / latency)",
         flush=True,
     )
     print(" ".join(f"{n:<{-w}}" if w < 0 else f"{n:>{w}}" for n, w in COLUMNS) + "  CPU ms/msg by phase", flush=True)
     figures: dict[str, Any] = {}
     with ExitStack() as stack:
-        providers = start_providers(stack, settings.scenarios, settings.smtp_latency_ms / 1000)
+        providers = start_providers(stack, settings)
         for name in (REFERENCE, *settings.scenarios):
-            size = settings.messages if name == REFERENCE else settings.size(name)
-            figures[name] = summarize([one_run(name, size, providers) for _ in range(settings.runs)])
-            print(row(name, figures[name], settings), flush=True)
+            samples = [one_run(name, settings.size(name), providers) for _ in range(settings.runs)]
+            figures[name] = summarize(samples, settings.target(name))
+            print(row(name, figures[name]), flush=True)
     return figures
 
 
-def profile(settings: Settings, scenario: str, top: int = 25) -> str:
+def profile(settings: Settings, scenario: str, top: int = 30) -> str:
     """One run of `scenario` in this process under cProfile; the top entries by cumulative time."""
     with ExitStack() as stack:
-        providers = start_providers(stack, (scenario,), settings.smtp_latency_ms / 1000)
+        providers = start_providers(stack, replace(settings, scenarios=(scenario,)))
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eventreach-bench-sends-")))
         profiler = cProfile.Profile()
         profiler.enable()
-        measure(scenario, settings.size(scenario), work, providers.endpoint, providers.smtp_port)
+        measure(scenario, settings.size(scenario), work, providers.wiring())
         profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
     return out.getvalue()
 
 
-def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore")
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(prog="eventreach-bench-sends", description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=50_000, help="invitation emails per run (default 50000)")
-    parser.add_argument(
-        "--slow-messages", type=int, default=2_000, help=f"cap for {', '.join(sorted(SLOW))} (default 2000)"
-    )
+    parser.add_argument("--messages", type=int, default=50_000, help="messages per run (default 50000)")
+    parser.add_argument("--provider-messages", type=int, default=10_000,
+                        help=f"messages per run of {', '.join(sorted(CAPPED))} (default 10000)")  # fmt: skip
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario; medians are reported (default 3)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated of {', '.join(SCENARIOS)}")
-    parser.add_argument(
-        "--smtp-latency-ms", type=float, default=20.0, help="the SMTP server's answer delay (default 20)"
-    )
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="each provider's answer delay (default 20)")
+    parser.add_argument("--concurrency", type=int, default=32, help="provider sends in flight (default 32)")
+    parser.add_argument("--rate", type=float, default=500.0, help="the providers' configured rate, msg/s (default 500)")
     parser.add_argument("--profile", metavar="SCENARIO", help="one run of SCENARIO under cProfile instead of the table")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # a child process: one run of one scenario
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--smtp-port", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--webhook-url", help=argparse.SUPPRESS)
+    return parser.parse_args(argv), parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore")
+    args, parser = parse(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure, args.messages, args.work, args.endpoint, args.smtp_port)))
+        wiring = Wiring(args.endpoint, args.smtp_port, args.webhook_url, args.concurrency, args.rate)
+        print(json.dumps(measure(args.measure, args.messages, args.work, wiring)))
         return 0
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown or args.profile not in (None, REFERENCE, *SCENARIOS):
         parser.error(f"unknown scenario ({', '.join(unknown) or args.profile}); known: {', '.join(SCENARIOS)}")
-    settings = Settings(args.messages, args.slow_messages, args.runs, scenarios, args.smtp_latency_ms)
+    settings = Settings(args.messages, args.provider_messages, args.runs, scenarios, args.latency_ms,
+                        args.concurrency, args.rate)  # fmt: skip
     if args.profile:
         print(profile(settings, args.profile))
         return 0
     figures = run(settings)
     summary = {name: {key: value for key, value in f.items() if key != "runs"} for name, f in figures.items()}
-    print(json.dumps({"messages": settings.messages, "slow_messages": settings.slow_messages, "runs": settings.runs,
-                      "smtp_latency_ms": settings.smtp_latency_ms, "rss": "ru_maxrss of each run's process",
-                      "scenarios": summary}))  # fmt: skip
+    shared = {name: getattr(settings, name) for name in ("messages", "provider_messages", "runs", "latency_ms",
+                                                          "concurrency", "rate")}  # fmt: skip
+    print(json.dumps({**shared, "rss": "ru_maxrss of each run's process", "scenarios": summary}))
     return 0 if all(f["exactly_once"] is not False for f in figures.values()) else 1
 
 

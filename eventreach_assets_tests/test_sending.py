@@ -400,3 +400,109 @@ def test_an_unavailable_channel_stops_the_campaign_after_one_message(tmp_path):
     rows = ledger.deliveries("ev").sort("customer_id")
     assert rows.filter(pl.col("customer_id") == "c0")["status"].item() == "failed_transient"
     assert rows.filter(pl.col("status") == "sent").height == 0
+
+
+# ---- many sends in flight ------------------------------------------------------------------------
+
+
+class ConcurrentChannel:
+    """A provider that takes `latency` seconds per message from any number of threads; records the
+    most calls it had at once and how many messages had been generated when each call began."""
+
+    def __init__(self, latency: float = 0.002) -> None:
+        import threading
+
+        self.latency = latency
+        self.lock = threading.Lock()
+        self.now_in_flight = 0
+        self.most_in_flight = 0
+        self.accepted: Counter[DeliveryKey] = Counter()
+        self.kill_at: int | None = None  # the call that 'SIGKILLs' the process (the provider got it)
+        self.dying: KillableLedger | None = None
+
+    def __call__(self, message: OutboundMessage) -> str:
+        import time
+
+        with self.lock:
+            self.now_in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.now_in_flight)
+            self.accepted[message.key] += 1
+            calls = sum(self.accepted.values())
+        try:
+            time.sleep(self.latency)
+            if self.kill_at is not None and calls >= self.kill_at and self.dying is not None:
+                self.dying.dead = True
+                raise Killed
+            return f"provider-{message.key.customer_id}"
+        finally:
+            with self.lock:
+                self.now_in_flight -= 1
+
+
+class CountingLedger:
+    """Counts the ledger calls the loop makes, by method."""
+
+    def __init__(self, ledger: DeliveryLedgerResource) -> None:
+        self._ledger = ledger
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._ledger, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            self.calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_many_in_flight_each_message_once_with_attempts_and_confirmations_in_batches(ledger):
+    channel, counting = ConcurrentChannel(), CountingLedger(ledger)
+    report = run(messages(300), counting, channel, concurrency=16, chunk_size=100)
+    assert report.sent == 300 and ledger.sent_count(EVENT) == 300 and ledger.duplicates(EVENT).is_empty()
+    assert set(channel.accepted.values()) == {1} and len(channel.accepted) == 300
+    assert 1 < channel.most_in_flight <= 16 and report.peak_in_flight <= 16
+    assert counting.calls["reserve"] == 3  # one per chunk
+    # A batch per refill (a quarter of the window at least), not one round trip per message.
+    assert counting.calls["mark_attempting_many"] <= 300 // 4 + 3
+    assert counting.calls["mark_sent_many"] <= 300 // 4 + 3
+    assert "mark_attempting" not in counting.calls and "mark_sent" not in counting.calls
+    assert report.as_metadata()["messages_per_second"] > 0 and report.concurrency == 16
+
+
+def test_messages_stream_one_chunk_at_a_time(ledger):
+    generated = 0
+
+    def rendered():
+        nonlocal generated
+        for message in messages(250):
+            generated += 1
+            yield message
+
+    ahead: list[int] = []
+    channel = FakeChannel()
+    channel.on_send = lambda message: ahead.append(generated - sum(channel.accepted.values()))
+    report = run(rendered(), ledger, channel, concurrency=1, chunk_size=50)
+    assert report.sent == 250
+    assert max(ahead) <= 50  # never more than one chunk rendered and not yet sent, not all 250
+
+
+def test_a_hard_kill_with_many_in_flight_leaves_only_those_in_doubt(ledger):
+    batch = messages(120)
+    dying = KillableLedger(ledger)
+    channel = ConcurrentChannel()
+    channel.kill_at, channel.dying = 50, dying
+    with pytest.raises(Killed):
+        run(batch, dying, channel, concurrency=8, chunk_size=40, owner="run-killed")
+    before = Counter(ledger.deliveries(EVENT)["status"])
+    released, in_doubt = ledger.release_owner("run-killed", "run failed", NOW)
+    assert 1 <= in_doubt <= 8  # attempted, not confirmed: at most the window
+    assert set(before) == {"sent", "pending"} and before["pending"] == released + in_doubt
+    channel.kill_at = channel.dying = None
+    report = run(batch, ledger, channel, Clock(NOW + timedelta(minutes=5)), concurrency=8, chunk_size=40)
+    assert report.skipped == {"already_sent": before["sent"], "in_doubt": in_doubt}
+    assert report.sent == 120 - before["sent"] - in_doubt
+    assert max(channel.accepted.values()) == 1  # the provider never got anyone twice
+    assert len(channel.accepted) >= 120 - in_doubt and ledger.duplicates(EVENT).is_empty()

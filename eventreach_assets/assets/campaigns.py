@@ -10,8 +10,8 @@ A run that sends nothing (sold out, nobody registered, everyone already invited,
 segment's local time still ahead, the event cancelled) succeeds and says why in `reason`.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -40,7 +40,12 @@ from eventreach_assets.ingestion import promote_from_waitlist
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.campaign_services import CampaignServices
-from eventreach_assets.resources.channels import EmailChannelResource, InAppChannelResource, PushChannelResource
+from eventreach_assets.resources.channels import (
+    ChannelResource,
+    EmailChannelResource,
+    InAppChannelResource,
+    PushChannelResource,
+)
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource
@@ -89,16 +94,49 @@ def nothing_sent(reason: str, **extra: Any) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={REASON: reason, "planned": 0, "sent": 0, "dagster/row_count": 0, **extra})
 
 
+@dataclass
+class RenderTally:
+    """What the events team reads of the rendered messages, counted as they stream past (none is kept:
+    a campaign of 50,000 holds one chunk of rendered messages at a time)."""
+
+    sample: OutboundMessage | None = None
+    fell_back: int = 0  # emails whose template had no translation in the customer's language
+    languages: set[str] = field(default_factory=set)
+    invalid: int = 0  # emails that failed validation: recorded in the ledger, not sent
+
+    def count(self, messages: Iterable[OutboundMessage]) -> Iterator[OutboundMessage]:
+        for message in messages:
+            if self.sample is None:
+                self.sample = message
+            self.fell_back += bool(message.payload.get("fell_back"))
+            if "language" in message.payload:
+                self.languages.add(str(message.payload["language"]))
+            yield message
+
+    def valid_emails(
+        self, messages: Iterable[OutboundMessage], ledger: DeliveryLedgerResource, expect_calendar_invite: bool
+    ) -> Iterator[OutboundMessage]:
+        """The emails fit to send; the rest are recorded in the ledger as permanent failures with the reason."""
+        for message in messages:
+            problems = email_problems(message, expect_calendar_invite=expect_calendar_invite)
+            if not problems:
+                yield message
+                continue
+            ledger.mark_failed(message.key, f"invalid_message: {'; '.join(problems)}", permanent=True,
+                               campaign_id=message.campaign_id)  # fmt: skip
+            self.invalid += 1
+
+
 @dataclass(frozen=True)
 class CampaignRun:
     plan: pl.DataFrame
-    rendered: list[OutboundMessage]
-    invalid: int  # emails that failed validation: recorded in the ledger, not sent
+    tally: RenderTally
     report: DeliveryReport
+    provider_rate: float | None  # messages/s the channel paced to; None: unlimited
 
     def metadata(self, watch: Stopwatch, **extra: Any) -> dict[str, Any]:
-        """What the events team reads: planned, sent, skipped (and why), failed, a sample."""
-        report = self.report
+        """What the events team reads: planned, sent, skipped (and why), failed, how fast, a sample."""
+        report, sample = self.report, self.tally.sample
         metadata: dict[str, Any] = {
             "planned": self.plan.height,
             "sent": report.sent,
@@ -106,15 +144,44 @@ class CampaignRun:
             "skipped_by_reason": table(report.skipped_frame()),
             "failed_transient": report.failed_transient,
             "failed_permanent": report.failed_permanent,
-            "invalid_messages_not_sent": self.invalid,
+            "invalid_messages_not_sent": self.tally.invalid,
             "dagster/row_count": report.sent,
+            "messages_per_second": dg.MetadataValue.float(round(report.messages_per_second, 1)),
+            "sending_s": dg.MetadataValue.float(round(report.sending_s, 3)),
+            "concurrency": report.concurrency,
+            "peak_in_flight": report.peak_in_flight,
+            "provider_rate_per_second": (
+                dg.MetadataValue.float(self.provider_rate) if self.provider_rate else dg.MetadataValue.text("unlimited")
+            ),
             **extra,
             **watch.metadata(report.sent),
         }
-        if self.rendered:
-            metadata["sample_subject"] = self.rendered[0].subject
-            metadata["sample_campaign"] = self.rendered[0].campaign_id
+        if sample is not None:
+            metadata["sample_subject"] = sample.subject
+            metadata["sample_campaign"] = sample.campaign_id
         return metadata
+
+
+def stream_campaign(
+    plan: pl.DataFrame,
+    render: Callable[[dict[str, Any]], OutboundMessage],
+    *,
+    ledger: DeliveryLedgerResource,
+    channel: ChannelResource,
+    now: Callable[[], datetime],
+    owner: str | None,
+    validate_email: bool | None = None,
+) -> CampaignRun:
+    """Render each planned row as the send loop asks for it, validate emails (`validate_email`: whether an
+    .ics is required), deliver through `channel` at its concurrency and rate. No Dagster: the benchmark
+    runs exactly this."""
+    tally = RenderTally()
+    messages = tally.count(render(row) for row in plan.iter_rows(named=True))
+    if validate_email is not None:
+        messages = tally.valid_emails(messages, ledger, validate_email)
+    report = deliver(messages, ledger=ledger, send=channel.send, now=now, owner=owner,
+                     concurrency=channel.concurrency)  # fmt: skip
+    return CampaignRun(plan, tally, report, channel.provider_rate())
 
 
 def send_campaign(
@@ -122,17 +189,14 @@ def send_campaign(
     render: Callable[[dict[str, Any]], OutboundMessage],
     *,
     ledger: DeliveryLedgerResource,
-    send: Callable[[OutboundMessage], str],
+    channel: ChannelResource,
     clock: ClockResource,
     validate_email: bool | None = None,
 ) -> CampaignRun:
-    """Render every planned row, validate emails (`validate_email`: whether an .ics is required), deliver."""
-    rendered = [render(row) for row in plan.iter_rows(named=True)]
-    sendable, invalid = (
-        validated_emails(rendered, ledger, validate_email) if validate_email is not None else (rendered, 0)
-    )
-    owner = dg.OpExecutionContext.get().run_id  # the run owns its reservations (see open_campaign)
-    return CampaignRun(plan, rendered, invalid, deliver(sendable, ledger=ledger, send=send, now=clock.now, owner=owner))
+    """`stream_campaign` with the run owning its reservations (see open_campaign)."""
+    owner = dg.OpExecutionContext.get().run_id
+    return stream_campaign(plan, render, ledger=ledger, channel=channel, now=clock.now, owner=owner,
+                           validate_email=validate_email)  # fmt: skip
 
 
 PREVIEW_RECIPIENT = {"customer_id": "preview", "email": "preview@eventreach.invalid"}
@@ -151,23 +215,6 @@ def preview_message(
     row = {**first, **PREVIEW_RECIPIENT, "campaign_id": f"{event_id}:preview"}
     message = render(row, campaign_id=row["campaign_id"], send_at=now)
     return decision_log.write_file("samples", event_id, f"{asset_name}.eml", to_email_message(message).as_bytes())
-
-
-def validated_emails(
-    rendered: list[OutboundMessage], ledger: DeliveryLedgerResource, expect_calendar_invite: bool
-) -> tuple[list[OutboundMessage], int]:
-    """Emails fit to send; the rest are recorded in the ledger as permanent failures with the reason."""
-    sendable: list[OutboundMessage] = []
-    invalid = 0
-    for message in rendered:
-        problems = email_problems(message, expect_calendar_invite=expect_calendar_invite)
-        if problems:
-            ledger.mark_failed(message.key, f"invalid_message: {'; '.join(problems)}", permanent=True,
-                               campaign_id=message.campaign_id)  # fmt: skip
-            invalid += 1
-        else:
-            sendable.append(message)
-    return sendable, invalid
 
 
 def hold_out(
@@ -286,15 +333,15 @@ def email_invitations(
         # `Date` is the real send time: the wave runs at its segment's local send time.
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
-            ledger=services.ledger, send=email_channel.send, clock=clock, validate_email=kind.calendar_invite,
+            ledger=services.ledger, channel=email_channel, clock=clock, validate_email=kind.calendar_invite,
         )  # fmt: skip
     return dg.MaterializeResult(
         metadata=run.metadata(
             watch,
             **wave_metadata(wave, remaining, now),
             held_out=held_out,
-            fell_back_to_english=sum(1 for message in run.rendered if message.payload.get("fell_back")),
-            languages=", ".join(sorted({str(message.payload.get("language")) for message in run.rendered})),
+            fell_back_to_english=run.tally.fell_back,
+            languages=", ".join(sorted(run.tally.languages)),
             sample_message=dg.MetadataValue.path(
                 preview_message(plan, render, services.decision_log, event.event_id, kind.asset, now)
             ),
@@ -326,7 +373,7 @@ def in_app_invitations(
         plan, held_out = hold_out(wave.due, config, event, kind, services.ledger, now)
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"]),
-            ledger=services.ledger, send=in_app_channel.send, clock=clock,
+            ledger=services.ledger, channel=in_app_channel, clock=clock,
         )  # fmt: skip
     return dg.MaterializeResult(metadata=run.metadata(watch, **wave_metadata(wave, remaining, now), held_out=held_out))
 
@@ -375,7 +422,7 @@ def push_reminders(
         plan, registered, too_late = reminder_plan(services, config, event, kind, now)
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"]),
-            ledger=services.ledger, send=push_channel.send, clock=clock,
+            ledger=services.ledger, channel=push_channel, clock=clock,
         )  # fmt: skip
     extra = {REASON: NO_REGISTRANTS} if registered == 0 else {}
     return dg.MaterializeResult(metadata=run.metadata(watch, not_sent_event_started=too_late, **extra))
@@ -403,7 +450,7 @@ def day_of_reminders(
         due, deferred = campaigns.split_due(plan, now)
         run = send_campaign(
             due, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
-            ledger=services.ledger, send=email_channel.send, clock=clock, validate_email=kind.calendar_invite,
+            ledger=services.ledger, channel=email_channel, clock=clock, validate_email=kind.calendar_invite,
         )  # fmt: skip
     next_due = deferred["send_at_utc"].min() if deferred.height else None
     extra = {REASON: NO_REGISTRANTS} if registered == 0 else {}
@@ -445,7 +492,7 @@ def post_event_surveys(
         )  # fmt: skip
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
-            ledger=services.ledger, send=email_channel.send, clock=clock, validate_email=kind.calendar_invite,
+            ledger=services.ledger, channel=email_channel, clock=clock, validate_email=kind.calendar_invite,
         )  # fmt: skip
     extra = {REASON: NO_ATTENDEES} if attendees.height == 0 else {}
     return dg.MaterializeResult(metadata=run.metadata(watch, attendees=attendees.height, **extra))
@@ -516,7 +563,7 @@ def event_update_emails(
     with stopwatch() as watch:
         plan = change_notice_plan(services, event, kind, occurrence_of(event.start_time_utc), now)
         run = send_campaign(
-            plan, notice_email(render, clock), ledger=services.ledger, send=email_channel.send, clock=clock,
+            plan, notice_email(render, clock), ledger=services.ledger, channel=email_channel, clock=clock,
             validate_email=kind.calendar_invite,
         )  # fmt: skip
     extra = {REASON: NO_RECIPIENTS} if plan.height == 0 else {}
@@ -541,7 +588,7 @@ def cancellation_emails(
     with stopwatch() as watch:
         plan = change_notice_plan(services, event, kind, "", now)
         run = send_campaign(
-            plan, notice_email(render, clock), ledger=services.ledger, send=email_channel.send, clock=clock,
+            plan, notice_email(render, clock), ledger=services.ledger, channel=email_channel, clock=clock,
             validate_email=kind.calendar_invite,
         )  # fmt: skip
     extra = {REASON: NO_RECIPIENTS} if plan.height == 0 else {}
@@ -569,7 +616,7 @@ def cancellation_pushes(
         plan = change_notice_plan(services, event, kind, "", now)
         run = send_campaign(
             plan, lambda row: render(row, campaign_id=row["campaign_id"], send_at=clock.now()),
-            ledger=services.ledger, send=push_channel.send, clock=clock,
+            ledger=services.ledger, channel=push_channel, clock=clock,
         )  # fmt: skip
     extra = {REASON: NO_REGISTRANTS} if plan.height == 0 else {}
     return dg.MaterializeResult(metadata=run.metadata(watch, **extra))
@@ -606,7 +653,7 @@ def waitlist_confirmations(
             event=event, channel=kind.channel, kind=kind.kind, now=now,
         )  # fmt: skip
         run = send_campaign(
-            plan, notice_email(render, clock), ledger=services.ledger, send=email_channel.send, clock=clock,
+            plan, notice_email(render, clock), ledger=services.ledger, channel=email_channel, clock=clock,
             validate_email=kind.calendar_invite,
         )  # fmt: skip
     extra = {REASON: NO_SEATS_OR_WAITLIST} if promoted.height == 0 else {}

@@ -9,27 +9,36 @@ next run, and the error propagates so the run fails. A `BaseException` that is n
 `Exception` (KeyboardInterrupt, Dagster's run termination) may arrive mid-call, when we cannot
 know whether the provider got the message: that one becomes `in_doubt` (never resent).
 
-Messages are reserved and checked against opt-outs a chunk (`chunk_size`) at a time, right before
-the chunk is sent: an unsubscribe that lands while a long campaign is sending takes effect from
-the next chunk.
+Messages stream: `messages` may be a generator that renders each one as it is asked for, so a
+campaign of 50,000 holds one chunk (`chunk_size`) of rendered messages at a time, never all.
+Each chunk is reserved and checked against opt-outs right before its messages are handed to the
+senders: an unsubscribe that lands while a long campaign is sending takes effect from the next
+chunk. Up to `concurrency` messages are in the provider's hands at once (worker threads; the
+channel's own limit and rate decide the number), so a provider round trip of 20 ms costs 20 ms per
+`concurrency` messages, not per message.
 
 A hard kill (SIGKILL, OOM, node loss) gives no chance to clean up. Reservations therefore record
-their `owner` (the Dagster run id) and each message is marked attempted (`mark_attempting`, one
-conditional write) right before its provider call: afterwards only that one message can be
-`in_doubt`. The reserved-but-never-attempted rows go back to the next run, by the run-failure
-sensor (`release_owner` of the dead run) or, failing that, by the next reservation once the lease
-expired. `mark_attempting` succeeds only while this reservation still holds the row, so a run
-presumed dead that wakes up never sends a row given to someone else.
+their `owner` (the Dagster run id) and every message is marked attempted (`mark_attempting_many`,
+conditional writes, one batch per refill of the in-flight window) right before its provider call,
+and confirmed (`mark_sent_many`, one batch) as soon as its answer is in, before the window is
+refilled: at any moment at most `concurrency` messages are attempted and unconfirmed, so a kill
+leaves at most that many `in_doubt`. The reserved-but-never-attempted rows go back to the next
+run, by the run-failure sensor (`release_owner` of the dead run) or, failing that, by the next
+reservation once the lease expired. An attempt mark succeeds only while this reservation still
+holds the row, so a run presumed dead that wakes up never sends a row given to someone else.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any, Protocol
 
 import polars as pl
@@ -41,10 +50,12 @@ from eventreach_assets.domain.delivery import (
     MessageKind,
     OutboundMessage,
     PermanentSendError,
+    SentConfirmation,
     TransientSendError,
 )
 
 DEFAULT_LEASE = timedelta(hours=1)  # how long a pending reservation is presumed alive; > one chunk's sending
+DEFAULT_CHUNK = 500  # messages reserved (and rendered) at a time
 
 # Why a reserved-elsewhere key is skipped, by the ledger status that blocked it.
 SKIP_REASONS: dict[str, str] = {
@@ -71,9 +82,7 @@ class Ledger(Protocol):
         stale_after: timedelta = ...,
         owner: str | None = ...,
     ) -> pl.DataFrame: ...
-    def mark_sent(
-        self, key: DeliveryKey, provider_message_id: str, now: datetime | None = ..., campaign_id: str | None = ...
-    ) -> None: ...
+    def mark_sent_many(self, confirmations: Sequence[SentConfirmation], now: datetime | None = ...) -> None: ...
     def mark_failed(
         self, key: DeliveryKey, reason: str, permanent: bool, now: datetime | None = ..., campaign_id: str | None = ...
     ) -> bool: ...
@@ -84,7 +93,9 @@ class Ledger(Protocol):
     def release(self, keys: Sequence[DeliveryKey], reason: str, now: datetime | None = ...) -> int: ...
     def opted_out(self, customer_ids: pl.Series, channel: str) -> set[str]: ...
     def suppressed_addresses(self, addresses: pl.Series) -> set[str]: ...
-    def mark_attempting(self, key: DeliveryKey, reserved_at: datetime, now: datetime | None = ...) -> bool: ...
+    def mark_attempting_many(
+        self, keys: Sequence[DeliveryKey], reserved_at: datetime, now: datetime | None = ...
+    ) -> set[DeliveryKey]: ...
     def release_owner(self, owner: str, reason: str, now: datetime | None = ...) -> tuple[int, int]: ...
 
 
@@ -103,13 +114,25 @@ class DeliveryReport:
     released: int = 0  # reserved but not attempted because the run aborted
     taken_over: int = 0  # unattempted reservations of `dead_owners` given back before reserving
     per_campaign: dict[str, Counter[str]] = field(default_factory=dict)  # campaign -> outcome -> count
+    concurrency: int = 1  # sends allowed in flight at once
+    peak_in_flight: int = 0  # the most that were
+    sending_s: float = 0.0  # wall seconds from the first reservation to the last confirmation
 
     def _count(self, campaign_id: str, outcome: str) -> None:
         self.per_campaign.setdefault(campaign_id, Counter())[outcome] += 1
 
+    def _skip(self, campaign_id: str, reason: str) -> None:
+        self.skipped[reason] += 1
+        self._count(campaign_id, f"skipped:{reason}")
+
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
+
+    @property
+    def messages_per_second(self) -> float:
+        """Sent over the sending time (0 when nothing was sent)."""
+        return self.sent / self.sending_s if self.sent and self.sending_s > 0 else 0.0
 
     def skipped_frame(self) -> pl.DataFrame:
         """Skips by reason (reason, count), most frequent first: a table for asset metadata."""
@@ -131,6 +154,10 @@ class DeliveryReport:
             "released": self.released,
             "taken_over": self.taken_over,
             "per_campaign": {name: dict(sorted(c.items())) for name, c in sorted(self.per_campaign.items())},
+            "concurrency": self.concurrency,
+            "peak_in_flight": self.peak_in_flight,
+            "sending_s": round(self.sending_s, 3),
+            "messages_per_second": round(self.messages_per_second, 1),
         }
 
 
@@ -145,15 +172,16 @@ def _reason(error: BaseException) -> str:
 
 
 def deliver(
-    messages: Sequence[OutboundMessage],
+    messages: Iterable[OutboundMessage],
     *,
     ledger: Ledger,
     send: Callable[[OutboundMessage], str],
     now: Callable[[], datetime],
+    concurrency: int = 1,
     max_transient_retries: int = 3,
     backoff: Callable[[int], float] | None = None,
     sleep: Callable[[float], None] = time.sleep,
-    chunk_size: int = 100,
+    chunk_size: int = DEFAULT_CHUNK,
     lease: timedelta = DEFAULT_LEASE,
     owner: str | None = None,
     dead_owners: Sequence[str | None] = (),
@@ -162,82 +190,244 @@ def deliver(
 
     Safe to call again with the same messages (a re-materialization or a retried run): keys
     already sent, refused for good, suppressed, held out or in doubt are skipped and counted.
-    Messages go in the caller's order (e.g. score descending), `chunk_size` at a time: each
-    chunk is reserved, then checked against opt-outs, then sent. A hard kill (OOM, SIGKILL: no
-    chance to release) leaves at most one chunk `pending`, of which only the message being sent
-    was attempted (it becomes `in_doubt`); `lease` must exceed the time one chunk takes to send,
-    retries included. `owner` (the Dagster
-    run id; None outside Dagster) lets the run-failure sensor give a dead run's reservations back.
-    `dead_owners` (e.g. the failed run this run retries) are finished: their unattempted
-    reservations are given back first, so a retry need not wait for the sensor or the lease.
+    Messages are handed to the senders in the caller's order (e.g. score descending), reserved
+    `chunk_size` at a time, at most `concurrency` in flight. A hard kill (OOM, SIGKILL: no chance
+    to release) leaves at most one chunk (plus the next, reserved ahead) `pending`, of which only
+    the in-flight messages were attempted (they become `in_doubt`); `lease` must exceed the time
+    one chunk takes to send, retries included. `owner` (the Dagster run id; None outside Dagster)
+    lets the run-failure sensor give a dead run's reservations back. `dead_owners` (e.g. the failed
+    run this run retries) are finished: their unattempted reservations are given back first, so a
+    retry need not wait for the sensor or the lease.
     """
-    if max_transient_retries < 0 or chunk_size <= 0:
-        raise ValueError("max_transient_retries must be >= 0 and chunk_size > 0")
-    loop = _SendLoop(ledger, send, now, max_transient_retries, backoff or exponential_backoff, sleep, DeliveryReport())
-    ordered = _unique(messages, loop.report)
+    if max_transient_retries < 0 or chunk_size <= 0 or concurrency <= 0:
+        raise ValueError("max_transient_retries must be >= 0, chunk_size and concurrency > 0")
+    report = DeliveryReport(concurrency=concurrency)
+    retrying = _Retrying(send, max_transient_retries, backoff or exponential_backoff, sleep)
     for dead in dict.fromkeys(o for o in dead_owners if o is not None and o != owner):
         released, in_doubt = ledger.release_owner(dead, f"run {dead} ended before confirming", now())
-        loop.report.taken_over += released
-        loop.report.became_in_doubt += in_doubt
-    for start in range(0, len(ordered), chunk_size):
-        _send_chunk(ordered[start : start + chunk_size], loop, lease, owner)
-    return loop.report
+        report.taken_over += released
+        report.became_in_doubt += in_doubt
+    started = time.perf_counter()
+    senders = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+    try:
+        _Pipeline(ledger, now, report, retrying, senders, _unique(messages, report), chunk_size, lease, owner).run()
+    finally:
+        senders.shutdown(wait=False, cancel_futures=True)  # an interrupt does not wait for the provider
+        report.sending_s = time.perf_counter() - started
+    return report
+
+
+def _unique(messages: Iterable[OutboundMessage], report: DeliveryReport) -> Iterator[OutboundMessage]:
+    """The messages in order, each key once; repeats are counted as DUPLICATE_IN_BATCH skips."""
+    seen: set[DeliveryKey] = set()
+    for message in messages:
+        if message.key in seen:
+            report._skip(message.campaign_id, DUPLICATE_IN_BATCH)
+            continue
+        seen.add(message.key)
+        report.attempted += 1
+        yield message
+
+
+# ---- one message in a sender thread ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _SendLoop:
-    """What every message of one `deliver` call is sent with, and the report it adds to."""
+class _Outcome:
+    """What a sender thread got for one message: a provider id, or the error that ended its tries."""
 
-    ledger: Ledger
+    message: OutboundMessage
+    provider_id: str | None = None
+    error: BaseException | None = None
+    retries: int = 0
+
+
+@dataclass(frozen=True)
+class _Retrying:
+    """`send` with `max_transient_retries` retries of a TransientSendError, `wait(attempt)` apart."""
+
     send: Callable[[OutboundMessage], str]
-    now: Callable[[], datetime]
     max_transient_retries: int
     wait: Callable[[int], float]
     sleep: Callable[[float], None]
-    report: DeliveryReport
+
+    def __call__(self, message: OutboundMessage) -> _Outcome:
+        attempt = 0
+        while True:
+            try:
+                return _Outcome(message, provider_id=self.send(message), retries=attempt)
+            except ChannelUnavailableError as error:  # every further message would fail the same way
+                return _Outcome(message, error=error, retries=attempt)
+            except TransientSendError as error:
+                if attempt >= self.max_transient_retries:
+                    return _Outcome(message, error=error, retries=attempt)
+                attempt += 1
+                self.sleep(self.wait(attempt))
+            except BaseException as error:  # permanent refusals, and what must stop the run
+                return _Outcome(message, error=error, retries=attempt)
 
 
-def _unique(messages: Sequence[OutboundMessage], report: DeliveryReport) -> list[OutboundMessage]:
-    """The messages in order, each key once; repeats are counted as DUPLICATE_IN_BATCH skips."""
-    unique: dict[DeliveryKey, OutboundMessage] = {}
-    for message in messages:
-        if message.key in unique:
-            report.skipped[DUPLICATE_IN_BATCH] += 1
-            report._count(message.campaign_id, f"skipped:{DUPLICATE_IN_BATCH}")
-        else:
-            unique[message.key] = message
-    report.attempted = len(unique)
-    return list(unique.values())
+# ---- the pipeline: chunks reserved ahead, a window of sends in flight, confirmations in batches ----
 
 
-def _send_chunk(chunk: list[OutboundMessage], loop: _SendLoop, lease: timedelta, owner: str | None) -> None:
-    """Reserve the chunk, check it against opt-outs, send what this run was granted; on any abort
-    give back the reservations not yet attempted and re-raise."""
-    ledger, report, now = loop.ledger, loop.report, loop.now
-    reserved_at = now()
-    granted = _reserve(chunk, ledger, reserved_at, lease, report, owner)
-    position = 0
-    try:
-        opted = _opted_out(granted, ledger)
+class _Abort(Exception):
+    """Carries the error that must stop the campaign out of the confirmation step."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Pipeline:
+    """One `deliver` call's state: the granted queue, the in-flight window, the report."""
+
+    def __init__(
+        self, ledger: Ledger, now: Callable[[], datetime], report: DeliveryReport, retrying: _Retrying,
+        senders: ThreadPoolExecutor, source: Iterator[OutboundMessage], chunk_size: int, lease: timedelta,
+        owner: str | None,
+    ) -> None:  # fmt: skip
+        self.ledger, self.now, self.report, self.retrying, self.senders = ledger, now, report, retrying, senders
+        self.source, self.chunk_size, self.lease, self.owner = source, chunk_size, lease, owner
+        self.concurrency = report.concurrency
+        self.refill_at = max(1, self.concurrency // 4)  # free slots that make a refill worth a ledger batch
+        self.queue: deque[tuple[OutboundMessage, datetime]] = deque()  # granted, not attempted, with reserved_at
+        self.in_flight: dict[Future[_Outcome], OutboundMessage] = {}
+        self.exhausted = False
+
+    def run(self) -> None:
+        try:
+            while True:
+                self._top_up()
+                if not self.queue and not self.in_flight:
+                    return
+                self._launch()
+                self._collect()
+        except _Abort as abort:  # a send's error that stops the campaign (already recorded)
+            self._abort(abort.error)
+            raise abort.error from None
+        except BaseException as error:
+            self._abort(error)
+            raise
+
+    def _top_up(self) -> None:
+        """Reserve the next chunk while the senders still have work: they never wait for a chunk."""
+        while not self.exhausted and len(self.queue) < self.concurrency:
+            chunk = list(islice(self.source, self.chunk_size))
+            if not chunk:
+                self.exhausted = True
+                return
+            reserved_at = self.now()
+            granted = _reserve(chunk, self.ledger, reserved_at, self.lease, self.report, self.owner)
+            self.queue.extend((message, reserved_at) for message in self._not_opted_out(granted))
+
+    def _not_opted_out(self, granted: list[OutboundMessage]) -> list[OutboundMessage]:
+        """The granted messages whose recipient may be sent to now; the others are marked suppressed."""
+        opted = _opted_out(granted, self.ledger)
         for message in granted:
-            position += 1
             if (message.key.channel, message.key.customer_id) in opted:
-                ledger.mark_suppressed(message.key, "opted out", now(), message.campaign_id)
-                report.skipped[OPTED_OUT] += 1
-                report._count(message.campaign_id, f"skipped:{OPTED_OUT}")
-                continue
-            if not ledger.mark_attempting(message.key, reserved_at, now()):
-                report.skipped[RESERVATION_LOST] += 1
-                report._count(message.campaign_id, f"skipped:{RESERVATION_LOST}")
-                continue
-            _send_one(message, loop)
-    except BaseException as error:
-        # Give back this chunk's untouched reservations so a retry sends them; later chunks
-        # were never reserved. If this fails too, they turn in_doubt after the lease: safe.
-        rest = [m.key for m in granted[position:]]
+                self.ledger.mark_suppressed(message.key, "opted out", self.now(), message.campaign_id)
+                self.report._skip(message.campaign_id, OPTED_OUT)
+        return [m for m in granted if (m.key.channel, m.key.customer_id) not in opted]
+
+    def _launch(self) -> None:
+        """Fill the free slots: mark the next messages attempted (one batch per reservation), hand them out."""
+        free = self.concurrency - len(self.in_flight)
+        if not self.queue or (free < self.refill_at and self.in_flight):
+            return
+        window = [self.queue.popleft() for _ in range(min(free, len(self.queue)))]
+        for reserved_at in dict.fromkeys(at for _, at in window):
+            batch = [message for message, at in window if at == reserved_at]
+            attempted = self.ledger.mark_attempting_many([m.key for m in batch], reserved_at, self.now())
+            for message in batch:
+                if message.key in attempted:
+                    self.in_flight[self.senders.submit(self.retrying, message)] = message
+                else:
+                    self.report._skip(message.campaign_id, RESERVATION_LOST)
+        self.report.peak_in_flight = max(self.report.peak_in_flight, len(self.in_flight))
+
+    def _collect(self) -> None:
+        """Wait until a refill's worth of answers is in (or nothing is in flight), confirm them in one batch."""
+        outcomes: list[_Outcome] = []
+        while self.in_flight and len(outcomes) < self.refill_at:
+            done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcomes.append(future.result())
+                del self.in_flight[future]
+        if outcomes:
+            self._confirm(outcomes)
+
+    def _confirm(self, outcomes: list[_Outcome]) -> None:
+        """Record each answer: the sent ones in one ledger batch, failures one by one (they are few)."""
+        report, stop = self.report, None
+        sent = [o for o in outcomes if o.error is None]
+        if sent:
+            self.ledger.mark_sent_many(
+                [SentConfirmation(o.message.key, str(o.provider_id), o.message.campaign_id) for o in sent], self.now()
+            )
+        for outcome in outcomes:
+            report.transient_retries += outcome.retries
+            if outcome.error is None:
+                report.sent += 1
+                report._count(outcome.message.campaign_id, "sent")
+            else:
+                stop = self._record_failure(outcome.message, outcome.error) or stop
+        if stop is not None:
+            raise _Abort(stop)
+
+    def _record_failure(self, message: OutboundMessage, error: BaseException) -> BaseException | None:
+        """Record a failed send; returns the error when it must stop the campaign."""
+        key, campaign, at = message.key, message.campaign_id, self.now()
+        if not isinstance(error, Exception):  # interrupted mid-call: the provider may have it. Never resend.
+            self.ledger.mark_in_doubt(key, f"interrupted during the provider call: {_reason(error)}", at)
+            return error
+        if isinstance(error, PermanentSendError):
+            self._failed(message, _reason(error), permanent=True)
+            return None
+        if isinstance(error, ChannelUnavailableError):  # every further message would fail the same way
+            self._failed(message, f"channel unavailable: {_reason(error)}", permanent=False)
+            return error
+        if isinstance(error, TransientSendError):  # retries spent: the next run tries again
+            self._failed(message, _reason(error), permanent=False)
+            return None
+        # The channel raised before returning an id: not delivered, so a retry sends it; the run stops.
+        self.ledger.mark_failed(key, f"run aborted: {_reason(error)}", permanent=False, now=at, campaign_id=campaign)
+        self.report.failed_transient += 1
+        self.report._count(campaign, "failed_transient")
+        return error
+
+    def _failed(self, message: OutboundMessage, reason: str, permanent: bool) -> None:
+        self.ledger.mark_failed(message.key, reason, permanent=permanent, now=self.now(),
+                                campaign_id=message.campaign_id)  # fmt: skip
+        outcome = "failed_permanent" if permanent else "failed_transient"
+        setattr(self.report, outcome, getattr(self.report, outcome) + 1)
+        self.report.failure_reasons[reason] += 1
+        self.report._count(message.campaign_id, outcome)
+
+    def _abort(self, error: BaseException) -> None:
+        """Stop: settle what is in flight, give back the reservations never attempted, so a retry sends them.
+
+        An Exception waits for the in-flight answers and records them; an interrupt does not wait:
+        what is still in the provider's hands becomes `in_doubt` (a send that had not started is
+        given back). If the ledger fails here too, the rows turn in_doubt (attempted) or go back
+        (not attempted) after the lease: safe either way.
+        """
+        if self.in_flight and isinstance(error, Exception):
+            outcomes = [future.result() for future in wait(self.in_flight).done]
+            self.in_flight.clear()
+            with suppress(_Abort):
+                self._confirm(outcomes)
+        rest = [message.key for message, _ in self.queue]
+        for future, message in self.in_flight.items():
+            if future.cancel():
+                rest.append(message.key)
+            else:
+                reason = f"run interrupted during the provider call: {_reason(error)}"
+                self.ledger.mark_in_doubt(message.key, reason, self.now())
+        self.in_flight.clear()
+        self.queue.clear()
         if rest:
-            report.released = ledger.release(rest, f"not attempted: run aborted ({_reason(error)})", now())
-        raise
+            reason = f"not attempted: run aborted ({_reason(error)})"
+            self.report.released += self.ledger.release(rest, reason, self.now())
 
 
 def _reserve(
@@ -271,9 +461,7 @@ def _reserve(
             continue
         if row["status"] == DeliveryStatus.IN_DOUBT and row["previous_status"] == DeliveryStatus.PENDING:
             report.became_in_doubt += 1
-        reason = SKIP_REASONS.get(row["status"], row["status"])
-        report.skipped[reason] += 1
-        report._count(by_key[key].campaign_id, f"skipped:{reason}")
+        report._skip(by_key[key].campaign_id, SKIP_REASONS.get(row["status"], row["status"]))
     return [m for m in chunk if m.key in granted]
 
 
@@ -293,52 +481,3 @@ def _opted_out(chunk: list[OutboundMessage], ledger: Ledger) -> set[tuple[str, s
         suppressed = ledger.suppressed_addresses(pl.Series([m.recipient for m in emails], dtype=pl.String))
         opted |= {(m.key.channel, m.key.customer_id) for m in emails if m.recipient in suppressed}
     return opted
-
-
-def _send_one(message: OutboundMessage, loop: _SendLoop) -> None:
-    """One message: send with retries, then confirm its outcome in the ledger."""
-    key, campaign = message.key, message.campaign_id
-    ledger, now, report = loop.ledger, loop.now, loop.report
-    attempt = 0
-    while True:
-        try:
-            provider_id = loop.send(message)
-        except ChannelUnavailableError as error:
-            # Every further message would fail the same way: record this one, stop the campaign.
-            reason = f"channel unavailable: {_reason(error)}"
-            ledger.mark_failed(key, reason, permanent=False, now=now(), campaign_id=campaign)
-            report.failed_transient += 1
-            report.failure_reasons[reason] += 1
-            report._count(campaign, "failed_transient")
-            raise
-        except TransientSendError as error:
-            if attempt < loop.max_transient_retries:
-                attempt += 1
-                report.transient_retries += 1
-                loop.sleep(loop.wait(attempt))
-                continue
-            ledger.mark_failed(key, _reason(error), permanent=False, now=now(), campaign_id=campaign)
-            report.failed_transient += 1
-            report.failure_reasons[_reason(error)] += 1
-            report._count(campaign, "failed_transient")
-            return
-        except PermanentSendError as error:
-            ledger.mark_failed(key, _reason(error), permanent=True, now=now(), campaign_id=campaign)
-            report.failed_permanent += 1
-            report.failure_reasons[_reason(error)] += 1
-            report._count(campaign, "failed_permanent")
-            return
-        except Exception as error:
-            # The channel raised before returning an id: treat as not delivered, so a retry sends it.
-            ledger.mark_failed(key, f"run aborted: {_reason(error)}", permanent=False, now=now(), campaign_id=campaign)
-            report.failed_transient += 1
-            report._count(campaign, "failed_transient")
-            raise
-        except BaseException as error:
-            # Interrupted mid-call: the provider may have it. Never resend.
-            ledger.mark_in_doubt(key, f"interrupted during the provider call: {_reason(error)}", now())
-            raise
-        ledger.mark_sent(key, provider_id, now(), campaign)
-        report.sent += 1
-        report._count(campaign, "sent")
-        return

@@ -1,0 +1,194 @@
+"""Providers on 127.0.0.1 that answer after a provider's latency: for `make bench-sends` and the kill tests.
+
+Each is the real server our channels talk to (moto's own WSGI application for SES, SNS and
+DynamoDB; aiosmtpd for SMTP; an HTTP server for the in-app webhook), with one addition: the
+sending calls are answered after `latency_s`, as a remote provider's round trip would be, while
+the ledger's DynamoDB calls are not delayed. Each counts what it received, per recipient, so a
+benchmark or a test can check "no customer messaged twice" on the provider's side, not on ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.parser import BytesHeaderParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DELAYED_SERVICES = frozenset({"ses", "sns"})  # the providers; DynamoDB (the ledger) answers at once
+_SIGNED_SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
+
+
+def signed_service(environ: dict[str, Any]) -> str:
+    """The AWS service a request is signed for (`ses` for SES v1 and v2, `sns`, `dynamodb`)."""
+    found = _SIGNED_SERVICE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return found.group(1) if found else ""
+
+
+class LatentMotoServer:
+    """moto's server (every AWS service, real HTTP) whose SES and SNS calls answer after `latency_s`."""
+
+    def __init__(self, latency_s: float = 0.0, account_id: str = "123456789012") -> None:
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+        self.latency_s, self.account_id = latency_s, account_id
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server._server_entry = self._serve  # type: ignore[method-assign]
+
+    def _serve(self) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        app = DomainDispatcherApplication(create_backend_app)
+
+        def latent(environ: dict[str, Any], start_response: Any) -> Any:
+            if self.latency_s and signed_service(environ) in DELAYED_SERVICES:
+                time.sleep(self.latency_s)
+            return app(environ, start_response)
+
+        server = self._server
+        server._server = make_server("127.0.0.1", 0, latent, True, request_handler=MotoRequestHandler)
+        server._server_ready_event.set()
+        server._server.serve_forever()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self._server.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    def start(self) -> LatentMotoServer:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def ses_recipients(self, region: str = "us-east-1") -> Counter[str]:
+        """Messages SES accepted per recipient address (moto's own record of what it was sent)."""
+        from moto.ses.models import ses_backends
+
+        backend = ses_backends[self.account_id][region]
+        return Counter(
+            address.lower() for message in backend.sent_messages for address in set(message.destinations)
+        )  # moto adds the To header's addresses to the envelope's: each once per message
+
+    def sns_published(self, region: str = "us-east-1") -> int:
+        """Messages SNS accepted on its topics (moto's count of publishes)."""
+        from moto.sns.models import sns_backends
+
+        backend = sns_backends[self.account_id][region]
+        return sum(len(topic.sent_notifications) for topic in backend.topics.values())
+
+
+@contextmanager
+def moto_server(latency_s: float = 0.0) -> Iterator[LatentMotoServer]:
+    server = LatentMotoServer(latency_s).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class LatentSmtpHandler:
+    """An aiosmtpd handler that records every message it receives and answers it after `latency_s`."""
+
+    def __init__(self, latency_s: float) -> None:
+        self.latency_s = latency_s
+        self.recipients: Counter[str] = Counter()
+        self.message_ids: Counter[str] = Counter()
+
+    @property
+    def received(self) -> int:
+        return sum(self.message_ids.values())
+
+    def reset(self) -> None:
+        self.recipients.clear()
+        self.message_ids.clear()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        headers = BytesHeaderParser().parsebytes(envelope.original_content or envelope.content)
+        self.recipients.update(address.lower() for address in envelope.rcpt_tos)
+        self.message_ids[str(headers.get("Message-ID", ""))] += 1
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return "250 2.0.0 Ok: queued"
+
+
+@contextmanager
+def smtp_server(latency_s: float = 0.0) -> Iterator[tuple[int, LatentSmtpHandler]]:
+    """aiosmtpd on a free loopback port; yields (port, handler)."""
+    from aiosmtpd.controller import Controller
+
+    from eventreach_assets.serving.bench import free_port
+
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    handler = LatentSmtpHandler(latency_s)
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller.port, handler
+    finally:
+        controller.stop()
+
+
+class InAppService(ThreadingHTTPServer):
+    """The in-app service's webhook: takes a banner once per Idempotency-Key, answers after `latency_s`."""
+
+    daemon_threads = True
+
+    def __init__(self, latency_s: float) -> None:
+        super().__init__(("127.0.0.1", 0), _InAppHandler)
+        self.latency_s = latency_s
+        self.keys: Counter[str] = Counter()  # posts per Idempotency-Key (the service deduplicates on it)
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/banners"
+
+    @property
+    def received(self) -> int:
+        return len(self.keys)
+
+
+class _InAppHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real service offers
+    server: InAppService
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        key = self.headers.get("Idempotency-Key", "")
+        with self.server.lock:
+            self.server.keys[key] += 1
+        if self.server.latency_s:
+            time.sleep(self.server.latency_s)
+        answer = json.dumps({"message_id": f"banner-{abs(hash(key)) % 10**12}", "bytes": len(body)}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:  # no line per request
+        return
+
+
+@contextmanager
+def in_app_service(latency_s: float = 0.0) -> Iterator[InAppService]:
+    server = InAppService(latency_s)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
