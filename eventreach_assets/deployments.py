@@ -81,9 +81,9 @@ def local_resources(home: Path, program_path: Path, fixed_now: str | None = None
         "metrics_sink": LocalMetricsSink(base_dir=str(home / "metrics")),
         # The ledger shares the candidate store's SQLite file, as the design asks.
         "ledger": SqliteDeliveryLedger(path=str(home / "candidates.sqlite")),
-        "email_channel": LocalOutboxEmail(outbox_dir=str(home / "outbox" / "email")),
-        "push_channel": LocalOutboxPush(outbox_dir=str(home / "outbox" / "push")),
-        "in_app_channel": LocalOutboxInApp(outbox_dir=str(home / "outbox" / "in-app")),
+        "email_channel": LocalOutboxEmail(outbox_dir=str(home / "outbox" / "email"), **channel_limits("EMAIL")),
+        "push_channel": LocalOutboxPush(outbox_dir=str(home / "outbox" / "push"), **channel_limits("PUSH")),
+        "in_app_channel": LocalOutboxInApp(outbox_dir=str(home / "outbox" / "in-app"), **channel_limits("IN_APP")),
         "link_signing": LocalLinkSecret(path=str(home / "link_secret")),
         "engagement": SqliteEngagementStore(path=str(home / "candidates.sqlite")),
         "engagement_feed": LocalFolderFeed(base_dir=str(home / "feeds")),
@@ -95,10 +95,22 @@ def _aws_setting(name: str) -> str:
     return os.environ.get(name, AWS_DEFAULTS[name])
 
 
+def channel_limits(channel: str, rate_env: str | None = None) -> dict[str, Any]:
+    """A channel's `concurrency` from `EVENTREACH_<channel>_CONCURRENCY` and its `max_messages_per_second`
+    from `rate_env`, each only when set (else the channel's own default: docs/campaign.md)."""
+    limits: dict[str, Any] = {}
+    if os.environ.get(f"EVENTREACH_{channel}_CONCURRENCY"):
+        limits["concurrency"] = int(os.environ[f"EVENTREACH_{channel}_CONCURRENCY"])
+    if rate_env and os.environ.get(rate_env):
+        limits["max_messages_per_second"] = float(os.environ[rate_env])
+    return limits
+
+
 def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_url: str | None) -> dict[str, Any]:
     """Channel services and the delivery ledger of the aws deployment.
 
     Email goes through SES v2 unless `EVENTREACH_EMAIL_PROVIDER=smtp` (any ESP's SMTP relay).
+    Sends in flight and rates: `channel_limits` (SES paces to the account's own rate unless capped).
     """
     from eventreach_assets.resources.channels import SesEmail, SmtpEmail, SnsPush, WebhookInApp
     from eventreach_assets.resources.engagement_store import DynamoDBEngagementStore
@@ -111,6 +123,7 @@ def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_u
             username=dg.EnvVar("EVENTREACH_SMTP_USERNAME"),
             password=dg.EnvVar("EVENTREACH_SMTP_PASSWORD"),
             sender=program.campaigns.sender,
+            **channel_limits("EMAIL", "EVENTREACH_SMTP_MAX_RATE"),
         )
     else:
         email_channel = SesEmail(
@@ -118,6 +131,7 @@ def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_u
             endpoint_url=endpoint_url,
             configuration_set=os.environ.get("EVENTREACH_SES_CONFIGURATION_SET"),
             sender=program.campaigns.sender,
+            **channel_limits("EMAIL", "EVENTREACH_SES_MAX_RATE"),
         )
     return {
         "ledger": DynamoDBDeliveryLedger(
@@ -125,10 +139,15 @@ def aws_campaign_resources(program: ProgramConfig, region: dg.EnvVar, endpoint_u
         ),
         "email_channel": email_channel,
         "push_channel": SnsPush(
-            region_name=region, endpoint_url=endpoint_url, topic_arn=os.environ.get("EVENTREACH_PUSH_TOPIC_ARN")
+            region_name=region,
+            endpoint_url=endpoint_url,
+            topic_arn=os.environ.get("EVENTREACH_PUSH_TOPIC_ARN"),
+            **channel_limits("PUSH", "EVENTREACH_PUSH_MAX_RATE"),
         ),
         "in_app_channel": WebhookInApp(
-            url=dg.EnvVar("EVENTREACH_IN_APP_WEBHOOK_URL"), api_key=dg.EnvVar("EVENTREACH_IN_APP_API_KEY")
+            url=dg.EnvVar("EVENTREACH_IN_APP_WEBHOOK_URL"),
+            api_key=dg.EnvVar("EVENTREACH_IN_APP_API_KEY"),
+            **channel_limits("IN_APP", "EVENTREACH_IN_APP_MAX_RATE"),
         ),
         "link_signing": EnvLinkSecret(secret=dg.EnvVar("EVENTREACH_LINK_SECRET")),
         "engagement": DynamoDBEngagementStore(

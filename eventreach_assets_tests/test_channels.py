@@ -186,30 +186,24 @@ def test_smtp_wrong_password_and_no_server() -> None:
         closed.send(email_message("c1"))
 
 
-def test_smtp_rate_limit_spaces_sends() -> None:
-    from eventreach_assets.resources.channels import RateLimiter
-
-    limiter = RateLimiter(20.0)
-    start = datetime.now()
-    for _ in range(5):
-        limiter.wait()
-    assert (datetime.now() - start).total_seconds() >= 0.19
-
-
 def test_every_channel_paces_to_its_rate_and_refuses_before_waiting(tmp_path: Path) -> None:
+    from eventreach_assets_tests.test_channel_pacing import FakeClock
+
     push = LocalOutboxPush(outbox_dir=str(tmp_path / "push"), max_messages_per_second=20.0)
-    start = datetime.now()
+    clock = FakeClock()
+    push.use_clock(clock, clock.sleep)
     for number in range(5):
         push.send(push_message(f"c{number}", f"customer-c{number}"))
-    assert (datetime.now() - start).total_seconds() >= 0.19
+    assert clock.sleeps == pytest.approx([0.05] * 3)  # a burst of two (a tenth of a second), then 1/20 s apart
     assert len(list((tmp_path / "push").iterdir())) == 5
 
     slow = SnsPush(region_name=REGION, max_messages_per_second=0.2)  # 5 s apart
-    start = datetime.now()
+    clock = FakeClock()
+    slow.use_clock(clock, clock.sleep)
     for number in range(3):  # no topic and no endpoint ARN: refused while encoding, before any wait
         with pytest.raises(PermanentSendError, match="no topic is set"):
             slow.send(push_message(f"c{number}", f"customer-c{number}"))
-    assert (datetime.now() - start).total_seconds() < 1
+    assert clock.sleeps == []
 
 
 # ---- email: SES v2 (moto) -----------------------------------------------------------------

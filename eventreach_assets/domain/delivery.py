@@ -120,6 +120,19 @@ class ChannelUnavailableError(TransientSendError):
     """The channel cannot send anything (credentials, account, configuration): stop, do not try every message."""
 
 
+class ThrottledSendError(TransientSendError):
+    """The provider refused the message because we send too fast (not delivered): slow down, then retry.
+
+    `retry_after` is the provider's own wait in seconds (HTTP Retry-After), when it gave one.
+    Channels handle it themselves (token bucket + backoff) and raise a plain TransientSendError
+    once their throttle retries are spent, so the send loop never sees this class.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 # ---- who hears about a change, and with which calendar SEQUENCE ---------------------------------
 
 FIRST_CHANGE_SEQUENCE = 1  # the original invitation's .ics is SEQUENCE 0; the first change is 1

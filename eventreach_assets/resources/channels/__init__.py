@@ -3,7 +3,8 @@
 One interface per channel (email, push, in-app; `base.py`), each with a local outbox for the
 local deployment and tests (`outbox.py`) and real providers: SMTP (`smtp.py`), Amazon SES v2
 (`ses.py`), Amazon SNS (`sns.py`), an HTTP webhook (`webhook.py`). `base.py` says what `send`
-returns and raises.
+returns and raises; `pacing.py` paces the sending threads to the provider's rate and slows them
+down when it throttles; `pool.py` keeps one reused connection per sending thread.
 """
 
 from eventreach_assets.resources.channels.base import (
@@ -12,9 +13,11 @@ from eventreach_assets.resources.channels.base import (
     EmailChannelResource,
     EmailWire,
     InAppChannelResource,
+    PacingStats,
     PermanentSendError,
     PushChannelResource,
-    RateLimiter,
+    ThrottledSendError,
+    TokenBucket,
     TransientSendError,
     build_email,
     document_bytes,
@@ -41,12 +44,14 @@ __all__ = [
     "LocalOutboxEmail",
     "LocalOutboxInApp",
     "LocalOutboxPush",
+    "PacingStats",
     "PermanentSendError",
     "PushChannelResource",
-    "RateLimiter",
     "SesEmail",
     "SmtpEmail",
     "SnsPush",
+    "ThrottledSendError",
+    "TokenBucket",
     "TransientSendError",
     "WebhookInApp",
     "build_email",

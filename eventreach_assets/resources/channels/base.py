@@ -1,8 +1,8 @@
 """The three channel interfaces (email, push, in-app) and what every provider shares.
 
 `ChannelResource.send(message)` encodes the message (the exact bytes or request the provider
-gets), waits for the channel's rate limit, then hands it over (`_deliver`, one per provider),
-and returns the provider's message id, or raises
+gets), waits for its turn in the channel's token bucket, then hands it over (`_deliver`, one
+per provider), and returns the provider's message id, or raises
 
 - `TransientSendError` when trying again later may work (timeouts, throttling, 4xx SMTP
   replies, 5xx HTTP, lost connections). `ChannelUnavailableError`, a subclass, says the
@@ -10,6 +10,12 @@ and returns the provider's message id, or raises
   the same way, so a caller may stop the campaign instead of burning through it;
 - `PermanentSendError` when this message will never be accepted (invalid recipient, 5xx SMTP
   replies, rejected content): record the reason and carry on with the rest.
+
+`send` is safe to call from `concurrency` threads at once (the send loop owns the threads).
+A "too fast" answer (`ThrottledSendError`, raised by `_deliver`) never reaches the caller: the
+bucket slows down and the call is retried after a full-jitter backoff, at most
+`max_throttle_retries` times, then it is a plain `TransientSendError` (the send loop's to retry
+or record as failed_transient, which the next run sends).
 
 Providers that deduplicate get the message's idempotency key (webhook `Idempotency-Key`,
 a stable email Message-ID, SNS FIFO deduplication id). Secrets (SMTP password, webhook API
@@ -20,8 +26,10 @@ from __future__ import annotations
 
 import abc
 import json
+import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any, NamedTuple
@@ -33,9 +41,11 @@ from eventreach_assets.domain.delivery import (
     ChannelUnavailableError,
     OutboundMessage,
     PermanentSendError,
+    ThrottledSendError,
     TransientSendError,
 )
 from eventreach_assets.domain.email_wire import email_wire_bytes, message_id, to_email_message
+from eventreach_assets.resources.channels.pacing import PacingStats, TokenBucket, throttle_backoff
 
 __all__ = [
     "ChannelResource",
@@ -43,9 +53,11 @@ __all__ = [
     "EmailChannelResource",
     "EmailWire",
     "InAppChannelResource",
+    "PacingStats",
     "PermanentSendError",
     "PushChannelResource",
-    "RateLimiter",
+    "ThrottledSendError",
+    "TokenBucket",
     "TransientSendError",
     "build_email",
     "document_bytes",
@@ -54,39 +66,93 @@ __all__ = [
 ]
 
 
-class RateLimiter:
-    """At most `per_second` calls per second, evenly spaced (providers count sends per second)."""
-
-    def __init__(self, per_second: float) -> None:
-        self._interval = 1.0 / per_second if per_second > 0 else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self._interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self._interval
-        if delay > 0:
-            time.sleep(delay)
-
-
 class ChannelResource(dg.ConfigurableResource, abc.ABC):
     """Hands one rendered message to a provider; returns the provider's message id."""
 
-    max_messages_per_second: float = Field(default=0.0, description="0 = unlimited.")
+    max_messages_per_second: float = Field(default=0.0, ge=0.0, description="0 = unlimited.")
+    concurrency: int = Field(default=32, ge=1, le=256, description="Sends in flight at once.")
+    max_throttle_retries: int = Field(
+        default=6, ge=0, description='Retries of a send the provider answered "too fast", then it is transient.'
+    )
+    throttle_backoff_seconds: float = Field(
+        default=0.25, ge=0.0, description="First throttle retry waits up to this (full jitter), doubling."
+    )
+    max_throttle_backoff_seconds: float = Field(
+        default=20.0, ge=0.0, description="Longest throttle wait; a longer Retry-After gives up at once."
+    )
 
-    _limiter: RateLimiter | None = PrivateAttr(default=None)
+    _bucket: TokenBucket | None = PrivateAttr(default=None)
+    _setup_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _gave_up: int = PrivateAttr(default=0)
+    _clock: Callable[[], float] = PrivateAttr(default=time.monotonic)
+    _sleep: Callable[[float], None] = PrivateAttr(default=time.sleep)
+    _random: Callable[[], float] = PrivateAttr(default=random.random)
 
     def send(self, message: OutboundMessage) -> str:
-        """Encode (a message that cannot be encoded fails before it waits), pace, deliver."""
+        """Encode (a message that cannot be encoded fails before it waits), pace, deliver; slow down when throttled."""
         payload = self.encode(message)
-        if self._limiter is None:
-            self._limiter = RateLimiter(self.max_messages_per_second)
-        self._limiter.wait()
-        return self._deliver(message, payload)
+        bucket = self._pacer()
+        reason = ""
+        for attempt in range(self.max_throttle_retries + 1):
+            bucket.acquire()
+            try:
+                return self._deliver(message, payload)
+            except ThrottledSendError as throttled:
+                bucket.throttled()
+                reason = str(throttled)
+                wait = self._throttle_wait(attempt, throttled.retry_after)
+                if wait is None:
+                    break
+                self._sleep(wait)
+        with self._setup_lock:
+            self._gave_up += 1
+        raise TransientSendError(f"{reason} (still throttled after {attempt} retries)")
+
+    def provider_rate(self) -> float | None:
+        """Messages per second this channel paces to when nothing throttles (None = unlimited); worked out once."""
+        return self._pacer().configured_rate
+
+    def pacing_stats(self) -> PacingStats:
+        """Concurrency, the rate paced to, the rate now and the throttling seen so far (campaign metadata)."""
+        bucket = self._pacer()
+        with self._setup_lock:
+            gave_up = self._gave_up
+        return PacingStats(self.concurrency, bucket.configured_rate, bucket.rate_now(), bucket.throttle_count, gave_up)
+
+    def throttled_count(self) -> int:
+        """How many "too fast" answers the provider gave so far."""
+        return self._pacer().throttle_count
+
+    def use_clock(
+        self, clock: Callable[[], float], sleep: Callable[[float], None], rng: Callable[[], float] | None = None
+    ) -> None:
+        """Pace and back off on this clock (tests drive a fake one); call before the first send."""
+        with self._setup_lock:
+            self._clock, self._sleep = clock, sleep
+            self._random = rng or self._random
+            self._bucket = None
+
+    def _discover_rate(self) -> float | None:
+        """The rate to pace to: `max_messages_per_second`, None when 0. A provider that can ask overrides it."""
+        return self.max_messages_per_second or None
+
+    def _pacer(self) -> TokenBucket:
+        bucket = self._bucket
+        if bucket is None:
+            with self._setup_lock:
+                if self._bucket is None:
+                    self._bucket = TokenBucket(self._discover_rate(), clock=self._clock, sleep=self._sleep)
+                bucket = self._bucket
+        return bucket
+
+    def _throttle_wait(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds before throttle retry `attempt + 1`; None when none is left or Retry-After is too long."""
+        if attempt >= self.max_throttle_retries:
+            return None
+        if retry_after is not None and retry_after > self.max_throttle_backoff_seconds:
+            return None
+        wait = throttle_backoff(attempt, self.throttle_backoff_seconds, self.max_throttle_backoff_seconds, self._random)
+        return max(wait, retry_after or 0.0)
 
     @abc.abstractmethod
     def encode(self, message: OutboundMessage) -> Any:
@@ -94,7 +160,7 @@ class ChannelResource(dg.ConfigurableResource, abc.ABC):
 
     @abc.abstractmethod
     def _deliver(self, message: OutboundMessage, payload: Any) -> str:
-        """Hand the encoded message to the provider; its message id."""
+        """Hand the encoded message to the provider; its message id (ThrottledSendError when "too fast")."""
 
     def close(self) -> None:
         """Release any connection kept between sends (no-op where none is kept)."""

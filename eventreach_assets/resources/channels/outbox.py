@@ -2,6 +2,8 @@
 
 Each file is named from the message's idempotency key, so a resend overwrites instead of
 duplicating, and is written atomically, so a reader (or a crash) never sees half a message.
+That also makes sending from many threads safe: every write goes to its own temporary file
+(`mkstemp`) and the rename is atomic, so two threads writing the same key leave one whole file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from eventreach_assets.resources.channels.base import (
     InAppChannelResource,
     PushChannelResource,
 )
+
+# Threads writing outbox files at once. Each write is fsynced, and fsync waits for the disk
+# without holding the GIL, so a few threads overlap those waits with the next message's CPU
+# work; past ~8 on this 2-core machine they only queue (docs/speed.md, "Outbox writers").
+OUTBOX_CONCURRENCY = 8
+_CONCURRENCY_HELP = "Sends in flight at once (threads writing files)."
 
 
 def outbox_file_stem(message: OutboundMessage) -> str:
@@ -66,6 +74,8 @@ class LocalOutboxEmail(EmailChannelResource):
         default=0.0, ge=0.0, description="How long each message's answer takes, like a provider's latency (tests)."
     )
 
+    concurrency: int = Field(default=OUTBOX_CONCURRENCY, ge=1, le=256, description=_CONCURRENCY_HELP)
+
     def _deliver(self, message: OutboundMessage, payload: EmailWire) -> str:
         write_to_outbox(self.outbox_dir, message, ".eml", payload.data)
         if self.send_delay_seconds:  # accepted, the answer still on its way
@@ -78,6 +88,8 @@ class LocalOutboxPush(PushChannelResource):
 
     outbox_dir: str = Field(description="Directory the .json files go to, e.g. $EVENTREACH_HOME/outbox/push.")
 
+    concurrency: int = Field(default=OUTBOX_CONCURRENCY, ge=1, le=256, description=_CONCURRENCY_HELP)
+
     def _deliver(self, message: OutboundMessage, payload: bytes) -> str:
         return f"local-push:{write_to_outbox(self.outbox_dir, message, '.json', payload)}"
 
@@ -86,6 +98,8 @@ class LocalOutboxInApp(InAppChannelResource):
     """One JSON file per banner in `outbox_dir`, named from the idempotency key (a resend overwrites)."""
 
     outbox_dir: str = Field(description="Directory the .json files go to, e.g. $EVENTREACH_HOME/outbox/in-app.")
+
+    concurrency: int = Field(default=OUTBOX_CONCURRENCY, ge=1, le=256, description=_CONCURRENCY_HELP)
 
     def _deliver(self, message: OutboundMessage, payload: bytes) -> str:
         return f"local-in-app:{write_to_outbox(self.outbox_dir, message, '.json', payload)}"

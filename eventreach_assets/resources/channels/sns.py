@@ -27,7 +27,9 @@ class SnsPush(PushChannelResource):
     A recipient that is an ARN is the target (a device's platform endpoint). Otherwise the
     message goes to `topic_arn` (a JSON document) with the recipient in the message attribute
     `platform_endpoint_attribute`, so subscriptions can filter on it. FIFO topics get the
-    idempotency key as deduplication id.
+    idempotency key as deduplication id. The boto3 client is shared by the sending threads (it is
+    thread-safe; its pool holds a connection per thread); "Throttled" answers slow the channel's
+    bucket down and are retried (base.py), and `max_messages_per_second` (0 = unlimited) caps the rate.
     """
 
     region_name: str = "us-east-1"
@@ -71,4 +73,4 @@ class SnsPush(PushChannelResource):
         return send_through_aws("SNS", lambda: self._client().publish(**payload))
 
     def _client(self) -> Any:
-        return channel_client("sns", self.region_name, self.endpoint_url, self.timeout)
+        return channel_client("sns", self.region_name, self.endpoint_url, self.timeout, self.concurrency)
