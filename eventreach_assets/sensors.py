@@ -305,7 +305,7 @@ def waitlist_promotion_sensor(context: dg.RunStatusSensorContext) -> list[dg.Run
 
 def release_reservations(ledger: DeliveryLedgerResource, run_id: str, now: datetime) -> dict[str, str]:
     """Give back the delivery reservations a failed run left `pending` (a SIGKILL leaves its chunk so):
-    the never-attempted ones go to the next run, the one in the provider's hands becomes `in_doubt`.
+    the never-attempted ones go to the next run, the ones in the provider's hands become `in_doubt`.
     Returns the run tags saying what happened; a ledger error is reported there, never raised, so the
     alert still goes out (the lease frees the rows later)."""
     try:

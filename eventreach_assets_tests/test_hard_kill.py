@@ -8,7 +8,7 @@ and once a few messages are out the run worker gets SIGKILL, as from the OOM kil
 the run can react. Then, within bounds: run monitoring marks the run FAILURE, the run-failure
 sensor alerts and gives the run's unattempted reservations back, the channel-email pool slot is
 freed, and the automatic retry (run_retries) sends everyone else; each customer's .eml exists
-once, the ones written before the kill untouched (nobody messaged twice), at most one in doubt.
+once, the ones written before the kill untouched (nobody messaged twice), at most the in-flight ones in doubt.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ PROFILES = 12_000  # New York's segment (the wave the test kills) is a few dozen
 JOB = "email_campaign"
 DELAY = 0.1  # seconds per message in the outbox: the kill lands mid-send
 KILL_AFTER = 5  # .eml files written before the SIGKILL
+IN_FLIGHT = 4  # the channel's concurrency: at most this many messages in the provider's hands at the kill
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 # Bounds (seconds): run monitoring polls every 5 s, the failure sensor every 5 s, the run queue every 5 s.
 DETECT_TIMEOUT, ALERT_TIMEOUT, RETRY_TIMEOUT = 45, 60, 120
@@ -142,7 +143,13 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
     console, home, instance, event_id = stack
     run_config = {
         "resources": {
-            "email_channel": {"config": {"outbox_dir": str(home / "outbox" / "email"), "send_delay_seconds": DELAY}}
+            "email_channel": {
+                "config": {
+                    "outbox_dir": str(home / "outbox" / "email"),
+                    "send_delay_seconds": DELAY,
+                    "concurrency": IN_FLIGHT,
+                }
+            }
         }
     }
     run_id = console.client.submit_job_execution(
@@ -189,7 +196,7 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
         return tags if tags.get("eventreach/alerted") == "yes" else None
 
     tags = poll("run tagged alerted", ALERT_TIMEOUT, tagged_alerted, console.log_tails, every=0.2)
-    assert int(tags["eventreach/in_doubt"]) <= 1, tags
+    assert int(tags["eventreach/in_doubt"]) <= IN_FLIGHT, tags
 
     # 3. The pool slot is free: the automatic retry's email step gets it and finishes the campaign.
     def retry() -> dg.DagsterRun | None:
@@ -213,7 +220,7 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
     finally:
         ledger.close()
     statuses = Counter(rows["status"])
-    assert statuses["in_doubt"] <= 1, statuses
+    assert statuses["in_doubt"] <= IN_FLIGHT, statuses
     assert set(statuses) <= {"sent", "in_doubt", "held_out", "suppressed", "failed_permanent"}, statuses
     assert rows.filter(pl.col("sends") > 1).is_empty()
     # The retry's own materialization (the event-date sensor may launch later waves that find nothing to do).
@@ -224,10 +231,11 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
     assert max(recipients.values()) == 1, recipients.most_common(3)
     reached = statuses["sent"] + statuses["in_doubt"]
     # The retry planned exactly what the killed run never attempted: everything else was the killed run's
-    # (the files written before the kill, plus at most the one in flight).
+    # (the files written before the kill, plus the in-flight ones killed before their file was written).
+    in_doubt = statuses["in_doubt"]
     assert planned >= 1
-    assert reached - planned in {len(before), len(before) + 1}, (reached, planned, len(before))
-    assert len(after) in {reached, reached - 1}  # the in-doubt message was written, or killed just before
+    assert len(before) <= reached - planned <= len(before) + in_doubt, (reached, planned, len(before))
+    assert reached - in_doubt <= len(after) <= reached  # each in-doubt message was written, or killed just before
     assert len(after) >= statuses["sent"] > len(before)
     assert {path: str(after[path]["Message-ID"]) for path in before} == before  # none of them sent again
     runs = [(r.job_name, r.status.value, r.tags.get("dagster/partition")) for r in instance.get_runs()]

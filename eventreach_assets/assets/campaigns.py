@@ -44,6 +44,7 @@ from eventreach_assets.resources.channels import (
     ChannelResource,
     EmailChannelResource,
     InAppChannelResource,
+    PacingStats,
     PushChannelResource,
 )
 from eventreach_assets.resources.decision_log import DecisionLogResource
@@ -132,7 +133,12 @@ class CampaignRun:
     plan: pl.DataFrame
     tally: RenderTally
     report: DeliveryReport
-    provider_rate: float | None  # messages/s the channel paced to; None: unlimited
+    pacing: PacingStats  # the rate the channel paced to, and the throttling it met
+
+    @property
+    def provider_rate(self) -> float | None:
+        """Messages/s the channel paced to (None: unlimited)."""
+        return self.pacing.provider_rate
 
     def metadata(self, watch: Stopwatch, **extra: Any) -> dict[str, Any]:
         """What the events team reads: planned, sent, skipped (and why), failed, how fast, a sample."""
@@ -153,6 +159,8 @@ class CampaignRun:
             "provider_rate_per_second": (
                 dg.MetadataValue.float(self.provider_rate) if self.provider_rate else dg.MetadataValue.text("unlimited")
             ),
+            "throttled": self.pacing.throttled,
+            "throttle_gave_up": self.pacing.gave_up,
             **extra,
             **watch.metadata(report.sent),
         }
@@ -181,7 +189,7 @@ def stream_campaign(
         messages = tally.valid_emails(messages, ledger, validate_email)
     report = deliver(messages, ledger=ledger, send=channel.send, now=now, owner=owner,
                      concurrency=channel.concurrency)  # fmt: skip
-    return CampaignRun(plan, tally, report, channel.provider_rate())
+    return CampaignRun(plan, tally, report, channel.pacing_stats())
 
 
 def send_campaign(

@@ -20,7 +20,7 @@ Protocol (the send loop in `domain/sending.py` follows it):
    `mark_suppressed` (opted out at send time), `mark_held_out` (control group) and `release`
    (reserved but not attempted because the run is aborting) complete the set.
 4. `release_owner`: the run-failure sensor gives back a dead run's unattempted reservations
-   and marks its attempted-but-unconfirmed ones `in_doubt` (at most one per hard kill).
+   and marks its attempted-but-unconfirmed ones `in_doubt` (at most the in-flight window per hard kill).
 
 Reservation is atomic per key: SQLite does it in one `BEGIN IMMEDIATE` transaction with
 `INSERT ... ON CONFLICT DO NOTHING`; DynamoDB with a conditional `PutItem`
