@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -77,6 +77,15 @@ class DeliveryKey:
     channel: str  # email | in-app | push
     kind: MessageKind
     occurrence: str = ""  # occurrence_of(event start) for PER_DATE_KINDS
+
+
+class SentConfirmation(NamedTuple):
+    """A provider's acceptance of one message, to record in the ledger (`mark_sent_many`): the
+    send loop confirms a window of in-flight messages in one call instead of one per message."""
+
+    key: DeliveryKey
+    provider_message_id: str
+    campaign_id: str | None = None  # None keeps the campaign stored at reservation
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
-"""The delivery ledger: the interface (`base.py`, with the send protocol), its SQLite and DynamoDB
-backends, the stored key and row forms, and the DynamoDB table definition."""
+"""The delivery ledger: the interface (`base.py`, with the send protocol and its batch marks,
+`SentConfirmation` for `mark_sent_many`), its SQLite and DynamoDB backends, the stored key and row
+forms, and the DynamoDB table definition."""
 
-from eventreach_assets.domain.delivery import OCCURRENCE_SEPARATOR, encode_kind
+from eventreach_assets.domain.delivery import OCCURRENCE_SEPARATOR, SentConfirmation, encode_kind
 from eventreach_assets.resources.ledger.base import (
     IN_DOUBT_AFTER_DEATH,
     LEASE_EXPIRED_REASON,
@@ -54,6 +55,7 @@ __all__ = [
     "DynamoDBDeliveryLedger",
     "ReservationDecision",
     "ReservationWrite",
+    "SentConfirmation",
     "SqliteDeliveryLedger",
     "add_message_index",
     "create_ledger_table",

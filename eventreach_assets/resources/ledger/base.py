@@ -16,7 +16,9 @@ Protocol (the send loop in `domain/sending.py` follows it):
    while this very reservation (same `reserved_at`, still pending, not yet attempted) holds the
    row. `attempted_at` is '' from reservation to attempt (NULL on rows older than this column:
    treated as attempted, the safe side).
-3. Call the provider, then confirm with `mark_sent` (provider message id) or `mark_failed`.
+   `mark_attempting_many` does it for a window of in-flight messages in one call.
+3. Call the provider, then confirm with `mark_sent` (provider message id) or `mark_failed`;
+   `mark_sent_many` confirms a window's acceptances in one call.
    `mark_suppressed` (opted out at send time), `mark_held_out` (control group) and `release`
    (reserved but not attempted because the run is aborting) complete the set.
 4. `release_owner`: the run-failure sensor gives back a dead run's unattempted reservations
@@ -46,7 +48,7 @@ from enum import StrEnum
 import dagster as dg
 import polars as pl
 
-from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus
+from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, SentConfirmation
 from eventreach_assets.domain.feedback import (
     COUNTS_SCHEMA,
     FEEDBACK_SCHEMA,
@@ -161,6 +163,20 @@ class DeliveryLedgerResource(dg.ConfigurableResource, abc.ABC):
         """Right before the provider call: record the attempt, if the reservation made at `reserved_at`
         still holds the row (pending, not attempted). False: not ours any more, do not send."""
         return self._write_attempt(key, stored_time(reserved_at), stored_time(now))
+
+    def mark_attempting_many(
+        self, keys: Sequence[DeliveryKey], reserved_at: datetime, now: datetime | None = None
+    ) -> set[DeliveryKey]:
+        """`mark_attempting` for a window of keys, in as few round trips as the backend allows; returns
+        the keys recorded as attempted (the others are not ours any more: do not send them)."""
+        unique = list(dict.fromkeys(keys))  # a repeated key: its first attempt is the one recorded
+        return self._write_attempts(unique, stored_time(reserved_at), stored_time(now)) if unique else set()
+
+    def mark_sent_many(self, confirmations: Sequence[SentConfirmation], now: datetime | None = None) -> None:
+        """`mark_sent` for each confirmation (in order; a key confirmed twice counts two sends, as two
+        `mark_sent` calls would), in as few round trips as the backend allows."""
+        if confirmations:
+            self._write_sent_many([SentConfirmation(*confirmation) for confirmation in confirmations], stored_time(now))
 
     def release_owner(self, owner: str, reason: str, now: datetime | None = None) -> tuple[int, int]:
         """A run died (`owner` = its run id): its `pending` rows never attempted become `failed_transient`
@@ -347,6 +363,14 @@ class DeliveryLedgerResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def _write_attempt(self, key: DeliveryKey, reserved_at: str, at: str) -> bool:
         """Set attempted_at if the row is pending, unattempted and reserved at `reserved_at`."""
+
+    @abc.abstractmethod
+    def _write_attempts(self, keys: list[DeliveryKey], reserved_at: str, at: str) -> set[DeliveryKey]:
+        """`_write_attempt` for each of these distinct keys; the keys whose attempt was recorded."""
+
+    @abc.abstractmethod
+    def _write_sent_many(self, confirmations: list[SentConfirmation], at: str) -> None:
+        """`_write_sent` for each confirmation (a repeated key counts each)."""
 
     @abc.abstractmethod
     def _release_owned(self, owner: str, released_reason: str, doubted_reason: str, at: str) -> tuple[int, int]:

@@ -13,18 +13,19 @@ import polars as pl
 from botocore.exceptions import ClientError
 from pydantic import Field
 
-from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind
+from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind, SentConfirmation
 from eventreach_assets.domain.feedback import SUPPRESSION_SCHEMA
 from eventreach_assets.resources.dynamodb import DynamoDBClient, is_conditional_failure
 from eventreach_assets.resources.ledger import dynamodb_items as layout
 from eventreach_assets.resources.ledger.base import DeliveryLedgerResource, ReservationWrite, decide
-from eventreach_assets.resources.ledger.dynamodb_items import STATUS_NAMES, string_attr
+from eventreach_assets.resources.ledger.dynamodb_items import STATUS_NAMES, WriteAction, string_attr
 from eventreach_assets.resources.ledger.keys import stored_key
 from eventreach_assets.resources.ledger.records import stored_time, to_utc
 from eventreach_assets.resources.ledger.tables import MESSAGE_INDEX, OWNER_INDEX, SENT_INDEX, ledger_table_definition
 
 _BATCH_TRIES = 10
 _SETTLE_TRIES = 5
+_TRANSACTION_ROUNDS = 4  # then the actions still without an outcome go one by one
 
 
 class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
@@ -32,8 +33,14 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
     each reservation atomic per key. botocore's standard retries handle throttling; a
     conditional-check failure is an answer (someone else holds the key), not an error.
 
-    One partition per event holds its deliveries: a 50,000-key reservation is 50,000 small
-    writes, spread by `max_parallel_requests` threads (DynamoDB adapts a hot partition).
+    One partition per event holds its deliveries (DynamoDB adapts a hot partition). A reservation
+    reads its keys first (BatchGetItem, 100 a request): keys already there are decided from what
+    was read, new ones are put conditionally. Conditional writes (new reservations, attempts) and
+    confirmations go in TransactWriteItems of up to 100 (`transactions`): one round trip per
+    chunk or window instead of one per key; a cancelled transaction's CancellationReasons say
+    which items' conditions failed, the others are sent again, so each key's answer is exactly the
+    single write's. Without transactions they are single writes spread by `max_parallel_requests`
+    threads.
     Feedback, suppression and batched opt-out writes go in BatchWriteItem requests of 25 after
     one BatchGetItem pass finds what already exists, so a replay writes nothing and the counts
     are of new rows. Two ingestions racing on the same address may both write it (the later time
@@ -42,6 +49,12 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
 
     table_name: str = Field(description="The ledger table (see ledger_table_definition).")
     max_parallel_requests: int = Field(default=8, ge=1, le=64, description="Threads issuing per-key requests.")
+    transactions: bool | None = Field(
+        default=None,
+        description="Batch conditional writes and confirmations in TransactWriteItems (True) or send them as "
+        "parallel single writes (False). None: transactions on AWS itself, single writes on a custom endpoint "
+        "(moto copies the whole table for each item of a transaction, so there they slow down as it grows).",
+    )
 
     _table_definition = staticmethod(ledger_table_definition)
 
@@ -126,29 +139,93 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
         self._batch_write(new)
         return len(new)
 
+    def _use_transactions(self) -> bool:
+        return self.transactions if self.transactions is not None else not self.endpoint_url
+
+    def _write_each(self, actions: list[WriteAction]) -> list[bool]:
+        """Each action's outcome (True written, False refused by its condition), exactly as if sent
+        one by one: in TransactWriteItems (`transactions`), else as parallel single writes."""
+        outcomes: list[bool] = [False] * len(actions)
+        todo = self._transact_rounds(actions, outcomes) if self._use_transactions() else list(range(len(actions)))
+        for index, written in zip(todo, self._parallel(lambda i: self._write_one(actions[i]), todo), strict=True):
+            outcomes[index] = written
+        return outcomes
+
+    def _write_one(self, action: WriteAction) -> bool:
+        kind, request = action
+        return self._conditional("put_item" if kind == "Put" else "update_item", **request)
+
+    def _transact_rounds(self, actions: list[WriteAction], outcomes: list[bool]) -> list[int]:
+        """Send the actions in transactions of up to 100 until each has its outcome (in `outcomes`) or
+        the rounds run out; returns the indexes of the actions still without one."""
+        todo = list(range(len(actions)))
+        for round_ in range(_TRANSACTION_ROUNDS):
+            chunks = [
+                todo[start : start + layout.TRANSACTION_LIMIT]
+                for start in range(0, len(todo), layout.TRANSACTION_LIMIT)
+            ]
+            answers = self._parallel(lambda chunk: self._transact([actions[i] for i in chunk]), chunks)
+            todo, contended = [], False
+            for chunk, codes in zip(chunks, answers, strict=True):
+                for index, code in zip(chunk, codes, strict=True):
+                    if code in layout.RESEND_REASONS:
+                        todo.append(index)
+                        contended |= code != "None"
+                    elif code in (layout.WRITTEN, layout.REFUSED):
+                        outcomes[index] = code == layout.WRITTEN
+                    else:
+                        raise RuntimeError(f"ledger transaction cancelled: {code}")
+            if not todo:
+                break
+            if contended:  # another writer or a throttle: give it a moment
+                time.sleep(0.05 * 2**round_)
+        return todo
+
+    def _transact(self, actions: list[WriteAction]) -> list[str]:
+        """One TransactWriteItems (botocore adds the idempotency token, so its own retries are safe):
+        WRITTEN for each action if it committed, else each action's cancellation reason code."""
+        try:
+            self.client().transact_write_items(TransactItems=layout.transact_items(self.table_name, actions))
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if error.response["Error"]["Code"] != "TransactionCanceledException" or len(reasons) != len(actions):
+                raise
+            return [reason.get("Code") or "None" for reason in reasons]
+        return [layout.WRITTEN] * len(actions)
+
     # ---- reservations and marks ----
 
     def _reserve_rows(self, frame: pl.DataFrame, at: str, cutoff: str, owner: str | None) -> list[tuple]:
-        return self._parallel(lambda row: self._reserve_one(row, at, cutoff, owner), list(frame.iter_rows()))
+        """Read the keys (BatchGetItem); put the new ones conditionally, settle the others from what was
+        read (a put refused meanwhile is settled from a fresh read)."""
+        rows = list(frame.iter_rows())
+        keys = [stored_key(row) for row in frame.iter_rows(named=True)]
+        items = [layout.delivery_key(key) for key in keys]
+        found = {layout.key_id(item): item for item in self._batch_get(items)}
+        current = [found.get(layout.key_id(item)) for item in items]
+        new = [index for index, item in enumerate(current) if item is None]
+        puts = [layout.put_new(layout.new_reservation(rows[i], keys[i], at, owner)) for i in new]
+        results: list[tuple | None] = [None] * len(rows)
+        for index, written in zip(new, self._write_each(puts), strict=True):
+            if written:
+                results[index] = (*rows[index], True, DeliveryStatus.PENDING.value, None)
+        unsettled = [index for index, result in enumerate(results) if result is None]
+        settled = self._parallel(
+            lambda i: self._settle_existing(rows[i], keys[i], at, cutoff, owner, current[i]), unsettled
+        )
+        for index, result in zip(unsettled, settled, strict=True):
+            results[index] = result
+        return results  # type: ignore[return-value]  # every index settled above
 
-    def _reserve_one(self, row: tuple, at: str, cutoff: str, owner: str | None) -> tuple:
-        """Reserve one stored-form key: a new pending item, unless the key has a row already."""
-        customer_id, event_id, channel, kind, _ = row
-        key = stored_key({"customer_id": customer_id, "event_id": event_id, "channel": channel, "kind": kind})
-        item = layout.new_reservation(row, key, at, owner)
-        if self._conditional("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)"):
-            return (*row, True, DeliveryStatus.PENDING.value, None)
-        return self._settle_existing(row, key, at, cutoff, owner)
-
-    def _settle_existing(self, row: tuple, key: DeliveryKey, at: str, cutoff: str, owner: str | None) -> tuple:
-        """Decide from the row's current state and flip it conditionally; re-read if it changed meanwhile."""
+    def _settle_existing(
+        self, row: tuple, key: DeliveryKey, at: str, cutoff: str, owner: str | None, known: dict[str, Any] | None
+    ) -> tuple:
+        """Decide from the row's state (`known`, read just before, or a fresh read) and flip it
+        conditionally; re-read if it changed meanwhile."""
         campaign_id = row[-1]
         for _ in range(_SETTLE_TRIES):
-            current = (
-                self.client()
-                .get_item(TableName=self.table_name, Key=layout.delivery_key(key), ConsistentRead=True)
-                .get("Item", {})
-            )
+            current = known if known is not None else self._read_delivery(key)
+            known = None
             previous, reserved_at = string_attr(current, "status"), string_attr(current, "reserved_at")
             if previous is None:  # deleted meanwhile (never happens in normal operation)
                 return (*row, False, DeliveryStatus.IN_DOUBT.value, None)
@@ -163,6 +240,10 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
                 return (*row, decision.granted, decision.status, previous)
         raise RuntimeError(f"could not settle the reservation of {key}: the row keeps changing")
 
+    def _read_delivery(self, key: DeliveryKey) -> dict[str, Any]:
+        response = self.client().get_item(TableName=self.table_name, Key=layout.delivery_key(key), ConsistentRead=True)
+        return response.get("Item", {})
+
     def _write_sent(self, key: DeliveryKey, provider_message_id: str, at: str, campaign_id: str | None) -> None:
         request = layout.sent_update(key, provider_message_id, at, campaign_id)
         self.client().update_item(
@@ -176,6 +257,20 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
 
     def _write_attempt(self, key: DeliveryKey, reserved_at: str, at: str) -> bool:
         return self._update(layout.delivery_key(key), layout.attempt_update(reserved_at, at))
+
+    def _write_attempts(self, keys: list[DeliveryKey], reserved_at: str, at: str) -> set[DeliveryKey]:
+        request = layout.attempt_update(reserved_at, at)
+        written = self._write_each([layout.update(layout.delivery_key(key), request) for key in keys])
+        return {key for key, done in zip(keys, written, strict=True) if done}
+
+    def _write_sent_many(self, confirmations: list[SentConfirmation], at: str) -> None:
+        for round_ in layout.distinct_rounds(confirmations, key=lambda confirmation: confirmation.key):
+            self._write_each(
+                [
+                    layout.update(layout.delivery_key(key), layout.sent_update(key, message_id, at, campaign_id))
+                    for key, message_id, campaign_id in round_
+                ]
+            )
 
     def _owned_pending(self, owner: str) -> list[dict[str, Any]]:
         """Keys of `owner`'s pending rows: from the OWNER index, or a filtered scan on a table made before it."""

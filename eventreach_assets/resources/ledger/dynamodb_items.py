@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, encode_kind
 from eventreach_assets.domain.feedback import FEEDBACK_SCHEMA
@@ -12,6 +14,7 @@ from eventreach_assets.resources.ledger.base import LEASE_EXPIRED_REASON, NOT_AT
 from eventreach_assets.resources.ledger.records import FEEDBACK_COLUMNS
 
 Item = dict[str, dict[str, str]]
+T = TypeVar("T")
 STATUS_NAMES = {"#status": "status"}  # a reserved word: every expression names it #status
 _KEY_SET = "customer_id = :customer_id, event_id = :event_id, channel = :channel, kind = :kind"
 _UNMATCHED = "FEEDBACK#UNMATCHED"
@@ -247,6 +250,48 @@ def sent_days(start: datetime, end: datetime) -> list[str]:
     """The UTC dates (YYYY-MM-DD) from `start` to `end`: the SENT index partitions to query."""
     days = [(start + timedelta(days=offset)).strftime("%Y-%m-%d") for offset in range((end - start).days + 2)]
     return sorted({day for day in days if day <= end.strftime("%Y-%m-%d")})
+
+
+# ---- batched writes: one action per item, sent in TransactWriteItems or one by one -------------
+
+WriteAction = tuple[str, dict[str, Any]]  # ("Put" | "Update", the request without TableName)
+TRANSACTION_LIMIT = 100  # actions per TransactWriteItems
+WRITTEN = "Written"  # our outcome code of an action in a committed transaction
+REFUSED = "ConditionalCheckFailed"  # the cancellation reason of an action whose condition failed
+# Cancellation reasons after which the action is sent again: it did not cause the cancellation
+# ("None": a cancelled transaction writes nothing), or it met another writer or a throttle.
+RESEND_REASONS = frozenset(
+    {"None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+
+
+def put_new(item: dict[str, Any]) -> WriteAction:
+    """Put `item` only if its key has no item yet (a first reservation)."""
+    return "Put", {"Item": item, "ConditionExpression": "attribute_not_exists(pk)"}
+
+
+def update(key: Item, request: dict[str, Any]) -> WriteAction:
+    """An UpdateItem of `key` with a request built here (`attempt_update`, `sent_update`, ...)."""
+    return "Update", {"Key": key, "ExpressionAttributeNames": STATUS_NAMES, **request}
+
+
+def transact_items(table_name: str, actions: Sequence[WriteAction]) -> list[dict[str, Any]]:
+    """The TransactItems of a TransactWriteItems request doing `actions` on the table."""
+    return [{kind: {"TableName": table_name, **request}} for kind, request in actions]
+
+
+def distinct_rounds(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[T]]:
+    """`items` in rounds that never repeat a key (a transaction touches an item at most once, and
+    concurrent writes of one item have no order); a repeated key's items follow in later rounds."""
+    rounds: list[list[T]] = []
+    seen: Counter[Hashable] = Counter()
+    for item in items:
+        index = seen[key(item)]
+        seen[key(item)] += 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(item)
+    return rounds
 
 
 # ---- opt-outs, feedback, suppressions, re-arms -----------------------------------------------

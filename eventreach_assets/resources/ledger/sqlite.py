@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import polars as pl
 from pydantic import Field, PrivateAttr
 
-from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind, encode_kind
+from eventreach_assets.domain.delivery import DeliveryKey, DeliveryStatus, MessageKind, SentConfirmation, encode_kind
 from eventreach_assets.resources.ledger.base import (
     LEASE_EXPIRED_REASON,
     DeliveryLedgerResource,
@@ -119,6 +119,19 @@ _EXPIRE = (
     f"UPDATE {_LEDGER} SET status = 'in_doubt', reason = '{LEASE_EXPIRED_REASON}', updated_at = ?1 "
     "WHERE event_id = ?2 AND channel = ?3 AND kind = ?4 AND customer_id = ?5 AND status = 'pending'"
 )
+# The send marks, by name (:event_id, :channel, :kind, :customer_id + the named values).
+_ATTEMPT = (
+    f"UPDATE {_LEDGER} SET attempted_at = :at, updated_at = :at WHERE {_KEY_WHERE} "
+    "AND status = 'pending' AND attempted_at = '' AND reserved_at = :reserved"
+)
+_SENT = (
+    f"INSERT INTO {_LEDGER} (event_id, channel, kind, customer_id, campaign_id, status, "
+    "provider_message_id, sends, updated_at, sent_at) "
+    "VALUES (:event_id, :channel, :kind, :customer_id, :campaign_id, 'sent', :pid, 1, :at, :at) "
+    f"ON CONFLICT {_PK} DO UPDATE SET status = 'sent', reason = NULL, provider_message_id = :pid, "
+    "sends = sends + 1, updated_at = :at, sent_at = :at, "
+    "campaign_id = coalesce(:campaign_id, campaign_id)"
+)
 
 
 def _params(key: DeliveryKey, **extra: Any) -> dict[str, Any]:
@@ -219,15 +232,14 @@ class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
         return rows
 
     def _write_sent(self, key: DeliveryKey, provider_message_id: str, at: str, campaign_id: str | None) -> None:
-        self._write(
-            f"INSERT INTO {_LEDGER} (event_id, channel, kind, customer_id, campaign_id, status, "
-            "provider_message_id, sends, updated_at, sent_at) "
-            "VALUES (:event_id, :channel, :kind, :customer_id, :campaign_id, 'sent', :pid, 1, :at, :at) "
-            f"ON CONFLICT {_PK} DO UPDATE SET status = 'sent', reason = NULL, provider_message_id = :pid, "
-            "sends = sends + 1, updated_at = :at, sent_at = :at, "
-            "campaign_id = coalesce(:campaign_id, campaign_id)",
-            _params(key, campaign_id=campaign_id, pid=provider_message_id, at=at),
-        )
+        self._write_sent_many([SentConfirmation(key, provider_message_id, campaign_id)], at)
+
+    def _write_sent_many(self, confirmations: list[SentConfirmation], at: str) -> None:
+        with self._transaction() as conn:  # one commit for the window
+            conn.executemany(
+                _SENT,
+                [_params(key, campaign_id=campaign_id, pid=pid, at=at) for key, pid, campaign_id in confirmations],
+            )
 
     def _write_status(
         self, key: DeliveryKey, status: DeliveryStatus, reason: str, at: str, campaign_id: str | None
@@ -242,12 +254,12 @@ class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
         return written > 0
 
     def _write_attempt(self, key: DeliveryKey, reserved_at: str, at: str) -> bool:
-        written = self._write(
-            f"UPDATE {_LEDGER} SET attempted_at = :at, updated_at = :at WHERE {_KEY_WHERE} "
-            "AND status = 'pending' AND attempted_at = '' AND reserved_at = :reserved",
-            _params(key, at=at, reserved=reserved_at),
-        )
-        return written > 0
+        return bool(self._write_attempts([key], reserved_at, at))
+
+    def _write_attempts(self, keys: list[DeliveryKey], reserved_at: str, at: str) -> set[DeliveryKey]:
+        # One transaction, one UPDATE per key: executemany would only report the total rows changed.
+        with self._transaction() as conn:
+            return {key for key in keys if conn.execute(_ATTEMPT, _params(key, at=at, reserved=reserved_at)).rowcount}
 
     def _release_owned(self, owner: str, released_reason: str, doubted_reason: str, at: str) -> tuple[int, int]:
         params = {"owner": owner, "at": at, "reason": released_reason}
