@@ -26,6 +26,7 @@ MAX_FUNCTION_LINES = 60
 
 # Layer → the layers (first name under eventreach_assets) it must never import.
 TOP = {"definitions", "deployments", "sensors", "schedules", "jobs", "demo", "bench", "bench_sends", "why",
+       "provider_standins",
        "run_launcher"}  # fmt: skip
 FORBIDDEN: dict[str, set[str]] = {
     "program": {"domain", "resources", "ingestion", "assets", "checks", "serving", "partitions"} | TOP,

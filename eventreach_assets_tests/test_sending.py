@@ -326,9 +326,10 @@ def test_after_a_hard_kill_only_the_message_in_the_providers_hands_is_in_doubt(l
     batch = messages(20)
     channel = hard_kill_mid_call(ledger, batch, owner="run-killed")
     statuses = Counter(ledger.deliveries(EVENT)["status"])
-    assert statuses == {"sent": 7, "pending": 3}  # what SIGKILL leaves: c007 attempted, c008-c009 not
+    # What SIGKILL leaves: c007 attempted; c008-c009 and the chunk reserved ahead (c010-c014) not.
+    assert statuses == {"sent": 7, "pending": 8}
     # The run-failure sensor's call for the dead run:
-    assert ledger.release_owner("run-killed", "run failed", NOW) == (2, 1)
+    assert ledger.release_owner("run-killed", "run failed", NOW) == (7, 1)
     report = run(batch, ledger, channel, Clock(NOW + timedelta(minutes=5)), chunk_size=5, owner="run-retry")
     assert report.skipped == {"already_sent": 7, "in_doubt": 1}
     assert report.sent == 12
@@ -342,11 +343,11 @@ def test_without_the_sensor_the_lease_gives_the_same_outcome(ledger):
     batch = messages(20)
     channel = hard_kill_mid_call(ledger, batch, owner=None)
     within = run(batch, ledger, channel, Clock(NOW + timedelta(minutes=5)), chunk_size=5)
-    assert within.skipped == {"already_sent": 7, "in_progress": 3}  # the dead run's lease still holds them
-    assert within.sent == 10  # the chunks it never reserved
+    assert within.skipped == {"already_sent": 7, "in_progress": 8}  # the dead run's lease still holds them
+    assert within.sent == 5  # the chunk it never reserved
     report = run(batch, ledger, channel, Clock(NOW + timedelta(hours=2)), chunk_size=5)
-    assert report.skipped == {"already_sent": 17, "in_doubt": 1}
-    assert report.sent == 2
+    assert report.skipped == {"already_sent": 12, "in_doubt": 1}
+    assert report.sent == 7  # the dead run's never-attempted reservations, taken over after the lease
     assert report.became_in_doubt == 1
     assert len(channel.accepted) == 20 and max(channel.accepted.values()) == 1
 
@@ -486,7 +487,8 @@ def test_messages_stream_one_chunk_at_a_time(ledger):
     channel.on_send = lambda message: ahead.append(generated - sum(channel.accepted.values()))
     report = run(rendered(), ledger, channel, concurrency=1, chunk_size=50)
     assert report.sent == 250
-    assert max(ahead) <= 50  # never more than one chunk rendered and not yet sent, not all 250
+    # Rendered and not yet sent: the chunk sending and the one reserved ahead, never all 250.
+    assert 50 <= max(ahead) <= 2 * 50
 
 
 def test_a_hard_kill_with_many_in_flight_leaves_only_those_in_doubt(ledger):

@@ -290,6 +290,8 @@ class _Pipeline:
         self.source, self.chunk_size, self.lease, self.owner = source, chunk_size, lease, owner
         self.concurrency = report.concurrency
         self.refill_at = max(1, self.concurrency // 4)  # free slots that make a refill worth a ledger batch
+        self.render_slice = max(8, self.concurrency)  # messages rendered ahead per turn of the loop
+        self.staged: list[OutboundMessage] = []  # rendered, not reserved yet (at most one chunk)
         self.queue: deque[tuple[OutboundMessage, datetime]] = deque()  # granted, not attempted, with reserved_at
         self.in_flight: dict[Future[_Outcome], OutboundMessage] = {}
         self.exhausted = False
@@ -298,7 +300,7 @@ class _Pipeline:
         try:
             while True:
                 self._top_up()
-                if not self.queue and not self.in_flight:
+                if not self.queue and not self.in_flight and not self.staged and self.exhausted:
                     return
                 self._launch()
                 self._collect()
@@ -310,13 +312,17 @@ class _Pipeline:
             raise
 
     def _top_up(self) -> None:
-        """Reserve the next chunk while the senders still have work: they never wait for a chunk."""
-        while not self.exhausted and len(self.queue) < self.concurrency:
-            chunk = list(islice(self.source, self.chunk_size))
-            if not chunk:
-                self.exhausted = True
-                return
-            reserved_at = self.now()
+        """Render the next chunk a slice per turn while the current one sends, and reserve it once whole:
+        neither the renderer nor the ledger makes the senders wait. When nothing is queued any more
+        (rendering is the bottleneck), the chunk is finished at once."""
+        if not self.exhausted and len(self.queue) < self.chunk_size:
+            room = self.chunk_size - len(self.staged)
+            step = room if not self.queue else min(room, self.render_slice)
+            rendered = list(islice(self.source, step))
+            self.staged += rendered
+            self.exhausted = len(rendered) < step
+        if self.staged and (len(self.staged) >= self.chunk_size or self.exhausted):
+            chunk, self.staged, reserved_at = self.staged, [], self.now()
             granted = _reserve(chunk, self.ledger, reserved_at, self.lease, self.report, self.owner)
             self.queue.extend((message, reserved_at) for message in self._not_opted_out(granted))
 
