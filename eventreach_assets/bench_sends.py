@@ -58,9 +58,10 @@ from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.domain.events import EventContext
 
 REFERENCE = "render+bytes"
+MOTO_REFERENCE = "moto-writes"  # the DynamoDB stand-in's own ceiling: bare conditional PutItems, no ledger
 SCENARIOS = ("outbox+sqlite", "outbox+dynamodb", "smtp+sqlite", "ses+dynamodb", "webhook+sqlite", "sns+dynamodb")
 PROVIDERS = frozenset({"smtp+sqlite", "ses+dynamodb", "webhook+sqlite", "sns+dynamodb"})  # latency, rate, concurrency
-CAPPED = PROVIDERS | {"outbox+dynamodb"}  # run at --provider-messages (paced, or moto's CPU in the loop)
+CAPPED = PROVIDERS | {"outbox+dynamodb", MOTO_REFERENCE}  # at --provider-messages: paced, or moto-bound
 CHANNEL_OF = {"webhook+sqlite": "in-app", "sns+dynamodb": "push"}  # the rest send email
 TARGET_SHARE = 0.8  # of min(rate, concurrency / latency)
 OWNER = "bench-sends"  # the reservations' owner, as a Dagster run id would be
@@ -264,6 +265,20 @@ def render_bytes(plan: pl.DataFrame) -> int:
     return plan.height if size else 0
 
 
+def moto_writes(writes: int, endpoint: str | None) -> int:
+    """The reference for the `+dynamodb` rows: `writes` bare conditional PutItems on moto from the ledger's
+    threads and client (what one reservation write costs moto), nothing else. Returns the writes done."""
+    ledger = make_ledger("outbox+dynamodb", Path("."), endpoint)
+    client = ledger.client()
+
+    def put(number: int) -> None:
+        item = {"pk": {"S": "EVENT#bench"}, "sk": {"S": f"DELIVERY#email#invitation#C{number:09d}"},
+                "status": {"S": "pending"}}  # fmt: skip
+        client.put_item(TableName=ledger.table_name, Item=item, ConditionExpression="attribute_not_exists(pk)")
+
+    return len(ledger._parallel(put, list(range(writes))))
+
+
 def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[str, Any]:
     """One run of one scenario (or the reference) in this process; the figures of its timed section."""
     import eventreach_assets.assets.campaigns  # noqa: F401  (Dagster's imports take seconds: not in the timing)
@@ -274,6 +289,8 @@ def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[st
     wall, cpu = time.perf_counter(), time.process_time()
     if scenario == REFERENCE:
         figures: dict[str, Any] = {"sent": render_bytes(plan)}
+    elif scenario == MOTO_REFERENCE:
+        figures = {"sent": moto_writes(plan.height, wiring.endpoint)}
     else:
         figures = send(scenario, plan, work, wiring, clocks)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -285,7 +302,7 @@ def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[st
         "wall_s": wall,
         "messages_per_s": plan.height / wall,
         "cpu_ms_per_message": 1000 * cpu / plan.height,
-        "phase_cpu_ms_per_message": {} if scenario == REFERENCE else {
+        "phase_cpu_ms_per_message": {} if scenario in (REFERENCE, MOTO_REFERENCE) else {
             name: 1000 * seconds / plan.height for name, seconds in phases.items()
         },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -314,7 +331,7 @@ class Providers:
 
     def received(self, scenario: str, work: Path) -> tuple[int, int] | None:
         """(messages received, the most any one recipient got) at the scenario's provider; None: the reference."""
-        if scenario == REFERENCE:
+        if scenario in (REFERENCE, MOTO_REFERENCE):
             return None
         if scenario.startswith("smtp+"):
             counts = self.smtp.recipients
@@ -348,7 +365,7 @@ def start_providers(stack: ExitStack, settings: Settings) -> Providers:
     latency = settings.latency_ms / 1000
     providers = Providers(concurrency=settings.concurrency, rate=settings.rate)
     scenarios = settings.scenarios
-    if any(s.startswith(("ses+", "sns+")) or s.endswith("+dynamodb") for s in scenarios):
+    if any(s.startswith(("ses+", "sns+")) or s.endswith("+dynamodb") or s == MOTO_REFERENCE for s in scenarios):
         os.environ.update(FAKE_AWS_ENV)  # the children inherit it
         providers.moto = stack.enter_context(standins.moto_server(latency))
     if any(s.startswith("smtp+") for s in scenarios):
@@ -416,12 +433,21 @@ def row(name: str, figures: dict[str, Any]) -> str:
     goal = "-" if target is None else f"{target:,.0f}" + ("" if figures["meets_target"] else " MISSED")
     phases = " ".join(f"{phase}={ms:.2f}" for phase, ms in figures["phase_cpu_ms_per_message"].items())
     rate = figures["provider_rate"]
-    note = (phases + (f"  rate {rate:g}/s" if rate else "")) or "reference: render + wire bytes only"
+    bare = {
+        REFERENCE: "reference: render + wire bytes only",
+        MOTO_REFERENCE: "reference: bare conditional PutItems/s on moto (the ledger makes ~3 writes a message)",
+    }
+    note = (phases + (f"  rate {rate:g}/s" if rate else "")) or bare.get(name, "")
     return (
         f"{name:<16} {figures['messages']:>9,} {figures['wall_s']:>8.2f} {figures['messages_per_s']:>8,.0f} "
         f"{figures['cpu_ms_per_message']:>11.2f} {figures['peak_rss_mb']:>8,.0f} {got:>9} "
         f"{figures['concurrency'] or '-':>9} {goal:>8}  {note}"
     )
+
+
+def references(scenarios: tuple[str, ...]) -> tuple[str, ...]:
+    """The bare references measured beside the scenarios: rendering always, moto's writes with a DynamoDB ledger."""
+    return (REFERENCE, *([MOTO_REFERENCE] if any(s.endswith("+dynamodb") for s in scenarios) else []))
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -437,7 +463,7 @@ def run(settings: Settings) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     with ExitStack() as stack:
         providers = start_providers(stack, settings)
-        for name in (REFERENCE, *settings.scenarios):
+        for name in references(settings.scenarios) + settings.scenarios:
             samples = [one_run(name, settings.size(name), providers) for _ in range(settings.runs)]
             figures[name] = summarize(samples, settings.target(name))
             print(row(name, figures[name]), flush=True)

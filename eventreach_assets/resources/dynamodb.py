@@ -8,6 +8,8 @@ client and retries, shares only `run_parallel`.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -22,13 +24,37 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, workers) -> the process's pool of that size
+_POOLS_LOCK = threading.Lock()
+_IN_POOL = threading.local()  # set on a pool thread while it runs a task: nested calls run inline
+
+
+def _shared_pool(max_workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per process and size: starting threads per call cost more than the requests
+    (a send loop calls this for every window of messages)."""
+    key = (os.getpid(), max_workers)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dynamodb")
+        return pool
+
+
 def run_parallel(function: Callable[[T], R], work: Sequence[T], max_workers: int) -> list[R]:
     """`function` over `work` in order, on up to `max_workers` threads: DynamoDB has no batch for
-    conditional writes or updates, so per-item requests are spread instead of waited on one by one."""
-    if len(work) <= 1 or max_workers == 1:
+    conditional writes or updates, so per-item requests are spread instead of waited on one by one.
+    Called from inside one of those tasks, it runs inline (a task waiting on its own pool could deadlock)."""
+    if len(work) <= 1 or max_workers == 1 or getattr(_IN_POOL, "active", False):
         return [function(piece) for piece in work]
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(work))) as pool:
-        return list(pool.map(function, work))
+
+    def task(piece: T) -> R:
+        _IN_POOL.active = True
+        try:
+            return function(piece)
+        finally:
+            _IN_POOL.active = False
+
+    return list(_shared_pool(max_workers).map(task, work))
 
 
 def is_conditional_failure(error: ClientError) -> bool:
