@@ -41,26 +41,34 @@ def test_make_bench_serving_prints_the_latency_figures_at_a_tiny_size():
     assert " 0 errors" in out
 
 
-def test_make_bench_sends_prints_every_scenario_and_the_reference_at_a_tiny_size():
+def test_make_bench_sends_prints_every_scenario_and_the_references_at_a_tiny_size():
     out = run_module(
-        "eventreach_assets.bench_sends", "--messages", "200", "--slow-messages", "50", "--runs", "1",
+        "eventreach_assets.bench_sends", "--messages", "200", "--provider-messages", "100", "--moto-messages", "50",
+        "--runs", "1",
     )  # fmt: skip
     lines = out.splitlines()
     figures = json.loads(lines[-1])["scenarios"]
-    expected = {"render+bytes": 200, "outbox+sqlite": 200, "outbox+dynamodb": 50, "smtp+sqlite": 50}
+    expected = {
+        "render+bytes": 200, "moto-writes": 50, "outbox+sqlite": 200, "outbox+dynamodb": 50, "smtp+sqlite": 100,
+        "ses+sqlite": 100, "webhook+sqlite": 100, "sns+sqlite": 100, "ses+dynamodb": 50,
+    }  # fmt: skip
     assert set(figures) == set(expected)
     for name, planned in expected.items():
         [row] = [line for line in lines if line.startswith(f"{name} ")]
-        messages, wall, per_second, cpu, peak, received = row.split()[1:7]
+        messages, wall, per_second, cpu, peak, received, in_flight, target = row.split()[1:9]
         assert int(messages.replace(",", "")) == figures[name]["messages"] == planned
         assert min(float(wall), float(per_second.replace(",", "")), float(cpu), float(peak.replace(",", ""))) > 0
         got = figures[name]
         assert got["messages_per_s"] > 0 and got["cpu_ms_per_message"] > 0 and got["peak_rss_mb"] > 0
-        if name == "render+bytes":
+        if name in ("render+bytes", "moto-writes"):  # the bare references: nothing reaches a provider
             assert received == "-" and got["exactly_once"] is None
-        else:  # what the provider got (outbox files, SMTP messages) is exactly the plan
-            assert int(received.replace(",", "")) == planned and got["received"] == [planned]
-            assert got["exactly_once"] is True
-            assert set(got["phase_cpu_ms_per_message"]) == {"render", "validate", "deliver"}
-    capped = [line for line in lines if "capped at --slow-messages 50" in line]
-    assert [line.split()[0] for line in capped] == ["outbox+dynamodb", "smtp+sqlite"]
+            continue
+        # What the provider got (outbox files, SMTP/SES recipients, webhook keys, SNS publishes) is the plan, once each.
+        assert int(received.replace(",", "")) == planned and got["received"] == [planned]
+        assert got["exactly_once"] is True
+        assert set(got["phase_cpu_ms_per_message"]) == {"render", "validate", "deliver"}
+        if name.startswith(("smtp", "ses", "webhook", "sns")):  # paced by a provider: 32 in flight, 80% of 500/s
+            assert int(in_flight) == got["concurrency"] == 32 and got["provider_rate"] == 500
+            assert got["target_messages_per_s"] == 400 and target.startswith("400")
+        else:
+            assert target == "-" and got["target_messages_per_s"] is None
