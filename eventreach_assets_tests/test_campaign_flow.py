@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import threading
 from datetime import UTC, datetime, time, timedelta
 from email import policy
 from pathlib import Path
@@ -11,6 +12,7 @@ import dagster as dg
 import icalendar
 import polars as pl
 import pytest
+from pydantic import PrivateAttr
 
 from eventreach_assets.assets.campaigns import NEXT_DUE_AT, REASON, email_invitations, in_app_invitations
 from eventreach_assets.definitions import build_definitions
@@ -29,9 +31,14 @@ class FailingAfter(LocalOutboxEmail):
     """The local outbox, dying (as a crashed process would) after `allowed` messages."""
 
     allowed: int
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _taken: int = PrivateAttr(default=0)
 
     def send(self, message: OutboundMessage) -> str:
-        if len(list(Path(self.outbox_dir).glob("*.eml"))) >= self.allowed:
+        with self._lock:  # the send loop calls from `concurrency` threads: exactly `allowed` get through
+            self._taken += 1
+            crashed = self._taken > self.allowed
+        if crashed:
             raise RuntimeError("simulated crash of the email provider connection")
         return super().send(message)
 
