@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import socketserver
 import threading
 import time
 from collections import Counter
@@ -182,13 +183,20 @@ class _InAppHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def in_app_service(latency_s: float = 0.0) -> Iterator[InAppService]:
-    server = InAppService(latency_s)
+def serving(server: socketserver.BaseServer) -> Iterator[None]:
+    """Run `server` on a background thread until the block ends, then shut it down and close it."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield server
+        yield
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextmanager
+def in_app_service(latency_s: float = 0.0) -> Iterator[InAppService]:
+    server = InAppService(latency_s)
+    with serving(server):
+        yield server

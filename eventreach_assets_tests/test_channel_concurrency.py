@@ -29,6 +29,7 @@ import boto3
 import pytest
 
 from eventreach_assets.domain.delivery import PermanentSendError, ThrottledSendError, TransientSendError
+from eventreach_assets.provider_standins import serving
 from eventreach_assets.resources.channels import (
     ChannelUnavailableError,
     LocalOutboxEmail,
@@ -268,14 +269,8 @@ def keep_alive_receiver(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/v1/banners"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.mark.integration
