@@ -7,6 +7,8 @@ decodes encoded-words and hides the defect, so these tests look at the raw heade
 
 from __future__ import annotations
 
+import binascii
+import random
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,20 +21,30 @@ import boto3
 import icalendar
 import pytest
 
-from eventreach_assets.domain.delivery import OutboundMessage, PermanentSendError
+from eventreach_assets.domain import email_wire
+from eventreach_assets.domain.calendar_invite import ICS_CONTENT_TYPE
+from eventreach_assets.domain.delivery import Attachment, OutboundMessage, PermanentSendError
 from eventreach_assets.domain.email_wire import (
     MAX_LINE_OCTETS,
+    QuotedPrintablePieces,
+    checked_email,
     email_problems,
     email_wire_bytes,
     fold_verbatim_header,
     message_id,
+    quoted_printable,
     raw_header_fields,
     to_email_message,
     wire_problems,
 )
 from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.link_tokens import verify_link_token
-from eventreach_assets.domain.rendering import render_invitation_email
+from eventreach_assets.domain.rendering import (
+    render_cancellation_email,
+    render_invitation_email,
+    render_survey_email,
+    render_update_email,
+)
 from eventreach_assets.domain.templates import TemplateSet
 from eventreach_assets.resources.channels import LocalOutboxEmail, SesEmail, SmtpEmail, outbox_file_stem
 from eventreach_assets_tests.stand_ins import REGION, smtp_server
@@ -245,3 +257,207 @@ def test_a_long_ascii_subject_folds_between_words_and_reads_back_without_a_leadi
     head = raw.split(b"\r\n\r\n")[0].split(b"\r\n")
     assert all(len(line) <= 78 for line in head if b"<https://" not in line and b"<mailto:" not in line)
     assert message_from_bytes(raw, policy=policy.default)["Subject"] == message.subject
+
+
+# ---- issue 12: the bytes written directly, read back by the standard library ------------------
+
+CORPUS_EVENTS = {
+    "ascii": EventContext("ev-a", "Cloud Summit", ["cloud"], datetime(2026, 12, 3, 16, 0), 500, ["US"]),
+    "umlauts": EVENT,
+    "long": EventContext(
+        "ev-l",
+        "The Very Long Annual EventReach Cloud, Data & AI Practitioners' Summit — Édition spéciale",
+        ["ai"],
+        datetime(2026, 12, 3, 16, 0),
+        500,
+        ["FR"],
+    ),
+}
+CORPUS_ROWS = [
+    {"customer_id": "c1", "email": "ann@example.com", "marketplace": "US", "timezone": "America/New_York"},
+    {"customer_id": "c2", "email": "jorg@example.de", "marketplace": "DE", "timezone": "Europe/Berlin",
+     "first_name": "Jörg"},
+    {"customer_id": "c3", "email": "elo@example.fr", "marketplace": "FR", "timezone": "Europe/Paris",
+     "first_name": "Éloïse"},
+    {"customer_id": "c4", "email": "aki@example.jp", "marketplace": "JP", "timezone": "Asia/Tokyo",
+     "first_name": "明"},
+]  # fmt: skip
+
+
+def corpus() -> list[tuple[str, OutboundMessage, bool]]:
+    """(what, message, has an .ics): every kind and language the renderer sends, non-ASCII
+    names, subjects and sender, a long subject, with and without .ics and HTML, REQUEST and CANCEL."""
+    common = {"templates": TemplateSet(), "secret": SECRET, "base_url": BASE, "sender": SENDER}
+    messages: list[tuple[str, OutboundMessage, bool]] = []
+    for label, event in CORPUS_EVENTS.items():
+        for row in CORPUS_ROWS:
+            for invite in (True, False):
+                message = render_invitation_email(
+                    row, event=event, organizer_email="events@eventreach.example", campaign_id=f"{event.event_id}:c",
+                    include_calendar_invite=invite, send_at=SEND_AT, **common,
+                )  # fmt: skip
+                messages.append((f"invitation {label} {row['marketplace']} ics={invite}", message, invite))
+            update = render_update_email(row, event=event, campaign_id="u", sequence=2, send_at=SEND_AT,
+                                         previous_start_utc=datetime(2026, 11, 30, 9, 0), **common)  # fmt: skip
+            cancel = render_cancellation_email(row, event=event, campaign_id="x", sequence=3, send_at=SEND_AT, **common)
+            survey = render_survey_email(row, event=event, campaign_id="s", send_at=SEND_AT, **common)
+            messages += [(f"update {label}", update, True), (f"cancel {label}", cancel, True)]
+            messages += [
+                (f"survey {label}", survey, False),
+                (f"text only {label}", replace(survey, body_html=""), False),
+            ]
+    named = replace(
+        messages[0][1], headers={**messages[0][1].headers, "From": "Événements Zürich <events@eventreach.example>"}
+    )
+    return [*messages, ("non-ASCII sender name", named, True)]
+
+
+def test_the_standard_library_reads_back_exactly_what_was_rendered_for_a_corpus() -> None:
+    """The wire bytes are written by hand now: whatever the language, kind, subject or parts,
+    `email`'s parser reads back the rendered message (line breaks CRLF on the wire), no defects."""
+    for what, message, has_invite in corpus():
+        raw = email_wire_bytes(message)
+        parsed = message_from_bytes(raw, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        assert [defect for part in parsed.walk() for defect in part.defects] == [], what
+        assert (parsed["From"], parsed["To"], parsed["Subject"]) == (
+            message.headers["From"], message.recipient, message.subject,
+        ), what  # fmt: skip
+        assert parsed["Date"].datetime == SEND_AT.replace(tzinfo=UTC), what
+        assert parsed["Message-ID"] == message_id(message), what
+        assert parsed["List-Unsubscribe"] == message.headers["List-Unsubscribe"], what
+        assert parsed["Content-Language"] == message.headers["Content-Language"], what
+        text = parsed.get_body(("plain",))
+        assert text.get_content().replace("\r\n", "\n") == message.body_text, what
+        html = parsed.get_body(("html",))
+        if message.body_html:
+            assert html.get_content().replace("\r\n", "\n") == message.body_html, what
+        else:
+            assert html is None and parsed.get_content_type() in ("text/plain", "multipart/mixed"), what
+        attachments = list(parsed.iter_attachments())
+        assert [(a.get_filename(), a.get_content_type(), a.get_payload(decode=True)) for a in attachments] == [
+            (a.filename, a.content_type.split(";")[0], a.data) for a in message.attachments
+        ], what
+        assert [a.get_param("method") for a in attachments] == [
+            "CANCEL" if "CANCEL" in a.content_type else "REQUEST" for a in message.attachments
+        ], what
+        assert wire_problems(raw, expect_calendar_invite=has_invite) == [], what
+        assert email_problems(message, expect_calendar_invite=has_invite) == [], what
+        assert raw.isascii() and all(len(line) <= 78 for line in raw.split(b"\r\n\r\n", 1)[1].split(b"\r\n")), what
+
+
+def test_a_non_ascii_subject_and_sender_are_encoded_words_and_long_ascii_ones_fold_at_spaces() -> None:
+    german = render_invitation_email(
+        {**ROW, "customer_id": "c9"}, event=CORPUS_EVENTS["long"], templates=TemplateSet(), secret=SECRET,
+        base_url=BASE, sender="Événements <events@eventreach.example>", organizer_email="events@eventreach.example",
+        campaign_id="c", include_calendar_invite=False, send_at=SEND_AT,
+    )  # fmt: skip
+    raw = email_wire_bytes(german)
+    subject = raw_field(raw, "Subject")
+    assert subject.startswith(b"=?utf-8?q?") and subject.count(b"\r\n ") >= 1
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert all(len(line) <= 78 for line in head if not line.startswith((b"List-Unsubscribe: <https:", b" <mailto:")))
+    assert raw_field(raw, "From").startswith(b"=?utf-8?")
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parsed["Subject"] == german.subject and parsed["From"].addresses[0].display_name == "Événements"
+    english = replace(german, subject="Join us for " + "the summit of " * 12 + "2026")
+    assert raw_field(email_wire_bytes(english), "Subject").startswith(b"Join us for the summit")
+    assert b"=?" not in raw_field(email_wire_bytes(english), "Subject")
+
+
+def test_bodies_are_quoted_printable_of_the_text_whatever_the_lines() -> None:
+    """The writer's quoted-printable (by hand for printable ASCII, binascii otherwise, and a
+    template's pieces encoded once with the values between them) decodes to the text, in lines
+    of at most 76 characters with no trailing whitespace."""
+    chance = random.Random(12)
+    alphabet = "abcXYZ09=?&<>\"' .:/-_\tüé—\n."
+    for _ in range(3000):
+        text = "".join(chance.choice(alphabet) for _ in range(chance.randint(0, 300)))
+        literals = tuple(text.split("b"))
+        values = ["".join(chance.choice(alphabet) for _ in range(chance.randint(0, 200))) for _ in literals[1:]]
+        joined = QuotedPrintablePieces(literals).join(values)
+        assert str(joined) == "".join(piece for pair in zip(literals, [*values, ""], strict=True) for piece in pair)
+        for encoded, decoded in ((quoted_printable(text), text), (joined.quoted_printable, str(joined))):  # type: ignore[attr-defined]
+            assert binascii.a2b_qp(encoded).decode() == decoded.replace("\n", "\r\n")
+            assert encoded.isascii() and max(map(len, encoded.split(b"\r\n"))) <= 76
+            assert not any(line.endswith((b" ", b"\t")) for line in encoded.split(b"\r\n"))
+
+
+# ---- issue 12: validation per message, the parsers per shape, one serialization ------------------
+
+
+def test_the_parsers_run_once_per_message_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`email_problems` parses (email + icalendar) the first message of a shape, then checks the
+    bytes and the .ics of every message without a parser."""
+    parsed: list[bytes] = []
+    original = email_wire._parsed_problems
+    monkeypatch.setattr(email_wire, "_parsed_problems", lambda raw, expect: parsed.append(raw) or original(raw, expect))
+    monkeypatch.setattr(email_wire, "_CHECKED_SHAPES", {})
+    rows = [{**ROW, "customer_id": f"c{n}", "email": f"c{n}@example.com"} for n in range(20)]
+    assert all(email_problems(invitation(row), expect_calendar_invite=True) == [] for row in rows)
+    assert len(parsed) == 1
+    without_html = replace(invitation(rows[0]), body_html="")
+    assert email_problems(without_html, expect_calendar_invite=True) == []
+    assert len(parsed) == 2  # another shape: parsed once more
+
+
+def test_a_broken_message_of_a_known_shape_is_still_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the per-message checks catch once the shape is known: an injected header, an
+    over-long List-Unsubscribe element, a non-ASCII byte in a header, a broken .ics."""
+    good = invitation()
+    assert email_problems(good, expect_calendar_invite=True) == []  # the shape has passed the parsers
+    https, mailto = unsubscribe_uris(good)
+    injected = replace(good, recipient="ann@example.com\r\nBcc: everyone@example.com")
+    assert email_problems(injected, expect_calendar_invite=True) == [
+        "cannot be serialized: recipient is not a plain ASCII address: 'ann@example.com\\r\\nBcc: everyone@example.com'"
+    ]
+    named = replace(good, headers={**good.headers, "X-Note\r\nBcc": "everyone@example.com"})
+    assert email_problems(named, expect_calendar_invite=True)[0].startswith("cannot be serialized: not a header name")
+    folded = replace(good, headers={**good.headers, "X-EventReach-Campaign": "c\r\nBcc: everyone@example.com"})
+    assert email_problems(folded, expect_calendar_invite=True) == []  # one line: the value, not a header
+    assert b"\r\nBcc:" not in email_wire_bytes(folded)
+    long_element = replace(good, headers={**good.headers, "List-Unsubscribe": f"<{https}{'x' * 990}>, <{mailto}>"})
+    (problem,) = email_problems(long_element, expect_calendar_invite=True)
+    assert problem.startswith("cannot be serialized: List-Unsubscribe needs a line of")
+    ics = good.attachments[0].data
+    for damaged, problem in (
+        (ics.replace(b"UID:", b"UID;X"), "calendar invite does not parse: not a content line: 'UID;X"),
+        (ics.replace(b"METHOD:REQUEST", b"METHOD:CANCEL"), "calendar part's content type does not say method=CANCEL"),
+        (ics.replace(b"DTSTART:20261203T160000Z", b"DTSTART:20261203T160000"), "calendar invite DTSTART is not in UTC"),
+        (ics.replace(b"DTSTAMP:2026", b"DTSTAMP:x2026"), "calendar invite does not parse: DTSTAMP value 'x2026"),
+        (ics.replace(b"\r\nURL:", b"\r\nURL:\x07"), "calendar invite does not parse: not a content line: 'URL:"),
+    ):
+        attachment = Attachment("invite.ics", ICS_CONTENT_TYPE, damaged)
+        (found,) = email_problems(replace(good, attachments=(attachment,)), expect_calendar_invite=True)
+        assert found.startswith(problem), (problem, found)
+    # A writer that let an 8-bit byte, a second To or a blank line into the header block: caught per message too.
+    serialize = email_wire._serialize
+    for damage, problem in (
+        (lambda raw: raw.replace(b"\r\nTo: ", "\r\nTo: Zoë ".encode(), 1), "8-bit data"),
+        (lambda raw: raw.replace(b"\r\nTo: ", b"\r\nTo: x@example.com\r\nTo: ", 1), "2 To headers"),
+        (lambda raw: raw.replace(b"\r\nMIME-Version: 1.0\r\n", b"\r\n\r\nMIME-Version: 1.0\r\n", 1), "missing MIME"),
+    ):
+        monkeypatch.setattr(email_wire, "_serialize", lambda message, damage=damage: damage(serialize(message)))
+        problems = email_problems(good, expect_calendar_invite=True)
+        assert any(found.startswith(problem) for found in problems), (problem, problems)
+    monkeypatch.setattr(email_wire, "_serialize", serialize)
+
+
+def test_validation_and_the_channel_share_one_serialization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message `checked_email` found fit is sent as the very bytes it checked: the channel
+    does not serialize it again (unless its headers changed since)."""
+    written: list[bytes] = []
+    serialize = email_wire._serialize
+    monkeypatch.setattr(email_wire, "_serialize", lambda message: written.append(serialize(message)) or written[-1])
+    message = invitation()
+    checked = checked_email(message, expect_calendar_invite=True)
+    assert checked.problems == [] and checked.data is not None and len(written) == 1
+    channel = LocalOutboxEmail(outbox_dir=str(tmp_path))
+    channel.send(message)
+    assert len(written) == 1  # the outbox got the checked bytes, written once
+    assert (tmp_path / f"{outbox_file_stem(message)}.eml").read_bytes() == checked.data
+    assert email_wire_bytes(message) == checked.data and len(written) == 2  # asked again: written again, the same
+    changed = invitation()
+    assert checked_email(changed, expect_calendar_invite=True).problems == []
+    changed.headers["X-EventReach-Campaign"] = "changed after validation"
+    assert b"changed after validation" in email_wire_bytes(changed)  # not the stale bytes

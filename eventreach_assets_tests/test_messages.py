@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from urllib.parse import parse_qs, urlparse
 
 import icalendar
 import pytest
 
-from eventreach_assets.domain.calendar_invite import ICS_CONTENT_TYPE, calendar_invite
+from eventreach_assets.domain.calendar_invite import ICS_CONTENT_TYPE, calendar_invite, calendar_uid
 from eventreach_assets.domain.delivery import MessageKind
 from eventreach_assets.domain.email_wire import email_wire_bytes, to_email_message
 from eventreach_assets.domain.events import EventContext
-from eventreach_assets.domain.link_tokens import InvalidLinkToken, link, sign_link_token, verify_link_token
+from eventreach_assets.domain.link_tokens import (
+    LINK_ACTIONS,
+    InvalidLinkToken,
+    LinkSigner,
+    link,
+    sign_link_token,
+    verify_link_token,
+)
 from eventreach_assets.domain.rendering import (
     render_day_of_email,
     render_in_app_banner,
     render_invitation_email,
     render_push_reminder,
 )
-from eventreach_assets.domain.templates import TemplateSet, language_for
+from eventreach_assets.domain.templates import TemplateSet, language_for, local_when
 
 SECRET = b"test-secret"
 BASE = "https://go.example.com"
@@ -302,3 +313,124 @@ def test_email_problems_flags_what_providers_and_calendars_reject():
     broken = Attachment("invite.ics", ICS_CONTENT_TYPE, b"BEGIN:VCALENDAR\r\nMETHOD:PUBLISH\r\nEND:VCALENDAR\r\n")
     problems = email_problems(replace(good, attachments=(broken,)), expect_calendar_invite=True)
     assert problems and "calendar invite" in problems[0]
+
+
+# ---- issue 12: what a segment shares is built once, and renders what it did before --------------
+
+
+def test_a_campaigns_signer_makes_the_tokens_sign_link_token_makes():
+    """LinkSigner (claims prefix, HMAC key schedule computed once) == the canonical signing."""
+    for secret in (SECRET, "a str secret", b"k" * 100):  # a key over SHA-256's block is hashed first
+        signer = LinkSigner(secret, event_id='ev-"1"', channel="email", campaign_id="camp:Zürich")
+        for customer_id in ("c1", 'Jörg "J" \\', ""):
+            for action in sorted(LINK_ACTIONS):
+                token = signer.token(customer_id, action)
+                assert token == sign_link_token(secret, customer_id=customer_id, event_id='ev-"1"', channel="email",
+                                                campaign_id="camp:Zürich", action=action)  # fmt: skip
+                assert verify_link_token(secret, token, action=action).customer_id == customer_id
+                # The signature is HMAC-SHA256 as the standard library computes it, over "v1." + payload.
+                payload, signature = token.split(".")
+                key = secret.encode() if isinstance(secret, str) else secret
+                expected = hmac.new(key, f"v1.{payload}".encode(), hashlib.sha256).digest()
+                assert base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)) == expected
+    with pytest.raises(ValueError, match="unknown link action"):
+        LinkSigner(SECRET, event_id="e", channel="email", campaign_id="c").token("c1", "delete")
+
+
+HOSTILE_EVENT = EventContext("ev-9", 'Zürich <b>"&"</b> {x} %s', ["x"], datetime(2026, 1, 20, 16, 0), 1, ["DE"])
+
+
+def test_a_segment_renderer_renders_what_jinja_renders(tmp_path):
+    """Templates rendered once per segment with placeholders, filled per message: the same
+    subject, text and HTML as Jinja for every template, language and first name (escaped or
+    not, empty, padded, hostile), and bodies carrying their quoted-printable form."""
+    templates = TemplateSet()
+    shared = {"event_name": HOSTILE_EVENT.name, "event_topics": ["x"], "event_date": "d", "event_time": "t",
+              "event_when": "w", "event_timezone": "UTC", "survey_url": "s", "previous_event_when": "p"}  # fmt: skip
+    recipient = ("register_url", "join_url", "unsubscribe_url", "open_pixel_url", "calendar_url", "first_name")
+    templates_on_disk = [path.name for path in templates.directory.iterdir() if path.is_dir()]
+    assert len(templates_on_disk) >= 6
+    for template_id in templates_on_disk:
+        for language in ("en", "de", "fr", "ja"):
+            renderer = templates.segment_renderer(template_id, language, shared, recipient)
+            for first_name in ("", "Ann", "  Jörg ", "<script>&", "x" * 90, "a.\n."):
+                values = {name: f"https://go.example.com/{name}?t=a&b={'Q' * 150}" for name in recipient}
+                values["first_name"] = first_name
+                rendered = renderer.render(values)
+                assert rendered == templates.render(template_id, language, {**shared, **values}), (
+                    template_id,
+                    language,
+                )
+                for body in (rendered.text, rendered.html):
+                    encoded = body.quoted_printable  # type: ignore[attr-defined]
+                    assert binascii.a2b_qp(encoded) == body.replace("\n", "\r\n").encode()
+    # A template that uses a recipient value other than as {{ name }} / {% if name %}: Jinja renders it.
+    (tmp_path / "t" / "en").mkdir(parents=True)
+    for name, source in (("subject.txt", "Hi {{ first_name|upper }}"), ("body.txt", "{{ register_url }}"),
+                         ("body.html", "<a href='{{ register_url }}'>x</a>")):  # fmt: skip
+        (tmp_path / "t" / "en" / name).write_text(source)
+    custom = TemplateSet(tmp_path).segment_renderer("t", "en", {}, ("first_name", "register_url"))
+    assert custom.render({"first_name": "ann", "register_url": "u"}).subject == "Hi ANN"
+
+
+def test_ics_reads_back_as_the_icalendar_built_one_did():
+    """The .ics written from a per-campaign head: icalendar reads it back to the values the
+    icalendar-built invite had (UID, times in UTC, SEQUENCE, STATUS, METHOD, organizer CN,
+    attendee parameters, the join link), folded at 75 octets, special characters escaped."""
+    join = f"{BASE}/join?t=" + "T" * 180
+    for event in (EVENT, HOSTILE_EVENT):
+        for method, sequence in (("REQUEST", 0), ("REQUEST", 2), ("CANCEL", 3)):
+            ics = calendar_invite(event, customer_id="c1", organizer_email="events@example.com", join_url=join,
+                                  duration_minutes=90, attendee_email="ann@example.com", stamp=SEND_AT,
+                                  sequence=sequence, method=method, organizer_name="Event, Reach")  # fmt: skip
+            assert all(len(line) <= 75 for line in ics.split(b"\r\n")) and ics.endswith(b"END:VCALENDAR\r\n")
+            calendar = icalendar.Calendar.from_ical(ics)
+            reference = icalendar.Calendar.from_ical(
+                icalendar_invite(event, join, sequence=sequence, method=method, organizer_name="Event, Reach")
+            )
+            assert str(calendar["METHOD"]) == str(reference["METHOD"]) == method
+            (mine,), (theirs,) = calendar.walk("VEVENT"), reference.walk("VEVENT")
+            for name in ("UID", "DTSTART", "DTEND", "DTSTAMP", "SEQUENCE", "STATUS", "SUMMARY", "DESCRIPTION",
+                         "LOCATION", "URL"):  # fmt: skip
+                assert mine.decoded(name) == theirs.decoded(name), name
+            assert mine.decoded("DTSTART").utcoffset() == timedelta(0)
+            for name in ("ORGANIZER", "ATTENDEE"):
+                assert str(mine[name]) == str(theirs[name]) and dict(mine[name].params) == dict(theirs[name].params)
+            assert join in str(mine["DESCRIPTION"])
+
+
+def icalendar_invite(event: EventContext, join_url: str, *, sequence: int, method: str, organizer_name: str) -> bytes:
+    """The invite as the icalendar library built it before issue 12 (the reference)."""
+    start = event.start_time_utc.replace(tzinfo=UTC)
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", "-//EventReach//Event Invitations//EN")
+    calendar.add("version", "2.0")
+    calendar.add("method", method)
+    vevent = icalendar.Event()
+    vevent.add("uid", calendar_uid(event.event_id, "c1"))
+    vevent.add("dtstamp", SEND_AT.replace(tzinfo=UTC))
+    vevent.add("dtstart", start)
+    vevent.add("dtend", start + timedelta(minutes=90))
+    vevent.add("sequence", sequence)
+    vevent.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
+    vevent.add("summary", event.name)
+    vevent.add("description", f"{event.name}\n\nJoin online: {join_url}")
+    vevent.add("location", join_url)
+    vevent.add("url", join_url)
+    organizer = icalendar.vCalAddress("mailto:events@example.com")
+    organizer.params["cn"] = icalendar.vText(organizer_name)
+    vevent.add("organizer", organizer)
+    attendee = icalendar.vCalAddress("mailto:ann@example.com")
+    attendee.params["role"] = icalendar.vText("REQ-PARTICIPANT")
+    attendee.params["partstat"] = icalendar.vText("NEEDS-ACTION")
+    attendee.params["rsvp"] = icalendar.vText("FALSE")
+    vevent.add("attendee", attendee)
+    calendar.add_component(vevent)
+    return calendar.to_ical()
+
+
+def test_local_when_is_worked_out_once_but_hands_out_its_own_dict():
+    first = local_when(EVENT.start_time_utc, "Europe/Berlin", "de")
+    first["event_when"] = "changed"
+    again = local_when(EVENT.start_time_utc, "Europe/Berlin", "de")
+    assert again["event_when"] == "Dienstag, 20. Januar 2026 um 17:00 Uhr (CET)"

@@ -4,28 +4,34 @@ survey, update, cancellation, waitlist confirmation), push reminders and in-app 
 Pure code, no Dagster. Every link is signed (domain/link_tokens.py). Rendering is deterministic
 for a given row, campaign and send time, so a retried run produces the same message (and, on
 the wire, the same bytes and Message-ID: domain/email_wire.py) as the first.
+
+What is the same for every email of a segment (campaign x language x timezone: the template with
+the event's name and local date rendered in, the link signer, the `.ics` head, the mailto prefix)
+is built once and cached (`_email_segment`); per message there remain the recipient's signed
+links, the first name, the `.ics` lines naming them, and the message itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parseaddr
+from functools import lru_cache
 from typing import Any
-from urllib.parse import quote
 
 from eventreach_assets.domain.calendar_invite import (
     ICS_CANCEL,
     ICS_FILENAME,
     ICS_REQUEST,
-    calendar_invite,
+    IcsTemplate,
     ics_content_type,
+    ics_template,
 )
 from eventreach_assets.domain.campaigns import to_utc_naive
 from eventreach_assets.domain.delivery import Attachment, DeliveryKey, MessageKind, OutboundMessage, occurrence_for
 from eventreach_assets.domain.email_wire import address_domain, one_line
 from eventreach_assets.domain.events import EventContext
-from eventreach_assets.domain.link_tokens import link, sign_link_token
+from eventreach_assets.domain.link_tokens import LinkSigner, link_prefix, link_signer
 from eventreach_assets.domain.templates import (
     CANCELLATION_TEMPLATE,
     DAY_OF_TEMPLATE,
@@ -34,47 +40,50 @@ from eventreach_assets.domain.templates import (
     SURVEY_TEMPLATE,
     UPDATE_TEMPLATE,
     WAITLIST_CONFIRMATION_TEMPLATE,
+    SegmentRenderer,
     TemplateSet,
+    frozen_context,
     language_for,
     local_when,
 )
 
 
-def _signed_links(
+class _RecipientLinks:
+    """One recipient's signed URLs, each token signed once and only when asked for."""
+
+    __slots__ = ("_base_url", "_customer_id", "_signer", "_tokens")
+
+    def __init__(self, signer: LinkSigner, base_url: str, customer_id: str) -> None:
+        self._signer, self._base_url, self._customer_id = signer, base_url, customer_id
+        self._tokens: dict[str, str] = {}
+
+    def token(self, action: str) -> str:
+        token = self._tokens.get(action)
+        if token is None:
+            token = self._tokens[action] = self._signer.token(self._customer_id, action)
+        return token
+
+    def url(self, path: str, action: str) -> str:
+        """`{base_url}/{path}?t={token}`; the token's alphabet is URL-safe, so it appends as is."""
+        return link_prefix(self._base_url, path) + self.token(action)
+
+
+def _recipient_links(
     secret: bytes | str, base_url: str, row: dict[str, Any], event: EventContext, channel: str, campaign_id: str
-) -> dict[str, str]:
-    """The signed URLs one message needs, keyed by purpose."""
-
-    def token(action: str) -> str:
-        return sign_link_token(
-            secret,
-            customer_id=str(row["customer_id"]),
-            event_id=event.event_id,
-            channel=channel,
-            campaign_id=campaign_id,
-            action=action,
-        )
-
-    click = token("click")
-    return {
-        "register": link(base_url, "register", token("register")),
-        "unsubscribe": link(base_url, "unsubscribe", token("unsubscribe")),
-        "open": link(base_url, "open", token("open")),
-        "click": link(base_url, "click", click),
-        "join": link(base_url, "join", click),
-        "calendar": link(base_url, "calendar", click),
-        "unsubscribe_token": token("unsubscribe"),
-        "survey": link(base_url, "survey", token("survey")),
-    }
+) -> _RecipientLinks:
+    return _RecipientLinks(link_signer(secret, event.event_id, channel, campaign_id), base_url, str(row["customer_id"]))
 
 
-def _unsubscribe_headers(unsubscribe_url: str, unsubscribe_token: str, sender: str) -> dict[str, str]:
-    """RFC 2369 + RFC 8058 one-click unsubscribe, as bulk-sender rules of large mailbox providers require."""
-    mailto = f"mailto:unsubscribe@{address_domain(sender)}?subject=unsubscribe%20{quote(unsubscribe_token, safe='')}"
-    return {
-        "List-Unsubscribe": f"<{unsubscribe_url}>, <{mailto}>",
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-    }
+# Template variable -> (URL path, token action); "join" and "calendar" carry a "click" token.
+EMAIL_LINKS: dict[str, tuple[str, str]] = {
+    "register_url": ("register", "register"),
+    "join_url": ("join", "click"),
+    "unsubscribe_url": ("unsubscribe", "unsubscribe"),
+    "open_pixel_url": ("open", "open"),
+    "calendar_url": ("calendar", "click"),
+    "survey_url": ("survey", "survey"),
+}
+RECIPIENT_VARIABLES: tuple[str, ...] = (*EMAIL_LINKS, "first_name")  # the rest of a template's context is per segment
 
 
 @dataclass(frozen=True)
@@ -107,81 +116,146 @@ class EmailSpec:
     extra_context: dict[str, Any] = field(default_factory=dict)
 
 
-def _email_context(
-    row: dict[str, Any], event: EventContext, links: dict[str, str], spec: EmailSpec, language: str
-) -> dict[str, Any]:
-    """The template's variables; dates are worded in `language`, the one the template resolved to."""
+def _segment_context(event: EventContext, spec: EmailSpec, timezone: str | None, language: str) -> dict[str, Any]:
+    """The template variables every recipient of a segment shares; dates worded in `language`,
+    the one the template resolved to, in the segment's timezone."""
     return {
         "event_name": event.name,
         "event_topics": list(event.topics),
-        **local_when(event.start_time_utc, row.get("timezone"), language),
-        "register_url": links["register"],
-        "join_url": links["join"],
-        "unsubscribe_url": links["unsubscribe"],
-        "open_pixel_url": links["open"],
-        "calendar_url": links["calendar"],
-        "survey_url": links["survey"],
-        "first_name": row.get("first_name") or "",
+        **local_when(event.start_time_utc, timezone, language),
         **spec.extra_context,
     }
 
 
-def _calendar_attachments(
-    event: EventContext, customer_id: str, recipient: str, join_url: str, setup: EmailSetup, spec: EmailSpec
-) -> tuple[Attachment, ...]:
-    """The .ics the spec asks for (none when `calendar_method` is None)."""
-    if spec.calendar_method is None:
-        return ()
-    ics = calendar_invite(
-        event,
-        customer_id=customer_id,
-        organizer_email=setup.organizer_email or parseaddr(setup.sender)[1],
-        join_url=join_url,
-        duration_minutes=spec.duration_minutes,
-        attendee_email=recipient,
-        stamp=spec.send_at,
-        sequence=spec.calendar_sequence,
-        method=spec.calendar_method,
+@dataclass(frozen=True)
+class _EmailSegment:
+    """What every email of one segment (campaign x language x timezone) shares, built once."""
+
+    renderer: SegmentRenderer
+    signer: LinkSigner
+    actions: tuple[str, ...]  # the token actions a message needs
+    urls: tuple[tuple[str, str, str], ...]  # (template variable, URL up to the token, token action)
+    join_prefix: str  # the .ics join URL up to the token
+    unsubscribe_prefix: str
+    mailto_prefix: str  # the List-Unsubscribe mailto URI up to the token
+    ics: IcsTemplate | None
+    ics_content_type: str
+    occurrence: str
+
+
+_SEGMENTS: dict[tuple[Any, ...], _EmailSegment] = {}
+_MAX_SEGMENTS = 1024
+
+
+def _email_segment(
+    event: EventContext, setup: EmailSetup, spec: EmailSpec, requested: str, timezone: str | None
+) -> _EmailSegment:
+    """The segment's templates, signer and `.ics` head, from a small cache (a campaign asks once per message)."""
+    key = (
+        setup.templates, setup.secret, setup.base_url, setup.sender, setup.organizer_email, spec.kind,
+        spec.template_id, spec.campaign_id, spec.calendar_method, spec.calendar_sequence, spec.duration_minutes,
+        frozen_context(spec.extra_context), event.event_id, event.name, tuple(event.topics), event.start_time_utc,
+        requested, timezone,
+    )  # fmt: skip
+    segment = _SEGMENTS.get(key)
+    if segment is None:
+        if len(_SEGMENTS) >= _MAX_SEGMENTS:
+            _SEGMENTS.clear()
+        segment = _SEGMENTS[key] = _build_email_segment(event, setup, spec, requested, timezone)
+    return segment
+
+
+def _build_email_segment(
+    event: EventContext, setup: EmailSetup, spec: EmailSpec, requested: str, timezone: str | None
+) -> _EmailSegment:
+    # Dates are worded in the language actually used, so a fallback reads as one language.
+    language = setup.templates.resolve(spec.template_id, requested)
+    shared = _segment_context(event, spec, timezone, language)
+    per_recipient = [name for name in RECIPIENT_VARIABLES if name not in spec.extra_context]
+    ics = None
+    if spec.calendar_method is not None:
+        organizer = setup.organizer_email or parseaddr(setup.sender)[1]
+        ics = ics_template(event.event_id, event.name, event.start_time_utc, spec.duration_minutes,
+                           spec.calendar_method, None, spec.calendar_sequence, organizer)  # fmt: skip
+    renderer = setup.templates.segment_renderer(spec.template_id, requested, shared, per_recipient)
+    urls = tuple(
+        (name, link_prefix(setup.base_url, EMAIL_LINKS[name][0]), EMAIL_LINKS[name][1])
+        for name in sorted(renderer.needs)
+        if name in EMAIL_LINKS
     )
-    return (Attachment(ICS_FILENAME, ics_content_type(spec.calendar_method), ics),)
+    return _EmailSegment(
+        renderer=renderer,
+        signer=link_signer(setup.secret, event.event_id, "email", spec.campaign_id),
+        actions=tuple(sorted({"unsubscribe", *(["click"] if ics else []), *(action for _, _, action in urls)})),
+        urls=urls,
+        join_prefix=link_prefix(setup.base_url, "join"),
+        unsubscribe_prefix=link_prefix(setup.base_url, "unsubscribe"),
+        mailto_prefix=f"mailto:unsubscribe@{address_domain(setup.sender)}?subject=unsubscribe%20",
+        ics=ics,
+        ics_content_type=ics_content_type(spec.calendar_method) if spec.calendar_method else "",
+        occurrence=occurrence_for(spec.kind, event.start_time_utc),
+    )
 
 
-def _email_message(row: dict[str, Any], event: EventContext, setup: EmailSetup, spec: EmailSpec) -> OutboundMessage:
-    """One email of any kind, for one plan row (customer_id, email, marketplace, timezone, first_name)."""
+def _email_message(
+    row: dict[str, Any], event: EventContext, setup: EmailSetup, spec: EmailSpec, send_at: datetime | None
+) -> OutboundMessage:
+    """One email of any kind, for one plan row (customer_id, email, marketplace, timezone, first_name),
+    sent at `send_at` (the spec's own is ignored: a spec may be shared by a whole campaign)."""
     customer_id = str(row["customer_id"])
     recipient = row.get("email")
     if not recipient:
         raise ValueError(f"customer {customer_id} has no email address")
     requested = language_for(row.get("marketplace"))
-    links = _signed_links(setup.secret, setup.base_url, row, event, "email", spec.campaign_id)
-    # Dates are worded in the language actually used, so a fallback reads as one language.
-    language = setup.templates.resolve(spec.template_id, requested)
-    context = _email_context(row, event, links, spec, language)
-    rendered = setup.templates.render(spec.template_id, requested, context)
-    headers = {
-        "From": setup.sender,
-        **_unsubscribe_headers(links["unsubscribe"], links["unsubscribe_token"], setup.sender),
-        "X-EventReach-Campaign": spec.campaign_id,
-        "Content-Language": rendered.used_language,
-    }
-    occurrence = occurrence_for(spec.kind, event.start_time_utc)
+    segment = _email_segment(event, setup, spec, requested, row.get("timezone"))
+    sign = segment.signer.token
+    tokens = {action: sign(customer_id, action) for action in segment.actions}
+    values = {name: prefix + tokens[action] for name, prefix, action in segment.urls}
+    values["first_name"] = row.get("first_name") or ""
+    rendered = segment.renderer.render(values)
+    attachments: tuple[Attachment, ...] = ()
+    if segment.ics is not None:
+        join_url, stamp = segment.join_prefix + tokens["click"], send_at or datetime.now(UTC)
+        ics = segment.ics.render(customer_id=customer_id, attendee_email=str(recipient), join_url=join_url, stamp=stamp)
+        attachments = (Attachment(ICS_FILENAME, segment.ics_content_type, ics),)
+    unsubscribe = tokens["unsubscribe"]  # its alphabet needs no percent-encoding in either URI
     return OutboundMessage(
-        key=DeliveryKey(customer_id, event.event_id, "email", spec.kind, occurrence),
+        key=DeliveryKey(customer_id, event.event_id, "email", spec.kind, segment.occurrence),
         campaign_id=spec.campaign_id,
         recipient=str(recipient),
         subject=rendered.subject,
         body_text=rendered.text,
         body_html=rendered.html,
-        headers=headers,
-        attachments=_calendar_attachments(event, customer_id, str(recipient), links["join"], setup, spec),
+        headers={
+            "From": setup.sender,
+            # RFC 2369 + RFC 8058 one-click unsubscribe
+            "List-Unsubscribe": f"<{segment.unsubscribe_prefix}{unsubscribe}>, <{segment.mailto_prefix}{unsubscribe}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "X-EventReach-Campaign": spec.campaign_id,
+            "Content-Language": rendered.used_language,
+        },
+        attachments=attachments,
         payload={
             "template_id": spec.template_id,
             "language": rendered.used_language,
             "requested_language": requested,
             "fell_back": rendered.fell_back,
         },
-        scheduled_at=to_utc_naive(spec.send_at) if spec.send_at else None,
+        scheduled_at=to_utc_naive(send_at) if send_at else None,
     )
+
+
+@lru_cache(maxsize=256)
+def _cached_setup(templates: TemplateSet, secret: bytes | str, base_url: str, sender: str,
+                  organizer_email: str | None) -> EmailSetup:  # fmt: skip
+    return EmailSetup(templates, secret, base_url, sender, organizer_email)
+
+
+@lru_cache(maxsize=256)
+def _cached_spec(kind: MessageKind, template_id: str, campaign_id: str, calendar_method: str | None,
+                 duration_minutes: int) -> EmailSpec:  # fmt: skip
+    """A campaign's EmailSpec without extra context, built once (its send_at is passed per message)."""
+    return EmailSpec(kind, template_id, campaign_id, None, calendar_method, duration_minutes=duration_minutes)
 
 
 def render_invitation_email(
@@ -205,12 +279,10 @@ def render_invitation_email(
     "Register Now" link, an open pixel, one-click unsubscribe headers and, when asked, the .ics.
     `payload` records the template, language and whether it fell back to English.
     """
-    setup = EmailSetup(templates, secret, base_url, sender, organizer_email)
+    setup = _cached_setup(templates, secret, base_url, sender, organizer_email)
     invite = ICS_REQUEST if include_calendar_invite else None
-    spec = EmailSpec(
-        MessageKind.INVITATION, template_id, campaign_id, send_at, invite, duration_minutes=duration_minutes
-    )
-    return _email_message(row, event, setup, spec)
+    spec = _cached_spec(MessageKind.INVITATION, template_id, campaign_id, invite, duration_minutes)
+    return _email_message(row, event, setup, spec, send_at)
 
 
 def render_day_of_email(
@@ -232,10 +304,10 @@ def render_day_of_email(
 
     `organizer_email` (default: the sender's address) only matters with a calendar invite.
     """
-    setup = EmailSetup(templates, secret, base_url, sender, organizer_email)
+    setup = _cached_setup(templates, secret, base_url, sender, organizer_email)
     invite = ICS_REQUEST if include_calendar_invite else None
-    spec = EmailSpec(MessageKind.DAY_OF, template_id, campaign_id, send_at, invite, duration_minutes=duration_minutes)
-    return _email_message(row, event, setup, spec)
+    spec = _cached_spec(MessageKind.DAY_OF, template_id, campaign_id, invite, duration_minutes)
+    return _email_message(row, event, setup, spec, send_at)
 
 
 def render_survey_email(
@@ -251,8 +323,8 @@ def render_survey_email(
     template_id: str = SURVEY_TEMPLATE,
 ) -> OutboundMessage:
     """The post-event survey to an attendee: a signed survey link, so answers can't be forged."""
-    spec = EmailSpec(MessageKind.SURVEY, template_id, campaign_id, send_at)
-    return _email_message(row, event, EmailSetup(templates, secret, base_url, sender), spec)
+    spec = _cached_spec(MessageKind.SURVEY, template_id, campaign_id, None, 60)
+    return _email_message(row, event, _cached_setup(templates, secret, base_url, sender, None), spec, send_at)
 
 
 def _previous_when(row: dict[str, Any], previous_start_utc: datetime | None, templates: TemplateSet,
@@ -299,7 +371,7 @@ def render_update_email(
         duration_minutes=duration_minutes,
         extra_context=previous,
     )
-    return _email_message(row, event, EmailSetup(templates, secret, base_url, sender, organizer_email), spec)
+    return _email_message(row, event, EmailSetup(templates, secret, base_url, sender, organizer_email), spec, send_at)
 
 
 def render_cancellation_email(
@@ -330,7 +402,7 @@ def render_cancellation_email(
         calendar_sequence=sequence,
         duration_minutes=duration_minutes,
     )
-    return _email_message(row, event, EmailSetup(templates, secret, base_url, sender, organizer_email), spec)
+    return _email_message(row, event, EmailSetup(templates, secret, base_url, sender, organizer_email), spec, send_at)
 
 
 def render_waitlist_confirmation_email(
@@ -363,7 +435,7 @@ def render_waitlist_confirmation_email(
         calendar_sequence=sequence,
         duration_minutes=duration_minutes,
     )
-    return _email_message(row, event, EmailSetup(templates, secret, base_url, sender, organizer_email), spec)
+    return _email_message(row, event, EmailSetup(templates, secret, base_url, sender, organizer_email), spec, send_at)
 
 
 class _KeepUnknown(dict[str, str]):
@@ -393,7 +465,7 @@ def render_push_reminder(
     values = _KeepUnknown(
         eventName=event.name, eventTime=when["event_time"], eventDate=when["event_date"], eventWhen=when["event_when"]
     )
-    links = _signed_links(secret, base_url, row, event, "push", campaign_id)
+    links = _recipient_links(secret, base_url, row, event, "push", campaign_id)
     title = one_line(title_template.format_map(values))
     body = one_line(body_template.format_map(values))
     return OutboundMessage(
@@ -406,9 +478,9 @@ def render_push_reminder(
             "title": title,
             "body": body,
             "action": "Add to Calendar",
-            "deep_link": links["calendar"],
-            "open_url": links["open"],  # the app pings it when the notification is opened
-            "join_url": links["join"],
+            "deep_link": links.url("calendar", "click"),
+            "open_url": links.url("open", "open"),  # the app pings it when the notification is opened
+            "join_url": links.url("join", "click"),
             "event_id": event.event_id,
         },
         scheduled_at=to_utc_naive(send_at) if send_at else None,
@@ -445,7 +517,7 @@ def render_cancellation_push(
     values = _KeepUnknown(
         eventName=event.name, eventTime=when["event_time"], eventDate=when["event_date"], eventWhen=when["event_when"]
     )
-    links = _signed_links(secret, base_url, row, event, "push", campaign_id)
+    links = _recipient_links(secret, base_url, row, event, "push", campaign_id)
     title = one_line((title_template or default_title).format_map(values))
     body = one_line((body_template or default_body).format_map(values))
     return OutboundMessage(
@@ -458,7 +530,7 @@ def render_cancellation_push(
             "title": title,
             "body": body,
             "status": "cancelled",
-            "open_url": links["open"],  # the app pings it when the notification is opened
+            "open_url": links.url("open", "open"),  # the app pings it when the notification is opened
             "event_id": event.event_id,
             "language": language,
         },
@@ -487,7 +559,7 @@ def render_in_app_banner(
     customer_id = str(row["customer_id"])
     language = language_for(row.get("marketplace"))
     when = local_when(event.start_time_utc, row.get("timezone"), language)
-    links = _signed_links(secret, base_url, row, event, "in-app", campaign_id)
+    links = _recipient_links(secret, base_url, row, event, "in-app", campaign_id)
     start = to_utc_naive(shown_from)
     until = min(start + timedelta(days=display_days), to_utc_naive(event.start_time_utc))
     headline = one_line(f"{event.name} — {when['event_when']}")
@@ -504,9 +576,9 @@ def render_in_app_banner(
             "event_name": event.name,
             "headline": headline,
             "cta_label": "Register Now",
-            "cta_url": links["register"],
-            "click_url": links["click"],
-            "impression_url": links["open"],
+            "cta_url": links.url("register", "register"),
+            "click_url": links.url("click", "click"),
+            "impression_url": links.url("open", "open"),
             "display_from": start.isoformat() + "Z",
             "display_until": until.isoformat() + "Z",
             "event_start_utc": to_utc_naive(event.start_time_utc).isoformat() + "Z",
