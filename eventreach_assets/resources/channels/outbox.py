@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +32,9 @@ OUTBOX_CONCURRENCY = 8
 _CONCURRENCY_HELP = "Sends in flight at once (threads writing files)."
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC  # the temporary file: ours alone, written whole
+
+
 def outbox_file_stem(message: OutboundMessage) -> str:
     """A file name from the idempotency key: readable, filesystem-safe, and unique (a resend overwrites)."""
     key = message.idempotency_key
@@ -40,14 +43,25 @@ def outbox_file_stem(message: OutboundMessage) -> str:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a reader (or a crash) never sees half a message."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temporary file, fsync and rename, so a reader (or a crash) never sees half a message.
+
+    The temporary name is this process's and thread's own (each writes one file at a time), so no
+    random name is drawn per file; the folder is created on the first write that needs it.
+    """
+    temporary = f"{path.parent}/.{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        descriptor = os.open(temporary, _CREATE, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(temporary, _CREATE, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
