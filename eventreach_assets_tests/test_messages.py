@@ -352,15 +352,15 @@ def test_a_segment_renderer_renders_what_jinja_renders(tmp_path):
     assert len(templates_on_disk) >= 6
     for template_id in templates_on_disk:
         for language in ("en", "de", "fr", "ja"):
-            renderer = templates.segment_renderer(template_id, language, shared, recipient)
+            # Links given as their token, the address up to it being the segment's (rendered in once).
+            prefixes = {name: f"https://go.example.com/{name}?a=1&t=" for name in recipient if name != "first_name"}
+            renderer = templates.segment_renderer(template_id, language, shared, recipient, prefixes)
             for first_name in ("", "Ann", "  Jörg ", "<script>&", "x" * 90, "a.\n."):
-                values = {name: f"https://go.example.com/{name}?t=a&b={'Q' * 150}" for name in recipient}
-                values["first_name"] = first_name
+                values = {name: "Q" * 150 + name for name in prefixes} | {"first_name": first_name}
                 rendered = renderer.render(values)
-                assert rendered == templates.render(template_id, language, {**shared, **values}), (
-                    template_id,
-                    language,
-                )
+                links = {name: prefix + values[name] for name, prefix in prefixes.items()}
+                expected = templates.render(template_id, language, {**shared, **values, **links})
+                assert rendered == expected, (template_id, language, first_name)
                 for body in (rendered.text, rendered.html):
                     encoded = body.quoted_printable  # type: ignore[attr-defined]
                     assert binascii.a2b_qp(encoded) == body.replace("\n", "\r\n").encode()
@@ -369,8 +369,11 @@ def test_a_segment_renderer_renders_what_jinja_renders(tmp_path):
     for name, source in (("subject.txt", "Hi {{ first_name|upper }}"), ("body.txt", "{{ register_url }}"),
                          ("body.html", "<a href='{{ register_url }}'>x</a>")):  # fmt: skip
         (tmp_path / "t" / "en" / name).write_text(source)
-    custom = TemplateSet(tmp_path).segment_renderer("t", "en", {}, ("first_name", "register_url"))
-    assert custom.render({"first_name": "ann", "register_url": "u"}).subject == "Hi ANN"
+    custom = TemplateSet(tmp_path).segment_renderer(
+        "t", "en", {}, ("first_name", "register_url"), {"register_url": "p/"}
+    )
+    rendered = custom.render({"first_name": "ann", "register_url": "u"})
+    assert rendered == ("Hi ANN", "p/u\n", "<a href='p/u'>x</a>", "en", False)
 
 
 def test_ics_reads_back_as_the_icalendar_built_one_did():

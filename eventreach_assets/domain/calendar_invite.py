@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import compress
-from operator import ne
+from operator import itemgetter, ne
 from typing import NamedTuple
 
 from eventreach_assets.domain.campaigns import to_utc_naive
@@ -129,7 +129,7 @@ class IcsTemplate:
     def render(self, *, customer_id: str, attendee_email: str | None, join_url: str, stamp: datetime) -> bytes:
         """The recipient's `.ics` bytes; `stamp` is DTSTAMP (naive UTC or aware)."""
         url = _uri(join_url)
-        text = ics_text(url)
+        text = url if "\\" not in url and ";" not in url and "," not in url else ics_text(url)  # checked by _uri
         lines = [
             f"UID:{calendar_uid(self.event_id, customer_id)}",
             f"DTSTAMP:{_utc_stamp(to_utc_naive(stamp))}",
@@ -288,6 +288,7 @@ class CheckedInvite(NamedTuple):
     lines: list[bytes]  # its unfolded content lines
     names: list[bytes]  # NAME of each
     heads: list[bytes]  # each line up to its value: name, parameters, colon
+    valued: frozenset[int]  # the lines whose value has a form to check (UID, date-times, SEQUENCE)
 
 
 def checked_reference(lines: list[bytes]) -> CheckedInvite:
@@ -299,7 +300,8 @@ def checked_reference(lines: list[bytes]) -> CheckedInvite:
             raise ValueError(f"not a content line: {line[:40].decode(errors='replace')!r}")
         names.append(matched[1].upper())
         heads.append(line[: matched.end(2) + 1])
-    return CheckedInvite(lines, names, heads)
+    valued = frozenset(index for index, name in enumerate(names) if name in _TYPED or name == b"UID")
+    return CheckedInvite(lines, names, heads, valued)
 
 
 _VALUE_CHARS = bytes([9, *range(32, 127), *range(128, 256)])  # RFC 5545 3.1 VALUE-CHAR: no control but HTAB
@@ -308,16 +310,23 @@ _VALUE_CHARS = bytes([9, *range(32, 127), *range(128, 256)])  # RFC 5545 3.1 VAL
 def _changed_line_problems(lines: list[bytes], reference: CheckedInvite) -> list[str] | None:
     """The problems of an invite that differs from a checked `reference` only in the values of
     recipient properties (same line count, and line by line the same name and parameters, written
-    the same); None otherwise."""
+    the same); None otherwise. The changed lines are found and checked together (C-speed loops)."""
     checked = reference.lines
     if len(lines) != len(checked):
         return None
+    changed = list(compress(range(len(lines)), map(ne, lines, checked)))
+    if not changed:
+        return []
+    pick = itemgetter(*changed) if len(changed) > 1 else lambda sequence: (sequence[changed[0]],)
+    new, heads, names = pick(lines), pick(reference.heads), pick(reference.names)
+    if not all(map(bytes.startswith, new, heads)) or not _RECIPIENT_PROPERTIES.issuperset(names):
+        return None
+    if b"\n".join(new).translate(None, _VALUE_CHARS) != b"\n" * (len(new) - 1):  # a control character
+        return None
     problems: list[str] = []
-    for index in compress(range(len(lines)), map(ne, lines, checked)):  # the changed lines (C-speed loops)
+    for index in reference.valued.intersection(changed):  # a value of its own to check
         line, head, name = lines[index], reference.heads[index], reference.names[index]
         value = line[len(head) :]
-        if not line.startswith(head) or name not in _RECIPIENT_PROPERTIES or value.translate(None, _VALUE_CHARS):
-            return None
         if name in _TYPED and not _TYPED[name].fullmatch(value):
             return None
         if name == b"UID" and not value:

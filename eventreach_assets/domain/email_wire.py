@@ -70,6 +70,7 @@ def message_id(message: OutboundMessage) -> str:
 # between their <URI> elements.
 VERBATIM_HEADERS: frozenset[str] = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
 MAX_LINE_OCTETS = 998  # RFC 5322 2.1.1, without the CRLF
+_PRINTABLE_ASCII = bytes(range(32, 127))
 _SOFT_LINE_OCTETS = 78  # RFC 5322's SHOULD; where a List-* header folds at its comma
 _COMMA_OUTSIDE_BRACKETS = re.compile(r",(?![^<]*>)")
 
@@ -82,7 +83,7 @@ def fold_verbatim_header(name: str, value: str, linesep: str = "\r\n") -> str:
     that is not printable ASCII (URIs must be percent-encoded) or an element that cannot fit the
     998-octet line limit, instead of letting a folder fall back to RFC 2047.
     """
-    if value.startswith("<") and value.count(",") == 1 and ">, <" in value and value.isascii() and value.isprintable():
+    if value.startswith("<") and value.count(",") == 1 and ">, <" in value and _printable_ascii(value):
         first, second = value.split(", ")  # the renderer's `<https://…>, <mailto:…>`
         if value.count(" ") == 1 and max(len(name) + 3 + len(first), len(second) + 1) <= MAX_LINE_OCTETS:
             if len(name) + 4 + len(first) + len(second) <= _SOFT_LINE_OCTETS:
@@ -106,6 +107,12 @@ def fold_verbatim_header(name: str, value: str, linesep: str = "\r\n") -> str:
 
 
 # ---- header lines ------------------------------------------------------------------------------
+
+
+def _printable_ascii(text: str) -> bool:
+    """Printable ASCII only (str.isprintable reads the Unicode database for each character)."""
+    return text.isascii() and not text.encode("ascii").translate(None, _PRINTABLE_ASCII)
+
 
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 ftext: printable ASCII but the colon
 _ADDR_SPEC = re.compile(r"[^\s<>()\[\]\\,;:\"@]+@[^\s<>()\[\]\\,;:\"@]+")
@@ -257,7 +264,6 @@ def quoted_printable(text: str) -> bytes:
 
 
 _QP_LINE = 75  # RFC 2045 6.7 (5) allows 76, a soft break's "=" included; one less leaves room for the "=" of a seam
-_PRINTABLE_ASCII = bytes(range(32, 127))
 
 
 def _quoted_printable_line(line: str) -> bytes:
@@ -267,21 +273,22 @@ def _quoted_printable_line(line: str) -> bytes:
     data = line.encode("utf-8")
     if not data.isascii() or data.translate(None, _PRINTABLE_ASCII) or data[-1:] == b" " or data == b".":
         return _quoted_printable_by_binascii(line)
-    if len(data) <= _QP_LINE and b"=" not in data:
-        return data
-    data = data.replace(b"=", b"=3D")
+    if b"=" in data:
+        data = data.replace(b"=", b"=3D")
+        escape = data.find(b"=") if len(data) > _QP_LINE else -1
+        while escape >= 0:
+            if escape % _WRAP >= _WRAP - 2:  # a cut every 74 characters would split this "=XX"
+                return _quoted_printable_by_binascii(line)
+            escape = data.find(b"=", escape + 3)
     if len(data) <= _QP_LINE:
         return data
-    escape = data.find(b"=")
-    while escape >= 0:
-        if escape % _WRAP >= _WRAP - 2:  # a cut every 74 characters would split this "=XX"
-            return _quoted_printable_by_binascii(line)
-        escape = data.find(b"=", escape + 3)
-    pieces = [data[at : at + _WRAP] for at in range(0, len(data), _WRAP)]
-    return b"=\r\n".join(pieces) if pieces[-1] != b"." else _quoted_printable_by_binascii(line)
+    if len(data) % _WRAP == 1 and data[-1:] == b".":  # a lone dot would end it: what old SMTP servers choke on
+        return _quoted_printable_by_binascii(line)
+    return b"=\r\n".join(_SOFT_WRAPPED.findall(data))
 
 
 _WRAP = _QP_LINE - 1  # characters of a line before its soft break
+_SOFT_WRAPPED = re.compile(rb".{1,74}", re.DOTALL)
 # A message's links appear in its text and its HTML body: each is encoded once.
 _quoted_printable_value = lru_cache(maxsize=64)(_quoted_printable_line)
 
@@ -314,14 +321,16 @@ class QuotedPrintablePieces:
 
     def __init__(self, literals: tuple[str, ...]) -> None:
         self.literals = literals
-        self.text_format = "{}".join(literal.replace("{", "{{").replace("}", "}}") for literal in literals)
+        self._parts = [piece for literal in literals for piece in (literal, "")][:-1]  # values go in the gaps
         encoded = [quoted_printable(literal).replace(b"%", b"%%") for literal in literals]
         self.encoded_format = (_SOFT_BREAK + b"%s" + _SOFT_BREAK).join(encoded)
         self.whole = not any(literal.endswith("\r") for literal in literals)  # a CR + LF across a seam
 
     def join(self, values: list[str]) -> str:
         """literals[0] + values[0] + literals[1] + …, an EncodedText when the values hold no CR."""
-        text = self.text_format.format(*values)
+        parts = self._parts.copy()
+        parts[1::2] = values
+        text = "".join(parts)
         if not self.whole or "\r" in text:
             return text
         encoded = EncodedText(text)
@@ -507,7 +516,8 @@ def _line_problems(raw: bytes) -> list[str]:
     return problems
 
 
-_REQUIRED_KEYS = [f"\r\n{name.lower()}:".encode() for name in _REQUIRED_HEADERS]
+_REQUIRED_NAMES = [name.lower().encode() for name in _REQUIRED_HEADERS]
+_FIELD_NAMES = re.compile(rb"\r\n([^ \t\r\n:]*):")
 _ONCE_EACH = [1] * len(_REQUIRED_HEADERS)
 
 
@@ -532,7 +542,8 @@ def _checked_headers(head: bytes) -> list[str]:
     lower = lines.lower()
     unsubscribe = _field_lines(lines, lower, b"\r\nlist-unsubscribe:")
     post = _field_lines(lines, lower, b"\r\nlist-unsubscribe-post:")
-    return _header_problems([lower.count(key) for key in _REQUIRED_KEYS], unsubscribe, post)
+    names = _FIELD_NAMES.findall(lower)  # a continuation line starts with white space: no name
+    return _header_problems([names.count(name) for name in _REQUIRED_NAMES], unsubscribe, post)
 
 
 def _header_problems(counts: list[int], unsubscribe: list[bytes], post: list[bytes]) -> list[str]:

@@ -157,17 +157,25 @@ class LinkSigner:
         self._claims_heads = {action: f'{{"a":{encode_basestring_ascii(action)},"c":' for action in LINK_ACTIONS}
 
     def token(self, customer_id: str, action: str) -> str:
-        head = self._claims_heads.get(action)
-        if head is None:
-            raise ValueError(f"unknown link action {action!r}; expected one of {sorted(LINK_ACTIONS)}")
-        claims = f"{head}{encode_basestring_ascii(customer_id)}{self._claims_tail}".encode("ascii")
-        payload = binascii.b2a_base64(claims, newline=False).translate(_URLSAFE).rstrip(b"=")
-        inner = self._inner.copy()  # HMAC-SHA256 as _HmacSha256.digest, inlined (four tokens a message)
-        inner.update(_SIGNED_PREFIX + payload)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        signature = binascii.b2a_base64(outer.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
-        return (payload + b"." + signature).decode()
+        return self.tokens(customer_id, (action,))[action]
+
+    def tokens(self, customer_id: str, actions: tuple[str, ...]) -> dict[str, str]:
+        """One customer's token for each of `actions`."""
+        customer = encode_basestring_ascii(customer_id)
+        signed = {}
+        for action in actions:
+            head = self._claims_heads.get(action)
+            if head is None:
+                raise ValueError(f"unknown link action {action!r}; expected one of {sorted(LINK_ACTIONS)}")
+            claims = f"{head}{customer}{self._claims_tail}".encode("ascii")
+            payload = binascii.b2a_base64(claims, newline=False).translate(_URLSAFE).rstrip(b"=")
+            inner = self._inner.copy()  # HMAC-SHA256 as _HmacSha256.digest, inlined (four tokens a message)
+            inner.update(_SIGNED_PREFIX + payload)
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            signature = binascii.b2a_base64(outer.digest(), newline=False).translate(_URLSAFE).rstrip(b"=")
+            signed[action] = (payload + b"." + signature).decode()
+        return signed
 
 
 @lru_cache(maxsize=256)

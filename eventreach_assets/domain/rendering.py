@@ -134,7 +134,7 @@ class _EmailSegment:
     renderer: SegmentRenderer
     signer: LinkSigner
     actions: tuple[str, ...]  # the token actions a message needs
-    urls: tuple[tuple[str, str, str], ...]  # (template variable, URL up to the token, token action)
+    urls: tuple[tuple[str, str], ...]  # (template variable, its token's action): the renderer has the address
     join_prefix: str  # the .ics join URL up to the token
     unsubscribe_prefix: str
     mailto_prefix: str  # the List-Unsubscribe mailto URI up to the token
@@ -177,16 +177,14 @@ def _build_email_segment(
         organizer = setup.organizer_email or parseaddr(setup.sender)[1]
         ics = ics_template(event.event_id, event.name, event.start_time_utc, spec.duration_minutes,
                            spec.calendar_method, None, spec.calendar_sequence, organizer)  # fmt: skip
-    renderer = setup.templates.segment_renderer(spec.template_id, requested, shared, per_recipient)
-    urls = tuple(
-        (name, link_prefix(setup.base_url, EMAIL_LINKS[name][0]), EMAIL_LINKS[name][1])
-        for name in sorted(renderer.needs)
-        if name in EMAIL_LINKS
-    )
+    # A link's address up to its token is the segment's: rendered into the template once.
+    prefixes = {name: link_prefix(setup.base_url, path) for name, (path, _) in EMAIL_LINKS.items()}
+    renderer = setup.templates.segment_renderer(spec.template_id, requested, shared, per_recipient, prefixes)
+    urls = tuple((name, EMAIL_LINKS[name][1]) for name in sorted(renderer.needs) if name in EMAIL_LINKS)
     return _EmailSegment(
         renderer=renderer,
         signer=link_signer(setup.secret, event.event_id, "email", spec.campaign_id),
-        actions=tuple(sorted({"unsubscribe", *(["click"] if ics else []), *(action for _, _, action in urls)})),
+        actions=tuple(sorted({"unsubscribe", *(["click"] if ics else []), *(action for _, action in urls)})),
         urls=urls,
         join_prefix=link_prefix(setup.base_url, "join"),
         unsubscribe_prefix=link_prefix(setup.base_url, "unsubscribe"),
@@ -208,9 +206,8 @@ def _email_message(
         raise ValueError(f"customer {customer_id} has no email address")
     requested = language_for(row.get("marketplace"))
     segment = _email_segment(event, setup, spec, requested, row.get("timezone"))
-    sign = segment.signer.token
-    tokens = {action: sign(customer_id, action) for action in segment.actions}
-    values = {name: prefix + tokens[action] for name, prefix, action in segment.urls}
+    tokens = segment.signer.tokens(customer_id, segment.actions)
+    values = {name: tokens[action] for name, action in segment.urls}
     values["first_name"] = row.get("first_name") or ""
     rendered = segment.renderer.render(values)
     attachments: tuple[Attachment, ...] = ()

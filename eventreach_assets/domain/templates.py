@@ -121,19 +121,27 @@ class TemplateSet:
         return compiled
 
     def segment_renderer(
-        self, template_id: str, language: str, shared: Mapping[str, Any], per_recipient: Iterable[str]
+        self,
+        template_id: str,
+        language: str,
+        shared: Mapping[str, Any],
+        per_recipient: Iterable[str],
+        prefixes: Mapping[str, str] | None = None,
     ) -> SegmentRenderer:
         """A renderer of `template_id` in `language` with `shared` (the same for every message of a
-        segment) rendered in once; each message passes only the `per_recipient` values. Cached."""
+        segment) rendered in once; each message passes only the `per_recipient` values. A name in
+        `prefixes` stands for that text followed by the value passed (a link's address before its
+        token). Cached."""
         names = tuple(sorted(per_recipient))
         try:
-            key: tuple[Any, ...] | None = (template_id, language, frozen_context(shared), names)
+            key: tuple[Any, ...] | None = (template_id, language, frozen_context(shared), names,
+                                           frozen_context(prefixes or {}))  # fmt: skip
             hash(key)
         except TypeError:
             key = None
         found = self._segments.get(key) if key is not None else None
         if found is None:
-            found = SegmentRenderer(self, template_id, language, dict(shared), names)
+            found = SegmentRenderer(self, template_id, language, dict(shared), names, dict(prefixes or {}))
             if key is not None:
                 if len(self._segments) >= _MAX_SEGMENTS:
                     self._segments.clear()
@@ -158,19 +166,21 @@ _MAX_TESTED = 3  # per-recipient names used in {% if %}: one pre-rendered varian
 
 class _Slot:
     """Stands for a per-recipient value while the template is rendered once per segment: prints
-    (escaped or not) as its marker, and is true or false as the variant being rendered needs."""
+    as its marker after the value's fixed `prefix` (escaped for HTML as Jinja would), and is true
+    or false as the variant being rendered needs."""
 
-    __slots__ = ("marker", "truthy")
+    __slots__ = ("html", "marker", "truthy")
 
-    def __init__(self, index: int, truthy: bool) -> None:
-        self.marker = f"{_MARK}{index}{_MARK}"
+    def __init__(self, index: int, truthy: bool, prefix: str = "") -> None:
+        self.marker = f"{prefix}{_MARK}{index}{_MARK}"
+        self.html = f"{markupsafe.escape(prefix)}{_MARK}{index}{_MARK}"
         self.truthy = truthy
 
     def __str__(self) -> str:
         return self.marker
 
     def __html__(self) -> str:
-        return self.marker
+        return self.html
 
     def __bool__(self) -> bool:
         return self.truthy
@@ -203,14 +213,16 @@ def _tested_names(node: nodes.Node, names: frozenset[str]) -> set[str]:
 class SegmentRenderer:
     """`template_id` in one language with a segment's shared values rendered in once.
 
-    `render(values)` takes the per-recipient values (at least `needs`) and returns what
-    `TemplateSet.render` would for the shared values plus these. Templates that use a
-    per-recipient value other than as `{{ name }}` or `{% if name %}` are rendered by Jinja each time.
+    `render(values)` takes the per-recipient values (at least `needs`; for a name with a prefix,
+    what follows the prefix) and returns what `TemplateSet.render` would for the shared values
+    plus these. Templates that use a per-recipient value other than as `{{ name }}` or
+    `{% if name %}` are rendered by Jinja each time.
     """
 
     def __init__(self, templates: TemplateSet, template_id: str, language: str, shared: dict[str, Any],
-                 per_recipient: tuple[str, ...]) -> None:  # fmt: skip
+                 per_recipient: tuple[str, ...], prefixes: dict[str, str]) -> None:  # fmt: skip
         self._templates, self._template_id, self._shared = templates, template_id, shared
+        self._prefixes = {name: prefix for name, prefix in prefixes.items() if name in per_recipient and prefix}
         self.requested = language
         self.used = templates.resolve(template_id, language)
         self.fell_back = self.used != language
@@ -230,14 +242,17 @@ class SegmentRenderer:
             raise _NotSplittable(_MARK)
         trees = [environment.parse(source) for source in sources]
         tested = sorted(set().union(*(_tested_names(tree, names) for tree in trees)))
-        if len(tested) > _MAX_TESTED:
-            raise _NotSplittable("too many tests")
+        if len(tested) > _MAX_TESTED or set(tested) & self._prefixes.keys():
+            raise _NotSplittable("too many tests, or a test of a prefixed value")
         used = set().union(*(meta.find_undeclared_variables(tree) for tree in trees)) & names
         order = sorted(names)
         variants = {}
         for truths in itertools.product((True, False), repeat=len(tested)):
             truth = dict(zip(tested, truths, strict=True))
-            slots = {name: _Slot(index, truth.get(name, True)) for index, name in enumerate(order)}
+            slots = {
+                name: _Slot(index, truth.get(name, True), self._prefixes.get(name, ""))
+                for index, name in enumerate(order)
+            }
             subject, text, html = (self._templates.template(name).render({**self._shared, **slots}) for name in files)
             variants[truths] = (
                 self._pieces(subject, order, "subject"),
@@ -265,7 +280,9 @@ class SegmentRenderer:
     def render(self, values: Mapping[str, Any]) -> RenderedTemplate:
         """The message for one recipient's `values`."""
         if self._variants is None:
-            return self._templates.render(self._template_id, self.requested, {**self._shared, **values})
+            prefixed = {name: f"{self._prefixes.get(name, '')}{value}" if name in self._prefixes else value
+                        for name, value in values.items()}  # fmt: skip
+            return self._templates.render(self._template_id, self.requested, {**self._shared, **prefixed})
         subject, text, html = self._variants[tuple(bool(values[name]) for name in self._tested)]
         return RenderedTemplate(
             subject=subject if isinstance(subject, str) else one_line(subject.fill(values, escape=False)),

@@ -186,7 +186,8 @@ def _with_sender(message: OutboundMessage, sender: str | None) -> OutboundMessag
 
 
 def build_email(message: OutboundMessage, sender: str | None = None) -> EmailMessage:
-    """The RFC 5322 message (domain.email_wire.to_email_message); `sender` fills a missing From header."""
+    """The RFC 5322 message as an EmailMessage, parsed from its wire bytes
+    (domain.email_wire.to_email_message); `sender` fills a missing From header."""
     return to_email_message(_with_sender(message, sender))
 
 
@@ -194,8 +195,10 @@ def email_bytes(message: OutboundMessage, sender: str | None = None) -> EmailWir
     """(wire bytes, Message-ID) of an email: what every email channel sends, byte for byte.
 
     The bytes come from `domain.email_wire.email_wire_bytes` only, so the outbox file, SMTP DATA
-    and SES `Content.Raw` are identical and are what `email_problems` validated. A message that
-    cannot be serialized (e.g. a List-Unsubscribe URI over the line limit) is a PermanentSendError.
+    and SES `Content.Raw` are identical and are what `email_problems` validated: for a message
+    that `checked_email` / `email_problems` found fit shortly before, the very bytes it checked
+    (not serialized a second time). A message that cannot be serialized (e.g. a List-Unsubscribe
+    URI over the line limit) is a PermanentSendError.
     """
     message = _with_sender(message, sender)
     try:
