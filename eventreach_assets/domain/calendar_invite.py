@@ -90,16 +90,18 @@ def fold_content_line(line: str) -> str:
         if len(line) <= _FOLD_OCTETS:
             return line + "\r\n"
         return "\r\n ".join([line[:_FOLD_OCTETS], *_CONTINUATIONS.findall(line, _FOLD_OCTETS)]) + "\r\n"
-    pieces, octets, room = [], 0, _FOLD_OCTETS
-    start = 0
-    for index, char in enumerate(line):
-        size = len(char.encode())
-        if octets + size > room:
-            pieces.append(line[start:index])
-            start, octets, room = index, 0, _FOLD_OCTETS - 1  # a continuation line starts with its space
-        octets += size
-    pieces.append(line[start:])
-    return "\r\n ".join(pieces) + "\r\n"
+    data = line.encode()
+    if len(data) <= _FOLD_OCTETS:
+        return line + "\r\n"
+    pieces, start, room = [], 0, _FOLD_OCTETS
+    while len(data) - start > room:
+        cut = start + room
+        while data[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: the character started before
+            cut -= 1
+        pieces.append(data[start:cut])
+        start, room = cut, _FOLD_OCTETS - 1  # a continuation line starts with its space
+    pieces.append(data[start:])
+    return (b"\r\n ".join(pieces) + b"\r\n").decode()
 
 
 def _utc_stamp(moment: datetime) -> str:
