@@ -8,11 +8,12 @@ customers (email, marketplace, timezone) in memory, plans them with the real
 real ledger, sent through a real channel at the channel's concurrency and rate, and confirmed:
 
 * `outbox+sqlite`   — `LocalOutboxEmail` (one fsynced `.eml` per message), `SqliteDeliveryLedger`: the local deployment;
-* `outbox+dynamodb` — the same outbox, `DynamoDBDeliveryLedger` on moto;
+* `outbox+dynamodb` — the same outbox, `DynamoDBDeliveryLedger` on moto (beside it, `moto-writes`: moto's bare ceiling);
 * `smtp+sqlite`     — `SmtpEmail` to aiosmtpd answering each message after `--latency-ms`;
-* `ses+dynamodb`    — `SesEmail` (SES v2 `SendEmail`, raw MIME) on moto answering after `--latency-ms`, ledger on moto;
+* `ses+sqlite`      — `SesEmail` (SES v2 `SendEmail`, raw MIME) on moto answering after `--latency-ms`;
 * `webhook+sqlite`  — in-app banners POSTed by `WebhookInApp` to an HTTP service answering after `--latency-ms`;
-* `sns+dynamodb`    — push reminders published by `SnsPush` to an SNS topic on moto answering after `--latency-ms`.
+* `sns+sqlite`      — push reminders published by `SnsPush` to an SNS topic on moto answering after `--latency-ms`;
+* `ses+dynamodb`    — SES as above with the ledger on the same moto: the aws deployment's pairing.
 
 The provider scenarios send with `--concurrency` in flight at a configured `--rate`; their target is
 80% of min(rate, concurrency / latency), printed beside the figure. The servers (moto, aiosmtpd, the
