@@ -4,7 +4,7 @@ One connection per process and thread, opened on first use and kept: closing the
 connection of a WAL database checkpoints it (an fsync), which made every small call cost
 ~8 ms. Writers take the lock up front (BEGIN IMMEDIATE) and wait up to the busy timeout, so
 concurrent Dagster step processes serialize instead of failing. A file deleted or replaced
-meanwhile (a reset data dir) gets a fresh connection (noticed within a second). `SqliteBacked` gives a resource the
+meanwhile (a reset data dir) gets a fresh connection. `SqliteBacked` gives a resource the
 connections to its file.
 """
 
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, ClassVar
 import dagster as dg
 
 _OPEN_LOCK = threading.Lock()  # first opens in one process: one at a time
-IDENTITY_RECHECK_SECONDS = 1.0  # how stale "is it still the same file?" may be
 
 
 class SqliteConnections:
@@ -35,7 +34,6 @@ class SqliteConnections:
         self.cache_mib = cache_mib
         # (pid, thread) -> (connection, identity of the file it opened)
         self._connections: dict[tuple[int, int], tuple[sqlite3.Connection, tuple[int, int]]] = {}
-        self._checked: dict[tuple[int, int], float] = {}  # when each connection last compared the file's identity
 
     def _file_identity(self) -> tuple[int, int]:
         try:
@@ -74,16 +72,11 @@ class SqliteConnections:
         # thread id is only reused once its thread has ended, so a connection is never shared.
         key = (os.getpid(), threading.get_ident())
         cached = self._connections.get(key)
-        now = time.monotonic()
-        if cached is not None and now - self._checked.get(key, 0.0) > IDENTITY_RECHECK_SECONDS:
-            # A stat costs more than a small transaction here: look at most once a second per connection.
-            self._checked[key] = now
-            if cached[1] != self._file_identity():
-                self._connections.pop(key)[0].close()
-                cached = None
+        if cached is not None and cached[1] != self._file_identity():
+            self._connections.pop(key)[0].close()
+            cached = None
         if cached is None:
             cached = self._connections[key] = self._open()
-            self._checked[key] = now
         yield cached[0]
 
     @contextmanager

@@ -50,10 +50,12 @@ class DynamoDBDeliveryLedger(DynamoDBClient, DeliveryLedgerResource):
     table_name: str = Field(description="The ledger table (see ledger_table_definition).")
     max_parallel_requests: int = Field(default=8, ge=1, le=64, description="Threads issuing per-key requests.")
     transactions: bool | None = Field(
-        default=None,
+        default=False,
         description="Batch conditional writes and confirmations in TransactWriteItems (True) or send them as "
-        "parallel single writes (False). None: transactions on AWS itself, single writes on a custom endpoint "
-        "(moto copies the whole table for each item of a transaction, so there they slow down as it grows).",
+        "parallel single writes (False, the default until the transactional path is verified against DynamoDB "
+        "under concurrent runs: on moto, whose transactions are not atomic under concurrent requests, two runs "
+        "reserving the same keys at once can leave a few keys granted to neither). None: transactions on AWS "
+        "itself, single writes on a custom endpoint.",
     )
 
     _table_definition = staticmethod(ledger_table_definition)
