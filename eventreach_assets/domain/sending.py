@@ -404,8 +404,11 @@ class _Pipeline:
     def _failed(self, message: OutboundMessage, reason: str, permanent: bool) -> None:
         self.ledger.mark_failed(message.key, reason, permanent=permanent, now=self.now(),
                                 campaign_id=message.campaign_id)  # fmt: skip
+        if permanent:
+            self.report.failed_permanent += 1
+        else:
+            self.report.failed_transient += 1
         outcome = "failed_permanent" if permanent else "failed_transient"
-        setattr(self.report, outcome, getattr(self.report, outcome) + 1)
         self.report.failure_reasons[reason] += 1
         self.report._count(message.campaign_id, outcome)
 
