@@ -30,7 +30,7 @@ setup(
         "matplotlib",  # report charts (PNG)
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd", "waitress"],
     },
     entry_points={"console_scripts": ["eventreach-demo=eventreach_assets.demo.cli:main"]},
 )

@@ -60,6 +60,15 @@ from eventreach_assets.domain.events import EventContext
 
 REFERENCE = "render+bytes"
 MOTO_REFERENCE = "moto-writes"  # the DynamoDB stand-in's own ceiling: bare conditional PutItems, no ledger
+# The provider stand-ins' own ceilings on this machine: bare calls of one prepared message from as many
+# threads as the scenarios keep in flight (no render, validation, ledger or pacing).
+PROVIDER_REFERENCES = {"ses+": "ses-calls", "sns+": "sns-calls"}
+BARE = {
+    REFERENCE: "reference: render + wire bytes only",
+    MOTO_REFERENCE: "reference: bare conditional PutItems/s on moto (the ledger makes ~3 writes a message)",
+    "ses-calls": "reference: bare SES v2 SendEmail/s on moto (the stand-in's ceiling here)",
+    "sns-calls": "reference: bare SNS Publish/s on moto (the stand-in's ceiling here)",
+}
 SCENARIOS = ("outbox+sqlite", "outbox+dynamodb", "smtp+sqlite", "ses+sqlite", "webhook+sqlite", "sns+sqlite",
              "ses+dynamodb")  # fmt: skip
 # Paced by a provider (latency, rate, concurrency): run at --provider-messages.
@@ -102,7 +111,8 @@ class Settings:
     def size(self, scenario: str) -> int:
         if scenario.endswith("+dynamodb") or scenario == MOTO_REFERENCE:  # moto's own CPU bounds these
             return min(self.messages, self.moto_messages)
-        return min(self.messages, self.provider_messages) if scenario in PROVIDERS else self.messages
+        paced = scenario in PROVIDERS or scenario in PROVIDER_REFERENCES.values()
+        return min(self.messages, self.provider_messages) if paced else self.messages
 
     def target(self, scenario: str) -> float | None:
         """80% of what the provider allows: min(rate, concurrency / latency); None where no provider paces."""
@@ -284,6 +294,37 @@ def moto_writes(writes: int, endpoint: str | None) -> int:
     return len(ledger._parallel(put, list(range(writes))))
 
 
+def provider_calls(reference: str, calls: int, wiring: Wiring) -> int:
+    """The reference for the `ses+` and `sns+` rows: `calls` bare SendEmail (one rendered invitation's
+    wire bytes) or Publish calls from `wiring.concurrency` threads on one client, nothing else: what the
+    stand-in and boto3 allow on this machine. Returns the calls answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eventreach_assets.resources import aws
+    from eventreach_assets.resources.channels import email_bytes
+
+    scenario = "ses+sqlite" if reference == "ses-calls" else "sns+sqlite"
+    channel = make_channel(scenario, Path("."), wiring)  # the SES identity, the SNS topic
+    if reference == "ses-calls":
+        row = planned_rows(1, PLANNED_AT).row(0, named=True)
+        data = email_bytes(renderer("email")(row)).data
+        client = aws.aws_client("sesv2", region_name=REGION, endpoint_url=wiring.endpoint,
+                                max_pool_connections=wiring.concurrency)  # fmt: skip
+
+        def call(number: int) -> Any:
+            destination = {"ToAddresses": [f"c{number:09d}@example.invalid"]}
+            return client.send_email(FromEmailAddress=SENDER, Destination=destination, Content={"Raw": {"Data": data}})
+    else:
+        client = aws.aws_client("sns", region_name=REGION, endpoint_url=wiring.endpoint,
+                                max_pool_connections=wiring.concurrency)  # fmt: skip
+
+        def call(number: int) -> Any:
+            return client.publish(TopicArn=channel.topic_arn, Message=f"Reminder {number}: the summit starts soon")
+
+    with ThreadPoolExecutor(wiring.concurrency) as pool:
+        return sum(1 for _ in pool.map(call, range(calls)))
+
+
 def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[str, Any]:
     """One run of one scenario (or the reference) in this process; the figures of its timed section."""
     import eventreach_assets.assets.campaigns  # noqa: F401  (Dagster's imports take seconds: not in the timing)
@@ -296,6 +337,8 @@ def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[st
         figures: dict[str, Any] = {"sent": render_bytes(plan)}
     elif scenario == MOTO_REFERENCE:
         figures = {"sent": moto_writes(plan.height, wiring.endpoint)}
+    elif scenario in BARE:
+        figures = {"sent": provider_calls(scenario, plan.height, wiring)}
     else:
         figures = send(scenario, plan, work, wiring, clocks)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -307,7 +350,7 @@ def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[st
         "wall_s": wall,
         "messages_per_s": plan.height / wall,
         "cpu_ms_per_message": 1000 * cpu / plan.height,
-        "phase_cpu_ms_per_message": {} if scenario in (REFERENCE, MOTO_REFERENCE) else {
+        "phase_cpu_ms_per_message": {} if scenario in BARE else {
             name: 1000 * seconds / plan.height for name, seconds in phases.items()
         },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -336,7 +379,7 @@ class Providers:
 
     def received(self, scenario: str, work: Path) -> tuple[int, int] | None:
         """(messages received, the most any one recipient got) at the scenario's provider; None: the reference."""
-        if scenario in (REFERENCE, MOTO_REFERENCE):
+        if scenario in BARE:
             return None
         if scenario.startswith("smtp+"):
             counts = self.smtp.recipients
@@ -370,7 +413,7 @@ def start_providers(stack: ExitStack, settings: Settings) -> Providers:
     latency = settings.latency_ms / 1000
     providers = Providers(concurrency=settings.concurrency, rate=settings.rate)
     scenarios = settings.scenarios
-    if any(s.startswith(("ses+", "sns+")) or s.endswith("+dynamodb") or s == MOTO_REFERENCE for s in scenarios):
+    if any(s.startswith(("ses+", "sns+")) or s.endswith("+dynamodb") for s in scenarios):
         os.environ.update(FAKE_AWS_ENV)  # the children inherit it
         providers.moto = stack.enter_context(standins.moto_server(latency))
     if any(s.startswith("smtp+") for s in scenarios):
@@ -438,11 +481,9 @@ def row(name: str, figures: dict[str, Any]) -> str:
     goal = "-" if target is None else f"{target:,.0f}" + ("" if figures["meets_target"] else " MISSED")
     phases = " ".join(f"{phase}={ms:.2f}" for phase, ms in figures["phase_cpu_ms_per_message"].items())
     rate = figures["provider_rate"]
-    bare = {
-        REFERENCE: "reference: render + wire bytes only",
-        MOTO_REFERENCE: "reference: bare conditional PutItems/s on moto (the ledger makes ~3 writes a message)",
-    }
-    note = (phases + (f"  rate {rate:g}/s" if rate else "")) or bare.get(name, "")
+    ceiling = figures.get("of_ceiling")
+    of_ceiling = f"  {ceiling:.0%} of {figures['ceiling']}" if ceiling else ""
+    note = (phases + (f"  rate {rate:g}/s" if rate else "") + of_ceiling) or BARE.get(name, "")
     return (
         f"{name:<16} {figures['messages']:>9,} {figures['wall_s']:>8.2f} {figures['messages_per_s']:>8,.0f} "
         f"{figures['cpu_ms_per_message']:>11.2f} {figures['peak_rss_mb']:>8,.0f} {got:>9} "
@@ -450,9 +491,17 @@ def row(name: str, figures: dict[str, Any]) -> str:
     )
 
 
+def ceiling_of(scenario: str) -> str | None:
+    """The provider reference a scenario is compared with (`ses-calls` for `ses+sqlite`), if any."""
+    return next((name for prefix, name in PROVIDER_REFERENCES.items() if scenario.startswith(prefix)), None)
+
+
 def references(scenarios: tuple[str, ...]) -> tuple[str, ...]:
-    """The bare references measured beside the scenarios: rendering always, moto's writes with a DynamoDB ledger."""
-    return (REFERENCE, *([MOTO_REFERENCE] if any(s.endswith("+dynamodb") for s in scenarios) else []))
+    """The bare references measured beside the scenarios: rendering always, moto's writes with a DynamoDB
+    ledger, the SES and SNS stand-ins' ceilings with their scenarios."""
+    moto = [MOTO_REFERENCE] if any(s.endswith("+dynamodb") for s in scenarios) else []
+    ceilings = dict.fromkeys(name for name in map(ceiling_of, scenarios) if name)
+    return (REFERENCE, *moto, *ceilings)
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -471,6 +520,9 @@ def run(settings: Settings) -> dict[str, Any]:
         for name in references(settings.scenarios) + settings.scenarios:
             samples = [one_run(name, settings.size(name), providers) for _ in range(settings.runs)]
             figures[name] = summarize(samples, settings.target(name))
+            if (ceiling := ceiling_of(name)) in figures:
+                share = figures[name]["messages_per_s"] / figures[ceiling]["messages_per_s"]
+                figures[name] |= {"ceiling": ceiling, "of_ceiling": share}
             print(row(name, figures[name]), flush=True)
     return figures
 
@@ -519,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     scenarios = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
     unknown = sorted(set(scenarios) - set(SCENARIOS))
-    if unknown or args.profile not in (None, REFERENCE, *SCENARIOS):
+    if unknown or args.profile not in (None, *BARE, *SCENARIOS):
         parser.error(f"unknown scenario ({', '.join(unknown) or args.profile}); known: {', '.join(SCENARIOS)}")
     settings = Settings(args.messages, args.provider_messages, args.moto_messages, args.runs, scenarios,
                         args.latency_ms, args.concurrency, args.rate)  # fmt: skip

@@ -66,19 +66,20 @@ def _routed_dispatcher() -> type:
 
 
 class LatentMotoServer:
-    """moto's server (every AWS service, real HTTP) whose SES and SNS calls answer after `latency_s`."""
+    """moto's application (every AWS service, real HTTP) whose SES and SNS calls answer after `latency_s`.
 
-    def __init__(self, latency_s: float = 0.0, account_id: str = "123456789012") -> None:
-        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    Served by waitress rather than moto's own werkzeug development server, which closes the
+    connection after every answer and starts a thread per connection: at hundreds of sends a
+    second that doubled moto's CPU per request and made every boto3 call open a new connection.
+    waitress keeps connections alive and answers on a fixed pool of `threads` (more than the
+    senders' concurrency, since each delayed answer holds its thread for `latency_s`).
+    """
+
+    def __init__(self, latency_s: float = 0.0, account_id: str = "123456789012", threads: int = 64) -> None:
+        from moto.moto_server.werkzeug_app import create_backend_app
+        from waitress.server import create_server
 
         self.latency_s, self.account_id = latency_s, account_id
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server._server_entry = self._serve  # type: ignore[method-assign]
-
-    def _serve(self) -> None:
-        from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
-        from werkzeug.serving import make_server
-
         app = _routed_dispatcher()(create_backend_app)
 
         def latent(environ: dict[str, Any], start_response: Any) -> Any:
@@ -86,21 +87,28 @@ class LatentMotoServer:
                 time.sleep(self.latency_s)
             return app(environ, start_response)
 
-        server = self._server
-        server._server = make_server("127.0.0.1", 0, latent, True, request_handler=MotoRequestHandler)
-        server._server_ready_event.set()
-        server._server.serve_forever()
+        self._server: Any = create_server(
+            latent, host="127.0.0.1", port=0, threads=threads, connection_limit=1000, backlog=1024,
+            channel_timeout=300, ident="moto", clear_untrusted_proxy_headers=True,
+        )  # fmt: skip
+        self._thread = threading.Thread(target=self._server.run, name="moto-standin", daemon=True)
 
     @property
     def endpoint(self) -> str:
-        host, port = self._server.get_host_and_port()
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._server.effective_port}"
 
     def start(self) -> LatentMotoServer:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-        self._server.start()
+        logging.getLogger("waitress").setLevel(logging.ERROR)  # no warning per queued request
+        self._thread.start()
         self.warm_up()
         return self
+
+    def stop(self) -> None:
+        from waitress import wasyncore
+
+        self._server.task_dispatcher.shutdown(timeout=5)
+        wasyncore.close_all(self._server._map)  # the listener and every kept-alive connection: the loop ends
+        self._thread.join(timeout=10)
 
     def warm_up(self, region: str = "us-east-1") -> None:
         """One call per service we use, before any sender connects.
@@ -118,9 +126,6 @@ class LatentMotoServer:
         clients["sesv2"].list_email_identities()
         clients["sns"].list_topics()
         clients["dynamodb"].list_tables()
-
-    def stop(self) -> None:
-        self._server.stop()
 
     def ses_recipients(self, region: str = "us-east-1") -> Counter[str]:
         """Messages SES accepted per recipient address (moto's own record of what it was sent)."""

@@ -50,7 +50,8 @@ def test_make_bench_sends_prints_every_scenario_and_the_references_at_a_tiny_siz
     figures = json.loads(lines[-1])["scenarios"]
     expected = {
         "render+bytes": 200, "moto-writes": 50, "outbox+sqlite": 200, "outbox+dynamodb": 50, "smtp+sqlite": 100,
-        "ses+sqlite": 100, "webhook+sqlite": 100, "sns+sqlite": 100, "ses+dynamodb": 50,
+        "ses+sqlite": 100, "webhook+sqlite": 100, "sns+sqlite": 100, "ses+dynamodb": 50, "ses-calls": 100,
+        "sns-calls": 100,
     }  # fmt: skip
     assert set(figures) == set(expected)
     for name, planned in expected.items():
@@ -60,7 +61,7 @@ def test_make_bench_sends_prints_every_scenario_and_the_references_at_a_tiny_siz
         assert min(float(wall), float(per_second.replace(",", "")), float(cpu), float(peak.replace(",", ""))) > 0
         got = figures[name]
         assert got["messages_per_s"] > 0 and got["cpu_ms_per_message"] > 0 and got["peak_rss_mb"] > 0
-        if name in ("render+bytes", "moto-writes"):  # the bare references: nothing reaches a provider
+        if name in ("render+bytes", "moto-writes", "ses-calls", "sns-calls"):  # the bare references: not counted
             assert received == "-" and got["exactly_once"] is None
             continue
         # What the provider got (outbox files, SMTP/SES recipients, webhook keys, SNS publishes) is the plan, once each.
@@ -72,3 +73,9 @@ def test_make_bench_sends_prints_every_scenario_and_the_references_at_a_tiny_siz
             assert got["target_messages_per_s"] == 400 and target.startswith("400")
         else:
             assert target == "-" and got["target_messages_per_s"] is None
+        if name.startswith(("ses", "sns")):  # beside the stand-in's own ceiling, measured in the same run
+            ceiling = "ses-calls" if name.startswith("ses") else "sns-calls"
+            assert got["ceiling"] == ceiling
+            assert got["of_ceiling"] == pytest.approx(got["messages_per_s"] / figures[ceiling]["messages_per_s"])
+            assert f"of {ceiling}" in row
+
