@@ -78,4 +78,3 @@ def test_make_bench_sends_prints_every_scenario_and_the_references_at_a_tiny_siz
             assert got["ceiling"] == ceiling
             assert got["of_ceiling"] == pytest.approx(got["messages_per_s"] / figures[ceiling]["messages_per_s"])
             assert f"of {ceiling}" in row
-
