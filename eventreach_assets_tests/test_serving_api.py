@@ -48,6 +48,7 @@ CHANNELS = ["email", "in-app"]
 API_KEY = "serving-api-key-for-tests-0001"
 OTHER_KEY = "serving-api-key-for-tests-0002"
 WEBHOOK_SECRET = "webhook-secret-for-tests-only-0123456789"
+CURSOR_KEY = "cursor-signing-key-for-tests-only-0123456789"
 CANDIDATES = 250
 
 
@@ -178,7 +179,9 @@ def api(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api
     scored = scored_for(unregistered_customers(deployment, event, CANDIDATES))
     with deployment_dependencies(home=deployment.home, deployment="local") as dependencies:
         dependencies.store.replace_event_candidates(PROGRAM, event, scored, CHANNELS, AS_OF, 14, 100)
-        app = create_app(dependencies, api_keys=[API_KEY, OTHER_KEY], webhook_secret=WEBHOOK_SECRET)
+        app = create_app(
+            dependencies, api_keys=[API_KEY, OTHER_KEY], webhook_secret=WEBHOOK_SECRET, cursor_keys=[CURSOR_KEY]
+        )
         with serving(app) as base:
             yield Api(base, deployment, event, scored.select("customer_id", "score"), dependencies)
 
@@ -496,7 +499,7 @@ def test_the_aws_deployment_serves_pages_from_dynamodb(aws_endpoint: str, monkey
         assert type(dependencies.store).__name__ == "DynamoDBCandidateStore"
         dependencies.store.replace_event_candidates(PROGRAM, "evt-aws", scored, CHANNELS, AS_OF, 14, 25)
         dependencies.store.mark_registered(PROGRAM, "evt-aws", customers[0], AS_OF, "email")
-        app = create_app(dependencies, api_keys=[API_KEY], webhook_secret=WEBHOOK_SECRET)
+        app = create_app(dependencies, api_keys=[API_KEY], webhook_secret=WEBHOOK_SECRET, cursor_keys=[CURSOR_KEY])
         with serving(app) as base:
             fetch = lambda **p: call(query(base, "/v1/candidates", **p))  # noqa: E731
             first = {"program": PROGRAM, "event": "evt-aws", "channel": "in-app", "minScore": "0.2", "limit": "9"}

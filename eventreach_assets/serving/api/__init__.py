@@ -60,14 +60,17 @@ from eventreach_assets.serving.api.cache import DEFAULT_CACHE_SECONDS, ExpiringC
 from eventreach_assets.serving.api.cli import (
     API_KEYS_ENV,
     CACHE_SECONDS_ENV,
+    CURSOR_KEYS_ENV,
     WEBHOOK_SECRET_ENV,
     api_keys_from_env,
     app_from_env,
+    cursor_keys_from_env,
     deployment_dependencies,
     main,
     webhook_secret_from_env,
 )
-from eventreach_assets.serving.api.paging import decode_position, encode_position, page_after, page_body
+from eventreach_assets.serving.api.cursors import MIN_CURSOR_KEY_LENGTH, CursorSigner, query_binding
+from eventreach_assets.serving.api.paging import page_after, page_body
 from eventreach_assets.serving.api.params import (
     PAGE_LIMIT,
     STATUSES,
@@ -87,10 +90,12 @@ __all__ = [
     "API_KEYS_ENV",
     "API_KEY_HEADER",
     "CACHE_SECONDS_ENV",
+    "CURSOR_KEYS_ENV",
     "DEFAULT_CACHE_SECONDS",
     "MAX_WEBHOOK_BYTES",
     "MAX_WEBHOOK_RECORDS",
     "MIN_API_KEY_LENGTH",
+    "MIN_CURSOR_KEY_LENGTH",
     "MIN_WEBHOOK_SECRET_LENGTH",
     "PAGE_LIMIT",
     "REGISTRATION_VIEW",
@@ -101,6 +106,7 @@ __all__ = [
     "WEBHOOK_TOLERANCE_SECONDS",
     "ApiError",
     "CandidatesQuery",
+    "CursorSigner",
     "CustomerQuery",
     "ExpiringCache",
     "RegisteredQuery",
@@ -111,9 +117,8 @@ __all__ = [
     "app_from_env",
     "bad_parameter",
     "create_app",
-    "decode_position",
+    "cursor_keys_from_env",
     "deployment_dependencies",
-    "encode_position",
     "main",
     "page_after",
     "page_body",
@@ -122,6 +127,7 @@ __all__ = [
     "parse_registered_query",
     "presented_api_key",
     "public_rows",
+    "query_binding",
     "registered_view",
     "verify_webhook",
     "waitlisted_view",

@@ -41,6 +41,7 @@ from eventreach_assets.serving.api.auth import (
     verify_webhook,
 )
 from eventreach_assets.serving.api.cache import DEFAULT_CACHE_SECONDS, ExpiringCache
+from eventreach_assets.serving.api.cursors import CursorSigner, query_binding
 from eventreach_assets.serving.api.paging import page_after, page_body
 from eventreach_assets.serving.api.params import (
     ApiError,
@@ -125,11 +126,13 @@ class ServingApi:
         *,
         api_keys: Sequence[str],
         webhook_secret: bytes | str,
+        cursor_keys: Sequence[bytes | str],
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         reads_in_threads: bool | None = None,
     ) -> None:
         self.keys = checked_api_keys(api_keys)
         self.secret = checked_webhook_secret(webhook_secret)
+        self.cursors = CursorSigner.from_keys(cursor_keys)
         self.deps = dependencies
         self.channels = [spec.channel_id for spec in dependencies.program.invitation_channels]
         self.lists = ExpiringCache(cache_seconds)
@@ -161,17 +164,25 @@ class ServingApi:
         self.authenticate(request)
         query = parse_candidates_query(request.query_params.multi_items(), self.channels)
         self.known_program(query.program)
+        binding = query_binding(
+            "candidates", query.program, query.event, query.channel, query.min_score, query.exclude_registered
+        )
+        # The signed cursor wraps the store's own (its position in the GSI1 order).
+        after = self.cursors.redeem(query.cursor, binding, 1)[0] if query.cursor is not None else None
         store = self.deps.store
         try:
             page = await self.read(
                 store.top_candidates_for_channel, query.program, query.event, query.channel, query.min_score,
-                query.limit, query.exclude_registered, query.cursor, self.deps.clock(),
+                query.limit, query.exclude_registered, after, self.deps.clock(),
             )  # fmt: skip
-        except ValueError as error:
-            if query.cursor is None:
+        except ValueError:
+            if after is None:
                 raise
-            raise bad_parameter("cursor", str(error)) from None  # the store's own cursor check
-        return _ok(page_body(page.items, page.next_cursor))
+            # The store's own check (a cursor signed for this query, from an older store format);
+            # its message quotes the cursor, which holds a customer id: not echoed.
+            raise bad_parameter("cursor", "no longer valid: start from the first page") from None
+        next_cursor = self.cursors.issue(binding, [page.next_cursor]) if page.next_cursor is not None else None
+        return _ok(page_body(page.items, next_cursor))
 
     # ---- GET /v1/registered-candidates
 
@@ -207,8 +218,8 @@ class ServingApi:
         query = parse_registered_query(request.query_params.multi_items())
         self.known_program(query.program)
         rows = await self.cached_registration_list(query)
-        query_key = "|".join((query.program, query.event, query.status))
-        page, next_cursor = page_after(rows, ["customer_id"], query.limit, query_key, query.cursor)
+        binding = query_binding("registered-candidates", query.program, query.event, query.status)
+        page, next_cursor = page_after(rows, ["customer_id"], query.limit, self.cursors, binding, query.cursor)
         return _ok(page_body(page, next_cursor))
 
     # ---- GET /v1/customers/{customer}/candidates
@@ -222,8 +233,9 @@ class ServingApi:
         )
         if query.event is not None:
             items = items.filter(pl.col("event_id") == query.event)
-        query_key = f"{query.program}|{query.customer}|{query.event or ''}"
-        page, next_cursor = page_after(items, ["event_id", "channel"], query.limit, query_key, query.cursor)
+        binding = query_binding("customer-candidates", query.program, query.customer, query.event)
+        keys = ["event_id", "channel"]
+        page, next_cursor = page_after(items, keys, query.limit, self.cursors, binding, query.cursor)
         return _ok(page_body(page, next_cursor))
 
     # ---- POST /v1/webhooks/registrations
@@ -274,15 +286,17 @@ def create_app(
     *,
     api_keys: Sequence[str],
     webhook_secret: bytes | str,
+    cursor_keys: Sequence[bytes | str],
     cache_seconds: float = DEFAULT_CACHE_SECONDS,
     reads_in_threads: bool | None = None,
     on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
-    """The Serving API over `dependencies` (see `ServingApi`); `on_shutdown` runs when the server
-    stops (closing resources)."""
+    """The Serving API over `dependencies` (see `ServingApi`); `cursor_keys` sign page cursors (the
+    first signs, any verifies; every worker process must get the same); `on_shutdown` runs when
+    the server stops (closing resources)."""
     api = ServingApi(
-        dependencies, api_keys=api_keys, webhook_secret=webhook_secret, cache_seconds=cache_seconds,
-        reads_in_threads=reads_in_threads,
+        dependencies, api_keys=api_keys, webhook_secret=webhook_secret, cursor_keys=cursor_keys,
+        cache_seconds=cache_seconds, reads_in_threads=reads_in_threads,
     )  # fmt: skip
     return Starlette(
         routes=[

@@ -20,9 +20,11 @@ from eventreach_assets.deployments import DEPLOYMENT_ENV, eventreach_home, resou
 from eventreach_assets.serving.api.app import ServingDependencies, create_app
 from eventreach_assets.serving.api.auth import MIN_API_KEY_LENGTH, MIN_WEBHOOK_SECRET_LENGTH
 from eventreach_assets.serving.api.cache import DEFAULT_CACHE_SECONDS
+from eventreach_assets.serving.api.cursors import MIN_CURSOR_KEY_LENGTH
 
 API_KEYS_ENV = "EVENTREACH_API_KEYS"
 WEBHOOK_SECRET_ENV = "EVENTREACH_WEBHOOK_SECRET"
+CURSOR_KEYS_ENV = "EVENTREACH_API_CURSOR_KEYS"
 CACHE_SECONDS_ENV = "EVENTREACH_API_CACHE_SECONDS"
 
 SERVING_RESOURCES = ("program", "clock", "candidate_store", "engagement", "warehouse", "decision_log", "link_signing")
@@ -76,6 +78,21 @@ def webhook_secret_from_env(home: Path, deployment: str) -> tuple[str, str]:
     return local_secret_file(path), str(path)
 
 
+def cursor_keys_from_env(home: Path, deployment: str) -> tuple[list[str], str]:
+    """The keys signing page cursors (first signs, any verifies) and where they came from; locally
+    a generated file when the env has none. Never per process: every worker must verify the
+    cursors the others issued."""
+    configured = [key.strip() for key in os.environ.get(CURSOR_KEYS_ENV, "").split(",") if key.strip()]
+    if configured:
+        return configured, f"env {CURSOR_KEYS_ENV}"
+    if deployment != "local":
+        raise RuntimeError(
+            f"{CURSOR_KEYS_ENV} is not set (comma-separated cursor signing keys, each >= {MIN_CURSOR_KEY_LENGTH} chars)"
+        )
+    path = home / "cursor_key"
+    return [local_secret_file(path)], str(path)
+
+
 def _deployment_settings() -> tuple[Path, str]:
     return eventreach_home(), os.environ.get(DEPLOYMENT_ENV, "local")
 
@@ -85,12 +102,14 @@ def app_from_env() -> Starlette:
     home, deployment = _deployment_settings()
     keys, _ = api_keys_from_env(home, deployment)
     secret, _ = webhook_secret_from_env(home, deployment)
+    cursor_keys, _ = cursor_keys_from_env(home, deployment)
     cache_seconds = float(os.environ.get(CACHE_SECONDS_ENV, DEFAULT_CACHE_SECONDS))
     stack = contextlib.ExitStack()
     dependencies = stack.enter_context(deployment_dependencies(home if deployment == "local" else None, deployment))
     app = create_app(
-        dependencies, api_keys=keys, webhook_secret=secret, cache_seconds=cache_seconds, on_shutdown=stack.close
-    )
+        dependencies, api_keys=keys, webhook_secret=secret, cursor_keys=cursor_keys, cache_seconds=cache_seconds,
+        on_shutdown=stack.close,
+    )  # fmt: skip
     # Start-up leaves millions of long-lived objects (Dagster definitions, libraries); a full
     # collection walking them all took hundreds of ms mid-request. Freeze them out of the GC.
     gc.collect()
@@ -117,8 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Created (locally) before the workers start, and named by where they are, never by value.
     _, keys_from = api_keys_from_env(home, deployment)
     _, secret_from = webhook_secret_from_env(home, deployment)
+    _, cursor_keys_from = cursor_keys_from_env(home, deployment)
     print(f"EventReach Serving API ({deployment}) on http://{args.host}:{args.port}", flush=True)
     print(f"  API keys from {keys_from}; webhook secret from {secret_from}", flush=True)
+    print(f"  cursor keys from {cursor_keys_from}", flush=True)
     uvicorn.run(
         "eventreach_assets.serving.api.cli:app_from_env",
         factory=True,
