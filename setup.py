@@ -30,7 +30,10 @@ setup(
         "matplotlib",  # report charts (PNG)
     ],
     extras_require={
-        "dev": ["pytest", "pytest-xdist", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd", "waitress"],
+        "dev": [
+            "pytest", "pytest-xdist", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd", "waitress",
+            "openapi-spec-validator", "jsonschema", "referencing",  # the Serving API's OpenAPI tests
+        ],
     },
     entry_points={"console_scripts": ["eventreach-demo=eventreach_assets.demo.cli:main"]},
 )

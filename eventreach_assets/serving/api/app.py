@@ -42,6 +42,7 @@ from eventreach_assets.serving.api.auth import (
 )
 from eventreach_assets.serving.api.cache import DEFAULT_CACHE_SECONDS, ExpiringCache
 from eventreach_assets.serving.api.cursors import CursorSigner, query_binding
+from eventreach_assets.serving.api.openapi import openapi_document
 from eventreach_assets.serving.api.paging import page_after, page_body
 from eventreach_assets.serving.api.params import (
     ApiError,
@@ -141,6 +142,7 @@ class ServingApi:
         )
         self._ingest_lock = threading.Lock()  # one delivery at a time: capacity is read, then written
         self._refreshes: set[asyncio.Task[Any]] = set()
+        self.openapi_body = json.dumps(openapi_document(self.channels), separators=(",", ":")).encode()
 
     # ---- steps every route shares
 
@@ -238,6 +240,11 @@ class ServingApi:
         page, next_cursor = page_after(items, keys, query.limit, self.cursors, binding, query.cursor)
         return _ok(page_body(page, next_cursor))
 
+    # ---- GET /openapi.json (no key: the document holds no data)
+
+    async def openapi(self, request: Request) -> Response:
+        return _ok(self.openapi_body)
+
     # ---- POST /v1/webhooks/registrations
 
     def ingest(self, records: list[dict[str, Any]], batch: str) -> dict[str, Any]:
@@ -301,6 +308,7 @@ def create_app(
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
+            Route("/openapi.json", api.openapi, methods=["GET"]),
             Route("/v1/candidates", api.candidates, methods=["GET"]),
             Route("/v1/registered-candidates", api.registered_candidates, methods=["GET"]),
             Route("/v1/customers/{customer}/candidates", api.customer_candidates, methods=["GET"]),

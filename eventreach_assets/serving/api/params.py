@@ -14,9 +14,15 @@ from dataclasses import dataclass
 PAGE_LIMIT = 100  # the most any answer holds, and the default
 MAX_CURSOR_LENGTH = 2048
 STATUSES = ("registered", "waitlisted")
+ID_PATTERN = r"^[^#\s]{1,128}$"  # ids are key segments: no '#', no whitespace
+CURSOR_PATTERN = r"^[A-Za-z0-9_=-]+$"  # url-safe base64, what every cursor here is
+# Each query's parameters (anything else is refused); the OpenAPI document lists the same.
+CANDIDATES_PARAMETERS = ("program", "event", "channel", "minScore", "limit", "excludeRegistered", "cursor")
+REGISTERED_PARAMETERS = ("program", "event", "status", "limit", "cursor")
+CUSTOMER_PARAMETERS = ("program", "event", "limit", "cursor")
 
-_ID = re.compile(r"^[^#\s]{1,128}$")  # ids are key segments: no '#', no whitespace
-_CURSOR = re.compile(r"^[A-Za-z0-9_=-]+$")  # url-safe base64, what every cursor here is
+_ID = re.compile(ID_PATTERN)
+_CURSOR = re.compile(CURSOR_PATTERN)
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 
 
@@ -140,7 +146,7 @@ def required_id(params: Params, name: str) -> str:
 
 def parse_candidates_query(items: Sequence[tuple[str, str]], channels: Sequence[str]) -> CandidatesQuery:
     """GetCandidatesForChannel's parameters, validated; `channels` are the program's invitation channels."""
-    params = Params(items, ("program", "event", "channel", "minScore", "limit", "excludeRegistered", "cursor"))
+    params = Params(items, CANDIDATES_PARAMETERS)
     program, event = required_id(params, "program"), required_id(params, "event")
     channel = params.text("channel", required=True)
     if channel not in channels:
@@ -158,7 +164,7 @@ def parse_candidates_query(items: Sequence[tuple[str, str]], channels: Sequence[
 
 def parse_registered_query(items: Sequence[tuple[str, str]]) -> RegisteredQuery:
     """GetRegisteredCandidates' parameters, validated."""
-    params = Params(items, ("program", "event", "status", "limit", "cursor"))
+    params = Params(items, REGISTERED_PARAMETERS)
     return RegisteredQuery(
         program=required_id(params, "program"),
         event=required_id(params, "event"),
@@ -170,7 +176,7 @@ def parse_registered_query(items: Sequence[tuple[str, str]]) -> RegisteredQuery:
 
 def parse_customer_query(customer: str, items: Sequence[tuple[str, str]]) -> CustomerQuery:
     """The candidate-by-customer query's parameters (the customer comes from the path)."""
-    params = Params(items, ("program", "event", "limit", "cursor"))
+    params = Params(items, CUSTOMER_PARAMETERS)
     if not _ID.match(customer):
         raise bad_parameter("customer", "must be 1-128 characters without '#' or whitespace")
     return CustomerQuery(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-_PII_COLUMNS = ("email",)
+PII_COLUMNS = ("email",)
 _JSON_TS = "%Y-%m-%dT%H:%M:%S%.6fZ"
 
 # What a registered-candidates row holds, whichever store it came from.
@@ -67,7 +67,7 @@ def public_rows(frame: pl.DataFrame) -> bytes:
     """Rows as a JSON array, without PII columns, times as ISO 8601 UTC (`...Z`)."""
     columns: list[pl.Expr] = []
     for name, dtype in frame.schema.items():
-        if name in _PII_COLUMNS:
+        if name in PII_COLUMNS:
             continue
         column = pl.col(name)
         if isinstance(dtype, pl.Datetime):
