@@ -18,12 +18,21 @@ Routes (JSON in and out; every GET needs an API key, the webhook a signed body):
   with an unknown action, or a cancellation lacking a field or with a bad one, refuses the
   whole delivery with a 400 naming it (`registrations[<index>].<field>`), nothing stored.
 * `GET /health` — liveness, no key, no data.
+* `GET /openapi.json` — the OpenAPI 3.1 document of all of this (`openapi`), no key: it holds
+  no data, and client generators fetch it unauthenticated.
 
 Every answer is at most one page (`limit` 1..100, default 100) with an opaque `nextCursor`
-(null on the last page). A bad parameter is a 400 naming it (`{"error": ..., "parameter": ...}`);
-an unknown parameter is a bad one (a typo must not silently widen a query). A missing or wrong
-API key is a 401, an unknown program a 404. The `email` attribute (PII) is never returned, and
-nothing here logs keys, customer ids or request URLs (uvicorn's access log is off).
+(null on the last page). A cursor is signed (HMAC-SHA256) and bound to the query that issued
+it (route and every parameter but `limit`, which may change between pages); an altered,
+forged or borrowed cursor is a 400 naming `cursor` (see `cursors`). The keys come from
+`EVENTREACH_API_CURSOR_KEYS` (comma-separated, each >= 32 characters; the first signs, any
+verifies: rotate by putting the new key first, drop the old one later), locally from a
+generated `cursor_key` file: every worker process must hold the same keys.
+
+A bad parameter is a 400 naming it (`{"error": ..., "parameter": ...}`); an unknown parameter
+is a bad one (a typo must not silently widen a query). A missing or wrong API key is a 401, an
+unknown program a 404. The `email` attribute (PII) is never returned, and nothing here logs
+keys, customer ids or request URLs (uvicorn's access log is off).
 
 API keys: `X-API-Key: <key>` or `Authorization: Bearer <key>`, compared in constant time with
 every key of `EVENTREACH_API_KEYS` (comma-separated, each >= 16 characters). Webhook: header
@@ -31,13 +40,15 @@ every key of `EVENTREACH_API_KEYS` (comma-separated, each >= 16 characters). Web
 HMAC-SHA256 with `EVENTREACH_WEBHOOK_SECRET` of `<timestamp>.<raw body>`; the timestamp is
 signed so a captured delivery cannot be re-sent with a fresh one, and one more than 5 minutes
 from the server's clock is refused. The local deployment needs neither variable: it creates a
-random key and secret in its data dir (`api_key`, `webhook_secret`, mode 0600) and prints where.
+random key and secrets in its data dir (`api_key`, `webhook_secret`, `cursor_key`, mode 0600)
+and prints where.
 
 Registered / waitlisted lists are read whole and kept per process for
 `EVENTREACH_API_CACHE_SECONDS` (default 5; see `ExpiringCache`). Run it with
 `python -m eventreach_assets.serving.api --host 127.0.0.1 --port 8000 [--workers N]` (`make serve`).
 
-Modules: `params` (query parameters, `ApiError`), `paging` (cursors, page bodies), `views`
+Modules: `params` (query parameters, `ApiError`), `cursors` (signed cursors), `paging` (pages
+of in-memory lists, page bodies), `openapi` (the OpenAPI document), `views`
 (the rows served), `auth` (API keys, webhook signatures), `webhook` (the delivery format),
 `cache` (`ExpiringCache`), `app` (the Starlette app and its handlers), `cli` (the deployment's
 dependencies and secrets, `main`).
