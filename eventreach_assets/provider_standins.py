@@ -195,10 +195,20 @@ def smtp_server(latency_s: float = 0.0) -> Iterator[tuple[int, LatentSmtpHandler
         controller.stop()
 
 
-class InAppService(ThreadingHTTPServer):
-    """The in-app service's webhook: takes a banner once per Idempotency-Key, answers after `latency_s`."""
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A thread-per-connection HTTP server for stand-ins that many senders connect to at once.
+
+    The standard library listens with a backlog of 5: 32 senders connecting at the same moment on a
+    busy machine overflow it, and a dropped connection reaches the channel as a closed connection
+    (flaky tests, not a feature of the provider). A backlog of 128 takes them all.
+    """
 
     daemon_threads = True
+    request_queue_size = 128
+
+
+class InAppService(LoopbackHTTPServer):
+    """The in-app service's webhook: takes a banner once per Idempotency-Key, answers after `latency_s`."""
 
     def __init__(self, latency_s: float) -> None:
         super().__init__(("127.0.0.1", 0), _InAppHandler)

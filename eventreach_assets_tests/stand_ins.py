@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eventreach_assets.provider_standins import serving
+from eventreach_assets.provider_standins import LoopbackHTTPServer, serving
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -231,7 +231,7 @@ def webhook_receiver(replies: list[tuple[int, str]] | None = None) -> Iterator[W
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
     recorder.url = f"http://127.0.0.1:{server.server_address[1]}/v1/banners"
     with serving(server):
         yield recorder

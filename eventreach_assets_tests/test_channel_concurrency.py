@@ -29,7 +29,7 @@ import boto3
 import pytest
 
 from eventreach_assets.domain.delivery import PermanentSendError, ThrottledSendError, TransientSendError
-from eventreach_assets.provider_standins import serving
+from eventreach_assets.provider_standins import LoopbackHTTPServer, serving
 from eventreach_assets.resources.channels import (
     ChannelUnavailableError,
     LocalOutboxEmail,
@@ -266,8 +266,7 @@ def keep_alive_receiver(
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/v1/banners"
     with serving(server):
         yield receiver
@@ -449,8 +448,7 @@ def aws_stand_in(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsStandIn]:
     for name, value in FAKE_AWS_ENV.items():
         monkeypatch.setenv(name, value)
     stand_in = AwsStandIn()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _aws_handler(stand_in))
-    server.daemon_threads = True
+    server = LoopbackHTTPServer(("127.0.0.1", 0), _aws_handler(stand_in))
     stand_in.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
