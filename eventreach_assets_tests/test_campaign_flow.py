@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from email import policy
 from pathlib import Path
@@ -41,6 +42,15 @@ class FailingAfter(LocalOutboxEmail):
         if crashed:
             raise RuntimeError("simulated crash of the email provider connection")
         return super().send(message)
+
+    def send_many(self, messages: Sequence[OutboundMessage]) -> list[str | BaseException]:
+        """The batch path the send loop uses: the first `allowed` messages in all get through, the rest crash."""
+        with self._lock:
+            through = max(0, min(len(messages), self.allowed - self._taken))
+            self._taken += len(messages)
+        crash = RuntimeError("simulated crash of the email provider connection")
+        written = super().send_many(messages[:through]) if through else []
+        return [*written, *[crash] * (len(messages) - through)]
 
 
 def materialize_email(

@@ -14,6 +14,8 @@ import asyncio
 import http.server
 import json
 import logging
+import os
+import stat
 import threading
 import time
 import uuid
@@ -37,6 +39,7 @@ from eventreach_assets.resources.channels import (
     SmtpEmail,
     SnsPush,
     WebhookInApp,
+    outbox_file_stem,
 )
 from eventreach_assets_tests.stand_ins import FAKE_AWS_ENV, REGION, RecordingSmtpHandler, free_port
 from eventreach_assets_tests.test_channel_pacing import FakeClock
@@ -553,7 +556,68 @@ def test_local_outbox_from_32_threads_one_whole_file_per_message_resends_include
     written = {f.name: f.read_bytes() for f in (tmp_path / "email").iterdir()}
     assert written == {f.name: f.read_bytes() for f in (tmp_path / "one-by-one").iterdir()}
     assert len(written) == 50 and all(name.endswith(".eml") for name in written)  # no temporary file left
-    assert outbox.concurrency == 8
+    assert (outbox.concurrency, outbox.batch_size) == (64, 32)  # two batches of 32 in flight
+
+
+def test_local_outbox_batches_from_threads_write_what_send_writes_behind_one_barrier_each(tmp_path: Path) -> None:
+    outbox = LocalOutboxEmail(outbox_dir=str(tmp_path / "email"))
+    messages = [email_message(f"c{i}") for i in range(96)]
+    with ThreadPoolExecutor(3) as pool:
+        answers = [a for batch in pool.map(outbox.send_many, [messages[i : i + 32] for i in range(0, 96, 32)])
+                   for a in batch]  # fmt: skip
+    reference = LocalOutboxEmail(outbox_dir=str(tmp_path / "one-by-one"))
+    assert answers == [reference.send(message) for message in messages]  # the Message-IDs, in order
+    written = {f.name: f.read_bytes() for f in (tmp_path / "email").iterdir()}
+    assert written == {f.name: f.read_bytes() for f in (tmp_path / "one-by-one").iterdir()}
+    assert len(written) == 96  # no temporary file left
+
+
+def test_local_outbox_batch_answers_each_message_a_bad_one_does_not_keep_the_others_out(tmp_path: Path) -> None:
+    outbox = LocalOutboxEmail(outbox_dir=str(tmp_path))
+    good, bad = email_message("c1"), email_message("c2", recipient="not an address")
+    first, refused, again = outbox.send_many([good, bad, good])  # a resend in the same batch overwrites
+    assert first == again == LocalOutboxEmail(outbox_dir=str(tmp_path / "ref")).send(good)
+    assert isinstance(refused, PermanentSendError)
+    assert [f.name for f in tmp_path.glob("*.eml")] == [f"{outbox_file_stem(good)}.eml"]
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".")] == []
+
+
+def test_local_outbox_batch_names_appear_only_after_their_data_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crash safety: at the barrier nothing has its name yet; after it, every name is durable before the
+    answers; a failed barrier leaves no file at all (the send loop records the batch failed)."""
+    from eventreach_assets.resources.channels import outbox as module
+
+    flush, fsynced, seen_at_barrier = module._flush_to_disk, [], []
+    real_fsync = module.os.fsync
+
+    def watched_flush(folder: int, descriptors: list[int]) -> None:
+        seen_at_barrier.append(sorted(f.name for f in tmp_path.iterdir()))
+        flush(folder, descriptors)
+
+    def watched_fsync(descriptor: int) -> None:
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):  # the folder (files are fsynced only without syncfs)
+            fsynced.append(sorted(os.listdir(descriptor)))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(module, "_flush_to_disk", watched_flush)
+    monkeypatch.setattr(module.os, "fsync", watched_fsync)
+    channel = LocalOutboxEmail(outbox_dir=str(tmp_path))
+    messages = [email_message(f"c{i}") for i in range(3)]
+    channel.send_many(messages)
+    [before] = seen_at_barrier
+    assert len(before) == 3 and all(name.startswith(".") and name.endswith(".tmp") for name in before)
+    names = sorted(f"{outbox_file_stem(m)}.eml" for m in messages)
+    assert fsynced[-1] == names  # the folder, fsynced with every name in it, before the answers
+
+    def failing_flush(folder: int, descriptors: list[int]) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(module, "_flush_to_disk", failing_flush)
+    with pytest.raises(OSError, match="Input/output"):
+        LocalOutboxEmail(outbox_dir=str(tmp_path / "failing")).send_many(messages)
+    assert list((tmp_path / "failing").iterdir()) == []
 
 
 # ---- the deployments' settings ----------------------------------------------------------------
@@ -571,7 +635,7 @@ def test_deployments_take_concurrency_and_rates_from_the_environment(
     defaults = aws_campaign_resources(default_program(), region, None)
     assert (defaults["email_channel"].concurrency, defaults["email_channel"].max_messages_per_second) == (32, 0.0)
     assert defaults["push_channel"].provider_rate() is None and defaults["in_app_channel"].concurrency == 32
-    assert local_resources(tmp_path, DEFAULT_PROGRAM_PATH)["email_channel"].concurrency == 8
+    assert local_resources(tmp_path, DEFAULT_PROGRAM_PATH)["email_channel"].concurrency == 64
 
     for name, value in {
         "EVENTREACH_EMAIL_CONCURRENCY": "16",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -508,3 +509,50 @@ def test_a_hard_kill_with_many_in_flight_leaves_only_those_in_doubt(ledger):
     assert report.sent == 120 - before["sent"] - in_doubt
     assert max(channel.accepted.values()) == 1  # the provider never got anyone twice
     assert len(channel.accepted) >= 120 - in_doubt and ledger.duplicates(EVENT).is_empty()
+
+
+class BatchChannel(FakeChannel):
+    """A FakeChannel that also takes batches (`send_many`), recording each batch's size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self._lock = threading.Lock()
+
+    def send_many(self, batch: list[OutboundMessage]) -> list[str | BaseException]:
+        with self._lock:
+            self.batches.append(len(batch))
+            answers: list[str | BaseException] = []
+            for message in batch:
+                try:
+                    answers.append(self(message))
+                except Exception as error:
+                    answers.append(error)
+            return answers
+
+
+def test_a_batching_channel_gets_batches_and_every_message_once_retries_and_refusals_included(ledger):
+    channel, counting = BatchChannel(), CountingLedger(ledger)
+    channel.transient = {"c005": 1, "c070": 9}  # c005 gets through on its retry, c070 never does
+    channel.permanent = {"c010": "550 no such user"}
+    report = run(messages(200), counting, channel, concurrency=16, chunk_size=100, send_many=channel.send_many,
+                 batch_size=8, max_transient_retries=2)  # fmt: skip
+    assert report.sent == 198 and report.failed_permanent == 1 and report.failed_transient == 1
+    assert max(channel.accepted.values()) == 1 and len(channel.accepted) == 198 and ledger.duplicates(EVENT).is_empty()
+    assert max(channel.batches) == 8 and sum(channel.batches) == 200  # retries go one by one through `send`
+    assert channel.calls[messages(200)[70].key] == 3 and report.transient_retries == 1 + 2
+    assert report.peak_in_flight <= 16 and counting.calls["mark_sent_many"] <= 200 // 8 + 3
+    statuses = Counter(ledger.deliveries(EVENT)["status"])
+    assert statuses == {"sent": 198, "failed_permanent": 1, "failed_transient": 1}
+
+
+def test_a_batch_interrupted_in_the_provider_call_is_in_doubt_the_rest_given_back(ledger):
+    channel = BatchChannel()
+
+    def interrupted(batch: list[OutboundMessage]) -> list[str | BaseException]:
+        raise KeyboardInterrupt  # e.g. Dagster's run termination, mid-batch: the provider may have them
+
+    with pytest.raises(KeyboardInterrupt):
+        run(messages(40), ledger, channel, concurrency=8, chunk_size=40, send_many=interrupted, batch_size=8)
+    statuses = Counter(ledger.deliveries(EVENT)["status"])
+    assert statuses == {"in_doubt": 8, "failed_transient": 32}  # the batch in flight; the rest never attempted

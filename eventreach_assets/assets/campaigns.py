@@ -188,7 +188,8 @@ def stream_campaign(
     if validate_email is not None:
         messages = tally.valid_emails(messages, ledger, validate_email)
     report = deliver(messages, ledger=ledger, send=channel.send, now=now, owner=owner,
-                     concurrency=channel.concurrency)  # fmt: skip
+                     concurrency=channel.concurrency, send_many=channel.send_many,
+                     batch_size=channel.batch_size)  # fmt: skip
     return CampaignRun(plan, tally, report, channel.pacing_stats())
 
 

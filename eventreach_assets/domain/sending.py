@@ -15,7 +15,10 @@ Each chunk is reserved and checked against opt-outs right before its messages ar
 senders: an unsubscribe that lands while a long campaign is sending takes effect from the next
 chunk. Up to `concurrency` messages are in the provider's hands at once (worker threads; the
 channel's own limit and rate decide the number), so a provider round trip of 20 ms costs 20 ms per
-`concurrency` messages, not per message.
+`concurrency` messages, not per message. A channel that can hand over several messages in one call
+(`send_many`, e.g. the local outbox: one durability barrier for the batch instead of one `fsync` per
+file) gets them `batch_size` at a time, a batch per sender thread: fewer thread hand-offs and ledger
+batches per message, the same at-most-`concurrency` in flight.
 
 A hard kill (SIGKILL, OOM, node loss) gives no chance to clean up. Reservations therefore record
 their `owner` (the Dagster run id) and every message is marked attempted (`mark_attempting_many`,
@@ -56,6 +59,10 @@ from eventreach_assets.domain.delivery import (
 
 DEFAULT_LEASE = timedelta(hours=1)  # how long a pending reservation is presumed alive; > one chunk's sending
 DEFAULT_CHUNK = 500  # messages reserved (and rendered) at a time
+
+# Hands several messages over in one call; one answer per message, in order: the provider's id, or the
+# exception that message met (TransientSendError, PermanentSendError, ...). Raising fails the whole batch.
+SendMany = Callable[[Sequence[OutboundMessage]], list["str | BaseException"]]
 
 # Why a reserved-elsewhere key is skipped, by the ledger status that blocked it.
 SKIP_REASONS: dict[str, str] = {
@@ -185,6 +192,8 @@ def deliver(
     lease: timedelta = DEFAULT_LEASE,
     owner: str | None = None,
     dead_owners: Sequence[str | None] = (),
+    send_many: SendMany | None = None,
+    batch_size: int = 1,
 ) -> DeliveryReport:
     """Send each message at most once ever, recording every outcome in the ledger.
 
@@ -197,12 +206,16 @@ def deliver(
     one chunk takes to send, retries included. `owner` (the Dagster run id; None outside Dagster)
     lets the run-failure sensor give a dead run's reservations back. `dead_owners` (e.g. the failed
     run this run retries) are finished: their unattempted reservations are given back first, so a
-    retry need not wait for the sensor or the lease.
+    retry need not wait for the sensor or the lease. `send_many` with `batch_size` > 1 hands the
+    senders up to `batch_size` messages per call (a message it answers with a TransientSendError is
+    retried one by one through `send`).
     """
-    if max_transient_retries < 0 or chunk_size <= 0 or concurrency <= 0:
-        raise ValueError("max_transient_retries must be >= 0, chunk_size and concurrency > 0")
+    if max_transient_retries < 0 or chunk_size <= 0 or concurrency <= 0 or batch_size <= 0:
+        raise ValueError("max_transient_retries must be >= 0, chunk_size, concurrency and batch_size > 0")
     report = DeliveryReport(concurrency=concurrency)
-    retrying = _Retrying(send, max_transient_retries, backoff or exponential_backoff, sleep)
+    batch_size = min(batch_size, concurrency) if send_many is not None else 1
+    retrying = _Retrying(send, max_transient_retries, backoff or exponential_backoff, sleep,
+                         send_many if batch_size > 1 else None, batch_size)  # fmt: skip
     for dead in dict.fromkeys(o for o in dead_owners if o is not None and o != owner):
         released, in_doubt = ledger.release_owner(dead, f"run {dead} ended before confirming", now())
         report.taken_over += released
@@ -244,15 +257,17 @@ class _Outcome:
 
 @dataclass(frozen=True)
 class _Retrying:
-    """`send` with `max_transient_retries` retries of a TransientSendError, `wait(attempt)` apart."""
+    """`send` with `max_transient_retries` retries of a TransientSendError, `wait(attempt)` apart; batches
+    of up to `batch_size` through `send_many` when the channel has it."""
 
     send: Callable[[OutboundMessage], str]
     max_transient_retries: int
     wait: Callable[[int], float]
     sleep: Callable[[float], None]
+    send_many: SendMany | None = None
+    batch_size: int = 1
 
-    def __call__(self, message: OutboundMessage) -> _Outcome:
-        attempt = 0
+    def __call__(self, message: OutboundMessage, attempt: int = 0) -> _Outcome:
         while True:
             try:
                 return _Outcome(message, provider_id=self.send(message), retries=attempt)
@@ -265,6 +280,26 @@ class _Retrying:
                 self.sleep(self.wait(attempt))
             except BaseException as error:  # permanent refusals, and what must stop the run
                 return _Outcome(message, error=error, retries=attempt)
+
+    def batch(self, messages: Sequence[OutboundMessage]) -> list[_Outcome]:
+        """One sender thread's batch: through `send_many` in one call (else one by one); a transient answer
+        is retried through `send` after its backoff, like a single send's."""
+        if self.send_many is None or len(messages) == 1:
+            return [self(message) for message in messages]
+        try:
+            answers = self.send_many(messages)
+        except BaseException as error:  # the whole batch met it (an interrupt: the provider may have some)
+            answers = [error] * len(messages)
+        return [self._settled(message, answer) for message, answer in zip(messages, answers, strict=True)]
+
+    def _settled(self, message: OutboundMessage, answer: str | BaseException) -> _Outcome:
+        if not isinstance(answer, BaseException):
+            return _Outcome(message, provider_id=answer)
+        retry = isinstance(answer, TransientSendError) and not isinstance(answer, ChannelUnavailableError)
+        if not retry or self.max_transient_retries == 0:
+            return _Outcome(message, error=answer)
+        self.sleep(self.wait(1))
+        return self(message, attempt=1)
 
 
 # ---- the pipeline: chunks reserved ahead, a window of sends in flight, confirmations in batches ----
@@ -289,11 +324,14 @@ class _Pipeline:
         self.ledger, self.now, self.report, self.retrying, self.senders = ledger, now, report, retrying, senders
         self.source, self.chunk_size, self.lease, self.owner = source, chunk_size, lease, owner
         self.concurrency = report.concurrency
-        self.refill_at = max(1, self.concurrency // 4)  # free slots that make a refill worth a ledger batch
+        self.batch_size = retrying.batch_size  # messages per sender call
+        # free slots that make a refill worth a ledger batch (a whole sender batch, when batching)
+        self.refill_at = min(self.concurrency, max(1, self.concurrency // 4, self.batch_size))
         self.render_slice = max(8, self.concurrency)  # messages rendered ahead per turn of the loop
         self.staged: list[OutboundMessage] = []  # rendered, not reserved yet (at most one chunk)
         self.queue: deque[tuple[OutboundMessage, datetime]] = deque()  # granted, not attempted, with reserved_at
-        self.in_flight: dict[Future[_Outcome], OutboundMessage] = {}
+        self.in_flight: dict[Future[list[_Outcome]], list[OutboundMessage]] = {}  # a sender's batch
+        self.in_flight_count = 0  # messages in the in-flight batches
         self.exhausted = False
 
     def run(self) -> None:
@@ -337,7 +375,7 @@ class _Pipeline:
 
     def _launch(self) -> None:
         """Fill the free slots: mark the next messages attempted (one batch per reservation), hand them out."""
-        free = self.concurrency - len(self.in_flight)
+        free = self.concurrency - self.in_flight_count
         if not self.queue or (free < self.refill_at and self.in_flight):
             return
         window = [self.queue.popleft() for _ in range(min(free, len(self.queue)))]
@@ -345,11 +383,17 @@ class _Pipeline:
             batch = [message for message, at in window if at == reserved_at]
             attempted = self.ledger.mark_attempting_many([m.key for m in batch], reserved_at, self.now())
             for message in batch:
-                if message.key in attempted:
-                    self.in_flight[self.senders.submit(self.retrying, message)] = message
-                else:
+                if message.key not in attempted:
                     self.report._skip(message.campaign_id, RESERVATION_LOST)
-        self.report.peak_in_flight = max(self.report.peak_in_flight, len(self.in_flight))
+            self._hand_out([message for message in batch if message.key in attempted])
+        self.report.peak_in_flight = max(self.report.peak_in_flight, self.in_flight_count)
+
+    def _hand_out(self, messages: list[OutboundMessage]) -> None:
+        """Give the senders `messages`, `batch_size` per thread."""
+        for start in range(0, len(messages), self.batch_size):
+            batch = messages[start : start + self.batch_size]
+            self.in_flight[self.senders.submit(self.retrying.batch, batch)] = batch
+            self.in_flight_count += len(batch)
 
     def _collect(self) -> None:
         """Wait until a refill's worth of answers is in (or nothing is in flight), confirm them in one batch."""
@@ -357,8 +401,8 @@ class _Pipeline:
         while self.in_flight and len(outcomes) < self.refill_at:
             done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                outcomes.append(future.result())
-                del self.in_flight[future]
+                outcomes += future.result()
+                self.in_flight_count -= len(self.in_flight.pop(future))
         if outcomes:
             self._confirm(outcomes)
 
@@ -421,18 +465,20 @@ class _Pipeline:
         (not attempted) after the lease: safe either way.
         """
         if self.in_flight and isinstance(error, Exception):
-            outcomes = [future.result() for future in wait(self.in_flight).done]
+            outcomes = [outcome for future in wait(self.in_flight).done for outcome in future.result()]
             self.in_flight.clear()
             with suppress(_Abort):
                 self._confirm(outcomes)
         rest = [message.key for message, _ in self.queue]
-        for future, message in self.in_flight.items():
+        for future, batch in self.in_flight.items():
             if future.cancel():
-                rest.append(message.key)
-            else:
-                reason = f"run interrupted during the provider call: {_reason(error)}"
+                rest += [message.key for message in batch]
+                continue
+            reason = f"run interrupted during the provider call: {_reason(error)}"
+            for message in batch:
                 self.ledger.mark_in_doubt(message.key, reason, self.now())
         self.in_flight.clear()
+        self.in_flight_count = 0
         self.queue.clear()
         if rest:
             reason = f"not attempted: run aborted ({_reason(error)})"

@@ -29,7 +29,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
 from typing import Any, NamedTuple
@@ -107,6 +107,22 @@ class ChannelResource(dg.ConfigurableResource, abc.ABC):
         with self._setup_lock:
             self._gave_up += 1
         raise TransientSendError(f"{reason} (still throttled after {attempt} retries)")
+
+    def send_many(self, messages: Sequence[OutboundMessage]) -> list[str | BaseException]:
+        """Send several messages; per message its id or the Exception it met. A provider that can hand over a
+        batch more cheaply than one by one overrides this and `batch_size` (the local outbox)."""
+        answers: list[str | BaseException] = []
+        for message in messages:
+            try:
+                answers.append(self.send(message))
+            except Exception as error:  # the send loop sorts the answers out
+                answers.append(error)
+        return answers
+
+    @property
+    def batch_size(self) -> int:
+        """Messages one `send_many` call takes (1: the send loop calls `send` per message)."""
+        return 1
 
     def provider_rate(self) -> float | None:
         """Messages per second this channel paces to when nothing throttles (None = unlimited); worked out once."""
