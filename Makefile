@@ -62,7 +62,8 @@ SERVE_PORT ?= 8000
 serve: $(STAMP)
 	$(BIN)/python -m eventreach_assets.serving.api --host 127.0.0.1 --port $(SERVE_PORT)
 
-## Serving API under load: 100K candidates, 32 connections for 30 s (x3) on a mix of the three queries.
+## Serving API under load beside a bare uvicorn/Starlette reference (same workers, a fixed 100-item page):
+## 100K candidates, 32 and 64 connections, 30 s x3 each on a mix of the three queries (wrk when installed).
 bench-serving: $(STAMP)
 	$(BIN)/python -m eventreach_assets.serving.bench
 

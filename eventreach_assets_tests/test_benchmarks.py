@@ -31,14 +31,25 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     assert all(f"{stage}=" in row for stage in ("extract", "filter", "score", "store", "export"))
 
 
-def test_make_bench_serving_prints_the_latency_figures_at_a_tiny_size():
+def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size():
     out = run_module(
         "eventreach_assets.serving.bench", "--candidates", "500", "--registered", "50", "--seconds", "1",
         "--runs", "1", "--connections", "2", "--workers", "1", "--client", "python",
     )  # fmt: skip
-    summary = next(line for line in out.splitlines() if line.startswith("median of 1:"))
-    assert re.search(r"[\d,]+ req/s .* p99 [\d.]+ ms", summary) and "server peak RSS" in summary
-    assert " 0 errors" in out
+    lines = out.splitlines()
+    rows = {
+        target: next(line for line in lines if re.match(rf"\s+2\s+{target}\s", line)) for target in ("reference", "api")
+    }
+    for row in rows.values():
+        rps, p50, p95, p99, errors = row.split()[2:7]
+        assert float(rps.replace(",", "")) > 0 and 0 < float(p50) <= float(p95) <= float(p99) and errors == "0"
+    assert re.search(r"api/reference: \d+% of the reference's req/s", out) and "server peak RSS" in out
+    figures = json.loads(lines[-1])
+    two = figures["connections"]["2"]
+    assert two["api_share_of_reference_rps"] == pytest.approx(two["api"]["rps"] / two["reference"]["rps"])
+    assert two["reference"]["errors"] == two["api"]["errors"] == 0 and len(two["api"]["runs"]) == 1
+    assert figures["peak_rss_mb"]["api"] > 0 and figures["peak_rss_mb"]["reference"] > 0
+    assert figures["client"] == "python" and figures["reference_body_bytes"] > 10_000  # a real 100-item page
 
 
 def test_make_bench_sends_prints_every_scenario_and_the_references_at_a_tiny_size():

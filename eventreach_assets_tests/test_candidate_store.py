@@ -477,6 +477,9 @@ def test_every_read_access_pattern_is_served_by_an_index(store):
         "top_candidates_for_channel": "candidate_items_gsi1 (gsi1pk=? AND score>?)",
         "top_candidates_for_channel/next_page": "candidate_items_gsi1 (gsi1pk=?",
         "registered_candidates": "candidate_items_gsi2 (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
+        # the Serving API's page: the partial covering index, no row lookups
+        "registered_customers_page": "COVERING INDEX candidate_items_registered (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
+        "served_customer_items": "sqlite_autoindex_candidate_items_1 (pk=?)",
         "candidates_for_customer": "sqlite_autoindex_candidate_items_1 (pk=?)",
         "event_items": "candidate_items_gsi2 (gsi2pk=?)",
         "get_cached_scores": "sqlite_autoindex_score_cache_1 (pk=? AND sk=?)",
@@ -556,3 +559,102 @@ def test_store_works_as_a_dagster_resource(store):
     result = dg.materialize([stored], resources={"candidate_store": store})
     assert result.success
     assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16
+
+
+# ---- the Serving API's reads: pages as JSON text ---------------------------------------------
+
+
+def served_frame(texts: list[str]) -> list[dict]:
+    import json
+
+    return [json.loads(text) for text in texts]
+
+
+def expected_served(frame: pl.DataFrame) -> list[dict]:
+    """What the API served before: the read frame as JSON, PII left out, times ISO 8601 UTC."""
+    import json
+
+    from eventreach_assets.serving.api.views import PII_COLUMNS
+
+    columns = [
+        pl.col(name).dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ") if isinstance(dtype, pl.Datetime) else pl.col(name)
+        for name, dtype in frame.schema.items()
+        if name not in PII_COLUMNS
+    ]
+    return json.loads(frame.select(columns).write_json())
+
+
+def test_served_top_candidates_are_the_frame_pages_as_json_in_order_and_field_order(store):
+    replace(store, SCORES, marketplace=["US", None, "DE", "US", "US", "US", "US", "US"])
+    store.mark_registered(PROGRAM, EVENT, "c02", NOW, "email")
+    for exclude in (True, False):
+        frame_cursor, served_cursor = None, None
+        while True:
+            frame = store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.4, 2, exclude, frame_cursor, NOW)
+            page = store.served_top_candidates(PROGRAM, EVENT, "email", 0.4, 2, exclude, served_cursor, NOW)
+            served = served_frame(page.items)
+            assert served == expected_served(frame.items)
+            assert [list(item) for item in served] == [list(row) for row in expected_served(frame.items)]
+            assert all("email" not in item for item in served)
+            assert (page.next_position is None) == (frame.next_cursor is None)
+            if page.next_position is None:
+                break
+            frame_cursor, [served_cursor] = frame.next_cursor, page.next_position
+    registered = served_frame(store.served_top_candidates(PROGRAM, EVENT, "email", 0.8, 5, False, None, NOW).items)
+    assert [(item["customer_id"], item["status"], item["registered_channel"]) for item in registered] == [
+        ("c01", "candidate", None), ("c02", "registered", "email"), ("c03", "candidate", None),
+    ]  # fmt: skip
+
+
+def test_served_customer_items_page_by_event_then_channel(store):
+    replace(store, SCORES)
+    replace(store, {"c01": 0.2}, event=OTHER_EVENT)
+    whole = store.candidates_for_customer(PROGRAM, "c01", now=NOW)
+    pages, after = [], None
+    while True:
+        page = store.served_customer_items(PROGRAM, "c01", None, 3, after, NOW)
+        pages.append(served_frame(page.items))
+        if page.next_position is None:
+            break
+        after = tuple(page.next_position)
+    assert [len(page) for page in pages] == [3, 1]
+    assert [item for page in pages for item in page] == expected_served(whole)
+    one_event = store.served_customer_items(PROGRAM, "c01", OTHER_EVENT, 100, None, NOW)
+    assert [(i["event_id"], i["channel"]) for i in served_frame(one_event.items)] == [
+        (OTHER_EVENT, c) for c in CHANNELS
+    ]
+
+
+def test_registered_customers_are_paged_by_the_index_one_row_per_customer(store):
+    replace(store, SCORES)
+    day_one, day_two = NOW - timedelta(days=1), NOW
+    for customer, at in (("c05", day_one), ("c02", day_one), ("c07", day_two), ("c01", day_two), ("c03", day_two)):
+        store.mark_registered(PROGRAM, EVENT, customer, at, "in-app")
+    walked, after = [], None
+    while True:
+        customers, more = store.registered_customers_page(PROGRAM, EVENT, 2, after, NOW)
+        walked.append([customer.customer_id for customer in customers])
+        if not more:
+            break
+        after = customers[-1].position
+    # The index's order: registration date, then customer_id; every customer once.
+    assert walked == [["c02", "c05"], ["c01", "c03"], ["c07"]]
+    [first], _ = store.registered_customers_page(PROGRAM, EVENT, 1, None, NOW)
+    assert (first.customer_id, first.channel, first.score, first.score_band) == ("c02", "in-app", 0.85, "high")
+    assert first.registered_at == day_one.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with pytest.raises(ValueError, match="position"):
+        store.registered_customers_page(PROGRAM, EVENT, 2, "candidate#2025-01-06#c01#email", NOW)
+
+
+@sqlite_only
+def test_a_store_file_from_before_served_json_gets_it_when_opened(store, tmp_path):
+    replace(store, SCORES)
+    store.mark_registered(PROGRAM, EVENT, "c02", NOW, "email")
+    expected = store.served_top_candidates(PROGRAM, EVENT, "email", 0.0, 10, False, None, NOW).items
+    store.close()
+    with sqlite3.connect(store.path) as conn:  # the file as the previous release wrote it
+        conn.execute("DROP INDEX candidate_items_registered")
+        conn.execute("ALTER TABLE candidate_items DROP COLUMN item_json")
+    reopened = SqliteCandidateStore(path=store.path)
+    assert reopened.served_top_candidates(PROGRAM, EVENT, "email", 0.0, 10, False, None, NOW).items == expected
+    reopened.close()

@@ -455,3 +455,28 @@ def test_items_convert_to_dynamodb_and_back_unchanged(store):
     assert_frame_equal(back, expected)
     store.replace_event_candidates(PROGRAM, EVENT, scored, CHANNELS, NOW, TTL, 25)
     assert_frame_equal(store.event_items(PROGRAM, EVENT, now=NOW), expected)
+
+
+def test_a_top_n_page_queries_every_shard_at_once_over_pooled_connections(aws_endpoint: str, monkeypatch):
+    """One Query per GSI1 shard, all in flight together (a barrier every shard's query must reach
+    before any returns), on the client's connection pool: a page costs the slowest shard, once."""
+    import threading
+
+    store = dynamodb_store(aws_endpoint, gsi_shards=6, max_parallel_writers=2)
+    store.replace_event_candidates(PROGRAM, EVENT, scored_frame(SCORES), CHANNELS, NOW, TTL, 25)
+    client = store.dynamodb_client()
+    assert client.meta.config.max_pool_connections >= store.gsi_shards
+    barrier = threading.Barrier(store.gsi_shards, timeout=20)
+    shards: list[str] = []
+    real_query = client.query
+
+    def query(**kwargs):
+        if kwargs.get("IndexName") == "GSI1" and "ExclusiveStartKey" not in kwargs:
+            shards.append(kwargs["ExpressionAttributeValues"][":pk"]["S"])
+            barrier.wait()  # raises BrokenBarrierError if the shards were queried one after another
+        return real_query(**kwargs)
+
+    monkeypatch.setattr(client, "query", query)
+    page = store.served_top_candidates(PROGRAM, EVENT, "email", 0.0, 5, True, None, NOW)
+    assert sorted(shards) == sorted(ci.shard_keys(ci.gsi1_pk(PROGRAM, "email", EVENT), 6))
+    assert [item.split('"customer_id":"')[1][:3] for item in page.items] == ["c01", "c02", "c03", "c04", "c05"]

@@ -513,38 +513,40 @@ def test_the_aws_deployment_serves_pages_from_dynamodb(aws_endpoint: str, monkey
             assert [item["channel"] for item in mine["items"]] == CHANNELS
 
 
-# ---- the registration-list cache ------------------------------------------------------------------
+# ---- registered lists: paged by the store, never cached -----------------------------------------
 
 
-def test_an_expired_list_is_served_while_one_refresh_replaces_it():
-    from eventreach_assets.serving.api import ExpiringCache
-
-    loads: list[int] = []
-
-    def loader() -> int:
-        loads.append(len(loads) + 1)
-        return loads[-1]
-
-    cache = ExpiringCache(seconds=0.05)
-    assert cache.lookup(("p", "e", "registered")) == (None, False)  # never loaded: the caller loads and waits
-    assert cache.load(("p", "e", "registered"), loader) == 1
-    assert cache.lookup(("p", "e", "registered")) == (1, False)
-    time.sleep(0.06)
-    assert cache.lookup(("p", "e", "registered")) == (1, True)  # stale: served, this caller refreshes
-    assert cache.lookup(("p", "e", "registered")) == (1, False)  # nobody else starts a second refresh
-    assert cache.load(("p", "e", "registered"), loader) == 2
-    assert cache.lookup(("p", "e", "registered")) == (2, False) and loads == [1, 2]
-    cache.clear()
-    assert cache.lookup(("p", "e", "registered")) == (None, False)
-
-    def overtaken() -> int:  # new registrations arrive (the webhook clears) while this load runs
-        cache.clear()
-        return loader()
-
-    assert cache.load(("p", "e", "registered"), overtaken) == 3
-    assert cache.lookup(("p", "e", "registered")) == (None, False)  # the older list was not kept
-    off = ExpiringCache(seconds=0)
-    assert [off.load(("k",), loader), off.load(("k",), loader)] == [4, 5] and off.lookup(("k",)) == (None, False)
+def test_registrations_written_by_another_process_are_served_at_once_and_cancellations_skipped_across_pages(
+    api: Api,
+):
+    """No list cache: a registration the feed (another process) stores is on the next page read,
+    and a page with cancelled customers reads on through the index until it is full."""
+    customers = api.scored["customer_id"].to_list()[:9]
+    assert api.registered().body["count"] == 0
+    store, engagement = api.resources.store, api.resources.engagement
+    registrations = pl.DataFrame(
+        {"customer_id": customers, "registered_at": [AS_OF - timedelta(hours=2)] * 9, "channel": "email"},
+        schema_overrides={"registered_at": pl.Datetime("us")},
+    )
+    store.mark_registered_many(PROGRAM, api.event, registrations)  # as the registrations feed would
+    rows, sizes = walk({"limit": "4"}, api.registered)
+    assert [row["customer_id"] for row in rows] == sorted(customers) and sizes == [4, 4, 1]
+    assert rows[0]["registered_at"] == (AS_OF - timedelta(hours=2)).isoformat() + ".000000Z"
+    # Cancel five of them, among them the whole second page: pages stay full, nobody repeats.
+    cancelled = sorted(customers)[3:8]
+    engagement.record_registrations(
+        registrations.with_columns(event_id=pl.lit(api.event), registration_id=pl.col("customer_id")),
+        "registered", AS_OF,
+    )  # fmt: skip
+    engagement.record_registrations(
+        registrations.filter(pl.col("customer_id").is_in(cancelled)).with_columns(
+            event_id=pl.lit(api.event), registration_id=pl.col("customer_id")
+        ),
+        "cancelled", AS_OF,
+    )  # fmt: skip
+    rows, sizes = walk({"limit": "3"}, api.registered)
+    assert [row["customer_id"] for row in rows] == [c for c in sorted(customers) if c not in cancelled]
+    assert sizes == [3, 1]
 
 
 def cancellation(api: Api, customer: str, **fields: Any) -> dict:

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -27,10 +27,18 @@ _OPEN_LOCK = threading.Lock()  # first opens in one process: one at a time
 class SqliteConnections:
     """Per-(process, thread) connections to one SQLite file whose schema is `ddl`."""
 
-    def __init__(self, path: str, busy_timeout_seconds: float, ddl: str, cache_mib: int = 64) -> None:
+    def __init__(
+        self,
+        path: str,
+        busy_timeout_seconds: float,
+        ddl: str,
+        cache_mib: int = 64,
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         self.path = path
         self.busy_timeout_seconds = busy_timeout_seconds
         self.ddl = ddl
+        self.migrate = migrate  # run after `ddl` on each open: brings a file of an older schema up to date
         self.cache_mib = cache_mib
         # (pid, thread) -> (connection, identity of the file it opened)
         self._connections: dict[tuple[int, int], tuple[sqlite3.Connection, tuple[int, int]]] = {}
@@ -59,6 +67,8 @@ class SqliteConnections:
                     conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL, much faster commits
                     conn.execute(f"PRAGMA cache_size = -{self.cache_mib * 1024}")
                     conn.executescript(self.ddl)
+                    if self.migrate is not None:
+                        self.migrate(conn)
                     return conn, self._file_identity()
                 except sqlite3.OperationalError as error:
                     if "locked" not in str(error) or time.monotonic() > deadline:
@@ -101,7 +111,8 @@ class SqliteBacked:
 
     Methods only: the resource declares the fields `path` and `busy_timeout_seconds` (their
     descriptions are its own), `_sqlite: SqliteConnections | None = PrivateAttr(default=None)` and
-    its schema as `_ddl: ClassVar[str]`. Connections open on first use and stay open until
+    its schema as `_ddl: ClassVar[str]` (and, when an older file needs more than `CREATE ... IF NOT
+    EXISTS`, a static `_migrate(conn)`). Connections open on first use and stay open until
     `close` (Dagster calls it after each step).
     """
 
@@ -111,10 +122,11 @@ class SqliteBacked:
         _sqlite: SqliteConnections | None
 
     _ddl: ClassVar[str]
+    _migrate: ClassVar[Callable[[sqlite3.Connection], None] | None] = None
 
     def _db(self) -> SqliteConnections:
         if self._sqlite is None:
-            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, self._ddl)
+            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, self._ddl, migrate=self._migrate)
         return self._sqlite
 
     @contextmanager

@@ -1,12 +1,18 @@
-"""`make bench-serving`: the Serving API's throughput and latency under load, on loopback.
+"""`make bench-serving`: the Serving API's throughput and latency under load, beside its stack's own limit.
 
 Seeds a temporary local deployment's candidate store with 100,000 candidates for one event
 (two invitation channels: 200,000 items) and marks 6,800 of them registered (the use case's
-registrations for an event of that size), starts the real server (`python -m
-eventreach_assets.serving.api`, uvicorn) in a child process on a free loopback port, and drives
-it from another process with 32 keep-alive connections for 30 s, three times, on an even mix of
-the three queries (a page of 100). The server runs two uvicorn workers (`--workers`), one per
-core of the machine it was written on:
+registrations for an event of that size), then starts two servers in child processes on free
+loopback ports, each with the same uvicorn workers (`--workers`, default 2: one per core here):
+
+* the real API (`python -m eventreach_assets.serving.api`) over that store;
+* the bare reference: the same stack (uvicorn + Starlette, same workers) answering every GET
+  with one fixed page, a real 100-item candidates page of the API taken at start: the same body
+  shape and size with no work behind it, so its figures are the ceiling the API could reach.
+
+Both are driven, in the same invocation, by the same load on the same requests: at 32 and at 64
+keep-alive connections (`--connections`), for 30 s, three runs each, reference and API
+alternating, on an even mix of the three queries (a page of 100):
 
 * GetCandidatesForChannel: both channels, four minScore / excludeRegistered combinations,
   first pages and pages up to 20 deep (cursors collected beforehand);
@@ -14,9 +20,11 @@ core of the machine it was written on:
 * candidate by customer: 1,000 random customers.
 
 The load comes from `wrk` when /usr/bin/wrk exists (Debian package `wrk`; a Lua script cycles
-through the requests), else from an asyncio HTTP/1.1 client in this module (`--drive`). Prints
-requests/s and P50/P95/P99 per run, their medians, and the server's peak RSS. Not a test: it
-asserts nothing, it measures. `--seconds`, `--runs` (or env EVENTREACH_BENCH_SECONDS,
+through the requests), else from an asyncio HTTP/1.1 client in this module (`--drive`), which
+competes with the servers for the same cores, so its figures are lower than wrk's. Prints each
+run, then per connection count both servers' medians (req/s, P50/P95/P99), the API's share of
+the reference's req/s, each server's peak RSS, and ends with one JSON line of all figures. Not a
+test: it asserts nothing, it measures. `--seconds`, `--runs` (or env EVENTREACH_BENCH_SECONDS,
 EVENTREACH_BENCH_RUNS) shorten it.
 """
 
@@ -55,11 +63,10 @@ class Settings:
     registered: int
     seconds: float
     runs: int
-    connections: int
+    connections: tuple[int, ...]
     workers: int
     limit: int
     client: str  # auto | wrk | python
-    cache_seconds: float | None
 
 
 # ---- the store ----------------------------------------------------------------------------------
@@ -132,19 +139,61 @@ def start_server(home: Path, port: int, key: str, settings: Settings) -> subproc
         EVENTREACH_API_KEYS=key,
         EVENTREACH_WEBHOOK_SECRET=secrets.token_urlsafe(48),
     )
-    if settings.cache_seconds is not None:
-        env["EVENTREACH_API_CACHE_SECONDS"] = str(settings.cache_seconds)
     command = [sys.executable, "-m", "eventreach_assets.serving.api", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(settings.workers)]  # fmt: skip
     log = (home / "server.log").open("w")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_until_up(base: str, server: subprocess.Popen, home: Path, timeout: float = 120.0) -> None:
+REFERENCE_BODY_ENV = "EVENTREACH_BENCH_REFERENCE_BODY"
+
+
+def reference_app() -> Any:
+    """The bare reference (uvicorn's factory, one per worker): every GET answered with the fixed
+    page in the file named by REFERENCE_BODY_ENV, read once."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    body = Path(os.environ[REFERENCE_BODY_ENV]).read_bytes()
+
+    async def page(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Starlette(routes=[Route("/{path:path}", page, methods=["GET"])])
+
+
+def start_reference(home: Path, port: int, body: bytes, settings: Settings) -> subprocess.Popen:
+    """The reference in a child process: uvicorn, the API's worker count and settings, no access log."""
+    (home / "reference.json").write_bytes(body)
+    env = {**os.environ, REFERENCE_BODY_ENV: str(home / "reference.json")}
+    code = (
+        "import uvicorn; uvicorn.run('eventreach_assets.serving.bench:reference_app', factory=True, "
+        f"host='127.0.0.1', port={port}, workers={settings.workers}, access_log=False, log_level='warning')"
+    )
+    log = (home / "reference.log").open("w")
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(server: subprocess.Popen | None) -> None:
+    if server is None:
+        return
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+
+
+def wait_until_up(
+    base: str, server: subprocess.Popen, home: Path, timeout: float = 120.0, log: str = "server.log"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"the server exited:\n{(home / 'server.log').read_text()}")
+            raise RuntimeError(f"the server exited:\n{(home / log).read_text()}")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
                 if response.status == 200:
@@ -255,11 +304,13 @@ end
 """
 
 
-def drive_with_wrk(base: str, key: str, mix: list[tuple[str, str]], settings: Settings, work: Path) -> dict[str, Any]:
+def drive_with_wrk(
+    base: str, key: str, mix: list[tuple[str, str]], connections: int, seconds: float, work: Path
+) -> dict[str, Any]:
     script = work / "mix.lua"
     script.write_text(wrk_script([p for _, p in mix], key))
-    threads = min(2, settings.connections)
-    command = [str(WRK), "-t", str(threads), "-c", str(settings.connections), "-d", f"{settings.seconds:g}s",
+    threads = min(2, connections)
+    command = [str(WRK), "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
                "--timeout", "10s", "-s", str(script), base]  # fmt: skip
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     result = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
@@ -348,12 +399,14 @@ def drive(base: str, key: str, mix: list[tuple[str, str]], connections: int, sec
     }
 
 
-def drive_with_python(base: str, key: str, mix: list[tuple[str, str]], settings: Settings, work: Path) -> dict:
+def drive_with_python(
+    base: str, key: str, mix: list[tuple[str, str]], connections: int, seconds: float, work: Path
+) -> dict:
     paths = work / "mix.json"
     paths.write_text(json.dumps(mix))
     command = [sys.executable, "-m", "eventreach_assets.serving.bench", "--drive", base, "--paths", str(paths),
-               "--key-file", str(work / "key"), "--connections", str(settings.connections),
-               "--seconds", str(settings.seconds)]  # fmt: skip
+               "--key-file", str(work / "key"), "--connections", str(connections),
+               "--seconds", str(seconds)]  # fmt: skip
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -361,13 +414,89 @@ def drive_with_python(base: str, key: str, mix: list[tuple[str, str]], settings:
 # ---- the benchmark ------------------------------------------------------------------------------
 
 
-def run(settings: Settings) -> None:
+FIGURES = ("rps", "p50_ms", "p95_ms", "p99_ms")
+TARGETS = ("reference", "api")
+
+
+def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the runs, and the runs' own figures."""
+    median: dict[str, Any] = {name: statistics.median(result[name] for result in results) for name in FIGURES}
+    median["runs"] = [{name: round(result[name], 2) for name in (*FIGURES, "errors")} for result in results]
+    median["errors"] = sum(result["errors"] for result in results)
+    return median
+
+
+def print_run(target: str, connections: int, number: int, result: dict[str, Any]) -> None:
+    kinds = "".join(
+        f"  {kind} p50 {stats['p50_ms']:.1f} p99 {stats['p99_ms']:.1f}"
+        for kind, stats in result.get("by_kind", {}).items()
+    )
+    print(
+        f"run {number} {target:9s} {connections:3d} conns: {result['rps']:8,.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
+        f"  p95 {result['p95_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  ({result['requests']:,} requests, "
+        f"{result['errors']} errors){kinds}",
+        flush=True,
+    )
+
+
+def measure(bases: dict[str, str], key: str, mix: list[tuple[str, str]], settings: Settings, home: Path) -> dict:
+    """Per connection count: a warm-up of each server, then `runs` runs alternating reference and API."""
+    drive_once = drive_with_wrk if settings.client == "wrk" else drive_with_python
+    figures: dict[str, Any] = {}
+    for connections in settings.connections:
+        results: dict[str, list[dict[str, Any]]] = {target: [] for target in TARGETS}
+        for target in TARGETS:  # warm-up (page cache, connections, the interpreter), not reported
+            drive_once(bases[target], key, mix, connections, min(3.0, settings.seconds), home)
+        for number in range(1, settings.runs + 1):
+            for target in TARGETS:
+                result = drive_once(bases[target], key, mix, connections, settings.seconds, home)
+                results[target].append(result)
+                print_run(target, connections, number, result)
+        figures[str(connections)] = {target: medians(results[target]) for target in TARGETS}
+        figures[str(connections)]["api_share_of_reference_rps"] = (
+            figures[str(connections)]["api"]["rps"] / figures[str(connections)]["reference"]["rps"]
+        )
+    return figures
+
+
+def print_table(figures: dict[str, Any], runs: int, rss: dict[str, float]) -> None:
+    print(f"\nmedians of {runs}:")
+    print("connections  server         req/s   P50 ms   P95 ms   P99 ms  errors")
+    for connections, row in figures.items():
+        for target in TARGETS:
+            got = row[target]
+            print(
+                f"{connections:>11}  {target:9s}  {got['rps']:9,.0f}  {got['p50_ms']:7.2f}  {got['p95_ms']:7.2f}  "
+                f"{got['p99_ms']:7.2f}  {got['errors']:6d}"
+            )
+        print(f"{connections:>11}  api/reference: {row['api_share_of_reference_rps']:.0%} of the reference's req/s")
+    print(f"server peak RSS (workers together): reference {rss['reference']:,.0f} MB, api {rss['api']:,.0f} MB")
+
+
+def start_servers(home: Path, key: str, settings: Settings, seeded: dict[str, Any]) -> tuple[dict, dict, list]:
+    """The API, the request mix (real cursors), then the reference serving a real page of the API."""
+    bases = {target: f"http://127.0.0.1:{free_port()}" for target in TARGETS}
+    servers = {"api": start_server(home, int(bases["api"].rsplit(":", 1)[1]), key, settings)}
+    wait_until_up(bases["api"], servers["api"], home)
+    mix = request_mix(bases["api"], key, seeded, settings.limit)
+    first_page = next(path for kind, path in mix if kind == "candidates" and "cursor=" not in path)
+    request = urllib.request.Request(bases["api"] + first_page, headers={"X-API-Key": key})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read()
+    port = int(bases["reference"].rsplit(":", 1)[1])
+    servers["reference"] = start_reference(home, port, body, settings)
+    wait_until_up(bases["reference"], servers["reference"], home, log="reference.log")
+    return bases, servers, mix
+
+
+def run(settings: Settings) -> dict[str, Any]:
     client = settings.client if settings.client != "auto" else ("wrk" if WRK.exists() else "python")
+    settings = replace(settings, client=client)
     home = Path(tempfile.mkdtemp(prefix="eventreach-serving-bench-"))
     key = secrets.token_urlsafe(32)
     (home / "key").write_text(key)
     (home / "key").chmod(0o600)
-    server = None
+    servers: dict[str, subprocess.Popen] = {}
     try:
         seeded = seed_store(home, settings.candidates, settings.registered)
         print(
@@ -375,49 +504,29 @@ def run(settings: Settings) -> None:
             f"{settings.registered:,} registered (seeded in {seeded['seed_s']:.1f} s, not timed)",
             flush=True,
         )
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        server = start_server(home, port, key, settings)
-        wait_until_up(base, server, home)
-        mix = request_mix(base, key, seeded, settings.limit)
+        bases, servers, mix = start_servers(home, key, settings, seeded)
+        body_bytes = (home / "reference.json").stat().st_size
         print(
-            f"load: {client}, {settings.connections} connections, {settings.seconds:g} s x {settings.runs} runs, "
-            f"server workers {settings.workers}, page of {settings.limit}, even mix of "
-            f"{', '.join(KINDS)} ({len(mix):,} distinct requests)",
+            f"load: {client}, {'/'.join(map(str, settings.connections))} connections, {settings.seconds:g} s x "
+            f"{settings.runs} runs per server, server workers {settings.workers} each, page of {settings.limit}, "
+            f"even mix of {', '.join(KINDS)} ({len(mix):,} distinct requests); reference: a fixed "
+            f"{body_bytes:,}-byte candidates page",
             flush=True,
         )
-        drive_once = drive_with_wrk if client == "wrk" else drive_with_python
-        warm = replace(settings, seconds=min(3.0, settings.seconds))
-        drive_once(base, key, mix, warm, home)  # warm-up (page cache, connections), not reported
-        results = []
-        for number in range(1, settings.runs + 1):
-            result = drive_once(base, key, mix, settings, home)
-            results.append(result)
-            kinds = "".join(
-                f"  {kind} p50 {stats['p50_ms']:.1f} p99 {stats['p99_ms']:.1f}"
-                for kind, stats in result.get("by_kind", {}).items()
-            )
-            print(
-                f"run {number}: {result['rps']:8,.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
-                f"p95 {result['p95_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
-                f"({result['requests']:,} requests, {result['errors']} errors){kinds}",
-                flush=True,
-            )
-        median = {name: statistics.median(r[name] for r in results) for name in ("rps", "p50_ms", "p95_ms", "p99_ms")}
-        print(
-            f"median of {len(results)}: {median['rps']:,.0f} req/s  p50 {median['p50_ms']:.2f} ms  "
-            f"p95 {median['p95_ms']:.2f} ms  p99 {median['p99_ms']:.2f} ms; "
-            f"server peak RSS {peak_rss_mb(server.pid):,.0f} MB",
-            flush=True,
-        )
+        figures = measure(bases, key, mix, settings, home)
+        rss = {target: peak_rss_mb(servers[target].pid) for target in TARGETS}
+        print_table(figures, settings.runs, rss)
+        summary = {
+            "bench": "serving", "client": client, "workers": settings.workers, "seconds": settings.seconds,
+            "runs": settings.runs, "candidates": settings.candidates, "registered": settings.registered,
+            "limit": settings.limit, "reference_body_bytes": body_bytes, "connections": figures,
+            "peak_rss_mb": rss, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        }  # fmt: skip
+        print(json.dumps(summary), flush=True)
+        return summary
     finally:
-        if server is not None:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
+        for server in servers.values():
+            stop(server)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -428,11 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--registered", type=int, default=6_800, help="of them registered (default 6800)")
     parser.add_argument("--seconds", type=float, default=float(env("EVENTREACH_BENCH_SECONDS", "30")))
     parser.add_argument("--runs", type=int, default=int(env("EVENTREACH_BENCH_RUNS", "3")))
-    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
+    parser.add_argument(
+        "--connections", default="32,64", help="keep-alive connection counts, comma-separated (default 32,64)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2: the cores)")
     parser.add_argument("--limit", type=int, default=100, help="page size (default 100)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
-    parser.add_argument("--cache-seconds", type=float, help="the server's list cache (default: the server's)")
     # The load generator's own process (internal: started by `run`).
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
@@ -441,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.drive:
         mix = [tuple(pair) for pair in json.loads(Path(args.paths).read_text())]
         key = Path(args.key_file).read_text().strip()
-        print(json.dumps(drive(args.drive, key, mix, args.connections, args.seconds)))
+        print(json.dumps(drive(args.drive, key, mix, int(args.connections), args.seconds)))
         return 0
     run(
         Settings(
@@ -449,11 +559,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             registered=args.registered,
             seconds=args.seconds,
             runs=args.runs,
-            connections=args.connections,
+            connections=tuple(int(count) for count in str(args.connections).split(",")),
             workers=args.workers,
             limit=args.limit,
             client=args.client,
-            cache_seconds=args.cache_seconds,
         )
     )
     return 0

@@ -5,6 +5,8 @@ from eventreach_assets.resources.candidate_store.base import (
     CACHE_SCHEMA,
     CandidatePage,
     CandidateStoreResource,
+    RegisteredCustomer,
+    ServedPage,
     WriteSummary,
 )
 from eventreach_assets.resources.candidate_store.dynamodb import (
@@ -32,6 +34,8 @@ __all__ = [
     "DynamoDBCandidateStore",
     "DynamoDBThrottledError",
     "DynamoDBWriteError",
+    "RegisteredCustomer",
+    "ServedPage",
     "SqliteCandidateStore",
     "TableShapeError",
     "WriteSummary",

@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import abc
 import base64
+import heapq
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar
+from itertools import groupby
+from operator import itemgetter
+from typing import ClassVar, NamedTuple
 
 import dagster as dg
 import polars as pl
@@ -80,6 +83,74 @@ class CandidatePage:
     @property
     def count(self) -> int:
         return self.items.height
+
+
+@dataclass(frozen=True)
+class ServedPage:
+    """One page as the Serving API sends it: each item's JSON object text (`domain.served_items`),
+    in order, and the position to continue from (None: this is the last page)."""
+
+    items: list[str]
+    next_position: list[str] | None
+
+
+class RegisteredCustomer(NamedTuple):
+    """One registered customer of an event (their items, one per channel, taken together) and
+    `position`, the GSI2 sort key of their last item: the next page starts after it. (A tuple:
+    a page builds a hundred per request.)"""
+
+    customer_id: str
+    registered_at: str  # the earliest registration of their items, as the stores' time text
+    channel: str | None  # the channel the registration is attributed to
+    score: float  # the best score over their items
+    score_band: str | None
+    marketplace: str | None
+    timezone: str | None
+    position: str
+
+
+# What a registered-customers read fetches per item, in GSI2 order.
+REGISTERED_ITEM_FIELDS = (
+    "gsi2sk", "customer_id", "status_at", "registered_channel", "score", "score_band", "marketplace", "timezone",
+)  # fmt: skip
+
+
+def registered_customer(rows: list[tuple]) -> RegisteredCustomer:
+    """One customer's registered items (REGISTERED_ITEM_FIELDS tuples, GSI2 order) as one row:
+    the earliest registration, the first known channel, marketplace and timezone, the best score
+    and its band (the first of equal ones). A loop, not a frame: a page makes a hundred."""
+    _sk, customer_id, at, channel, score, band, marketplace, timezone = rows[0]
+    for row in rows[1:]:
+        at = min(at, row[2])  # fixed-width UTC text: compares in time order
+        channel = row[3] if channel is None else channel
+        if row[4] > score:
+            score, band = row[4], row[5]
+        marketplace = row[6] if marketplace is None else marketplace
+        timezone = row[7] if timezone is None else timezone
+    return RegisteredCustomer(customer_id, at, channel, float(score), band, marketplace, timezone, rows[-1][0])
+
+
+def registered_customers(rows: Iterable[tuple], limit: int) -> tuple[list[RegisteredCustomer], bool]:
+    """The first `limit` customers of registered items in GSI2 order (a customer's items are
+    adjacent: the key is status, date, customer, channel), and whether another customer follows.
+    Reads `rows` lazily: one item past the page at most."""
+    customers: list[RegisteredCustomer] = []
+    for _, items in groupby(rows, key=itemgetter(1)):
+        if len(customers) == limit:
+            return customers, True  # the first item of the next customer: more follow
+        customers.append(registered_customer(list(items)))
+    return customers, False
+
+
+def check_registered_position(position: str | None) -> None:
+    """A registered page's position is a GSI2 sort key of a registered item, nothing else."""
+    if position is not None and not position.startswith(ci.gsi2_sk_prefix(ci.STATUS_REGISTERED)):
+        raise ValueError("not a registered-candidates position")
+
+
+def merged_in_order(streams: Iterable[Iterator[tuple]]) -> Iterator[tuple]:
+    """Streams each sorted by their first field, merged in that order (the shards of one index)."""
+    return heapq.merge(*streams, key=lambda row: row[0])
 
 
 # ---- shared helpers -----------------------------------------------------------------------
@@ -275,6 +346,59 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         now_epoch = ci.epoch_seconds(resolve_now(now))
         return self._customer_items(ci.customer_pk(customer_id, program_id), now_epoch).sort("event_id", "channel")
 
+    # -- serving reads: the Serving API's pages, as JSON text (no frame per request) --
+
+    def served_top_candidates(
+        self,
+        program_id: str,
+        event_id: str,
+        channel: str,
+        min_score: float,
+        limit: int,
+        exclude_registered: bool = True,
+        cursor: str | None = None,
+        now: datetime | None = None,
+    ) -> ServedPage:
+        """`top_candidates_for_channel` as served JSON; the position is its cursor (one string)."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        gsi1pk = ci.gsi1_pk(program_id, channel, event_id)
+        query_key = f"{gsi1pk}|{float(min_score)!r}|{exclude_registered}"
+        after = decode_cursor(cursor, query_key) if cursor is not None else None
+        now_epoch = ci.epoch_seconds(resolve_now(now))
+        items, last = self._served_top_page(gsi1pk, float(min_score), exclude_registered, after, now_epoch, limit)
+        return ServedPage(items, None if last is None else [encode_cursor(query_key, *last)])
+
+    def served_customer_items(
+        self,
+        program_id: str,
+        customer_id: str,
+        event_id: str | None,
+        limit: int,
+        after: tuple[str, str] | None = None,
+        now: datetime | None = None,
+    ) -> ServedPage:
+        """One customer's live items (of one event, or all) by event then channel, as served JSON,
+        strictly after the (event_id, channel) `after`; the position is the last item's pair."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        now_epoch = ci.epoch_seconds(resolve_now(now))
+        pk = ci.customer_pk(customer_id, program_id)
+        items, last = self._served_customer_items(pk, event_id, after, limit, now_epoch)
+        return ServedPage(items, None if last is None else list(last))
+
+    def registered_customers_page(
+        self, program_id: str, event_id: str, limit: int, after: str | None = None, now: datetime | None = None
+    ) -> tuple[list[RegisteredCustomer], bool]:
+        """GSI2 "registered#", paged by its own key: up to `limit` registered customers (one row
+        each) by registration date, then customer_id, strictly after the position `after`, and
+        whether more follow. Reads one page of the index, never the whole list."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        check_registered_position(after)
+        now_epoch = ci.epoch_seconds(resolve_now(now))
+        return self._registered_customers(ci.gsi2_pk(program_id, event_id), after, limit, now_epoch)
+
     def event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> pl.DataFrame:
         """GSI2PK: every live item of the event, sorted by customer_id, channel (export, checks)."""
         now_epoch = ci.epoch_seconds(resolve_now(now))
@@ -340,6 +464,31 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def _registered_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         """Live items of the event (GSI2PK) whose GSI2 sort key starts "registered#"."""
+
+    @abc.abstractmethod
+    def _served_top_page(
+        self,
+        gsi1pk: str,
+        min_score: float,
+        exclude_registered: bool,
+        after: tuple[float, str] | None,
+        now_epoch: int,
+        limit: int,
+    ) -> tuple[list[str], tuple[float, str] | None]:
+        """`_top_page` as served JSON texts, and the (score, customer_id) of the last one when more follow."""
+
+    @abc.abstractmethod
+    def _served_customer_items(
+        self, pk: str, event_id: str | None, after: tuple[str, str] | None, limit: int, now_epoch: int
+    ) -> tuple[list[str], tuple[str, str] | None]:
+        """Up to `limit` live items under PK (of `event_id` when given) by (event_id, channel) after
+        `after`, as served JSON texts, and the last one's (event_id, channel) when more follow."""
+
+    @abc.abstractmethod
+    def _registered_customers(
+        self, gsi2pk: str, after: str | None, limit: int, now_epoch: int
+    ) -> tuple[list[RegisteredCustomer], bool]:
+        """`registered_customers` over the live registered items of GSI2PK in GSI2 order after `after`."""
 
     @abc.abstractmethod
     def _customer_items(self, pk: str, now_epoch: int) -> pl.DataFrame:

@@ -71,13 +71,23 @@ from botocore.exceptions import ClientError, HTTPClientError
 from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain import candidate_items as ci
+from eventreach_assets.domain.served_items import item_json_from_values
 from eventreach_assets.resources.aws import aws_client
-from eventreach_assets.resources.candidate_store.base import TS_FORMAT, CandidateStoreResource, ReplacePlanner
+from eventreach_assets.resources.candidate_store.base import (
+    REGISTERED_ITEM_FIELDS,
+    TS_FORMAT,
+    CandidateStoreResource,
+    RegisteredCustomer,
+    ReplacePlanner,
+    merged_in_order,
+    registered_customers,
+)
 from eventreach_assets.resources.candidate_store.dynamodb_items import (
     attribute_names,
     items_frame,
     number_value,
     plain_value,
+    plain_values,
     to_dynamo_items,
 )
 from eventreach_assets.resources.candidate_store.tables import GSI1, GSI2, check_candidate_tables
@@ -152,7 +162,8 @@ class DynamoDBCandidateStore(CandidateStoreResource):
             region_name=self.region_name,
             endpoint_url=self.endpoint_url,
             max_attempts=1,
-            max_pool_connections=max(10, 2 * self.max_parallel_writers),
+            # A connection per parallel writer or shard read: none waits for a free one.
+            max_pool_connections=max(10, 2 * self.max_parallel_writers, self.gsi_shards),
             profile_name=self.profile_name,
             aws_access_key_id=self.aws_access_key_id,
             aws_secret_access_key=self.aws_secret_access_key,
@@ -253,9 +264,19 @@ class DynamoDBCandidateStore(CandidateStoreResource):
                 kwargs["Limit"] = min(1000, 2 * kwargs["Limit"])
             response = self._call("query", **kwargs)
 
+    def _read_parallel(self, function: Callable[[T], R], work: Sequence[T]) -> list[R]:
+        """One thread per shard query (at least `max_parallel_writers`): a page waits for the slowest shard once."""
+        return run_parallel(function, work, max(self.max_parallel_writers, self.gsi_shards))
+
     def _query_shards(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every item of one Query per shard, the shards read in parallel."""
-        return [item for items in self._parallel(lambda query: list(self._query(**query)), queries) for item in items]
+        pages = self._read_parallel(lambda query: list(self._query(**query)), queries)
+        return [item for items in pages for item in items]
+
+    def _shard_streams(self, queries: list[dict[str, Any]]) -> list[Iterator[dict[str, Any]]]:
+        """Each shard's items as a lazy stream: every first page fetched at once, later pages on demand."""
+        firsts = self._read_parallel(lambda query: self._call("query", **query), queries)
+        return [self._query(first, **query) for first, query in zip(firsts, queries, strict=True)]
 
     # -- writes --
 
@@ -445,6 +466,34 @@ class DynamoDBCandidateStore(CandidateStoreResource):
             "Limit": page,
         }
 
+    def _top_items(
+        self,
+        gsi1pk: str,
+        min_score: float,
+        exclude_registered: bool,
+        after: tuple[float, str] | None,
+        now_epoch: int,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `limit` items of the (score desc, customer_id) order after `after`, and whether more follow."""
+        shard_pks = ci.shard_keys(gsi1pk, self.gsi_shards)
+        # Each shard's expected share of the page plus a little; `_query` doubles it if more is needed.
+        per_shard = min(1000, -(-(limit + 1) // len(shard_pks)) + 2)
+        queries = [
+            self._gsi1_shard_query(pk, min_score, after, exclude_registered, now_epoch, per_shard) for pk in shard_pks
+        ]
+        # Every shard's first page at once (one round trip of latency), later pages only on demand.
+        streams = self._shard_streams(queries)
+        # Merged by score desc; keep reading to the end of the (limit+1)-th item's equal-score run.
+        collected: list[dict[str, Any]] = []
+        for item in heapq.merge(*streams, key=lambda it: -float(it[ci.GSI1_SORT_KEY]["N"])):
+            score = float(item[ci.GSI1_SORT_KEY]["N"])
+            if len(collected) > limit and score < float(collected[-1][ci.GSI1_SORT_KEY]["N"]):
+                break
+            collected.append(item)
+        collected.sort(key=lambda it: (-float(it[ci.GSI1_SORT_KEY]["N"]), it["customer_id"]["S"]))
+        return collected[:limit], len(collected) > limit
+
     def _top_page(
         self,
         gsi1pk: str,
@@ -454,24 +503,73 @@ class DynamoDBCandidateStore(CandidateStoreResource):
         now_epoch: int,
         limit: int,
     ) -> tuple[pl.DataFrame, bool]:
-        shard_pks = ci.shard_keys(gsi1pk, self.gsi_shards)
-        # Each shard's expected share of the page plus a little; `_query` doubles it if more is needed.
-        per_shard = min(1000, -(-(limit + 1) // len(shard_pks)) + 2)
-        queries = [
-            self._gsi1_shard_query(pk, min_score, after, exclude_registered, now_epoch, per_shard) for pk in shard_pks
-        ]
-        # Every shard's first page at once (one round trip of latency), later pages only on demand.
-        firsts = self._parallel(lambda query: self._call("query", **query), queries)
-        streams = [self._query(first, **query) for first, query in zip(firsts, queries, strict=True)]
-        # Merged by score desc; keep reading to the end of the (limit+1)-th item's equal-score run.
-        collected: list[dict[str, Any]] = []
-        for item in heapq.merge(*streams, key=lambda it: -float(it[ci.GSI1_SORT_KEY]["N"])):
-            score = float(item[ci.GSI1_SORT_KEY]["N"])
-            if len(collected) > limit and score < float(collected[-1][ci.GSI1_SORT_KEY]["N"]):
-                break
-            collected.append(item)
-        collected.sort(key=lambda it: (-float(it[ci.GSI1_SORT_KEY]["N"]), it["customer_id"]["S"]))
-        return items_frame(collected[:limit]), len(collected) > limit
+        items, more = self._top_items(gsi1pk, min_score, exclude_registered, after, now_epoch, limit)
+        return items_frame(items), more
+
+    def _served_top_page(
+        self,
+        gsi1pk: str,
+        min_score: float,
+        exclude_registered: bool,
+        after: tuple[float, str] | None,
+        now_epoch: int,
+        limit: int,
+    ) -> tuple[list[str], tuple[float, str] | None]:
+        items, more = self._top_items(gsi1pk, min_score, exclude_registered, after, now_epoch, limit)
+        texts = [item_json_from_values(plain_values(item)) for item in items]
+        if not more:
+            return texts, None
+        return texts, (float(items[-1][ci.GSI1_SORT_KEY]["N"]), items[-1]["customer_id"]["S"])
+
+    def _served_customer_items(
+        self, pk: str, event_id: str | None, after: tuple[str, str] | None, limit: int, now_epoch: int
+    ) -> tuple[list[str], tuple[str, str] | None]:
+        key = "#pk = :pk"
+        values: dict[str, Any] = {":pk": {"S": pk}, ":now": {"N": str(now_epoch)}}
+        if event_id is not None:
+            key += " AND begins_with(#sk, :prefix)"
+            values[":prefix"] = {"S": ci.event_sk_prefix(event_id)}
+        rows = self._query(
+            TableName=self.table_name,
+            KeyConditionExpression=key,
+            FilterExpression="#expires_at > :now",
+            ExpressionAttributeNames=attribute_names("pk", "expires_at", *(("sk",) if event_id is not None else ())),
+            ExpressionAttributeValues=values,
+            ConsistentRead=True,  # support reads right after a status update
+        )
+        # A customer has a few items per event: sorted and paged here, in (event_id, channel) order.
+        items = sorted((plain_values(item) for item in rows), key=lambda it: (it["event_id"], it["channel"]))
+        if after is not None:
+            items = [it for it in items if (it["event_id"], it["channel"]) > after]
+        texts = [item_json_from_values(item) for item in items[:limit]]
+        if len(items) <= limit:
+            return texts, None
+        return texts, (items[limit - 1]["event_id"], items[limit - 1]["channel"])
+
+    def _registered_customers(
+        self, gsi2pk: str, after: str | None, limit: int, now_epoch: int
+    ) -> tuple[list[RegisteredCustomer], bool]:
+        prefix = ci.gsi2_sk_prefix(ci.STATUS_REGISTERED)
+        # A customer has one item per channel, all in one shard: each shard's share of the page plus a little.
+        per_shard = min(1000, -(-2 * (limit + 1) // self.gsi_shards) + 2)
+        queries = self._event_queries(gsi2pk, now_epoch, Limit=per_shard)
+        for query in queries:
+            if after is None:
+                query["KeyConditionExpression"] = "#gsi2pk = :pk AND begins_with(#gsi2sk, :lo)"
+            else:  # BETWEEN includes `after` itself: skipped below (a key may not appear in a filter)
+                query["KeyConditionExpression"] = "#gsi2pk = :pk AND #gsi2sk BETWEEN :lo AND :hi"
+                query["ExpressionAttributeValues"][":hi"] = {"S": ci.prefix_upper_bound(prefix)}
+            query["ExpressionAttributeNames"] |= attribute_names("gsi2sk")
+            query["ExpressionAttributeValues"][":lo"] = {"S": after or prefix}
+
+        def fields(stream: Iterator[dict[str, Any]]) -> Iterator[tuple]:
+            for item in stream:
+                row = tuple(plain_value(item.get(name), name) for name in REGISTERED_ITEM_FIELDS)
+                if row[0] != after:
+                    yield row
+
+        streams = [fields(stream) for stream in self._shard_streams(queries)]
+        return registered_customers(merged_in_order(streams), limit)
 
     def _event_queries(self, gsi2pk: str, now_epoch: int, **extra: Any) -> list[dict[str, Any]]:
         """One GSI2 Query per shard for the event's live items; `extra` is added to each."""
@@ -520,7 +618,7 @@ class DynamoDBCandidateStore(CandidateStoreResource):
                     return total
                 query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-        return sum(self._parallel(count, self._event_queries(gsi2pk, now_epoch, Select="COUNT")))
+        return sum(self._read_parallel(count, self._event_queries(gsi2pk, now_epoch, Select="COUNT")))
 
     # -- score cache --
 

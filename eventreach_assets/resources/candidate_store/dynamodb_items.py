@@ -72,6 +72,11 @@ def plain_value(value: dict[str, Any] | None, name: str) -> Any:
     raise ValueError(f"unexpected attribute value for {name}: {value}")
 
 
+def plain_values(item: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A DynamoDB item's attributes as Python values (see `plain_value`)."""
+    return {name: plain_value(value, name) for name, value in item.items()}
+
+
 def items_frame(items: Sequence[dict[str, dict[str, Any]]]) -> pl.DataFrame:
     """DynamoDB items as the frame every read returns (`ci.item_columns`, no keys, typed)."""
     probabilities = sorted({name for item in items for name in item if name.startswith(ci.PROBABILITY_PREFIX)})

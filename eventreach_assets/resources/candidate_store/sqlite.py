@@ -3,25 +3,39 @@
 Same keys and access patterns as the DynamoDB tables (see `base.py`): a table per DynamoDB
 table and an index per GSI, so every read is an index range, never a table scan
 (`SqliteCandidateStore.query_plans` shows it). A replace runs in one transaction.
+
+One column DynamoDB does not have: `item_json`, the item as the Serving API sends it
+(`domain.served_items`), written with the item and patched (`json_set`) when its status or TTL
+changes, so a served page is the stored texts of an index range joined, no frame per request.
+A file from before it gets the column, filled, when first opened (`_add_item_json`).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import polars as pl
 from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain import candidate_items as ci
-from eventreach_assets.resources.candidate_store.base import TS_FORMAT, CandidateStoreResource, ReplacePlanner
+from eventreach_assets.domain.served_items import ITEM_JSON, item_json_expr
+from eventreach_assets.resources.candidate_store.base import (
+    REGISTERED_ITEM_FIELDS,
+    TS_FORMAT,
+    CandidateStoreResource,
+    RegisteredCustomer,
+    ReplacePlanner,
+    registered_customers,
+)
 from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
 _ITEMS = "candidate_items"
 _CACHE = "score_cache"
 _GSI1 = "candidate_items_gsi1"
 _GSI2 = "candidate_items_gsi2"
+_REGISTERED = "candidate_items_registered"
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS {_ITEMS} (
@@ -43,10 +57,16 @@ CREATE TABLE IF NOT EXISTS {_ITEMS} (
     written_at TEXT NOT NULL,
     expires_at INTEGER NOT NULL,
     {", ".join(f"{name} TEXT" for name in ci.EXTRA_ATTRIBUTES)},
+    {ITEM_JSON} TEXT,
     PRIMARY KEY (pk, sk)
 );
 CREATE INDEX IF NOT EXISTS {_GSI1} ON {_ITEMS} (gsi1pk, score DESC, customer_id);
 CREATE INDEX IF NOT EXISTS {_GSI2} ON {_ITEMS} (gsi2pk, gsi2sk);
+-- GSI2's registered range, covering what a registered-customers page reads: a page is one index
+-- range, no row lookups (the API's hot path). Partial: only registered items, a few percent.
+CREATE INDEX IF NOT EXISTS {_REGISTERED} ON {_ITEMS}
+    (gsi2pk, gsi2sk, {", ".join(REGISTERED_ITEM_FIELDS[1:])}, expires_at, status)
+    WHERE status = '{ci.STATUS_REGISTERED}';
 CREATE TABLE IF NOT EXISTS {_CACHE} (
     pk TEXT NOT NULL,
     sk TEXT NOT NULL,
@@ -79,9 +99,16 @@ _MARK_SQL = f"""
         gsi2sk = '{ci.STATUS_REGISTERED}#'
             || substr(CASE WHEN {_KEEP_OLD} THEN status_at ELSE :at END, 1, 10)
             || '#' || customer_id || '#' || channel,
-        status = '{ci.STATUS_REGISTERED}'
+        status = '{ci.STATUS_REGISTERED}',
+        {ITEM_JSON} = json_set({ITEM_JSON}, '$.status', '{ci.STATUS_REGISTERED}',
+            '$.status_at', CASE WHEN {_KEEP_OLD} THEN status_at ELSE :at END,
+            '$.registered_channel', CASE WHEN {_KEEP_OLD} THEN registered_channel ELSE :channel END)
     WHERE pk = :pk AND sk >= :lo AND sk < :hi
 """
+_EXTEND_SQL = (
+    f"UPDATE {_ITEMS} SET expires_at = max(expires_at, :at), "
+    f"{ITEM_JSON} = json_set({ITEM_JSON}, '$.expires_at', max(expires_at, :at)) WHERE pk = :pk AND sk = :sk"
+)
 
 
 class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
@@ -99,12 +126,40 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)
     _ddl: ClassVar[str] = _DDL
 
+    @classmethod
+    def _add_item_json(cls, conn: sqlite3.Connection) -> None:
+        """A file from before `item_json`: add the column and fill it from the items (once, locked)."""
+        if ITEM_JSON in cls._column_names(conn):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if ITEM_JSON not in cls._column_names(conn):  # another process may have done it meanwhile
+                conn.execute(f"ALTER TABLE {_ITEMS} ADD COLUMN {ITEM_JSON} TEXT")
+                probabilities = cls._probability_columns(conn)
+                columns = ", ".join(f'"{name}"' for name in ("pk", "sk", *ci.item_columns(probabilities)))
+                rows = conn.execute(f"SELECT {columns} FROM {_ITEMS}").fetchall()
+                items = cls._from_storage([row[2:] for row in rows], probabilities)
+                texts = items.select(item_json_expr(items)).to_series().to_list()
+                conn.executemany(
+                    f"UPDATE {_ITEMS} SET {ITEM_JSON} = ? WHERE pk = ? AND sk = ?",
+                    ((text, row[0], row[1]) for text, row in zip(texts, rows, strict=True)),
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    _migrate: ClassVar[Any] = _add_item_json
+
     # -- plumbing (connections: SqliteBacked) --
 
     @staticmethod
-    def _probability_columns(conn: sqlite3.Connection) -> list[str]:
-        names = [row[1] for row in conn.execute(f"PRAGMA table_info({_ITEMS})")]
-        return sorted(name for name in names if name.startswith(ci.PROBABILITY_PREFIX))
+    def _column_names(conn: sqlite3.Connection) -> list[str]:
+        return [row[1] for row in conn.execute(f"PRAGMA table_info({_ITEMS})")]
+
+    @classmethod
+    def _probability_columns(cls, conn: sqlite3.Connection) -> list[str]:
+        return sorted(name for name in cls._column_names(conn) if name.startswith(ci.PROBABILITY_PREFIX))
 
     @classmethod
     def _ensure_probability_columns(cls, conn: sqlite3.Connection, wanted: list[str]) -> None:
@@ -133,7 +188,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
 
     @staticmethod
     def _to_storage(items: pl.DataFrame) -> pl.DataFrame:
-        return items.with_columns(
+        return items.with_columns(item_json_expr(items)).with_columns(
             pl.col("status_at", "written_at").dt.to_string(TS_FORMAT),
             pl.col("batch_date").dt.to_string("%Y-%m-%d"),
         )
@@ -193,8 +248,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             batches += 1
         if plan.retained.height:
             conn.executemany(
-                f"UPDATE {_ITEMS} SET expires_at = max(expires_at, ?) WHERE pk = ? AND sk = ?",
-                plan.retained.select(pl.lit(plan.expires_at), "pk", "sk").rows(),
+                _EXTEND_SQL, plan.retained.select(pl.lit(plan.expires_at).alias("at"), "pk", "sk").iter_rows(named=True)
             )
         return batches
 
@@ -259,6 +313,76 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             page = self._read_items(conn, self._top_sql(exclude_registered, after is not None), params)
         return page.head(limit), page.height > limit
 
+    # The serving reads fetch the stored JSON text and the position only: plain sqlite3 rows,
+    # because a polars frame per page cost ~2 ms of CPU, ten times the query itself.
+
+    def _served_top_page(
+        self,
+        gsi1pk: str,
+        min_score: float,
+        exclude_registered: bool,
+        after: tuple[float, str] | None,
+        now_epoch: int,
+        limit: int,
+    ) -> tuple[list[str], tuple[float, str] | None]:
+        params: dict[str, object] = {"pk": gsi1pk, "min_score": min_score, "now": now_epoch, "limit": limit + 1}
+        if after is not None:
+            params["last_score"], params["last_customer"] = after
+        where = self._top_sql(exclude_registered, after is not None)
+        sql = f"SELECT {ITEM_JSON}, score, customer_id FROM {_ITEMS} WHERE {where}"
+        with self._connect() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        if len(rows) <= limit:
+            return [row[0] for row in rows], None
+        return [row[0] for row in rows[:limit]], (rows[limit - 1][1], rows[limit - 1][2])
+
+    @staticmethod
+    def _registered_page_where() -> str:
+        # `status` as well (implied by the key's prefix) so the partial covering index applies.
+        return (
+            f"gsi2pk = :pk AND gsi2sk > :after AND gsi2sk < :hi AND status = '{ci.STATUS_REGISTERED}' "
+            "AND expires_at > :now"
+        )
+
+    @staticmethod
+    def _customer_sql(event: bool, after: bool) -> str:
+        where = "pk = :pk AND expires_at > :now"
+        if event:
+            where += " AND event_id = :event"
+        if after:  # strictly after the last item of the previous page in (event_id, channel)
+            where += " AND (event_id > :last_event OR (event_id = :last_event AND channel > :last_channel))"
+        return f"{where} ORDER BY event_id, channel LIMIT :limit"
+
+    def _served_customer_items(
+        self, pk: str, event_id: str | None, after: tuple[str, str] | None, limit: int, now_epoch: int
+    ) -> tuple[list[str], tuple[str, str] | None]:
+        params: dict[str, object] = {"pk": pk, "now": now_epoch, "event": event_id, "limit": limit + 1}
+        if after is not None:
+            params["last_event"], params["last_channel"] = after
+        where = self._customer_sql(event_id is not None, after is not None)
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT {ITEM_JSON}, event_id, channel FROM {_ITEMS} WHERE {where}", params).fetchall()
+        if len(rows) <= limit:
+            return [row[0] for row in rows], None
+        return [row[0] for row in rows[:limit]], (rows[limit - 1][1], rows[limit - 1][2])
+
+    def _registered_customers(
+        self, gsi2pk: str, after: str | None, limit: int, now_epoch: int
+    ) -> tuple[list[RegisteredCustomer], bool]:
+        _, lo, hi = self._registered_where()
+        sql = (
+            f"SELECT {', '.join(REGISTERED_ITEM_FIELDS)} FROM {_ITEMS} "
+            f"WHERE {self._registered_page_where()} ORDER BY gsi2sk"
+        )
+        with self._connect() as conn:
+            # Stepped lazily: the read stops one item past the page (no LIMIT: a customer has one
+            # item per channel). Closed at once so no read transaction stays open.
+            rows = conn.execute(sql, {"pk": gsi2pk, "after": after or lo, "hi": hi, "now": now_epoch})
+            try:
+                return registered_customers(rows, limit)
+            finally:
+                rows.close()
+
     def _registered_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         where, lo, hi = self._registered_where()
         with self._connect() as conn:
@@ -289,6 +413,14 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
                 {**probe, "last_score": 0.5, "last_customer": "c"},
             ),
             "registered_candidates": (select + where, probe),
+            "registered_customers_page": (
+                f"SELECT {', '.join(REGISTERED_ITEM_FIELDS)} FROM {_ITEMS} WHERE {self._registered_page_where()}",
+                {**probe, "after": lo},
+            ),
+            "served_customer_items": (
+                select + self._customer_sql(True, True),
+                {**probe, "event": "e", "last_event": "e", "last_channel": "c"},
+            ),
             "candidates_for_customer": (select + "pk = :pk AND expires_at > :now", probe),
             "event_items": (select + "gsi2pk = :pk AND expires_at > :now", probe),
             "get_cached_scores": (_CACHE_GET_SQL, {"ids": '["a"]', "sk": "x", "now": 0}),

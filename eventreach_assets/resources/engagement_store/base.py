@@ -206,6 +206,21 @@ class EngagementStoreResource(dg.ConfigurableResource, abc.ABC):
         """The event's registrations, all or one status (reminders read `registered`)."""
         return self._read(REGISTRATION, event_id, None if status is None else check_status(status))
 
+    def registrations_page(
+        self, event_id: str, status: str, limit: int, after: str | None = None
+    ) -> tuple[list[tuple], bool]:
+        """Up to `limit` of the event's registrations of `status` by customer_id, strictly after the
+        customer `after` (the key's own order: one page read, not the list), and whether more
+        follow. Rows in storage form: tuples in REGISTRATION_SCHEMA order, times as UTC text."""
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        rows = self._fetch_page(event_id, check_status(status), after, limit + 1)
+        return rows[:limit], len(rows) > limit
+
+    def cancelled_among(self, event_id: str, customer_ids: Sequence[str]) -> set[str]:
+        """Which of `customer_ids` hold a cancelled registration for the event (one keyed read)."""
+        return self._cancelled_among(event_id, list(customer_ids)) if customer_ids else set()
+
     def record_interactions(self, interactions: pl.DataFrame) -> int:
         """Opens, clicks, unsubscribes: one per customer x channel x campaign x action (the first)."""
         return self._record(INTERACTION, interactions)
@@ -249,3 +264,11 @@ class EngagementStoreResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def _fetch(self, kind: RecordKind, event_id: str, status: str | None) -> list[tuple]:
         """The event's stored rows of `kind` (tuples in schema order; registrations of `status`)."""
+
+    @abc.abstractmethod
+    def _fetch_page(self, event_id: str, status: str, after: str | None, count: int) -> list[tuple]:
+        """Up to `count` stored registrations of `status` by customer_id after `after` (schema order)."""
+
+    @abc.abstractmethod
+    def _cancelled_among(self, event_id: str, customer_ids: list[str]) -> set[str]:
+        """The customers of `customer_ids` whose stored registration is cancelled."""

@@ -8,6 +8,7 @@ changes the interface lists, each a conditional UpdateItem.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import polars as pl
@@ -113,6 +114,55 @@ class DynamoDBEngagementStore(DynamoDBClient, EngagementStoreResource):
 
     def _write(self, kind: RecordKind, stored: pl.DataFrame) -> int:
         return sum(self._parallel(lambda row: self._put(kind, row), list(stored.iter_rows(named=True))))
+
+    def _fetch_page(self, event_id: str, status: str, after: str | None, count: int) -> list[tuple]:
+        """sk = REG#{customer_id}: the sort key's order is the customer's; a status filter means a
+        Query page may hold fewer than asked, so pages follow until `count` rows or the end."""
+        tag = f"{REGISTRATION.tag}#"
+        request: dict[str, Any] = {
+            "TableName": self.table_name,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
+            "FilterExpression": "#status = :status",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {
+                ":pk": _event_pk(event_id),
+                ":lo": {"S": tag + (after or "")},
+                ":hi": {"S": tag[:-1] + chr(ord(tag[-1]) + 1)},
+                ":status": {"S": status},
+            },
+            "ConsistentRead": True,
+            "Limit": count + 1,  # +1: BETWEEN includes `after` itself
+        }
+        rows: list[tuple] = []
+        while len(rows) < count:
+            response = self.client().query(**request)
+            rows += [
+                _row(REGISTRATION, item) for item in response.get("Items", []) if item["customer_id"]["S"] != after
+            ]
+            if "LastEvaluatedKey" not in response:
+                break
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return rows[:count]
+
+    def _cancelled_among(self, event_id: str, customer_ids: list[str]) -> set[str]:
+        """BatchGetItem by key, 100 keys a request, resending UnprocessedKeys."""
+        cancelled: set[str] = set()
+        for start in range(0, len(customer_ids), 100):
+            keys = [
+                {"pk": _event_pk(event_id), "sk": {"S": f"{REGISTRATION.tag}#{customer}"}}
+                for customer in customer_ids[start : start + 100]
+            ]
+            request = {self.table_name: {"Keys": keys, "ProjectionExpression": "customer_id, #status",
+                                         "ExpressionAttributeNames": {"#status": "status"}}}  # fmt: skip
+            while request:
+                response = self.client().batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.table_name, []):
+                    if item["status"]["S"] == CANCELLED:
+                        cancelled.add(item["customer_id"]["S"])
+                request = response.get("UnprocessedKeys") or {}
+                if request:
+                    time.sleep(0.05)  # throttled keys: a short pause before resending them
+        return cancelled
 
     def _fetch(self, kind: RecordKind, event_id: str, status: str | None) -> list[tuple]:
         request: dict[str, Any] = {

@@ -6,6 +6,7 @@ idempotent, and `_UPGRADE` makes the registration status changes the interface l
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 import polars as pl
@@ -69,6 +70,24 @@ class SqliteEngagementStore(SqliteBacked, EngagementStoreResource):
         )
         with self._transaction() as conn:
             return max(conn.executemany(sql, stored.iter_rows()).rowcount, 0)
+
+    def _fetch_page(self, event_id: str, status: str, after: str | None, count: int) -> list[tuple]:
+        # The primary key (event_id, customer_id) is the order: an index range, no sort.
+        sql = (
+            f"SELECT {', '.join(REGISTRATION.schema)} FROM {REGISTRATION.table} WHERE event_id = :event_id "
+            "AND customer_id > :after AND status = :status ORDER BY customer_id LIMIT :count"
+        )
+        params = {"event_id": event_id, "after": after or "", "status": status, "count": count}
+        with self._connect() as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def _cancelled_among(self, event_id: str, customer_ids: list[str]) -> set[str]:
+        sql = (
+            f"SELECT r.customer_id FROM json_each(:ids) AS j JOIN {REGISTRATION.table} AS r "
+            f"ON r.event_id = :event_id AND r.customer_id = j.value WHERE r.status = '{CANCELLED}'"
+        )
+        with self._connect() as conn:
+            return {row[0] for row in conn.execute(sql, {"ids": json.dumps(customer_ids), "event_id": event_id})}
 
     def _fetch(self, kind: RecordKind, event_id: str, status: str | None) -> list[tuple]:
         sql = f"SELECT {', '.join(kind.schema)} FROM {kind.table} WHERE event_id = :event_id"

@@ -7,8 +7,9 @@ Routes (JSON in and out; every GET needs an API key, the webhook a signed body):
   score >= minScore, score descending (ties by customer_id), registered customers left out
   unless `excludeRegistered=false`.
 * `GET /v1/registered-candidates?program=&event=&status=&limit=&cursor=` —
-  GetRegisteredCandidates: one row per customer, by customer_id; `registered` (the default)
-  from the candidate store, `waitlisted` from the engagement store.
+  GetRegisteredCandidates: one row per customer; `registered` (the default) from the candidate
+  store's GSI2 in its order (registration date, then customer_id), cancellations left out;
+  `waitlisted` from the engagement store, by customer_id.
 * `GET /v1/customers/{customer}/candidates?program=[&event=][&limit=&cursor=]` — one customer's
   live candidate items (support), by event then channel.
 * `POST /v1/webhooks/registrations` — the event platform's registrations, validated and stored
@@ -43,15 +44,16 @@ from the server's clock is refused. The local deployment needs neither variable:
 random key and secrets in its data dir (`api_key`, `webhook_secret`, `cursor_key`, mode 0600)
 and prints where.
 
-Registered / waitlisted lists are read whole and kept per process for
-`EVENTREACH_API_CACHE_SECONDS` (default 5; see `ExpiringCache`). Run it with
+Every page is read from the stores' indexes (a keyset on the key the list is ordered by: GSI1
+for candidates, GSI2 for registered customers, the engagement key for the waitlist) as JSON
+text, never a whole list or a frame per request; nothing is cached, so every process serves a
+new registration on its next request. Run it with
 `python -m eventreach_assets.serving.api --host 127.0.0.1 --port 8000 [--workers N]` (`make serve`).
 
-Modules: `params` (query parameters, `ApiError`), `cursors` (signed cursors), `paging` (pages
-of in-memory lists, page bodies), `openapi` (the OpenAPI document), `views`
-(the rows served), `auth` (API keys, webhook signatures), `webhook` (the delivery format),
-`cache` (`ExpiringCache`), `app` (the Starlette app and its handlers), `cli` (the deployment's
-dependencies and secrets, `main`).
+Modules: `params` (query parameters, `ApiError`), `cursors` (signed cursors), `paging` (page
+bodies), `openapi` (the OpenAPI document), `views` (the registered / waitlisted rows served),
+`auth` (API keys, webhook signatures), `webhook` (the delivery format), `app` (the Starlette app
+and its handlers), `cli` (the deployment's dependencies and secrets, `main`).
 """
 
 from eventreach_assets.serving.api.app import ServingApi, ServingDependencies, create_app
@@ -67,10 +69,8 @@ from eventreach_assets.serving.api.auth import (
     verify_webhook,
     webhook_signature,
 )
-from eventreach_assets.serving.api.cache import DEFAULT_CACHE_SECONDS, ExpiringCache
 from eventreach_assets.serving.api.cli import (
     API_KEYS_ENV,
-    CACHE_SECONDS_ENV,
     CURSOR_KEYS_ENV,
     WEBHOOK_SECRET_ENV,
     api_keys_from_env,
@@ -81,7 +81,7 @@ from eventreach_assets.serving.api.cli import (
     webhook_secret_from_env,
 )
 from eventreach_assets.serving.api.cursors import MIN_CURSOR_KEY_LENGTH, CursorSigner, query_binding
-from eventreach_assets.serving.api.paging import page_after, page_body
+from eventreach_assets.serving.api.paging import page_body
 from eventreach_assets.serving.api.params import (
     PAGE_LIMIT,
     STATUSES,
@@ -94,15 +94,13 @@ from eventreach_assets.serving.api.params import (
     parse_customer_query,
     parse_registered_query,
 )
-from eventreach_assets.serving.api.views import REGISTRATION_VIEW, public_rows, registered_view, waitlisted_view
+from eventreach_assets.serving.api.views import REGISTRATION_VIEW, registered_row_json, waitlisted_row_json
 from eventreach_assets.serving.api.webhook import MAX_WEBHOOK_BYTES, MAX_WEBHOOK_RECORDS, webhook_records
 
 __all__ = [
     "API_KEYS_ENV",
     "API_KEY_HEADER",
-    "CACHE_SECONDS_ENV",
     "CURSOR_KEYS_ENV",
-    "DEFAULT_CACHE_SECONDS",
     "MAX_WEBHOOK_BYTES",
     "MAX_WEBHOOK_RECORDS",
     "MIN_API_KEY_LENGTH",
@@ -119,7 +117,6 @@ __all__ = [
     "CandidatesQuery",
     "CursorSigner",
     "CustomerQuery",
-    "ExpiringCache",
     "RegisteredQuery",
     "ServingApi",
     "ServingDependencies",
@@ -131,17 +128,15 @@ __all__ = [
     "cursor_keys_from_env",
     "deployment_dependencies",
     "main",
-    "page_after",
     "page_body",
     "parse_candidates_query",
     "parse_customer_query",
     "parse_registered_query",
     "presented_api_key",
-    "public_rows",
     "query_binding",
-    "registered_view",
+    "registered_row_json",
     "verify_webhook",
-    "waitlisted_view",
+    "waitlisted_row_json",
     "webhook_records",
     "webhook_secret_from_env",
     "webhook_signature",

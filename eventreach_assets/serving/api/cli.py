@@ -19,13 +19,11 @@ from starlette.applications import Starlette
 from eventreach_assets.deployments import DEPLOYMENT_ENV, eventreach_home, resources_for
 from eventreach_assets.serving.api.app import ServingDependencies, create_app
 from eventreach_assets.serving.api.auth import MIN_API_KEY_LENGTH, MIN_WEBHOOK_SECRET_LENGTH
-from eventreach_assets.serving.api.cache import DEFAULT_CACHE_SECONDS
 from eventreach_assets.serving.api.cursors import MIN_CURSOR_KEY_LENGTH
 
 API_KEYS_ENV = "EVENTREACH_API_KEYS"
 WEBHOOK_SECRET_ENV = "EVENTREACH_WEBHOOK_SECRET"
 CURSOR_KEYS_ENV = "EVENTREACH_API_CURSOR_KEYS"
-CACHE_SECONDS_ENV = "EVENTREACH_API_CACHE_SECONDS"
 
 SERVING_RESOURCES = ("program", "clock", "candidate_store", "engagement", "warehouse", "decision_log", "link_signing")
 
@@ -103,12 +101,10 @@ def app_from_env() -> Starlette:
     keys, _ = api_keys_from_env(home, deployment)
     secret, _ = webhook_secret_from_env(home, deployment)
     cursor_keys, _ = cursor_keys_from_env(home, deployment)
-    cache_seconds = float(os.environ.get(CACHE_SECONDS_ENV, DEFAULT_CACHE_SECONDS))
     stack = contextlib.ExitStack()
     dependencies = stack.enter_context(deployment_dependencies(home if deployment == "local" else None, deployment))
     app = create_app(
-        dependencies, api_keys=keys, webhook_secret=secret, cursor_keys=cursor_keys, cache_seconds=cache_seconds,
-        on_shutdown=stack.close,
+        dependencies, api_keys=keys, webhook_secret=secret, cursor_keys=cursor_keys, on_shutdown=stack.close,
     )  # fmt: skip
     # Start-up leaves millions of long-lived objects (Dagster definitions, libraries); a full
     # collection walking them all took hundreds of ms mid-request. Freeze them out of the GC.

@@ -1,15 +1,19 @@
-"""The rows the API answers with: the registered / waitlisted view, and rows as public JSON.
+"""The rows the API answers with: registered / waitlisted customers as JSON objects, and their shape.
 
-Pure polars. Whichever store a registration came from, it is served in one shape
-(`REGISTRATION_VIEW`); the `email` attribute (PII) never leaves, times are ISO 8601 UTC.
+Pure. Whichever store a registration came from, it is served in one shape
+(`REGISTRATION_VIEW`, the OpenAPI document's); the `email` attribute (PII) never leaves, times
+are ISO 8601 UTC (`...Z`, the stores' own text form). Candidate items arrive as JSON already
+(`domain.served_items`). Plain string building, no frame: a page is built per request.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-PII_COLUMNS = ("email",)
-_JSON_TS = "%Y-%m-%dT%H:%M:%S%.6fZ"
+from eventreach_assets.domain.served_items import SERVED_EXCLUDED_COLUMNS, json_value
+from eventreach_assets.resources.candidate_store import RegisteredCustomer
+
+PII_COLUMNS = SERVED_EXCLUDED_COLUMNS
 
 # What a registered-candidates row holds, whichever store it came from.
 REGISTRATION_VIEW: dict[str, pl.DataType] = {
@@ -25,54 +29,24 @@ REGISTRATION_VIEW: dict[str, pl.DataType] = {
 }
 
 
-def registered_view(items: pl.DataFrame) -> pl.DataFrame:
-    """Registered candidate items (one per customer x channel) as one row per customer, by customer_id."""
+def registered_row_json(customer: RegisteredCustomer) -> str:
+    """A registered customer (their candidate items taken together) as a served row (the
+    fields of REGISTRATION_VIEW, in its order; a format string: a page builds a hundred)."""
+    q = json_value
     return (
-        items.group_by("customer_id")
-        .agg(
-            pl.col("status_at").min().dt.convert_time_zone("UTC").alias("registered_at"),
-            pl.col("registered_channel").drop_nulls().first().alias("channel"),
-            pl.col("score").max(),
-            pl.col("score_band").sort_by("score", descending=True).first(),
-            pl.col("marketplace").drop_nulls().first(),
-            pl.col("timezone").drop_nulls().first(),
-        )
-        .with_columns(status=pl.lit("registered"), campaign_id=pl.lit(None, pl.String))
-        .select([pl.col(name).cast(dtype) for name, dtype in REGISTRATION_VIEW.items()])
-        .sort("customer_id")
+        f'{{"customer_id":{q(customer.customer_id)},"status":"registered",'
+        f'"registered_at":{q(customer.registered_at)},"channel":{q(customer.channel)},"campaign_id":null,'
+        f'"score":{q(customer.score)},"score_band":{q(customer.score_band)},'
+        f'"marketplace":{q(customer.marketplace)},"timezone":{q(customer.timezone)}}}'
     )
 
 
-def waitlisted_view(registrations: pl.DataFrame) -> pl.DataFrame:
-    """Waitlisted engagement-store rows (naive UTC times) in the registered view's shape."""
+def waitlisted_row_json(row: tuple) -> str:
+    """A waitlisted engagement-store registration (storage form, REGISTRATION_SCHEMA order) as a served row."""
+    _event, customer_id, _registration, registered_at, channel, campaign_id, status, _recorded = row
+    values = (customer_id, status, registered_at, channel, campaign_id, None, None, None, None)
     return (
-        registrations.select(
-            "customer_id",
-            "status",
-            pl.col("registered_at").dt.replace_time_zone("UTC"),
-            "channel",
-            "campaign_id",
-        )
-        .with_columns(
-            pl.lit(None, pl.Float64).alias("score"),
-            *(pl.lit(None, pl.String).alias(name) for name in ("score_band", "marketplace", "timezone")),
-        )
-        .select([pl.col(name).cast(dtype) for name, dtype in REGISTRATION_VIEW.items()])
-        .unique("customer_id", keep="first", maintain_order=True)
-        .sort("customer_id")
+        "{"
+        + ",".join(f'"{name}":{json_value(value)}' for name, value in zip(REGISTRATION_VIEW, values, strict=True))
+        + "}"
     )
-
-
-def public_rows(frame: pl.DataFrame) -> bytes:
-    """Rows as a JSON array, without PII columns, times as ISO 8601 UTC (`...Z`)."""
-    columns: list[pl.Expr] = []
-    for name, dtype in frame.schema.items():
-        if name in PII_COLUMNS:
-            continue
-        column = pl.col(name)
-        if isinstance(dtype, pl.Datetime):
-            if dtype.time_zone is not None:
-                column = column.dt.convert_time_zone("UTC")
-            column = column.dt.to_string(_JSON_TS)
-        columns.append(column)
-    return frame.select(columns).write_json().encode() if columns else b"[]"
