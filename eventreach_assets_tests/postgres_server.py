@@ -3,8 +3,10 @@
 The production Dagster instance (deploy/dagster.yaml) keeps runs, events and schedules in
 Postgres; the tests run it against the machine image's Debian PostgreSQL, never a stand-in.
 Postgres refuses to run as root, so when the tests run as root (CI does) the server runs as
-`nobody` through `runuser`, in a temp dir outside pytest's root-only tmp tree. Password auth
-over TCP (scram-sha-256), as against RDS: the password reaches Dagster only from the environment.
+`nobody` through `runuser`, in a temp dir outside pytest's root-only tmp tree. As against RDS:
+TCP only over TLS (a throwaway self-signed certificate; `hostssl` is the only host rule, so a
+client that does not ask for TLS is refused) and password auth (scram-sha-256); the password
+reaches Dagster only from the environment.
 """
 
 from __future__ import annotations
@@ -47,14 +49,15 @@ class PostgresServer:
             "DAGSTER_PG_PASSWORD": self.password,
         }
 
+    def connect_args(self, db_name: str) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "dbname": db_name, "user": self.username,
+                "password": self.password, "sslmode": "require", "connect_timeout": 10}  # fmt: skip
+
     def create_database(self, name: str) -> PostgresServer:
         """A new empty database on this server (one per test: each gets a fresh Dagster instance)."""
         import psycopg2
 
-        connection = psycopg2.connect(
-            host=self.host, port=self.port, dbname="postgres", user=self.username, password=self.password,
-            connect_timeout=10,
-        )  # fmt: skip
+        connection = psycopg2.connect(**self.connect_args("postgres"))
         connection.autocommit = True
         try:
             with connection.cursor() as cursor:
@@ -67,10 +70,7 @@ class PostgresServer:
         """Rows of one query, through psycopg2 (what dagster-postgres itself uses)."""
         import psycopg2
 
-        connection = psycopg2.connect(
-            host=self.host, port=self.port, dbname=self.db_name, user=self.username, password=self.password,
-            connect_timeout=10,
-        )  # fmt: skip
+        connection = psycopg2.connect(**self.connect_args(self.db_name))
         try:
             with connection.cursor() as cursor:
                 cursor.execute(sql, params)
@@ -86,8 +86,22 @@ def _as_server_user(args: list[str]) -> list[str]:
     return ["runuser", "-u", UNPRIVILEGED_USER, "--", *args]
 
 
-def _run(args: list[str], what: str, timeout: float = 120) -> None:
-    result = subprocess.run(_as_server_user(args), capture_output=True, text=True, timeout=timeout, check=False)
+def _self_signed_certificate(base: Path) -> None:
+    """server.crt + server.key (0600, the server user's) in `base`, valid for a day."""
+    _run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(base / "server.key"), "-out", str(base / "server.crt")],
+        "openssl req", as_server_user=False,
+    )  # fmt: skip
+    (base / "server.key").chmod(0o600)
+    if os.geteuid() == 0:
+        for name in ("server.key", "server.crt"):
+            shutil.chown(base / name, UNPRIVILEGED_USER)
+
+
+def _run(args: list[str], what: str, timeout: float = 120, as_server_user: bool = True) -> None:
+    command = _as_server_user(args) if as_server_user else args
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{what} failed ({result.returncode}): {result.stdout[-2_000:]}{result.stderr[-2_000:]}")
 
@@ -119,7 +133,14 @@ def postgres_server(db_name: str = "dagster", username: str = "dagster") -> Iter
              "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-locale", "--no-sync"],
             "initdb",
         )  # fmt: skip
-        options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} -c fsync=off"
+        _self_signed_certificate(base)
+        (data / "pg_hba.conf").write_text(  # TLS or nothing over TCP; the unix socket only for pg_ctl
+            f"local all {username} scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sockets} -c fsync=off "
+            f"-c ssl=on -c ssl_cert_file={base / 'server.crt'} -c ssl_key_file={base / 'server.key'}"
+        )
         _run(
             [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-o", options,
              "-w", "-t", str(START_TIMEOUT_SECONDS), "start"],

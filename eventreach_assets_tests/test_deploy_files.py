@@ -47,20 +47,30 @@ def test_hadolint_finds_nothing(name: str):
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
+def base_image(dockerfile: Path) -> str:
+    """The FROM image, with a build ARG's default filled in."""
+    steps = instructions(dockerfile)
+    args = dict(arg.split("=", 1) for kind, arg in steps if kind == "ARG" and "=" in arg)
+    (base,) = [arg for kind, arg in steps if kind == "FROM"]
+    return args.get(base.strip("${}"), base)
+
+
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
 def test_images_are_pinned_unprivileged_and_hold_no_secret(name: str):
     steps = instructions(DOCKERFILES[name])
     kinds = [kind for kind, _ in steps]
-    args = dict(arg.split("=", 1) for kind, arg in steps if kind == "ARG" and "=" in arg)
-    (base,) = [arg for kind, arg in steps if kind == "FROM"]
-    image = args.get(base.strip("${}"), base)
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", image), f"base image must be a pinned slim Python 3.11: {image}"
+    image = base_image(DOCKERFILES[name])
+    if name == "model-server":  # the code image with another entrypoint: its install, its user
+        assert image.startswith("eventreach-code:") and image != "eventreach-code:latest", image
+    else:
+        assert re.fullmatch(r"python:3\.11-slim(-\w+)?", image), f"base must be a pinned slim Python 3.11: {image}"
+        installs = [arg for kind, arg in steps if kind == "RUN" and "pip install" in arg]
+        assert installs and all("-c constraints.txt" in arg for arg in installs), installs
+        assert "[dev]" not in " ".join(installs), "no test tools in an image"
     users = [arg for kind, arg in steps if kind == "USER"]
     assert users and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]), f"the last USER must be a numeric non-root: {users}"
-    assert kinds.index("USER") > max(i for i, kind in enumerate(kinds) if kind == "RUN"), "every RUN before USER"
-    installs = [arg for kind, arg in steps if kind == "RUN" and "pip install" in arg]
-    assert installs and all("-c constraints.txt" in arg for arg in installs), installs
-    assert "[dev]" not in " ".join(installs), "no test tools in an image"
+    runs = [i for i, kind in enumerate(kinds) if kind == "RUN"]
+    assert not runs or kinds.index("USER") > max(runs), "every RUN before USER"
     baked = [arg for kind, arg in steps if kind in {"ENV", "ARG"} and SECRET_WORDS.search(arg)]
     assert not baked, f"secrets come from the task's environment, never the image: {baked}"
     assert "HEALTHCHECK" in kinds
@@ -194,3 +204,35 @@ def test_ecs_workspace_reaches_the_code_server_the_image_starts(monkeypatch: pyt
     command = json.loads(dict(instructions(DOCKERFILES["code"]))["CMD"])
     assert entry["grpc_server"]["port"] == int(command[command.index("--port") + 1])
     assert entry["grpc_server"]["location_name"] == command[command.index("--location-name") + 1]
+
+
+# ---- ECS task definitions ------------------------------------------------------------------------
+
+
+def env_references(value: Any) -> set[str]:
+    """The variables a Dagster YAML reads with `env:`."""
+    return {item for path, item in leaves(value) if path and path[-1] == "env"}
+
+
+def test_ecs_tasks_set_every_variable_the_instance_and_workspace_read_and_no_secret_in_plain_text():
+    instance = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    workspace = yaml.safe_load((REPO / "deploy" / "ecs" / "workspace.yaml").read_text())
+    needed = env_references(instance) | env_references(workspace)
+    run_task_env = set(instance["run_launcher"]["config"]["env_vars"])  # copied from the daemon into each run
+    command = json.loads(dict(instructions(DOCKERFILES["code"]))["CMD"])
+    for name in ("code-location", "webserver", "daemon"):
+        task = json.loads((REPO / "deploy" / "ecs" / f"{name}.json").read_text())
+        (container,) = task["containerDefinitions"]
+        plain = {item["name"]: item["value"] for item in container["environment"]}
+        secret = {item["name"] for item in container["secrets"]}
+        assert container["image"] == "${CODE_IMAGE}" and container["user"] == "10001:10001", name
+        assert not [key for key in plain if SECRET_WORDS.search(key) and not key.endswith("_ARN")], name
+        assert "DAGSTER_PG_PASSWORD" in secret, name
+        if name != "code-location":  # the webserver and daemon load the instance and the workspace
+            assert needed <= set(plain) | secret, (name, needed - set(plain) - secret)
+        if name == "daemon":
+            assert run_task_env <= set(plain), run_task_env - set(plain)
+        if name == "code-location":
+            assert plain["DAGSTER_CURRENT_IMAGE"] == "${CODE_IMAGE}"  # EcsRunLauncher runs each run in it
+            assert container["portMappings"][0]["containerPort"] == int(command[command.index("--port") + 1])
+            assert "command" not in container  # the image's CMD: the code server

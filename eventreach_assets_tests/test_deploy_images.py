@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from eventreach_assets_tests.stand_ins import background_process, free_port
-from eventreach_assets_tests.test_deploy_files import DOCKERFILES, instructions
+from eventreach_assets_tests.test_deploy_files import DOCKERFILES, base_image, instructions
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +39,11 @@ START_TIMEOUT = 120  # the code server imports the whole asset graph before it a
 
 
 def image_env(dockerfile: Path) -> dict[str, str]:
-    """The Dockerfile's ENV settings (KEY=VALUE pairs); PATH and VIRTUAL_ENV are the venv's own here."""
-    pairs = " ".join(arg for kind, arg in instructions(dockerfile) if kind == "ENV")
+    """The image's ENV settings (KEY=VALUE pairs, the code image's first when built on it); PATH and
+    VIRTUAL_ENV are the venv's own here."""
+    inherited = DOCKERFILES["code"] if base_image(dockerfile).startswith("eventreach-code:") else None
+    pairs = " ".join(arg for file in filter(None, [inherited, dockerfile]) for kind, arg in instructions(file)
+                     if kind == "ENV")  # fmt: skip
     env = dict(re.findall(r"(\w+)=(\S+)", pairs))
     return {key: value for key, value in env.items() if key not in {"PATH", "VIRTUAL_ENV"}}
 

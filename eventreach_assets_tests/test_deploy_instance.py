@@ -52,7 +52,7 @@ ECS_ENV = {
     "EVENTREACH_RUN_LOG_GROUP": "/ecs/eventreach-runs",
     **{f"{name}_ARN": f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name.lower()}" for name in SECRETS},
 }
-SAME_EVENT_TIMEOUT = 180  # two weekly batches of one event, one after the other, through the 5 s queue loop
+SAME_EVENT_TIMEOUT = 420  # two weekly batches of one event in turn (~1 min idle; minutes on a loaded machine)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,7 @@ def test_the_production_instance_loads_on_postgres_with_the_local_run_rules(
     postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """deploy/dagster.yaml unmodified: every part is the production class, configured from the environment."""
+    import psycopg2
     from dagster_aws.ecs import EcsRunLauncher
     from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
@@ -83,6 +84,8 @@ def test_the_production_instance_loads_on_postgres_with_the_local_run_rules(
         assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
         assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
         tables = {row[0] for row in database.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        with pytest.raises(psycopg2.OperationalError, match=r"no pg_hba\.conf entry"):  # the server takes TLS only,
+            psycopg2.connect(**{**database.connect_args(database.db_name), "sslmode": "disable"})  # so Dagster used it
         assert {"runs", "event_logs", "jobs", "job_ticks", "bulk_actions", "concurrency_slots"} <= tables, tables
 
         launcher = instance.run_launcher
