@@ -236,3 +236,16 @@ def test_ecs_tasks_set_every_variable_the_instance_and_workspace_read_and_no_sec
             assert plain["DAGSTER_CURRENT_IMAGE"] == "${CODE_IMAGE}"  # EcsRunLauncher runs each run in it
             assert container["portMappings"][0]["containerPort"] == int(command[command.index("--port") + 1])
             assert "command" not in container  # the image's CMD: the code server
+
+
+@pytest.mark.parametrize("name", ["code-location", "webserver", "daemon"])
+def test_ecs_task_definitions_are_valid_register_task_definition_requests(name: str):
+    """Checked against botocore's own ECS API model (what `aws ecs register-task-definition` sends)."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    text = re.sub(r"\$\{(\w+)\}", r"placeholder-\1", (REPO / "deploy" / "ecs" / f"{name}.json").read_text())
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RegisterTaskDefinition").input_shape
+    report = ParamValidator().validate(json.loads(text), shape)
+    assert not report.has_errors(), report.generate_report()
