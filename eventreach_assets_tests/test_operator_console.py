@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,13 +91,20 @@ def poll(what: str, timeout: float, probe: Callable[[], Any], describe: Callable
         time.sleep(every)
 
 
-@pytest.fixture
-def console(tmp_path: Path) -> Iterator[Console]:
-    """Webserver and daemon on a fresh instance and data dir over a small seeded warehouse; both stopped after."""
+@contextmanager
+def running_console(tmp_path: Path, instance_yaml: str | None = None) -> Iterator[Console]:
+    """Webserver and daemon on a fresh instance and data dir over a small seeded warehouse; both stopped after.
+
+    `instance_yaml`: the instance's dagster.yaml text (default: the repository's local one); its
+    `env:` settings are read from this process's environment, which both servers inherit.
+    """
     dagster_home, home = tmp_path / "dagster_home", tmp_path / "home"
     dagster_home.mkdir()
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    if instance_yaml is None:
+        shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+    else:
+        (dagster_home / "dagster.yaml").write_text(instance_yaml)
     seed_warehouse(home / "warehouse.duckdb", PROFILES, seed=11, as_of=AS_OF)
     # Create the instance's storage before the two servers start: left to them, both run the schema
     # migrations of a fresh SQLite storage at once and one dies ("table alembic_version already exists").
@@ -124,6 +132,13 @@ def console(tmp_path: Path) -> Iterator[Console]:
         result = Console(port=port, logs=logs, client=client)
         wait_for_http(f"http://127.0.0.1:{port}/server_info", START_TIMEOUT, [daemon, webserver], result.log_tails)
         result.timings["start"] = round(time.monotonic() - started, 1)
+        yield result
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Console]:
+    """The console on the repository's local instance (SQLite storage, local run workers)."""
+    with running_console(tmp_path) as result:
         yield result
 
 
@@ -250,8 +265,22 @@ def tag_dict(run: dict[str, Any]) -> dict[str, str]:
 # ---- the test --------------------------------------------------------------------------------
 
 
+@dataclass
+class ConsoleSession:
+    """What the operator's session produced: the batch job's partition set and the backfill's runs."""
+
+    set_name: str
+    backfill_id: str
+    run_by_event: dict[str, str]
+
+
 def test_operator_runs_the_weekly_batch_from_the_console(console: Console):
     """Sensor → partitions, training run, two-event backfill, then everything an operator reads back."""
+    operate_weekly_batch(console)
+
+
+def operate_weekly_batch(console: Console) -> ConsoleSession:
+    """The operator's session, asserted step by step (shared with the production-instance test)."""
     clock = time.monotonic()
 
     def lap(name: str) -> None:
@@ -373,3 +402,4 @@ def test_operator_runs_the_weekly_batch_from_the_console(console: Console):
     assert {run["jobName"] for run in by_console["runsOrError"]["results"]} == {TRAINING_JOB, BATCH_JOB}
     lap("read-back")
     print(f"operator console timings (s): {console.timings}")
+    return ConsoleSession(set_name, backfill_id, run_by_event)
