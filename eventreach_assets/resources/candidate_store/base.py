@@ -194,6 +194,26 @@ def decode_cursor(cursor: str, query_key: str) -> tuple[float, str]:
     return score, customer_id
 
 
+def _top_query(
+    program_id: str,
+    event_id: str,
+    channel: str,
+    min_score: float,
+    limit: int,
+    exclude_registered: bool,
+    cursor: str | None,
+    now: datetime | None,
+) -> tuple[str, str, tuple[float, str] | None, int]:
+    """A top-N query's GSI1 key, cursor binding, position after `cursor` and `now` in epoch seconds (the
+    frame and the served reads page the same query)."""
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    gsi1pk = ci.gsi1_pk(program_id, channel, event_id)
+    query_key = f"{gsi1pk}|{float(min_score)!r}|{exclude_registered}"
+    after = decode_cursor(cursor, query_key) if cursor is not None else None
+    return gsi1pk, query_key, after, ci.epoch_seconds(resolve_now(now))
+
+
 def cache_entries(
     event_id: str, model_id: str, model_version: str, scores: pl.DataFrame, now: datetime, ttl_days: int
 ) -> pl.DataFrame:
@@ -324,12 +344,8 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
     ) -> CandidatePage:
         """GSI1: live items of the channel with score >= min_score, score desc then customer_id,
         at most `limit` per page; `next_cursor` is opaque and tied to this query."""
-        if limit <= 0:
-            raise ValueError(f"limit must be positive, got {limit}")
-        gsi1pk = ci.gsi1_pk(program_id, channel, event_id)
-        query_key = f"{gsi1pk}|{float(min_score)!r}|{exclude_registered}"
-        after = decode_cursor(cursor, query_key) if cursor is not None else None
-        now_epoch = ci.epoch_seconds(resolve_now(now))
+        gsi1pk, query_key, after, now_epoch = _top_query(program_id, event_id, channel, min_score, limit,
+                                                         exclude_registered, cursor, now)  # fmt: skip
         page, more = self._top_page(gsi1pk, float(min_score), exclude_registered, after, now_epoch, limit)
         if not more:
             return CandidatePage(items=page, next_cursor=None)
@@ -360,12 +376,8 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         now: datetime | None = None,
     ) -> ServedPage:
         """`top_candidates_for_channel` as served JSON; the position is its cursor (one string)."""
-        if limit <= 0:
-            raise ValueError(f"limit must be positive, got {limit}")
-        gsi1pk = ci.gsi1_pk(program_id, channel, event_id)
-        query_key = f"{gsi1pk}|{float(min_score)!r}|{exclude_registered}"
-        after = decode_cursor(cursor, query_key) if cursor is not None else None
-        now_epoch = ci.epoch_seconds(resolve_now(now))
+        gsi1pk, query_key, after, now_epoch = _top_query(program_id, event_id, channel, min_score, limit,
+                                                         exclude_registered, cursor, now)  # fmt: skip
         items, last = self._served_top_page(gsi1pk, float(min_score), exclude_registered, after, now_epoch, limit)
         return ServedPage(items, None if last is None else [encode_cursor(query_key, *last)])
 
