@@ -24,11 +24,21 @@ def run_module(*args: str) -> str:
 
 def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     out = run_module("eventreach_assets.bench", "--sizes", "3000", "--runs", "1")
-    [row] = [line for line in out.splitlines() if re.match(r"\s+3,000\s", line)]
-    _profiles, extracted, eligible, wall, _per_minute, peak = row.split()[:6]
-    assert int(extracted.replace(",", "")) >= int(eligible.replace(",", "")) > 0
-    assert float(wall) > 0 and float(peak.replace(",", "")) > 0
-    assert all(f"{stage}=" in row for stage in ("extract", "filter", "score", "store", "export"))
+    lines = out.splitlines()
+    [size] = json.loads(lines[-1])["sizes"]
+    assert size["profiles"] == 3000
+    for runner in ("dagster", "bare"):  # the Dagster run and its bare reference, same work, same figures
+        [row] = [line for line in lines if re.match(rf"\s+3,000 {runner}\s", line)]
+        extracted, eligible, wall, _per_minute, peak = row.split()[2:7]
+        assert int(extracted.replace(",", "")) >= int(eligible.replace(",", "")) > 0
+        assert float(wall) > 0 and float(peak.replace(",", "")) > 0
+        assert all(f"{stage}=" in row for stage in ("extract", "filter", "score", "store", "export"))
+        figures = size[runner]
+        assert (figures["extracted"], figures["eligible"]) == (int(extracted.replace(",", "")), int(eligible))
+        assert figures["wall_s"] > 0 and figures["peak_rss_mb"] > 0 and len(figures["walls_s"]) == 1
+    assert size["dagster"]["extracted"] == size["bare"]["extracted"]
+    assert size["dagster_over_bare"] == pytest.approx(size["dagster"]["wall_s"] / size["bare"]["wall_s"], rel=1e-2)
+    assert f"ratio dagster/bare {size['dagster_over_bare']:.2f}" in out
 
 
 def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size():

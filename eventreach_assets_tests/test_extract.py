@@ -1,4 +1,6 @@
+import random
 from datetime import datetime
+from itertools import product
 
 import polars as pl
 
@@ -98,3 +100,55 @@ def test_an_opt_out_on_a_quarantined_newer_row_is_still_honoured():
     result = validate_and_dedupe(raw, REGIONS).candidates.sort("customer_id")
     # A's newest word is "no"; B opted back in after the bad row.
     assert result["marketing_opt_out"].to_list() == [True, False]
+
+
+def sorting_rule(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The dedupe rule written the plain way (what the code did before issue 15): sort each
+    customer's rows newest first by string keys, keep the first valid one, honour the opt-out of
+    the newest row of all. The reference the fast version must match row for row."""
+    order = {"by": ["customer_id", *extract.DEDUPE_ORDER], "descending": [False, *extract.DEDUPE_DESCENDING]}
+    frame = raw.with_columns(reason=extract.invalid_reason(REGIONS))
+    newest_word = (
+        frame.filter(pl.col("customer_id").is_not_null())
+        .sort(**order, nulls_last=True)
+        .group_by("customer_id", maintain_order=True)
+        .agg(_word=pl.col("marketing_opt_out").first().fill_null(False))
+    )
+    ranked = frame.filter(pl.col("reason").is_null()).sort(**order, nulls_last=True)
+    kept = ranked.filter(pl.col("customer_id").is_first_distinct()).join(newest_word, on="customer_id", how="left")
+    candidates = extract.to_candidate_model(
+        kept.with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_word")).lazy()
+    ).collect()
+    superseded = ranked.filter(~pl.col("customer_id").is_first_distinct())
+    quarantine = pl.concat([frame.filter(pl.col("reason").is_not_null()), superseded.with_columns(reason=pl.lit("x"))])
+    return candidates, quarantine.with_columns(reason=pl.col("reason").replace("x", extract.DUPLICATE_SUPERSEDED))
+
+
+def test_dedupe_keeps_exactly_what_the_sorting_rule_keeps_on_ties_nulls_and_quarantined_newest_rows():
+    keys = list(  # ties on every key, nulls, NaN and out-of-range scores, bad tags; never a full tie
+        product([datetime(2026, 3, 1), datetime(2026, 4, 1), None], [0.5, 0.9, None, float("nan"), float("-inf"), 1.5],
+                ["devops", "ai,devops", None, "a", "{{bad"])
+    )  # fmt: skip
+    pick = random.Random(15)
+    rows = [
+        {"customer_id": customer, "updated_at": updated_at, "engagement_score": score, "interest_tags": tags,
+         "marketing_opt_out": pick.choice([False, True, None]),
+         "timezone": pick.choice(["America/New_York", "America/New_York", "Mars/Olympus"]),
+         "email": f"{customer}-{n}@example.com"}
+        for n, customer in enumerate([f"C{i}" for i in range(60)] + [None, "  "])
+        for updated_at, score, tags in pick.sample(keys, pick.randint(1, 9))
+    ]  # fmt: skip
+    rows += [  # a null score is older than -inf: this customer's newest word is "yes"
+        {"customer_id": "N", "updated_at": datetime(2026, 4, 1), "engagement_score": float("-inf"), "email": "n1"},
+        {"customer_id": "N", "updated_at": datetime(2026, 4, 1), "engagement_score": None, "marketing_opt_out": True,
+         "email": "n2"},
+        {"customer_id": "N", "updated_at": datetime(2026, 3, 1), "email": "n3"},
+    ]  # fmt: skip
+    raw = profiles(*rows).sample(fraction=1.0, shuffle=True, seed=15)
+    expected_candidates, expected_quarantine = sorting_rule(raw)
+    result = validate_and_dedupe(raw, REGIONS)
+    assert result.candidates.height == expected_candidates.height > 30
+    assert result.candidates.sort("customer_id").equals(expected_candidates.sort("customer_id"))
+    by_row = ["email", "updated_at", "engagement_score", "interest_tags"]
+    assert result.quarantine.sort(by_row).equals(expected_quarantine.sort(by_row))
+    assert result.candidates["marketing_opt_out"].any() and not result.candidates["marketing_opt_out"].all()

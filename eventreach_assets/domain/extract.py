@@ -30,6 +30,8 @@ DUPLICATE_SUPERSEDED = "duplicate_customer_id_superseded"
 # choice never depends on the order the warehouse returned rows in.
 DEDUPE_ORDER = ("updated_at", "engagement_score", "interest_tags")
 DEDUPE_DESCENDING = (True, True, False)
+NO_TAGS_RANK = 2**32 - 1  # null tags sort after every tags string
+NULL_UPDATED_AT = -(2**63)  # a null `updated_at` sorts after every datetime
 
 
 @dataclass(frozen=True)
@@ -77,41 +79,82 @@ def to_candidate_model(valid: pl.LazyFrame) -> pl.LazyFrame:
     ).select([pl.col(name).cast(dtype) for name, dtype in CANDIDATE_SCHEMA.items()])
 
 
-def newest_opt_out(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Each customer's opt-out as of their newest row, valid or not.
+def newest_first(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The dedupe keys of every row (with its `_row` number), newest first by the dedupe rule.
+
+    One sort of four null-free numeric keys (polars sorts those fast; nulls or a fifth key take
+    a path ten times slower): the tags string is replaced by its rank among the few distinct tag
+    strings, null scores go last through their own key, a null `updated_at` becomes the smallest
+    int64 (no datetime a warehouse holds). Customer ids are never sorted."""
+    tag_ranks = frame.select(pl.col("interest_tags").unique().drop_nulls().sort()).with_row_index("_tag_rank")
+    updated_at, score = (pl.col(name) for name in DEDUPE_ORDER[:2])
+    return (
+        frame.select("customer_id", "reason", "marketing_opt_out", *DEDUPE_ORDER)
+        .with_row_index("_row")
+        .join(tag_ranks, on="interest_tags", how="left")
+        .sort(
+            [
+                updated_at.cast(pl.Int64).fill_null(NULL_UPDATED_AT),
+                score.is_null().cast(pl.UInt8),
+                score.fill_null(0.0),
+                pl.col("_tag_rank").fill_null(NO_TAGS_RANK),
+            ],
+            descending=[True, False, True, False],
+        )
+    )
+
+
+def dedupe(frame: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """`_newest`, row for row with `frame`: the customer's newest valid row; and the customers
+    whose newest row of all is quarantined and opts out.
 
     An opt-out must be honoured even when it arrives on a row that is quarantined for some
-    other defect (say an unknown timezone): falling back to an older valid row would
-    otherwise resurrect a customer who said no.
+    other defect (say an unknown timezone): falling back to an older valid row would otherwise
+    resurrect a customer who said no. The first row of a customer in newest-first order is
+    their newest, found by hashing customer ids once, not by sorting them. Only customers whose
+    newest row is quarantined (a few) need a second look for their newest valid row.
     """
-    return (
-        frame.filter(pl.col("customer_id").is_not_null())
-        .sort(["customer_id", *DEDUPE_ORDER], descending=[False, *DEDUPE_DESCENDING], nulls_last=True)
-        .group_by("customer_id", maintain_order=True)
-        .agg(_newest_opt_out=pl.col("marketing_opt_out").first().fill_null(False))
+    valid, customer = pl.col("reason").is_null(), pl.col("customer_id")
+    ordered = newest_first(frame).with_columns(_newest_of_all=customer.is_first_distinct()).cache()
+    shadowed = ordered.filter(pl.col("_newest_of_all") & ~valid).select("customer_id", "marketing_opt_out")
+    late_newest = (
+        ordered.filter(valid & ~pl.col("_newest_of_all"))
+        .join(shadowed, on="customer_id", how="semi", maintain_order="left")
+        .filter(customer.is_first_distinct())
+        .select("_row", _late=pl.lit(True))
     )
+    newest = (
+        ordered.join(late_newest, on="_row", how="left")
+        .select("_row", _newest=valid & (pl.col("_newest_of_all") | pl.col("_late").fill_null(False)))
+        .sort("_row")
+        .drop("_row")
+    )
+    opted_out = shadowed.filter(pl.col("marketing_opt_out").fill_null(False)).select(
+        "customer_id", _opted_out=pl.lit(True)
+    )
+    return newest, opted_out
 
 
 def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> ExtractResult:
-    """Split extracted rows into one candidate per customer and a quarantine with reasons."""
+    """Split extracted rows into one candidate per customer and a quarantine with reasons.
+
+    Candidates and quarantined rows keep the order the warehouse returned them in."""
     frame = raw.lazy().with_columns(reason=invalid_reason(known_regions))
-    ranked = (
-        frame.filter(pl.col("reason").is_null())
-        .sort(["customer_id", *DEDUPE_ORDER], descending=[False, *DEDUPE_DESCENDING], nulls_last=True)
-        .with_columns(newest=pl.col("customer_id").is_first_distinct())
-    )
-    invalid = frame.filter(pl.col("reason").is_not_null())
-    superseded = ranked.filter(~pl.col("newest")).drop("newest").with_columns(reason=pl.lit(DUPLICATE_SUPERSEDED))
+    newest, opted_out = dedupe(frame)
+    flagged = pl.concat([frame, newest], how="horizontal").cache()
+    superseded = pl.col("reason").is_null() & ~pl.col("_newest")
     candidates, quarantine, total = pl.collect_all(
         [
             to_candidate_model(
-                ranked.filter(pl.col("newest"))
-                .drop("newest", "reason")
-                .join(newest_opt_out(frame), on="customer_id", how="left", maintain_order="left")
-                .with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_newest_opt_out"))
+                flagged.filter(pl.col("_newest"))
+                .join(opted_out, on="customer_id", how="left", maintain_order="left")
+                .with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_opted_out").fill_null(False))
             ),
-            pl.concat([invalid, superseded]),
+            flagged.filter(pl.col("reason").is_not_null() | superseded)
+            .with_columns(reason=pl.col("reason").fill_null(pl.lit(DUPLICATE_SUPERSEDED)))
+            .drop("_newest"),
             frame.select(pl.len()),
-        ]
+        ],
+        engine="in-memory",  # the default (streaming) sorts these keys three times slower
     )
     return ExtractResult(candidates=candidates, quarantine=quarantine, extracted_rows=int(total.item()))
