@@ -83,15 +83,3 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         assert store.create_table()
         assert not store.create_table()  # idempotent
         yield store
-
-
-# Files that take minutes, collected first so that with `--dist loadfile` the two workers start on them and
-# the short files fill in around them (collected in name order, the lifecycle demo ran alone for minutes at
-# the end of the suite).
-SLOW_FILES = ("test_lifecycle_demo.py", "test_deploy_instance.py", "test_operator_console.py", "test_send_kill.py",
-              "test_hard_kill.py", "test_benchmarks.py")  # fmt: skip
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: position for position, name in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: each file keeps its order
