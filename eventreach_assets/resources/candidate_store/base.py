@@ -194,6 +194,19 @@ def decode_cursor(cursor: str, query_key: str) -> tuple[float, str]:
     return score, customer_id
 
 
+@dataclass(frozen=True)
+class TopQuery:
+    """One page of a channel's top-N on GSI1: live items with score >= min_score in (score desc,
+    customer_id) order, strictly after `after` (a score, customer_id position), at most `limit`."""
+
+    gsi1pk: str
+    min_score: float
+    exclude_registered: bool
+    after: tuple[float, str] | None
+    now_epoch: int
+    limit: int
+
+
 def _top_query(
     program_id: str,
     event_id: str,
@@ -203,15 +216,15 @@ def _top_query(
     exclude_registered: bool,
     cursor: str | None,
     now: datetime | None,
-) -> tuple[str, str, tuple[float, str] | None, int]:
-    """A top-N query's GSI1 key, cursor binding, position after `cursor` and `now` in epoch seconds (the
-    frame and the served reads page the same query)."""
+) -> tuple[TopQuery, str]:
+    """A top-N page's query and its cursor binding (the frame and the served reads page the same query)."""
     if limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
     gsi1pk = ci.gsi1_pk(program_id, channel, event_id)
     query_key = f"{gsi1pk}|{float(min_score)!r}|{exclude_registered}"
     after = decode_cursor(cursor, query_key) if cursor is not None else None
-    return gsi1pk, query_key, after, ci.epoch_seconds(resolve_now(now))
+    now_epoch = ci.epoch_seconds(resolve_now(now))
+    return TopQuery(gsi1pk, float(min_score), exclude_registered, after, now_epoch, limit), query_key
 
 
 def cache_entries(
@@ -344,9 +357,8 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
     ) -> CandidatePage:
         """GSI1: live items of the channel with score >= min_score, score desc then customer_id,
         at most `limit` per page; `next_cursor` is opaque and tied to this query."""
-        gsi1pk, query_key, after, now_epoch = _top_query(program_id, event_id, channel, min_score, limit,
-                                                         exclude_registered, cursor, now)  # fmt: skip
-        page, more = self._top_page(gsi1pk, float(min_score), exclude_registered, after, now_epoch, limit)
+        query, query_key = _top_query(program_id, event_id, channel, min_score, limit, exclude_registered, cursor, now)
+        page, more = self._top_page(query)
         if not more:
             return CandidatePage(items=page, next_cursor=None)
         last = page.row(limit - 1, named=True)
@@ -376,9 +388,8 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         now: datetime | None = None,
     ) -> ServedPage:
         """`top_candidates_for_channel` as served JSON; the position is its cursor (one string)."""
-        gsi1pk, query_key, after, now_epoch = _top_query(program_id, event_id, channel, min_score, limit,
-                                                         exclude_registered, cursor, now)  # fmt: skip
-        items, last = self._served_top_page(gsi1pk, float(min_score), exclude_registered, after, now_epoch, limit)
+        query, query_key = _top_query(program_id, event_id, channel, min_score, limit, exclude_registered, cursor, now)
+        items, last = self._served_top_page(query)
         return ServedPage(items, None if last is None else [encode_cursor(query_key, *last)])
 
     def served_customer_items(
@@ -461,32 +472,15 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         """Delete items and cache entries expired at `now_epoch`; returns how many."""
 
     @abc.abstractmethod
-    def _top_page(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        exclude_registered: bool,
-        after: tuple[float, str] | None,
-        now_epoch: int,
-        limit: int,
-    ) -> tuple[pl.DataFrame, bool]:
-        """Up to `limit` live GSI1 items with score >= min_score in (score desc, customer_id) order,
-        strictly after `after` (a score, customer_id position), and whether more follow."""
+    def _top_page(self, query: TopQuery) -> tuple[pl.DataFrame, bool]:
+        """The query's page (see TopQuery) and whether more follow."""
 
     @abc.abstractmethod
     def _registered_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         """Live items of the event (GSI2PK) whose GSI2 sort key starts "registered#"."""
 
     @abc.abstractmethod
-    def _served_top_page(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        exclude_registered: bool,
-        after: tuple[float, str] | None,
-        now_epoch: int,
-        limit: int,
-    ) -> tuple[list[str], tuple[float, str] | None]:
+    def _served_top_page(self, query: TopQuery) -> tuple[list[str], tuple[float, str] | None]:
         """`_top_page` as served JSON texts, and the (score, customer_id) of the last one when more follow."""
 
     @abc.abstractmethod

@@ -79,6 +79,7 @@ from eventreach_assets.resources.candidate_store.base import (
     CandidateStoreResource,
     RegisteredCustomer,
     ReplacePlanner,
+    TopQuery,
     merged_in_order,
     registered_customers,
 )
@@ -428,25 +429,18 @@ class DynamoDBCandidateStore(CandidateStoreResource):
 
     # -- reads --
 
-    def _gsi1_shard_query(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        after: tuple[float, str] | None,
-        exclude_registered: bool,
-        now: int,
-        page: int,
-    ) -> dict[str, Any]:
+    def _gsi1_shard_query(self, shard_pk: str, query: TopQuery, page: int) -> dict[str, Any]:
         """The Query of one GSI1 shard's live items with score >= min, score descending (ties in any order)."""
+        min_score, after, now = query.min_score, query.after, query.now_epoch
         names = ["gsi1pk", ci.GSI1_SORT_KEY, "expires_at"]
         values: dict[str, Any] = {
-            ":pk": {"S": gsi1pk},
+            ":pk": {"S": shard_pk},
             ":min": {"N": number_value(float(min_score))},
             ":now": {"N": str(now)},
         }
         key = "#gsi1pk = :pk AND #score >= :min"
         filters = ["#expires_at > :now"]
-        if exclude_registered:
+        if query.exclude_registered:
             names.append("status")
             filters.append("#status <> :registered")
             values[":registered"] = {"S": ci.STATUS_REGISTERED}
@@ -466,22 +460,13 @@ class DynamoDBCandidateStore(CandidateStoreResource):
             "Limit": page,
         }
 
-    def _top_items(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        exclude_registered: bool,
-        after: tuple[float, str] | None,
-        now_epoch: int,
-        limit: int,
-    ) -> tuple[list[dict[str, Any]], bool]:
+    def _top_items(self, query: TopQuery) -> tuple[list[dict[str, Any]], bool]:
         """Up to `limit` items of the (score desc, customer_id) order after `after`, and whether more follow."""
-        shard_pks = ci.shard_keys(gsi1pk, self.gsi_shards)
+        limit = query.limit
+        shard_pks = ci.shard_keys(query.gsi1pk, self.gsi_shards)
         # Each shard's expected share of the page plus a little; `_query` doubles it if more is needed.
         per_shard = min(1000, -(-(limit + 1) // len(shard_pks)) + 2)
-        queries = [
-            self._gsi1_shard_query(pk, min_score, after, exclude_registered, now_epoch, per_shard) for pk in shard_pks
-        ]
+        queries = [self._gsi1_shard_query(pk, query, per_shard) for pk in shard_pks]
         # Every shard's first page at once (one round trip of latency), later pages only on demand.
         streams = self._shard_streams(queries)
         # Merged by score desc; keep reading to the end of the (limit+1)-th item's equal-score run.
@@ -494,28 +479,12 @@ class DynamoDBCandidateStore(CandidateStoreResource):
         collected.sort(key=lambda it: (-float(it[ci.GSI1_SORT_KEY]["N"]), it["customer_id"]["S"]))
         return collected[:limit], len(collected) > limit
 
-    def _top_page(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        exclude_registered: bool,
-        after: tuple[float, str] | None,
-        now_epoch: int,
-        limit: int,
-    ) -> tuple[pl.DataFrame, bool]:
-        items, more = self._top_items(gsi1pk, min_score, exclude_registered, after, now_epoch, limit)
+    def _top_page(self, query: TopQuery) -> tuple[pl.DataFrame, bool]:
+        items, more = self._top_items(query)
         return items_frame(items), more
 
-    def _served_top_page(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        exclude_registered: bool,
-        after: tuple[float, str] | None,
-        now_epoch: int,
-        limit: int,
-    ) -> tuple[list[str], tuple[float, str] | None]:
-        items, more = self._top_items(gsi1pk, min_score, exclude_registered, after, now_epoch, limit)
+    def _served_top_page(self, query: TopQuery) -> tuple[list[str], tuple[float, str] | None]:
+        items, more = self._top_items(query)
         texts = [item_json_from_values(plain_values(item)) for item in items]
         if not more:
             return texts, None

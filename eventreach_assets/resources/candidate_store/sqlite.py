@@ -27,6 +27,7 @@ from eventreach_assets.resources.candidate_store.base import (
     CandidateStoreResource,
     RegisteredCustomer,
     ReplacePlanner,
+    TopQuery,
     registered_customers,
 )
 from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
@@ -292,46 +293,33 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             ci.prefix_upper_bound(prefix),
         )
 
-    def _top_page(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        exclude_registered: bool,
-        after: tuple[float, str] | None,
-        now_epoch: int,
-        limit: int,
-    ) -> tuple[pl.DataFrame, bool]:
+    @staticmethod
+    def _top_params(query: TopQuery) -> dict[str, object]:
         params: dict[str, object] = {
-            "pk": gsi1pk,
-            "min_score": min_score,
-            "now": now_epoch,
-            "limit": limit + 1,  # one more tells whether another page exists
+            "pk": query.gsi1pk,
+            "min_score": query.min_score,
+            "now": query.now_epoch,
+            "limit": query.limit + 1,  # one more tells whether another page exists
         }
-        if after is not None:
-            params["last_score"], params["last_customer"] = after
+        if query.after is not None:
+            params["last_score"], params["last_customer"] = query.after
+        return params
+
+    def _top_page(self, query: TopQuery) -> tuple[pl.DataFrame, bool]:
+        where = self._top_sql(query.exclude_registered, query.after is not None)
         with self._connect() as conn:
-            page = self._read_items(conn, self._top_sql(exclude_registered, after is not None), params)
-        return page.head(limit), page.height > limit
+            page = self._read_items(conn, where, self._top_params(query))
+        return page.head(query.limit), page.height > query.limit
 
     # The serving reads fetch the stored JSON text and the position only: plain sqlite3 rows,
     # because a polars frame per page cost ~2 ms of CPU, ten times the query itself.
 
-    def _served_top_page(
-        self,
-        gsi1pk: str,
-        min_score: float,
-        exclude_registered: bool,
-        after: tuple[float, str] | None,
-        now_epoch: int,
-        limit: int,
-    ) -> tuple[list[str], tuple[float, str] | None]:
-        params: dict[str, object] = {"pk": gsi1pk, "min_score": min_score, "now": now_epoch, "limit": limit + 1}
-        if after is not None:
-            params["last_score"], params["last_customer"] = after
-        where = self._top_sql(exclude_registered, after is not None)
+    def _served_top_page(self, query: TopQuery) -> tuple[list[str], tuple[float, str] | None]:
+        where = self._top_sql(query.exclude_registered, query.after is not None)
         sql = f"SELECT {ITEM_JSON}, score, customer_id FROM {_ITEMS} WHERE {where}"
         with self._connect() as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql, self._top_params(query)).fetchall()
+        limit = query.limit
         if len(rows) <= limit:
             return [row[0] for row in rows], None
         return [row[0] for row in rows[:limit]], (rows[limit - 1][1], rows[limit - 1][2])
