@@ -321,8 +321,11 @@ def provider_calls(reference: str, calls: int, wiring: Wiring) -> int:
         def call(number: int) -> Any:
             return client.publish(TopicArn=channel.topic_arn, Message=f"Reminder {number}: the summit starts soon")
 
-    with ThreadPoolExecutor(wiring.concurrency) as pool:
-        return sum(1 for _ in pool.map(call, range(calls)))
+    try:
+        with ThreadPoolExecutor(wiring.concurrency) as pool:
+            return sum(1 for _ in pool.map(call, range(calls)))
+    finally:
+        channel.close()  # made for the identity or topic only; its pools are closed like every channel's
 
 
 def measure(scenario: str, messages: int, work: Path, wiring: Wiring) -> dict[str, Any]:
