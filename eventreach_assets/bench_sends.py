@@ -67,7 +67,7 @@ BARE = {
     REFERENCE: "reference: render + wire bytes only",
     MOTO_REFERENCE: "reference: bare conditional PutItems/s on moto (the ledger makes ~3 writes a message)",
     "ses-calls": "reference: bare SES v2 SendEmail/s on moto (the stand-in's ceiling here)",
-    "sns-calls": "reference: bare SNS Publish/s on moto (the stand-in's ceiling here)",
+    "sns-calls": "reference: bare SNS messages/s on moto in PublishBatch calls of 10 (the stand-in's ceiling here)",
 }
 SCENARIOS = ("outbox+sqlite", "outbox+dynamodb", "smtp+sqlite", "ses+sqlite", "webhook+sqlite", "sns+sqlite",
              "ses+dynamodb")  # fmt: skip
@@ -295,9 +295,10 @@ def moto_writes(writes: int, endpoint: str | None) -> int:
 
 
 def provider_calls(reference: str, calls: int, wiring: Wiring) -> int:
-    """The reference for the `ses+` and `sns+` rows: `calls` bare SendEmail (one rendered invitation's
-    wire bytes) or Publish calls from `wiring.concurrency` threads on one client, nothing else: what the
-    stand-in and boto3 allow on this machine. Returns the calls answered."""
+    """The reference for the `ses+` and `sns+` rows: `calls` messages as bare SendEmail calls (one rendered
+    invitation's wire bytes) or PublishBatch calls of the channel's batch size, with as many messages in
+    flight as the channel (`wiring.concurrency`), on one client, nothing else: what the stand-in and boto3
+    allow on this machine. Returns the messages answered."""
     from concurrent.futures import ThreadPoolExecutor
 
     from eventreach_assets.resources import aws
@@ -314,16 +315,21 @@ def provider_calls(reference: str, calls: int, wiring: Wiring) -> int:
         def call(number: int) -> Any:
             destination = {"ToAddresses": [f"c{number:09d}@example.invalid"]}
             return client.send_email(FromEmailAddress=SENDER, Destination=destination, Content={"Raw": {"Data": data}})
+        threads, per_call = wiring.concurrency, 1
     else:
         client = aws.aws_client("sns", region_name=REGION, endpoint_url=wiring.endpoint,
                                 max_pool_connections=wiring.concurrency)  # fmt: skip
+        per_call = channel.batch_size  # PublishBatch entries, as the channel sends them
+        threads = max(1, wiring.concurrency // per_call)  # the same messages in flight
 
         def call(number: int) -> Any:
-            return client.publish(TopicArn=channel.topic_arn, Message=f"Reminder {number}: the summit starts soon")
+            entries = [{"Id": f"m{entry}", "Message": f"Reminder {number}.{entry}: the summit starts soon"}
+                       for entry in range(per_call)]  # fmt: skip
+            return client.publish_batch(TopicArn=channel.topic_arn, PublishBatchRequestEntries=entries)
 
     try:
-        with ThreadPoolExecutor(wiring.concurrency) as pool:
-            return sum(1 for _ in pool.map(call, range(calls)))
+        with ThreadPoolExecutor(threads) as pool:
+            return per_call * sum(1 for _ in pool.map(call, range(-(-calls // per_call))))
     finally:
         channel.close()  # made for the identity or topic only; its pools are closed like every channel's
 

@@ -377,6 +377,7 @@ class AwsStandIn:
         self.throttle_left = 0
         self.refusal: tuple[int, str, str] | None = None  # (status, code, message) for every send
         self.sends = 0
+        self.calls = 0  # PublishBatch calls
         self.accepted: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.endpoint = ""
@@ -421,6 +422,8 @@ def _aws_handler(stand_in: AwsStandIn) -> type[http.server.BaseHTTPRequestHandle
                 status, code, message = refused
                 return self._answer(status, json.dumps({"message": message}).encode(), "application/json", code)
             form = {name: values[0] for name, values in parse_qs(raw.decode()).items()}
+            if form["Action"] == "PublishBatch":
+                return self._publish_batch(form)
             refused = stand_in.send_answer(form["TargetArn"], ("Throttled", "Rate exceeded"))
             if refused is None:
                 result = f"<PublishResult><MessageId>{uuid.uuid4()}</MessageId></PublishResult>"
@@ -429,6 +432,35 @@ def _aws_handler(stand_in: AwsStandIn) -> type[http.server.BaseHTTPRequestHandle
             status, code, message = refused
             error = f"<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
             self._answer(status, f"<ErrorResponse>{error}<RequestId>r</RequestId></ErrorResponse>".encode(), "text/xml")
+
+        def _publish_batch(self, form: dict[str, str]) -> None:
+            """SNS PublishBatch (query protocol): the whole call throttled like a Publish, else every entry
+            accepted and counted under its `recipient` attribute."""
+            entries = sorted(
+                (key.split(".")[2], form[key.replace(".Name", ".Value.StringValue")])
+                for key, value in form.items()
+                if key.startswith("PublishBatchRequestEntries.member.")
+                and key.endswith(".Name")
+                and value == "recipient"
+            )
+            with stand_in.lock:
+                stand_in.calls += 1
+            refused = stand_in.send_answer("", ("Throttled", "Rate exceeded")) if stand_in.throttle_left else None
+            if refused is not None:
+                stand_in.accepted.pop("", None)
+                status, code, message = refused
+                error = f"<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+                body = f"<ErrorResponse>{error}<RequestId>r</RequestId></ErrorResponse>"
+                return self._answer(status, body.encode(), "text/xml")
+            members = ""
+            for member, recipient in entries:
+                with stand_in.lock:
+                    stand_in.accepted[recipient] += 1
+                entry_id = form[f"PublishBatchRequestEntries.member.{member}.Id"]
+                members += f"<member><Id>{entry_id}</Id><MessageId>{uuid.uuid4()}</MessageId></member>"
+            result = f"<PublishBatchResult><Successful>{members}</Successful><Failed/></PublishBatchResult>"
+            body = f'<PublishBatchResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">{result}</PublishBatchResponse>'
+            self._answer(200, body.encode(), "text/xml")
 
         def _answer(self, status: int, body: bytes, content_type: str, error_type: str | None = None) -> None:
             self.send_response(status)
@@ -540,6 +572,23 @@ def test_sns_throttled_publishes_are_retried_and_land_once(aws_stand_in: AwsStan
     send_all(channel, [push_message(f"c{i}", arn) for i, arn in enumerate(arns)])
     assert aws_stand_in.accepted == dict.fromkeys(arns, 1)
     assert aws_stand_in.sends == 22
+    assert channel.throttled_count() == 2
+
+
+@pytest.mark.integration
+def test_sns_topic_publishes_go_ten_per_call_and_a_throttled_batch_is_retried_whole(
+    aws_stand_in: AwsStandIn,
+) -> None:
+    aws_stand_in.throttle_left = 2
+    topic_arn = f"arn:aws:sns:{REGION}:123456789012:eventreach-push"
+    channel = SnsPush(region_name=REGION, endpoint_url=aws_stand_in.endpoint, topic_arn=topic_arn)
+    fake_time(channel)
+    assert channel.batch_size == 10
+    messages = [push_message(f"c{i}", f"customer-c{i}") for i in range(25)]
+    answers = [answer for start in range(0, 25, 10) for answer in channel.send_many(messages[start : start + 10])]
+    assert aws_stand_in.accepted == {f"customer-c{i}": 1 for i in range(25)}  # each once, after the throttling
+    assert aws_stand_in.calls == 2 + 3  # two throttled answers, then 10 + 10 + 5 entries
+    assert len(set(answers)) == 25 and all(isinstance(answer, str) for answer in answers)
     assert channel.throttled_count() == 2
 
 

@@ -39,6 +39,14 @@ class FakeClock:
         self.now += seconds
 
 
+def test_a_batch_call_takes_a_token_per_message() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(20.0, clock=clock, sleep=clock.sleep)
+    bucket.acquire(10)  # one PublishBatch of ten: the burst of 2, then 8 more at 20/s
+    bucket.acquire(1)
+    assert clock.sleeps == pytest.approx([0.4, 0.05])
+
+
 def test_token_bucket_spaces_sends_after_its_burst() -> None:
     clock = FakeClock()
     bucket = TokenBucket(20.0, clock=clock, sleep=clock.sleep)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import email
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import policy
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
 
 import boto3
 import dagster as dg
@@ -268,6 +271,39 @@ def test_sns_publishes_to_a_platform_endpoint_and_to_a_topic(aws_endpoint: str) 
         channel.send(push_message("c1", endpoint_arn))
     with pytest.raises(PermanentSendError):
         SnsPush(region_name=REGION, endpoint_url=aws_endpoint).send(push_message("c3", "customer-c3"))
+
+
+@pytest.mark.integration
+def test_sns_topic_batches_land_each_message_once_and_an_oversized_one_is_refused_alone(aws_endpoint: str) -> None:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.sns.models import sns_backends
+
+    sns = boto3.client("sns", region_name=REGION, endpoint_url=aws_endpoint)
+    topic_arn = sns.create_topic(Name="eventreach-push-batches")["TopicArn"]
+    channel = SnsPush(region_name=REGION, endpoint_url=aws_endpoint, topic_arn=topic_arn)
+    operations: list[str] = []  # the SNS calls that leave for the server
+
+    def record(request: Any, **_: Any) -> None:
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body
+        operations.append(parse_qs(body)["Action"][0])
+
+    events = channel._client().meta.events  # the client is shared: the hook goes again after the sends
+    events.register("before-send.sns", record, unique_id="count-sns-calls")
+    messages = [push_message(f"c{i}", f"customer-c{i}") for i in range(12)]
+    oversized = replace(push_message("c99", "customer-c99"), body_text="x" * 262_145)  # over SNS's 256 KiB
+    try:
+        answers = channel.send_many([*messages[:5], oversized, *messages[5:9]]) + channel.send_many(messages[9:])
+    finally:
+        events.unregister("before-send.sns", unique_id="count-sns-calls")
+
+    notifications = sns_backends[DEFAULT_ACCOUNT_ID][REGION].topics[topic_arn].sent_notifications
+    published = {attributes["recipient"]["Value"]: json.loads(text) for _, text, _, attributes, _ in notifications}
+    assert len(notifications) == 12 and set(published) == {f"customer-c{i}" for i in range(12)}
+    assert published["customer-c7"]["idempotency_key"] == "ev-1:push:reminder:c7"
+    assert isinstance(answers[5], PermanentSendError) and "InvalidParameter" in str(answers[5])
+    assert len({answer for answer in answers if isinstance(answer, str)}) == 12
+    # 5 entries, the oversized one alone (the batch's size limit), 4, then 3: four calls
+    assert operations == ["PublishBatch"] * 4
 
 
 # ---- in-app: webhook -----------------------------------------------------------------------

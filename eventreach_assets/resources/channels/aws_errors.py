@@ -93,10 +93,17 @@ def channel_client(
 def aws_send_error(error: ClientError, provider: str) -> SendError:
     """Classify an AWS error: throttling slows down and retries, 5xx is transient, account/credential
     problems stop the channel, the rest is this message's."""
-    code = str(error.response.get("Error", {}).get("Code", ""))
-    text = str(error.response.get("Error", {}).get("Message", ""))[:300]
-    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    reason = f"{provider} {code or status}: {text}"
+    return aws_error_of(
+        str(error.response.get("Error", {}).get("Code", "")),
+        str(error.response.get("Error", {}).get("Message", "")),
+        int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0),
+        provider,
+    )
+
+
+def aws_error_of(code: str, text: str, status: int, provider: str) -> SendError:
+    """`aws_send_error`'s rule on the parts of an error: also for the failed entries of a batch call."""
+    reason = f"{provider} {code or status}: {text[:300]}"
     if code in AWS_UNAVAILABLE:
         return ChannelUnavailableError(reason)
     if code in AWS_THROTTLING or status == 429:
@@ -111,12 +118,20 @@ def send_through_aws(
     call: Callable[[], dict[str, Any]],
     classify: Callable[[ClientError], SendError] | None = None,
 ) -> str:
-    """The MessageId `call()` answers; a ClientError classified (by `classify`, else `aws_send_error`),
-    anything else botocore raises (no region, connection lost, timeout, retries spent) transient."""
+    """The MessageId `call()` answers; errors as `aws_call` says."""
+    return str(aws_call(provider, call, classify)["MessageId"])
+
+
+def aws_call(
+    provider: str,
+    call: Callable[[], dict[str, Any]],
+    classify: Callable[[ClientError], SendError] | None = None,
+) -> dict[str, Any]:
+    """What `call()` answers; a ClientError classified (by `classify`, else `aws_send_error`), anything
+    else botocore raises (no region, connection lost, timeout, retries spent) transient."""
     try:
-        response = call()
+        return call()
     except ClientError as error:
         raise (classify(error) if classify else aws_send_error(error, provider)) from None
     except BotoCoreError as error:
         raise TransientSendError(f"{provider}: {type(error).__name__}") from None
-    return str(response["MessageId"])

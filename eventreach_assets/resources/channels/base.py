@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -46,6 +46,8 @@ from eventreach_assets.domain.delivery import (
 )
 from eventreach_assets.domain.email_wire import email_wire_bytes, message_id, to_email_message
 from eventreach_assets.resources.channels.pacing import PacingStats, TokenBucket, throttle_backoff
+
+Answer = TypeVar("Answer")
 
 __all__ = [
     "ChannelResource",
@@ -91,12 +93,17 @@ class ChannelResource(dg.ConfigurableResource, abc.ABC):
     def send(self, message: OutboundMessage) -> str:
         """Encode (a message that cannot be encoded fails before it waits), pace, deliver; slow down when throttled."""
         payload = self.encode(message)
+        return self._paced(lambda: self._deliver(message, payload))
+
+    def _paced(self, deliver: Callable[[], Answer], messages: int = 1) -> Answer:
+        """`deliver()` once the bucket allows `messages` more; a "too fast" answer slows the bucket down and
+        is retried after a backoff, up to `max_throttle_retries` times, then it is a TransientSendError."""
         bucket = self._pacer()
         reason = ""
         for attempt in range(self.max_throttle_retries + 1):
-            bucket.acquire()
+            bucket.acquire(messages)
             try:
-                return self._deliver(message, payload)
+                return deliver()
             except ThrottledSendError as throttled:
                 bucket.throttled()
                 reason = str(throttled)

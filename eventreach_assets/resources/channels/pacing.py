@@ -86,15 +86,16 @@ class TokenBucket:
     def burst(self) -> float:
         return self._burst
 
-    def acquire(self) -> float:
-        """Wait until this caller may send; the seconds it waited (0 when a token was ready)."""
+    def acquire(self, tokens: int = 1) -> float:
+        """Wait until this caller may send `tokens` messages (one batch call: SNS PublishBatch); the seconds
+        it waited (0 when the tokens were ready)."""
         with self._lock:
             now = self._clock()
             self._advance(now)
-            self._count_send(now)
+            self._count_send(now, tokens)
             if self._rate is None:
                 return 0.0
-            self._tokens -= 1.0
+            self._tokens -= tokens
             wait = -self._tokens / self._rate if self._tokens < 0 else 0.0
         if wait > 0:
             self._sleep(wait)
@@ -140,9 +141,9 @@ class TokenBucket:
                 return
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
 
-    def _count_send(self, now: float) -> None:
+    def _count_send(self, now: float, messages: int) -> None:
         """Sends per second over the last whole second: an unlimited bucket's ceiling once throttled."""
-        self._window_count += 1
+        self._window_count += messages
         if now - self._window_start >= 1.0:
             self._last_window_rate = self._window_count / (now - self._window_start)
             self._window_start, self._window_count = now, 0
