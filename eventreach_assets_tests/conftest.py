@@ -22,6 +22,16 @@ AS_OF = datetime(2026, 11, 23, 2, 0)  # a Monday, 02:00 UTC: when the weekly bat
 SMALL_PROFILES = 40_000
 
 
+@pytest.hookimpl(optionalhook=True)  # only with pytest-xdist (`-n`); `-n 0` or `-p no:xdist` never call it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, longest files first (eventreach_assets_tests/scheduling.py); other modes as xdist has them."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from eventreach_assets_tests.scheduling import SlowFilesFirst
+
+    return SlowFilesFirst(config, log)
+
+
 @dataclass
 class Deployment:
     home: Path
