@@ -30,6 +30,7 @@ EXPECTED_SECONDS: dict[str, float] = {
     "eventreach_assets_tests/test_send_kill.py": 92,
     "eventreach_assets_tests/test_benchmarks.py": 70,
     "eventreach_assets_tests/test_operator_console.py": 59,
+    "eventreach_assets_tests/test_campaign_flow.py": 60,
 }
 DURATION_LINE = re.compile(r"^\s*([0-9.]+)s (?:setup|call|teardown)\s+(\S+?\.py)::")
 
