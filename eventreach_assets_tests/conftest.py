@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,22 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 AS_OF = datetime(2026, 11, 23, 2, 0)  # a Monday, 02:00 UTC: when the weekly batch runs
 SMALL_PROFILES = 40_000
+
+
+@pytest.hookimpl(optionalhook=True)  # only with pytest-xdist (`-n`); `-n 0` or `-p no:xdist` never call it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, longest files first (eventreach_assets_tests/scheduling.py); other modes as xdist has them."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from eventreach_assets_tests.scheduling import SlowFilesFirst
+
+    return SlowFilesFirst(config, log)
+
+
+@dataclass(frozen=True)
+class BatchedSnapshot:
+    root: Path  # home/ (the data dir) and dagster_home/ (the instance) after the batch
+    event_id: str  # the event the batch ran for
 
 
 @dataclass
@@ -47,6 +64,37 @@ def deployment(tmp_path: Path, small_warehouse: tuple[Path, SeedSummary]) -> Ite
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
         yield Deployment(home, summary, build_definitions(home=home, fixed_now=AS_OF.isoformat()), instance)
+
+
+@pytest.fixture(scope="session")
+def batched_snapshot(
+    tmp_path_factory: pytest.TempPathFactory, small_warehouse: tuple[Path, SeedSummary]
+) -> BatchedSnapshot:
+    """The weekly batch of the first event (`run_weekly_batch`, limit=1, at AS_OF) run once per worker:
+    its data dir and Dagster instance, which `batched_deployment` copies for each test that sends."""
+    from eventreach_assets.demo.run import run_weekly_batch
+
+    root = tmp_path_factory.mktemp("batched")
+    (root / "home").mkdir()
+    (root / "home" / "warehouse.duckdb").symlink_to(small_warehouse[0])
+    (root / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
+        reports, _ = run_weekly_batch(root / "home", instance, fixed_now=AS_OF.isoformat(), limit=1)
+    return BatchedSnapshot(root, reports[0].event_id)
+
+
+@pytest.fixture
+def batched_deployment(
+    tmp_path: Path, batched_snapshot: BatchedSnapshot, small_warehouse: tuple[Path, SeedSummary]
+) -> Iterator[Deployment]:
+    """A deployment of its own (data dir and Dagster instance copied from `batched_snapshot`) right after
+    the weekly batch: what the `deployment` fixture plus `run_weekly_batch(..., limit=1)` leave, without the
+    ~20 s batch per test. The warehouse stays the shared one (a symlink, as in `deployment`)."""
+    for part in ("home", "dagster_home"):
+        shutil.copytree(batched_snapshot.root / part, tmp_path / part, symlinks=True)
+    home = tmp_path / "home"
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        yield Deployment(home, small_warehouse[1], build_definitions(home=home, fixed_now=AS_OF.isoformat()), instance)
 
 
 @pytest.fixture(scope="session")

@@ -17,12 +17,12 @@ from pydantic import PrivateAttr
 
 from eventreach_assets.assets.campaigns import NEXT_DUE_AT, REASON, email_invitations, in_app_invitations
 from eventreach_assets.definitions import build_definitions
-from eventreach_assets.demo.run import MAX_WAVES, run_waves, run_weekly_batch
+from eventreach_assets.demo.run import MAX_WAVES, run_waves
 from eventreach_assets.deployments import campaign_services, resources_for
 from eventreach_assets.domain.campaigns import ALL_INVITED, SOLD_OUT, to_local
 from eventreach_assets.domain.delivery import OutboundMessage
 from eventreach_assets.resources.channels import LocalOutboxEmail
-from eventreach_assets_tests.conftest import AS_OF, Deployment
+from eventreach_assets_tests.conftest import AS_OF, BatchedSnapshot, Deployment
 
 pytestmark = pytest.mark.integration
 PROGRAM = "event-invitations"
@@ -93,9 +93,15 @@ def sent_rows(deployment: Deployment, event_id: str) -> pl.DataFrame:
 
 
 @pytest.fixture
-def batch(deployment: Deployment) -> str:
-    reports, _ = run_weekly_batch(deployment.home, deployment.instance, fixed_now=AS_OF.isoformat(), limit=1)
-    return reports[0].event_id
+def deployment(batched_deployment: Deployment) -> Deployment:
+    """Every test here starts right after the weekly batch of one event: a copy of the session's batch."""
+    return batched_deployment
+
+
+@pytest.fixture
+def batch(batched_snapshot: BatchedSnapshot) -> str:
+    """The event the batch ran for (`run_weekly_batch(..., limit=1)` at AS_OF)."""
+    return batched_snapshot.event_id
 
 
 def test_email_invitations_go_out_once_with_calendar_invite(deployment: Deployment, batch: str):

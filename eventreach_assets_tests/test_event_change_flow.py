@@ -13,6 +13,7 @@ import json
 from datetime import datetime, timedelta
 from email import policy
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import dagster as dg
@@ -23,12 +24,13 @@ import pytest
 
 from eventreach_assets.assets.campaigns import REASON
 from eventreach_assets.definitions import build_definitions
-from eventreach_assets.demo.run import run_waves, run_weekly_batch
+from eventreach_assets.demo.run import run_waves
 from eventreach_assets.resources.campaign_services import EVENT_CANCELLED
-from eventreach_assets_tests.conftest import AS_OF, Deployment
+from eventreach_assets_tests.conftest import AS_OF, BatchedSnapshot, Deployment
 from eventreach_assets_tests.test_lifecycle import evaluate
 
 pytestmark = pytest.mark.integration
+HEADERS = BytesHeaderParser(policy=policy.default)
 
 
 def at(deployment: Deployment, now: datetime) -> dg.Definitions:
@@ -51,15 +53,22 @@ def metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
     return {key: value.value for key, value in event.materialization.metadata.items()}
 
 
+def is_kind(campaign: str, kind: str) -> bool:
+    """Whether an X-EventReach-Campaign header names this message kind (invitations: channel, no kind)."""
+    return f":{kind}:" in campaign or (
+        kind == "invitation" and campaign.split(":")[1] == "email" and campaign.count(":") == 4
+    )
+
+
 def emails(deployment: Deployment, kind: str) -> list[EmailMessage]:
-    """The .eml files of one message kind in the outbox, parsed from their bytes."""
-    parsed = [
-        email.message_from_bytes(path.read_bytes(), policy=policy.default)
-        for path in sorted((deployment.home / "outbox" / "email").glob("*.eml"))
-    ]
-    return [m for m in parsed if f":{kind}:" in str(m["X-EventReach-Campaign"]) or (
-        kind == "invitation" and str(m["X-EventReach-Campaign"]).split(":")[1] == "email"
-        and str(m["X-EventReach-Campaign"]).count(":") == 4)]  # fmt: skip
+    """The .eml files of one message kind in the outbox, parsed from their bytes (the headers of each
+    file pick the kind; only those files are parsed whole: the outbox holds every invitation)."""
+    chosen = []
+    for path in sorted((deployment.home / "outbox" / "email").glob("*.eml")):
+        raw = path.read_bytes()
+        if is_kind(str(HEADERS.parsebytes(raw)["X-EventReach-Campaign"]), kind):
+            chosen.append(email.message_from_bytes(raw, policy=policy.default))
+    return chosen
 
 
 def pushes(deployment: Deployment, kind: str) -> list[dict]:
@@ -77,15 +86,19 @@ def event_of(message: EmailMessage) -> icalendar.Event:
 
 
 @pytest.fixture
-def batched(deployment: Deployment, tmp_path: Path) -> str:
-    """The first event with a private copy of the warehouse (these tests change its catalog) and
-    the weekly batch run."""
+def deployment(batched_deployment: Deployment) -> Deployment:
+    """Every test here starts right after the weekly batch of one event: a copy of the session's batch."""
+    return batched_deployment
+
+
+@pytest.fixture
+def batched(deployment: Deployment, batched_snapshot: BatchedSnapshot, tmp_path: Path) -> str:
+    """The first event, batched, with a private copy of the warehouse (these tests change its catalog)."""
     private = tmp_path / "warehouse.duckdb"
     private.write_bytes((deployment.home / "warehouse.duckdb").read_bytes())
     (deployment.home / "warehouse.duckdb").unlink()
     (deployment.home / "warehouse.duckdb").symlink_to(private)
-    reports, _ = run_weekly_batch(deployment.home, deployment.instance, fixed_now=AS_OF.isoformat(), limit=1)
-    return reports[0].event_id
+    return batched_snapshot.event_id
 
 
 def send_invitations(deployment: Deployment, event_id: str, until: datetime | None = None) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+from dagster._core.execution.resources_init import get_transitive_required_resource_keys
 from dagster._utils.schedules import cron_string_iterator  # the daemon's own cron arithmetic
 
 from eventreach_assets.definitions import build_definitions
@@ -63,6 +64,13 @@ def fire_times(cron: str, timezone: str, after: datetime, until: datetime) -> It
             return
         if fired > after:
             yield fired
+
+
+def required_resources(defs: dg.Definitions, required: set[str]) -> dict[str, Any]:
+    """The resources a sensor or schedule uses (and theirs), as the code server builds them per tick: not all."""
+    top_level = defs.get_repository_def().get_top_level_resources()
+    keys = get_transitive_required_resource_keys(required, top_level)
+    return {key: resource for key, resource in top_level.items() if key in keys}
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
@@ -133,7 +141,7 @@ class LifecyclePlayer:
             sensor_def = defs.resolve_sensor_def(sensor.name)
             with dg.build_sensor_context(
                 instance=self.instance, cursor=self.state.cursors.get(sensor.name), sensor_name=sensor.name,
-                resources=defs.resources, definitions=defs,
+                resources=required_resources(defs, sensor_def.required_resource_keys), definitions=defs,
             ) as context:  # fmt: skip
                 data = sensor_def.evaluate_tick(context)
             for request in data.dynamic_partitions_requests or []:
@@ -150,7 +158,8 @@ class LifecyclePlayer:
             for fired in fire_times(schedule_def.cron_schedule, timezone, previous, now):
                 with dg.build_schedule_context(
                     instance=self.instance, scheduled_execution_time=fired.replace(tzinfo=UTC),
-                    resources=defs.resources, repository_def=defs.get_repository_def(),
+                    resources=required_resources(defs, schedule_def.required_resource_keys),
+                    repository_def=defs.get_repository_def(),
                 ) as context:  # fmt: skip
                     data = schedule_def.evaluate_tick(context)
                 self.launch(defs, schedule_def.name, schedule_def.job_name, data.run_requests or [], now)
