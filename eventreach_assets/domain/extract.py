@@ -7,6 +7,7 @@ quarantine frame with a reason code, so "why is customer X missing?" has an answ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from zoneinfo import available_timezones
 
 import polars as pl
@@ -182,3 +183,23 @@ def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[st
 
     Candidates and quarantined rows keep the order the warehouse returned them in."""
     return dedupe(newest_first(raw, known_regions))
+
+
+def batch_week_start(now: datetime) -> datetime:
+    """Monday 00:00 of `now`'s week: a snapshot taken before it belongs to an earlier batch."""
+    return datetime.combine((now - timedelta(days=now.weekday())).date(), time())
+
+
+def snapshot_unusable(
+    as_of: datetime | None, covered_topics: list[str], topics: list[str], now: datetime
+) -> str | None:
+    """Why an event must not read the stored snapshot (None when it may): none stored, one from an
+    earlier batch week, or one whose extraction did not cover all of the event's topics."""
+    if as_of is None:
+        return "no profile snapshot stored"
+    if as_of < batch_week_start(now):
+        return f"profile snapshot of {as_of:%Y-%m-%d %H:%M} is older than this batch week"
+    missing = sorted(set(topics) - set(covered_topics))
+    if missing:
+        return f"profile snapshot does not cover topic(s) {', '.join(missing)}"
+    return None
