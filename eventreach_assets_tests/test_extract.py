@@ -221,3 +221,16 @@ def test_the_snapshot_path_gives_each_event_what_its_own_extraction_gives(small_
         assert shared.candidates.sort("customer_id").equals(own.candidates.sort("customer_id")), event_id
         assert shared.quarantine.sort(by_row).equals(own.quarantine.sort(by_row)), event_id
         assert set(own.quarantine["reason"]) > {extract.DUPLICATE_SUPERSEDED}
+
+
+def test_a_snapshot_serves_an_event_only_from_this_batch_week_and_covering_its_topics():
+    monday, now = datetime(2026, 11, 23, 2, 0), datetime(2026, 11, 25, 9, 0)  # read on Wednesday
+    assert extract.batch_week_start(now) == datetime(2026, 11, 23)
+    assert extract.snapshot_unusable(monday, ["ai", "devops"], ["devops"], now) is None
+    assert extract.snapshot_unusable(None, [], ["devops"], now) == "no profile snapshot stored"
+    assert extract.snapshot_unusable(datetime(2026, 11, 22, 23, 59), ["devops"], ["devops"], now) == (
+        "profile snapshot of 2026-11-22 23:59 is older than this batch week"
+    )
+    assert extract.snapshot_unusable(monday, ["devops"], ["security", "devops", "ai"], now) == (
+        "profile snapshot does not cover topic(s) ai, security"
+    )

@@ -320,3 +320,14 @@ def test_an_event_without_a_usable_snapshot_extracts_on_its_own_and_says_why(dep
     assert stale["extracted_rows"] == missing["extracted_rows"] and stale["unique_candidates"] > 0
     topics = normalize_events(defs.resources["warehouse"].events()).filter(pl.col("event_id") == event_id)["topics"]
     assert stale["topics"] == ", ".join(topics[0])
+
+
+def test_a_week_without_upcoming_events_takes_an_empty_snapshot_and_says_why(deployment: Deployment):
+    later = build_definitions(home=deployment.home, fixed_now=datetime(2027, 6, 1).isoformat())
+    result = later.resolve_job_def("weekly_profile_snapshot").execute_in_process(
+        instance=deployment.instance, run_config=QUIET
+    )
+    [materialization] = [e.materialization for e in result.get_asset_materialization_events()]
+    assert materialization.metadata["rows"].value == 0 and materialization.metadata["covered_topics"].value == []
+    assert materialization.metadata["reason"].value == "no upcoming event"
+    assert not (deployment.home / "assets" / "profile_snapshot.parquet").exists()
