@@ -123,26 +123,19 @@ def newest_flags(ordered: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     An opt-out must be honoured even when it arrives on a row that is quarantined for some
     other defect (say an unknown timezone): falling back to an older valid row would otherwise
     resurrect a customer who said no. The first row of a customer in newest-first order is
-    their newest, found by hashing customer ids once, not by sorting them (a filter keeps the
-    order, so this works on any subset of a snapshot). Only customers whose newest row is
-    quarantined (a few) need a second look for their newest valid row.
+    their newest, found by hashing customer ids, not by sorting them; the first among the valid
+    rows only (the ids of quarantined rows masked) is their newest valid row. A filter keeps the
+    order, so this works on any subset of a snapshot.
     """
     valid, customer = pl.col("reason").is_null(), pl.col("customer_id")
-    ordered = ordered.with_columns(_newest_of_all=customer.is_first_distinct()).cache()
-    shadowed = ordered.filter(pl.col("_newest_of_all") & ~valid).select("customer_id", "marketing_opt_out")
-    late_newest = (
-        ordered.filter(valid & ~pl.col("_newest_of_all"))
-        .join(shadowed, on="customer_id", how="semi", maintain_order="left")
-        .filter(customer.is_first_distinct())
-        .select(ROW, _late=pl.lit(True))
+    flagged = ordered.with_columns(
+        _newest_of_all=customer.is_first_distinct(),
+        _newest=valid & pl.when(valid).then(customer).is_first_distinct(),
     )
-    flagged = ordered.join(late_newest, on=ROW, how="left", maintain_order="left").with_columns(
-        _newest=valid & (pl.col("_newest_of_all") | pl.col("_late").fill_null(False))
-    )
-    opted_out = shadowed.filter(pl.col("marketing_opt_out").fill_null(False)).select(
+    opted_out = flagged.filter(pl.col("_newest_of_all") & ~valid & pl.col("marketing_opt_out").fill_null(False)).select(
         "customer_id", _opted_out=pl.lit(True)
     )
-    return flagged.drop("_newest_of_all", "_late"), opted_out
+    return flagged.drop("_newest_of_all"), opted_out
 
 
 def dedupe(ordered: pl.DataFrame | pl.LazyFrame) -> ExtractResult:

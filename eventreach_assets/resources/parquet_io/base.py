@@ -70,6 +70,8 @@ class PolarsParquetIOManagerBase(dg.ConfigurableIOManager, abc.ABC):
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | None:
         path = value_path(context)
         run_id = run_of(context)
+        if run_id != self._run_id:  # a new run: an earlier run's values are not kept alive beside this one's
+            self._run_id, self._run_values = run_id, {}
         if run_id is not None and run_id == self._run_id and tuple(path) in self._run_values:
             return self._run_values[tuple(path)]
         missing = (
