@@ -7,7 +7,9 @@ candidate store (a cold score cache, as on a Monday with newly trained models). 
 Dagster run, in the same invocation, the same work runs as bare domain code (the assets' own
 functions on the same resources, no Dagster: `measure_bare`), also in its own child process.
 Prints both and their ratio (medians of `--runs`), per-asset medians, throughput and each run's
-peak RSS, and ends with one JSON line of every figure.
+peak RSS. Then the week: the profile snapshot once and weekly batch + export for three events
+read from it (program `extraction: weekly_snapshot`; the one-event rows use `per_event`), through
+Dagster and as bare code likewise. Ends with one JSON line of every figure.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from typing import Any
 BENCH_NOW = datetime(2026, 11, 23, 2, 0)
 STAGES = {"raw_candidates": "extract", "filtered_candidates": "filter", "scored_candidates": "score",
           "candidates_table": "store", "candidates_export": "export"}  # fmt: skip
+WEEK_STAGES = {"profile_snapshot": "snapshot", **STAGES}  # the week's: summed over its events
+WEEK_EVENTS = 3
 
 
 def _instance(home: Path):  # noqa: ANN202 - dagster imported lazily so the parent stays light
@@ -55,7 +59,25 @@ def prepare(home: Path, profiles: int) -> dict:
     register_event_partitions(defs, instance)
     started = time.perf_counter()
     defs.resolve_job_def("train_models").execute_in_process(instance=instance)
-    return {"seed_s": seeded, "train_s": time.perf_counter() - started, "event": summary.upcoming_event_ids[0]}
+    write_per_event_program(home)
+    return {
+        "seed_s": seeded, "train_s": time.perf_counter() - started, "event": summary.upcoming_event_ids[0],
+        "events": list(summary.upcoming_event_ids[:WEEK_EVENTS]),
+    }  # fmt: skip
+
+
+def per_event_program(home: Path) -> Path:
+    return home / "per-event-program.yaml"
+
+
+def write_per_event_program(home: Path) -> None:
+    """The packaged program with `extraction: per_event`: the one-event rows extract on their own."""
+    import yaml
+
+    from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
+
+    program = yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+    per_event_program(home).write_text(yaml.safe_dump({**program, "extraction": "per_event"}))
 
 
 def _fresh_candidate_store(home: Path) -> None:
@@ -83,17 +105,13 @@ class _Laps:
         return self.previous - self.started
 
 
-def measure(home: Path, event_id: str) -> dict:
-    """One cold run of the weekly batch + export for one event through Dagster; timings and peak RSS."""
-    from eventreach_assets.definitions import build_definitions
-
-    _fresh_candidate_store(home)
-    instance = _instance(home)
-    defs = build_definitions(home=home, fixed_now=BENCH_NOW.isoformat())
+def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> dict:
+    """Execute the jobs (job name, partition) in order through Dagster; wall, per-asset seconds
+    (summed over partitions), counts and peak RSS."""
     started = time.perf_counter()
     results = [
-        defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=event_id)
-        for job in ("weekly_batch", "export_candidates")
+        defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition)
+        for job, partition in runs
     ]
     wall = time.perf_counter() - started
     stages: dict[str, float] = {}
@@ -102,12 +120,36 @@ def measure(home: Path, event_id: str) -> dict:
         metadata = event.materialization.metadata
         name = event.materialization.asset_key.to_user_string()
         if "duration_s" in metadata:  # assets that time themselves (batch_metrics does not)
-            stages[name] = float(metadata["duration_s"].value)
+            stages[name] = stages.get(name, 0.0) + float(metadata["duration_s"].value)
         if "dagster/row_count" in metadata:
-            counts[name] = int(metadata["dagster/row_count"].value)
+            counts[name] = counts.get(name, 0) + int(metadata["dagster/row_count"].value)
         if name == "raw_candidates":
-            counts["extracted_rows"] = int(metadata["extracted_rows"].value)
+            counts["extracted_rows"] = counts.get("extracted_rows", 0) + int(metadata["extracted_rows"].value)
     return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
+
+
+def measure(home: Path, event_id: str) -> dict:
+    """One cold run of the weekly batch + export for one event through Dagster (the event's own
+    extraction: program `extraction: per_event`); timings and peak RSS."""
+    from eventreach_assets.definitions import build_definitions
+
+    _fresh_candidate_store(home)
+    instance = _instance(home)
+    defs = build_definitions(home=home, program_path=per_event_program(home), fixed_now=BENCH_NOW.isoformat())
+    return _execute(defs, instance, [("weekly_batch", event_id), ("export_candidates", event_id)])
+
+
+def measure_week(home: Path, event_ids: list[str]) -> dict:
+    """The week through Dagster (program `extraction: weekly_snapshot`): the profile snapshot once,
+    then weekly batch + export for each event, cold; timings and peak RSS."""
+    from eventreach_assets.definitions import build_definitions
+    from eventreach_assets.jobs import profile_snapshot_job
+
+    _fresh_candidate_store(home)
+    instance = _instance(home)
+    defs = build_definitions(home=home, fixed_now=BENCH_NOW.isoformat())
+    per_event = [(job, event_id) for event_id in event_ids for job in ("weekly_batch", "export_candidates")]
+    return _execute(defs, instance, [(profile_snapshot_job.name, None), *per_event])
 
 
 def _bare_score(r: dict, event: Any, filtered: Any) -> Any:
@@ -141,43 +183,86 @@ def _bare_score(r: dict, event: Any, filtered: Any) -> Any:
     )
 
 
-def measure_bare(home: Path, event_id: str) -> dict:
-    """The same batch + export as bare domain code: the assets' functions on the same resources, no Dagster.
-
-    The reference the Dagster figure is compared with (asset checks, IO manager and events are
-    what the difference pays for)."""
+def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], lap: _Laps) -> int:
+    """Filter, score, store and export one event's extracted candidates as the assets do; the
+    scored count. Each stage's seconds are added to `stages`."""
     import polars as pl
 
-    from eventreach_assets.assets.extraction import current_event
     from eventreach_assets.assets.filtering import filter_inputs
-    from eventreach_assets.deployments import resources_for
-    from eventreach_assets.domain.extract import validate_and_dedupe
     from eventreach_assets.domain.filters import build_filter_chain, run_filter_chain
 
-    _fresh_candidate_store(home)
-    r = resources_for(home=home, fixed_now=BENCH_NOW.isoformat())
-    config, now, stages, lap = r["program"].load(), r["clock"].now(), {}, _Laps()
-    event = current_event(r["warehouse"], event_id)
-    extracted = validate_and_dedupe(r["warehouse"].extract_candidates(event.topics), config.marketplaces)
+    config, now, event_id = r["program"].load(), r["clock"].now(), event.event_id
+
+    def done(stage: str) -> None:
+        stages[stage] = stages.get(stage, 0.0) + lap()
+
     r["decision_log"].write("quarantine", event_id, extracted.quarantine)
-    stages["raw_candidates"] = lap()
+    done("raw_candidates")
     inputs = filter_inputs(r["warehouse"], r["ledger"], r["program"], r["clock"], event_id)
     outcome = run_filter_chain(extracted.candidates, build_filter_chain(config), inputs)
     r["decision_log"].write("rejections", event_id, outcome.rejected.with_columns(decided_at=pl.lit(inputs.as_of)))
-    stages["filtered_candidates"] = lap()
+    done("filtered_candidates")
     scored = _bare_score(r, event, outcome.survivors)
-    stages["scored_candidates"] = lap()
+    done("scored_candidates")
     store, channels = r["candidate_store"], [channel.channel_id for channel in config.invitation_channels]
     store.purge_expired(now)
     store.replace_event_candidates(
         config.program_id, event_id, scored, channels, now=now, ttl_days=config.candidate_ttl_days,
         batch_write_size=config.storage.batch_write_size,
     )  # fmt: skip
-    stages["candidates_table"] = lap()
+    done("candidates_table")
     items = store.event_items(config.program_id, event_id, now=now)
     r["exporter"].export_event(config.program_id, event_id, now.date(), items)
-    stages["candidates_export"] = lap()
-    counts = {"extracted_rows": extracted.extracted_rows, "scored_candidates": scored.height}
+    done("candidates_export")
+    return scored.height
+
+
+def measure_bare(home: Path, event_id: str) -> dict:
+    """The same batch + export as bare domain code: the assets' functions on the same resources, no Dagster.
+
+    The reference the Dagster figure is compared with (asset checks, IO manager and events are
+    what the difference pays for)."""
+    from eventreach_assets.assets.extraction import current_event
+    from eventreach_assets.deployments import resources_for
+    from eventreach_assets.domain.extract import validate_and_dedupe
+
+    _fresh_candidate_store(home)
+    r = resources_for(home=home, program=per_event_program(home), fixed_now=BENCH_NOW.isoformat())
+    stages: dict[str, float] = {}
+    lap = _Laps()
+    event = current_event(r["warehouse"], event_id)
+    extracted = validate_and_dedupe(r["warehouse"].extract_candidates(event.topics), r["program"].load().marketplaces)
+    scored = _bare_event(r, event, extracted, stages, lap)
+    counts = {"extracted_rows": extracted.extracted_rows, "scored_candidates": scored}
+    return {"wall_s": lap.total(), "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
+
+
+def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
+    """The week as bare domain code: the snapshot (extract the events' union, validate, sort,
+    write Parquet), then each event read back from the file and batched as `measure_bare` does."""
+    import polars as pl
+
+    from eventreach_assets.assets.extraction import current_event
+    from eventreach_assets.deployments import resources_for
+    from eventreach_assets.domain.events import upcoming_topics
+    from eventreach_assets.domain.extract import event_extract, newest_first
+    from eventreach_assets.resources.files import write_parquet_atomically
+
+    _fresh_candidate_store(home)
+    r = resources_for(home=home, fixed_now=BENCH_NOW.isoformat())
+    stages: dict[str, float] = {}
+    lap, path = _Laps(), home / "bare-snapshot.parquet"
+    topics = upcoming_topics(r["warehouse"].events(), r["clock"].now())
+    raw = r["warehouse"].extract_candidates(topics)
+    write_parquet_atomically(newest_first(raw, r["program"].load().marketplaces).collect(engine="in-memory"), path)
+    del raw
+    stages["profile_snapshot"] = lap()
+    counts = {"extracted_rows": 0, "scored_candidates": 0}
+    for event_id in event_ids:
+        event = current_event(r["warehouse"], event_id)
+        extracted = event_extract(pl.read_parquet(path), event.topics)
+        counts["extracted_rows"] += extracted.extracted_rows
+        counts["scored_candidates"] += _bare_event(r, event, extracted, stages, lap)
     return {"wall_s": lap.total(), "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -188,18 +273,19 @@ def _child(args: list[str]) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-RUNNERS = {"dagster": "--measure", "bare": "--measure-bare"}
-COLUMNS = (("profiles", 10), ("run", 7), ("extracted", 10), ("eligible", 9), ("wall s", 7), ("cand/min", 11),
+RUNNERS = {"dagster": "--measure", "bare": "--measure-bare"}  # one event, its own extraction
+WEEK_RUNNERS = {"week_dagster": "--measure-week", "week_bare": "--measure-week-bare"}  # snapshot + events
+COLUMNS = (("profiles", 10), ("run", 12), ("extracted", 10), ("eligible", 9), ("wall s", 7), ("cand/min", 11),
            ("peak MB", 8))  # fmt: skip
 
 
-def summarize(samples: list[dict]) -> dict:
+def summarize(samples: list[dict], stages: dict[str, str]) -> dict:
     """Medians of the runs of one runner at one size; peak RSS is the largest run's."""
     return {
         "wall_s": statistics.median(s["wall_s"] for s in samples),
         "walls_s": [round(s["wall_s"], 3) for s in samples],
         "peak_rss_mb": max(s["peak_rss_mb"] for s in samples),
-        "stages_s": {STAGES[name]: statistics.median(s["stages"].get(name, 0.0) for s in samples) for name in STAGES},
+        "stages_s": {stages[name]: statistics.median(s["stages"].get(name, 0.0) for s in samples) for name in stages},
         "extracted": samples[0]["counts"].get("extracted_rows", 0),
         "eligible": samples[0]["counts"].get("scored_candidates", 0),
     }
@@ -209,45 +295,60 @@ def row(profiles: int, runner: str, figures: dict) -> str:
     extracted, wall = figures["extracted"], figures["wall_s"]
     stages = " ".join(f"{stage}={seconds:.2f}" for stage, seconds in figures["stages_s"].items())
     return (
-        f"{profiles:>10,} {runner:<7} {extracted:>10,} {figures['eligible']:>9,} {wall:>7.2f} "
+        f"{profiles:>10,} {runner.replace('_', '-'):<12} {extracted:>10,} {figures['eligible']:>9,} {wall:>7.2f} "
         f"{extracted * 60 / wall:>11,.0f} {figures['peak_rss_mb']:>8,.0f}  {stages}"
     )
 
 
+def agreeing(figures: dict, dagster: str, bare: str) -> float:
+    """Dagster's wall over bare's, once both are shown to have done the same work."""
+    if (figures[dagster]["extracted"], figures[dagster]["eligible"]) != (
+        figures[bare]["extracted"], figures[bare]["eligible"]
+    ):  # fmt: skip
+        raise RuntimeError(f"bare and Dagster runs disagree: {figures[dagster]} vs {figures[bare]}")
+    return round(figures[dagster]["wall_s"] / figures[bare]["wall_s"], 3)
+
+
 def measure_size(profiles: int, runs: int) -> dict:
-    """Seed and train once, then alternate Dagster and bare runs (each its own child process)."""
+    """Seed and train once, then alternate Dagster and bare runs, one event and the week (each
+    its own child process)."""
     home = Path(tempfile.mkdtemp(prefix=f"eventreach-bench-{profiles}-"))
     try:
         prepared = _child(["--prepare", str(home), "--profiles", str(profiles)])
-        samples: dict[str, list[dict]] = {runner: [] for runner in RUNNERS}
-        for _ in range(runs):  # interleaved, so both see the same load on a shared machine
+        samples: dict[str, list[dict]] = {runner: [] for runner in {**RUNNERS, **WEEK_RUNNERS}}
+        for _ in range(runs):  # interleaved, so all see the same load on a shared machine
             for runner, flag in RUNNERS.items():
                 samples[runner].append(_child([flag, str(home), "--event", prepared["event"]]))
+            for runner, flag in WEEK_RUNNERS.items():
+                samples[runner].append(_child([flag, str(home), "--events", ",".join(prepared["events"])]))
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    figures: dict[str, Any] = {runner: summarize(runs_of) for runner, runs_of in samples.items()}
-    dagster, bare = figures["dagster"], figures["bare"]
-    if (dagster["extracted"], dagster["eligible"]) != (bare["extracted"], bare["eligible"]):
-        raise RuntimeError(f"bare and Dagster runs disagree: {dagster} vs {bare}")
-    ratio = dagster["wall_s"] / bare["wall_s"]
+    figures: dict[str, Any] = {runner: summarize(samples[runner], STAGES) for runner in RUNNERS}
+    figures |= {runner: summarize(samples[runner], WEEK_STAGES) for runner in WEEK_RUNNERS}
     setup = {"seed_s": round(prepared["seed_s"], 2), "train_s": round(prepared["train_s"], 2)}
-    return {"profiles": profiles, **figures, "dagster_over_bare": round(ratio, 3), "setup": setup}
+    return {
+        "profiles": profiles, **figures, "dagster_over_bare": agreeing(figures, "dagster", "bare"),
+        "week_events": prepared["events"], "week_dagster_over_bare": agreeing(figures, "week_dagster", "week_bare"),
+        "setup": setup,
+    }  # fmt: skip
 
 
 def run(sizes: list[int], runs: int) -> None:
-    print(f"weekly batch + export for one event: Dagster and bare domain code; {runs} cold runs each; medians")
+    print(f"weekly batch + export: one event (its own extraction), and a week of {WEEK_EVENTS} events (one profile")
+    print(f"snapshot, then each event read from it); Dagster and bare domain code; {runs} cold runs each; medians")
     print(" ".join(f"{name:>{width}}" if name != "run" else f"{name:<{width}}" for name, width in COLUMNS), end="")
-    print("  per asset (s)")
+    print("  per asset (s; the week's summed over its events)")
     results = []
     for profiles in sizes:
         result = measure_size(profiles, runs)
         results.append(result)
-        print(row(profiles, "dagster", result["dagster"]))
-        print(row(profiles, "bare", result["bare"]))
+        for runner in (*RUNNERS, *WEEK_RUNNERS):
+            print(row(profiles, runner, result[runner]))
         setup = result["setup"]
+        ratios = f"ratio dagster/bare {result['dagster_over_bare']:.2f}, week {result['week_dagster_over_bare']:.2f}"
         print(
-            f"{'':>10} ratio dagster/bare {result['dagster_over_bare']:.2f} (setup, not timed: seed "
-            f"{setup['seed_s']:.1f} s, train {setup['train_s']:.1f} s; load average {os.getloadavg()[0]:.2f})",
+            f"{'':>10} {ratios} (setup, not timed: seed {setup['seed_s']:.1f} s, train {setup['train_s']:.1f} s; "
+            f"load average {os.getloadavg()[0]:.2f})",
             flush=True,
         )
     print(json.dumps({"bench": "weekly_batch", "runs": runs, "load_average": os.getloadavg(), "sizes": results}))
@@ -261,6 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure-bare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-week", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-week-bare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--events", help=argparse.SUPPRESS)
     parser.add_argument("--profiles", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -270,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.measure, args.event)))
     elif args.measure_bare:
         print(json.dumps(measure_bare(args.measure_bare, args.event)))
+    elif args.measure_week:
+        print(json.dumps(measure_week(args.measure_week, args.events.split(","))))
+    elif args.measure_week_bare:
+        print(json.dumps(measure_week_bare(args.measure_week_bare, args.events.split(","))))
     else:
         run([int(size) for size in args.sizes.split(",")], args.runs)
 

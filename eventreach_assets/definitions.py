@@ -31,20 +31,22 @@ from eventreach_assets.jobs import (
     export_job,
     feed_jobs,
     model_training_job,
+    profile_snapshot_job,
     weekly_batch_job,
 )
+from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.program import load_checked_program
 from eventreach_assets.schedules import build_schedules
 from eventreach_assets.sensors import (
     event_lifecycle_sensor,
     events_catalog_sensor,
     feed_sensors,
+    profile_snapshot_sensor,
     run_failure_alert_sensor,
     waitlist_promotion_sensor,
 )
 
-ASSETS = [
-    extraction.raw_candidates,
+ASSETS = [  # besides the extraction assets, which the program's `extraction` setting picks
     filtering.filtered_candidates,
     models.model_training_set,
     *models.model_assets,
@@ -66,6 +68,7 @@ ASSET_CHECKS = [
 ]
 JOBS = [
     weekly_batch_job,
+    profile_snapshot_job,
     export_job,
     model_training_job,
     *campaign_jobs,
@@ -85,6 +88,16 @@ SENSORS = [
 ]
 
 
+def assets_for(program: ProgramConfig) -> list[dg.AssetsDefinition]:
+    """The asset graph the program asks for: how raw_candidates extracts (`extraction`), then the rest."""
+    return [*extraction.extraction_assets(program.extraction), *ASSETS]
+
+
+def sensors_for(program: ProgramConfig) -> list[dg.SensorDefinition]:
+    """The sensors; with a weekly snapshot, the one that launches the events' runs after it."""
+    return [*SENSORS, profile_snapshot_sensor] if program.extraction == "weekly_snapshot" else SENSORS
+
+
 def build_definitions(
     home: Path | None = None,
     program_path: Path | None = None,
@@ -94,12 +107,13 @@ def build_definitions(
     """Definitions for one deployment (resources from deployments.py: `resources_for`); tests call
     this with a temporary home and a pinned clock."""
     resources = resources_for(deployment, home=home, program=program_path, fixed_now=fixed_now)
+    program = load_checked_program(deployment_program_path(program_path))
     return dg.Definitions(
-        assets=ASSETS,
+        assets=assets_for(program),
         asset_checks=ASSET_CHECKS,
         jobs=JOBS,
-        schedules=build_schedules(load_checked_program(deployment_program_path(program_path))),
-        sensors=SENSORS,
+        schedules=build_schedules(program),
+        sensors=sensors_for(program),
         resources=resources,
     )
 

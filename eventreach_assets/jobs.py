@@ -51,6 +51,11 @@ weekly_batch_job = asset_job(
     "weekly_batch", WEEKLY_BATCH_ASSETS, {"eventreach/stage": "weekly-batch"},
     "ETL → filter → score → store for one event (Monday 02:00 UTC).",
 )  # fmt: skip
+profile_snapshot_job = asset_job(
+    "weekly_profile_snapshot", ["profile_snapshot"], {"eventreach/stage": "weekly-batch"},
+    "This week's validated profiles for every upcoming event, once (program `extraction: weekly_snapshot`); "
+    "its materialization launches the events' weekly_batch runs.", per_event=False,
+)  # fmt: skip
 export_job = asset_job(
     "export_candidates", ["candidates_export"], {"eventreach/stage": "export"},
     "Parquet export of the stored candidates of one event (Monday 04:30 UTC).",

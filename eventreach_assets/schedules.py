@@ -22,6 +22,7 @@ from eventreach_assets.jobs import (
     daily_metrics_job,
     export_job,
     model_training_job,
+    profile_snapshot_job,
     weekly_batch_job,
 )
 from eventreach_assets.partitions import events_partitions
@@ -85,6 +86,42 @@ def per_event_schedule(
     return _schedule
 
 
+def snapshot_schedule(cron: str, source: str) -> dg.ScheduleDefinition:
+    """The weekly batch when the program shares one profile snapshot: the tick takes the snapshot
+    once; `profile_snapshot_sensor` then launches one weekly_batch run per upcoming event."""
+
+    @dg.schedule(
+        name="weekly_batch_schedule",
+        cron_schedule=cron,
+        execution_timezone=TIMEZONE,
+        job=profile_snapshot_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"The week's profile snapshot, then weekly_batch for every upcoming event ({source}).",
+    )
+    def _schedule(
+        context: dg.ScheduleEvaluationContext, warehouse: WarehouseResource, clock: ClockResource
+    ) -> dg.RunRequest | dg.SkipReason:
+        events = per_event_run_requests(context, warehouse, clock, "weekly-batch")
+        if not events:
+            return dg.SkipReason("no event partitions to run: no snapshot needed")
+        event_ids = ",".join(str(request.partition_key) for request in events)
+        return dg.RunRequest(
+            run_key=f"profile-snapshot:{tick_of(context)}",
+            tags={"eventreach/stage": "weekly-batch", "eventreach/events": event_ids},
+        )
+
+    return _schedule
+
+
+def weekly_batch_schedule(program: ProgramConfig) -> dg.ScheduleDefinition:
+    """Monday's batch as the program's `extraction` says: per event, or one snapshot first."""
+    if program.extraction == "weekly_snapshot":
+        return snapshot_schedule(program.batch_cron, program.batch_schedule)
+    return per_event_schedule(
+        "weekly_batch_schedule", program.batch_cron, weekly_batch_job.name, "weekly-batch", program.batch_schedule
+    )
+
+
 def daily_metrics_schedule(cron: str, source: str) -> dg.ScheduleDefinition:
     """The day's metrics at the YAML's time (23:59 UTC): that day's partition."""
 
@@ -114,9 +151,7 @@ def build_schedules(program: ProgramConfig) -> list[dg.ScheduleDefinition]:
             job=model_training_job,
             default_status=dg.DefaultScheduleStatus.RUNNING,
         ),
-        per_event_schedule(
-            "weekly_batch_schedule", program.batch_cron, weekly_batch_job.name, "weekly-batch", program.batch_schedule
-        ),
+        weekly_batch_schedule(program),
         per_event_schedule(
             "candidates_export_schedule", program.export_cron, export_job.name, "export", program.export_schedule
         ),

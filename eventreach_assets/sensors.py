@@ -7,6 +7,8 @@
   `domain.lifecycle` says they are due;
 - one sensor per engagement feed (`registrations`, `tracking`, `survey`): hands new files to
   the feed's ingestion job, launching nothing when there is nothing new;
+- `profile_snapshot_sensor` (program `extraction: weekly_snapshot`): once the week's profile
+  snapshot is materialized, launches one weekly_batch run per upcoming event, which reads it;
 - `run_failure_alert_sensor`: announces every failed run on the alert channel, gives the run's
   unattempted delivery reservations back to the next run (a hard-killed send could not) and tags
   the run with what it did.
@@ -34,7 +36,7 @@ from eventreach_assets.domain.campaign_kinds import CAMPAIGN_KINDS, Trigger, kin
 from eventreach_assets.domain.engagement_schemas import CANCELLED
 from eventreach_assets.domain.events import normalize_events, upcoming_event_ids
 from eventreach_assets.domain.lifecycle import STAGES, due_stages, lifecycle_schedule, stage_run_key
-from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, feed_jobs
+from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, feed_jobs, weekly_batch_job
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.alerts import AlertChannelResource, FailureAlert, first_line
 from eventreach_assets.resources.feeds import EngagementFeedResource
@@ -167,6 +169,32 @@ def events_catalog_sensor(
         # A tick that launches no run is shown as skipped; say what it did instead of "empty result".
         skip_reason=None if requests else "; ".join(summary) or "catalog state recorded",
     )
+
+
+@dg.asset_sensor(
+    asset_key=dg.AssetKey("profile_snapshot"),
+    name="profile_snapshot_sensor",
+    job=weekly_batch_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Once the week's profile snapshot is materialized, one weekly_batch run per upcoming event.",
+)
+def profile_snapshot_sensor(
+    context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, warehouse: WarehouseResource,
+    clock: ClockResource,
+) -> list[dg.RunRequest] | dg.SkipReason:  # fmt: skip
+    known = set(context.instance.get_dynamic_partitions(events_partitions.name))
+    events = [event_id for event_id in upcoming_event_ids(warehouse.events(), clock.now()) if event_id in known]
+    if not events:
+        return dg.SkipReason(f"snapshot of run {asset_event.run_id}: no upcoming event partition to run")
+    return [
+        dg.RunRequest(
+            run_key=f"weekly-batch:{event_id}:{asset_event.run_id}",
+            partition_key=event_id,
+            tags=run_tags(event_id, "weekly-batch"),
+        )
+        for event_id in events
+    ]
 
 
 def next_due(instance: dg.DagsterInstance, asset_name: str, event_id: str, window_opened: datetime) -> datetime | None:

@@ -39,6 +39,21 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     assert size["dagster"]["extracted"] == size["bare"]["extracted"]
     assert size["dagster_over_bare"] == pytest.approx(size["dagster"]["wall_s"] / size["bare"]["wall_s"], rel=1e-2)
     assert f"ratio dagster/bare {size['dagster_over_bare']:.2f}" in out
+    # The week: one profile snapshot, then three events read from it, through Dagster and as bare code.
+    assert len(size["week_events"]) == 3
+    for runner in ("week-dagster", "week-bare"):
+        [row] = [line for line in lines if re.match(rf"\s+3,000 {runner}\s", line)]
+        extracted, eligible, wall, _per_minute, peak = row.split()[2:7]
+        assert all(f"{stage}=" in row for stage in ("snapshot", "extract", "filter", "score", "store", "export"))
+        figures = size[runner.replace("-", "_")]
+        assert (figures["extracted"], figures["eligible"]) == (int(extracted.replace(",", "")), int(eligible))
+        # three events' rows and candidates: more than the one event's alone
+        assert figures["extracted"] > size["dagster"]["extracted"] and figures["eligible"] > size["dagster"]["eligible"]
+        assert float(wall) > 0 and float(peak.replace(",", "")) > 0 and len(figures["walls_s"]) == 1
+        assert figures["stages_s"]["snapshot"] > 0
+    week = size["week_dagster"]["wall_s"] / size["week_bare"]["wall_s"]
+    assert size["week_dagster_over_bare"] == pytest.approx(week, rel=1e-2)
+    assert f"week {size['week_dagster_over_bare']:.2f}" in out
 
 
 def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size():

@@ -2,10 +2,13 @@ import random
 from datetime import datetime
 from itertools import product
 
+import duckdb
 import polars as pl
 
 from eventreach_assets.domain import extract
+from eventreach_assets.domain.events import normalize_events
 from eventreach_assets.domain.extract import validate_and_dedupe
+from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets_tests.frames import profiles
 
 REGIONS = ["US", "UK", "DE", "FR", "JP", "IN", "BR", "AU"]
@@ -152,3 +155,82 @@ def test_dedupe_keeps_exactly_what_the_sorting_rule_keeps_on_ties_nulls_and_quar
     by_row = ["email", "updated_at", "engagement_score", "interest_tags"]
     assert result.quarantine.sort(by_row).equals(expected_quarantine.sort(by_row))
     assert result.candidates["marketing_opt_out"].any() and not result.candidates["marketing_opt_out"].all()
+
+
+def test_the_event_predicate_selects_exactly_the_rows_the_extraction_sql_selects(tmp_path):
+    """`event_match` against `extraction_sql` on DuckDB: substrings of longer tags, null tags,
+    past attendance 0, negative or null, and a topic nobody has."""
+    tags = ["devops", "devops-tools", "cloud-computing,devops", "ai", "a", "machine-learning", "", None, "{{bad"]
+    rows = [
+        {"customer_id": f"C{n}", "interest_tags": tag, "event_attendance_history": attendance, "email": f"c{n}"}
+        for n, (tag, attendance) in enumerate(product(tags, [0, 1, -1, None]))
+    ]
+    warehouse = DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb"))
+    with duckdb.connect(warehouse.path) as connection:
+        frame = profiles(*rows)  # noqa: F841 - read by DuckDB's replacement scan
+        connection.execute("CREATE TABLE customer_profiles AS SELECT * FROM frame")
+    raw = profiles(*rows)
+    for topics in (["devops"], ["ai", "cloud"], ["learning"], ["nobody-has-this"], ["a", "devops"]):
+        expected = sorted(warehouse.extract_candidates(topics)["email"].to_list())
+        assert sorted(raw.filter(extract.event_match(topics))["email"].to_list()) == expected, topics
+    assert len(expected) < raw.height  # rows left out, and rows selected
+    assert expected
+
+
+def test_validate_and_dedupe_is_the_dedupe_of_the_newest_first_rows():
+    raw = profiles(
+        {"customer_id": "A", "updated_at": datetime(2026, 1, 1), "email": "old"},
+        {"customer_id": "A", "updated_at": datetime(2026, 3, 1), "email": "new", "timezone": "Mars/Olympus"},
+        {"customer_id": "B", "email": "b"},
+    )
+    composed = extract.dedupe(extract.newest_first(raw, REGIONS))
+    direct = validate_and_dedupe(raw, REGIONS)
+    assert composed.candidates.equals(direct.candidates) and composed.quarantine.equals(direct.quarantine)
+    assert direct.candidates["email"].to_list() == ["old", "b"]  # the warehouse's order, not newest first
+
+
+def test_an_event_read_from_the_snapshot_keeps_an_older_row_that_matches_the_event():
+    """Today's semantics: the dedupe runs on the rows the event's extraction selects, so a
+    customer whose newest row no longer matches keeps their older matching row."""
+    raw = profiles(
+        {"customer_id": "A", "updated_at": datetime(2026, 1, 1), "interest_tags": "devops", "email": "old"},
+        {"customer_id": "A", "updated_at": datetime(2026, 3, 1), "interest_tags": "security", "email": "new"},
+    ).with_columns(event_attendance_history=pl.lit(0, pl.Int32))
+    snapshot = extract.newest_first(raw, REGIONS).collect()
+    assert extract.event_extract(snapshot, ["devops"]).candidates["email"].to_list() == ["old"]
+    assert extract.event_extract(snapshot, ["security"]).candidates["email"].to_list() == ["new"]
+    assert extract.event_extract(snapshot, ["ai"]).candidates.height == 0
+
+
+def test_the_snapshot_path_gives_each_event_what_its_own_extraction_gives(small_warehouse):
+    """On the generated warehouse: one snapshot over the union of the events' topics, then each
+    event read from it, equals each event extracted, validated and deduplicated on its own."""
+    path, summary = small_warehouse
+    warehouse = DuckDBWarehouse(path=str(path))
+    events = normalize_events(warehouse.events())
+    topics_by_event = dict(zip(events["event_id"], events["topics"].to_list(), strict=True))
+    chosen = [*summary.upcoming_event_ids, next(iter(topics_by_event))]  # and a past event
+    union = sorted({topic for event_id in chosen for topic in topics_by_event[event_id]})
+    snapshot = extract.newest_first(warehouse.extract_candidates(union), REGIONS).collect()
+    by_row = ["email", "updated_at", "engagement_score", "interest_tags", "customer_id"]
+    for event_id in chosen:
+        topics = topics_by_event[event_id]
+        own = validate_and_dedupe(warehouse.extract_candidates(topics), REGIONS)
+        shared = extract.event_extract(snapshot, topics)
+        assert shared.extracted_rows == own.extracted_rows < snapshot.height and own.candidates.height > 1000
+        assert shared.candidates.sort("customer_id").equals(own.candidates.sort("customer_id")), event_id
+        assert shared.quarantine.sort(by_row).equals(own.quarantine.sort(by_row)), event_id
+        assert set(own.quarantine["reason"]) > {extract.DUPLICATE_SUPERSEDED}
+
+
+def test_a_snapshot_serves_an_event_only_from_this_batch_week_and_covering_its_topics():
+    monday, now = datetime(2026, 11, 23, 2, 0), datetime(2026, 11, 25, 9, 0)  # read on Wednesday
+    assert extract.batch_week_start(now) == datetime(2026, 11, 23)
+    assert extract.snapshot_unusable(monday, ["ai", "devops"], ["devops"], now) is None
+    assert extract.snapshot_unusable(None, [], ["devops"], now) == "no profile snapshot stored"
+    assert extract.snapshot_unusable(datetime(2026, 11, 22, 23, 59), ["devops"], ["devops"], now) == (
+        "profile snapshot of 2026-11-22 23:59 is older than this batch week"
+    )
+    assert extract.snapshot_unusable(monday, ["devops"], ["security", "devops", "ai"], now) == (
+        "profile snapshot does not cover topic(s) ai, security"
+    )

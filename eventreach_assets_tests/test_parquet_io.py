@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
+from eventreach_assets.resources.parquet_io.base import ALLOW_MISSING
 from eventreach_assets.resources.parquet_io.local import PolarsParquetIOManager
 
 SEEN: list[pl.DataFrame] = []
@@ -36,3 +37,19 @@ def test_a_value_written_in_a_run_reaches_its_downstream_steps_as_is_and_is_stil
     assert later.success
     [read_back] = SEEN
     assert read_back is not written and read_back.equals(written)
+
+
+@dg.asset(ins={"upstream": dg.AssetIn(metadata={ALLOW_MISSING: True})})
+def tolerant(upstream: pl.DataFrame | None) -> pl.DataFrame:
+    return pl.DataFrame({"had_upstream": [upstream is not None]})
+
+
+def test_an_input_that_allows_a_missing_value_gets_none_and_any_other_fails_naming_it(tmp_path):
+    io_manager = PolarsParquetIOManager(base_dir=str(tmp_path))
+    assert dg.materialize([upstream, tolerant], selection=[tolerant], resources={"io_manager": io_manager}).success
+    assert pl.read_parquet(tmp_path / "tolerant.parquet")["had_upstream"].to_list() == [False]
+    strict = dg.materialize(
+        [upstream, downstream], selection=[downstream], resources={"io_manager": io_manager}, raise_on_error=False
+    )
+    assert not strict.success
+    assert "no stored value for upstream" in str(strict.all_events) and "materialize it first" in str(strict.all_events)

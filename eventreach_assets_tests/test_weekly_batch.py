@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+import yaml
 
-from eventreach_assets.demo.run import register_event_partitions, run_weekly_batch
+from eventreach_assets.definitions import build_definitions
+from eventreach_assets.demo.run import (
+    QUIET,
+    collect_report,
+    register_event_partitions,
+    run_weekly_batch,
+    train_models,
+)
+from eventreach_assets.domain.events import normalize_events, upcoming_topics
 from eventreach_assets.partitions import events_partitions
+from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
 from eventreach_assets.why import explain
-from eventreach_assets_tests.conftest import AS_OF, Deployment
+from eventreach_assets_tests.conftest import AS_OF, SMALL_PROFILES, Deployment
 
 pytestmark = pytest.mark.integration
 PROGRAM = "event-invitations"
@@ -154,16 +165,27 @@ def test_catalog_sensor_adds_upcoming_events_once(deployment: Deployment):
     assert set(deployment.instance.get_dynamic_partitions("events")) == set(deployment.seed.upcoming_event_ids)
 
 
-def test_weekly_schedule_requests_one_run_per_upcoming_event(deployment: Deployment):
-    register_event_partitions(deployment.defs, deployment.instance)
-    schedule = deployment.defs.resolve_schedule_def("weekly_batch_schedule")
+def per_event_defs(deployment: Deployment, tmp_path: Path) -> dg.Definitions:
+    """The deployment's definitions over the same program with `extraction: per_event`."""
+    program = yaml.safe_load(DEFAULT_PROGRAM_PATH.read_text())
+    path = tmp_path / "per-event-program.yaml"
+    path.write_text(yaml.safe_dump({**program, "extraction": "per_event"}))
+    return build_definitions(home=deployment.home, program_path=path, fixed_now=AS_OF.isoformat())
+
+
+def evaluate_schedule(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[dg.RunRequest]:
+    schedule = defs.resolve_schedule_def("weekly_batch_schedule")
     with dg.build_schedule_context(
-        instance=deployment.instance,
-        scheduled_execution_time=AS_OF,
-        resources=deployment.defs.resources,
-        repository_def=deployment.defs.get_repository_def(),
-    ) as context:
-        requests = schedule.evaluate_tick(context).run_requests
+        instance=instance, scheduled_execution_time=AS_OF, resources=defs.resources,
+        repository_def=defs.get_repository_def(),
+    ) as context:  # fmt: skip
+        return list(schedule.evaluate_tick(context).run_requests or [])
+
+
+def test_weekly_schedule_requests_one_run_per_upcoming_event(deployment: Deployment, tmp_path: Path):
+    defs = per_event_defs(deployment, tmp_path)
+    register_event_partitions(defs, deployment.instance)
+    requests = evaluate_schedule(defs, deployment.instance)
     assert sorted(r.partition_key for r in requests) == sorted(deployment.seed.upcoming_event_ids)
     assert len({r.run_key for r in requests}) == len(requests)
     assert all(r.tags["eventreach/event"] == r.partition_key for r in requests)
@@ -206,3 +228,106 @@ def test_the_use_case_schedules_in_one_place_with_their_timezone(deployment: Dep
     ) as context:  # fmt: skip
         [request] = daily.evaluate_tick(context).run_requests
     assert request.partition_key == "2026-11-23" and request.run_key == "daily-metrics:2026-11-23"
+
+
+def evaluate_snapshot_sensor(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None
+) -> dg.SensorExecutionData:
+    """One tick as the daemon evaluates it (run requests resolved against the instance's partitions)."""
+    sensor = defs.resolve_sensor_def("profile_snapshot_sensor")
+    with (
+        dg.partition_loading_context(dynamic_partitions_store=instance),
+        dg.build_sensor_context(
+            instance=instance, cursor=cursor, sensor_name=sensor.name, resources=defs.resources, definitions=defs
+        ) as context,
+    ):
+        return sensor.evaluate_tick(context)
+
+
+def run_batch(defs: dg.Definitions, instance: dg.DagsterInstance, event_id: str) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def("weekly_batch").execute_in_process(
+        instance=instance, partition_key=event_id, run_config=QUIET
+    )
+
+
+def test_the_weekly_tick_takes_one_snapshot_whose_materialization_runs_every_event_on_it(
+    deployment: Deployment, tmp_path: Path
+):
+    """Program `extraction: weekly_snapshot` through the real schedule and sensor: the tick asks for
+    the snapshot once, its materialization launches one weekly_batch run per upcoming event, and
+    each event's funnel and checks are the ones its own extraction gives (per_event program)."""
+    defs, instance = deployment.defs, deployment.instance
+    assert defs.resources["program"].load().extraction == "weekly_snapshot"  # the repo's program
+    register_event_partitions(defs, instance)
+    [request] = evaluate_schedule(defs, instance)
+    assert request.job_name in (None, "weekly_profile_snapshot") and request.partition_key is None
+    assert defs.resolve_schedule_def("weekly_batch_schedule").job_name == "weekly_profile_snapshot"
+    assert request.run_key == "profile-snapshot:2026-11-23T0200"
+    assert evaluate_snapshot_sensor(defs, instance).run_requests == []  # nothing before the snapshot
+
+    snapshot_run = defs.resolve_job_def("weekly_profile_snapshot").execute_in_process(
+        instance=instance, tags=request.tags, run_config=QUIET
+    )
+    [materialization] = [e.materialization for e in snapshot_run.get_asset_materialization_events()]
+    events = deployment.defs.resources["warehouse"].events()
+    assert materialization.metadata["covered_topics"].value == upcoming_topics(events, AS_OF)
+    assert materialization.metadata["rows"].value > SMALL_PROFILES // 2
+    assert materialization.metadata["as_of"].value == AS_OF.isoformat()
+
+    ticked = evaluate_snapshot_sensor(defs, instance)
+    launched = ticked.run_requests
+    assert sorted(r.partition_key for r in launched) == sorted(deployment.seed.upcoming_event_ids)
+    assert {r.run_key for r in launched} == {
+        f"weekly-batch:{event_id}:{snapshot_run.run_id}" for event_id in deployment.seed.upcoming_event_ids
+    }
+    assert evaluate_snapshot_sensor(defs, instance, ticked.cursor).run_requests == []  # once per snapshot
+
+    per_event = per_event_defs(deployment, tmp_path)
+    train_models(defs, instance)
+    with dg.instance_for_test() as own_instance:
+        own_instance.add_dynamic_partitions(events_partitions.name, list(deployment.seed.upcoming_event_ids))
+        for event_id in deployment.seed.upcoming_event_ids[:2]:
+            shared = collect_report(event_id, run_batch(defs, instance, event_id))
+            own = collect_report(event_id, run_batch(per_event, own_instance, event_id))
+            assert shared.metadata["raw_candidates"]["extraction"] == "weekly_snapshot (as of 2026-11-23 02:00)"
+            assert own.metadata["raw_candidates"]["extraction"] == "per_event"
+            assert shared.checks == own.checks and all(shared.checks.values()) and shared.checks
+            for asset, key in [
+                ("raw_candidates", "extracted_rows"),
+                ("raw_candidates", "unique_candidates"),
+                ("raw_candidates", "quarantined_rows"),
+                ("filtered_candidates", "eligible_candidates"),
+            ]:
+                assert shared.metadata[asset][key] == own.metadata[asset][key], (asset, key)  # fmt: skip
+            funnels = [r.metadata["filtered_candidates"]["funnel"].records for r in (shared, own)]
+            assert [row.data for row in funnels[0]] == [row.data for row in funnels[1]]
+
+
+def test_an_event_without_a_usable_snapshot_extracts_on_its_own_and_says_why(deployment: Deployment):
+    defs, instance = deployment.defs, deployment.instance
+    register_event_partitions(defs, instance)
+    event_id = deployment.seed.upcoming_event_ids[0]
+    train_models(defs, instance)
+    missing = collect_report(event_id, run_batch(defs, instance, event_id)).metadata["raw_candidates"]
+    assert missing["extraction"] == "per_event (fallback: no profile snapshot stored)"
+
+    last_week = build_definitions(home=deployment.home, fixed_now=(AS_OF - timedelta(days=7)).isoformat())
+    last_week.resolve_job_def("weekly_profile_snapshot").execute_in_process(instance=instance, run_config=QUIET)
+    stale = collect_report(event_id, run_batch(defs, instance, event_id)).metadata["raw_candidates"]
+    assert stale["extraction"] == (
+        "per_event (fallback: profile snapshot of 2026-11-16 02:00 is older than this batch week)"
+    )
+    assert stale["extracted_rows"] == missing["extracted_rows"] and stale["unique_candidates"] > 0
+    topics = normalize_events(defs.resources["warehouse"].events()).filter(pl.col("event_id") == event_id)["topics"]
+    assert stale["topics"] == ", ".join(topics[0])
+
+
+def test_a_week_without_upcoming_events_takes_an_empty_snapshot_and_says_why(deployment: Deployment):
+    later = build_definitions(home=deployment.home, fixed_now=datetime(2027, 6, 1).isoformat())
+    result = later.resolve_job_def("weekly_profile_snapshot").execute_in_process(
+        instance=deployment.instance, run_config=QUIET
+    )
+    [materialization] = [e.materialization for e in result.get_asset_materialization_events()]
+    assert materialization.metadata["rows"].value == 0 and materialization.metadata["covered_topics"].value == []
+    assert materialization.metadata["reason"].value == "no upcoming event"
+    assert not (deployment.home / "assets" / "profile_snapshot.parquet").exists()

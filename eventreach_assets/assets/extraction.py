@@ -1,16 +1,36 @@
-"""Step 1 of the weekly batch: extract candidates for an event from the warehouse."""
+"""Step 1 of the weekly batch: extract candidates for an event from the warehouse.
+
+The program's `extraction` setting picks how (docs/speed.md): `per_event`, each event partition
+extracts, validates and deduplicates its own rows (the event's predicate pushed down); or
+`weekly_snapshot`, `profile_snapshot` does that work once per batch for all upcoming events
+(their predicates' union pushed down) and each event partition reads its rows from it.
+"""
+
+from datetime import datetime
+from typing import Any
 
 import dagster as dg
+import polars as pl
 
-from eventreach_assets.assets.metadata import counts_table, stopwatch
-from eventreach_assets.domain.events import EventContext, UnknownEventError, event_context
-from eventreach_assets.domain.extract import validate_and_dedupe
+from eventreach_assets.assets.metadata import Stopwatch, counts_table, stopwatch
+from eventreach_assets.domain.events import EventContext, UnknownEventError, event_context, upcoming_topics
+from eventreach_assets.domain.extract import (
+    ExtractResult,
+    event_extract,
+    newest_first,
+    snapshot_unusable,
+    validate_and_dedupe,
+)
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.decision_log import DecisionLogResource
-from eventreach_assets.resources.program import ProgramResource
+from eventreach_assets.resources.parquet_io.base import ALLOW_MISSING
+from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
-BATCH = {"group_name": "weekly_batch", "owners": ["team:data-platform"], "partitions_def": events_partitions}
+OWNERS = {"group_name": "weekly_batch", "owners": ["team:data-platform"]}
+BATCH = {**OWNERS, "partitions_def": events_partitions}
+PROFILE_SNAPSHOT = "profile_snapshot"
+SNAPSHOT_AS_OF, SNAPSHOT_TOPICS = "as_of", "covered_topics"  # profile_snapshot metadata the events read
 
 
 def current_event(warehouse: WarehouseResource, partition_key: str) -> EventContext:
@@ -21,28 +41,53 @@ def current_event(warehouse: WarehouseResource, partition_key: str) -> EventCont
         raise dg.Failure(description=str(error)) from None
 
 
-@dg.asset(**BATCH, kinds={"polars"}, tags={"stage": "extract"}, code_version="1")
-def raw_candidates(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    decision_log: DecisionLogResource,
-    program: ProgramResource,
+@dg.asset(**OWNERS, kinds={"polars", "parquet"}, tags={"stage": "extract"}, code_version="1")
+def profile_snapshot(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, program: ProgramResource, clock: ClockResource
 ) -> dg.MaterializeResult:
-    """Profiles interested in the event's topics, validated and deduplicated: one row per customer."""
-    event = current_event(warehouse, context.partition_key)
+    """This batch week's profile rows, validated, newest first: what every upcoming event would
+    extract (the union of their predicates, pushed down), so each event partition reads it
+    instead of extracting, validating and sorting every profile again."""
+    now = clock.now()
+    topics = upcoming_topics(warehouse.events(), now)
+    if not topics:
+        context.log.info("no upcoming event: no snapshot taken")
+        return dg.MaterializeResult(
+            metadata={SNAPSHOT_AS_OF: now.isoformat(), SNAPSHOT_TOPICS: [], "rows": 0, "reason": "no upcoming event"}
+        )
     with stopwatch() as watch:
-        raw = warehouse.extract_candidates(event.topics)
-        result = validate_and_dedupe(raw, program.load().marketplaces)
-        quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
+        raw = warehouse.extract_candidates(topics)
+        extracted = watch.stop()
+        snapshot = newest_first(raw, program.load().marketplaces).collect(engine="in-memory")
+    reasons = snapshot.group_by("reason").len().drop_nulls().sort("reason")
+    return dg.MaterializeResult(
+        value=snapshot,
+        metadata={
+            SNAPSHOT_AS_OF: now.isoformat(),
+            SNAPSHOT_TOPICS: topics,
+            "rows": snapshot.height,
+            "quarantine_by_reason": counts_table(dict(reasons.iter_rows()), "reason", snapshot.height),
+            "extract_s": round(extracted, 3),
+            "validate_and_sort_s": round(watch.seconds - extracted, 3),
+            "dagster/row_count": snapshot.height,
+            **watch.metadata(snapshot.height),
+        },
+    )
+
+
+def extracted(context: dg.AssetExecutionContext, event: EventContext, result: ExtractResult, how: str,
+              quarantine_path: str, watch: Stopwatch) -> dg.MaterializeResult:  # fmt: skip
+    """The event's candidates and the metadata analysts read, however they were extracted."""
     context.log.info(
-        f"event {event.event_id}: {result.extracted_rows} rows extracted, {result.candidates.height} candidates, "
-        f"{result.quarantine.height} quarantined"
+        f"event {event.event_id} ({how}): {result.extracted_rows} rows extracted, {result.candidates.height} "
+        f"candidates, {result.quarantine.height} quarantined"
     )
     return dg.MaterializeResult(
         value=result.candidates,
         metadata={
             "event": event.name,
             "topics": ", ".join(event.topics),
+            "extraction": how,
             "extracted_rows": result.extracted_rows,
             "unique_candidates": result.candidates.height,
             "quarantined_rows": result.quarantine.height,
@@ -52,3 +97,64 @@ def raw_candidates(
             **watch.metadata(result.extracted_rows),
         },
     )
+
+
+@dg.asset(**BATCH, name="raw_candidates", kinds={"polars"}, tags={"stage": "extract"}, code_version="1")
+def raw_candidates_per_event(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    decision_log: DecisionLogResource,
+    program: ProgramResource,
+) -> dg.MaterializeResult:
+    """Profiles interested in the event's topics, validated and deduplicated: one row per customer."""
+    event = current_event(warehouse, context.partition_key)
+    with stopwatch() as watch:
+        result = validate_and_dedupe(warehouse.extract_candidates(event.topics), program.load().marketplaces)
+        quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
+    return extracted(context, event, result, "per_event", quarantine_path, watch)
+
+
+def latest_snapshot(instance: dg.DagsterInstance) -> tuple[datetime | None, list[str]]:
+    """When the stored snapshot was taken and which topics it covers (None, [] when never)."""
+    entry = instance.get_latest_materialization_event(dg.AssetKey(PROFILE_SNAPSHOT))
+    metadata: dict[str, Any] = entry.asset_materialization.metadata if entry and entry.asset_materialization else {}
+    if SNAPSHOT_AS_OF not in metadata:
+        return None, []
+    topics = metadata[SNAPSHOT_TOPICS].value if SNAPSHOT_TOPICS in metadata else []
+    return datetime.fromisoformat(str(metadata[SNAPSHOT_AS_OF].value)), [str(topic) for topic in topics or []]
+
+
+@dg.asset(
+    **BATCH, name="raw_candidates", kinds={"polars"}, tags={"stage": "extract"}, code_version="1",
+    ins={"snapshot": dg.AssetIn(PROFILE_SNAPSHOT, metadata={ALLOW_MISSING: True})},
+)  # fmt: skip
+def raw_candidates_from_snapshot(
+    context: dg.AssetExecutionContext,
+    snapshot: pl.DataFrame | None,
+    warehouse: WarehouseResource,
+    decision_log: DecisionLogResource,
+    program: ProgramResource,
+    clock: ClockResource,
+) -> dg.MaterializeResult:
+    """Profiles interested in the event's topics, validated and deduplicated: one row per customer,
+    read from this week's profile snapshot; without a usable one, extracted for the event alone."""
+    event = current_event(warehouse, context.partition_key)
+    as_of, covered = latest_snapshot(context.instance)
+    why_not = "no profile snapshot stored" if snapshot is None else snapshot_unusable(as_of, covered, event.topics,
+                                                                                      clock.now())  # fmt: skip
+    with stopwatch() as watch:
+        if snapshot is not None and why_not is None:
+            result, how = event_extract(snapshot, event.topics), f"weekly_snapshot (as of {as_of:%Y-%m-%d %H:%M})"
+        else:
+            context.log.warning(f"event {event.event_id}: {why_not}; extracting the event on its own")
+            result = validate_and_dedupe(warehouse.extract_candidates(event.topics), program.load().marketplaces)
+            how = f"per_event (fallback: {why_not})"
+        quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
+    return extracted(context, event, result, how, quarantine_path, watch)
+
+
+def extraction_assets(extraction: str) -> list[dg.AssetsDefinition]:
+    """The extraction assets for the program's `extraction` setting (`per_event` | `weekly_snapshot`)."""
+    if extraction == "weekly_snapshot":
+        return [profile_snapshot, raw_candidates_from_snapshot]
+    return [profile_snapshot, raw_candidates_per_event]

@@ -18,6 +18,7 @@ import polars as pl
 from eventreach_assets.assets.campaigns import NEXT_DUE_AT
 from eventreach_assets.definitions import build_definitions
 from eventreach_assets.domain.campaign_kinds import Trigger, kinds_with
+from eventreach_assets.jobs import profile_snapshot_job
 from eventreach_assets.partitions import events_partitions
 
 # The demo prints its own summary; Dagster's step-by-step console log stays in the instance (UI).
@@ -76,8 +77,13 @@ def train_models(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str
 def run_event_batches(
     defs: dg.Definitions, instance: dg.DagsterInstance, limit: int | None = None
 ) -> list[EventReport]:
-    """Run `weekly_batch` then `export_candidates` for the registered events (the first `limit`)."""
+    """Run `weekly_batch` then `export_candidates` for the registered events (the first `limit`),
+    after the week's profile snapshot when the program shares one (`extraction: weekly_snapshot`)."""
     reports = []
+    if defs.resources["program"].load().extraction == "weekly_snapshot":
+        defs.resolve_job_def(profile_snapshot_job.name).execute_in_process(
+            instance=instance, tags={"eventreach/stage": "weekly-batch"}, run_config=QUIET
+        )
     for event_id in instance.get_dynamic_partitions(events_partitions.name)[:limit]:
         tags = {"eventreach/event": event_id}
         batch = defs.resolve_job_def("weekly_batch").execute_in_process(

@@ -71,6 +71,13 @@ def upcoming_event_ids(events: pl.DataFrame, now: datetime) -> list[str]:
     )
 
 
+def upcoming_topics(events: pl.DataFrame, now: datetime) -> list[str]:
+    """Every topic of the upcoming events: what a batch's shared profile snapshot must cover."""
+    upcoming = upcoming_event_ids(events, now)
+    rows = normalize_events(events).filter(pl.col("event_id").is_in(upcoming))
+    return sorted(rows["topics"].explode().drop_nulls().unique().to_list())
+
+
 REPORT_WINDOW_BEFORE = timedelta(days=30)  # reports for events starting within a month...
 REPORT_WINDOW_AFTER = timedelta(days=8)  # ...or that started within the last 8 days (survey answers)
 

@@ -7,6 +7,7 @@ quarantine frame with a reason code, so "why is customer X missing?" has an answ
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 from zoneinfo import available_timezones
 
 import polars as pl
@@ -32,6 +33,7 @@ DEDUPE_ORDER = ("updated_at", "engagement_score", "interest_tags")
 DEDUPE_DESCENDING = (True, True, False)
 NO_TAGS_RANK = 2**32 - 1  # null tags sort after every tags string
 NULL_UPDATED_AT = -(2**63)  # a null `updated_at` sorts after every datetime
+ROW = "_row"  # a row's place in the extraction, so results keep the warehouse's order
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,28 @@ def to_candidate_model(valid: pl.LazyFrame) -> pl.LazyFrame:
     ).select([pl.col(name).cast(dtype) for name, dtype in CANDIDATE_SCHEMA.items()])
 
 
-def newest_first(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """The dedupe keys of every row (with its `_row` number), newest first by the dedupe rule.
+def event_match(topics: list[str]) -> pl.Expr:
+    """The event's extraction predicate as an expression: exactly the rows `extraction_sql`
+    selects (a tag string containing one of the topics, `CONTAINS` being a plain substring test,
+    or past attendance above zero; a null on either side matches nothing, as in SQL's WHERE)."""
+    tags, attendance = pl.col("interest_tags"), pl.col("event_attendance_history")
+    topic_hits = [tags.str.contains(topic, literal=True).fill_null(False) for topic in topics]
+    return pl.any_horizontal(*topic_hits, (attendance > 0).fill_null(False))
+
+
+def newest_first(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> pl.LazyFrame:
+    """Every extracted row with its quarantine `reason` and its place in the extraction (`_row`),
+    newest first by the dedupe rule: the one expensive step, and all a weekly snapshot stores.
 
     One sort of four null-free numeric keys (polars sorts those fast; nulls or a fifth key take
     a path ten times slower): the tags string is replaced by its rank among the few distinct tag
     strings, null scores go last through their own key, a null `updated_at` becomes the smallest
     int64 (no datetime a warehouse holds). Customer ids are never sorted."""
+    frame = raw.lazy().with_columns(reason=invalid_reason(known_regions)).with_row_index(ROW)
     tag_ranks = frame.select(pl.col("interest_tags").unique().drop_nulls().sort()).with_row_index("_tag_rank")
     updated_at, score = (pl.col(name) for name in DEDUPE_ORDER[:2])
     return (
-        frame.select("customer_id", "reason", "marketing_opt_out", *DEDUPE_ORDER)
-        .with_row_index("_row")
-        .join(tag_ranks, on="interest_tags", how="left")
+        frame.join(tag_ranks, on="interest_tags", how="left")
         .sort(
             [
                 updated_at.cast(pl.Int64).fill_null(NULL_UPDATED_AT),
@@ -101,60 +112,87 @@ def newest_first(frame: pl.LazyFrame) -> pl.LazyFrame:
             ],
             descending=[True, False, True, False],
         )
+        .drop("_tag_rank")
     )
 
 
-def dedupe(frame: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """`_newest`, row for row with `frame`: the customer's newest valid row; and the customers
+def newest_flags(ordered: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """`ordered` (newest first) with `_newest`: the customer's newest valid row; and the customers
     whose newest row of all is quarantined and opts out.
 
     An opt-out must be honoured even when it arrives on a row that is quarantined for some
     other defect (say an unknown timezone): falling back to an older valid row would otherwise
     resurrect a customer who said no. The first row of a customer in newest-first order is
-    their newest, found by hashing customer ids once, not by sorting them. Only customers whose
-    newest row is quarantined (a few) need a second look for their newest valid row.
+    their newest, found by hashing customer ids, not by sorting them; the first among the valid
+    rows only (the ids of quarantined rows masked) is their newest valid row. A filter keeps the
+    order, so this works on any subset of a snapshot.
     """
     valid, customer = pl.col("reason").is_null(), pl.col("customer_id")
-    ordered = newest_first(frame).with_columns(_newest_of_all=customer.is_first_distinct()).cache()
-    shadowed = ordered.filter(pl.col("_newest_of_all") & ~valid).select("customer_id", "marketing_opt_out")
-    late_newest = (
-        ordered.filter(valid & ~pl.col("_newest_of_all"))
-        .join(shadowed, on="customer_id", how="semi", maintain_order="left")
-        .filter(customer.is_first_distinct())
-        .select("_row", _late=pl.lit(True))
+    flagged = ordered.with_columns(
+        _newest_of_all=customer.is_first_distinct(),
+        _newest=valid & pl.when(valid).then(customer).is_first_distinct(),
     )
-    newest = (
-        ordered.join(late_newest, on="_row", how="left")
-        .select("_row", _newest=valid & (pl.col("_newest_of_all") | pl.col("_late").fill_null(False)))
-        .sort("_row")
-        .drop("_row")
-    )
-    opted_out = shadowed.filter(pl.col("marketing_opt_out").fill_null(False)).select(
+    opted_out = flagged.filter(pl.col("_newest_of_all") & ~valid & pl.col("marketing_opt_out").fill_null(False)).select(
         "customer_id", _opted_out=pl.lit(True)
     )
-    return newest, opted_out
+    return flagged.drop("_newest_of_all"), opted_out
+
+
+def dedupe(ordered: pl.DataFrame | pl.LazyFrame) -> ExtractResult:
+    """One candidate per customer and a quarantine with reasons, from `newest_first` rows (or any
+    filter of them): no sort by the dedupe keys here, only a hash of customer ids.
+
+    Candidates and quarantined rows come back in the order the warehouse returned them (`_row`)."""
+    flagged, opted_out = newest_flags(ordered.lazy())
+    flagged = flagged.cache()
+    superseded = pl.col("reason").is_null() & ~pl.col("_newest")
+    candidates, quarantine, total = pl.collect_all(
+        [
+            to_candidate_model(
+                flagged.filter(pl.col("_newest"))
+                .sort(ROW)
+                .join(opted_out, on="customer_id", how="left", maintain_order="left")
+                .with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_opted_out").fill_null(False))
+            ),
+            flagged.filter(pl.col("reason").is_not_null() | superseded)
+            .sort(ROW)
+            .with_columns(reason=pl.col("reason").fill_null(pl.lit(DUPLICATE_SUPERSEDED)))
+            .drop(ROW, "_newest"),
+            flagged.select(pl.len()),
+        ],
+        engine="in-memory",  # the default (streaming) sorts these keys three times slower
+    )
+    return ExtractResult(candidates=candidates, quarantine=quarantine, extracted_rows=int(total.item()))
+
+
+def event_extract(snapshot: pl.DataFrame | pl.LazyFrame, topics: list[str]) -> ExtractResult:
+    """An event's candidates and quarantine from the week's snapshot (`newest_first` rows): the
+    rows the event's own extraction would have selected, deduplicated as that extraction is."""
+    return dedupe(snapshot.lazy().filter(event_match(topics)))
 
 
 def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> ExtractResult:
     """Split extracted rows into one candidate per customer and a quarantine with reasons.
 
     Candidates and quarantined rows keep the order the warehouse returned them in."""
-    frame = raw.lazy().with_columns(reason=invalid_reason(known_regions))
-    newest, opted_out = dedupe(frame)
-    flagged = pl.concat([frame, newest], how="horizontal").cache()
-    superseded = pl.col("reason").is_null() & ~pl.col("_newest")
-    candidates, quarantine, total = pl.collect_all(
-        [
-            to_candidate_model(
-                flagged.filter(pl.col("_newest"))
-                .join(opted_out, on="customer_id", how="left", maintain_order="left")
-                .with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_opted_out").fill_null(False))
-            ),
-            flagged.filter(pl.col("reason").is_not_null() | superseded)
-            .with_columns(reason=pl.col("reason").fill_null(pl.lit(DUPLICATE_SUPERSEDED)))
-            .drop("_newest"),
-            frame.select(pl.len()),
-        ],
-        engine="in-memory",  # the default (streaming) sorts these keys three times slower
-    )
-    return ExtractResult(candidates=candidates, quarantine=quarantine, extracted_rows=int(total.item()))
+    return dedupe(newest_first(raw, known_regions))
+
+
+def batch_week_start(now: datetime) -> datetime:
+    """Monday 00:00 of `now`'s week: a snapshot taken before it belongs to an earlier batch."""
+    return datetime.combine((now - timedelta(days=now.weekday())).date(), time())
+
+
+def snapshot_unusable(
+    as_of: datetime | None, covered_topics: list[str], topics: list[str], now: datetime
+) -> str | None:
+    """Why an event must not read the stored snapshot (None when it may): none stored, one from an
+    earlier batch week, or one whose extraction did not cover all of the event's topics."""
+    if as_of is None:
+        return "no profile snapshot stored"
+    if as_of < batch_week_start(now):
+        return f"profile snapshot of {as_of:%Y-%m-%d %H:%M} is older than this batch week"
+    missing = sorted(set(topics) - set(covered_topics))
+    if missing:
+        return f"profile snapshot does not cover topic(s) {', '.join(missing)}"
+    return None

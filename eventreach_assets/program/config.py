@@ -239,6 +239,9 @@ class ProgramConfig(_Model):
     model_training_schedule: str
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     deliverability: DeliverabilityConfig = Field(default_factory=DeliverabilityConfig)
+    # How the weekly batch reads profiles: each event's own extraction (pushed down per event), or
+    # one `profile_snapshot` per batch that every event's partition reads (docs/speed.md).
+    extraction: Literal["per_event", "weekly_snapshot"] = "per_event"
 
     @field_validator("batch_schedule", "export_schedule", "model_training_schedule")
     @classmethod

@@ -19,6 +19,10 @@ from pydantic import PrivateAttr
 
 from eventreach_assets.resources.files import safe_key
 
+# Input metadata: an asset that can do without the upstream value (and says so) gets None when
+# none is stored, instead of a failed step (raw_candidates falls back to its own extraction).
+ALLOW_MISSING = "eventreach/allow_missing"
+
 
 def value_path(context: dg.OutputContext | dg.InputContext) -> list[str]:
     """The asset value's path segments, each checked so it cannot escape the root."""
@@ -63,15 +67,22 @@ class PolarsParquetIOManagerBase(dg.ConfigurableIOManager, abc.ABC):
         if run_id is not None:
             self._run_values[tuple(value_path(context))] = obj
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame:
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | None:
         path = value_path(context)
         run_id = run_of(context)
+        if run_id != self._run_id:  # a new run: an earlier run's values are not kept alive beside this one's
+            self._run_id, self._run_values = run_id, {}
         if run_id is not None and run_id == self._run_id and tuple(path) in self._run_values:
             return self._run_values[tuple(path)]
         missing = (
             f"no stored value for {context.asset_key.to_user_string()} at {self._location(path)}: materialize it first"
         )
-        return self._read(path, missing)
+        try:
+            return self._read(path, missing)
+        except FileNotFoundError:
+            if (context.definition_metadata or {}).get(ALLOW_MISSING):
+                return None
+            raise
 
     @abc.abstractmethod
     def _location(self, path: list[str]) -> str:
