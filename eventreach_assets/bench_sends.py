@@ -315,6 +315,7 @@ def provider_calls(reference: str, calls: int, wiring: Wiring) -> int:
         def call(number: int) -> Any:
             destination = {"ToAddresses": [f"c{number:09d}@example.invalid"]}
             return client.send_email(FromEmailAddress=SENDER, Destination=destination, Content={"Raw": {"Data": data}})
+
         threads, per_call = wiring.concurrency, 1
     else:
         client = aws.aws_client("sns", region_name=REGION, endpoint_url=wiring.endpoint,
