@@ -247,6 +247,7 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     from eventreach_assets.domain.events import upcoming_topics
     from eventreach_assets.domain.extract import event_extract, newest_first
     from eventreach_assets.resources.files import write_parquet_atomically
+    from eventreach_assets.resources.parquet_io.local import VALUE_CODEC
 
     _fresh_candidate_store(home)
     r = resources_for(home=home, fixed_now=BENCH_NOW.isoformat())
@@ -254,7 +255,9 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     lap, path = _Laps(), home / "bare-snapshot.parquet"
     topics = upcoming_topics(r["warehouse"].events(), r["clock"].now())
     raw = r["warehouse"].extract_candidates(topics)
-    write_parquet_atomically(newest_first(raw, r["program"].load().marketplaces).collect(engine="in-memory"), path)
+    write_parquet_atomically(
+        newest_first(raw, r["program"].load().marketplaces).collect(engine="in-memory"), path, VALUE_CODEC
+    )  # as the IO manager stores it
     del raw
     stages["profile_snapshot"] = lap()
     counts = {"extracted_rows": 0, "scored_candidates": 0}

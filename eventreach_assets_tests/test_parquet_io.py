@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 
@@ -53,3 +55,18 @@ def test_an_input_that_allows_a_missing_value_gets_none_and_any_other_fails_nami
     )
     assert not strict.success
     assert "no stored value for upstream" in str(strict.all_events) and "materialize it first" in str(strict.all_events)
+
+
+def _codecs(path: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    return {metadata.row_group(0).column(index).compression for index in range(metadata.num_columns)}
+
+
+def test_values_are_stored_with_lz4_unless_the_deployment_says_otherwise(tmp_path):
+    assert dg.materialize([upstream], resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))}).success
+    assert _codecs(tmp_path / "upstream.parquet") == {"LZ4"}
+    zstd = PolarsParquetIOManager(base_dir=str(tmp_path / "zstd"), compression="zstd")
+    assert dg.materialize([upstream], resources={"io_manager": zstd}).success
+    assert _codecs(tmp_path / "zstd" / "upstream.parquet") == {"ZSTD"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -20,14 +21,17 @@ def safe_key(value: str) -> str:
     return value
 
 
+ParquetCodec = Literal["lz4", "snappy", "zstd", "gzip", "brotli", "uncompressed"]
+
+
 def _temporary_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_parquet_atomically(frame: pl.DataFrame, path: Path) -> None:
+def write_parquet_atomically(frame: pl.DataFrame, path: Path, compression: ParquetCodec = "zstd") -> None:
     temporary = _temporary_beside(path)
-    frame.write_parquet(temporary)
+    frame.write_parquet(temporary, compression=compression)
     os.replace(temporary, path)
 
 
