@@ -202,6 +202,17 @@ def test_items_read_back_with_attributes_and_without_keys(store):
     assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16
 
 
+def test_event_item_keys_are_the_items_keys_status_and_ttl_live_ones_only(store):
+    replace(store, SCORES)
+    store.mark_registered(PROGRAM, EVENT, "c03", NOW, "email")
+    items = store.event_items(PROGRAM, EVENT, now=NOW)
+    keys = store.event_item_keys(PROGRAM, EVENT, now=NOW)
+    assert_frame_equal(keys, items.select("customer_id", "channel", "status", "expires_at"))
+    assert keys.filter(pl.col("status") == "registered")["customer_id"].to_list() == ["c03", "c03"]
+    after_ttl = NOW + timedelta(days=TTL + 1)
+    assert store.event_item_keys(PROGRAM, EVENT, now=after_ttl).height == 0  # expired items are not live
+
+
 # ---- replace semantics --------------------------------------------------------------------
 
 

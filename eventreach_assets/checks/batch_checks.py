@@ -159,7 +159,7 @@ def candidates_table_matches_scored(
     config = program.load()
     now = clock.now()
     channels = len(config.invitation_channels)
-    items = candidate_store.event_items(config.program_id, context.partition_key, now=now)
+    items = candidate_store.event_item_keys(config.program_id, context.partition_key, now=now)
     per_customer = items.group_by("customer_id").agg(
         channels=pl.len(), registered=(pl.col("status") == "registered").any()
     )
@@ -198,7 +198,7 @@ def candidates_export_matches_store(
     """The exported Parquet holds exactly the store's items of the event (count and keys)."""
     config = program.load()
     now = clock.now()
-    stored = candidate_store.event_items(config.program_id, context.partition_key, now=now).select(
+    stored = candidate_store.event_item_keys(config.program_id, context.partition_key, now=now).select(
         "customer_id", "channel"
     )
     exported = exporter.read_event(config.program_id, context.partition_key, now.date()).select(

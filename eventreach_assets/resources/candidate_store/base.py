@@ -109,6 +109,11 @@ class RegisteredCustomer(NamedTuple):
     position: str
 
 
+# What `event_item_keys` returns per item.
+EVENT_ITEM_KEYS: dict[str, pl.DataType] = {
+    "customer_id": pl.String(), "channel": pl.String(), "status": pl.String(), "expires_at": pl.Int64(),
+}  # fmt: skip
+
 # What a registered-customers read fetches per item, in GSI2 order.
 REGISTERED_ITEM_FIELDS = (
     "gsi2sk", "customer_id", "status_at", "registered_channel", "score", "score_band", "marketplace", "timezone",
@@ -427,6 +432,13 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         now_epoch = ci.epoch_seconds(resolve_now(now))
         return self._event_items(ci.gsi2_pk(program_id, event_id), now_epoch).sort("customer_id", "channel")
 
+    def event_item_keys(self, program_id: str, event_id: str, now: datetime | None = None) -> pl.DataFrame:
+        """`event_items`' customer_id, channel, status and expires_at only, same order: what the batch's
+        checks compare, read without the attributes (five times fewer values at 200,000 items)."""
+        now_epoch = ci.epoch_seconds(resolve_now(now))
+        keys = self._event_item_keys(ci.gsi2_pk(program_id, event_id), now_epoch)
+        return pl.DataFrame(keys, schema=EVENT_ITEM_KEYS, orient="row").sort("customer_id", "channel")
+
     def count_event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> int:
         """Number of live items of the event (GSI2PK, keys only)."""
         return self._count_event_items(ci.gsi2_pk(program_id, event_id), ci.epoch_seconds(resolve_now(now)))
@@ -503,6 +515,10 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def _event_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         """Live items of the event (GSI2PK)."""
+
+    @abc.abstractmethod
+    def _event_item_keys(self, gsi2pk: str, now_epoch: int) -> list[tuple]:
+        """(customer_id, channel, status, expires_at) of the event's live items (GSI2PK), any order."""
 
     @abc.abstractmethod
     def _count_event_items(self, gsi2pk: str, now_epoch: int) -> int:

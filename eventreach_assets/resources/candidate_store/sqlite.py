@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr
 from eventreach_assets.domain import candidate_items as ci
 from eventreach_assets.domain.served_items import ITEM_JSON, item_json_expr
 from eventreach_assets.resources.candidate_store.base import (
+    EVENT_ITEM_KEYS,
     REGISTERED_ITEM_FIELDS,
     TS_FORMAT,
     CandidateStoreResource,
@@ -383,6 +384,11 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
     def _event_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         with self._connect() as conn:
             return self._read_items(conn, "gsi2pk = :pk AND expires_at > :now", {"pk": gsi2pk, "now": now_epoch})
+
+    def _event_item_keys(self, gsi2pk: str, now_epoch: int) -> list[tuple]:
+        with self._connect() as conn:
+            sql = f"SELECT {', '.join(EVENT_ITEM_KEYS)} FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now"
+            return conn.execute(sql, {"pk": gsi2pk, "now": now_epoch}).fetchall()
 
     def _count_event_items(self, gsi2pk: str, now_epoch: int) -> int:
         with self._connect() as conn:
