@@ -32,7 +32,8 @@ def test_one_event_plays_from_invitation_to_survey(tmp_path: Path):
     launched = {(run.job_name, run.origin) for run in report.timeline}
     for expected in [
         ("train_models", "model_training_schedule"),
-        ("weekly_batch", "weekly_batch_schedule"),
+        ("weekly_profile_snapshot", "weekly_batch_schedule"),  # Monday's tick: the week's profiles once
+        ("weekly_batch", "profile_snapshot_sensor"),  # then the event's batch, read from the snapshot
         ("export_candidates", "candidates_export_schedule"),
         ("email_campaign", "event_lifecycle_sensor"),  # invitation waves at each segment's local time
         ("in_app_campaign", "event_lifecycle_sensor"),
@@ -59,7 +60,8 @@ def test_one_event_plays_from_invitation_to_survey(tmp_path: Path):
     first = {}
     for run in report.timeline:
         first.setdefault(run.job_name, run.at)
-    assert first["weekly_batch"] < first["email_campaign"] < first["push_reminder"] < first["day_of_reminder"]
+    assert first["weekly_profile_snapshot"] < first["weekly_batch"] < first["email_campaign"]
+    assert first["email_campaign"] < first["push_reminder"] < first["day_of_reminder"]
     assert first["day_of_reminder"] < first["attendance_tracking"] < first["post_event_survey"]
 
     funnel = report.funnel.filter(pl.col("channel") == "all")
