@@ -25,7 +25,7 @@ from eventreach_assets.jobs import (
     profile_snapshot_job,
     weekly_batch_job,
 )
-from eventreach_assets.partitions import events_partitions
+from eventreach_assets.partitions import event_run_requests
 from eventreach_assets.program.config import ProgramConfig, aws_cron_to_unix
 from eventreach_assets.resources.program import ClockResource
 from eventreach_assets.resources.warehouse import WarehouseResource
@@ -46,17 +46,7 @@ def per_event_run_requests(
 ) -> list[dg.RunRequest]:
     """One run per selected event (default: upcoming) that is registered as a partition; run keys
     make ticks idempotent."""
-    known = set(context.instance.get_dynamic_partitions(events_partitions.name))
-    tick = tick_of(context)
-    return [
-        dg.RunRequest(
-            run_key=f"{stage}:{event_id}:{tick}",
-            partition_key=event_id,
-            tags={"eventreach/event": event_id, "eventreach/stage": stage},
-        )
-        for event_id in select(warehouse.events(), clock.now())
-        if event_id in known
-    ]
+    return event_run_requests(context.instance, select(warehouse.events(), clock.now()), stage, tick_of(context))
 
 
 def per_event_schedule(

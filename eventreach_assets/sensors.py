@@ -37,7 +37,7 @@ from eventreach_assets.domain.engagement_schemas import CANCELLED
 from eventreach_assets.domain.events import normalize_events, upcoming_event_ids
 from eventreach_assets.domain.lifecycle import STAGES, due_stages, lifecycle_schedule, stage_run_key
 from eventreach_assets.jobs import FEED_JOBS, attendance_job, campaign_jobs, feed_jobs, weekly_batch_job
-from eventreach_assets.partitions import events_partitions
+from eventreach_assets.partitions import event_run_requests, events_partitions, run_tags
 from eventreach_assets.resources.alerts import AlertChannelResource, FailureAlert, first_line
 from eventreach_assets.resources.feeds import EngagementFeedResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
@@ -51,12 +51,6 @@ FILES_PER_RUN = 200  # a backlog is ingested in runs of this many files, one run
 
 def utc_naive(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
-
-
-def run_tags(event_id: str, stage: str, channel: str | None = None) -> dict[str, str]:
-    """The tags operators filter runs by in the UI."""
-    tags = {"eventreach/event": event_id, "eventreach/stage": stage}
-    return {**tags, "eventreach/channel": channel} if channel else tags
 
 
 def catalog_state(events: pl.DataFrame, event_ids: list[str]) -> dict[str, str]:
@@ -183,18 +177,9 @@ def profile_snapshot_sensor(
     context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, warehouse: WarehouseResource,
     clock: ClockResource,
 ) -> list[dg.RunRequest] | dg.SkipReason:  # fmt: skip
-    known = set(context.instance.get_dynamic_partitions(events_partitions.name))
-    events = [event_id for event_id in upcoming_event_ids(warehouse.events(), clock.now()) if event_id in known]
-    if not events:
-        return dg.SkipReason(f"snapshot of run {asset_event.run_id}: no upcoming event partition to run")
-    return [
-        dg.RunRequest(
-            run_key=f"weekly-batch:{event_id}:{asset_event.run_id}",
-            partition_key=event_id,
-            tags=run_tags(event_id, "weekly-batch"),
-        )
-        for event_id in events
-    ]
+    upcoming = upcoming_event_ids(warehouse.events(), clock.now())
+    requests = event_run_requests(context.instance, upcoming, "weekly-batch", asset_event.run_id)
+    return requests or dg.SkipReason(f"snapshot of run {asset_event.run_id}: no upcoming event partition to run")
 
 
 def next_due(instance: dg.DagsterInstance, asset_name: str, event_id: str, window_opened: datetime) -> datetime | None:
@@ -317,18 +302,9 @@ WAITLIST = CAMPAIGN_KINDS["waitlist_confirmations"]
 )
 def waitlist_promotion_sensor(context: dg.RunStatusSensorContext) -> list[dg.RunRequest] | dg.SkipReason:
     run_id = context.dagster_run.run_id
-    known = set(context.instance.get_dynamic_partitions(events_partitions.name))
-    events = [event_id for event_id in events_with_cancellations(context.instance, run_id) if event_id in known]
-    if not events:
-        return dg.SkipReason(f"run {run_id} freed no seat")
-    return [
-        dg.RunRequest(
-            run_key=f"{WAITLIST.stage}:{event_id}:{run_id}",
-            partition_key=event_id,
-            tags=run_tags(event_id, WAITLIST.stage, WAITLIST.channel),
-        )
-        for event_id in events
-    ]
+    freed = events_with_cancellations(context.instance, run_id)
+    requests = event_run_requests(context.instance, freed, WAITLIST.stage, run_id, WAITLIST.channel)
+    return requests or dg.SkipReason(f"run {run_id} freed no seat")
 
 
 def release_reservations(ledger: DeliveryLedgerResource, run_id: str, now: datetime) -> dict[str, str]:
