@@ -222,16 +222,15 @@ def measure_bare(home: Path, event_id: str) -> dict:
 
     The reference the Dagster figure is compared with (asset checks, IO manager and events are
     what the difference pays for)."""
-    from eventreach_assets.assets.extraction import current_event
+    from eventreach_assets.assets.extraction import current_event, extract_event
     from eventreach_assets.deployments import resources_for
-    from eventreach_assets.domain.extract import validate_and_dedupe
 
     _fresh_candidate_store(home)
     r = resources_for(home=home, program=per_event_program(home), fixed_now=BENCH_NOW.isoformat())
     stages: dict[str, float] = {}
     lap = _Laps()
     event = current_event(r["warehouse"], event_id)
-    extracted = validate_and_dedupe(r["warehouse"].extract_candidates(event.topics), r["program"].load().marketplaces)
+    extracted = extract_event(r["warehouse"], r["program"], event)
     scored = _bare_event(r, event, extracted, stages, lap)
     counts = {"extracted_rows": extracted.extracted_rows, "scored_candidates": scored}
     return {"wall_s": lap.total(), "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
@@ -245,7 +244,7 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     from eventreach_assets.assets.extraction import current_event
     from eventreach_assets.deployments import resources_for
     from eventreach_assets.domain.events import upcoming_topics
-    from eventreach_assets.domain.extract import event_extract, newest_first
+    from eventreach_assets.domain.extract import event_extract, profile_snapshot_rows
     from eventreach_assets.resources.files import write_parquet_atomically
     from eventreach_assets.resources.parquet_io.local import VALUE_CODEC
 
@@ -256,7 +255,7 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     topics = upcoming_topics(r["warehouse"].events(), r["clock"].now())
     raw = r["warehouse"].extract_candidates(topics)
     write_parquet_atomically(
-        newest_first(raw, r["program"].load().marketplaces).collect(engine="in-memory"), path, VALUE_CODEC
+        profile_snapshot_rows(raw, r["program"].load().marketplaces), path, VALUE_CODEC
     )  # as the IO manager stores it
     del raw
     stages["profile_snapshot"] = lap()

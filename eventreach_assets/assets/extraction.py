@@ -17,7 +17,7 @@ from eventreach_assets.domain.events import EventContext, UnknownEventError, eve
 from eventreach_assets.domain.extract import (
     ExtractResult,
     event_extract,
-    newest_first,
+    profile_snapshot_rows,
     snapshot_unusable,
     validate_and_dedupe,
 )
@@ -58,7 +58,7 @@ def profile_snapshot(
     with stopwatch() as watch:
         raw = warehouse.extract_candidates(topics)
         extracted = watch.stop()
-        snapshot = newest_first(raw, program.load().marketplaces).collect(engine="in-memory")
+        snapshot = profile_snapshot_rows(raw, program.load().marketplaces)
     reasons = snapshot.group_by("reason").len().drop_nulls().sort("reason")
     return dg.MaterializeResult(
         value=snapshot,
@@ -73,6 +73,11 @@ def profile_snapshot(
             **watch.metadata(snapshot.height),
         },
     )
+
+
+def extract_event(warehouse: WarehouseResource, program: ProgramResource, event: EventContext) -> ExtractResult:
+    """The event's own extraction (its predicate pushed down), validated and deduplicated."""
+    return validate_and_dedupe(warehouse.extract_candidates(event.topics), program.load().marketplaces)
 
 
 def extracted(context: dg.AssetExecutionContext, event: EventContext, result: ExtractResult, how: str,
@@ -109,7 +114,7 @@ def raw_candidates_per_event(
     """Profiles interested in the event's topics, validated and deduplicated: one row per customer."""
     event = current_event(warehouse, context.partition_key)
     with stopwatch() as watch:
-        result = validate_and_dedupe(warehouse.extract_candidates(event.topics), program.load().marketplaces)
+        result = extract_event(warehouse, program, event)
         quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
     return extracted(context, event, result, "per_event", quarantine_path, watch)
 
@@ -147,8 +152,7 @@ def raw_candidates_from_snapshot(
             result, how = event_extract(snapshot, event.topics), f"weekly_snapshot (as of {as_of:%Y-%m-%d %H:%M})"
         else:
             context.log.warning(f"event {event.event_id}: {why_not}; extracting the event on its own")
-            result = validate_and_dedupe(warehouse.extract_candidates(event.topics), program.load().marketplaces)
-            how = f"per_event (fallback: {why_not})"
+            result, how = extract_event(warehouse, program, event), f"per_event (fallback: {why_not})"
         quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
     return extracted(context, event, result, how, quarantine_path, watch)
 

@@ -165,6 +165,12 @@ def dedupe(ordered: pl.DataFrame | pl.LazyFrame) -> ExtractResult:
     return ExtractResult(candidates=candidates, quarantine=quarantine, extracted_rows=int(total.item()))
 
 
+def profile_snapshot_rows(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> pl.DataFrame:
+    """The week's snapshot: `newest_first` collected in memory (polars' default streaming engine
+    runs this sort two to three times slower)."""
+    return newest_first(raw, known_regions).collect(engine="in-memory")
+
+
 def event_extract(snapshot: pl.DataFrame | pl.LazyFrame, topics: list[str]) -> ExtractResult:
     """An event's candidates and quarantine from the week's snapshot (`newest_first` rows): the
     rows the event's own extraction would have selected, deduplicated as that extraction is."""
