@@ -429,7 +429,9 @@ def _aws_handler(stand_in: AwsStandIn) -> type[http.server.BaseHTTPRequestHandle
                 result = f"<PublishResult><MessageId>{uuid.uuid4()}</MessageId></PublishResult>"
                 body = f'<PublishResponse xmlns="http://sns.amazonaws.com/doc/2010-03-31/">{result}</PublishResponse>'
                 return self._answer(200, body.encode(), "text/xml")
-            status, code, message = refused
+            self._sns_error(*refused)
+
+        def _sns_error(self, status: int, code: str, message: str) -> None:
             error = f"<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
             self._answer(status, f"<ErrorResponse>{error}<RequestId>r</RequestId></ErrorResponse>".encode(), "text/xml")
 
@@ -445,13 +447,10 @@ def _aws_handler(stand_in: AwsStandIn) -> type[http.server.BaseHTTPRequestHandle
             )
             with stand_in.lock:
                 stand_in.calls += 1
-            refused = stand_in.send_answer("", ("Throttled", "Rate exceeded")) if stand_in.throttle_left else None
-            if refused is not None:
-                stand_in.accepted.pop("", None)
-                status, code, message = refused
-                error = f"<Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
-                body = f"<ErrorResponse>{error}<RequestId>r</RequestId></ErrorResponse>"
-                return self._answer(status, body.encode(), "text/xml")
+                throttled = stand_in.throttle_left > 0
+                stand_in.throttle_left -= throttled
+            if throttled:
+                return self._sns_error(429, "Throttled", "Rate exceeded")
             members = ""
             for member, recipient in entries:
                 with stand_in.lock:
