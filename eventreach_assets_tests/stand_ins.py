@@ -7,8 +7,10 @@ anything but loopback, and every server is stopped when its fixture ends.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,10 +36,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+
+
+def serialize_moto_dynamodb_writes() -> None:
+    """Make moto's DynamoDB writes atomic with respect to each other, as DynamoDB's are.
+
+    moto runs `TransactWriteItems` on a deep copy of the tables and puts the copy back when the
+    transaction is cancelled, so a write another request made in between is lost (two ledger runs
+    racing for the same keys could then both be granted one). One lock around every item write, in
+    this process's moto only, gives the tests DynamoDB's own guarantee to test our code against."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_eventreach_serialized", False):
+        return
+    lock = threading.RLock()
+
+    def locked(write: Any) -> Any:
+        @functools.wraps(write)
+        def under_lock(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return write(*args, **kwargs)
+
+        return under_lock
+
+    for name in _DYNAMODB_WRITES:
+        setattr(DynamoDBBackend, name, locked(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend._eventreach_serialized = True
+
+
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """A ThreadedMotoServer on a free loopback port; yields its endpoint URL."""
+    """A ThreadedMotoServer on a free loopback port (its DynamoDB writes atomic, see
+    `serialize_moto_dynamodb_writes`); yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
+
+    serialize_moto_dynamodb_writes()
 
     previous = {key: os.environ.get(key) for key in FAKE_AWS_ENV}
     os.environ.update(FAKE_AWS_ENV)
