@@ -62,18 +62,21 @@ def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size()
         "--runs", "1", "--connections", "2", "--workers", "1", "--client", "python",
     )  # fmt: skip
     lines = out.splitlines()
-    rows = {
-        target: next(line for line in lines if re.match(rf"\s+2\s+{target}\s", line)) for target in ("reference", "api")
-    }
+    targets = ("reference", "api", "api-uncached")  # the API as deployed, and with its page cache off
+    rows = {target: next(line for line in lines if re.match(rf"\s+2\s+{target}\s", line)) for target in targets}
     for row in rows.values():
         rps, p50, p95, p99, errors = row.split()[2:7]
         assert float(rps.replace(",", "")) > 0 and 0 < float(p50) <= float(p95) <= float(p99) and errors == "0"
     assert re.search(r"api/reference: \d+% of the reference's req/s", out) and "server peak RSS" in out
+    assert re.search(r"api-uncached/reference: \d+% of the reference's req/s", out)
     figures = json.loads(lines[-1])
     two = figures["connections"]["2"]
     assert two["api_share_of_reference_rps"] == pytest.approx(two["api"]["rps"] / two["reference"]["rps"])
-    assert two["reference"]["errors"] == two["api"]["errors"] == 0 and len(two["api"]["runs"]) == 1
-    assert figures["peak_rss_mb"]["api"] > 0 and figures["peak_rss_mb"]["reference"] > 0
+    assert two["api_uncached_share_of_reference_rps"] == pytest.approx(
+        two["api-uncached"]["rps"] / two["reference"]["rps"]
+    )
+    assert all(two[target]["errors"] == 0 and len(two[target]["runs"]) == 1 for target in targets)
+    assert all(figures["peak_rss_mb"][target] > 0 for target in targets)
     assert figures["client"] == "python" and figures["reference_body_bytes"] > 10_000  # a real 100-item page
 
 

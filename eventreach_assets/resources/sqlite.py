@@ -76,8 +76,8 @@ class SqliteConnections:
                         raise
                     time.sleep(0.05)
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
+    def _current(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        """This thread's connection (opened, or reopened when the file was replaced) and the file's identity."""
         # Keyed by pid too: a forked step process must not share its parent's connection. A
         # thread id is only reused once its thread has ended, so a connection is never shared.
         key = (os.getpid(), threading.get_ident())
@@ -87,7 +87,11 @@ class SqliteConnections:
             cached = None
         if cached is None:
             cached = self._connections[key] = self._open()
-        yield cached[0]
+        return cached
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        yield self._current()[0]
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -99,6 +103,15 @@ class SqliteConnections:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def read_version(self) -> tuple[int, ...]:
+        """A token equal between two calls exactly when no write was committed to the file in
+        between, by any connection or process (`PRAGMA data_version` of this thread's connection,
+        which moves on another connection's commit, plus the connection's own changes): what a
+        cache of reads is valid for."""
+        conn, file_identity = self._current()  # a replaced file: another identity
+        data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        return (*file_identity, id(conn), data_version, conn.total_changes)
 
     def close(self) -> None:
         """Close this process's connections (safe to call twice)."""
@@ -138,6 +151,15 @@ class SqliteBacked:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._db().transaction() as conn:
             yield conn
+
+    def read_version(self) -> tuple[int, ...]:
+        """Equal between two calls exactly when nothing was committed to the file in between
+        (`SqliteConnections.read_version`): the Serving API keeps its pages while it holds."""
+        return self._db().read_version()
+
+    def version_reader(self) -> Callable[[], tuple[int, ...]]:
+        """`read_version` bound once (a resource's private state costs microseconds per access)."""
+        return self._db().read_version
 
     def close(self) -> None:
         """Close this process's connections (Dagster calls it after the step; safe to call twice)."""

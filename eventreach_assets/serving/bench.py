@@ -5,14 +5,18 @@ Seeds a temporary local deployment's candidate store with 100,000 candidates for
 registrations for an event of that size), then starts two servers in child processes on free
 loopback ports, each with the same uvicorn workers (`--workers`, default 2: one per core here):
 
-* the real API (`python -m eventreach_assets.serving.api`) over that store;
+* the real API (`python -m eventreach_assets.serving.api`) over that store, as deployed (its page
+  cache on: a repeated page is answered from memory until the stores change);
+* the same API with the page cache off (`EVENTREACH_API_PAGE_CACHE_MB=0`): every page read from
+  the store, what a request costs right after a write;
 * the bare reference: the same stack (uvicorn + Starlette, same workers) answering every GET
   with one fixed page, a real 100-item candidates page of the API taken at start: the same body
   shape and size with no work behind it, so its figures are the ceiling the API could reach.
 
-Both are driven, in the same invocation, by the same load on the same requests: at 32 and at 64
-keep-alive connections (`--connections`), for 30 s, three runs each, reference and API
-alternating, on an even mix of the three queries (a page of 100):
+All three are driven, in the same invocation, by the same load on the same requests: at 32 and
+at 64 keep-alive connections (`--connections`), for 30 s, three runs each, the servers
+alternating, after a warm-up of each (not reported), on an even mix of the three queries (a page
+of 100):
 
 * GetCandidatesForChannel: both channels, four minScore / excludeRegistered combinations,
   first pages and pages up to 20 deep (cursors collected beforehand);
@@ -22,7 +26,7 @@ alternating, on an even mix of the three queries (a page of 100):
 The load comes from `wrk` when /usr/bin/wrk exists (Debian package `wrk`; a Lua script cycles
 through the requests), else from an asyncio HTTP/1.1 client in this module (`--drive`), which
 competes with the servers for the same cores, so its figures are lower than wrk's. Prints each
-run, then per connection count both servers' medians (req/s, P50/P95/P99), the API's share of
+run, then per connection count each server's medians (req/s, P50/P95/P99), each API's share of
 the reference's req/s, each server's peak RSS, and ends with one JSON line of all figures. Not a
 test: it asserts nothing, it measures. `--seconds`, `--runs` (or env EVENTREACH_BENCH_SECONDS,
 EVENTREACH_BENCH_RUNS) shorten it.
@@ -131,7 +135,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(home: Path, port: int, key: str, settings: Settings) -> subprocess.Popen:
+def start_server(home: Path, port: int, key: str, settings: Settings, page_cache: bool = True) -> subprocess.Popen:
     env = {name: value for name, value in os.environ.items() if not name.startswith("EVENTREACH_")}
     env.update(
         EVENTREACH_HOME=str(home),
@@ -139,9 +143,11 @@ def start_server(home: Path, port: int, key: str, settings: Settings) -> subproc
         EVENTREACH_API_KEYS=key,
         EVENTREACH_WEBHOOK_SECRET=secrets.token_urlsafe(48),
     )
+    if not page_cache:
+        env["EVENTREACH_API_PAGE_CACHE_MB"] = "0"
     command = [sys.executable, "-m", "eventreach_assets.serving.api", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(settings.workers)]  # fmt: skip
-    log = (home / "server.log").open("w")
+    log = (home / ("server.log" if page_cache else "server-uncached.log")).open("w")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -415,7 +421,8 @@ def drive_with_python(
 
 
 FIGURES = ("rps", "p50_ms", "p95_ms", "p99_ms")
-TARGETS = ("reference", "api")
+TARGETS = ("reference", "api", "api-uncached")
+APIS = TARGETS[1:]
 
 
 def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -452,32 +459,38 @@ def measure(bases: dict[str, str], key: str, mix: list[tuple[str, str]], setting
                 result = drive_once(bases[target], key, mix, connections, settings.seconds, home)
                 results[target].append(result)
                 print_run(target, connections, number, result)
-        figures[str(connections)] = {target: medians(results[target]) for target in TARGETS}
-        figures[str(connections)]["api_share_of_reference_rps"] = (
-            figures[str(connections)]["api"]["rps"] / figures[str(connections)]["reference"]["rps"]
-        )
+        row = figures[str(connections)] = {target: medians(results[target]) for target in TARGETS}
+        for api in APIS:
+            row[f"{api.replace('-', '_')}_share_of_reference_rps"] = row[api]["rps"] / row["reference"]["rps"]
     return figures
 
 
 def print_table(figures: dict[str, Any], runs: int, rss: dict[str, float]) -> None:
     print(f"\nmedians of {runs}:")
-    print("connections  server         req/s   P50 ms   P95 ms   P99 ms  errors")
+    print("connections  server            req/s   P50 ms   P95 ms   P99 ms  errors")
     for connections, row in figures.items():
         for target in TARGETS:
             got = row[target]
             print(
-                f"{connections:>11}  {target:9s}  {got['rps']:9,.0f}  {got['p50_ms']:7.2f}  {got['p95_ms']:7.2f}  "
+                f"{connections:>11}  {target:12s}  {got['rps']:9,.0f}  {got['p50_ms']:7.2f}  {got['p95_ms']:7.2f}  "
                 f"{got['p99_ms']:7.2f}  {got['errors']:6d}"
             )
-        print(f"{connections:>11}  api/reference: {row['api_share_of_reference_rps']:.0%} of the reference's req/s")
-    print(f"server peak RSS (workers together): reference {rss['reference']:,.0f} MB, api {rss['api']:,.0f} MB")
+        for api in APIS:
+            share = row[f"{api.replace('-', '_')}_share_of_reference_rps"]
+            print(f"{connections:>11}  {api}/reference: {share:.0%} of the reference's req/s")
+    peaks = ", ".join(f"{target} {rss[target]:,.0f} MB" for target in TARGETS)
+    print(f"server peak RSS (workers together): {peaks}")
 
 
 def start_servers(home: Path, key: str, settings: Settings, seeded: dict[str, Any]) -> tuple[dict, dict, list]:
     """The API, the request mix (real cursors), then the reference serving a real page of the API."""
     bases = {target: f"http://127.0.0.1:{free_port()}" for target in TARGETS}
-    servers = {"api": start_server(home, int(bases["api"].rsplit(":", 1)[1]), key, settings)}
-    wait_until_up(bases["api"], servers["api"], home)
+    servers = {
+        api: start_server(home, int(bases[api].rsplit(":", 1)[1]), key, settings, page_cache=api == "api")
+        for api in APIS
+    }
+    for api in APIS:
+        wait_until_up(bases[api], servers[api], home, log="server.log" if api == "api" else "server-uncached.log")
     mix = request_mix(bases["api"], key, seeded, settings.limit)
     first_page = next(path for kind, path in mix if kind == "candidates" and "cursor=" not in path)
     request = urllib.request.Request(bases["api"] + first_page, headers={"X-API-Key": key})

@@ -38,6 +38,7 @@ _CACHE = "score_cache"
 _GSI1 = "candidate_items_gsi1"
 _GSI2 = "candidate_items_gsi2"
 _REGISTERED = "candidate_items_registered"
+_EXPIRY = "candidate_items_expiry"
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS {_ITEMS} (
@@ -69,6 +70,9 @@ CREATE INDEX IF NOT EXISTS {_GSI2} ON {_ITEMS} (gsi2pk, gsi2sk);
 CREATE INDEX IF NOT EXISTS {_REGISTERED} ON {_ITEMS}
     (gsi2pk, gsi2sk, {", ".join(REGISTERED_ITEM_FIELDS[1:])}, expires_at, status)
     WHERE status = '{ci.STATUS_REGISTERED}';
+-- When the next live item expires (the Serving API's page cache holds until then) and what
+-- `purge_expired` deletes: both a range of this index, not a scan.
+CREATE INDEX IF NOT EXISTS {_EXPIRY} ON {_ITEMS} (expires_at);
 CREATE TABLE IF NOT EXISTS {_CACHE} (
     pk TEXT NOT NULL,
     sk TEXT NOT NULL,
@@ -371,6 +375,13 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
                 return registered_customers(rows, limit)
             finally:
                 rows.close()
+
+    def next_expiry(self, now_epoch: int) -> int | None:
+        """The epoch second at which the next item live at `now_epoch` expires (None: none is
+        live): until then, and while `read_version` holds, every read answers the same."""
+        with self._connect() as conn:
+            sql = f"SELECT min(expires_at) FROM {_ITEMS} WHERE expires_at > ?"
+            return conn.execute(sql, (now_epoch,)).fetchone()[0]
 
     def _registered_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         where, lo, hi = self._registered_where()

@@ -46,17 +46,20 @@ and prints where.
 
 Every page is read from the stores' indexes (a keyset on the key the list is ordered by: GSI1
 for candidates, GSI2 for registered customers, the engagement key for the waitlist) as JSON
-text, never a whole list or a frame per request; nothing is cached, so every process serves a
-new registration on its next request. Run it with
+text, never a whole list or a frame per request. Over the local SQLite stores each process
+keeps the pages it answered until anything is committed to the stores or an item expires
+(`page_cache`, `EVENTREACH_API_PAGE_CACHE_MB`, 0: off), so every process still serves a new
+registration on its next request. Run it with
 `python -m eventreach_assets.serving.api --host 127.0.0.1 --port 8000 [--workers N]` (`make serve`).
 
 Modules: `params` (query parameters, `ApiError`), `cursors` (signed cursors), `paging` (page
-bodies), `openapi` (the OpenAPI document), `views` (the registered / waitlisted rows served),
-`auth` (API keys, webhook signatures), `webhook` (the delivery format), `app` (the Starlette app
-and its handlers), `cli` (the deployment's dependencies and secrets, `main`).
+bodies), `page_cache` (answers kept between writes), `openapi` (the OpenAPI document), `views`
+(the registered / waitlisted rows served), `auth` (API keys, webhook signatures), `webhook` (the
+delivery format), `app` (the Starlette app and its handlers), `cli` (the deployment's
+dependencies and secrets, `main`).
 """
 
-from eventreach_assets.serving.api.app import ServingApi, ServingDependencies, create_app
+from eventreach_assets.serving.api.app import PAGE_CACHE_BYTES, ServingApi, ServingDependencies, create_app
 from eventreach_assets.serving.api.auth import (
     API_KEY_HEADER,
     MIN_API_KEY_LENGTH,
@@ -72,6 +75,7 @@ from eventreach_assets.serving.api.auth import (
 from eventreach_assets.serving.api.cli import (
     API_KEYS_ENV,
     CURSOR_KEYS_ENV,
+    PAGE_CACHE_ENV,
     WEBHOOK_SECRET_ENV,
     api_keys_from_env,
     app_from_env,
@@ -81,6 +85,7 @@ from eventreach_assets.serving.api.cli import (
     webhook_secret_from_env,
 )
 from eventreach_assets.serving.api.cursors import MIN_CURSOR_KEY_LENGTH, CursorSigner, query_binding
+from eventreach_assets.serving.api.page_cache import PageCache
 from eventreach_assets.serving.api.paging import page_body
 from eventreach_assets.serving.api.params import (
     PAGE_LIMIT,
@@ -106,6 +111,8 @@ __all__ = [
     "MIN_API_KEY_LENGTH",
     "MIN_CURSOR_KEY_LENGTH",
     "MIN_WEBHOOK_SECRET_LENGTH",
+    "PAGE_CACHE_BYTES",
+    "PAGE_CACHE_ENV",
     "PAGE_LIMIT",
     "REGISTRATION_VIEW",
     "SIGNATURE_HEADER",
@@ -117,6 +124,7 @@ __all__ = [
     "CandidatesQuery",
     "CursorSigner",
     "CustomerQuery",
+    "PageCache",
     "RegisteredQuery",
     "ServingApi",
     "ServingDependencies",

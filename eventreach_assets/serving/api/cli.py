@@ -17,13 +17,14 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from eventreach_assets.deployments import DEPLOYMENT_ENV, eventreach_home, resources_for
-from eventreach_assets.serving.api.app import ServingDependencies, create_app
+from eventreach_assets.serving.api.app import PAGE_CACHE_BYTES, ServingDependencies, create_app
 from eventreach_assets.serving.api.auth import MIN_API_KEY_LENGTH, MIN_WEBHOOK_SECRET_LENGTH
 from eventreach_assets.serving.api.cursors import MIN_CURSOR_KEY_LENGTH
 
 API_KEYS_ENV = "EVENTREACH_API_KEYS"
 WEBHOOK_SECRET_ENV = "EVENTREACH_WEBHOOK_SECRET"
 CURSOR_KEYS_ENV = "EVENTREACH_API_CURSOR_KEYS"
+PAGE_CACHE_ENV = "EVENTREACH_API_PAGE_CACHE_MB"  # per worker; 0 turns the page cache off
 
 SERVING_RESOURCES = ("program", "clock", "candidate_store", "engagement", "warehouse", "decision_log", "link_signing")
 
@@ -91,6 +92,16 @@ def cursor_keys_from_env(home: Path, deployment: str) -> tuple[list[str], str]:
     return [local_secret_file(path)], str(path)
 
 
+def page_cache_bytes_from_env() -> int:
+    """Each worker's page cache bound from PAGE_CACHE_ENV (MB; 0: no cache), else the default."""
+    configured = os.environ.get(PAGE_CACHE_ENV, "").strip()
+    if not configured:
+        return PAGE_CACHE_BYTES
+    if not configured.isdigit():
+        raise RuntimeError(f"{PAGE_CACHE_ENV} must be whole megabytes (0: no page cache), got {configured!r}")
+    return int(configured) * 2**20
+
+
 def _deployment_settings() -> tuple[Path, str]:
     return eventreach_home(), os.environ.get(DEPLOYMENT_ENV, "local")
 
@@ -104,7 +115,8 @@ def app_from_env() -> Starlette:
     stack = contextlib.ExitStack()
     dependencies = stack.enter_context(deployment_dependencies(home if deployment == "local" else None, deployment))
     app = create_app(
-        dependencies, api_keys=keys, webhook_secret=secret, cursor_keys=cursor_keys, on_shutdown=stack.close,
+        dependencies, api_keys=keys, webhook_secret=secret, cursor_keys=cursor_keys,
+        page_cache_bytes=page_cache_bytes_from_env(), on_shutdown=stack.close,
     )  # fmt: skip
     # Start-up leaves millions of long-lived objects (Dagster definitions, libraries); a full
     # collection walking them all took hundreds of ms mid-request. Freeze them out of the GC.
@@ -133,9 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, keys_from = api_keys_from_env(home, deployment)
     _, secret_from = webhook_secret_from_env(home, deployment)
     _, cursor_keys_from = cursor_keys_from_env(home, deployment)
+    cache_bytes = page_cache_bytes_from_env()  # checked before the workers start
     print(f"EventReach Serving API ({deployment}) on http://{args.host}:{args.port}", flush=True)
     print(f"  API keys from {keys_from}; webhook secret from {secret_from}", flush=True)
     print(f"  cursor keys from {cursor_keys_from}", flush=True)
+    print(f"  page cache: {cache_bytes // 2**20} MB per worker ({PAGE_CACHE_ENV}; local stores only)", flush=True)
     uvicorn.run(
         "eventreach_assets.serving.api.cli:app_from_env",
         factory=True,
