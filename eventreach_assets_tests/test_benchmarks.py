@@ -59,7 +59,7 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
 def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size():
     out = run_module(
         "eventreach_assets.serving.bench", "--candidates", "500", "--registered", "50", "--seconds", "1",
-        "--runs", "1", "--connections", "2", "--workers", "1", "--client", "python",
+        "--runs", "1", "--connections", "2", "--workers", "1", "--client", "python", "--registrations-per-second", "5",
     )  # fmt: skip
     lines = out.splitlines()
     targets = ("reference", "api", "api-uncached")  # the API as deployed, and with its page cache off
@@ -77,6 +77,8 @@ def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size()
     )
     assert all(two[target]["errors"] == 0 and len(two[target]["runs"]) == 1 for target in targets)
     assert all(figures["peak_rss_mb"][target] > 0 for target in targets)
+    # Registrations were written to the store while the APIs were driven (1 s at 5/s each run).
+    assert figures["registrations_per_second"] == 5 and two["api"]["registrations"] >= 2
     assert figures["client"] == "python" and figures["reference_body_bytes"] > 10_000  # a real 100-item page
 
 

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -45,10 +47,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +74,7 @@ class Settings:
     workers: int
     limit: int
     client: str  # auto | wrk | python
+    registrations_per_second: float = 0.0  # written while the APIs are driven (0: a read-only load)
 
 
 # ---- the store ----------------------------------------------------------------------------------
@@ -430,6 +434,7 @@ def medians(results: list[dict[str, Any]]) -> dict[str, Any]:
     median: dict[str, Any] = {name: statistics.median(result[name] for result in results) for name in FIGURES}
     median["runs"] = [{name: round(result[name], 2) for name in (*FIGURES, "errors")} for result in results]
     median["errors"] = sum(result["errors"] for result in results)
+    median["registrations"] = sum(result.get("registrations", 0) for result in results)  # written meanwhile
     return median
 
 
@@ -441,14 +446,58 @@ def print_run(target: str, connections: int, number: int, result: dict[str, Any]
     print(
         f"run {number} {target:9s} {connections:3d} conns: {result['rps']:8,.0f} req/s  p50 {result['p50_ms']:6.2f} ms"
         f"  p95 {result['p95_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  ({result['requests']:,} requests, "
-        f"{result['errors']} errors){kinds}",
+        f"{result['errors']} errors, {result.get('registrations', 0)} registrations written meanwhile){kinds}",
         flush=True,
     )
 
 
-def measure(bases: dict[str, str], key: str, mix: list[tuple[str, str]], settings: Settings, home: Path) -> dict:
-    """Per connection count: a warm-up of each server, then `runs` runs alternating reference and API."""
-    drive_once = drive_with_wrk if settings.client == "wrk" else drive_with_python
+@contextlib.contextmanager
+def registering(home: Path, seeded: dict[str, Any], per_second: float) -> Iterator[list[int]]:
+    """While the block runs, one more registration every 1/`per_second` s, written to the store as
+    the registrations feed writes them (another connection): each commit empties the API's page
+    cache, as registrations arriving during a campaign would. Yields the count written so far."""
+    written = [0]
+    if per_second <= 0:
+        yield written
+        return
+    from eventreach_assets.resources.candidate_store import SqliteCandidateStore
+
+    stop = threading.Event()
+    customers = itertools.cycle(seeded["customers"][::-1])  # the seeded registrations came from anywhere
+
+    def write() -> None:
+        store = SqliteCandidateStore(path=str(home / "candidates.sqlite"))
+        try:
+            while not stop.wait(1 / per_second):  # ends when the block does
+                customer, now = next(customers), datetime.now(UTC)
+                store.mark_registered(seeded["program"], EVENT, customer, now, seeded["channels"][0])
+                written[0] += 1
+        finally:
+            store.close()
+
+    writer = threading.Thread(target=write, name="registrations", daemon=True)
+    writer.start()
+    try:
+        yield written
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+
+
+def measure(
+    bases: dict[str, str], key: str, mix: list[tuple[str, str]], settings: Settings, home: Path, seeded: dict[str, Any]
+) -> dict:
+    """Per connection count: a warm-up of each server, then `runs` runs alternating the servers
+    (registrations written meanwhile when `settings.registrations_per_second` is set)."""
+    drive_with = drive_with_wrk if settings.client == "wrk" else drive_with_python
+
+    def drive_once(
+        base: str, key: str, mix: list[tuple[str, str]], connections: int, seconds: float, home: Path
+    ) -> dict[str, Any]:
+        with registering(home, seeded, settings.registrations_per_second) as written:
+            result = drive_with(base, key, mix, connections, seconds, home)
+        return {**result, "registrations": written[0]}
+
     figures: dict[str, Any] = {}
     for connections in settings.connections:
         results: dict[str, list[dict[str, Any]]] = {target: [] for target in TARGETS}
@@ -523,16 +572,18 @@ def run(settings: Settings) -> dict[str, Any]:
             f"load: {client}, {'/'.join(map(str, settings.connections))} connections, {settings.seconds:g} s x "
             f"{settings.runs} runs per server, server workers {settings.workers} each, page of {settings.limit}, "
             f"even mix of {', '.join(KINDS)} ({len(mix):,} distinct requests); reference: a fixed "
-            f"{body_bytes:,}-byte candidates page",
+            f"{body_bytes:,}-byte candidates page; registrations written meanwhile: "
+            f"{settings.registrations_per_second:g}/s",
             flush=True,
         )
-        figures = measure(bases, key, mix, settings, home)
+        figures = measure(bases, key, mix, settings, home, seeded)
         rss = {target: peak_rss_mb(servers[target].pid) for target in TARGETS}
         print_table(figures, settings.runs, rss)
         summary = {
             "bench": "serving", "client": client, "workers": settings.workers, "seconds": settings.seconds,
             "runs": settings.runs, "candidates": settings.candidates, "registered": settings.registered,
             "limit": settings.limit, "reference_body_bytes": body_bytes, "connections": figures,
+            "registrations_per_second": settings.registrations_per_second,
             "peak_rss_mb": rss, "date": datetime.now(UTC).isoformat(timespec="seconds"),
         }  # fmt: skip
         print(json.dumps(summary), flush=True)
@@ -556,6 +607,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2: the cores)")
     parser.add_argument("--limit", type=int, default=100, help="page size (default 100)")
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
+    parser.add_argument(
+        "--registrations-per-second", type=float, default=0.0,
+        help="registrations written to the store while the load runs (default 0: reads only)",
+    )  # fmt: skip
     # The load generator's own process (internal: started by `run`).
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
@@ -576,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             limit=args.limit,
             client=args.client,
+            registrations_per_second=args.registrations_per_second,
         )
     )
     return 0
