@@ -205,6 +205,14 @@ def test_validate_and_dedupe_sorting_only_the_keys_equals_the_wide_newest_first_
     assert narrow.extracted_rows == wide.extracted_rows == raw.height
     assert set(narrow.quarantine["reason"]) > {extract.DUPLICATE_SUPERSEDED, extract.UNKNOWN_TIMEZONE}
     assert narrow.candidates["marketing_opt_out"].any() and not narrow.candidates["marketing_opt_out"].all()
+    # And an event read from the snapshot (its rows gathered in the warehouse's order) equals the
+    # event's own extraction, row for row.
+    snapshot = extract.newest_first(raw, REGIONS).collect()
+    for topics in (["devops"], ["ai", "a"]):
+        own = validate_and_dedupe(raw.filter(extract.event_match(topics)), REGIONS)
+        shared = extract.event_extract(snapshot, topics)
+        assert shared.candidates.equals(own.candidates) and shared.quarantine.equals(own.quarantine), topics
+        assert 0 < own.candidates.height <= narrow.candidates.height and own.extracted_rows == shared.extracted_rows
 
 
 def test_an_event_read_from_the_snapshot_keeps_an_older_row_that_matches_the_event():

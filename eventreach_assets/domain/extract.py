@@ -151,31 +151,38 @@ def dedupe(ordered: pl.DataFrame | pl.LazyFrame) -> ExtractResult:
     """One candidate per customer and a quarantine with reasons, from `newest_first` rows (or any
     filter of them): no sort by the dedupe keys here, only a hash of customer ids.
 
-    Candidates and quarantined rows come back in the order the warehouse returned them (`_row`)."""
-    flagged, opted_out = newest_flags(ordered.lazy())
-    return _split(flagged.sort(ROW), opted_out)
+    Candidates and quarantined rows come back in the order the warehouse returned them (`_row`):
+    the flags are put in that order (a sort of row numbers and positions), then each result is
+    one gather of its rows. Sorting the wide rows back took a copy of every row more."""
+    rows = ordered.lazy().collect(engine="in-memory")
+    keys = rows.lazy().select(ROW, "customer_id", "reason", "marketing_opt_out").with_row_index("_at")
+    flagged, opted_out = newest_flags(keys)
+    in_order, opted_out = pl.collect_all(
+        [flagged.select("_at", ROW, "_newest").sort(ROW), opted_out], engine="in-memory"
+    )
+    newest, at = in_order["_newest"], in_order["_at"]
+    kept, quarantined = (
+        rows.lazy().select(pl.all().gather(positions)) for positions in (at.filter(newest), at.filter(~newest))
+    )
+    return _results(kept, quarantined, opted_out, rows.height)
 
 
-def _split(flagged: pl.LazyFrame, opted_out: pl.LazyFrame) -> ExtractResult:
-    """Candidates (the `_newest` rows, opt-outs of quarantined newer rows honoured) and the
-    quarantine (invalid and superseded rows) of rows flagged by `newest_flags`, in their order."""
-    flagged = flagged.cache()
-    superseded = pl.col("reason").is_null() & ~pl.col("_newest")
-    candidates, quarantine, total = pl.collect_all(
+def _results(newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.DataFrame, total: int) -> ExtractResult:
+    """The candidate model of the customers' newest valid rows, an opt-out on a quarantined newer
+    row honoured; and every other row with its reason (valid ones were superseded). Lazy inputs,
+    so each result is made in one pass, with no intermediate copy of the rows."""
+    candidates, quarantine = pl.collect_all(
         [
             to_candidate_model(
-                flagged.filter(pl.col("_newest"))
-                .join(opted_out, on="customer_id", how="left", maintain_order="left")
-                .with_columns(pl.col("marketing_opt_out").fill_null(False) | pl.col("_opted_out").fill_null(False))
+                newest.join(opted_out.lazy(), on="customer_id", how="left", maintain_order="left").with_columns(
+                    pl.col("marketing_opt_out").fill_null(False) | pl.col("_opted_out").fill_null(False)
+                )
             ),
-            flagged.filter(pl.col("reason").is_not_null() | superseded)
-            .with_columns(reason=pl.col("reason").fill_null(pl.lit(DUPLICATE_SUPERSEDED)))
-            .drop(ROW, "_newest"),
-            flagged.select(pl.len()),
+            quarantined.with_columns(reason=pl.col("reason").fill_null(pl.lit(DUPLICATE_SUPERSEDED))).drop(ROW),
         ],
-        engine="in-memory",  # the default (streaming) sorts these keys three times slower
+        engine="in-memory",
     )
-    return ExtractResult(candidates=candidates, quarantine=quarantine, extracted_rows=int(total.item()))
+    return ExtractResult(candidates=candidates, quarantine=quarantine, extracted_rows=total)
 
 
 def profile_snapshot_rows(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> pl.DataFrame:
@@ -198,13 +205,12 @@ def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[st
     come back in the warehouse's order (a sort of row numbers) and select the rows where they are.
     Sorting every column newest first and back cost two copies of the extract (2.9M rows: most of
     the stage, and its peak memory). Candidates and quarantined rows keep the warehouse's order."""
-    frame = with_reason(raw, known_regions)
-    keys = frame.select(ROW, "customer_id", "reason", "marketing_opt_out", *DEDUPE_ORDER)
+    frame = with_reason(raw, known_regions).collect(engine="in-memory")  # the extract's columns, not copied
+    keys = frame.lazy().select(ROW, "customer_id", "reason", "marketing_opt_out", *DEDUPE_ORDER)
     flagged, opted_out = newest_flags(sorted_newest_first(keys))
-    newest, opted_out = pl.collect_all(
-        [flagged.select(ROW, "_newest").sort(ROW).select("_newest"), opted_out], engine="in-memory"
-    )
-    return _split(frame.with_columns(newest.to_series()), opted_out.lazy())
+    in_order, opted_out = pl.collect_all([flagged.select(ROW, "_newest").sort(ROW), opted_out], engine="in-memory")
+    newest = in_order["_newest"]
+    return _results(frame.lazy().filter(newest), frame.lazy().filter(~newest), opted_out, frame.height)
 
 
 def batch_week_start(now: datetime) -> datetime:
