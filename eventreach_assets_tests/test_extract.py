@@ -127,7 +127,9 @@ def sorting_rule(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return candidates, quarantine.with_columns(reason=pl.col("reason").replace("x", extract.DUPLICATE_SUPERSEDED))
 
 
-def test_dedupe_keeps_exactly_what_the_sorting_rule_keeps_on_ties_nulls_and_quarantined_newest_rows():
+def tricky_profiles() -> pl.DataFrame:
+    """Customers with several rows: ties on every dedupe key, nulls, NaN and out-of-range scores,
+    bad tags, quarantined newest rows, opt-outs on them; never a full tie. Shuffled."""
     keys = list(  # ties on every key, nulls, NaN and out-of-range scores, bad tags; never a full tie
         product([datetime(2026, 3, 1), datetime(2026, 4, 1), None], [0.5, 0.9, None, float("nan"), float("-inf"), 1.5],
                 ["devops", "ai,devops", None, "a", "{{bad"])
@@ -147,7 +149,11 @@ def test_dedupe_keeps_exactly_what_the_sorting_rule_keeps_on_ties_nulls_and_quar
          "email": "n2"},
         {"customer_id": "N", "updated_at": datetime(2026, 3, 1), "email": "n3"},
     ]  # fmt: skip
-    raw = profiles(*rows).sample(fraction=1.0, shuffle=True, seed=15)
+    return profiles(*rows).sample(fraction=1.0, shuffle=True, seed=15)
+
+
+def test_dedupe_keeps_exactly_what_the_sorting_rule_keeps_on_ties_nulls_and_quarantined_newest_rows():
+    raw = tricky_profiles()
     expected_candidates, expected_quarantine = sorting_rule(raw)
     result = validate_and_dedupe(raw, REGIONS)
     assert result.candidates.height == expected_candidates.height > 30
@@ -187,6 +193,26 @@ def test_validate_and_dedupe_is_the_dedupe_of_the_newest_first_rows():
     direct = validate_and_dedupe(raw, REGIONS)
     assert composed.candidates.equals(direct.candidates) and composed.quarantine.equals(direct.quarantine)
     assert direct.candidates["email"].to_list() == ["old", "b"]  # the warehouse's order, not newest first
+
+
+def test_validate_and_dedupe_sorting_only_the_keys_equals_the_wide_newest_first_path_row_for_row():
+    """`validate_and_dedupe` sorts the keys alone and flags the rows where they are; `dedupe` of
+    `newest_first` (what the snapshot stores) moves whole rows: the same frames, in the same order."""
+    raw = tricky_profiles()
+    wide = extract.dedupe(extract.newest_first(raw, REGIONS))
+    narrow = validate_and_dedupe(raw, REGIONS)
+    assert narrow.candidates.equals(wide.candidates) and narrow.quarantine.equals(wide.quarantine)
+    assert narrow.extracted_rows == wide.extracted_rows == raw.height
+    assert set(narrow.quarantine["reason"]) > {extract.DUPLICATE_SUPERSEDED, extract.UNKNOWN_TIMEZONE}
+    assert narrow.candidates["marketing_opt_out"].any() and not narrow.candidates["marketing_opt_out"].all()
+    # And an event read from the snapshot (its rows gathered in the warehouse's order) equals the
+    # event's own extraction, row for row.
+    snapshot = extract.newest_first(raw, REGIONS).collect()
+    for topics in (["devops"], ["ai", "a"]):
+        own = validate_and_dedupe(raw.filter(extract.event_match(topics)), REGIONS)
+        shared = extract.event_extract(snapshot, topics)
+        assert shared.candidates.equals(own.candidates) and shared.quarantine.equals(own.quarantine), topics
+        assert 0 < own.candidates.height <= narrow.candidates.height and own.extracted_rows == shared.extracted_rows
 
 
 def test_an_event_read_from_the_snapshot_keeps_an_older_row_that_matches_the_event():
