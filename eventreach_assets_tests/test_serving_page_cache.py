@@ -152,6 +152,19 @@ def test_next_expiry_is_the_earliest_expiry_still_ahead(tmp_path: Path):
     assert a_expires is not None and b_expires is not None and b_expires > a_expires
     assert store.next_expiry(a_expires - 1) == a_expires and store.next_expiry(a_expires) == b_expires
     assert store.next_expiry(b_expires) is None
+    store.purge_expired(AS_OF + timedelta(days=TTL_DAYS + 1))  # evt-a's items are gone, and their expiry
+    assert store.next_expiry(0) == b_expires
+
+
+def test_a_file_written_before_the_expiries_were_recorded_gets_them_on_open(tmp_path: Path):
+    path = tmp_path / "c.sqlite"
+    store = SqliteCandidateStore(path=str(path))
+    store.replace_event_candidates(PROGRAM, "evt-a", scored_for(["C001", "C002"]), CHANNELS, AS_OF, TTL_DAYS, 100)
+    expected = store.next_expiry(0)
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE candidate_item_expiries")  # as a file from before had it
+    assert expected is not None and SqliteCandidateStore(path=str(path)).next_expiry(0) == expected
 
 
 # ---- the API over real HTTP ---------------------------------------------------------------------

@@ -39,7 +39,7 @@ _CACHE = "score_cache"
 _GSI1 = "candidate_items_gsi1"
 _GSI2 = "candidate_items_gsi2"
 _REGISTERED = "candidate_items_registered"
-_EXPIRY = "candidate_items_expiry"
+_EXPIRIES = "candidate_item_expiries"
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS {_ITEMS} (
@@ -71,9 +71,10 @@ CREATE INDEX IF NOT EXISTS {_GSI2} ON {_ITEMS} (gsi2pk, gsi2sk);
 CREATE INDEX IF NOT EXISTS {_REGISTERED} ON {_ITEMS}
     (gsi2pk, gsi2sk, {", ".join(REGISTERED_ITEM_FIELDS[1:])}, expires_at, status)
     WHERE status = '{ci.STATUS_REGISTERED}';
--- When the next live item expires (the Serving API's page cache holds until then) and what
--- `purge_expired` deletes: both a range of this index, not a scan.
-CREATE INDEX IF NOT EXISTS {_EXPIRY} ON {_ITEMS} (expires_at);
+-- Every expires_at value items were written with (a handful: one per weekly write), so when the
+-- next live item expires (the Serving API's page cache holds until then) is one seek, without an
+-- index on the items that every bulk write would pay for.
+CREATE TABLE IF NOT EXISTS {_EXPIRIES} (expires_at INTEGER PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS {_CACHE} (
     pk TEXT NOT NULL,
     sk TEXT NOT NULL,
@@ -156,7 +157,22 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             raise
         conn.execute("COMMIT")
 
-    _migrate: ClassVar[Any] = _add_item_json
+    @staticmethod
+    def _record_expiries(conn: sqlite3.Connection, values: list[int]) -> None:
+        conn.executemany(f"INSERT OR IGNORE INTO {_EXPIRIES} (expires_at) VALUES (?)", ((v,) for v in values))
+
+    @classmethod
+    def _migrate_file(cls, conn: sqlite3.Connection) -> None:
+        """A file from before `item_json` or the expiries table: fill them from the items (once)."""
+        cls._add_item_json(conn)
+        if conn.execute(f"SELECT 1 FROM {_EXPIRIES} LIMIT 1").fetchone() is None:
+            with_items = conn.execute(f"SELECT DISTINCT expires_at FROM {_ITEMS}").fetchall()
+            if with_items:
+                conn.execute("BEGIN IMMEDIATE")
+                cls._record_expiries(conn, [row[0] for row in with_items])
+                conn.execute("COMMIT")
+
+    _migrate: ClassVar[Any] = _migrate_file
 
     # -- plumbing (connections: SqliteBacked) --
 
@@ -253,6 +269,8 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         for chunk in stored.iter_slices(batch_write_size):
             conn.executemany(insert, chunk.rows())
             batches += 1
+        written = plan.items["expires_at"].unique().to_list() if plan.items.height else []
+        self._record_expiries(conn, [*written, plan.expires_at] if plan.retained.height else written)
         if plan.retained.height:
             conn.executemany(
                 _EXTEND_SQL, plan.retained.select(pl.lit(plan.expires_at).alias("at"), "pk", "sk").iter_rows(named=True)
@@ -277,6 +295,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         with self._transaction() as conn:
             items = conn.execute(f"DELETE FROM {_ITEMS} WHERE expires_at <= ?", (now_epoch,)).rowcount
             cached = conn.execute(f"DELETE FROM {_CACHE} WHERE expires_at <= ?", (now_epoch,)).rowcount
+            conn.execute(f"DELETE FROM {_EXPIRIES} WHERE expires_at <= ?", (now_epoch,))
         return items + cached
 
     # -- reads --
@@ -378,10 +397,11 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
                 rows.close()
 
     def next_expiry(self, now_epoch: int) -> int | None:
-        """The epoch second at which the next item live at `now_epoch` expires (None: none is
-        live): until then, and while `read_version` holds, every read answers the same."""
+        """The epoch second by which the next item live at `now_epoch` expires (None: none will):
+        until then, and while `read_version` holds, every read answers the same. Never later than
+        the true next expiry; earlier only when the items written with a value were rewritten."""
         with self._connect() as conn:
-            sql = f"SELECT min(expires_at) FROM {_ITEMS} WHERE expires_at > ?"
+            sql = f"SELECT min(expires_at) FROM {_EXPIRIES} WHERE expires_at > ?"
             return conn.execute(sql, (now_epoch,)).fetchone()[0]
 
     def _registered_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:

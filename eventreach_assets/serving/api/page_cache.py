@@ -2,10 +2,11 @@
 
 Pure. A page is a function of its query, what the stores hold and the time (an item stops being
 live at its `expires_at`). A local SQLite store tells cheaply whether anything was committed since
-(`PRAGMA data_version`: by any connection or process) and when its next live item expires (an
-index on `expires_at`). While neither happened, reading the page again would give the same bytes,
-so each worker keeps the answers it gave (least recently used first out, bounded in bytes) under
-the stores' versions, and drops them all once a version moves or that expiry passes. Never stale:
+(`PRAGMA data_version`: by any connection or process) and when its next live item expires (the
+`expires_at` values it wrote, kept apart). While neither happened, reading the page again would
+give the same bytes, so each worker keeps the answers it gave (least recently used first out,
+bounded in bytes) under the stores' versions, and drops them all once a version moves or that
+expiry passes. Never stale:
 a registration, a cancellation, the weekly rewrite or a ledger write committed anywhere empties
 the cache before the next page is answered. The stores are still paged by their indexes; the
 cache only spares reading the same page twice in between writes.
