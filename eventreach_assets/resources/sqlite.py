@@ -152,13 +152,10 @@ class SqliteBacked:
         with self._db().transaction() as conn:
             yield conn
 
-    def read_version(self) -> tuple[int, ...]:
-        """Equal between two calls exactly when nothing was committed to the file in between
-        (`SqliteConnections.read_version`): the Serving API keeps its pages while it holds."""
-        return self._db().read_version()
-
     def version_reader(self) -> Callable[[], tuple[int, ...]]:
-        """`read_version` bound once (a resource's private state costs microseconds per access)."""
+        """The file's `SqliteConnections.read_version`, equal between two calls exactly when nothing
+        was committed in between (the Serving API keeps its pages while it holds); bound once, as
+        a resource's private state costs microseconds per access."""
         return self._db().read_version
 
     def close(self) -> None:

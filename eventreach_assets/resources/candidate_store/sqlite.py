@@ -398,8 +398,9 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
 
     def next_expiry(self, now_epoch: int) -> int | None:
         """The epoch second by which the next item live at `now_epoch` expires (None: none will):
-        until then, and while `read_version` holds, every read answers the same. Never later than
-        the true next expiry; earlier only when the items written with a value were rewritten."""
+        until then, and while `version_reader()` answers the same, every read answers the same.
+        Never later than the true next expiry; earlier only when the items written with a value
+        were rewritten since."""
         with self._connect() as conn:
             sql = f"SELECT min(expires_at) FROM {_EXPIRIES} WHERE expires_at > ?"
             return conn.execute(sql, (now_epoch,)).fetchone()[0]
