@@ -29,7 +29,6 @@ class PageCache:
         self._bytes = 0
         self._versions: Hashable | None = None
         self._valid_until: float = float("-inf")  # epoch seconds: the next expiry of a live item
-        self.hits = self.misses = self.resets = 0
 
     @property
     def size_bytes(self) -> int:
@@ -46,18 +45,14 @@ class PageCache:
             return
         self._bodies.clear()
         self._bytes = 0
-        self.resets += 1
         self._versions = versions
         expiry = next_expiry()
         self._valid_until = float("inf") if expiry is None else expiry
 
     def get(self, key: Hashable) -> bytes | None:
         body = self._bodies.get(key)
-        if body is None:
-            self.misses += 1
-            return None
-        self._bodies.move_to_end(key)
-        self.hits += 1
+        if body is not None:
+            self._bodies.move_to_end(key)
         return body
 
     def put(self, key: Hashable, versions: Hashable, body: bytes) -> None:
