@@ -5,6 +5,7 @@ import io
 import boto3
 import dagster as dg
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 from dagster_aws.s3 import S3Resource
 from polars.testing import assert_frame_equal
@@ -107,6 +108,11 @@ def test_io_manager_direct_contexts_and_missing_value(s3, s3_resource):
         io_manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("never_built")))
     with pytest.raises(TypeError, match=r"expected polars\.DataFrame"):
         io_manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("x")), {"not": "a frame"})
+    # A value is one row group, however long (test_parquet_io.py says why).
+    long = pl.DataFrame({"n": range(600_000)})
+    io_manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("long")), long)
+    stored = s3.get_object(Bucket=BUCKET, Key="assets/long.parquet")["Body"].read()
+    assert pq.ParquetFile(io.BytesIO(stored)).metadata.num_row_groups == 1
 
 
 def test_decision_log_write_read(s3, s3_resource):

@@ -29,9 +29,11 @@ def _temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_parquet_atomically(frame: pl.DataFrame, path: Path, compression: ParquetCodec = "zstd") -> None:
+def write_parquet_atomically(
+    frame: pl.DataFrame, path: Path, compression: ParquetCodec = "zstd", row_group_size: int | None = None
+) -> None:
     temporary = _temporary_beside(path)
-    frame.write_parquet(temporary, compression=compression)
+    frame.write_parquet(temporary, compression=compression, row_group_size=row_group_size)
     os.replace(temporary, path)
 
 

@@ -68,16 +68,16 @@ def is_missing(error: ClientError) -> bool:
     return error_code(error) in {"NoSuchKey", "404", "NotFound"}
 
 
-def parquet_bytes(frame: pl.DataFrame) -> bytes:
+def parquet_bytes(frame: pl.DataFrame, row_group_size: int | None = None) -> bytes:
     """`frame` as one zstd Parquet file with statistics, the shape every S3 backend stores."""
     buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", statistics=True)
+    frame.write_parquet(buffer, compression="zstd", statistics=True, row_group_size=row_group_size)
     return buffer.getvalue()
 
 
-def put_parquet(client: Any, bucket: str, key: str, frame: pl.DataFrame) -> int:
+def put_parquet(client: Any, bucket: str, key: str, frame: pl.DataFrame, row_group_size: int | None = None) -> int:
     """Write `frame` as one Parquet object; returns its size in bytes."""
-    body = parquet_bytes(frame)
+    body = parquet_bytes(frame, row_group_size)
     client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=PARQUET_CONTENT_TYPE)
     return len(body)
 

@@ -32,6 +32,17 @@ def value_path(context: dg.OutputContext | dg.InputContext) -> list[str]:
     return [*asset_path[:-1], f"{asset_path[-1]}.parquet"]
 
 
+def one_row_group(frame: pl.DataFrame) -> int:
+    """The row group size that stores `frame` as one row group, as the IO managers write values.
+
+    A step reads a value whole, so row groups buy nothing here, and they cost: polars writes each
+    row group from a slice of the column, and a list-of-strings column left by a filter or gather
+    (the candidates' `interest_tags`) still shares one large buffer that each slice pays for
+    again. The 2.47M-row candidates at 3M profiles: 2.7 s in the default ten row groups, 1.2 s
+    in one."""
+    return max(frame.height, 1)
+
+
 def run_of(context: dg.OutputContext | dg.InputContext) -> str | None:
     """The run a step writes or reads in, when Dagster says (not for values loaded outside a run)."""
     try:

@@ -9,7 +9,7 @@ import polars as pl
 from pydantic import Field
 
 from eventreach_assets.resources.files import ParquetCodec, write_parquet_atomically
-from eventreach_assets.resources.parquet_io.base import PolarsParquetIOManagerBase
+from eventreach_assets.resources.parquet_io.base import PolarsParquetIOManagerBase, one_row_group
 
 VALUE_CODEC: ParquetCodec = "lz4"
 
@@ -28,7 +28,7 @@ class PolarsParquetIOManager(PolarsParquetIOManagerBase):
         return str(Path(self.base_dir, *path))
 
     def _write(self, path: list[str], frame: pl.DataFrame) -> dict[str, Any]:
-        write_parquet_atomically(frame, Path(self.base_dir, *path), self.compression)
+        write_parquet_atomically(frame, Path(self.base_dir, *path), self.compression, one_row_group(frame))
         return {}
 
     def _read(self, path: list[str], missing: str) -> pl.DataFrame:

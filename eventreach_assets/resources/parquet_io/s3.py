@@ -8,7 +8,7 @@ import polars as pl
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from eventreach_assets.resources.parquet_io.base import PolarsParquetIOManagerBase
+from eventreach_assets.resources.parquet_io.base import PolarsParquetIOManagerBase, one_row_group
 from eventreach_assets.resources.s3_objects import get_parquet, join_key, put_parquet, s3_client, safe_prefix
 
 
@@ -30,7 +30,7 @@ class S3PolarsParquetIOManager(PolarsParquetIOManagerBase):
         return f"s3://{self.bucket}/{self._key(path)}"
 
     def _write(self, path: list[str], frame: pl.DataFrame) -> dict[str, Any]:
-        size = put_parquet(self.client(), self.bucket, self._key(path), frame)
+        size = put_parquet(self.client(), self.bucket, self._key(path), frame, one_row_group(frame))
         return {"stored_at": self._location(path), "stored_bytes": size}
 
     def _read(self, path: list[str], missing: str) -> pl.DataFrame:
