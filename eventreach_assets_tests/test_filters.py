@@ -133,6 +133,48 @@ def test_funnel_counts_and_remaining():
     assert outcome.survivors.columns == frame.columns
 
 
+def test_decisions_stay_with_their_candidates_in_order_over_many_rows():
+    # Survivors are taken from the input by the decisions' positions: with enough rows for polars
+    # to join in parallel, every decision must still land on its own candidate.
+    n = 60_000
+    rows = [
+        {"customer_id": f"C{i:06d}", "fraud_flag": i % 7 == 0, "marketing_opt_out": i % 11 == 0}
+        for i in range(n)
+    ]  # fmt: skip
+    capped = [f"C{i:06d}" for i in range(0, n, 13)]
+    recent = [(customer, AS_OF - timedelta(days=d)) for customer in capped for d in (1, 2)]
+    outcome = run_filter_chain(candidates(*rows), CHAIN, inputs(invitations=recent))
+
+    def expected(i: int) -> tuple[str, str] | None:
+        if i % 7 == 0:
+            return "trust", "fraud_flagged"
+        if i % 11 == 0:
+            return "eligibility", "opted_out"
+        return ("frequency-cap", "frequency_cap_reached") if i % 13 == 0 else None
+
+    kept = [f"C{i:06d}" for i in range(n) if expected(i) is None]
+    assert outcome.survivors["customer_id"].to_list() == kept  # the input's order
+    rejected = {customer: (filter_id, reason) for customer, filter_id, reason in outcome.rejected.iter_rows()}
+    assert rejected == {f"C{i:06d}": expected(i) for i in range(n) if expected(i) is not None}
+
+
+def test_a_filter_that_changes_the_rows_fails_the_chain_naming_why():
+    from eventreach_assets.domain import filters
+
+    class Duplicating(filters.CandidateFilter):
+        key = "duplicating"
+
+        def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
+            return pl.concat([candidates, candidates.head(1)])
+
+        def reason(self, inputs: FilterInputs) -> pl.Expr:
+            return filters.NO_REASON
+
+    frame = candidates({"customer_id": "A"}, {"customer_id": "B"})
+    with pytest.raises(RuntimeError, match=r"not one per candidate \(2\) in order.*prepare must keep the rows"):
+        run_filter_chain(frame, [*CHAIN, Duplicating("duplicating", filters.NoParameters())], inputs())
+
+
 def test_a_new_filter_is_one_class_and_one_yaml_entry():
     from eventreach_assets.domain import filters
     from eventreach_assets.program.config import parse_program

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from eventreach_assets.program.config import FilterSpec, ProgramConfig
 
 NO_REASON = pl.lit(None, dtype=pl.String)
+_POSITION = "_candidate_position"  # each candidate's row, carried through the filters' joins
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,8 @@ class CandidateFilter:
         self.parameters = parameters
 
     def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
-        """Join whatever per-candidate columns `reason` needs (default: nothing)."""
+        """Join whatever per-candidate columns `reason` needs (default: nothing), keeping one row
+        per candidate in order (`run_filter_chain` matches decisions to candidates by position)."""
         return candidates
 
     def reason(self, inputs: FilterInputs) -> pl.Expr:
@@ -277,17 +279,30 @@ def _funnel(total: int, removed_by_filter: pl.DataFrame, filter_ids: list[str]) 
 def run_filter_chain(
     candidates: pl.DataFrame | pl.LazyFrame, chain: list[CandidateFilter], inputs: FilterInputs
 ) -> FilterOutcome:
-    """Apply the chain in one lazy pass; each removed candidate is attributed to its first filter."""
-    columns = candidates.collect_schema().names()
-    frame = candidates.lazy()
+    """Apply the chain in one lazy pass; each removed candidate is attributed to its first filter.
+
+    Only the decisions go through the filters' joins (polars then carries just the columns the
+    reasons read); the survivors are the input rows the decisions keep, taken by mask, so wide
+    columns such as the tags lists are never gathered by a join (3M profiles: 2.5 s -> 1.7 s).
+    This relies on each `prepare` keeping one row per candidate in order, which is checked."""
+    rows = candidates.collect() if isinstance(candidates, pl.LazyFrame) else candidates
+    frame = rows.lazy().with_row_index(_POSITION)
     for candidate_filter in chain:
         frame = candidate_filter.prepare(frame, inputs)
     reasons = [f.reason(inputs) for f in chain]
     removed_by = pl.coalesce(
         [pl.when(reason.is_not_null()).then(pl.lit(f.filter_id)) for f, reason in zip(chain, reasons, strict=True)]
     )
-    decided = frame.with_columns(filter_id=removed_by, reason=pl.coalesce(reasons)).collect()
-    survivors = decided.filter(pl.col("filter_id").is_null()).select(columns)
-    rejected = decided.filter(pl.col("filter_id").is_not_null()).select("customer_id", "filter_id", "reason")
-    funnel = _funnel(decided.height, rejected.group_by("filter_id").len(), [f.filter_id for f in chain])
+    decisions = frame.select(_POSITION, filter_id=removed_by, reason=pl.coalesce(reasons)).collect()
+    if decisions.height != rows.height or not decisions.get_column(_POSITION).equals(
+        pl.int_range(rows.height, eager=True).cast(pl.UInt32)
+    ):
+        raise RuntimeError(
+            f"the filter chain's decisions ({decisions.height}) are not one per candidate ({rows.height}) in order: "
+            "a filter's prepare must keep the rows as they are (a left join on unique keys, maintain_order='left')"
+        )
+    kept = decisions.get_column("filter_id").is_null()
+    survivors = rows.filter(kept)
+    rejected = pl.concat([rows.select("customer_id"), decisions.drop(_POSITION)], how="horizontal").filter(~kept)
+    funnel = _funnel(rows.height, rejected.group_by("filter_id").len(), [f.filter_id for f in chain])
     return FilterOutcome(survivors=survivors, rejected=rejected, funnel=funnel)
