@@ -245,8 +245,7 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     from eventreach_assets.deployments import resources_for
     from eventreach_assets.domain.events import upcoming_topics
     from eventreach_assets.domain.extract import event_extract, profile_snapshot_rows
-    from eventreach_assets.resources.files import write_parquet_atomically
-    from eventreach_assets.resources.parquet_io.local import VALUE_CODEC
+    from eventreach_assets.resources.parquet_io.local import write_value
 
     _fresh_candidate_store(home)
     r = resources_for(home=home, fixed_now=BENCH_NOW.isoformat())
@@ -254,10 +253,9 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     lap, path = _Laps(), home / "bare-snapshot.parquet"
     topics = upcoming_topics(r["warehouse"].events(), r["clock"].now())
     raw = r["warehouse"].extract_candidates(topics)
-    write_parquet_atomically(
-        profile_snapshot_rows(raw, r["program"].load().marketplaces), path, VALUE_CODEC
-    )  # as the IO manager stores it
-    del raw
+    snapshot = profile_snapshot_rows(raw, r["program"].load().marketplaces)
+    write_value(snapshot, path)  # as the IO manager stores it
+    del raw, snapshot
     stages["profile_snapshot"] = lap()
     counts = {"extracted_rows": 0, "scored_candidates": 0}
     for event_id in event_ids:

@@ -14,6 +14,11 @@ from eventreach_assets.resources.parquet_io.base import PolarsParquetIOManagerBa
 VALUE_CODEC: ParquetCodec = "lz4"
 
 
+def write_value(frame: pl.DataFrame, path: Path, compression: ParquetCodec = VALUE_CODEC) -> None:
+    """An asset value's file, as the IO manager writes it (one row group; the bench's bare path too)."""
+    write_parquet_atomically(frame, path, compression, one_row_group(frame))
+
+
 class PolarsParquetIOManager(PolarsParquetIOManagerBase):
     """Stores polars DataFrame asset values as Parquet: `<base_dir>/<asset>/<partition>.parquet`."""
 
@@ -28,7 +33,7 @@ class PolarsParquetIOManager(PolarsParquetIOManagerBase):
         return str(Path(self.base_dir, *path))
 
     def _write(self, path: list[str], frame: pl.DataFrame) -> dict[str, Any]:
-        write_parquet_atomically(frame, Path(self.base_dir, *path), self.compression, one_row_group(frame))
+        write_value(frame, Path(self.base_dir, *path), self.compression)
         return {}
 
     def _read(self, path: list[str], missing: str) -> pl.DataFrame:
