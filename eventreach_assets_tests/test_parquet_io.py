@@ -85,7 +85,8 @@ def wide_candidates() -> pl.DataFrame:
 def test_values_are_stored_as_one_row_group_and_read_back_whole(tmp_path):
     import pyarrow.parquet as pq
 
-    assert dg.materialize([wide_candidates], resources={"io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+    io_manager = PolarsParquetIOManager(base_dir=str(tmp_path))
+    assert dg.materialize([wide_candidates], resources={"io_manager": io_manager}).success
     stored = tmp_path / "wide_candidates.parquet"
     assert pq.ParquetFile(stored).metadata.num_row_groups == 1
     expected = wide_candidates()
