@@ -211,7 +211,7 @@ def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], l
         batch_write_size=config.storage.batch_write_size,
     )  # fmt: skip
     done("candidates_table")
-    items = store.event_items(config.program_id, event_id, now=now)
+    items = store.exported_items(config.program_id, event_id, now=now)
     r["exporter"].export_event(config.program_id, event_id, now.date(), items)
     done("candidates_export")
     return scored.height

@@ -67,7 +67,7 @@ def candidates_export(
     config = program.load()
     now = clock.now()
     with stopwatch() as watch:
-        items = candidate_store.event_items(config.program_id, context.partition_key, now=now)
+        items = candidate_store.exported_items(config.program_id, context.partition_key, now=now)
         result = exporter.export_event(config.program_id, context.partition_key, now.date(), items)
     return dg.MaterializeResult(
         metadata={

@@ -12,16 +12,16 @@ A file from before it gets the column, filled, when first opened (`_add_item_jso
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import polars as pl
 from pydantic import Field, PrivateAttr
 
 from eventreach_assets.domain import candidate_items as ci
-from eventreach_assets.domain.served_items import ITEM_JSON, item_json_expr
+from eventreach_assets.domain.served_items import ITEM_JSON, item_json_expr, items_from_served_json
 from eventreach_assets.resources.candidate_store.base import (
     EVENT_ITEM_KEYS,
     REGISTERED_ITEM_FIELDS,
@@ -95,6 +95,17 @@ _CACHE_GET_SQL = f"""
     FROM json_each(:ids) AS j CROSS JOIN {_CACHE} AS c
     WHERE c.pk = 'CUSTOMER#' || j.value AND c.sk = :sk AND c.expires_at > :now
 """
+
+
+# A page of an event's live items' served JSON, one line each, in GSI2 order (the index's own).
+# Served JSON escapes newlines inside strings, so a line is an item.
+_EXPORT_PAGE_SQL = f"""
+    SELECT group_concat({ITEM_JSON}, char(10)) FROM (
+        SELECT {ITEM_JSON} FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now
+        ORDER BY gsi2sk LIMIT :limit OFFSET :offset
+    )
+"""
+_EXPORT_READ_ROWS = 100_000  # ~55 MB of text a page, far below SQLite's 1 GB limit on one value
 
 
 # Earliest registration wins, so a replayed or late event cannot move it. All SET
@@ -258,17 +269,12 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             for name in self._probability_columns(conn)
             if name not in probabilities
         )
-        columns = ", ".join(f'"{name}"' for name in stored.columns)
         # Upsert, not INSERT OR REPLACE: a rewrite updates rows in place and leaves index
         # entries whose keys did not change alone (less work when re-materializing).
         updates = ", ".join(f'"{name}" = excluded."{name}"' for name in stored.columns if name not in ("pk", "sk"))
-        insert = (
-            f"INSERT INTO {_ITEMS} ({columns}) VALUES ({', '.join('?' * stored.width)}) "
-            f"ON CONFLICT (pk, sk) DO UPDATE SET {updates}"
+        batches += _insert_rows(
+            conn, f"INSERT INTO {_ITEMS}", stored, batch_write_size, f"ON CONFLICT (pk, sk) DO UPDATE SET {updates}"
         )
-        for chunk in stored.iter_slices(batch_write_size):
-            conn.executemany(insert, chunk.rows())
-            batches += 1
         written = plan.items["expires_at"].unique().to_list() if plan.items.height else []
         self._record_expiries(conn, [*written, plan.expires_at] if plan.retained.height else written)
         if plan.retained.height:
@@ -418,6 +424,26 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         with self._connect() as conn:
             return self._read_items(conn, "gsi2pk = :pk AND expires_at > :now", {"pk": gsi2pk, "now": now_epoch})
 
+    def _exported_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
+        """The stored served JSON of each item, which holds exactly the exported attributes (both
+        leave PII out): one text per item instead of 19 values, the texts joined by SQLite into
+        one per `_EXPORT_READ_ROWS` items (one read transaction: the pages see the same items)."""
+        texts: list[str] = []
+        params = {"pk": gsi2pk, "now": now_epoch, "limit": _EXPORT_READ_ROWS}
+        with self._connect() as conn:
+            probabilities = self._probability_columns(conn)
+            conn.execute("BEGIN")
+            try:
+                for offset in itertools.count(0, _EXPORT_READ_ROWS):  # ends at the first empty page
+                    text = conn.execute(_EXPORT_PAGE_SQL, {**params, "offset": offset}).fetchone()[0]
+                    if text is None:
+                        break
+                    texts.append(text)
+            finally:
+                conn.execute("COMMIT")
+        items = items_from_served_json("\n".join(texts).encode(), probabilities)
+        return ci.drop_empty_probabilities(items)
+
     def _event_item_keys(self, gsi2pk: str, now_epoch: int) -> list[tuple]:
         with self._connect() as conn:
             sql = f"SELECT {', '.join(EVENT_ITEM_KEYS)} FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now"
@@ -466,22 +492,51 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             return conn.execute(_CACHE_GET_SQL, params).fetchall()
 
     def _put_cache_entries(self, entries: pl.DataFrame) -> None:
-        """In key order (appends to the key index rather than inserting at random), and the
-        columns all entries share (sk, model, version, times) made into Python values once, not
-        per row: 66,000 entries 0.8 s -> 0.5 s. The key varies per entry, so no row is lost."""
-        shared = [name for name in entries.columns if name != "pk" and entries.get_column(name).n_unique() == 1]
-        varying = [name for name in entries.columns if name not in shared]
-        ordered = entries.sort("pk", "sk")
-        shared_values = ordered.select(shared).row(0) if shared else ()
-        rows = ((*row, *shared_values) for row in _row_tuples(ordered.select(varying)))
+        """In key order: appends to the key index rather than inserting at random."""
         with self._transaction() as conn:
-            conn.executemany(
-                f"INSERT OR REPLACE INTO {_CACHE} ({', '.join([*varying, *shared])}) "
-                f"VALUES ({', '.join('?' * entries.width)})",
-                rows,
-            )
+            _insert_rows(conn, f"INSERT OR REPLACE INTO {_CACHE}", entries.sort("pk", "sk"), _CACHE_WRITE_ROWS)
 
 
-def _row_tuples(frame: pl.DataFrame) -> Iterator[tuple]:
-    """The frame's rows as tuples, made one at a time from its column lists."""
-    return zip(*(frame.get_column(name).to_list() for name in frame.columns), strict=True)
+# Rows per executemany of a score cache write (one transaction whatever the number).
+_CACHE_WRITE_ROWS = 10_000
+
+
+def _constant_columns(frame: pl.DataFrame) -> list[str]:
+    """Columns that hold one value in every row, to write as SQL literals; never all of them
+    (a row needs one bound value for executemany to run it)."""
+    if frame.height < 2:
+        return []
+    counts = frame.select(pl.all().n_unique()).row(0)
+    first = frame.row(0, named=True)
+    # quote() stops a text at NUL: such a value stays bound (no real program or event has one).
+    constants = [
+        name
+        for name, count in zip(frame.columns, counts, strict=True)
+        if count == 1 and not (isinstance(first[name], str) and "\x00" in first[name])
+    ]
+    return constants[1:] if len(constants) == frame.width else constants
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, frame: pl.DataFrame, batch_size: int, tail: str = "") -> int:
+    """`{insert} (columns) VALUES (...) {tail}` for every row of `frame`, `batch_size` rows per
+    executemany; returns the batches.
+
+    Python's sqlite3 makes and binds every value of every row (~0.4 us a value, the bulk of a
+    write). A column that holds one value in every row (a write's program, event, batch date,
+    times and TTL, another model's nulled probabilities: 9 of an item's 26; 6 of a cache entry's
+    9) goes into the statement once instead, as the literal SQLite's own `quote()` writes for it
+    (exact for text, numbers and NULL), so only the varying values are bound."""
+    constants = _constant_columns(frame)
+    varying = [name for name in frame.columns if name not in constants]
+    literals: tuple[str, ...] = ()
+    if constants:
+        quoting = f"SELECT {', '.join(['quote(?)'] * len(constants))}"
+        literals = conn.execute(quoting, frame.select(constants).row(0)).fetchone()
+    columns = ", ".join(f'"{name}"' for name in [*varying, *constants])
+    values = ", ".join([*(["?"] * len(varying)), *literals])
+    sql = f"{insert} ({columns}) VALUES ({values}) {tail}".rstrip()
+    batches = 0
+    for chunk in frame.select(varying).iter_slices(batch_size):
+        conn.executemany(sql, chunk.rows())
+        batches += 1
+    return batches
