@@ -22,6 +22,16 @@ def test_valid_rows_become_candidates_with_tags_as_lists():
     assert result.extracted_rows == 2
 
 
+def test_the_candidate_model_splits_each_rows_own_tags_in_row_order():
+    """Tag strings are split once per distinct string and joined back: every row must still get
+    its own list, in its own place (the training path also sees unvalidated strings)."""
+    tags = ["b,a", None, "", "x,,y", "b,a", "devops", None]
+    raw = profiles(*({"customer_id": f"C{i}", "interest_tags": t} for i, t in enumerate(tags)))
+    model = extract.to_candidate_model(raw.lazy()).collect()
+    assert model["customer_id"].to_list() == [f"C{i}" for i in range(len(tags))]
+    assert model["interest_tags"].to_list() == [["b", "a"], [], [], ["x", "y"], ["b", "a"], ["devops"], []]
+
+
 def test_each_bad_row_is_quarantined_with_its_reason_and_good_rows_flow():
     raw = profiles(
         {"customer_id": "GOOD"},

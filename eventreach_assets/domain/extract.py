@@ -70,15 +70,27 @@ def invalid_reason(known_regions: list[str]) -> pl.Expr:
 
 
 def to_candidate_model(valid: pl.LazyFrame) -> pl.LazyFrame:
-    """Map warehouse columns onto the candidate model (tags as a list, typed flags)."""
-    return valid.with_columns(
-        pl.col("interest_tags").fill_null("").str.split(",").list.eval(pl.element().filter(pl.element() != "")),
-        pl.col("event_attendance_history").cast(pl.Int32),
-        pl.col("is_verified").fill_null(False),
-        pl.col("fraud_flag").fill_null(False),
-        pl.col("marketing_opt_out").fill_null(False),
-        pl.col("updated_at").cast(pl.Datetime("us")),
-    ).select([pl.col(name).cast(dtype) for name, dtype in CANDIDATE_SCHEMA.items()])
+    """Map warehouse columns onto the candidate model (tags as a list, typed flags).
+
+    Each distinct tag string is split once and joined back: profiles share a few thousand tag
+    strings (4,099 among 2.9M rows at 3M profiles). Splitting all 2.47M candidates' strings
+    made `validate_and_dedupe` take 4.0-4.2 s at 3M, 3.1-3.2 s with the join (the same frames)."""
+    tags = pl.col("interest_tags")
+    tag_lists = valid.select(tags.unique()).with_columns(
+        _tag_list=tags.fill_null("").str.split(",").list.filter(pl.element() != "")
+    )
+    return (
+        valid.join(tag_lists, on="interest_tags", how="left", nulls_equal=True, maintain_order="left")
+        .with_columns(
+            pl.col("_tag_list").alias("interest_tags"),
+            pl.col("event_attendance_history").cast(pl.Int32),
+            pl.col("is_verified").fill_null(False),
+            pl.col("fraud_flag").fill_null(False),
+            pl.col("marketing_opt_out").fill_null(False),
+            pl.col("updated_at").cast(pl.Datetime("us")),
+        )
+        .select([pl.col(name).cast(dtype) for name, dtype in CANDIDATE_SCHEMA.items()])
+    )
 
 
 def event_match(topics: list[str]) -> pl.Expr:

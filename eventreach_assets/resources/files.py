@@ -30,10 +30,14 @@ def _temporary_beside(path: Path) -> Path:
 
 
 def write_parquet_atomically(
-    frame: pl.DataFrame, path: Path, compression: ParquetCodec = "zstd", row_group_size: int | None = None
+    frame: pl.DataFrame,
+    path: Path,
+    compression: ParquetCodec = "zstd",
+    row_group_size: int | None = None,
+    statistics: bool = True,
 ) -> None:
     temporary = _temporary_beside(path)
-    frame.write_parquet(temporary, compression=compression, row_group_size=row_group_size)
+    frame.write_parquet(temporary, compression=compression, row_group_size=row_group_size, statistics=statistics)
     os.replace(temporary, path)
 
 

@@ -15,8 +15,10 @@ VALUE_CODEC: ParquetCodec = "lz4"
 
 
 def write_value(frame: pl.DataFrame, path: Path, compression: ParquetCodec = VALUE_CODEC) -> None:
-    """An asset value's file, as the IO manager writes it (one row group; the bench's bare path too)."""
-    write_parquet_atomically(frame, path, compression, one_row_group(frame))
+    """An asset value's file, as the IO manager writes it (the bench's bare path too): one row
+    group and no column statistics, which could skip nothing in one row group read whole (the
+    2.47M candidates at 3M profiles: 1.4 -> 1.2 s)."""
+    write_parquet_atomically(frame, path, compression, one_row_group(frame), statistics=False)
 
 
 class PolarsParquetIOManager(PolarsParquetIOManagerBase):
