@@ -48,14 +48,19 @@ class ExtractResult:
         return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))
 
 
-def invalid_reason(known_regions: list[str]) -> pl.Expr:
-    """Reason code for a row that cannot become a candidate, or null when it is valid."""
+def invalid_reason(known_regions: list[str], parseable_tags: pl.Series | None = None) -> pl.Expr:
+    """Reason code for a row that cannot become a candidate, or null when it is valid.
+
+    `parseable_tags`, when given, are the frame's tag strings that match `TAGS_PATTERN` (see
+    `with_reason`): a hash look-up per row instead of the pattern."""
     score = pl.col("engagement_score")
     attendance = pl.col("event_attendance_history")
+    tags = pl.col("interest_tags")
+    tags_parse = tags.str.contains(TAGS_PATTERN) if parseable_tags is None else tags.is_in(parseable_tags)
     return (
         pl.when(pl.col("customer_id").is_null() | (pl.col("customer_id").str.strip_chars() == ""))
         .then(pl.lit(NULL_CUSTOMER_ID))
-        .when(pl.col("interest_tags").is_not_null() & ~pl.col("interest_tags").str.contains(TAGS_PATTERN))
+        .when(tags.is_not_null() & ~tags_parse)
         .then(pl.lit(UNPARSEABLE_TAGS))
         .when(~pl.col("geographic_region").is_in(known_regions).fill_null(False))
         .then(pl.lit(UNKNOWN_REGION))
@@ -103,8 +108,13 @@ def event_match(topics: list[str]) -> pl.Expr:
 
 
 def with_reason(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> pl.LazyFrame:
-    """Every extracted row with its quarantine `reason` and its place in the extraction (`_row`)."""
-    return raw.lazy().with_columns(reason=invalid_reason(known_regions)).with_row_index(ROW)
+    """Every extracted row with its quarantine `reason` and its place in the extraction (`_row`).
+
+    The tags pattern is tested on the distinct tag strings only (a few thousand among millions of
+    rows), then looked up per row."""
+    frame, tags = raw.lazy(), pl.col("interest_tags")
+    parseable = frame.select(tags.unique()).filter(tags.str.contains(TAGS_PATTERN)).collect().to_series()
+    return frame.with_columns(reason=invalid_reason(known_regions, parseable)).with_row_index(ROW)
 
 
 def sorted_newest_first(frame: pl.LazyFrame) -> pl.LazyFrame:
