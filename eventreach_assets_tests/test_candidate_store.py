@@ -261,6 +261,15 @@ def test_exported_items_are_the_event_items_without_pii_whatever_changed_since_t
     assert store.exported_items(PROGRAM, EVENT, now=later + timedelta(days=TTL + 1)).height == 0
 
 
+@sqlite_only
+def test_an_item_without_stored_served_json_fails_the_export_read_rather_than_vanishing(store):
+    replace(store, SCORES)
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE candidate_items SET item_json = NULL WHERE customer_id = 'c02' AND channel = 'email'")
+    with pytest.raises(RuntimeError, match="16 live items but 15 stored served JSON texts"):
+        store.exported_items(PROGRAM, EVENT, now=NOW)
+
+
 # ---- replace semantics --------------------------------------------------------------------
 
 

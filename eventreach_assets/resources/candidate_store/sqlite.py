@@ -439,9 +439,13 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
                     if text is None:
                         break
                     texts.append(text)
+                count_sql = f"SELECT count(*) FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now"
+                stored = conn.execute(count_sql, params).fetchone()[0]
             finally:
                 conn.execute("COMMIT")
         items = items_from_served_json("\n".join(texts).encode(), probabilities)
+        if items.height != stored:  # group_concat skips a NULL text: never lose an item silently
+            raise RuntimeError(f"{gsi2pk}: {stored} live items but {items.height} stored served JSON texts")
         return ci.drop_empty_probabilities(items)
 
     def _event_item_keys(self, gsi2pk: str, now_epoch: int) -> list[tuple]:
@@ -506,14 +510,16 @@ def _constant_columns(frame: pl.DataFrame) -> list[str]:
     (a row needs one bound value for executemany to run it)."""
     if frame.height < 2:
         return []
-    counts = frame.select(pl.all().n_unique()).row(0)
-    first = frame.row(0, named=True)
+    first, last = frame.row(0, named=True), frame.row(-1, named=True)
+    # Only columns whose first and last values agree are counted (keys and served JSON never are).
     # quote() stops a text at NUL: such a value stays bound (no real program or event has one).
-    constants = [
+    maybe = [
         name
-        for name, count in zip(frame.columns, counts, strict=True)
-        if count == 1 and not (isinstance(first[name], str) and "\x00" in first[name])
+        for name in frame.columns
+        if first[name] == last[name] and not (isinstance(first[name], str) and "\x00" in first[name])
     ]
+    counts = frame.select(pl.col(maybe).n_unique()).row(0) if maybe else ()
+    constants = [name for name, count in zip(maybe, counts, strict=True) if count == 1]
     return constants[1:] if len(constants) == frame.width else constants
 
 
