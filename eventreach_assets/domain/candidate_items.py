@@ -37,6 +37,8 @@ EXTRA_ATTRIBUTES: tuple[str, ...] = ("marketplace", "timezone", "geographic_regi
 EXPORT_EXCLUDED_COLUMNS: tuple[str, ...] = ("email",)
 
 KEY_COLUMNS: tuple[str, ...] = ("pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk")
+TIME_TEXT_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # times as the stores write them: fixed width, compare in time order
+DATE_TEXT_FORMAT = "%Y-%m-%d"
 GSI1_SORT_KEY = "score"
 
 # Attributes every item has, in the order reads return them (then extras, then p_*).
@@ -362,6 +364,26 @@ def empty_items(probabilities: list[str] | None = None) -> pl.DataFrame:
     schema = {**BASE_ATTRIBUTES, **{name: pl.String() for name in EXTRA_ATTRIBUTES}}
     schema.update({name: pl.Float64() for name in sorted(probabilities or [])})
     return pl.DataFrame(schema=schema)
+
+
+def text_item_schema(probabilities: list[str] | None = None) -> dict[str, pl.DataType]:
+    """`empty_items`' schema with times and dates as text: how the stores hold and return them."""
+    return {
+        name: pl.String() if isinstance(dtype, pl.Datetime | pl.Date) else dtype
+        for name, dtype in empty_items(probabilities).schema.items()
+    }
+
+
+def typed_item_times(frame: pl.DataFrame) -> pl.DataFrame:
+    """An item frame's times and dates from their stored text (`TIME_TEXT_FORMAT`, YYYY-MM-DD)."""
+    times = [
+        name for name, dtype in BASE_ATTRIBUTES.items() if isinstance(dtype, pl.Datetime) and name in frame.columns
+    ]
+    dates = [name for name, dtype in BASE_ATTRIBUTES.items() if isinstance(dtype, pl.Date) and name in frame.columns]
+    return frame.with_columns(
+        *(pl.col(name).str.to_datetime(TIME_TEXT_FORMAT, time_zone="UTC", time_unit="us") for name in times),
+        *(pl.col(name).str.to_date(DATE_TEXT_FORMAT) for name in dates),
+    )
 
 
 def drop_empty_probabilities(items: pl.DataFrame) -> pl.DataFrame:

@@ -48,7 +48,7 @@ import polars as pl
 
 from eventreach_assets.domain import candidate_items as ci
 
-TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"  # fixed width: strings compare in time order
+TS_FORMAT = ci.TIME_TEXT_FORMAT  # fixed width: strings compare in time order
 CACHE_SCHEMA: dict[str, pl.DataType] = {"customer_id": pl.String(), "probability": pl.Float64()}
 
 # Given the event's stored keys (expired ones too) and its registered items, what to write.

@@ -80,18 +80,11 @@ def plain_values(item: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def items_frame(items: Sequence[dict[str, dict[str, Any]]]) -> pl.DataFrame:
     """DynamoDB items as the frame every read returns (`ci.item_columns`, no keys, typed)."""
     probabilities = sorted({name for item in items for name in item if name.startswith(ci.PROBABILITY_PREFIX)})
-    columns = ci.item_columns(probabilities)
-    schema: dict[str, pl.DataType] = {name: pl.String() for name in columns}
-    schema.update({ci.GSI1_SORT_KEY: pl.Float64(), TTL_ATTRIBUTE: pl.Int64()})
-    schema.update({name: pl.Float64() for name in probabilities})
+    schema = ci.text_item_schema(probabilities)
     frame = pl.DataFrame(
-        {name: [plain_value(item.get(name), name) for item in items] for name in columns}, schema=schema
+        {name: [plain_value(item.get(name), name) for item in items] for name in schema}, schema=schema
     )
-    frame = frame.with_columns(
-        pl.col("status_at", "written_at").str.to_datetime(TS_FORMAT, time_zone="UTC", time_unit="us"),
-        pl.col("batch_date").str.to_date("%Y-%m-%d"),
-    )
-    return ci.drop_empty_probabilities(frame)
+    return ci.drop_empty_probabilities(ci.typed_item_times(frame))
 
 
 def attribute_names(*names: str) -> dict[str, str]:

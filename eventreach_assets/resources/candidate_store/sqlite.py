@@ -106,6 +106,7 @@ _EXPORT_PAGE_SQL = f"""
     )
 """
 _EXPORT_READ_ROWS = 100_000  # ~55 MB of text a page, far below SQLite's 1 GB limit on one value
+_CACHE_WRITE_ROWS = 10_000  # rows per executemany of a score cache write (one transaction whatever the number)
 
 
 # Earliest registration wins, so a replayed or late event cannot move it. All SET
@@ -211,14 +212,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
 
     @staticmethod
     def _from_storage(rows: list[tuple], probabilities: list[str]) -> pl.DataFrame:
-        schema = {name: pl.String() for name in ci.item_columns(probabilities)}
-        schema.update({"score": pl.Float64(), "expires_at": pl.Int64()})
-        schema.update({name: pl.Float64() for name in probabilities})
-        frame = pl.DataFrame(rows, schema=schema, orient="row")
-        return frame.with_columns(
-            pl.col("status_at", "written_at").str.to_datetime(TS_FORMAT, time_zone="UTC", time_unit="us"),
-            pl.col("batch_date").str.to_date("%Y-%m-%d"),
-        )
+        return ci.typed_item_times(pl.DataFrame(rows, schema=ci.text_item_schema(probabilities), orient="row"))
 
     @staticmethod
     def _to_storage(items: pl.DataFrame) -> pl.DataFrame:
@@ -439,8 +433,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
                     if text is None:
                         break
                     texts.append(text)
-                count_sql = f"SELECT count(*) FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now"
-                stored = conn.execute(count_sql, params).fetchone()[0]
+                stored = self._count_event_items(gsi2pk, now_epoch)  # this thread's connection: the same read
             finally:
                 conn.execute("COMMIT")
         items = items_from_served_json("\n".join(texts).encode(), probabilities)
@@ -499,10 +492,6 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         """In key order: appends to the key index rather than inserting at random."""
         with self._transaction() as conn:
             _insert_rows(conn, f"INSERT OR REPLACE INTO {_CACHE}", entries.sort("pk", "sk"), _CACHE_WRITE_ROWS)
-
-
-# Rows per executemany of a score cache write (one transaction whatever the number).
-_CACHE_WRITE_ROWS = 10_000
 
 
 def _constant_columns(frame: pl.DataFrame) -> list[str]:
