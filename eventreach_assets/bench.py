@@ -9,7 +9,9 @@ functions on the same resources, no Dagster: `measure_bare`), also in its own ch
 Prints both and their ratio (medians of `--runs`), per-asset medians, throughput and each run's
 peak RSS. Then the week: the profile snapshot once and weekly batch + export for three events
 read from it (program `extraction: weekly_snapshot`; the one-event rows use `per_event`), through
-Dagster and as bare code likewise. Ends with one JSON line of every figure.
+Dagster and as bare code likewise. First, once, the code location's start-up: what every run worker
+of a deployment pays before its first step (importing the definitions in a fresh process), beside
+the framework's own (dagster and polars alone). Ends with one JSON line of every figure.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ STAGES = {"raw_candidates": "extract", "filtered_candidates": "filter", "scored_
           "candidates_table": "store", "candidates_export": "export"}  # fmt: skip
 WEEK_STAGES = {"profile_snapshot": "snapshot", **STAGES}  # the week's: summed over its events
 WEEK_EVENTS = 3
+# A fresh process importing the code location, as a run worker, the code server and the daemon's
+# sensor evaluations do; and the framework alone, its floor.
+STARTUP = {"code_location": "import eventreach_assets.definitions", "framework": "import dagster, polars"}
 
 
 def _instance(home: Path):  # noqa: ANN202 - dagster imported lazily so the parent stays light
@@ -266,6 +271,32 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     return {"wall_s": lap.total(), "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
 
 
+def _startup_once(statement: str) -> dict:
+    """Wall seconds and peak RSS of a fresh interpreter running `statement`."""
+    report = "import json, resource; print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))"
+    started = time.perf_counter()
+    output = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", f"{statement}\n{report}"], check=True, capture_output=True, text=True
+    ).stdout
+    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": float(output.strip().splitlines()[-1])}
+
+
+def measure_startup(runs: int) -> dict:
+    """Medians of `runs` fresh processes per `STARTUP` statement, interleaved; peak RSS the largest."""
+    samples: dict[str, list[dict]] = {name: [] for name in STARTUP}
+    for _ in range(runs):
+        for name, statement in STARTUP.items():
+            samples[name].append(_startup_once(statement))
+    return {
+        name: {
+            "wall_s": round(statistics.median(s["wall_s"] for s in runs_of), 3),
+            "walls_s": [round(s["wall_s"], 3) for s in runs_of],
+            "peak_rss_mb": round(max(s["peak_rss_mb"] for s in runs_of), 1),
+        }
+        for name, runs_of in samples.items()
+    }
+
+
 def _child(args: list[str]) -> dict:
     output = subprocess.run(
         [sys.executable, "-m", "eventreach_assets.bench", *args], check=True, capture_output=True, text=True
@@ -334,6 +365,13 @@ def measure_size(profiles: int, runs: int) -> dict:
 
 
 def run(sizes: list[int], runs: int) -> None:
+    startup = measure_startup(runs)
+    code, framework = startup["code_location"], startup["framework"]
+    print(
+        f"start-up of a run worker (import the code location, fresh process; medians of {runs}): "
+        f"{code['wall_s']:.2f} s, {code['peak_rss_mb']:,.0f} MB; dagster + polars alone {framework['wall_s']:.2f} s, "
+        f"{framework['peak_rss_mb']:,.0f} MB"
+    )
     print(f"weekly batch + export: one event (its own extraction), and a week of {WEEK_EVENTS} events (one profile")
     print(f"snapshot, then each event read from it); Dagster and bare domain code; {runs} cold runs each; medians")
     print(" ".join(f"{name:>{width}}" if name != "run" else f"{name:<{width}}" for name, width in COLUMNS), end="")
@@ -351,7 +389,8 @@ def run(sizes: list[int], runs: int) -> None:
             f"load average {os.getloadavg()[0]:.2f})",
             flush=True,
         )
-    print(json.dumps({"bench": "weekly_batch", "runs": runs, "load_average": os.getloadavg(), "sizes": results}))
+    figures = {"bench": "weekly_batch", "runs": runs, "load_average": os.getloadavg(), "startup": startup}
+    print(json.dumps({**figures, "sizes": results}))
 
 
 def main(argv: list[str] | None = None) -> None:

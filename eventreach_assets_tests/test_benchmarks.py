@@ -54,6 +54,12 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     week = size["week_dagster"]["wall_s"] / size["week_bare"]["wall_s"]
     assert size["week_dagster_over_bare"] == pytest.approx(week, rel=1e-2)
     assert f"week {size['week_dagster_over_bare']:.2f}" in out
+    # Once per invocation: a run worker's start-up beside the framework's own, each a fresh process.
+    startup = json.loads(lines[-1])["startup"]
+    for name in ("code_location", "framework"):
+        assert startup[name]["wall_s"] > 0 and startup[name]["peak_rss_mb"] > 0 and len(startup[name]["walls_s"]) == 1
+    assert "start-up of a run worker (import the code location, fresh process; medians of 1): " in out
+    assert f"{startup['code_location']['wall_s']:.2f} s" in out
 
 
 def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size():

@@ -7,6 +7,10 @@ returns and raises; `pacing.py` paces the sending threads to the provider's rate
 down when it throttles; `pool.py` keeps one reused connection per sending thread.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from eventreach_assets.resources.channels.base import (
     ChannelResource,
     ChannelUnavailableError,
@@ -30,10 +34,13 @@ from eventreach_assets.resources.channels.outbox import (
     LocalOutboxPush,
     outbox_file_stem,
 )
-from eventreach_assets.resources.channels.ses import SesEmail
 from eventreach_assets.resources.channels.smtp import SmtpEmail
-from eventreach_assets.resources.channels.sns import SnsPush
 from eventreach_assets.resources.channels.webhook import WebhookInApp
+from eventreach_assets.resources.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from eventreach_assets.resources.channels.ses import SesEmail
+    from eventreach_assets.resources.channels.sns import SnsPush
 
 __all__ = [
     "ChannelResource",
@@ -60,3 +67,6 @@ __all__ = [
     "message_document",
     "outbox_file_stem",
 ]
+
+# Production implementations: imported on first use (lazy_exports.py).
+__getattr__ = lazy_exports(__name__, {"SesEmail": "ses", "SnsPush": "sns"})

@@ -1,6 +1,10 @@
 """The engagement store: interface (`base`), SQLite (`sqlite`) and DynamoDB (`dynamodb`, table in
 `tables`) stores of registrations, interactions, attendance and survey responses."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from eventreach_assets.resources.engagement_store.base import (
     ATTENDANCE,
     INTERACTION,
@@ -11,9 +15,12 @@ from eventreach_assets.resources.engagement_store.base import (
     EngagementStoreResource,
     RecordKind,
 )
-from eventreach_assets.resources.engagement_store.dynamodb import DynamoDBEngagementStore
 from eventreach_assets.resources.engagement_store.sqlite import SqliteEngagementStore
-from eventreach_assets.resources.engagement_store.tables import create_engagement_table, engagement_table_definition
+from eventreach_assets.resources.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from eventreach_assets.resources.engagement_store.dynamodb import DynamoDBEngagementStore
+    from eventreach_assets.resources.engagement_store.tables import create_engagement_table, engagement_table_definition
 
 __all__ = [
     "ATTENDANCE",
@@ -29,3 +36,13 @@ __all__ = [
     "create_engagement_table",
     "engagement_table_definition",
 ]
+
+# Production implementations: imported on first use (lazy_exports.py).
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "DynamoDBEngagementStore": "dynamodb",
+        "create_engagement_table": "tables",
+        "engagement_table_definition": "tables",
+    },
+)

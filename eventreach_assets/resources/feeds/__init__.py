@@ -5,6 +5,10 @@
 `s3://<bucket>/<prefix>/<feed>/`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from eventreach_assets.resources.feeds.base import (
     FEED_SUFFIX,
     FEEDS,
@@ -18,7 +22,10 @@ from eventreach_assets.resources.feeds.base import (
     to_lines,
 )
 from eventreach_assets.resources.feeds.local import LocalFolderFeed
-from eventreach_assets.resources.feeds.s3 import S3Feed
+from eventreach_assets.resources.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from eventreach_assets.resources.feeds.s3 import S3Feed
 
 __all__ = [
     "FEEDS",
@@ -34,3 +41,6 @@ __all__ = [
     "parse_lines",
     "to_lines",
 ]
+
+# Production implementations: imported on first use (lazy_exports.py).
+__getattr__ = lazy_exports(__name__, {"S3Feed": "s3"})

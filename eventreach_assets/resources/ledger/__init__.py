@@ -2,7 +2,12 @@
 `SentConfirmation` for `mark_sent_many`), its SQLite and DynamoDB backends, the stored key and row
 forms, and the DynamoDB table definition."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from eventreach_assets.domain.delivery import OCCURRENCE_SEPARATOR, SentConfirmation, encode_kind
+from eventreach_assets.resources.lazy_exports import lazy_exports
 from eventreach_assets.resources.ledger.base import (
     IN_DOUBT_AFTER_DEATH,
     LEASE_EXPIRED_REASON,
@@ -13,7 +18,6 @@ from eventreach_assets.resources.ledger.base import (
     ReservationWrite,
     decide,
 )
-from eventreach_assets.resources.ledger.dynamodb import DynamoDBDeliveryLedger
 from eventreach_assets.resources.ledger.keys import KEY_COLUMNS, decode_kind, key_frame, keys_frame
 from eventreach_assets.resources.ledger.records import (
     ALL_CHANNELS,
@@ -24,15 +28,18 @@ from eventreach_assets.resources.ledger.records import (
     RESERVATION_SCHEMA,
 )
 from eventreach_assets.resources.ledger.sqlite import SqliteDeliveryLedger
-from eventreach_assets.resources.ledger.tables import (
-    MESSAGE_INDEX,
-    MESSAGE_INDEX_DEFINITION,
-    OWNER_INDEX,
-    SENT_INDEX,
-    add_message_index,
-    create_ledger_table,
-    ledger_table_definition,
-)
+
+if TYPE_CHECKING:
+    from eventreach_assets.resources.ledger.dynamodb import DynamoDBDeliveryLedger
+    from eventreach_assets.resources.ledger.tables import (
+        MESSAGE_INDEX,
+        MESSAGE_INDEX_DEFINITION,
+        OWNER_INDEX,
+        SENT_INDEX,
+        add_message_index,
+        create_ledger_table,
+        ledger_table_definition,
+    )
 
 __all__ = [
     "ALL_CHANNELS",
@@ -66,3 +73,18 @@ __all__ = [
     "keys_frame",
     "ledger_table_definition",
 ]
+
+# Production implementations: imported on first use (lazy_exports.py).
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "DynamoDBDeliveryLedger": "dynamodb",
+        "MESSAGE_INDEX": "tables",
+        "MESSAGE_INDEX_DEFINITION": "tables",
+        "OWNER_INDEX": "tables",
+        "SENT_INDEX": "tables",
+        "add_message_index": "tables",
+        "create_ledger_table": "tables",
+        "ledger_table_definition": "tables",
+    },
+)

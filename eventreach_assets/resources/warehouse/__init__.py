@@ -6,9 +6,9 @@ imports), which the local deployment never needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from eventreach_assets.resources.lazy_exports import lazy_exports
 from eventreach_assets.resources.warehouse.base import (
     WarehouseResource,
     WarehouseSchemaError,
@@ -20,12 +20,6 @@ from eventreach_assets.resources.warehouse.duckdb import DuckDBWarehouse
 if TYPE_CHECKING:
     from eventreach_assets.resources.warehouse.snowflake import SnowflakeWarehouse, snowflake_resource_from_env
     from eventreach_assets.resources.warehouse.snowflake_load import load_tables
-
-_LAZY: dict[str, str] = {
-    "SnowflakeWarehouse": "snowflake",
-    "snowflake_resource_from_env": "snowflake",
-    "load_tables": "snowflake_load",
-}
 
 __all__ = [
     "DuckDBWarehouse",
@@ -39,8 +33,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__ = lazy_exports(
+    __name__,
+    {"SnowflakeWarehouse": "snowflake", "snowflake_resource_from_env": "snowflake", "load_tables": "snowflake_load"},
+)
