@@ -8,6 +8,7 @@ import polars as pl
 from eventreach_assets.domain import extract
 from eventreach_assets.domain.events import normalize_events
 from eventreach_assets.domain.extract import validate_and_dedupe
+from eventreach_assets.domain.schema import CANDIDATE_SCHEMA
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets_tests.frames import profiles
 
@@ -283,3 +284,21 @@ def test_a_snapshot_serves_an_event_only_from_this_batch_week_and_covering_its_t
     assert extract.snapshot_unusable(monday, ["devops"], ["security", "devops", "ai"], now) == (
         "profile snapshot does not cover topic(s) ai, security"
     )
+
+
+def test_the_few_valued_columns_are_categoricals_only_inside_the_extraction():
+    """Regions, roles, statuses, marketplaces and time zones are categoricals while extracting (the
+    batch's memory peak), never outside it: from either path the candidates have the candidate
+    model's types and the quarantine the warehouse's, with the same values."""
+    raw = tricky_profiles()
+    inside = extract.with_reason(raw, REGIONS).collect_schema()
+    assert all(inside[name] == pl.Categorical for name in extract.FEW_VALUES)
+    snapshot = extract.newest_first(raw, REGIONS).collect()
+    for result in (validate_and_dedupe(raw, REGIONS), extract.event_extract(snapshot, ["devops"])):
+        assert dict(result.candidates.schema) == CANDIDATE_SCHEMA
+        assert dict(result.quarantine.schema) == {**raw.schema, "reason": pl.String()}
+        assert result.quarantine.height > 0 and result.candidates.height > 0
+        regions = set(raw["geographic_region"])
+        assert set(result.candidates["geographic_region"]) <= regions and set(result.quarantine["timezone"]) <= set(
+            raw["timezone"]
+        )

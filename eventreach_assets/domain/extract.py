@@ -34,6 +34,11 @@ DEDUPE_DESCENDING = (True, True, False)
 NO_TAGS_RANK = 2**32 - 1  # null tags sort after every tags string
 NULL_UPDATED_AT = -(2**63)  # a null `updated_at` sorts after every datetime
 ROW = "_row"  # a row's place in the extraction, so results keep the warehouse's order
+# Profile text columns with few distinct values (regions, roles, statuses, marketplaces, time
+# zones). While extracting they are categoricals, 4 bytes a row instead of a 16-byte string view
+# (and the text behind it): at 3M profiles ~250 MB less at the batch's memory peak. The candidate
+# model and the quarantine give them back as strings.
+FEW_VALUES = ("geographic_region", "job_role", "account_status", "marketplace", "timezone")
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,8 @@ def with_reason(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> p
     """Every extracted row with its quarantine `reason` and its place in the extraction (`_row`).
 
     The tags pattern is tested on the distinct tag strings only (a few thousand among millions of
-    rows), then looked up per row."""
-    frame, tags = raw.lazy(), pl.col("interest_tags")
+    rows), then looked up per row. The `FEW_VALUES` columns come back as categoricals."""
+    frame, tags = raw.lazy().with_columns(pl.col(FEW_VALUES).cast(pl.Categorical)), pl.col("interest_tags")
     parseable = frame.select(tags.unique()).filter(tags.str.contains(TAGS_PATTERN)).collect().to_series()
     return frame.with_columns(reason=invalid_reason(known_regions, parseable)).with_row_index(ROW)
 
@@ -196,7 +201,9 @@ def _results(newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.Data
                     pl.col("marketing_opt_out").fill_null(False) | pl.col("_opted_out").fill_null(False)
                 )
             ),
-            quarantined.with_columns(reason=pl.col("reason").fill_null(pl.lit(DUPLICATE_SUPERSEDED))).drop(ROW),
+            quarantined.with_columns(
+                pl.col(FEW_VALUES).cast(pl.String), reason=pl.col("reason").fill_null(pl.lit(DUPLICATE_SUPERSEDED))
+            ).drop(ROW),
         ],
         engine="in-memory",
     )
@@ -227,6 +234,7 @@ def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[st
     2.1-2.4, the same frames). Candidates and quarantined rows keep the warehouse's order (here it
     costs nothing: the flags are put back in that order, not the rows)."""
     frame = with_reason(raw, known_regions).collect(engine="in-memory")  # the extract's columns, not copied
+    del raw  # its `FEW_VALUES` strings, now categoricals in `frame` (callers pass the warehouse's frame, not a name)
     keys = frame.lazy().select(ROW, "customer_id", "reason", "marketing_opt_out", *DEDUPE_ORDER)
     flagged, opted_out = newest_flags(sorted_newest_first(keys))
     in_order, opted_out = pl.collect_all([flagged.select(ROW, "_newest").sort(ROW), opted_out], engine="in-memory")
