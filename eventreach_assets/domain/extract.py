@@ -36,7 +36,7 @@ NULL_UPDATED_AT = -(2**63)  # a null `updated_at` sorts after every datetime
 ROW = "_row"  # a row's place in the extraction, so results keep the warehouse's order
 # Profile text columns with few distinct values (regions, roles, statuses, marketplaces, time
 # zones). While extracting they are categoricals, 4 bytes a row instead of a 16-byte string view
-# (and the text behind it): at 3M profiles ~250 MB less at the batch's memory peak. The candidate
+# (and the text behind it): at 3M profiles ~200 MB less at the batch's memory peak. The candidate
 # model and the quarantine give them back as strings.
 FEW_VALUES = ("geographic_region", "job_role", "account_status", "marketplace", "timezone")
 
@@ -234,7 +234,7 @@ def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[st
     2.1-2.4, the same frames). Candidates and quarantined rows keep the warehouse's order (here it
     costs nothing: the flags are put back in that order, not the rows)."""
     frame = with_reason(raw, known_regions).collect(engine="in-memory")  # the extract's columns, not copied
-    del raw  # its `FEW_VALUES` strings, now categoricals in `frame` (callers pass the warehouse's frame, not a name)
+    del raw  # the last reference (callers pass the warehouse's frame itself): its `FEW_VALUES` strings go
     keys = frame.lazy().select(ROW, "customer_id", "reason", "marketing_opt_out", *DEDUPE_ORDER)
     flagged, opted_out = newest_flags(sorted_newest_first(keys))
     in_order, opted_out = pl.collect_all([flagged.select(ROW, "_newest").sort(ROW), opted_out], engine="in-memory")
