@@ -206,8 +206,10 @@ def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], l
     inputs = filter_inputs(r["warehouse"], r["ledger"], r["program"], r["clock"], event_id)
     outcome = run_filter_chain(extracted.candidates, build_filter_chain(config), inputs)
     r["decision_log"].write("rejections", event_id, outcome.rejected.with_columns(decided_at=pl.lit(inputs.as_of)))
+    survivors = outcome.survivors
+    del outcome  # the rejections are written, not kept: the asset drops them when it returns
     done("filtered_candidates")
-    scored = _bare_score(r, event, outcome.survivors)
+    scored = _bare_score(r, event, survivors)
     done("scored_candidates")
     store, channels = r["candidate_store"], [channel.channel_id for channel in config.invitation_channels]
     store.purge_expired(now)
