@@ -374,6 +374,23 @@ def text_item_schema(probabilities: list[str] | None = None) -> dict[str, pl.Dat
     }
 
 
+def time_text(column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A time (in UTC, `TIME_TEXT_FORMAT`) or date (YYYY-MM-DD) column as the stores write it;
+    any other column as it is."""
+    if isinstance(dtype, pl.Datetime):
+        column = column.dt.convert_time_zone("UTC") if dtype.time_zone is not None else column
+        return column.dt.to_string(TIME_TEXT_FORMAT)
+    if isinstance(dtype, pl.Date):
+        return column.dt.to_string(DATE_TEXT_FORMAT)
+    return column
+
+
+def text_item_times(frame: pl.DataFrame) -> pl.DataFrame:
+    """An item frame's times and dates as the stores' text: the inverse of `typed_item_times`."""
+    times = {name: dtype for name, dtype in frame.schema.items() if isinstance(dtype, pl.Datetime | pl.Date)}
+    return frame.with_columns(time_text(pl.col(name), dtype) for name, dtype in times.items())
+
+
 def typed_item_times(frame: pl.DataFrame) -> pl.DataFrame:
     """An item frame's times and dates from their stored text (`TIME_TEXT_FORMAT`, YYYY-MM-DD)."""
     times = [

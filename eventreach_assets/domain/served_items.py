@@ -27,15 +27,14 @@ from eventreach_assets.domain.candidate_items import (
     BASE_ATTRIBUTES,
     EXTRA_ATTRIBUTES,
     PROBABILITY_PREFIX,
-    TIME_TEXT_FORMAT,
     probability_columns,
     text_item_schema,
+    time_text,
     typed_item_times,
 )
 
 ITEM_JSON = "item_json"
 SERVED_EXCLUDED_COLUMNS: tuple[str, ...] = ("email",)  # PII: stored for the email channel, never served
-SERVED_TIME_FORMAT = TIME_TEXT_FORMAT  # the stores' own text form of times
 # The attributes every served item has, in order; the item's p_* follow.
 SERVED_COLUMNS: tuple[str, ...] = tuple(
     name for name in (*BASE_ATTRIBUTES, *EXTRA_ATTRIBUTES) if name not in SERVED_EXCLUDED_COLUMNS
@@ -44,20 +43,9 @@ SERVED_COLUMNS: tuple[str, ...] = tuple(
 MUTABLE_COLUMNS: tuple[str, ...] = ("status", "status_at", "registered_channel", "expires_at")
 
 
-def _served_column(frame: pl.DataFrame, name: str) -> pl.Expr:
-    dtype = frame.schema[name]
-    column = pl.col(name)
-    if isinstance(dtype, pl.Datetime):
-        column = column.dt.convert_time_zone("UTC") if dtype.time_zone is not None else column
-        return column.dt.to_string(SERVED_TIME_FORMAT)
-    if isinstance(dtype, pl.Date):
-        return column.dt.to_string("%Y-%m-%d")
-    return column
-
-
 def item_json_expr(items: pl.DataFrame) -> pl.Expr:
     """Each item's served JSON object (text), for a frame with the item attribute columns."""
-    fixed = pl.struct([_served_column(items, name) for name in SERVED_COLUMNS]).struct.json_encode()
+    fixed = pl.struct([time_text(pl.col(name), items.schema[name]) for name in SERVED_COLUMNS]).struct.json_encode()
     probabilities = [
         pl.when(pl.col(name).is_not_null() & pl.col(name).is_not_nan()).then(
             pl.lit(",") + pl.struct(name).struct.json_encode().str.slice(1).str.head(-1)

@@ -1,7 +1,7 @@
 """Candidate items between polars frames and DynamoDB attribute values (the low-level client's wire form).
 
 Numbers travel as exact decimal strings, timestamps as the SQLite store's fixed-width text
-(`TS_FORMAT`: strings compare in time order), and null or NaN attributes are left out, as a
+(`ci.TIME_TEXT_FORMAT`: strings compare in time order), and null or NaN attributes are left out, as a
 `PutItem` would drop them; reads turn items back into the frame every store returns.
 """
 
@@ -16,7 +16,6 @@ import polars as pl
 from boto3.dynamodb.types import DYNAMODB_CONTEXT
 
 from eventreach_assets.domain import candidate_items as ci
-from eventreach_assets.resources.candidate_store.base import TS_FORMAT
 from eventreach_assets.resources.candidate_store.tables import TTL_ATTRIBUTE
 
 _TINY = Decimal("1E-129")  # DynamoDB numbers go down to 1E-130; anything smaller is stored as 0
@@ -44,11 +43,7 @@ def to_dynamo_items(frame: pl.DataFrame) -> list[dict[str, dict[str, str]]]:
     Timestamps use the SQLite store's fixed-width format (strings compare in time order);
     null and NaN attributes are left out, as a `PutItem` would drop them.
     """
-    stored = frame.with_columns(
-        pl.col(name).dt.to_string(TS_FORMAT) for name in ("status_at", "written_at") if name in frame.columns
-    )
-    if "batch_date" in stored.columns:
-        stored = stored.with_columns(pl.col("batch_date").dt.to_string("%Y-%m-%d"))
+    stored = ci.text_item_times(frame)
     strings = _string_attrs(stored.columns)
     items = []
     for row in stored.iter_rows(named=True):

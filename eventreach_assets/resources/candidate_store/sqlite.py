@@ -216,10 +216,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
 
     @staticmethod
     def _to_storage(items: pl.DataFrame) -> pl.DataFrame:
-        return items.with_columns(item_json_expr(items)).with_columns(
-            pl.col("status_at", "written_at").dt.to_string(TS_FORMAT),
-            pl.col("batch_date").dt.to_string("%Y-%m-%d"),
-        )
+        return ci.text_item_times(items.with_columns(item_json_expr(items)))
 
     # -- writes --
 
