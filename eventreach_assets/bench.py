@@ -9,9 +9,11 @@ functions on the same resources, no Dagster: `measure_bare`), also in its own ch
 Prints both and their ratio (medians of `--runs`), per-asset medians, throughput and each run's
 peak RSS. Then the week: the profile snapshot once and weekly batch + export for three events
 read from it (program `extraction: weekly_snapshot`; the one-event rows use `per_event`), through
-Dagster and as bare code likewise. First, once, the code location's start-up: what every run worker
-of a deployment pays before its first step (importing the definitions in a fresh process), beside
-the framework's own (dagster and polars alone). Ends with one JSON line of every figure.
+Dagster in one process and as bare code likewise, and as the local deployment runs it: each run a
+fresh run-worker process, as many at once as `dagster.yaml` allows (`measure_week_deployed`).
+First, once, the code location's start-up: what every run worker of a deployment pays before its
+first step (importing the definitions in a fresh process), beside the framework's own (dagster and
+polars alone). Ends with one JSON line of every figure.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ STAGES = {"raw_candidates": "extract", "filtered_candidates": "filter", "scored_
           "candidates_table": "store", "candidates_export": "export"}  # fmt: skip
 WEEK_STAGES = {"profile_snapshot": "snapshot", **STAGES}  # the week's: summed over its events
 WEEK_EVENTS = 3
+DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"  # the local deployment's instance settings
 # A fresh process importing the code location, as a run worker, the code server and the daemon's
 # sensor evaluations do; and the framework alone, its floor.
 STARTUP = {"code_location": "import eventreach_assets.definitions", "framework": "import dagster, polars"}
@@ -110,18 +113,9 @@ class _Laps:
         return self.previous - self.started
 
 
-def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> dict:
-    """Execute the jobs (job name, partition) in order through Dagster; wall, per-asset seconds
-    (summed over partitions), counts and peak RSS."""
-    started = time.perf_counter()
-    results = [
-        defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition)
-        for job, partition in runs
-    ]
-    wall = time.perf_counter() - started
-    stages: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for event in (event for result in results for event in result.get_asset_materialization_events()):
+def _add_figures(result: Any, stages: dict[str, float], counts: dict[str, int]) -> None:
+    """Add one run's per-asset seconds and row counts (from its materializations) to the totals."""
+    for event in result.get_asset_materialization_events():
         metadata = event.materialization.metadata
         name = event.materialization.asset_key.to_user_string()
         if "duration_s" in metadata:  # assets that time themselves (batch_metrics does not)
@@ -130,6 +124,23 @@ def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> di
             counts[name] = counts.get(name, 0) + int(metadata["dagster/row_count"].value)
         if name == "raw_candidates":
             counts["extracted_rows"] = counts.get("extracted_rows", 0) + int(metadata["extracted_rows"].value)
+
+
+def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> dict:
+    """Execute the jobs (job name, partition) in order through Dagster; wall, per-asset seconds
+    (summed over partitions), counts and peak RSS.
+
+    Each run's result is read and dropped before the next run starts: `execute_in_process` keeps
+    every output value in its result (the week held all seven runs' frames, 3.96 GB at 3M), which
+    a deployed run worker, one process per run, never does."""
+    stages: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    started = time.perf_counter()
+    for job, partition in runs:
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition)
+        _add_figures(result, stages, counts)
+        del result
+    wall = time.perf_counter() - started
     return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -155,6 +166,87 @@ def measure_week(home: Path, event_ids: list[str]) -> dict:
     defs = build_definitions(home=home, fixed_now=BENCH_NOW.isoformat())
     per_event = [(job, event_id) for event_id in event_ids for job in ("weekly_batch", "export_candidates")]
     return _execute(defs, instance, [(profile_snapshot_job.name, None), *per_event])
+
+
+def deployment_env(home: Path) -> dict[str, str]:
+    """The environment a run worker of the local deployment on `home` reads (the module-level
+    `defs` of `eventreach_assets.definitions` is built from it), clock pinned to the bench's."""
+    _instance(home)  # the instance's dagster.yaml
+    return {"EVENTREACH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home"),
+            "EVENTREACH_NOW": BENCH_NOW.isoformat()}  # fmt: skip
+
+
+def run_slots() -> int:
+    """How many runs the local deployment executes at once (`dagster.yaml`'s `max_concurrent_runs`)."""
+    import yaml
+
+    return int(yaml.safe_load(DAGSTER_YAML.read_text())["concurrency"]["runs"]["max_concurrent_runs"])
+
+
+def deployed_job(name: str) -> Any:
+    """The job `name` of the code location a run worker loads (`eventreach_assets.definitions`),
+    for `dg.build_reconstructable_job`."""
+    from eventreach_assets.definitions import defs
+
+    return defs.resolve_job_def(name)
+
+
+def run_worker(job: str, partition: str | None) -> dict:
+    """One run executed as a run worker of the deployment executes it: in this fresh process, from
+    the code location the environment configures, through `dg.execute_job` (no output kept
+    beyond its step), the partition given as the run's tag as schedules and sensors give it."""
+    import dagster as dg
+
+    recon = dg.build_reconstructable_job(__name__, deployed_job.__name__, reconstructable_kwargs={"name": job})
+    tags = {"dagster/partition": partition} if partition else {}
+    with dg.DagsterInstance.get() as instance:
+        result = dg.execute_job(recon, instance, tags=tags)
+    if not result.success:
+        raise RuntimeError(f"{job} {partition or ''}: run {result.run_id} failed")
+    stages: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    _add_figures(result, stages, counts)
+    return {"stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
+
+
+def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
+    """The week as the local deployment runs it: every run a fresh process of its own (paying the
+    code location's import, the instance and the interpreter's exit, as each run worker does), at
+    most `run_slots()` at once: the profile snapshot, then each event's weekly batch followed by
+    its export. Wall from the first launch to the last exit; stages and counts summed; peak RSS
+    the largest single run's (two run at once); `workers`: each run's process, start and end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eventreach_assets.jobs import export_job, profile_snapshot_job, weekly_batch_job
+
+    _fresh_candidate_store(home)
+    env = {**os.environ, **deployment_env(home)}
+    env.pop("EVENTREACH_PROGRAM", None)  # the packaged program (`extraction: weekly_snapshot`)
+    stages: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    workers: list[dict] = []
+    lap = _Laps()
+
+    def run(job: str, partition: str | None = None) -> None:
+        started = time.perf_counter() - lap.started
+        figures = _child(["--run-worker", job, *(["--event", partition] if partition else [])], env=env)
+        ended = time.perf_counter() - lap.started
+        for name, seconds in figures["stages"].items():
+            stages[name] = stages.get(name, 0.0) + seconds
+        for name, count in figures["counts"].items():
+            counts[name] = counts.get(name, 0) + count
+        workers.append({"job": job, "partition": partition, "pid": figures["pid"], "started_s": round(started, 3),
+                        "ended_s": round(ended, 3), "peak_rss_mb": round(figures["peak_rss_mb"], 1)})  # fmt: skip
+
+    def event_runs(event_id: str) -> None:
+        run(weekly_batch_job.name, event_id)
+        run(export_job.name, event_id)
+
+    run(profile_snapshot_job.name)
+    with ThreadPoolExecutor(max_workers=run_slots()) as slots:
+        list(slots.map(event_runs, event_ids))  # list(): a failed run raises here
+    peak = max(worker["peak_rss_mb"] for worker in workers)
+    return {"wall_s": lap(), "stages": stages, "counts": counts, "peak_rss_mb": peak, "workers": workers}
 
 
 def _bare_score(r: dict, event: Any, filtered: Any) -> Any:
@@ -299,15 +391,16 @@ def measure_startup(runs: int) -> dict:
     }
 
 
-def _child(args: list[str]) -> dict:
+def _child(args: list[str], env: dict[str, str] | None = None) -> dict:
     output = subprocess.run(
-        [sys.executable, "-m", "eventreach_assets.bench", *args], check=True, capture_output=True, text=True
+        [sys.executable, "-m", "eventreach_assets.bench", *args], check=True, capture_output=True, text=True, env=env
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 RUNNERS = {"dagster": "--measure", "bare": "--measure-bare"}  # one event, its own extraction
-WEEK_RUNNERS = {"week_dagster": "--measure-week", "week_bare": "--measure-week-bare"}  # snapshot + events
+WEEK_RUNNERS = {"week_dagster": "--measure-week", "week_bare": "--measure-week-bare",  # snapshot + events
+                "week_deployed": "--measure-week-deployed"}  # fmt: skip
 COLUMNS = (("profiles", 10), ("run", 12), ("extracted", 10), ("eligible", 9), ("wall s", 7), ("cand/min", 11),
            ("peak MB", 8))  # fmt: skip
 
@@ -321,6 +414,7 @@ def summarize(samples: list[dict], stages: dict[str, str]) -> dict:
         "stages_s": {stages[name]: statistics.median(s["stages"].get(name, 0.0) for s in samples) for name in stages},
         "extracted": samples[0]["counts"].get("extracted_rows", 0),
         "eligible": samples[0]["counts"].get("scored_candidates", 0),
+        **({"workers": [s["workers"] for s in samples]} if "workers" in samples[0] else {}),
     }
 
 
@@ -362,6 +456,7 @@ def measure_size(profiles: int, runs: int) -> dict:
     return {
         "profiles": profiles, **figures, "dagster_over_bare": agreeing(figures, "dagster", "bare"),
         "week_events": prepared["events"], "week_dagster_over_bare": agreeing(figures, "week_dagster", "week_bare"),
+        "week_deployed_over_bare": agreeing(figures, "week_deployed", "week_bare"),
         "setup": setup,
     }  # fmt: skip
 
@@ -375,7 +470,8 @@ def run(sizes: list[int], runs: int) -> None:
         f"{framework['peak_rss_mb']:,.0f} MB"
     )
     print(f"weekly batch + export: one event (its own extraction), and a week of {WEEK_EVENTS} events (one profile")
-    print(f"snapshot, then each event read from it); Dagster and bare domain code; {runs} cold runs each; medians")
+    print("snapshot, then each event read from it); Dagster in one process and bare domain code; the week as deployed")
+    print(f"(a fresh run worker per run, {run_slots()} at a time); {runs} cold runs each; medians")
     print(" ".join(f"{name:>{width}}" if name != "run" else f"{name:<{width}}" for name, width in COLUMNS), end="")
     print("  per asset (s; the week's summed over its events)")
     results = []
@@ -385,7 +481,10 @@ def run(sizes: list[int], runs: int) -> None:
         for runner in (*RUNNERS, *WEEK_RUNNERS):
             print(row(profiles, runner, result[runner]))
         setup = result["setup"]
-        ratios = f"ratio dagster/bare {result['dagster_over_bare']:.2f}, week {result['week_dagster_over_bare']:.2f}"
+        ratios = (
+            f"ratio dagster/bare {result['dagster_over_bare']:.2f}, week {result['week_dagster_over_bare']:.2f}, "
+            f"week deployed {result['week_deployed_over_bare']:.2f}"
+        )
         print(
             f"{'':>10} {ratios} (setup, not timed: seed {setup['seed_s']:.1f} s, train {setup['train_s']:.1f} s; "
             f"load average {os.getloadavg()[0]:.2f})",
@@ -405,6 +504,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure-week", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--measure-week-bare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-week-deployed", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--run-worker", help=argparse.SUPPRESS)
     parser.add_argument("--events", help=argparse.SUPPRESS)
     parser.add_argument("--profiles", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--event", help=argparse.SUPPRESS)
@@ -419,6 +520,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_week(args.measure_week, args.events.split(","))))
     elif args.measure_week_bare:
         print(json.dumps(measure_week_bare(args.measure_week_bare, args.events.split(","))))
+    elif args.measure_week_deployed:
+        print(json.dumps(measure_week_deployed(args.measure_week_deployed, args.events.split(","))))
+    elif args.run_worker:
+        print(json.dumps(run_worker(args.run_worker, args.event)))
     else:
         run([int(size) for size in args.sizes.split(",")], args.runs)
 

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from eventreach_assets import bench
+
 pytestmark = pytest.mark.integration
 
 
@@ -39,9 +41,10 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     assert size["dagster"]["extracted"] == size["bare"]["extracted"]
     assert size["dagster_over_bare"] == pytest.approx(size["dagster"]["wall_s"] / size["bare"]["wall_s"], rel=1e-2)
     assert f"ratio dagster/bare {size['dagster_over_bare']:.2f}" in out
-    # The week: one profile snapshot, then three events read from it, through Dagster and as bare code.
+    # The week: one profile snapshot, then three events read from it, through Dagster (in one process,
+    # and as deployed: a run worker per run) and as bare code.
     assert len(size["week_events"]) == 3
-    for runner in ("week-dagster", "week-bare"):
+    for runner in ("week-dagster", "week-bare", "week-deployed"):
         [row] = [line for line in lines if re.match(rf"\s+3,000 {runner}\s", line)]
         extracted, eligible, wall, _per_minute, peak = row.split()[2:7]
         assert all(f"{stage}=" in row for stage in ("snapshot", "extract", "filter", "score", "store", "export"))
@@ -54,6 +57,26 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     week = size["week_dagster"]["wall_s"] / size["week_bare"]["wall_s"]
     assert size["week_dagster_over_bare"] == pytest.approx(week, rel=1e-2)
     assert f"week {size['week_dagster_over_bare']:.2f}" in out
+    assert f"week deployed {size['week_deployed_over_bare']:.2f}" in out
+    assert (size["week_deployed"]["extracted"], size["week_deployed"]["eligible"]) == (
+        size["week_bare"]["extracted"], size["week_bare"]["eligible"]
+    )  # fmt: skip
+    # As deployed: the snapshot, then each event's batch and its export, each run its own process,
+    # never more at once than the instance's run slots (dagster.yaml: max_concurrent_runs).
+    [workers] = size["week_deployed"]["workers"]
+    slots = bench.run_slots()
+    assert slots == 2 and len(workers) == 1 + 2 * 3 and len({worker["pid"] for worker in workers}) == len(workers)
+    [snapshot, *event_runs] = sorted(workers, key=lambda worker: worker["started_s"])
+    assert snapshot["job"] == "weekly_profile_snapshot" and snapshot["partition"] is None
+    assert all(snapshot["ended_s"] <= worker["started_s"] for worker in event_runs)
+    for event in size["week_events"]:
+        batch, export = sorted((w for w in event_runs if w["partition"] == event), key=lambda w: w["started_s"])
+        assert (batch["job"], export["job"]) == ("weekly_batch", "export_candidates")
+        assert batch["ended_s"] <= export["started_s"]
+    for worker in event_runs:  # at every start, the runs still going (this one included) fit the slots
+        running = [w for w in event_runs if w["started_s"] <= worker["started_s"] < w["ended_s"]]
+        assert len(running) <= slots
+    assert max(len([w for w in event_runs if w["started_s"] <= x["started_s"] < w["ended_s"]]) for x in event_runs) == 2
     # Once per invocation: a run worker's start-up beside the framework's own, each a fresh process.
     startup = json.loads(lines[-1])["startup"]
     for name in ("code_location", "framework"):
