@@ -38,6 +38,7 @@ STAGES = {"raw_candidates": "extract", "filtered_candidates": "filter", "scored_
           "candidates_table": "store", "candidates_export": "export"}  # fmt: skip
 WEEK_STAGES = {"profile_snapshot": "snapshot", **STAGES}  # the week's: summed over its events
 WEEK_EVENTS = 3
+MODULE = "eventreach_assets.bench"  # by name: run as `-m`, this module is `__main__`
 DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"  # the local deployment's instance settings
 # A fresh process importing the code location, as a run worker, the code server and the daemon's
 # sensor evaluations do; and the framework alone, its floor.
@@ -197,7 +198,7 @@ def run_worker(job: str, partition: str | None) -> dict:
     beyond its step), the partition given as the run's tag as schedules and sensors give it."""
     import dagster as dg
 
-    recon = dg.build_reconstructable_job(__name__, deployed_job.__name__, reconstructable_kwargs={"name": job})
+    recon = dg.build_reconstructable_job(MODULE, deployed_job.__name__, reconstructable_kwargs={"name": job})
     tags = {"dagster/partition": partition} if partition else {}
     with dg.DagsterInstance.get() as instance:
         result = dg.execute_job(recon, instance, tags=tags)
@@ -393,7 +394,7 @@ def measure_startup(runs: int) -> dict:
 
 def _child(args: list[str], env: dict[str, str] | None = None) -> dict:
     output = subprocess.run(
-        [sys.executable, "-m", "eventreach_assets.bench", *args], check=True, capture_output=True, text=True, env=env
+        [sys.executable, "-m", MODULE, *args], check=True, capture_output=True, text=True, env=env
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
 

@@ -34,6 +34,7 @@ from eventreach_assets.jobs import (
     profile_snapshot_job,
     weekly_batch_job,
 )
+from eventreach_assets.loaded_code import freeze_loaded_objects
 from eventreach_assets.program.config import ProgramConfig
 from eventreach_assets.resources.program import load_checked_program
 from eventreach_assets.schedules import build_schedules
@@ -119,3 +120,4 @@ def build_definitions(
 
 
 defs = build_definitions()
+freeze_loaded_objects()  # loaded_code.py: the collector skips what lives as long as the process

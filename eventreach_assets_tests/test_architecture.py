@@ -264,6 +264,25 @@ def test_the_code_location_imports_no_production_model_or_chart_library() -> Non
     ]
 
 
+def test_a_process_loading_the_code_location_freezes_what_it_loaded_and_at_exit_all_that_is_left() -> None:
+    """The collector skips the objects a run worker loads (loaded_code.py): frozen once the
+    definitions are imported; objects made later are not, until the process exits."""
+    script = (
+        "import atexit, gc, json\n"
+        "import eventreach_assets.definitions\n"
+        "loaded = gc.get_freeze_count()\n"
+        "made_later = [[n] for n in range(50_000)]  # lists: tracked by the collector\n"
+        "later = gc.get_freeze_count()\n"
+        "atexit._run_exitfuncs()\n"
+        "print(json.dumps([loaded, later, gc.get_freeze_count()]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    loaded, later, at_exit = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded > 50_000  # dagster's and the code location's classes, functions, definitions
+    assert later == loaded  # what a run makes is collected as before
+    assert at_exit >= loaded + 50_000  # exiting, the collector skips everything left
+
+
 def test_a_lazy_export_that_does_not_exist_is_an_attribute_error() -> None:
     import eventreach_assets.resources.decision_log as decision_log
 
