@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -114,17 +115,17 @@ class _Laps:
         return self.previous - self.started
 
 
-def _add_figures(result: Any, stages: dict[str, float], counts: dict[str, int]) -> None:
+def _add_figures(result: Any, stages: Counter[str], counts: Counter[str]) -> None:
     """Add one run's per-asset seconds and row counts (from its materializations) to the totals."""
     for event in result.get_asset_materialization_events():
         metadata = event.materialization.metadata
         name = event.materialization.asset_key.to_user_string()
         if "duration_s" in metadata:  # assets that time themselves (batch_metrics does not)
-            stages[name] = stages.get(name, 0.0) + float(metadata["duration_s"].value)
+            stages[name] += float(metadata["duration_s"].value)
         if "dagster/row_count" in metadata:
-            counts[name] = counts.get(name, 0) + int(metadata["dagster/row_count"].value)
+            counts[name] += int(metadata["dagster/row_count"].value)
         if name == "raw_candidates":
-            counts["extracted_rows"] = counts.get("extracted_rows", 0) + int(metadata["extracted_rows"].value)
+            counts["extracted_rows"] += int(metadata["extracted_rows"].value)
 
 
 def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> dict:
@@ -134,8 +135,8 @@ def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> di
     Each run's result is read and dropped before the next run starts: `execute_in_process` keeps
     every output value in its result (the week held all seven runs' frames, 3.96 GB at 3M), which
     a deployed run worker, one process per run, never does."""
-    stages: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    stages: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     started = time.perf_counter()
     for job, partition in runs:
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition)
@@ -204,8 +205,8 @@ def run_worker(job: str, partition: str | None) -> dict:
         result = dg.execute_job(recon, instance, tags=tags)
     if not result.success:
         raise RuntimeError(f"{job} {partition or ''}: run {result.run_id} failed")
-    stages: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    stages: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
     _add_figures(result, stages, counts)
     return {"stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
 
@@ -223,21 +224,15 @@ def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
     _fresh_candidate_store(home)
     env = {**os.environ, **deployment_env(home)}
     env.pop("EVENTREACH_PROGRAM", None)  # the packaged program (`extraction: weekly_snapshot`)
-    stages: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    workers: list[dict] = []
+    workers: list[dict] = []  # appended from the slots' threads; summed once they are done
     lap = _Laps()
 
     def run(job: str, partition: str | None = None) -> None:
         started = time.perf_counter() - lap.started
         figures = _child(["--run-worker", job, *(["--event", partition] if partition else [])], env=env)
         ended = time.perf_counter() - lap.started
-        for name, seconds in figures["stages"].items():
-            stages[name] = stages.get(name, 0.0) + seconds
-        for name, count in figures["counts"].items():
-            counts[name] = counts.get(name, 0) + count
-        workers.append({"job": job, "partition": partition, "pid": figures["pid"], "started_s": round(started, 3),
-                        "ended_s": round(ended, 3), "peak_rss_mb": round(figures["peak_rss_mb"], 1)})  # fmt: skip
+        workers.append({"job": job, "partition": partition, "started_s": round(started, 3),
+                        "ended_s": round(ended, 3), **figures})  # fmt: skip
 
     def event_runs(event_id: str) -> None:
         run(weekly_batch_job.name, event_id)
@@ -246,8 +241,14 @@ def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
     run(profile_snapshot_job.name)
     with ThreadPoolExecutor(max_workers=run_slots()) as slots:
         list(slots.map(event_runs, event_ids))  # list(): a failed run raises here
+    wall = lap()
+    stages: Counter[str] = Counter()
+    counts: Counter[str] = Counter()
+    for worker in workers:
+        stages.update(worker["stages"])
+        counts.update(worker["counts"])
     peak = max(worker["peak_rss_mb"] for worker in workers)
-    return {"wall_s": lap(), "stages": stages, "counts": counts, "peak_rss_mb": peak, "workers": workers}
+    return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": peak, "workers": workers}
 
 
 def _bare_score(r: dict, event: Any, filtered: Any) -> Any:

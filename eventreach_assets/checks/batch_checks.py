@@ -29,8 +29,7 @@ def raw_candidates_unique_customer(raw_candidates: pl.DataFrame) -> dg.AssetChec
     # Distinct 64-bit hashes prove distinct ids: the normal case is one pass over integers (2.47M
     # ids at 3M profiles: 0.08 s, against 0.55 s for the strings' own `n_unique`). Only when two
     # hashes meet are the ids themselves compared, and the duplicated ones found.
-    maybe_repeated = ids.hash().n_unique() < ids.len()
-    repeated = maybe_repeated and ids.n_unique() < ids.len()
+    repeated = ids.hash().n_unique() < ids.len() and ids.n_unique() < ids.len()
     duplicated = ids.filter(ids.is_duplicated()).unique() if repeated else ids.clear()
     nulls = ids.null_count()
     return dg.AssetCheckResult(
