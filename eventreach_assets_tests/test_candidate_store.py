@@ -201,15 +201,59 @@ def test_items_read_back_with_attributes_and_without_keys(store):
     assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16
 
 
-def test_event_item_keys_are_the_items_keys_status_and_ttl_live_ones_only(store):
+def test_event_item_keys_are_the_items_keys_and_status_live_ones_only(store):
     replace(store, SCORES)
     store.mark_registered(PROGRAM, EVENT, "c03", NOW, "email")
     items = store.event_items(PROGRAM, EVENT, now=NOW)
     keys = store.event_item_keys(PROGRAM, EVENT, now=NOW)
-    assert_frame_equal(keys, items.select("customer_id", "channel", "status", "expires_at"))
+    assert_frame_equal(keys, items.select("customer_id", "channel", "status"))
     assert keys.filter(pl.col("status") == "registered")["customer_id"].to_list() == ["c03", "c03"]
     after_ttl = NOW + timedelta(days=TTL + 1)
     assert store.event_item_keys(PROGRAM, EVENT, now=after_ttl).height == 0  # expired items are not live
+
+
+def test_event_item_keys_drop_the_items_of_a_write_whose_ttl_passed_keeping_a_later_writes(store):
+    """The SQLite store reads GSI2 alone while no TTL has passed; once one has, it filters by TTL."""
+    replace(store, SCORES)  # expires NOW + TTL days
+    later = NOW + timedelta(days=TTL - 1)
+    replace(store, {"c01": 0.9, "c02": 0.8}, event=OTHER_EVENT, now=later)  # expires later + TTL days
+    for at, event, live in [(NOW, EVENT, 8), (NOW + timedelta(days=TTL, seconds=1), EVENT, 0),
+                            (NOW + timedelta(days=TTL, seconds=1), OTHER_EVENT, 2)]:  # fmt: skip
+        keys = store.event_item_keys(PROGRAM, event, now=at)
+        assert keys["customer_id"].n_unique() == live and keys.height == live * len(CHANNELS), (at, event)
+        assert store.count_event_items(PROGRAM, event, now=at) == keys.height
+
+
+def test_gsi2_sort_keys_split_back_into_their_parts():
+    at = datetime(2025, 1, 6, 23, 59, tzinfo=UTC)
+    sort_keys = pl.Series(
+        [ci.gsi2_sk("registered", at, "c-01_x.y", "in-app"), ci.gsi2_sk("candidate", NOW, "c2", "email")]
+    )
+    assert ci.gsi2_sk_parts(sort_keys).rows() == [
+        ("registered", "2025-01-06", "c-01_x.y", "in-app"),
+        ("candidate", "2025-01-06", "c2", "email"),
+    ]
+
+
+def test_the_store_compared_with_the_scored_set_names_each_kind_of_difference(store):
+    """What the batch's `candidates_table_matches_scored` check computes, on the store's own read."""
+    replace(store, SCORES)
+    store.mark_registered(PROGRAM, EVENT, "c03", NOW, "email")
+    keys = store.event_item_keys(PROGRAM, EVENT, now=NOW)
+    scored = pl.Series(list(SCORES))
+    none = {"scored_missing_from_store": 0, "customers_with_wrong_channel_count": 0, "unexpected_customers": 0}
+    assert ci.store_vs_scored(keys, scored, len(CHANNELS)) == none
+    assert ci.store_vs_scored(keys, pl.concat([scored, pl.Series(["c99"])]), len(CHANNELS)) == {
+        **none, "scored_missing_from_store": 1}  # fmt: skip
+    assert ci.store_vs_scored(keys, scored.filter(scored != "c01"), len(CHANNELS)) == {
+        **none, "unexpected_customers": 1}  # fmt: skip
+    # A registered customer the new set dropped stays in the store on purpose.
+    assert ci.store_vs_scored(keys, scored.filter(scored != "c03"), len(CHANNELS)) == none
+    assert ci.store_vs_scored(keys, scored, len(CHANNELS) + 1) == {
+        **none, "customers_with_wrong_channel_count": len(SCORES)}  # fmt: skip
+    # Items whose TTL has passed are not read: every scored customer is missing.
+    expired = store.event_item_keys(PROGRAM, EVENT, now=NOW + timedelta(days=TTL + 1))
+    assert ci.store_vs_scored(expired, scored, len(CHANNELS))["scored_missing_from_store"] == len(SCORES)
 
 
 def test_values_shared_by_every_item_are_stored_exactly_whatever_they_hold(store):
@@ -550,6 +594,9 @@ def test_every_read_access_pattern_is_served_by_an_index(store):
         "served_customer_items": "sqlite_autoindex_candidate_items_1 (pk=?)",
         "candidates_for_customer": "sqlite_autoindex_candidate_items_1 (pk=?)",
         "event_items": "candidate_items_gsi2 (gsi2pk=?)",
+        # the batch checks' read: GSI2 alone while no written TTL has passed
+        "event_item_keys": "COVERING INDEX candidate_items_gsi2 (gsi2pk=?)",
+        "event_item_keys/some_ttl_passed": "candidate_items_gsi2 (gsi2pk=?)",
         "get_cached_scores": "sqlite_autoindex_score_cache_1 (pk=? AND sk=?)",
     }
     assert set(plans) == set(expected_index)

@@ -4,13 +4,14 @@ Policy checks recompute their answer from the sources (warehouse, store) rather 
 the asset's own bookkeeping, so a bug in a filter cannot also hide itself.
 """
 
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 import dagster as dg
 import polars as pl
 
 from eventreach_assets.assets.filtering import filter_inputs
 from eventreach_assets.domain import scoring
+from eventreach_assets.domain.candidate_items import store_vs_scored
 from eventreach_assets.domain.filters import FrequencyCapFilter, build_filter_chain
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.candidate_store import CandidateStoreResource
@@ -160,34 +161,18 @@ def candidates_table_matches_scored(
     program: ProgramResource,
     clock: ClockResource,
 ) -> dg.AssetCheckResult:
-    """Store = scored set: every scored customer on every invitation channel, each item with a live TTL."""
+    """Store = scored set: every scored customer on every invitation channel. Only live items are read
+    (TTL not passed), so an item written with a TTL already past counts as missing."""
     config = program.load()
-    now = clock.now()
-    channels = len(config.invitation_channels)
-    items = candidate_store.event_item_keys(config.program_id, context.partition_key, now=now)
-    per_customer = items.group_by("customer_id").agg(
-        channels=pl.len(), registered=(pl.col("status") == "registered").any()
-    )
-    scored_ids = scored_candidates.select("customer_id")
-    missing = scored_ids.join(per_customer, on="customer_id", how="anti").height
-    wrong_channel_count = (
-        per_customer.join(scored_ids, on="customer_id", how="semi").filter(pl.col("channels") != channels).height
-    )
-    # Registered customers who dropped out of the new set stay (their reminders need them).
-    unexpected = per_customer.join(scored_ids, on="customer_id", how="anti").filter(~pl.col("registered")).height
-    without_ttl = items.filter(
-        pl.col("expires_at").is_null() | (pl.col("expires_at") <= int(now.replace(tzinfo=UTC).timestamp()))
-    ).height
+    items = candidate_store.event_item_keys(config.program_id, context.partition_key, now=clock.now())
+    differences = store_vs_scored(items, scored_candidates["customer_id"], len(config.invitation_channels))
     return dg.AssetCheckResult(
-        passed=missing == 0 and wrong_channel_count == 0 and unexpected == 0 and without_ttl == 0,
+        passed=not any(differences.values()),
         metadata={
             "scored_customers": scored_candidates.height,
-            "stored_customers": per_customer.height,
+            "stored_customers": items["customer_id"].n_unique(),
             "stored_items": items.height,
-            "scored_missing_from_store": missing,
-            "customers_with_wrong_channel_count": wrong_channel_count,
-            "unexpected_customers": unexpected,
-            "items_without_live_ttl": without_ttl,
+            **differences,
         },
     )
 

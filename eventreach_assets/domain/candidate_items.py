@@ -134,6 +134,40 @@ def gsi2_sk(status: str, at: datetime, customer_id: str, channel: str) -> str:
     return f"{gsi2_sk_prefix(status, at)}{customer_id}#{channel}"
 
 
+GSI2_SK_PARTS: tuple[str, ...] = ("status", "status_date", "customer_id", "channel")
+
+
+def gsi2_sk_parts(sort_keys: pl.Series) -> pl.DataFrame:
+    """The parts of GSI2 sort keys (`gsi2_sk`), one column each: every part is a checked id, a
+    status or a date, none holds the separator."""
+    return (
+        sort_keys.cast(pl.String)
+        .str.split_exact("#", len(GSI2_SK_PARTS) - 1)
+        .struct.rename_fields(list(GSI2_SK_PARTS))
+        .struct.unnest()
+    )
+
+
+def store_vs_scored(item_keys: pl.DataFrame, scored_ids: pl.Series, channels: int) -> dict[str, int]:
+    """How an event's live items (customer_id, channel, status) differ from the scored set the
+    batch wrote: scored customers with no item, customers with other than one item per invitation
+    channel, and customers in the store not scored (registered ones stay on purpose: their
+    reminders need them). All zero is a store that matches."""
+    per_customer = item_keys.group_by("customer_id").agg(
+        channels=pl.len(), registered=(pl.col("status") == STATUS_REGISTERED).any()
+    )
+    scored = scored_ids.to_frame("customer_id")
+    return {
+        "scored_missing_from_store": scored.join(per_customer, on="customer_id", how="anti").height,
+        "customers_with_wrong_channel_count": per_customer.join(scored, on="customer_id", how="semi")
+        .filter(pl.col("channels") != channels)
+        .height,
+        "unexpected_customers": per_customer.join(scored, on="customer_id", how="anti")
+        .filter(~pl.col("registered"))
+        .height,
+    }
+
+
 def prefix_upper_bound(prefix: str) -> str:
     """Smallest string greater than every string starting with `prefix` (begins_with as a range)."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)

@@ -109,10 +109,8 @@ class RegisteredCustomer(NamedTuple):
     position: str
 
 
-# What `event_item_keys` returns per item.
-EVENT_ITEM_KEYS: dict[str, pl.DataType] = {
-    "customer_id": pl.String(), "channel": pl.String(), "status": pl.String(), "expires_at": pl.Int64(),
-}  # fmt: skip
+# What `event_item_keys` returns per item: all of it in the item's GSI2 sort key.
+EVENT_ITEM_KEYS: tuple[str, ...] = ("customer_id", "channel", "status")
 
 # What a registered-customers read fetches per item, in GSI2 order.
 REGISTERED_ITEM_FIELDS = (
@@ -438,11 +436,13 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         return self._exported_items(ci.gsi2_pk(program_id, event_id), now_epoch).sort("customer_id", "channel")
 
     def event_item_keys(self, program_id: str, event_id: str, now: datetime | None = None) -> pl.DataFrame:
-        """`event_items`' customer_id, channel, status and expires_at only, same order: what the batch's
-        checks compare, read without the attributes (five times fewer values at 200,000 items)."""
+        """`event_items`' customer_id, channel and status only, same order: what the batch's checks
+        compare. Read as the live items' GSI2 sort keys (`status#date#customer#channel`), one value
+        an item where the attributes were four: at 197,050 items 0.45 -> 0.2 s a read."""
         now_epoch = ci.epoch_seconds(resolve_now(now))
-        keys = self._event_item_keys(ci.gsi2_pk(program_id, event_id), now_epoch)
-        return pl.DataFrame(keys, schema=EVENT_ITEM_KEYS, orient="row").sort("customer_id", "channel")
+        sort_keys = self._event_item_sort_keys(ci.gsi2_pk(program_id, event_id), now_epoch)
+        parts = ci.gsi2_sk_parts(pl.Series("gsi2sk", sort_keys, pl.String))
+        return parts.select(EVENT_ITEM_KEYS).sort("customer_id", "channel")
 
     def count_event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> int:
         """Number of live items of the event (GSI2PK, keys only)."""
@@ -522,8 +522,8 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         """Live items of the event (GSI2PK)."""
 
     @abc.abstractmethod
-    def _event_item_keys(self, gsi2pk: str, now_epoch: int) -> list[tuple]:
-        """(customer_id, channel, status, expires_at) of the event's live items (GSI2PK), any order."""
+    def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> list[str]:
+        """GSI2SK of the event's live items (GSI2PK), any order."""
 
     def _exported_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         """Live items of the event (GSI2PK) without PII; a store may read them its own faster way."""

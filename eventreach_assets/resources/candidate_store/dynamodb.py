@@ -74,7 +74,6 @@ from eventreach_assets.domain import candidate_items as ci
 from eventreach_assets.domain.served_items import item_json_from_values
 from eventreach_assets.resources.aws import aws_client
 from eventreach_assets.resources.candidate_store.base import (
-    EVENT_ITEM_KEYS,
     REGISTERED_ITEM_FIELDS,
     TS_FORMAT,
     CandidateStoreResource,
@@ -578,14 +577,11 @@ class DynamoDBCandidateStore(CandidateStoreResource):
     def _event_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         return items_frame(self._query_shards(self._event_queries(gsi2pk, now_epoch)))
 
-    def _event_item_keys(self, gsi2pk: str, now_epoch: int) -> list[tuple]:
-        projection = ", ".join(f"#{name}" for name in EVENT_ITEM_KEYS)
-        queries = self._event_queries(gsi2pk, now_epoch, ProjectionExpression=projection)
-        for query in queries:  # the projected names beside the filter's
-            query["ExpressionAttributeNames"] = attribute_names("gsi2pk", *EVENT_ITEM_KEYS)
-        return [
-            tuple(plain_value(item.get(name), name) for name in EVENT_ITEM_KEYS) for item in self._query_shards(queries)
-        ]
+    def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> list[str]:
+        queries = self._event_queries(gsi2pk, now_epoch, ProjectionExpression="#gsi2sk")
+        for query in queries:  # the projected name beside the filter's
+            query["ExpressionAttributeNames"] |= attribute_names("gsi2sk")
+        return [item["gsi2sk"]["S"] for item in self._query_shards(queries)]
 
     def _count_event_items(self, gsi2pk: str, now_epoch: int) -> int:
         def count(query: dict[str, Any]) -> int:

@@ -12,9 +12,11 @@ A file from before it gets the column, filled, when first opened (`_add_item_jso
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sqlite3
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import polars as pl
@@ -23,7 +25,6 @@ from pydantic import Field, PrivateAttr
 from eventreach_assets.domain import candidate_items as ci
 from eventreach_assets.domain.served_items import ITEM_JSON, item_json_expr, items_from_served_json
 from eventreach_assets.resources.candidate_store.base import (
-    EVENT_ITEM_KEYS,
     REGISTERED_ITEM_FIELDS,
     TS_FORMAT,
     CandidateStoreResource,
@@ -105,6 +106,9 @@ _EXPORT_PAGE_SQL = f"""
         ORDER BY gsi2sk LIMIT :limit OFFSET :offset
     )
 """
+# The GSI2 sort keys of an event's items; `live` is `_live_filter`'s condition.
+_SORT_KEYS_SQL = f"SELECT gsi2sk FROM {_ITEMS} WHERE gsi2pk = :pk{{live}}"
+_LIVE = " AND expires_at > :now"
 _EXPORT_READ_ROWS = 100_000  # ~55 MB of text a page, far below SQLite's 1 GB limit on one value
 _CACHE_WRITE_ROWS = 10_000  # rows per executemany of a score cache write (one transaction whatever the number)
 
@@ -438,14 +442,31 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             raise RuntimeError(f"{gsi2pk}: {stored} live items but {items.height} stored served JSON texts")
         return ci.drop_empty_probabilities(items)
 
-    def _event_item_keys(self, gsi2pk: str, now_epoch: int) -> list[tuple]:
-        with self._connect() as conn:
-            sql = f"SELECT {', '.join(EVENT_ITEM_KEYS)} FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now"
-            return conn.execute(sql, {"pk": gsi2pk, "now": now_epoch}).fetchall()
+    @staticmethod
+    @contextlib.contextmanager
+    def _live_filter(conn: sqlite3.Connection, now_epoch: int) -> Iterator[str]:
+        """The condition keeping an event's live items (`AND expires_at > :now`), or none when no item
+        can have expired: every TTL an item is written with is in the expiries table, so when none
+        of them has passed, GSI2 alone answers — a covering index range instead of a row look-up
+        per item (197,050 items: ~0.25 -> ~0.1 s). Yields inside one read, as the statements run in."""
+        own_read = not conn.in_transaction
+        if own_read:
+            conn.execute("BEGIN")
+        try:
+            passed = conn.execute(f"SELECT 1 FROM {_EXPIRIES} WHERE expires_at <= ? LIMIT 1", (now_epoch,))
+            yield _LIVE if passed.fetchone() else ""
+        finally:
+            if own_read:
+                conn.execute("COMMIT")
+
+    def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> list[str]:
+        with self._connect() as conn, self._live_filter(conn, now_epoch) as live:
+            sql = _SORT_KEYS_SQL.format(live=live)
+            return [sort_key for (sort_key,) in conn.execute(sql, {"pk": gsi2pk, "now": now_epoch})]
 
     def _count_event_items(self, gsi2pk: str, now_epoch: int) -> int:
-        with self._connect() as conn:
-            sql = f"SELECT count(*) FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now"
+        with self._connect() as conn, self._live_filter(conn, now_epoch) as live:
+            sql = f"SELECT count(*) FROM {_ITEMS} WHERE gsi2pk = :pk{live}"
             return int(conn.execute(sql, {"pk": gsi2pk, "now": now_epoch}).fetchone()[0])
 
     def query_plans(self) -> dict[str, str]:
@@ -470,6 +491,8 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             ),
             "candidates_for_customer": (select + "pk = :pk AND expires_at > :now", probe),
             "event_items": (select + "gsi2pk = :pk AND expires_at > :now", probe),
+            "event_item_keys": (_SORT_KEYS_SQL.format(live=""), probe),
+            "event_item_keys/some_ttl_passed": (_SORT_KEYS_SQL.format(live=_LIVE), probe),
             "get_cached_scores": (_CACHE_GET_SQL, {"ids": '["a"]', "sk": "x", "now": 0}),
         }
         with self._connect() as conn:
