@@ -448,7 +448,8 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         """The condition keeping an event's live items (`AND expires_at > :now`), or none when no item
         can have expired: every TTL an item is written with is in the expiries table, so when none
         of them has passed, GSI2 alone answers — a covering index range instead of a row look-up
-        per item (197,050 items: ~0.25 -> ~0.1 s). Yields inside one read, as the statements run in."""
+        per item (the batch check's 197,050 keys right after the write: 0.45 -> 0.16 s). Yields
+        inside one read, which the statements that use it run in."""
         own_read = not conn.in_transaction
         if own_read:
             conn.execute("BEGIN")
