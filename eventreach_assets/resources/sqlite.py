@@ -104,6 +104,20 @@ class SqliteConnections:
                 raise
             conn.execute("COMMIT")
 
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside one read transaction, so statements run in it see the
+        same committed state; inside a read or write already open, that one."""
+        with self.connect() as conn:
+            if conn.in_transaction:
+                yield conn
+                return
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
     def read_version(self) -> tuple[int, ...]:
         """A token equal between two calls exactly when no write was committed to the file in
         between, by any connection or process (`PRAGMA data_version` of this thread's connection,
@@ -150,6 +164,11 @@ class SqliteBacked:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._db().transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._db().read() as conn:
             yield conn
 
     def version_reader(self) -> Callable[[], tuple[int, ...]]:

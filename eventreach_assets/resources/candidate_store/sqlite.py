@@ -12,11 +12,9 @@ A file from before it gets the column, filled, when first opened (`_add_item_jso
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import polars as pl
@@ -425,49 +423,37 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         one per `_EXPORT_READ_ROWS` items (one read transaction: the pages see the same items)."""
         texts: list[str] = []
         params = {"pk": gsi2pk, "now": now_epoch, "limit": _EXPORT_READ_ROWS}
-        with self._connect() as conn:
+        with self._read_transaction() as conn:
             probabilities = self._probability_columns(conn)
-            conn.execute("BEGIN")
-            try:
-                for offset in itertools.count(0, _EXPORT_READ_ROWS):  # ends at the first empty page
-                    text = conn.execute(_EXPORT_PAGE_SQL, {**params, "offset": offset}).fetchone()[0]
-                    if text is None:
-                        break
-                    texts.append(text)
-                stored = self._count_event_items(gsi2pk, now_epoch)  # this thread's connection: the same read
-            finally:
-                conn.execute("COMMIT")
+            for offset in itertools.count(0, _EXPORT_READ_ROWS):  # ends at the first empty page
+                text = conn.execute(_EXPORT_PAGE_SQL, {**params, "offset": offset}).fetchone()[0]
+                if text is None:
+                    break
+                texts.append(text)
+            stored = self._count_event_items(gsi2pk, now_epoch)  # this thread's connection: the same read
         items = items_from_served_json("\n".join(texts).encode(), probabilities)
         if items.height != stored:  # group_concat skips a NULL text: never lose an item silently
             raise RuntimeError(f"{gsi2pk}: {stored} live items but {items.height} stored served JSON texts")
         return ci.drop_empty_probabilities(items)
 
     @staticmethod
-    @contextlib.contextmanager
-    def _live_filter(conn: sqlite3.Connection, now_epoch: int) -> Iterator[str]:
+    def _live_filter(conn: sqlite3.Connection, now_epoch: int) -> str:
         """The condition keeping an event's live items (`AND expires_at > :now`), or none when no item
         can have expired: every TTL an item is written with is in the expiries table, so when none
         of them has passed, GSI2 alone answers — a covering index range instead of a row look-up
-        per item (the batch check's 197,050 keys right after the write: 0.45 -> 0.16 s). Yields
-        inside one read, which the statements that use it run in."""
-        own_read = not conn.in_transaction
-        if own_read:
-            conn.execute("BEGIN")
-        try:
-            passed = conn.execute(f"SELECT 1 FROM {_EXPIRIES} WHERE expires_at <= ? LIMIT 1", (now_epoch,))
-            yield _LIVE if passed.fetchone() else ""
-        finally:
-            if own_read:
-                conn.execute("COMMIT")
+        per item (the batch check's 197,050 keys right after the write: 0.45 -> 0.16 s). Ask it in
+        the read that runs the statement."""
+        passed = conn.execute(f"SELECT 1 FROM {_EXPIRIES} WHERE expires_at <= ? LIMIT 1", (now_epoch,))
+        return _LIVE if passed.fetchone() else ""
 
     def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> list[str]:
-        with self._connect() as conn, self._live_filter(conn, now_epoch) as live:
-            sql = _SORT_KEYS_SQL.format(live=live)
+        with self._read_transaction() as conn:
+            sql = _SORT_KEYS_SQL.format(live=self._live_filter(conn, now_epoch))
             return [sort_key for (sort_key,) in conn.execute(sql, {"pk": gsi2pk, "now": now_epoch})]
 
     def _count_event_items(self, gsi2pk: str, now_epoch: int) -> int:
-        with self._connect() as conn, self._live_filter(conn, now_epoch) as live:
-            sql = f"SELECT count(*) FROM {_ITEMS} WHERE gsi2pk = :pk{live}"
+        with self._read_transaction() as conn:
+            sql = f"SELECT count(*) FROM {_ITEMS} WHERE gsi2pk = :pk{self._live_filter(conn, now_epoch)}"
             return int(conn.execute(sql, {"pk": gsi2pk, "now": now_epoch}).fetchone()[0])
 
     def query_plans(self) -> dict[str, str]:
