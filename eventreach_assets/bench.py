@@ -134,7 +134,10 @@ def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> di
 
     Each run's result is read and dropped before the next run starts: `execute_in_process` keeps
     every output value in its result (the week held all seven runs' frames, 3.96 GB at 3M), which
-    a deployed run worker, one process per run, never does."""
+    a deployed run worker, one process per run, never does. The wall ends when the candidate
+    store's background checkpoint has (`SqliteConnections.bulk_transaction`): the data on disk."""
+    from eventreach_assets.resources.sqlite import wait_for_checkpoints
+
     stages: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     started = time.perf_counter()
@@ -142,6 +145,7 @@ def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> di
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition)
         _add_figures(result, stages, counts)
         del result
+    wait_for_checkpoints()  # the store's data on disk, as an inline checkpoint would have left it
     wall = time.perf_counter() - started
     return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
 
@@ -325,6 +329,7 @@ def measure_bare(home: Path, event_id: str) -> dict:
     what the difference pays for)."""
     from eventreach_assets.assets.extraction import current_event, extract_event
     from eventreach_assets.deployments import resources_for
+    from eventreach_assets.resources.sqlite import wait_for_checkpoints
 
     _fresh_candidate_store(home)
     r = resources_for(home=home, program=per_event_program(home), fixed_now=BENCH_NOW.isoformat())
@@ -334,6 +339,7 @@ def measure_bare(home: Path, event_id: str) -> dict:
     extracted = extract_event(r["warehouse"], r["program"], event)
     scored = _bare_event(r, event, extracted, stages, lap)
     counts = {"extracted_rows": extracted.extracted_rows, "scored_candidates": scored}
+    wait_for_checkpoints()
     return {"wall_s": lap.total(), "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -347,6 +353,7 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     from eventreach_assets.domain.events import upcoming_topics
     from eventreach_assets.domain.extract import event_extract, profile_snapshot_rows
     from eventreach_assets.resources.parquet_io.local import write_value
+    from eventreach_assets.resources.sqlite import wait_for_checkpoints
 
     _fresh_candidate_store(home)
     r = resources_for(home=home, fixed_now=BENCH_NOW.isoformat())
@@ -364,6 +371,7 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
         extracted = event_extract(pl.read_parquet(path), event.topics)
         counts["extracted_rows"] += extracted.extracted_rows
         counts["scored_candidates"] += _bare_event(r, event, extracted, stages, lap)
+    wait_for_checkpoints()
     return {"wall_s": lap.total(), "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
 
 

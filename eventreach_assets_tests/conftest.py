@@ -131,3 +131,25 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         assert store.create_table()
         assert not store.create_table()  # idempotent
         yield store
+
+
+@pytest.fixture
+def held_checkpoints(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Background checkpoints of SQLite bulk writes wait until the returned event is set (at most
+    30 s): what a test sees between a bulk commit and its checkpoint. Released and waited for at
+    the end."""
+    import threading
+
+    from eventreach_assets.resources.sqlite import SqliteConnections, wait_for_checkpoints
+
+    gate = threading.Event()
+    checkpoint = SqliteConnections._checkpoint_while_requested
+
+    def held(self: SqliteConnections, conn: Any) -> None:
+        gate.wait(30)
+        checkpoint(self, conn)
+
+    monkeypatch.setattr(SqliteConnections, "_checkpoint_while_requested", held)
+    yield gate
+    gate.set()
+    wait_for_checkpoints()

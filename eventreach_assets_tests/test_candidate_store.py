@@ -26,6 +26,7 @@ from eventreach_assets.resources.candidate_store import (
     WriteSummary,
     create_candidate_tables,
 )
+from eventreach_assets.resources.sqlite import wait_for_checkpoints
 
 PROGRAM = "event-invitations"
 EVENT = "evt-2025-01"
@@ -440,6 +441,24 @@ def test_connections_are_reused_and_closed(store):
     store.close()
     assert store._db()._connections == {}
     assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16  # reopens on demand
+
+
+@sqlite_only
+def test_an_events_items_and_its_score_cache_are_committed_without_waiting_for_the_checkpoint(store, held_checkpoints):
+    """Both bulk writes leave the copy into the database file (and its disk syncs) to a
+    background thread: right after them the file holds none of their pages, every read sees them."""
+    scores = {f"c{i:05d}": (i % 97) / 97 for i in range(4_000)}  # 8,000 items: ~9 MB of pages
+    file_bytes = Path(store.path)
+    replace(store, scores, batch=500)
+    probabilities = pl.DataFrame({"customer_id": list(scores), "probability": 0.5})
+    store.put_cached_scores(EVENT, "m1", "v1", probabilities, NOW, TTL)  # after 2,200 pages of WAL: past 1,000
+    assert file_bytes.stat().st_size < 1_000_000
+    assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 8_000
+    assert store.get_cached_scores(EVENT, "m1", "v1", pl.Series(list(scores)), NOW).height == 4_000
+
+    held_checkpoints.set()
+    wait_for_checkpoints()
+    assert file_bytes.stat().st_size > 8_000_000
 
 
 @sqlite_only

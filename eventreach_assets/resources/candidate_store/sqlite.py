@@ -2,7 +2,8 @@
 
 Same keys and access patterns as the DynamoDB tables (see `base.py`): a table per DynamoDB
 table and an index per GSI, so every read is an index range, never a table scan
-(`SqliteCandidateStore.query_plans` shows it). A replace runs in one transaction.
+(`SqliteCandidateStore.query_plans` shows it). A replace runs in one transaction; it and a score
+cache write are bulk writes, checkpointed in the background (`SqliteConnections.bulk_transaction`).
 
 One column DynamoDB does not have: `item_json`, the item as the Serving API sends it
 (`domain.served_items`), written with the item and patched (`json_set`) when its status or TTL
@@ -226,7 +227,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         self, program_id: str, event_id: str, planner: ReplacePlanner, batch_write_size: int
     ) -> tuple[ci.ReplacePlan, int]:
         # One transaction: the state read, the plan and every write see the same rows.
-        with self._transaction() as conn:
+        with self._bulk_transaction() as conn:
             existing_keys, registered = self._event_state(conn, ci.gsi2_pk(program_id, event_id))
             plan = planner(existing_keys, registered)
             return plan, self._apply_plan(conn, plan, batch_write_size)
@@ -497,7 +498,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
 
     def _put_cache_entries(self, entries: pl.DataFrame) -> None:
         """In key order: appends to the key index rather than inserting at random."""
-        with self._transaction() as conn:
+        with self._bulk_transaction() as conn:
             _insert_rows(conn, f"INSERT OR REPLACE INTO {_CACHE}", entries.sort("pk", "sk"), _CACHE_WRITE_ROWS)
 
 
