@@ -154,7 +154,7 @@ class SqliteConnections:
 
         In WAL mode at `synchronous = NORMAL` a commit writes the WAL without syncing; the
         checkpoint that follows it (automatic past 1,000 pages) syncs the WAL, copies it into the
-        database file and syncs that: for an event's items 1.3-1.6 s on this disk, 0.3 s of it
+        database file and syncs that: for an event's items 1.5-1.6 s on this disk, 0.3 s of it
         copying. Durability is the checkpoint's either way; moved off the writer's thread, the next
         steps (the checks' reads, the export) run while the disk syncs. The thread holds its own
         connection, opened here, so closing this thread's connection (Dagster does after each
