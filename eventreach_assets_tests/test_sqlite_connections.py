@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def checkpointers() -> list[threading.Thread]:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> SqliteConnections:
+def db(tmp_path: Path) -> Iterator[SqliteConnections]:
     connections = SqliteConnections(str(tmp_path / "f.sqlite"), 5.0, DDL)
     yield connections
     connections.close()

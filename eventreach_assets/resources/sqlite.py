@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -251,25 +251,18 @@ class SqliteBacked:
             self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, self._ddl, migrate=self._migrate)
         return self._sqlite
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with self._db().connect() as conn:
-            yield conn
+    # This thread's connection; a write transaction; a bulk one; a read transaction (`SqliteConnections`).
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db().connect()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db().transaction() as conn:
-            yield conn
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db().transaction()
 
-    @contextmanager
-    def _bulk_transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db().bulk_transaction() as conn:
-            yield conn
+    def _bulk_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db().bulk_transaction()
 
-    @contextmanager
-    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db().read() as conn:
-            yield conn
+    def _read_transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db().read()
 
     def version_reader(self) -> Callable[[], tuple[int, ...]]:
         """The file's `SqliteConnections.read_version`, equal between two calls exactly when nothing
