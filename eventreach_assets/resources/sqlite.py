@@ -28,33 +28,17 @@ _LOG = logging.getLogger(__name__)
 
 _OPEN_LOCK = threading.Lock()  # first opens in one process: one at a time
 _AUTOCHECKPOINT_PAGES = 1000  # SQLite's default
-_CHECKPOINTERS: set[threading.Thread] = set()  # background checkpoints running in this process
-_CHECKPOINTERS_LOCK = threading.Lock()
 
 
-def _start_checkpointer(checkpoint: Callable[[sqlite3.Connection], None], conn: sqlite3.Connection, path: str) -> None:
-    """Run `checkpoint(conn)` in a thread of its own, which `wait_for_checkpoints` can wait for."""
-
-    def run() -> None:
-        try:
-            checkpoint(conn)
-        finally:
-            with _CHECKPOINTERS_LOCK:
-                _CHECKPOINTERS.discard(threading.current_thread())
-
-    thread = threading.Thread(target=run, name=f"sqlite-checkpoint {path}")
-    with _CHECKPOINTERS_LOCK:
-        _CHECKPOINTERS.add(thread)
-    thread.start()
+class _Checkpointer(threading.Thread):
+    """The thread of a background checkpoint (`SqliteConnections.bulk_transaction`)."""
 
 
 def wait_for_checkpoints(timeout_seconds: float = 600.0) -> None:
     """Until every background checkpoint of this process has ended (`bulk_transaction`): what a
     measurement waits for so that the data it timed is on disk as a plain commit leaves it."""
-    with _CHECKPOINTERS_LOCK:
-        running = list(_CHECKPOINTERS)
     deadline = time.monotonic() + timeout_seconds
-    for thread in running:
+    for thread in [thread for thread in threading.enumerate() if isinstance(thread, _Checkpointer)]:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
@@ -178,7 +162,9 @@ class SqliteConnections:
                 return  # the running one takes the request
             conn = self._connection()
             self._checkpointer_pid = os.getpid()
-            _start_checkpointer(self._checkpoint_while_requested, conn, self.path)
+            _Checkpointer(
+                target=self._checkpoint_while_requested, args=(conn,), name=f"sqlite-checkpoint {self.path}"
+            ).start()
 
     def _next_checkpoint_wanted(self) -> bool:
         """Take the pending request; with none, the checkpointer ends (decided under the lock, so a
