@@ -101,6 +101,17 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path):
         load_program(tmp_path / "missing.yaml")
 
 
+def test_the_program_is_parsed_by_libyaml_into_what_pure_python_yaml_reads(tmp_path: Path):
+    """Programs load through libyaml's parser (every sensor tick and run loads one): it must read
+    the packaged program, and a YAML mistake, as PyYAML's pure-Python safe loader does."""
+    assert yaml.__with_libyaml__, "PyYAML without libyaml: programs would load with the pure-Python parser"
+    assert load_program() == parse_program(yaml.load(DEFAULT_PROGRAM_PATH.read_text(), Loader=yaml.SafeLoader))
+    bad = tmp_path / "p.yaml"
+    bad.write_text("programId: [unclosed")
+    with pytest.raises(ProgramConfigError, match=r"flow sequence\n  in .*, line 1, column 12"):  # where
+        load_program(bad)
+
+
 def test_aws_cron_translation():
     assert aws_cron_to_unix("cron(0 2 ? * MON *)") == "0 2 * * 1"
     assert aws_cron_to_unix("cron(59 23 * * ? *)") == "59 23 * * *"

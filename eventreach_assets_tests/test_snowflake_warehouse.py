@@ -220,8 +220,29 @@ def broken(fake_snowflake: None) -> SnowflakeWarehouse:
 
 
 def test_columns_come_back_lower_case(snow: SnowflakeWarehouse):
-    assert snow._columns("customer_profiles") == set(PROFILE_COLUMNS)
-    assert snow._columns("CUSTOMER_PROFILES") == set(PROFILE_COLUMNS)
+    with snow._session() as session:
+        assert snow._columns(session, "customer_profiles") == set(PROFILE_COLUMNS)
+        assert snow._columns(session, "CUSTOMER_PROFILES") == set(PROFILE_COLUMNS)
+
+
+def test_a_read_logs_in_once_for_its_column_checks_and_its_queries(
+    snow: SnowflakeWarehouse, monkeypatch: pytest.MonkeyPatch
+):
+    """A Snowflake connection is a login: a read's column checks and its statements share one."""
+    opened = []
+    get_connection = type(snow.snowflake).get_connection
+
+    def counted(resource: SnowflakeResource, *args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return get_connection(resource, *args, **kwargs)
+
+    monkeypatch.setattr(type(snow.snowflake), "get_connection", counted)
+    customers = snow.extract_candidates(["devops"])["customer_id"].drop_nulls().unique().sort().to_list()
+    assert len(opened) == 1
+    # 1,001 ids: three chunks of at most 500 bind values, one login; the training set checks two tables.
+    assert snow.contacts([*customers[:1_000], "C-nobody"], chunk=500).height == min(len(customers), 1_000)
+    assert snow.training_profiles().height > 0
+    assert len(opened) == 3
 
 
 def test_missing_column_is_named(broken: SnowflakeWarehouse):

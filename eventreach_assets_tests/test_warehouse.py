@@ -1,4 +1,5 @@
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -51,3 +52,28 @@ def test_missing_table_is_named(tmp_path: Path):
 def test_missing_file_says_how_to_seed(tmp_path: Path):
     with pytest.raises(WarehouseSchemaError, match="eventreach-demo seed"):
         DuckDBWarehouse(path=str(tmp_path / "nope.duckdb")).events()
+
+
+def test_a_read_opens_one_connection_for_its_column_checks_and_its_queries(
+    small_warehouse, monkeypatch: pytest.MonkeyPatch
+):
+    """Opening the DuckDB file costs ~30 ms and sensors read the events catalog every tick: a read's
+    column checks and statements share one connection, closed after (the file can be written again)."""
+    path, _ = small_warehouse
+    warehouse = DuckDBWarehouse(path=str(path))
+    opened = []
+    connect = duckdb.connect
+
+    def counted(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        opened.append(args)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", counted)
+    assert warehouse.events().height > 0
+    customers = warehouse.extract_candidates(["devops"])["customer_id"].drop_nulls().unique().to_list()
+    assert warehouse.contacts(customers[:1_001], chunk=500).height == min(len(customers), 1_001)  # three chunks
+    assert warehouse.training_profiles().height > 0  # checks two tables
+    assert len(opened) == 4
+    monkeypatch.undo()
+    with duckdb.connect(str(path)) as writer:  # every read connection was closed: the file opens read-write
+        assert writer.execute("select count(*) from events").fetchone()[0] > 0

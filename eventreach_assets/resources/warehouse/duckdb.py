@@ -18,7 +18,7 @@ class DuckDBWarehouse(WarehouseResource):
     path: str
 
     @contextmanager
-    def _connect(self) -> Iterator[Any]:
+    def _session(self) -> Iterator[Any]:
         import duckdb
 
         if not Path(self.path).exists():
@@ -31,13 +31,11 @@ class DuckDBWarehouse(WarehouseResource):
         finally:
             connection.close()
 
-    def _query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-        with self._connect() as connection:
-            return connection.sql(sql, params=params or None).pl()
+    def _query(self, session: Any, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        return session.sql(sql, params=params or None).pl()
 
-    def _columns(self, table: str) -> set[str]:
-        with self._connect() as connection:
-            rows = connection.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
-            ).fetchall()
+    def _columns(self, session: Any, table: str) -> set[str]:
+        rows = session.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+        ).fetchall()
         return {row[0] for row in rows}

@@ -172,27 +172,24 @@ class SnowflakeWarehouse(WarehouseResource):
         return snowflake
 
     @contextmanager
-    def _cursor(self) -> Iterator[Any]:
+    def _session(self) -> Iterator[Any]:
         with self.snowflake.get_connection() as connection:
-            cursor = connection.cursor()
             try:
-                yield cursor
+                yield connection
             except BaseException:
                 # dagster-snowflake closes the connection only on success; don't leak a session.
-                cursor.close()
                 connection.close()
                 raise
-            cursor.close()
 
-    def _query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-        with self._cursor() as cursor:
+    def _query(self, session: Any, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        with session.cursor() as cursor:
             cursor.execute(sql, params or None)
             schema = result_schema(cursor.description)
             return arrow_batches_to_polars(cursor.fetch_arrow_batches(force_microsecond_precision=True), schema)
 
-    def _columns(self, table: str) -> set[str]:
+    def _columns(self, session: Any, table: str) -> set[str]:
         # Unquoted identifiers are stored upper-case; compare that way, report lower-case.
-        with self._cursor() as cursor:
+        with session.cursor() as cursor:
             cursor.execute(
                 "SELECT column_name FROM information_schema.columns "
                 "WHERE table_schema = CURRENT_SCHEMA() AND table_name = ?",
