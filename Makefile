@@ -44,8 +44,8 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 ## The tests' files (SQLite stores and ledgers, Dagster instances, DuckDB warehouses, Postgres) go to
 ## RAM-backed /dev/shm when it is writable with 4 GB free: the same files and syscalls, but a sync
-## there costs nothing (on a slow disk the suite spent ~1/5 of its time in Dagster's and SQLite's
-## syncs). Elsewhere, or with TEST_TMPDIR set, the system's temporary directory as usual.
+## there costs nothing (on a slow disk the longest test spent ~1/5 of its time in Dagster's and SQLite's
+## syncs; docs/layout.md). Elsewhere, or with TEST_TMPDIR set, the system's temporary directory as usual.
 TEST_TMPDIR ?= $(shell [ -w /dev/shm ] && [ "$$(df -Pk /dev/shm | awk 'NR==2 {print $$4}')" -gt 4000000 ] && echo /dev/shm/eventreach-tests)
 
 test: $(STAMP)

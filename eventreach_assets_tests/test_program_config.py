@@ -108,7 +108,7 @@ def test_the_program_is_parsed_by_libyaml_into_what_pure_python_yaml_reads(tmp_p
     assert load_program() == parse_program(yaml.load(DEFAULT_PROGRAM_PATH.read_text(), Loader=yaml.SafeLoader))
     bad = tmp_path / "p.yaml"
     bad.write_text("programId: [unclosed")
-    with pytest.raises(ProgramConfigError, match=r"flow sequence\n  in .*, line 1, column 12"):  # where
+    with pytest.raises(ProgramConfigError, match=r"flow sequence\n  in .*, line 1, column 12"):
         load_program(bad)
 
 

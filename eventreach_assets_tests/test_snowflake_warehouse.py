@@ -43,6 +43,7 @@ from eventreach_assets.resources.warehouse import (
 )
 from eventreach_assets.resources.warehouse.snowflake import arrow_batches_to_polars, result_schema
 from eventreach_assets_tests.stand_ins import fake_snowflake_connector
+from eventreach_assets_tests.test_warehouse import one_read_of_each_kind
 
 AS_OF = datetime(2026, 11, 23, 2, 0)  # a Monday, 02:00 UTC
 PROFILES = 20_000
@@ -237,12 +238,8 @@ def test_a_read_logs_in_once_for_its_column_checks_and_its_queries(
         return get_connection(resource, *args, **kwargs)
 
     monkeypatch.setattr(type(snow.snowflake), "get_connection", counted)
-    customers = snow.extract_candidates(["devops"])["customer_id"].drop_nulls().unique().sort().to_list()
-    assert len(opened) == 1
-    # 1,001 ids: three chunks of at most 500 bind values, one login; the training set checks two tables.
-    assert snow.contacts([*customers[:1_000], "C-nobody"], chunk=500).height == min(len(customers), 1_000)
-    assert snow.training_profiles().height > 0
-    assert len(opened) == 3
+    reads = one_read_of_each_kind(snow)
+    assert len(opened) == reads
 
 
 def test_missing_column_is_named(broken: SnowflakeWarehouse):

@@ -4,7 +4,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from eventreach_assets.resources.warehouse import DuckDBWarehouse, WarehouseSchemaError, extraction_sql
+from eventreach_assets.resources.warehouse import (
+    DuckDBWarehouse,
+    WarehouseResource,
+    WarehouseSchemaError,
+    extraction_sql,
+)
 
 
 def test_extraction_sql_binds_topics_never_formats_them():
@@ -54,13 +59,22 @@ def test_missing_file_says_how_to_seed(tmp_path: Path):
         DuckDBWarehouse(path=str(tmp_path / "nope.duckdb")).events()
 
 
+def one_read_of_each_kind(warehouse: WarehouseResource) -> int:
+    """The catalog, an extraction, contacts in three chunks, the training set (two tables checked):
+    how many reads that was. Shared with the Snowflake backend's test."""
+    assert warehouse.events().height > 0
+    customers = warehouse.extract_candidates(["devops"])["customer_id"].drop_nulls().unique().sort().to_list()
+    assert warehouse.contacts([*customers[:1_000], "C-nobody"], chunk=500).height == min(len(customers), 1_000)
+    assert warehouse.training_profiles().height > 0
+    return 4
+
+
 def test_a_read_opens_one_connection_for_its_column_checks_and_its_queries(
     small_warehouse, monkeypatch: pytest.MonkeyPatch
 ):
     """Opening the DuckDB file costs ~30 ms and sensors read the events catalog every tick: a read's
     column checks and statements share one connection, closed after (the file can be written again)."""
     path, _ = small_warehouse
-    warehouse = DuckDBWarehouse(path=str(path))
     opened = []
     connect = duckdb.connect
 
@@ -69,11 +83,8 @@ def test_a_read_opens_one_connection_for_its_column_checks_and_its_queries(
         return connect(*args, **kwargs)
 
     monkeypatch.setattr(duckdb, "connect", counted)
-    assert warehouse.events().height > 0
-    customers = warehouse.extract_candidates(["devops"])["customer_id"].drop_nulls().unique().to_list()
-    assert warehouse.contacts(customers[:1_001], chunk=500).height == min(len(customers), 1_001)  # three chunks
-    assert warehouse.training_profiles().height > 0  # checks two tables
-    assert len(opened) == 4
+    reads = one_read_of_each_kind(DuckDBWarehouse(path=str(path)))
+    assert len(opened) == reads
     monkeypatch.undo()
     with duckdb.connect(str(path)) as writer:  # every read connection was closed: the file opens read-write
         assert writer.execute("select count(*) from events").fetchone()[0] > 0
