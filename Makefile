@@ -50,8 +50,7 @@ TEST_TMPDIR ?= $(shell [ -w /dev/shm ] && [ "$$(df -Pk /dev/shm | awk 'NR==2 {pr
 
 test: $(STAMP)
 	$(BIN)/ruff check eventreach_assets eventreach_assets_tests
-	$(if $(TEST_TMPDIR),mkdir -p $(TEST_TMPDIR))
-	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR)) $(BIN)/pytest
+	$(if $(TEST_TMPDIR),mkdir -p $(TEST_TMPDIR) && TMPDIR=$(TEST_TMPDIR)) $(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check eventreach_assets eventreach_assets_tests

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from eventreach_assets.resources.sqlite import SqliteConnections, wait_for_checkpoints
+from eventreach_assets.resources.sqlite import SqliteConnections, running_checkpoints, wait_for_checkpoints
 
 DDL = "CREATE TABLE IF NOT EXISTS t (x BLOB);"
 ROWS, ROW_BYTES = 1500, 4000  # ~1,500 pages: past the 1,000 at which a commit checkpoints itself
@@ -26,10 +26,6 @@ def write_rows(conn: sqlite3.Connection) -> None:
 
 def database_bytes(path: Path) -> int:
     return path.stat().st_size
-
-
-def checkpointers() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name.startswith("sqlite-checkpoint")]
 
 
 @pytest.fixture
@@ -60,14 +56,14 @@ def test_a_bulk_write_commits_before_its_checkpoint_which_a_thread_then_makes(
     other = sqlite3.connect(db.path)  # another connection reads the commit too
     assert other.execute("SELECT count(*) FROM t").fetchone() == (ROWS,)
     other.close()
-    assert len(checkpointers()) == 1
+    assert len(running_checkpoints()) == 1
     with db.connect() as conn:  # this connection checkpoints its small commits itself again
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
 
     held_checkpoints.set()
     wait_for_checkpoints()
     assert database_bytes(path) > WRITTEN
-    assert checkpointers() == []
+    assert running_checkpoints() == []
     db.close()  # the last connection: the checkpointer closed its own
     assert not Path(f"{db.path}-wal").exists()
 
@@ -78,7 +74,7 @@ def test_bulk_writes_during_a_checkpoint_are_checkpointed_by_the_same_thread(
     for _ in range(3):
         with db.bulk_transaction() as conn:
             write_rows(conn)
-    assert len(checkpointers()) == 1
+    assert len(running_checkpoints()) == 1
     assert database_bytes(Path(db.path)) < WRITTEN / 10
     held_checkpoints.set()
     wait_for_checkpoints()
@@ -95,7 +91,7 @@ def test_a_failed_bulk_write_rolls_back_and_asks_for_no_checkpoint(db: SqliteCon
     with pytest.raises(RuntimeError, match="midway"), db.bulk_transaction() as conn:
         write_rows(conn)
         raise RuntimeError("midway")
-    assert checkpointers() == []
+    assert running_checkpoints() == []
     with db.connect() as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
         assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)

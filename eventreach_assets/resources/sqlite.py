@@ -34,11 +34,16 @@ class _Checkpointer(threading.Thread):
     """The thread of a background checkpoint (`SqliteConnections.bulk_transaction`)."""
 
 
+def running_checkpoints() -> list[threading.Thread]:
+    """The background checkpoints (`bulk_transaction`) running in this process now."""
+    return [thread for thread in threading.enumerate() if isinstance(thread, _Checkpointer)]
+
+
 def wait_for_checkpoints(timeout_seconds: float = 600.0) -> None:
     """Until every background checkpoint of this process has ended (`bulk_transaction`): what a
     measurement waits for so that the data it timed is on disk as a plain commit leaves it."""
     deadline = time.monotonic() + timeout_seconds
-    for thread in [thread for thread in threading.enumerate() if isinstance(thread, _Checkpointer)]:
+    for thread in running_checkpoints():
         thread.join(max(0.0, deadline - time.monotonic()))
 
 

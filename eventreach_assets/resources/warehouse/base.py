@@ -79,16 +79,19 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
         where_reads: tuple[str, ...] = (),
     ) -> pl.DataFrame:
         """`SELECT columns FROM table where`, after checking `table` and the tables `where` reads."""
+        sql = f"SELECT {', '.join(columns)} FROM {table} {where}"
+        return self._checked_query((*where_reads, table), sql, params)
+
+    def _checked_query(self, tables: tuple[str, ...], sql: str, params: list[Any] | None) -> pl.DataFrame:
+        """One statement after checking the tables it reads, in one session."""
         with self._session() as session:
-            for checked in (*where_reads, table):
-                self._check_table(session, checked)
-            return self._query(session, f"SELECT {', '.join(columns)} FROM {table} {where}", params)
+            for table in tables:
+                self._check_table(session, table)
+            return self._query(session, sql, params)
 
     def extract_candidates(self, topics: list[str]) -> pl.DataFrame:
         """Raw profile rows for an event's topics, pushed down to the warehouse."""
-        with self._session() as session:
-            self._check_table(session, "customer_profiles")
-            return self._query(session, extraction_sql(len(topics)), list(topics))
+        return self._checked_query(("customer_profiles",), extraction_sql(len(topics)), list(topics))
 
     def events(self) -> pl.DataFrame:
         """The events catalog as stored (topics and regions as CSV strings)."""
