@@ -6,8 +6,11 @@ no instance setting or variable reaches it). A test backfill waits for one itera
 backfill up and another to mark it done: up to a minute of idle waiting per backfill, the
 longest wait of the suite's console tests. This launcher sets that constant, then runs Dagster's
 own daemon command line (`python -m eventreach_assets_tests.daemon_launcher run -w workspace.yaml`,
-the arguments of `dagster-daemon`). Every daemon runs its own code; only the backfill loop's
-sleep is shorter. Deployments run `dagster-daemon` itself, 30 s.
+the arguments of `dagster-daemon`). Every daemon runs its own code. The constant is also the
+asset daemon's wait between evaluations when the instance sets no
+`auto_materialize.minimum_interval_seconds` (ours sets none): that daemon checks more often
+too, with nothing to evaluate here (no asset has an automation condition). Deployments run
+`dagster-daemon` itself, 30 s.
 
 If a Dagster release moves the constant, the launcher fails at start (the tests then say so)
 rather than silently waiting 30 s again.
