@@ -18,11 +18,9 @@ rather than silently waiting 30 s again.
 
 from __future__ import annotations
 
-import os
 import sys
 
-BACKFILL_INTERVAL_VARIABLE = "EVENTREACH_TEST_BACKFILL_INTERVAL_SECONDS"
-DEFAULT_BACKFILL_INTERVAL_SECONDS = 3
+BACKFILL_INTERVAL_SECONDS = 3
 
 
 def shorten_backfill_interval(seconds: int) -> None:
@@ -45,7 +43,7 @@ def daemon_command(workspace: str) -> list[str]:
 def main() -> None:
     from dagster._daemon.cli import main as dagster_daemon
 
-    shorten_backfill_interval(int(os.environ.get(BACKFILL_INTERVAL_VARIABLE, DEFAULT_BACKFILL_INTERVAL_SECONDS)))
+    shorten_backfill_interval(BACKFILL_INTERVAL_SECONDS)
     sys.argv[0] = "dagster-daemon"
     sys.exit(dagster_daemon())
 

@@ -12,7 +12,8 @@ every tick.
 from __future__ import annotations
 
 import abc
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -82,11 +83,17 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
         sql = f"SELECT {', '.join(columns)} FROM {table} {where}"
         return self._checked_query((*where_reads, table), sql, params)
 
-    def _checked_query(self, tables: tuple[str, ...], sql: str, params: list[Any] | None) -> pl.DataFrame:
-        """One statement after checking the tables it reads, in one session."""
+    @contextmanager
+    def _checked_session(self, tables: tuple[str, ...]) -> Iterator[Any]:
+        """A session in which `tables` were checked: a read's statements run in it."""
         with self._session() as session:
             for table in tables:
                 self._check_table(session, table)
+            yield session
+
+    def _checked_query(self, tables: tuple[str, ...], sql: str, params: list[Any] | None) -> pl.DataFrame:
+        """One statement after checking the tables it reads, in one session."""
+        with self._checked_session(tables) as session:
             return self._query(session, sql, params)
 
     def extract_candidates(self, topics: list[str]) -> pl.DataFrame:
@@ -111,8 +118,7 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
         Ids go as bind parameters in chunks, never formatted into the SQL.
         """
         columns = ["customer_id", "email", "marketplace", "timezone", "updated_at"]
-        with self._session() as session:
-            self._check_table(session, "customer_profiles")
+        with self._checked_session(("customer_profiles",)) as session:
             parts = [
                 self._query(
                     session,
