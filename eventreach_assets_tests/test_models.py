@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -9,8 +12,10 @@ import joblib
 import numpy as np
 import polars as pl
 import pytest
+import sklearn
 import yaml
 from polars.testing import assert_frame_equal
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from eventreach_assets.domain.extract import validate_and_dedupe
 from eventreach_assets.domain.features import interest_match, interest_match_rows, split_tags
@@ -27,6 +32,7 @@ from eventreach_assets.domain.models import (
     train_model,
     with_event_topics,
 )
+from eventreach_assets.domain.tree_ensemble import TreeEnsemble, UnsupportedModelError
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
 
 TAGS = ["ai", "cloud", "data", "devops", "iot", "mobile", "security", "web"]
@@ -354,9 +360,99 @@ def test_load_rejects_other_formats(tmp_path: Path, models: dict[str, TrainedMod
     joblib.dump({**payload, "format_version": 0}, path)
     with pytest.raises(ModelFormatError, match="format 0"):
         TrainedModel.load(path)
-    joblib.dump({**payload, "sklearn_version": "0.0.1"}, path)
-    with pytest.raises(ModelFormatError, match=r"scikit-learn 0\.0\.1"):
+    joblib.dump({**payload, "trees": {**payload["trees"], "left": payload["trees"]["left"][:-1]}}, path)
+    with pytest.raises(ModelFormatError, match=r"trees are unreadable: .*lengths"):
+        TrainedModel.load(path)
+    joblib.dump({**payload, "trees": {"baseline": 0.0}}, path)
+    with pytest.raises(ModelFormatError, match=r"trees are unreadable: .*lack"):
         TrainedModel.load(path)
     joblib.dump(["not", "a", "model"], path)
     with pytest.raises(ModelFormatError, match="list"):
         TrainedModel.load(path)
+
+
+def test_an_artifact_loads_and_scores_without_scikit_learn(tmp_path: Path, models: dict[str, TrainedModel]) -> None:
+    """What the batch's scoring step and the model server pay: no scikit-learn import."""
+    model = models[AFFINITY_MODEL]
+    path = tmp_path / "model.joblib"
+    model.save(path)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from eventreach_assets.domain.models import TrainedModel
+        model = TrainedModel.load({str(path)!r})
+        matrix = np.zeros((3, len(model.feature_names)))
+        print(model.predict_matrix(matrix).tolist())
+        loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("sklearn", "scipy"))
+        print(loaded)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    probabilities, loaded = result.stdout.strip().splitlines()
+    assert loaded == "[]"
+    assert eval(probabilities) == model.predict_matrix(np.zeros((3, len(model.feature_names)))).tolist()
+
+
+def _format_one_artifact(path: Path, model: TrainedModel, frame: pl.DataFrame, sklearn_version: str) -> np.ndarray:
+    """An artifact as format 1 wrote it (the estimator pickled) for `model`'s features; returns
+    the estimator's predictions on `frame`."""
+    matrix = model.feature_matrix(frame)
+    estimator = HistGradientBoostingClassifier(max_iter=20, random_state=0)
+    estimator.fit(matrix, (np.arange(matrix.shape[0]) % 3 == 0) ^ (matrix[:, 0] > np.nanmedian(matrix[:, 0])))
+    joblib.dump(
+        {
+            "format_version": 1,
+            "sklearn_version": sklearn_version,
+            "model_id": model.model_id,
+            "version": model.version,
+            "estimator": estimator,
+            "vocabularies": model.vocabularies,
+            "feature_names": model.feature_names,
+            "metrics": model.metrics.as_dict(),
+            "params": model.params,
+        },
+        path,
+    )
+    return estimator.predict_proba(matrix)[:, 1]
+
+
+def test_an_artifact_of_format_one_still_loads(
+    tmp_path: Path, training: pl.DataFrame, models: dict[str, TrainedModel]
+) -> None:
+    model = models[ATTENDANCE_MODEL]
+    path = tmp_path / "old.joblib"
+    expected = _format_one_artifact(path, model, training, sklearn.__version__)
+    loaded = TrainedModel.load(path)
+    assert (loaded.model_id, loaded.version, loaded.feature_names) == (
+        model.model_id,
+        model.version,
+        model.feature_names,
+    )
+    np.testing.assert_allclose(loaded.predict_matrix(model.feature_matrix(training)), expected, rtol=1e-12)
+    # Saved again, it is format 2 and predicts the same.
+    loaded.save(path)
+    assert joblib.load(path)["format_version"] == 2
+    np.testing.assert_allclose(
+        TrainedModel.load(path).predict_matrix(model.feature_matrix(training)), expected, rtol=1e-12
+    )
+    _format_one_artifact(path, model, training, "0.0.1")
+    with pytest.raises(ModelFormatError, match=r"scikit-learn 0\.0\.1"):
+        TrainedModel.load(path)
+
+
+def test_training_fails_when_the_trees_would_predict_otherwise(
+    training: pl.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train_model` compares the kept trees with the estimator on the holdout."""
+    honest = TreeEnsemble.from_histgradientboosting
+
+    def one_leaf_off(estimator: object) -> TreeEnsemble:
+        arrays = honest(estimator).to_arrays()
+        value = arrays["value"].copy()
+        value[np.flatnonzero(arrays["is_leaf"])] += 1e-3
+        return TreeEnsemble.from_arrays({**arrays, "value": value})
+
+    monkeypatch.setattr(TreeEnsemble, "from_histgradientboosting", staticmethod(one_leaf_off))
+    with pytest.raises(UnsupportedModelError, match=f"{ATTENDANCE_MODEL}: the tree arrays predict differently"):
+        train_model(ATTENDANCE_MODEL, training)

@@ -8,9 +8,10 @@ event's topics as a literal, and both are turned into a matrix by the same expre
 with the vocabularies (tags, roles, topics) learned at training time and stored in the
 artifact.
 
-scikit-learn and joblib are imported where a model is trained, saved or loaded (~1.8 s and
-~90 MB): processes that never touch a model (exports, campaigns, sensors, the code server) and
-a batch's extraction, the run's memory peak, are spared them.
+scikit-learn is imported where a model is trained (~1.1-2.3 s and ~90 MB). A fitted model is
+kept as its trees' arrays (`domain/tree_ensemble.py`), which predict exactly what the estimator
+predicts: loading and scoring (every weekly batch run, the model server) never import it, and
+processes that never touch a model (exports, campaigns, sensors, the code server) neither.
 """
 
 from __future__ import annotations
@@ -34,12 +35,17 @@ if TYPE_CHECKING:
 
 from eventreach_assets.domain.extract import DEDUPE_DESCENDING, DEDUPE_ORDER, to_candidate_model
 from eventreach_assets.domain.features import interest_match_rows, split_tags
+from eventreach_assets.domain.tree_ensemble import TreeEnsemble, ensure_same_predictions
 
 ATTENDANCE_MODEL = "event-attendance-v3"
 AFFINITY_MODEL = "interest-affinity-v2"
 
 EVENT_TOPICS = "event_topics"  # list[str]: the event's topics, one list per row
-FORMAT_VERSION = 1  # bump when the artifact layout changes; `load` refuses other versions
+# Bump when the artifact layout changes; `load` refuses versions it does not know. 1 pickled the
+# scikit-learn estimator (still read: converted on load, which imports scikit-learn); 2 holds its
+# trees as arrays.
+FORMAT_VERSION = 2
+_ESTIMATOR_FORMAT_VERSION = 1
 
 # Columns of `build_training_frame`'s result, in order. The feature inputs carry the
 # candidate-model dtypes so the same expressions apply at training and at scoring time.
@@ -84,7 +90,8 @@ DEFAULT_THREADS = 1
 
 
 class ModelFormatError(ValueError):
-    """A model artifact was written by an incompatible version of this code or of scikit-learn."""
+    """A model artifact was written by an incompatible version of this code (or, for an artifact
+    of format 1, which pickled the estimator, of scikit-learn)."""
 
 
 # ---- features ------------------------------------------------------------------------
@@ -290,7 +297,7 @@ class TrainedModel:
 
     model_id: str
     version: str  # 12 hex of sha256(training content, params, library versions)
-    estimator: HistGradientBoostingClassifier
+    trees: TreeEnsemble  # the fitted estimator's trees, which predict
     vocabularies: dict[str, list[str]]
     feature_names: list[str]
     metrics: ModelMetrics
@@ -310,26 +317,22 @@ class TrainedModel:
             raise ValueError(
                 f"{self.model_id}: expected a matrix with {len(self.feature_names)} columns, got {matrix.shape}"
             )
-        if matrix.shape[0] == 0:
-            return np.empty(0, dtype=np.float64)
-        with threadpool_limits(limits=DEFAULT_THREADS, user_api="openmp"):
-            return self.estimator.predict_proba(matrix)[:, 1].astype(np.float64)
+        return self.trees.predict_proba(matrix)
 
     def predict_proba(self, candidates: pl.DataFrame, event_topics: Sequence[str]) -> np.ndarray:
         """P(label) for each candidate of an event with these topics."""
         return self.predict_matrix(self.feature_matrix(with_event_topics(candidates, event_topics)))
 
     def save(self, path: Path) -> None:
-        """Write the artifact atomically (a reader never sees half a file)."""
+        """Write the artifact atomically (a reader never sees half a file): plain values and the
+        trees' numpy arrays, nothing that needs scikit-learn to read."""
         import joblib
-        import sklearn
 
         payload = {
             "format_version": FORMAT_VERSION,
-            "sklearn_version": sklearn.__version__,
             "model_id": self.model_id,
             "version": self.version,
-            "estimator": self.estimator,
+            "trees": self.trees.to_arrays(),
             "vocabularies": self.vocabularies,
             "feature_names": self.feature_names,
             "metrics": self.metrics.as_dict(),
@@ -348,31 +351,46 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: Path) -> TrainedModel:
-        """Read an artifact written by `save` (a pickle: load only files this project wrote)."""
+        """Read an artifact written by `save` (a pickle: load only files this project wrote). One of
+        format 1 (the estimator pickled) is read too, with the scikit-learn it was written with."""
         import joblib
-        import sklearn
 
         payload = joblib.load(Path(path))
-        if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-            found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+        found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
+        if found == _ESTIMATOR_FORMAT_VERSION:
+            trees = _trees_of_pickled_estimator(path, payload)
+        elif found == FORMAT_VERSION:
+            try:
+                trees = TreeEnsemble.from_arrays(payload["trees"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise ModelFormatError(f"{path}: the model's trees are unreadable: {error}") from error
+        else:
             raise ModelFormatError(
-                f"{path}: model artifact format {found!r}, this code reads format {FORMAT_VERSION}; "
-                "re-materialize the model assets"
-            )
-        if payload["sklearn_version"] != sklearn.__version__:
-            raise ModelFormatError(
-                f"{path}: trained with scikit-learn {payload['sklearn_version']}, running "
-                f"{sklearn.__version__}; re-materialize the model assets"
+                f"{path}: model artifact format {found!r}, this code reads formats "
+                f"{_ESTIMATOR_FORMAT_VERSION} and {FORMAT_VERSION}; re-materialize the model assets"
             )
         return cls(
             model_id=payload["model_id"],
             version=payload["version"],
-            estimator=payload["estimator"],
+            trees=trees,
             vocabularies=payload["vocabularies"],
             feature_names=payload["feature_names"],
             metrics=ModelMetrics(**payload["metrics"]),
             params=payload["params"],
         )
+
+
+def _trees_of_pickled_estimator(path: Path, payload: dict[str, Any]) -> TreeEnsemble:
+    """The trees of a format-1 artifact's estimator, which unpickled only with the scikit-learn
+    release that wrote it."""
+    import sklearn
+
+    if payload["sklearn_version"] != sklearn.__version__:
+        raise ModelFormatError(
+            f"{path}: trained with scikit-learn {payload['sklearn_version']}, running "
+            f"{sklearn.__version__}; re-materialize the model assets"
+        )
+    return TreeEnsemble.from_histgradientboosting(payload["estimator"])
 
 
 def calibration_table(predicted: np.ndarray, observed: np.ndarray, bins: int = 10) -> pl.DataFrame:
@@ -509,15 +527,18 @@ def train_model(
     y_holdout = holdout_part[spec.label].cast(pl.Int8).to_numpy()
 
     estimator = HistGradientBoostingClassifier(**settings, random_state=seed)
+    holdout_matrix = feature_matrix(model_id, holdout_part, vocabularies)
     with threadpool_limits(limits=threads, user_api="openmp"):
         estimator.fit(x_train, y_train)
-        predicted = estimator.predict_proba(feature_matrix(model_id, holdout_part, vocabularies))[:, 1]
-
+        predicted = estimator.predict_proba(holdout_matrix)[:, 1]
+    # The model is kept as its trees' arrays: they must predict what the estimator predicts.
+    trees = TreeEnsemble.from_histgradientboosting(estimator)
+    ensure_same_predictions(trees, predicted, holdout_matrix, model_id)
     metrics = _holdout_metrics(estimator, y_train, y_holdout, predicted, float(labels.mean()), source_rows, started)
     return TrainedModel(
         model_id=model_id,
         version=version,
-        estimator=estimator,
+        trees=trees,
         vocabularies=vocabularies,
         feature_names=train_features.columns,
         metrics=metrics,
