@@ -269,7 +269,7 @@ def _bare_score(r: dict, event: Any, filtered: Any) -> Any:
     cache = cached_probabilities(r["candidate_store"], event.event_id, versions, filtered, r["clock"])
     split = scoring.split_cached(filtered, event.event_id, versions, cache)
     fresh = scoring.score_in_batches(
-        split.misses, event.topics, models, config.scoring.batch_size, predict=r["scoring_service"].predict
+        split.misses, event.topics, models, config.scoring.batch_size, predict=r["scoring_service"].predict_batches
     )
     for model_id, version in versions.items():
         probabilities = fresh.select(

@@ -134,7 +134,7 @@ def test_remote_scores_equal_in_process_scores(
     loaded = scoring.load_models(list(ENDPOINTS))
     assert {m: model.version for m, model in loaded.items()} == {m: model.version for m, model in models.items()}
 
-    remote = score_in_batches(candidates, TOPICS, loaded, batch_size=200, predict=scoring.predict)
+    remote = score_in_batches(candidates, TOPICS, loaded, batch_size=200, predict=scoring.predict_batches)
     local = score_in_batches(candidates, TOPICS, models, batch_size=200)
 
     assert remote.height == candidates.height == 900

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -29,6 +30,7 @@ from eventreach_assets.domain.scoring import (
     iter_batches,
     merge_scored,
     model_versions,
+    predict_together,
     probability_column,
     score_band_expr,
     score_in_batches,
@@ -62,10 +64,10 @@ class CountingPredict:
         self.rows: dict[str, int] = {}
         self.calls = 0
 
-    def __call__(self, model: TrainedModel, matrix: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        self.rows[model.model_id] = self.rows.get(model.model_id, 0) + matrix.shape[0]
-        return model.predict_matrix(matrix)
+    def __call__(self, model: TrainedModel, matrices: Sequence[np.ndarray]) -> list[np.ndarray]:
+        self.calls += len(matrices)  # one remote call per batch's matrix
+        self.rows[model.model_id] = self.rows.get(model.model_id, 0) + sum(matrix.shape[0] for matrix in matrices)
+        return [model.predict_matrix(matrix) for matrix in matrices]
 
 
 # ---- combined score and bands --------------------------------------------------------
@@ -155,6 +157,32 @@ def test_batched_scoring_equals_unbatched(models: dict[str, TrainedModel], candi
     assert_series_equal(whole["score"], combine_scores({"a": whole[P_ATTEND], "b": whole[P_AFFINITY]}))
     assert whole["score"].is_between(0.0, 1.0).all()
     assert whole[P_ATTEND].n_unique() > 10  # real predictions, not a constant
+
+
+def test_batches_predicted_together_are_each_batch_predicted(
+    models: dict[str, TrainedModel], candidates: pl.DataFrame
+) -> None:
+    """In process the batches' matrices are evaluated as one and split back (`predict_together`):
+    each batch gets exactly what predicting it alone gives."""
+    model = models[AFFINITY_MODEL]
+    matrices = [feature_matrix(model, candidates.slice(start, 97), TOPICS) for start in range(0, candidates.height, 97)]
+    together = predict_together(model, matrices)
+    assert [len(values) for values in together] == [len(matrix) for matrix in matrices]
+    for values, matrix in zip(together, matrices, strict=True):
+        np.testing.assert_array_equal(values, model.predict_matrix(matrix))
+    assert predict_together(model, []) == []
+
+
+def test_a_backend_answering_the_wrong_shape_fails_scoring(
+    models: dict[str, TrainedModel], candidates: pl.DataFrame
+) -> None:
+    def one_short(model: TrainedModel, matrices: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [model.predict_matrix(matrix)[:-1] for matrix in matrices]
+
+    with pytest.raises(
+        ValueError, match=r"event-attendance-v3: expected \[100, 100, 100, 100, 100, 23\] probabilities"
+    ):
+        score_in_batches(candidates, TOPICS, models, batch_size=100, predict=one_short)
 
 
 def test_event_topics_change_the_scores(models: dict[str, TrainedModel], candidates: pl.DataFrame) -> None:

@@ -60,7 +60,7 @@ def scored_candidates(
         cache = cached_probabilities(candidate_store, event.event_id, versions, filtered_candidates, clock)
         split = scoring.split_cached(filtered_candidates, event.event_id, versions, cache)
         fresh = scoring.score_in_batches(
-            split.misses, event.topics, models, config.scoring.batch_size, predict=scoring_service.predict
+            split.misses, event.topics, models, config.scoring.batch_size, predict=scoring_service.predict_batches
         )
         for model_id, version in versions.items():
             column = scoring.probability_column(model_id)

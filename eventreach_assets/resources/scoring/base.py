@@ -29,3 +29,8 @@ class ScoringResource(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def predict(self, model: TrainedModel, matrix: np.ndarray) -> np.ndarray:
         """P(label) per row of `matrix` (built by `feature_matrix` for `model`), in row order."""
+
+    def predict_batches(self, model: TrainedModel, matrices: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """`predict` for each batch's matrix, in order (what `scoring.score_in_batches` calls); a
+        backend may evaluate them together."""
+        return [self.predict(model, matrix) for matrix in matrices]

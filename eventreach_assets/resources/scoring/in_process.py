@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from eventreach_assets.domain.models import TrainedModel
+from eventreach_assets.domain.scoring import predict_together
 from eventreach_assets.resources.scoring.base import ScoringResource
 
 
@@ -13,3 +16,7 @@ class InProcessScoring(ScoringResource):
 
     def predict(self, model: TrainedModel, matrix: np.ndarray) -> np.ndarray:
         return model.predict_matrix(matrix)
+
+    def predict_batches(self, model: TrainedModel, matrices: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The batches' matrices evaluated as one (`scoring.predict_together`): the same values."""
+        return predict_together(model, matrices)
