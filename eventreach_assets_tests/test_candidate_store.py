@@ -616,6 +616,8 @@ def test_every_read_access_pattern_is_served_by_an_index(store):
         # the batch checks' read: GSI2 alone while no written TTL has passed
         "event_item_keys": "COVERING INDEX candidate_items_gsi2 (gsi2pk=?)",
         "event_item_keys/some_ttl_passed": "candidate_items_gsi2 (gsi2pk=?)",
+        # the export's pages: each starts after the last one's key
+        "exported_items_page": "candidate_items_gsi2 (gsi2pk=? AND gsi2sk>?)",
         "get_cached_scores": "sqlite_autoindex_score_cache_1 (pk=? AND sk=?)",
     }
     assert set(plans) == set(expected_index)
@@ -625,6 +627,7 @@ def test_every_read_access_pattern_is_served_by_an_index(store):
     # the index order is the result order: no sort step for top-N
     assert "TEMP B-TREE" not in plans["top_candidates_for_channel"]
     assert "TEMP B-TREE" not in plans["top_candidates_for_channel/next_page"]
+    assert "TEMP B-TREE" not in plans["exported_items_page"]
 
 
 # ---- score cache ----------------------------------------------------------------------------

@@ -15,7 +15,6 @@ round-trip form.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping
 from json.encoder import encode_basestring  # type: ignore[attr-defined]  # the C string encoder
@@ -91,4 +90,4 @@ def items_from_served_json(lines: bytes, probabilities: list[str]) -> pl.DataFra
     }
     if not lines.strip():
         return typed_item_times(pl.DataFrame(schema=schema))
-    return typed_item_times(pl.read_ndjson(io.BytesIO(lines), schema=schema))
+    return typed_item_times(pl.read_ndjson(lines, schema=schema))

@@ -13,7 +13,6 @@ A file from before it gets the column, filled, when first opened (`_add_item_jso
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 from typing import Any, ClassVar
@@ -97,12 +96,14 @@ _CACHE_GET_SQL = f"""
 """
 
 
-# A page of an event's live items' served JSON, one line each, in GSI2 order (the index's own).
-# Served JSON escapes newlines inside strings, so a line is an item.
+# A page of an event's live items' served JSON, one line each, in GSI2 order (the index's own),
+# and the page's last GSI2 sort key, after which the next page starts (keyset paging: each item
+# is read once, where OFFSET read every earlier page's items again). Served JSON escapes newlines
+# inside strings, so a line is an item.
 _EXPORT_PAGE_SQL = f"""
-    SELECT group_concat({ITEM_JSON}, char(10)) FROM (
-        SELECT {ITEM_JSON} FROM {_ITEMS} WHERE gsi2pk = :pk AND expires_at > :now
-        ORDER BY gsi2sk LIMIT :limit OFFSET :offset
+    SELECT group_concat({ITEM_JSON}, char(10)), max(gsi2sk) FROM (
+        SELECT {ITEM_JSON}, gsi2sk FROM {_ITEMS} WHERE gsi2pk = :pk AND gsi2sk > :after AND expires_at > :now
+        ORDER BY gsi2sk LIMIT :limit
     )
 """
 # The GSI2 sort keys of an event's items; `live` is `_live_filter`'s condition.
@@ -421,18 +422,20 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
     def _exported_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         """The stored served JSON of each item, which holds exactly the exported attributes (both
         leave PII out): one text per item instead of 19 values, the texts joined by SQLite into
-        one per `_EXPORT_READ_ROWS` items (one read transaction: the pages see the same items)."""
-        texts: list[str] = []
-        params = {"pk": gsi2pk, "now": now_epoch, "limit": _EXPORT_READ_ROWS}
+        one per `_EXPORT_READ_ROWS` items (one read transaction: the pages see the same items),
+        each page decoded as it comes (the export is the batch's memory peak: ~55 MB of text a
+        page, never all pages' text joined and copied at once)."""
+        pages: list[pl.DataFrame] = []
+        params = {"pk": gsi2pk, "now": now_epoch, "limit": _EXPORT_READ_ROWS, "after": ""}
         with self._read_transaction() as conn:
             probabilities = self._probability_columns(conn)
-            for offset in itertools.count(0, _EXPORT_READ_ROWS):  # ends at the first empty page
-                text = conn.execute(_EXPORT_PAGE_SQL, {**params, "offset": offset}).fetchone()[0]
+            while True:  # ends at the first empty page: each page starts after the last one's key
+                text, params["after"] = conn.execute(_EXPORT_PAGE_SQL, params).fetchone()
                 if text is None:
                     break
-                texts.append(text)
+                pages.append(items_from_served_json(text.encode(), probabilities))
             stored = self._count_event_items(gsi2pk, now_epoch)  # this thread's connection: the same read
-        items = items_from_served_json("\n".join(texts).encode(), probabilities)
+        items = pl.concat(pages) if pages else items_from_served_json(b"", probabilities)
         if items.height != stored:  # group_concat skips a NULL text: never lose an item silently
             raise RuntimeError(f"{gsi2pk}: {stored} live items but {items.height} stored served JSON texts")
         return ci.drop_empty_probabilities(items)
@@ -481,6 +484,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             "event_items": (select + "gsi2pk = :pk AND expires_at > :now", probe),
             "event_item_keys": (_SORT_KEYS_SQL.format(live=""), probe),
             "event_item_keys/some_ttl_passed": (_SORT_KEYS_SQL.format(live=_LIVE), probe),
+            "exported_items_page": (_EXPORT_PAGE_SQL, {**probe, "after": ""}),
             "get_cached_scores": (_CACHE_GET_SQL, {"ids": '["a"]', "sk": "x", "now": 0}),
         }
         with self._connect() as conn:
