@@ -128,3 +128,8 @@ def test_arrays_round_trip_and_are_checked() -> None:
         TreeEnsemble.from_arrays({**arrays, "right": right})
     with pytest.raises(ValueError, match=r"feature outside 0\.\.2"):
         TreeEnsemble.from_arrays({**arrays, "n_features": 3})
+    # A child pointing back at its tree's root: a walk that would never end stops with an error.
+    left = arrays["left"].copy()
+    left[np.flatnonzero(~arrays["is_leaf"])] = arrays["roots"][0]
+    with pytest.raises(ValueError, match="cycle"):
+        TreeEnsemble.from_arrays({**arrays, "left": left}).predict_proba(np.full((2, 4), -np.inf))

@@ -15,7 +15,7 @@ holdout every time a model is fitted (`ensure_same_predictions`).
 It is fast by walking each distinct decision once: two rows that fall on the same side of every
 threshold the model uses on each of their features (NaN counted apart) take the same path in every
 tree, so the rows are put into those classes first (a `searchsorted` per feature, a hash of the
-bins) and one row of each class walks the trees. A week's 98,525 candidates make ~4,000 classes.
+bins) and one row of each class walks the trees. One event's 98,525 candidates make ~4,000 classes.
 """
 
 from __future__ import annotations
@@ -162,7 +162,9 @@ class TreeEnsemble:
         node = np.tile(self.roots, rows)
         row_start = np.repeat(np.arange(rows) * self.n_features, trees)
         walking = np.flatnonzero(~nodes["is_leaf"][node])
-        while walking.size:
+        for _ in range(len(nodes["is_leaf"])):  # no path is longer than the nodes: ends at the leaves
+            if not walking.size:
+                break
             at = node[walking]
             value = values[row_start[walking] + nodes["feature"][at]]
             go_left = value <= nodes["threshold"][at]
@@ -171,6 +173,8 @@ class TreeEnsemble:
             after = np.where(go_left, nodes["left"][at], nodes["right"][at])
             node[walking] = after
             walking = walking[~nodes["is_leaf"][after]]
+        if walking.size:
+            raise ValueError("tree ensemble: a path longer than the node arrays (the trees hold a cycle)")
         leaves = nodes["value"][node].reshape(rows, trees)
         raw = np.full(rows, self.baseline)
         for tree in range(trees):  # in the trees' order, as scikit-learn sums them
