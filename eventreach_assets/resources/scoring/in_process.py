@@ -1,4 +1,4 @@
-"""The local deployment's scoring: the trained estimator predicts in this process."""
+"""The local deployment's scoring: the model's trees (`TreeEnsemble`) predict in this process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from eventreach_assets.resources.scoring.base import ScoringResource
 
 
 class InProcessScoring(ScoringResource):
-    """The local deployment: the trained estimator predicts in this process."""
+    """The local deployment: the model's trees predict in this process, all batches of a model at once."""
 
     def predict(self, model: TrainedModel, matrix: np.ndarray) -> np.ndarray:
         return model.predict_matrix(matrix)
