@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -378,12 +379,13 @@ def test_an_artifact_loads_and_scores_without_scikit_learn(tmp_path: Path, model
     model.save(path)
     script = textwrap.dedent(
         f"""
+        import json
         import sys
         import numpy as np
         from eventreach_assets.domain.models import TrainedModel
         model = TrainedModel.load({str(path)!r})
         matrix = np.zeros((3, len(model.feature_names)))
-        print(model.predict_matrix(matrix).tolist())
+        print(json.dumps(model.predict_matrix(matrix).tolist()))
         loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("sklearn", "scipy"))
         print(loaded)
         """
@@ -391,7 +393,7 @@ def test_an_artifact_loads_and_scores_without_scikit_learn(tmp_path: Path, model
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
     probabilities, loaded = result.stdout.strip().splitlines()
     assert loaded == "[]"
-    assert eval(probabilities) == model.predict_matrix(np.zeros((3, len(model.feature_names)))).tolist()
+    assert json.loads(probabilities) == model.predict_matrix(np.zeros((3, len(model.feature_names)))).tolist()
 
 
 def _format_one_artifact(path: Path, model: TrainedModel, frame: pl.DataFrame, sklearn_version: str) -> np.ndarray:
@@ -447,12 +449,12 @@ def test_training_fails_when_the_trees_would_predict_otherwise(
     """`train_model` compares the kept trees with the estimator on the holdout."""
     honest = TreeEnsemble.from_histgradientboosting
 
-    def one_leaf_off(estimator: object) -> TreeEnsemble:
+    def leaves_off(estimator: object) -> TreeEnsemble:
         arrays = honest(estimator).to_arrays()
         value = arrays["value"].copy()
         value[np.flatnonzero(arrays["is_leaf"])] += 1e-3
         return TreeEnsemble.from_arrays({**arrays, "value": value})
 
-    monkeypatch.setattr(TreeEnsemble, "from_histgradientboosting", staticmethod(one_leaf_off))
+    monkeypatch.setattr(TreeEnsemble, "from_histgradientboosting", staticmethod(leaves_off))
     with pytest.raises(UnsupportedModelError, match=f"{ATTENDANCE_MODEL}: the tree arrays predict differently"):
         train_model(ATTENDANCE_MODEL, training)
