@@ -1,5 +1,5 @@
 """A fitted model's trees as arrays (`domain/tree_ensemble.py`): the estimator's predictions
-without scikit-learn, and the artifacts that hold them."""
+without scikit-learn (the artifacts that hold them: test_models.py)."""
 
 from __future__ import annotations
 
