@@ -173,6 +173,35 @@ def test_batches_predicted_together_are_each_batch_predicted(
     assert predict_together(model, []) == []
 
 
+def test_the_in_process_scorer_evaluates_a_models_batches_in_one_call(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, models: dict[str, TrainedModel], candidates: pl.DataFrame
+) -> None:
+    """The local deployment's scorer walks a model's trees once for all batches (SageMaker's gets
+    one request per batch), with each batch's values as predicting it alone."""
+    from eventreach_assets.domain.tree_ensemble import TreeEnsemble
+    from eventreach_assets.resources.model_registry.local import LocalModelRegistry
+    from eventreach_assets.resources.scoring.in_process import InProcessScoring
+
+    model = models[ATTENDANCE_MODEL]
+    matrices = [
+        feature_matrix(model, candidates.slice(start, 100), TOPICS) for start in range(0, candidates.height, 100)
+    ]
+    alone = [model.predict_matrix(matrix) for matrix in matrices]
+    calls: list[int] = []
+    evaluate = TreeEnsemble.predict_proba
+
+    def counted(trees: TreeEnsemble, matrix: np.ndarray) -> np.ndarray:
+        calls.append(len(matrix))
+        return evaluate(trees, matrix)
+
+    monkeypatch.setattr(TreeEnsemble, "predict_proba", counted)
+    scorer = InProcessScoring(registry=LocalModelRegistry(base_dir=str(tmp_path)))
+    together = scorer.predict_batches(model, matrices)
+    assert calls == [candidates.height]
+    for values, expected in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(values, expected)
+
+
 def test_a_backend_answering_the_wrong_shape_fails_scoring(
     models: dict[str, TrainedModel], candidates: pl.DataFrame
 ) -> None:

@@ -423,8 +423,8 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         """The stored served JSON of each item, which holds exactly the exported attributes (both
         leave PII out): one text per item instead of 19 values, the texts joined by SQLite into
         one per `_EXPORT_READ_ROWS` items (one read transaction: the pages see the same items),
-        each page decoded as it comes (the export is the batch's memory peak: ~55 MB of text a
-        page, never all pages' text joined and copied at once)."""
+        each page decoded as it comes (~55 MB of text a page; all pages' text joined and copied at
+        once made the export the bare batch's memory peak)."""
         pages: list[pl.DataFrame] = []
         params = {"pk": gsi2pk, "now": now_epoch, "limit": _EXPORT_READ_ROWS, "after": ""}
         with self._read_transaction() as conn:
