@@ -360,10 +360,9 @@ def measure_week_bare(home: Path, event_ids: list[str]) -> dict:
     stages: dict[str, float] = {}
     lap, path = _Laps(), home / "bare-snapshot.parquet"
     topics = upcoming_topics(r["warehouse"].events(), r["clock"].now())
-    raw = r["warehouse"].extract_candidates(topics)
-    snapshot = profile_snapshot_rows(raw, r["program"].load().marketplaces)
+    snapshot = profile_snapshot_rows(r["warehouse"].extract_candidates(topics), r["program"].load().marketplaces)
     write_value(snapshot, path)  # as the IO manager stores it
-    del raw, snapshot
+    del snapshot
     stages["profile_snapshot"] = lap()
     counts = {"extracted_rows": 0, "scored_candidates": 0}
     for event_id in event_ids:

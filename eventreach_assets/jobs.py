@@ -27,14 +27,14 @@ def asset_job(
     """A job over the assets, in one process; `per_event` jobs run one event partition and every
     run carries the event's tag besides the stage (and channel) tags given here. Other jobs take
     their assets' partitions, if any (the daily metrics: one per day)."""
-    partitioning = {"partitions_def": events_partitions, "config": tagged_by_event()} if per_event else {}
+    # The job's partitioning is its assets' (Dagster infers it; passing it again is deprecated).
     return dg.define_asset_job(
         name=name,
         selection=dg.AssetSelection.assets(*assets),
         executor_def=dg.in_process_executor,
         tags=tags,
         description=description,
-        **partitioning,
+        config=tagged_by_event() if per_event else None,
     )
 
 

@@ -521,7 +521,9 @@ def campaign_counts(deliveries: pl.DataFrame, feedback: pl.DataFrame, since: dat
     outcomes = message_outcomes(sent, feedback)
     rejected = feedback.filter(pl.col("feedback") == REJECTED).select("provider_message_id").unique()
     return (
-        outcomes.with_columns(pl.col("provider_message_id").is_in(rejected["provider_message_id"]).alias("_rejected"))
+        outcomes.with_columns(
+            pl.col("provider_message_id").is_in(rejected["provider_message_id"].implode()).alias("_rejected")
+        )
         .group_by("event_id", "channel")
         .agg(
             pl.len().alias("sent"),
