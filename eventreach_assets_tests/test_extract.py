@@ -344,8 +344,10 @@ def test_the_snapshot_lets_the_extract_go_before_its_sort_copies_every_row(monke
     # The same rows, each customer's in the same order (rows of different customers that tie on
     # every key may come in either order from polars' sort, which is not stable), so the same dedupe.
     assert snapshot.sort(extract.ROW).equals(expected.sort(extract.ROW))
-    def rows_of_each_customer(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.group_by("customer_id").agg(extract.ROW).sort("customer_id", nulls_last=True)
-
     assert rows_of_each_customer(snapshot).equals(rows_of_each_customer(expected))
     assert same_rows(extract.dedupe(snapshot), extract.dedupe(expected))
+
+
+def rows_of_each_customer(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each customer's `_row`s in the order the frame holds them."""
+    return frame.group_by("customer_id").agg(extract.ROW).sort("customer_id", nulls_last=True)
