@@ -1,7 +1,11 @@
-"""Small hand-made frames for unit tests: a profile row with sensible defaults, overridable."""
+"""Small hand-made frames for unit tests: a profile row with sensible defaults, overridable; and a
+guard that fails on polars' deprecation warnings."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -42,3 +46,14 @@ def profiles(*rows: dict[str, Any]) -> pl.DataFrame:
 def candidates(*rows: dict[str, Any]) -> pl.DataFrame:
     """Candidate-model rows (tags as lists), as the filter chain receives them."""
     return to_candidate_model(profiles(*rows).lazy()).collect()
+
+
+@contextmanager
+def no_deprecation_warnings() -> Iterator[None]:
+    """Fail if the block warns of a deprecation. Polars warns while a query runs, from its engine,
+    where pytest's filters cannot make it an error (printed, not raised): recorded here instead, so
+    a deprecated call fails before a release changes what it means."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert [str(warning.message) for warning in caught if issubclass(warning.category, DeprecationWarning)] == []

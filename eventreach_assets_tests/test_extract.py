@@ -1,5 +1,4 @@
 import random
-import warnings
 import weakref
 from datetime import datetime
 from itertools import product
@@ -12,7 +11,7 @@ from eventreach_assets.domain.events import normalize_events
 from eventreach_assets.domain.extract import validate_and_dedupe
 from eventreach_assets.domain.schema import CANDIDATE_SCHEMA
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
-from eventreach_assets_tests.frames import profiles
+from eventreach_assets_tests.frames import no_deprecation_warnings, profiles
 
 REGIONS = ["US", "UK", "DE", "FR", "JP", "IN", "BR", "AU"]
 
@@ -209,31 +208,31 @@ def same_rows(left: extract.ExtractResult, right: extract.ExtractResult) -> bool
     )
 
 
-def test_validate_and_dedupe_is_the_dedupe_of_the_newest_first_rows():
+def test_validate_and_dedupe_is_the_dedupe_of_the_snapshot_rows():
     raw = profiles(
         {"customer_id": "A", "updated_at": datetime(2026, 1, 1), "email": "old"},
         {"customer_id": "A", "updated_at": datetime(2026, 3, 1), "email": "new", "timezone": "Mars/Olympus"},
         {"customer_id": "B", "email": "b"},
     )
-    composed = extract.dedupe(extract.newest_first(raw, REGIONS))
+    composed = extract.dedupe(extract.profile_snapshot_rows(raw, REGIONS))
     direct = validate_and_dedupe(raw, REGIONS)
     assert same_rows(composed, direct)
     assert direct.candidates["email"].to_list() == ["old", "b"]  # the warehouse's order
     assert composed.candidates["email"].to_list() == ["b", "old"]  # the snapshot's: newest first, not sorted back
 
 
-def test_validate_and_dedupe_sorting_only_the_keys_equals_the_wide_newest_first_path_row_for_row():
+def test_validate_and_dedupe_sorting_only_the_keys_equals_the_wide_snapshot_path_row_for_row():
     """`validate_and_dedupe` sorts the keys alone and flags the rows where they are; `dedupe` of
-    `newest_first` (what the snapshot stores) moves whole rows: the same frames, in the same order."""
+    the snapshot's rows (`profile_snapshot_rows`) moves whole rows: the same frames, in the same order."""
     raw = tricky_profiles()
-    wide = extract.dedupe(extract.newest_first(raw, REGIONS))
+    wide = extract.dedupe(extract.profile_snapshot_rows(raw, REGIONS))
     narrow = validate_and_dedupe(raw, REGIONS)
     assert same_rows(narrow, wide)
     assert narrow.extracted_rows == wide.extracted_rows == raw.height
     assert set(narrow.quarantine["reason"]) > {extract.DUPLICATE_SUPERSEDED, extract.UNKNOWN_TIMEZONE}
     assert narrow.candidates["marketing_opt_out"].any() and not narrow.candidates["marketing_opt_out"].all()
     # And an event read from the snapshot gives the rows of the event's own extraction.
-    snapshot = extract.newest_first(raw, REGIONS).collect()
+    snapshot = extract.profile_snapshot_rows(raw, REGIONS)
     for topics in (["devops"], ["ai", "a"]):
         own = validate_and_dedupe(raw.filter(extract.event_match(topics)), REGIONS)
         shared = extract.event_extract(snapshot, topics)
@@ -248,7 +247,7 @@ def test_an_event_read_from_the_snapshot_keeps_an_older_row_that_matches_the_eve
         {"customer_id": "A", "updated_at": datetime(2026, 1, 1), "interest_tags": "devops", "email": "old"},
         {"customer_id": "A", "updated_at": datetime(2026, 3, 1), "interest_tags": "security", "email": "new"},
     ).with_columns(event_attendance_history=pl.lit(0, pl.Int32))
-    snapshot = extract.newest_first(raw, REGIONS).collect()
+    snapshot = extract.profile_snapshot_rows(raw, REGIONS)
     assert extract.event_extract(snapshot, ["devops"]).candidates["email"].to_list() == ["old"]
     assert extract.event_extract(snapshot, ["security"]).candidates["email"].to_list() == ["new"]
     assert extract.event_extract(snapshot, ["ai"]).candidates.height == 0
@@ -263,7 +262,7 @@ def test_the_snapshot_path_gives_each_event_what_its_own_extraction_gives(small_
     topics_by_event = dict(zip(events["event_id"], events["topics"].to_list(), strict=True))
     chosen = [*summary.upcoming_event_ids, next(iter(topics_by_event))]  # and a past event
     union = sorted({topic for event_id in chosen for topic in topics_by_event[event_id]})
-    snapshot = extract.newest_first(warehouse.extract_candidates(union), REGIONS).collect()
+    snapshot = extract.profile_snapshot_rows(warehouse.extract_candidates(union), REGIONS)
     by_row = ["email", "updated_at", "engagement_score", "interest_tags", "customer_id"]
     for event_id in chosen:
         topics = topics_by_event[event_id]
@@ -295,7 +294,7 @@ def test_the_few_valued_columns_are_categoricals_only_inside_the_extraction():
     raw = tricky_profiles()
     inside = extract.with_reason(raw, REGIONS).collect_schema()
     assert all(inside[name] == pl.Categorical for name in extract.FEW_VALUES)
-    snapshot = extract.newest_first(raw, REGIONS).collect()
+    snapshot = extract.profile_snapshot_rows(raw, REGIONS)
     for result in (validate_and_dedupe(raw, REGIONS), extract.event_extract(snapshot, ["devops"])):
         assert dict(result.candidates.schema) == CANDIDATE_SCHEMA
         assert dict(result.quarantine.schema) == {**raw.schema, "reason": pl.String()}
@@ -307,24 +306,21 @@ def test_the_few_valued_columns_are_categoricals_only_inside_the_extraction():
 
 
 def test_the_extraction_calls_no_deprecated_polars_api():
-    """Polars warns of a deprecation while a query runs, from its engine, where pytest's filters
-    cannot make it an error (it is printed, not raised); recorded here, so a deprecated call in the
-    extraction (`is_in` with a bare Series, ambiguous since polars 2.1) fails before a release
-    changes what it means."""
+    """No deprecated polars call in the extraction (`is_in` with a bare Series, ambiguous since
+    polars 2.1, was one): it fails here before a release changes what it means."""
     raw = tricky_profiles()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with no_deprecation_warnings():
         validate_and_dedupe(raw, REGIONS)
         snapshot = extract.profile_snapshot_rows(raw, REGIONS)
         extract.event_extract(snapshot, ["devops"])
-    assert [str(warning.message) for warning in caught if issubclass(warning.category, DeprecationWarning)] == []
 
 
 def test_the_snapshot_lets_the_extract_go_before_its_sort_copies_every_row(monkeypatch):
     """Passed its frame on, `profile_snapshot_rows` holds the extract only while validating: the
     sort (which copies every row) runs without it, the snapshot run's memory peak ~120-180 MB
-    lower at 3M profiles. The rows and each customer's order are those of `newest_first`."""
-    expected = extract.newest_first(tricky_profiles(), REGIONS).collect()
+    lower at 3M profiles. The rows and each customer's order are those of sorting the validated
+    extract in one plan."""
+    expected = extract.sorted_newest_first(extract.with_reason(tricky_profiles(), REGIONS)).collect()  # one plan
     passed_on: list[weakref.ref[pl.DataFrame]] = []
     extract_alive_at_sort: list[bool] = []
     sort = extract.sorted_newest_first

@@ -4,7 +4,6 @@ suppression decisions, campaign counts and the circuit breaker."""
 from __future__ import annotations
 
 import json
-import warnings
 from datetime import datetime, timedelta
 from email.message import EmailMessage, Message
 from email.mime.message import MIMEMessage
@@ -17,6 +16,7 @@ import pytest
 
 from eventreach_assets.domain import feedback as fb
 from eventreach_assets.program.config import DeliverabilityConfig
+from eventreach_assets_tests.frames import no_deprecation_warnings
 
 NOW = datetime(2026, 12, 1, 12, 0)
 POLICY = DeliverabilityConfig()
@@ -241,10 +241,8 @@ def test_campaign_counts_and_outcomes_count_each_message_once():
         + reports("Complaint", range(0, 1)) + reports("Bounce", range(7, 8), bounce_type="Transient"),
         NOW + timedelta(days=1),
     ).accepted  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:  # polars' deprecations are printed, not raised
-        warnings.simplefilter("always")
+    with no_deprecation_warnings():
         counts = fb.campaign_counts(sent, feedback)
-    assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
     assert counts.row(0, named=True) == {
         "event_id": "evt-1", "channel": "email", "sent": 10, "delivered": 8, "bounced": 2, "soft_bounced": 1,
         "complained": 1, "rejected": 0,

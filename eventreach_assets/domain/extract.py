@@ -148,12 +148,6 @@ def sorted_newest_first(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def newest_first(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> pl.LazyFrame:
-    """Every extracted row with its quarantine `reason` and its place in the extraction (`_row`),
-    newest first by the dedupe rule: the one expensive step, and all a weekly snapshot stores."""
-    return sorted_newest_first(with_reason(raw, known_regions))
-
-
 def newest_flags(ordered: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """`ordered` (newest first) with `_newest`: the customer's newest valid row; and the customers
     whose newest row of all is quarantined and opts out.
@@ -177,8 +171,8 @@ def newest_flags(ordered: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
 
 
 def dedupe(ordered: pl.DataFrame | pl.LazyFrame) -> ExtractResult:
-    """One candidate per customer and a quarantine with reasons, from `newest_first` rows (or any
-    filter of them): no sort at all here, only a hash of customer ids.
+    """One candidate per customer and a quarantine with reasons, from snapshot rows
+    (`profile_snapshot_rows`, or any filter of them): no sort at all here, only a hash of customer ids.
 
     Candidates and quarantined rows come back in the order they are given (newest first), the
     same rows `validate_and_dedupe` gives in the warehouse's order. Putting them back in the
@@ -215,27 +209,29 @@ def _results(newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.Data
 
 
 def profile_snapshot_rows(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> pl.DataFrame:
-    """The week's snapshot: the rows of `newest_first`, collected in memory (polars' default
-    streaming engine runs this sort two to three times slower).
+    """The week's snapshot, all it stores: every extracted row with its quarantine `reason` and its
+    place in the extraction (`_row`), newest first by the dedupe rule (the one expensive step),
+    collected in memory (polars' default streaming engine runs this sort two to three times slower).
 
     The validated rows are collected before the sort and `raw` let go, so a caller that passes the
     warehouse's frame on (as to `validate_and_dedupe`) has its text columns replaced by categoricals
     freed before the sort copies every row: at 3M profiles the snapshot run's peak 120-180 MB lower,
-    in the same time, the same rows (sorting `newest_first(raw)` kept the extract alive throughout)."""
+    in the same time, the same rows (sorting `with_reason(raw)` in one plan kept the extract alive
+    throughout)."""
     validated = with_reason(raw, known_regions).collect(engine="in-memory")
     del raw  # the last reference when the caller passed its frame on
     return sorted_newest_first(validated.lazy()).collect(engine="in-memory")
 
 
 def event_extract(snapshot: pl.DataFrame | pl.LazyFrame, topics: list[str]) -> ExtractResult:
-    """An event's candidates and quarantine from the week's snapshot (`newest_first` rows): the
+    """An event's candidates and quarantine from the week's snapshot (`profile_snapshot_rows`): the
     rows the event's own extraction would have selected, deduplicated as that extraction is."""
     return dedupe(snapshot.lazy().filter(event_match(topics)))
 
 
 def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> ExtractResult:
     """Split extracted rows into one candidate per customer and a quarantine with reasons: the
-    rows of `dedupe(newest_first(raw))`, without moving the wide rows.
+    rows of `dedupe(profile_snapshot_rows(raw))`, without moving the wide rows.
 
     Only the dedupe keys, ids, reasons and opt-outs are sorted newest first; the flags they give
     come back in the warehouse's order (a sort of row numbers) and select the rows where they are.
