@@ -8,6 +8,7 @@ store has (transactions, connections, query plans, an eager purge). DynamoDB-onl
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,13 +108,23 @@ def raw(store: SqliteCandidateStore, sql: str, params: tuple = ()) -> list[tuple
         return conn.execute(sql, params).fetchall()
 
 
+# The SQLite store's rows as items with DynamoDB's keys: a row's item per channel.
+SQLITE_ITEMS_SQL = """
+    SELECT r.*, c.value AS channel, 'EVENT#' || r.event_id || '#CHANNEL#' || c.value AS sk,
+        'PROGRAM#' || r.program_id || '#CHANNEL#' || c.value || '#EVENT#' || r.event_id AS gsi1pk,
+        r.gsi2sk || '#' || c.value AS item_gsi2sk
+    FROM candidate_rows AS r, json_each(r.channels) AS c
+"""
+
+
 def stored_items(store: CandidateStoreResource) -> pl.DataFrame:
     """Every stored item with its keys, expired ones included (tests only: the DynamoDB side scans)."""
     if isinstance(store, SqliteCandidateStore):
         with sqlite3.connect(store.path) as conn:
-            cursor = conn.execute("SELECT * FROM candidate_items")
+            cursor = conn.execute(SQLITE_ITEMS_SQL)
             names = [column[0] for column in cursor.description]
-            return pl.DataFrame(cursor.fetchall(), schema=names, orient="row", infer_schema_length=None)
+            rows = pl.DataFrame(cursor.fetchall(), schema=names, orient="row", infer_schema_length=None)
+        return rows.drop("channels", "gsi2sk").rename({"item_gsi2sk": "gsi2sk"})
     assert isinstance(store, DynamoDBCandidateStore)
     pages = store.dynamodb_client().get_paginator("scan").paginate(TableName=store.table_name)
     rows = [
@@ -145,10 +156,21 @@ def test_item_keys_and_ttl_follow_the_table_design():
 
 
 @sqlite_only
-def test_stored_rows_carry_the_keys(store):
+def test_a_stored_row_holds_a_customers_channels_and_each_item_has_the_tables_keys(store):
     replace(store, {"c01": 0.91})
-    rows = raw(store, "SELECT pk, sk, gsi1pk, gsi2pk, gsi2sk, expires_at FROM candidate_items ORDER BY sk")
-    assert rows == [
+    expires = int(NOW.timestamp()) + 14 * 86400
+    assert raw(store, "SELECT pk, event_id, channels, gsi2pk, gsi2sk, expires_at FROM candidate_rows") == [
+        (
+            "CUSTOMER#c01#PROGRAM#event-invitations",
+            "evt-2025-01",
+            '["email","in-app"]',
+            "PROGRAM#event-invitations#EVENT#evt-2025-01",
+            "candidate#2025-01-06#c01",
+            expires,
+        )
+    ]
+    items = stored_items(store).sort("sk").select("pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk", "expires_at")
+    assert items.rows() == [
         (
             "CUSTOMER#c01#PROGRAM#event-invitations",
             "EVENT#evt-2025-01#CHANNEL#email",
@@ -310,8 +332,8 @@ def test_exported_items_are_the_event_items_without_pii_whatever_changed_since_t
 def test_an_item_without_stored_served_json_fails_the_export_read_rather_than_vanishing(store):
     replace(store, SCORES)
     with sqlite3.connect(store.path) as conn:
-        conn.execute("UPDATE candidate_items SET item_json = NULL WHERE customer_id = 'c02' AND channel = 'email'")
-    with pytest.raises(RuntimeError, match="16 live items but 15 stored served JSON texts"):
+        conn.execute("UPDATE candidate_rows SET item_json = NULL WHERE customer_id = 'c02'")
+    with pytest.raises(RuntimeError, match="16 live items but 14 stored served JSON texts"):
         store.exported_items(PROGRAM, EVENT, now=NOW)
 
 
@@ -348,10 +370,12 @@ def test_replace_rolls_back_when_a_write_fails(store, monkeypatch):
     replace(store, SCORES)
     before = store.event_items(PROGRAM, EVENT, now=NOW)
 
-    def broken(items: pl.DataFrame) -> pl.DataFrame:
-        return items.with_columns(score=pl.lit(None, dtype=pl.Float64))  # NOT NULL violation mid-write
+    rows_of_items = SqliteCandidateStore._rows_of_items
 
-    monkeypatch.setattr(SqliteCandidateStore, "_to_storage", staticmethod(broken))
+    def broken(items: pl.DataFrame) -> pl.DataFrame:
+        return rows_of_items(items).with_columns(score=pl.lit(None, dtype=pl.Float64))  # NOT NULL violation mid-write
+
+    monkeypatch.setattr(SqliteCandidateStore, "_rows_of_items", staticmethod(broken))
     with pytest.raises(sqlite3.IntegrityError):
         replace(store, {"c50": 0.5})
     assert_frame_equal(store.event_items(PROGRAM, EVENT, now=NOW), before)
@@ -447,14 +471,14 @@ def test_connections_are_reused_and_closed(store):
 def test_an_events_items_and_its_score_cache_are_committed_without_waiting_for_the_checkpoint(store, held_checkpoints):
     """Both bulk writes leave the copy into the database file (and its disk syncs) to a
     background thread: right after them the file holds none of their pages, every read sees them."""
-    scores = {f"c{i:05d}": (i % 97) / 97 for i in range(4_000)}  # 8,000 items: ~9 MB of pages
+    scores = {f"c{i:05d}": (i % 97) / 97 for i in range(8_000)}  # 8,000 rows of two items: ~10 MB of pages
     file_bytes = Path(store.path)
     replace(store, scores, batch=500)
     probabilities = pl.DataFrame({"customer_id": list(scores), "probability": 0.5})
-    store.put_cached_scores(EVENT, "m1", "v1", probabilities, NOW, TTL)  # after 2,200 pages of WAL: past 1,000
+    store.put_cached_scores(EVENT, "m1", "v1", probabilities, NOW, TTL)  # after 2,500 pages of WAL: past 1,000
     assert file_bytes.stat().st_size < 1_000_000
-    assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 8_000
-    assert store.get_cached_scores(EVENT, "m1", "v1", pl.Series(list(scores)), NOW).height == 4_000
+    assert store.count_event_items(PROGRAM, EVENT, now=NOW) == 16_000
+    assert store.get_cached_scores(EVENT, "m1", "v1", pl.Series(list(scores)), NOW).height == 8_000
 
     held_checkpoints.set()
     wait_for_checkpoints()
@@ -467,7 +491,7 @@ def test_a_deleted_database_file_is_recreated_not_written_into_the_void(store):
     for suffix in ("", "-wal", "-shm"):
         Path(store.path + suffix).unlink(missing_ok=True)
     replace(store, {"c01": 0.5})
-    assert raw(store, "SELECT count(*) FROM candidate_items") == [(2,)]
+    assert raw(store, "SELECT count(*) FROM candidate_rows") == [(1,)]
 
 
 def test_two_store_instances_write_the_same_store(store):
@@ -567,7 +591,7 @@ def test_expired_items_are_hidden_then_purged(store):
     assert stored_items(store).height == 18  # hidden, not yet deleted
     if isinstance(store, SqliteCandidateStore):
         assert store.purge_expired(at_expiry) == 16
-        assert raw(store, "SELECT count(*) FROM candidate_items") == [(2,)]
+        assert raw(store, "SELECT count(*) FROM candidate_rows") == [(1,)]
     # DynamoDB: TTL deletes by itself; the call is a no-op (see candidate_store/dynamodb.py's docstring)
     assert store.purge_expired(at_expiry) == 0
 
@@ -605,26 +629,32 @@ def test_every_read_access_pattern_is_served_by_an_index(store):
     replace(store, SCORES)
     plans = store.query_plans()
     expected_index = {
-        "top_candidates_for_channel": "candidate_items_gsi1 (gsi1pk=? AND score>?)",
-        "top_candidates_for_channel/next_page": "candidate_items_gsi1 (gsi1pk=?",
-        "registered_candidates": "candidate_items_gsi2 (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
+        # a channel's top-N: the event's rows by score (each row's channels looked at, not a table)
+        "top_candidates_for_channel": "candidate_rows_by_score (gsi2pk=? AND score>?)",
+        "top_candidates_for_channel/next_page": "candidate_rows_by_score (gsi2pk=?",
+        "registered_candidates": "candidate_rows_registered (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
         # the Serving API's page: the partial covering index, no row lookups
-        "registered_customers_page": "COVERING INDEX candidate_items_registered (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
-        "served_customer_items": "sqlite_autoindex_candidate_items_1 (pk=?)",
-        "candidates_for_customer": "sqlite_autoindex_candidate_items_1 (pk=?)",
-        "event_items": "candidate_items_gsi2 (gsi2pk=?)",
-        # the batch checks' read: GSI2 alone while no written TTL has passed
-        "event_item_keys": "COVERING INDEX candidate_items_gsi2 (gsi2pk=?)",
-        "event_item_keys/some_ttl_passed": "candidate_items_gsi2 (gsi2pk=?)",
-        # the export's pages: each starts after the last one's key
-        "exported_items_page": "candidate_items_gsi2 (gsi2pk=? AND gsi2sk>?)",
+        "registered_customers_page": "COVERING INDEX candidate_rows_registered (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
+        "served_customer_items": "sqlite_autoindex_candidate_rows_1 (pk=? AND event_id>?)",
+        "candidates_for_customer": "sqlite_autoindex_candidate_rows_1 (pk=?)",
+        "event_items": "(gsi2pk=?)",
+        # the batch checks' reads: GSI2 alone while no written TTL has passed
+        "event_item_keys": "COVERING INDEX candidate_rows_gsi2 (gsi2pk=?)",
+        "event_item_keys/some_ttl_passed": "(gsi2pk=?)",
+        "count_event_items": "COVERING INDEX candidate_rows_gsi2 (gsi2pk=?)",
+        # the export's pages: each starts after the last one's key, its end found on the index alone
+        "exported_items_page_end": "COVERING INDEX candidate_rows_gsi2 (gsi2pk=? AND gsi2sk>?)",
+        "exported_items_page": "candidate_rows_gsi2 (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
         "get_cached_scores": "sqlite_autoindex_score_cache_1 (pk=? AND sk=?)",
     }
     assert set(plans) == set(expected_index)
     for name, index in expected_index.items():
         assert index in plans[name], (name, plans[name])
-        assert "SCAN candidate_items" not in plans[name] and "SCAN c " not in plans[name], (name, plans[name])
-    # the index order is the result order: no sort step for top-N
+        assert "SCAN candidate_rows" not in plans[name] and "SCAN r " not in plans[name], (name, plans[name])
+        # the only scans: a row's own channels (json_each), and the cache read's list of ids
+        scans = [step for step in plans[name].split(" | ") if step.startswith("SCAN")]
+        assert all("VIRTUAL TABLE" in step for step in scans), (name, plans[name])
+    # the index order is the result order: no sort step for top-N or the export
     assert "TEMP B-TREE" not in plans["top_candidates_for_channel"]
     assert "TEMP B-TREE" not in plans["top_candidates_for_channel/next_page"]
     assert "TEMP B-TREE" not in plans["exported_items_page"]
@@ -780,15 +810,136 @@ def test_registered_customers_are_paged_by_the_index_one_row_per_customer(store)
         store.registered_customers_page(PROGRAM, EVENT, 2, "candidate#2025-01-06#c01#email", NOW)
 
 
-@sqlite_only
-def test_a_store_file_from_before_served_json_gets_it_when_opened(store, tmp_path):
+def drop_a_channel_with_registered_customers(store: CandidateStoreResource) -> tuple[datetime, WriteSummary]:
+    """Email and in-app, c02 and c05 registered, then a batch on email only without c05: c02's
+    email item is rewritten (registration carried over), its in-app item and both of c05's are
+    kept for reminders with their own attributes (registered items absent from the new set)."""
     replace(store, SCORES)
-    store.mark_registered(PROGRAM, EVENT, "c02", NOW, "email")
-    expected = store.served_top_candidates(PROGRAM, EVENT, "email", 0.0, 10, False, None, NOW).items
+    registered_at = NOW + timedelta(hours=1)
+    store.mark_registered(PROGRAM, EVENT, "c02", registered_at, "in-app")
+    store.mark_registered(PROGRAM, EVENT, "c05", registered_at, "email")
+    later = NOW + timedelta(days=7)
+    summary = replace(
+        store, {k: v for k, v in SCORES.items() if k != "c05"} | {"c02": 0.42}, now=later, channels=["email"]
+    )
+    replace(store, {"c01": 0.4, "c02": 0.3}, event=OTHER_EVENT)
+    return later, summary
+
+
+def test_a_channel_dropped_from_the_program_keeps_the_registered_items_of_it(store):
+    later, summary = drop_a_channel_with_registered_customers(store)
+    registered_at = NOW + timedelta(hours=1)
+    assert (summary.items_written, summary.items_deleted) == (7, 6)  # the others' in-app items go
+    assert (summary.registered_preserved, summary.registered_retained) == (1, 3)
+    c02 = store.candidates_for_customer(PROGRAM, "c02", now=later)
+    assert c02.select(
+        "event_id", "channel", "score", "status", "status_at", "registered_channel", "batch_date"
+    ).rows() == [
+        (EVENT, "email", 0.42, "registered", registered_at, "in-app", later.date()),
+        (EVENT, "in-app", 0.85, "registered", registered_at, "in-app", NOW.date()),  # its own, kept
+        (OTHER_EVENT, "email", 0.3, "candidate", NOW, None, NOW.date()),
+        (OTHER_EVENT, "in-app", 0.3, "candidate", NOW, None, NOW.date()),
+    ]
+    assert set(c02.filter(pl.col("event_id") == EVENT)["expires_at"]) == {ci.expires_at(later, TTL)}  # raised
+    top = store.top_candidates_for_channel(PROGRAM, EVENT, "in-app", 0.0, 10, exclude_registered=False, now=later)
+    assert top.items.select("customer_id", "score").rows() == [("c02", 0.85), ("c05", 0.66)]
+    email = store.top_candidates_for_channel(PROGRAM, EVENT, "email", 0.0, 10, now=later)
+    assert email.items["customer_id"].to_list() == ["c01", "c03", "c04", "c06", "c07", "c08"]
+    customers, more = store.registered_customers_page(PROGRAM, EVENT, 10, None, later)
+    assert [(c.customer_id, c.score, c.channel) for c in customers] == [("c02", 0.85, "in-app"), ("c05", 0.66, "email")]
+    assert not more
+    assert store.count_event_items(PROGRAM, EVENT, now=later) == 10
+    keys = store.event_item_keys(PROGRAM, EVENT, now=later)
+    assert keys.filter(pl.col("channel") == "in-app")["customer_id"].to_list() == ["c02", "c05"]
+    page = store.served_customer_items(PROGRAM, "c02", EVENT, 1, None, later)
+    assert json.loads(page.items[0])["channel"] == "email" and page.next_position == [EVENT, "email"]
+    rest = store.served_customer_items(PROGRAM, "c02", EVENT, 1, ("evt-2025-01", "email"), later)
+    assert [json.loads(text)["score"] for text in rest.items] == [0.85] and rest.next_position is None
+    assert_frame_equal(
+        store.exported_items(PROGRAM, EVENT, now=later), ci.export_frame(store.event_items(PROGRAM, EVENT, now=later))
+    )
+    # Both channels again: c02 one customer again, registered, every item the new batch's.
+    final = later + timedelta(days=1)
+    replace(store, {"c02": 0.6, "c05": 0.7}, now=final)
+    items = store.event_items(PROGRAM, EVENT, now=final)
+    assert items.select("customer_id", "channel", "score", "status").rows() == [
+        ("c02", "email", 0.6, "registered"),
+        ("c02", "in-app", 0.6, "registered"),
+        ("c05", "email", 0.7, "registered"),
+        ("c05", "in-app", 0.7, "registered"),
+    ]
+
+
+@sqlite_only
+def test_the_sqlite_store_keeps_a_row_per_customer_and_event_and_one_per_differing_group(store):
+    """What halves the local write: a customer's items of an event are one row, unless they differ."""
+    replace(store, SCORES)
+    assert raw(store, "SELECT count(*), min(channels), max(channels) FROM candidate_rows") == [
+        (len(SCORES), '["email","in-app"]', '["email","in-app"]')
+    ]
+    drop_a_channel_with_registered_customers(store)
+    sql = "SELECT channels, score, status FROM candidate_rows WHERE customer_id = ? AND event_id = ? ORDER BY channels"
+    assert raw(store, sql, ("c02", EVENT)) == [('["email"]', 0.42, "registered"), ('["in-app"]', 0.85, "registered")]
+    assert raw(store, sql, ("c05", EVENT)) == [('["email","in-app"]', 0.66, "registered")]
+    assert raw(store, sql, ("c01", EVENT)) == [('["email"]', 0.91, "candidate")]
+
+
+# The table of releases before rows (one row per item), as they created it.
+LEGACY_ITEMS_DDL = f"""
+CREATE TABLE candidate_items (
+    pk TEXT NOT NULL, sk TEXT NOT NULL, gsi1pk TEXT NOT NULL, gsi2pk TEXT NOT NULL, gsi2sk TEXT NOT NULL,
+    customer_id TEXT NOT NULL, program_id TEXT NOT NULL, event_id TEXT NOT NULL, channel TEXT NOT NULL,
+    score REAL NOT NULL, score_band TEXT, status TEXT NOT NULL, status_at TEXT NOT NULL, registered_channel TEXT,
+    batch_date TEXT NOT NULL, written_at TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    {", ".join(f"{name} TEXT" for name in ci.EXTRA_ATTRIBUTES)},
+    p_event_attendance_v3 REAL, p_interest_affinity_v2 REAL,
+    PRIMARY KEY (pk, sk)
+);
+CREATE INDEX candidate_items_gsi1 ON candidate_items (gsi1pk, score DESC, customer_id);
+CREATE INDEX candidate_items_gsi2 ON candidate_items (gsi2pk, gsi2sk);
+"""
+
+
+def every_read(store: SqliteCandidateStore, now: datetime) -> dict[str, object]:
+    """What every read of the store answers (the scenario's events, customers and channels)."""
+    return {
+        "items": [store.event_items(PROGRAM, event, now=now) for event in (EVENT, OTHER_EVENT)],
+        "exported": store.exported_items(PROGRAM, EVENT, now=now),
+        "keys": store.event_item_keys(PROGRAM, EVENT, now=now),
+        "tops": [
+            store.served_top_candidates(PROGRAM, EVENT, channel, 0.0, 3, False, None, now).items for channel in CHANNELS
+        ],
+        "registered": store.registered_customers_page(PROGRAM, EVENT, 10, None, now),
+        "customer": store.served_customer_items(PROGRAM, "c02", None, 10, None, now).items,
+        "expiry": store.next_expiry(ci.epoch_seconds(now)),
+    }
+
+
+@sqlite_only
+@pytest.mark.parametrize("with_served_json", [True, False])
+def test_a_store_file_of_one_row_per_item_is_rebuilt_into_rows_when_opened(store, with_served_json):
+    """A file as releases before rows wrote it (and, older, without the served JSON): its items
+    become rows when opened, registrations, TTLs and a retained item's own attributes kept."""
+    later, _ = drop_a_channel_with_registered_customers(store)
+    expected = every_read(store, later)
+    items = stored_items(store)
     store.close()
-    with sqlite3.connect(store.path) as conn:  # the file as the previous release wrote it
-        conn.execute("DROP INDEX candidate_items_registered")
-        conn.execute("ALTER TABLE candidate_items DROP COLUMN item_json")
+    with sqlite3.connect(store.path) as conn:  # the same items, as the previous layout held them
+        conn.executescript(LEGACY_ITEMS_DDL + "DROP TABLE candidate_rows; DROP TABLE candidate_item_expiries;")
+        if with_served_json:
+            conn.execute("ALTER TABLE candidate_items ADD COLUMN item_json TEXT")
+        legacy = items.select([name for name in items.columns if name != "item_json"])
+        columns = ", ".join(legacy.columns)
+        conn.executemany(
+            f"INSERT INTO candidate_items ({columns}) VALUES ({', '.join('?' * legacy.width)})", legacy.rows()
+        )
     reopened = SqliteCandidateStore(path=store.path)
-    assert reopened.served_top_candidates(PROGRAM, EVENT, "email", 0.0, 10, False, None, NOW).items == expected
+    actual = every_read(reopened, later)
+    for name in ("tops", "registered", "customer", "expiry"):
+        assert actual[name] == expected[name], name
+    for got, want in zip([*actual["items"], actual["exported"], actual["keys"]],
+                         [*expected["items"], expected["exported"], expected["keys"]], strict=True):  # fmt: skip
+        assert_frame_equal(got, want)
+    assert raw(reopened, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'candidate_items%'") == [(0,)]
+    assert raw(reopened, "SELECT count(*) FROM candidate_rows WHERE customer_id = 'c02'") == [(3,)]
     reopened.close()

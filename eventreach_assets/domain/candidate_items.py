@@ -1,7 +1,8 @@
 """Items of the candidates table: keys, attributes, TTL, and what a replace must change.
 
 One item per customer x event x invitation channel, shaped for DynamoDB (the SQLite store
-mirrors it column for column) so every access pattern of the use case is a key query:
+holds the same items a row per customer x event, and derives these keys) so every access pattern
+of the use case is a key query:
 
     PK     = CUSTOMER#{customer_id}#PROGRAM#{program_id}          one customer's rows
     SK     = EVENT#{event_id}#CHANNEL#{channel}

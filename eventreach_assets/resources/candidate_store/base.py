@@ -203,6 +203,8 @@ class TopQuery:
     customer_id) order, strictly after `after` (a score, customer_id position), at most `limit`."""
 
     gsi1pk: str
+    gsi2pk: str  # the event, and the channel: how a store without GSI1 finds the same range
+    channel: str
     min_score: float
     exclude_registered: bool
     after: tuple[float, str] | None
@@ -227,7 +229,9 @@ def _top_query(
     query_key = f"{gsi1pk}|{float(min_score)!r}|{exclude_registered}"
     after = decode_cursor(cursor, query_key) if cursor is not None else None
     now_epoch = ci.epoch_seconds(resolve_now(now))
-    return TopQuery(gsi1pk, float(min_score), exclude_registered, after, now_epoch, limit), query_key
+    gsi2pk = ci.gsi2_pk(program_id, event_id)
+    query = TopQuery(gsi1pk, gsi2pk, channel, float(min_score), exclude_registered, after, now_epoch, limit)
+    return query, query_key
 
 
 def cache_entries(

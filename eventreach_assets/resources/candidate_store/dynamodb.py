@@ -33,7 +33,7 @@ batches, one round trip each); raise both together. Choose the count with the ta
 it later from 2 or more is safe (reads also query every old shard key; items move on their
 event's next run, kept registrations are re-keyed), but lowering it, or raising it from 1,
 leaves items under keys no read queries until their TTL ends. With `gsi_shards=1` the keys are
-exactly those of `domain/candidate_items.py`, column for column with the SQLite store.
+exactly those of `domain/candidate_items.py` (the SQLite store derives the same keys from its rows).
 
 **Equal scores.** DynamoDB returns items with equal GSI1 sort keys in no defined order, while the
 contract is score desc, then customer_id. A page therefore reads past its limit to the end of
