@@ -137,22 +137,22 @@ _CACHE_GET_SQL = f"""
 
 # The export reads an event's live rows a page at a time in GSI2 order, each page all rows up to
 # a GSI2 sort key (`_EXPORT_PAGE_END_SQL`: the key `:limit` rows on, so two rows of one customer
-# sharing a key stay in one page) after the previous page's, as their items' served JSON, one line
-# each (served JSON escapes newlines inside strings, so a line is an item). Each row is read once,
-# where OFFSET would read every earlier page's rows again.
+# sharing a key stay in one page) after the previous page's, each row as its served JSON with the
+# row's channel list for the channel, one line each (served JSON escapes newlines inside strings,
+# so a line is a row). Each row is read once, where OFFSET would read every earlier page's rows again.
 _EXPORT_PAGE_END_SQL = f"""
     SELECT gsi2sk FROM {_ROWS} WHERE gsi2pk = :pk AND gsi2sk > :after ORDER BY gsi2sk LIMIT 1 OFFSET :offset
 """
 _EXPORT_PAGE_SQL = f"""
-    SELECT group_concat({_ITEM_JSON_SQL}, char(10)) FROM {_ITEMS_FROM}
-    WHERE r.gsi2pk = :pk AND r.gsi2sk > :after{{end}} AND r.expires_at > :now
+    SELECT group_concat(replace(r.{ITEM_JSON}, '"channel":""', '"channel":' || r.channels), char(10))
+    FROM {_ROWS} AS r WHERE r.gsi2pk = :pk AND r.gsi2sk > :after{{end}} AND r.expires_at > :now
 """
 _EXPORT_PAGE_UP_TO = " AND r.gsi2sk <= :end"
 # The GSI2 sort keys of an event's items; `live` is `_live_filter`'s condition.
 _SORT_KEYS_SQL = f"SELECT {_ITEM_GSI2SK_SQL} FROM {_ITEMS_FROM} WHERE r.gsi2pk = :pk{{live}}"
 _COUNT_SQL = f"SELECT coalesce(sum(json_array_length(r.channels)), 0) FROM {_ROWS} AS r WHERE r.gsi2pk = :pk{{live}}"
 _LIVE = " AND r.expires_at > :now"
-_EXPORT_READ_ROWS = 50_000  # rows (~100,000 items, ~55 MB of text) a page, far below SQLite's 1 GB limit on one value
+_EXPORT_READ_ROWS = 50_000  # rows (~100,000 items, ~28 MB of text) a page, far below SQLite's 1 GB limit on one value
 _CACHE_WRITE_ROWS = 10_000  # rows per executemany of a score cache write (one transaction whatever the number)
 
 
@@ -585,11 +585,12 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             return self._read_items(conn, "r.gsi2pk = :pk AND r.expires_at > :now", {"pk": gsi2pk, "now": now_epoch})
 
     def _exported_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
-        """The stored served JSON of each item, which holds exactly the exported attributes (both
-        leave PII out): one text per item instead of 19 values, the texts joined by SQLite into
-        one per page of `_EXPORT_READ_ROWS` rows (one read transaction: the pages see the same
-        items), each page decoded as it comes (~55 MB of text a page; all pages' text joined and
-        copied at once made the export the bare batch's memory peak)."""
+        """The stored served JSON of each row, which holds exactly the exported attributes (both
+        leave PII out): one text per row instead of 19 values an item, its channel the row's
+        channel list (an item per channel when decoded), the texts joined by SQLite into one per
+        page of `_EXPORT_READ_ROWS` rows (one read transaction: the pages see the same items),
+        each page decoded as it comes (~28 MB of text a page; all pages' text joined and copied
+        at once made the export the bare batch's memory peak)."""
         pages: list[pl.DataFrame] = []
         params = {"pk": gsi2pk, "now": now_epoch, "offset": _EXPORT_READ_ROWS - 1, "after": ""}
         with self._read_transaction() as conn:
@@ -601,7 +602,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
                     _EXPORT_PAGE_SQL.format(end=_EXPORT_PAGE_UP_TO if end else ""), params
                 ).fetchone()
                 if text is not None:
-                    pages.append(items_from_served_json(text.encode(), probabilities))
+                    pages.append(items_from_served_json(text.encode(), probabilities, channel_lists=True))
                 if end is None:
                     break
                 params["after"] = end[0]
