@@ -148,53 +148,67 @@ def sorted_newest_first(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def newest_flags(ordered: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def newest_flags(ordered: pl.LazyFrame, selected: pl.Expr | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """`ordered` (newest first) with `_newest`: the customer's newest valid row; and the customers
-    whose newest row of all is quarantined and opts out.
+    whose newest row of all is quarantined and opts out. With `selected` (an event's predicate),
+    only the rows it selects count, the others flagged as neither, so the rows need not be
+    gathered first.
 
     An opt-out must be honoured even when it arrives on a row that is quarantined for some
     other defect (say an unknown timezone): falling back to an older valid row would otherwise
     resurrect a customer who said no. The first row of a customer in newest-first order is
     their newest, found by hashing customer ids, not by sorting them; the first among the valid
-    rows only (the ids of quarantined rows masked) is their newest valid row. A filter keeps the
+    rows only (the ids of other rows masked) is their newest valid row. A filter keeps the
     order, so this works on any subset of a snapshot.
     """
-    valid, customer = pl.col("reason").is_null(), pl.col("customer_id")
+    customer, quarantined = pl.col("customer_id"), pl.col("reason").is_not_null()
+    if selected is None:
+        valid, newest_of_all = ~quarantined, customer.is_first_distinct()
+    else:
+        valid = selected & ~quarantined
+        newest_of_all = selected & pl.when(selected).then(customer).is_first_distinct()
     flagged = ordered.with_columns(
-        _newest_of_all=customer.is_first_distinct(),
-        _newest=valid & pl.when(valid).then(customer).is_first_distinct(),
+        _newest_of_all=newest_of_all, _newest=valid & pl.when(valid).then(customer).is_first_distinct()
     )
-    opted_out = flagged.filter(pl.col("_newest_of_all") & ~valid & pl.col("marketing_opt_out").fill_null(False)).select(
-        "customer_id", _opted_out=pl.lit(True)
-    )
-    return flagged.drop("_newest_of_all"), opted_out
+    opted_out = flagged.filter(pl.col("_newest_of_all") & quarantined & pl.col("marketing_opt_out").fill_null(False))
+    return flagged.drop("_newest_of_all"), opted_out.select("customer_id")
 
 
-def dedupe(ordered: pl.DataFrame | pl.LazyFrame) -> ExtractResult:
+def dedupe(ordered: pl.DataFrame | pl.LazyFrame, selected: pl.Expr | None = None) -> ExtractResult:
     """One candidate per customer and a quarantine with reasons, from snapshot rows
-    (`profile_snapshot_rows`, or any filter of them): no sort at all here, only a hash of customer ids.
+    (`profile_snapshot_rows`, or any filter of them; `selected`: the rows an event's predicate
+    selects, `event_extract`): no sort at all here, only a hash of customer ids.
 
-    Candidates and quarantined rows come back in the order they are given (newest first), the
-    same rows `validate_and_dedupe` gives in the warehouse's order. Putting them back in the
-    warehouse's order (a sort by `_row`) moved every column of 2.5M rows, for an order nothing
-    downstream reads (a warehouse without ORDER BY promises none either): at 3M profiles an event
-    took 3.6-4.5 s with it, 2.9-3.6 s without."""
-    flagged, opted_out = newest_flags(ordered.lazy())
-    flagged = flagged.cache()
-    newest = pl.col("_newest")
-    return _results(flagged.filter(newest).drop("_newest"), flagged.filter(~newest).drop("_newest"), opted_out)
+    The flags are found on the three columns they read and select the wide rows where they are,
+    once for the candidates and once for the quarantine: filtering an event's 2.9M rows out of the
+    3M snapshot first, then its candidates out of those, moved every column twice (an event's
+    `event_extract` 3.0 s, 1.9-2.0 s so; docs/speed.md). Candidates and quarantined rows come back
+    in the order they are given (newest first), the same rows `validate_and_dedupe` gives in the
+    warehouse's order. Putting them back in the warehouse's order (a sort by `_row`) moved every
+    column of 2.5M rows, for an order nothing downstream reads (a warehouse without ORDER BY
+    promises none either): at 3M profiles an event took 3.6-4.5 s with it, 2.9-3.6 s without."""
+    frame = ordered.lazy()
+    keys = frame.select(
+        "customer_id", "reason", "marketing_opt_out", _selected=pl.lit(True) if selected is None else selected
+    )
+    flagged, opted_out = newest_flags(keys, None if selected is None else pl.col("_selected"))
+    flags, opted_out = pl.collect_all([flagged.select("_selected", "_newest"), opted_out], engine="in-memory")
+    newest = flags["_newest"]
+    return _results(frame.filter(newest), frame.filter(flags["_selected"] & ~newest), opted_out)
 
 
-def _results(newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.DataFrame | pl.LazyFrame) -> ExtractResult:
+def _results(newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.DataFrame) -> ExtractResult:
     """The candidate model of the customers' newest valid rows, an opt-out on a quarantined newer
-    row honoured; and every other row with its reason (valid ones were superseded). Lazy inputs,
-    so each result is made in one pass, with no intermediate copy of the rows. Every extracted row
-    is in one of the two, so together they count the extraction."""
+    row honoured (`opted_out`: their ids, a few among millions: looked up, not joined); and every
+    other row with its reason (valid ones were superseded). Lazy inputs, so each result is made
+    in one pass, with no intermediate copy of the rows. Every extracted row is in one of the two,
+    so together they count the extraction."""
+    opted_out_ids = opted_out["customer_id"].implode()
     candidates, quarantine = pl.collect_all(
         [
             to_candidate_model(
-                newest.join(opted_out.lazy(), on="customer_id", how="left", maintain_order="left").with_columns(
-                    pl.col("marketing_opt_out").fill_null(False) | pl.col("_opted_out").fill_null(False)
+                newest.with_columns(
+                    pl.col("marketing_opt_out").fill_null(False) | pl.col("customer_id").is_in(opted_out_ids)
                 )
             ),
             quarantined.with_columns(
@@ -226,7 +240,7 @@ def profile_snapshot_rows(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[
 def event_extract(snapshot: pl.DataFrame | pl.LazyFrame, topics: list[str]) -> ExtractResult:
     """An event's candidates and quarantine from the week's snapshot (`profile_snapshot_rows`): the
     rows the event's own extraction would have selected, deduplicated as that extraction is."""
-    return dedupe(snapshot.lazy().filter(event_match(topics)))
+    return dedupe(snapshot, event_match(topics))
 
 
 def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[str]) -> ExtractResult:
