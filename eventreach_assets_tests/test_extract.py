@@ -253,6 +253,26 @@ def test_an_event_read_from_the_snapshot_keeps_an_older_row_that_matches_the_eve
     assert extract.event_extract(snapshot, ["ai"]).candidates.height == 0
 
 
+def test_an_event_read_from_the_snapshot_honours_only_opt_outs_on_rows_it_selects():
+    """The opt-out on a quarantined newer row counts where the event's own extraction would see
+    that row: A's newer opt-out row matches only `security`, B's matches `devops` too (and neither has a
+    valid row that matches `security`)."""
+    raw = profiles(
+        {"customer_id": "A", "updated_at": datetime(2026, 1, 1), "interest_tags": "devops"},
+        {"customer_id": "A", "updated_at": datetime(2026, 5, 1), "interest_tags": "security",
+         "timezone": "Mars/Olympus", "marketing_opt_out": True},
+        {"customer_id": "B", "updated_at": datetime(2026, 1, 1), "interest_tags": "devops"},
+        {"customer_id": "B", "updated_at": datetime(2026, 5, 1), "interest_tags": "devops,security",
+         "timezone": "Mars/Olympus", "marketing_opt_out": True},
+    ).with_columns(event_attendance_history=pl.lit(0, pl.Int32))  # fmt: skip
+    snapshot = extract.profile_snapshot_rows(raw, REGIONS)
+    for topics, opted_out in ((["devops"], {"A": False, "B": True}), (["security"], {})):
+        own = validate_and_dedupe(raw.filter(extract.event_match(topics)), REGIONS)
+        shared = extract.event_extract(snapshot, topics)
+        assert same_rows(shared, own), topics
+        assert dict(shared.candidates.select("customer_id", "marketing_opt_out").iter_rows()) == opted_out, topics
+
+
 def test_the_snapshot_path_gives_each_event_what_its_own_extraction_gives(small_warehouse):
     """On the generated warehouse: one snapshot over the union of the events' topics, then each
     event read from it, equals each event extracted, validated and deduplicated on its own."""

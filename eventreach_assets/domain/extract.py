@@ -191,7 +191,7 @@ def dedupe(ordered: pl.DataFrame | pl.LazyFrame, selected: pl.Expr | None = None
     keys = frame.select(
         "customer_id", "reason", "marketing_opt_out", _selected=pl.lit(True) if selected is None else selected
     )
-    flagged, opted_out = newest_flags(keys, None if selected is None else pl.col("_selected"))
+    flagged, opted_out = newest_flags(keys, pl.col("_selected"))
     flags, opted_out = pl.collect_all([flagged.select("_selected", "_newest"), opted_out], engine="in-memory")
     newest = flags["_newest"]
     return _results(frame.filter(newest), frame.filter(flags["_selected"] & ~newest), opted_out)
