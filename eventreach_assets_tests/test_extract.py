@@ -273,6 +273,24 @@ def test_an_event_read_from_the_snapshot_honours_only_opt_outs_on_rows_it_select
         assert dict(shared.candidates.select("customer_id", "marketing_opt_out").iter_rows()) == opted_out, topics
 
 
+def test_an_event_read_from_the_snapshot_is_rebuilt_from_its_row_numbers_and_opt_outs():
+    """What a stored event keeps of its candidates (their rows' numbers in the snapshot and the
+    column the dedupe sets) rebuilds them exactly, B's opt-out from a newer quarantined row included."""
+    raw = pl.concat([tricky_profiles(), profiles(
+        {"customer_id": "B", "updated_at": datetime(2026, 1, 1), "interest_tags": "devops"},
+        {"customer_id": "B", "updated_at": datetime(2026, 5, 1), "interest_tags": "devops",
+         "timezone": "Mars/Olympus", "marketing_opt_out": True},
+    ).select(tricky_profiles().columns)], how="vertical_relaxed")  # fmt: skip
+    snapshot = extract.profile_snapshot_rows(raw, REGIONS)
+    result = extract.event_extract(snapshot, ["devops"])
+    assert result.snapshot_rows is not None and result.snapshot_rows.len() == result.candidates.height > 2
+    assert not snapshot[result.snapshot_rows].filter(pl.col("customer_id") == "B")["marketing_opt_out"].item()
+    rebuilt = extract.candidates_at(snapshot[result.snapshot_rows], result.candidates.select(extract.SET_BY_DEDUPE))
+    assert rebuilt.equals(result.candidates)  # values, types and order
+    assert rebuilt.filter(pl.col("customer_id") == "B")["marketing_opt_out"].item()
+    assert validate_and_dedupe(raw, REGIONS).snapshot_rows is None  # the event's own extraction: rows, not numbers
+
+
 def test_the_snapshot_path_gives_each_event_what_its_own_extraction_gives(small_warehouse):
     """On the generated warehouse: one snapshot over the union of the events' topics, then each
     event read from it, equals each event extracted, validated and deduplicated on its own."""

@@ -12,6 +12,7 @@ from polars.testing import assert_frame_equal
 
 from eventreach_assets.resources.decision_log import S3DecisionLog
 from eventreach_assets.resources.parquet_io import S3PolarsParquetIOManager
+from eventreach_assets.resources.parquet_io.base import ROWS_OF, SOURCE_ROW
 from eventreach_assets.resources.s3_objects import s3_client
 from eventreach_assets_tests.stand_ins import REGION
 
@@ -113,6 +114,24 @@ def test_io_manager_direct_contexts_and_missing_value(s3, s3_resource):
     io_manager.handle_output(dg.build_output_context(asset_key=dg.AssetKey("long")), long)
     stored = s3.get_object(Bucket=BUCKET, Key="assets/long.parquet")["Body"].read()
     assert pq.ParquetFile(io.BytesIO(stored)).metadata.num_row_groups == 1
+
+
+def test_a_value_drawn_from_another_round_trips_through_s3_as_row_numbers(s3, s3_resource):
+    from eventreach_assets_tests.test_parquet_io import DRAWN, drawn, profiles, reads_drawn
+
+    resources = {"io_manager": S3PolarsParquetIOManager(s3=s3_resource, bucket=BUCKET)}
+    graph = [profiles, drawn, reads_drawn]
+    DRAWN.clear()
+    assert dg.materialize(graph, resources=resources).success
+    body = s3.get_object(Bucket=BUCKET, Key="assets/drawn.parquet")["Body"].read()
+    assert pl.read_parquet_metadata(io.BytesIO(body))[ROWS_OF] == "profiles.parquet"
+    assert pl.read_parquet(io.BytesIO(body))[SOURCE_ROW].to_list() == [3, 1]
+    assert dg.materialize(graph, selection=[reads_drawn], resources=resources).success  # rebuilt from S3
+    in_run, rebuilt = DRAWN
+    assert_frame_equal(rebuilt, in_run)
+    assert dg.materialize(graph, selection=[profiles], resources=resources).success
+    stale = dg.materialize(graph, selection=[reads_drawn], resources=resources, raise_on_error=False)
+    assert not stale.success and "which has been written again since" in str(stale.all_events)
 
 
 def test_decision_log_write_read(s3, s3_resource):

@@ -20,8 +20,10 @@ from eventreach_assets.demo.run import (
     train_models,
 )
 from eventreach_assets.domain.events import normalize_events, upcoming_topics
+from eventreach_assets.domain.extract import event_extract
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
+from eventreach_assets.resources.parquet_io.base import ROWS_OF, SOURCE_ROW
 from eventreach_assets.why import explain
 from eventreach_assets_tests.conftest import AS_OF, SMALL_PROFILES, Deployment
 
@@ -301,6 +303,56 @@ def test_the_weekly_tick_takes_one_snapshot_whose_materialization_runs_every_eve
                 assert shared.metadata[asset][key] == own.metadata[asset][key], (asset, key)  # fmt: skip
             funnels = [r.metadata["filtered_candidates"]["funnel"].records for r in (shared, own)]
             assert [row.data for row in funnels[0]] == [row.data for row in funnels[1]]
+
+
+def test_an_event_read_from_the_snapshot_is_stored_as_row_numbers_and_rebuilt_for_a_step_run_alone(
+    deployment: Deployment,
+):
+    """raw_candidates drawn from the snapshot are stored as their row numbers in it, not a copy of
+    the rows; a later run re-executing filtered_candidates alone loads them rebuilt, the same frame;
+    once the snapshot is written again that load fails, naming what to materialize."""
+    defs, instance = deployment.defs, deployment.instance
+    register_event_partitions(defs, instance)
+    train_models(defs, instance)
+    defs.resolve_job_def("weekly_profile_snapshot").execute_in_process(instance=instance, run_config=QUIET)
+    event_id = deployment.seed.upcoming_event_ids[0]
+    batch = collect_report(event_id, run_batch(defs, instance, event_id)).metadata
+    assets = deployment.home / "assets"
+    stored = assets / "raw_candidates" / f"{event_id}.parquet"
+    candidates = batch["raw_candidates"]["unique_candidates"]
+    assert pl.read_parquet_metadata(stored)[ROWS_OF] == "profile_snapshot.parquet"
+    assert pl.read_parquet(stored).columns == ["marketing_opt_out", SOURCE_ROW]
+    assert pl.read_parquet(stored).height == candidates > 0
+    assert batch["raw_candidates"]["stored_as"] == f"row numbers in profile_snapshot.parquet ({candidates:,})"
+
+    # What the batch's steps were handed: the event's candidates read from the stored snapshot.
+    topics = normalize_events(defs.resources["warehouse"].events()).filter(pl.col("event_id") == event_id)["topics"]
+    expected = event_extract(pl.read_parquet(assets / "profile_snapshot.parquet"), topics[0].to_list()).candidates
+    assert expected["marketing_opt_out"].any()  # opt-outs are among what the stored numbers carry
+    loaded = defs.load_asset_value("raw_candidates", partition_key=event_id, instance=instance)
+    assert loaded.equals(expected)  # values, types and row order
+
+    filtered_alone = [dg.AssetKey("filtered_candidates")]
+    job = defs.resolve_job_def("weekly_batch")
+    alone = job.execute_in_process(
+        instance=instance, partition_key=event_id, run_config=QUIET, asset_selection=filtered_alone
+    )
+    [materialization] = [e.materialization for e in alone.get_asset_materialization_events()]
+    assert materialization.metadata["input_candidates"].value == candidates
+    assert materialization.metadata["eligible_candidates"].value == batch["filtered_candidates"]["eligible_candidates"]
+
+    defs.resolve_job_def("weekly_profile_snapshot").execute_in_process(instance=instance, run_config=QUIET)
+    stale = job.execute_in_process(
+        instance=instance, partition_key=event_id, run_config=QUIET, asset_selection=filtered_alone,
+        raise_on_error=False,
+    )  # fmt: skip
+    assert not stale.success
+    assert (
+        f"raw_candidates ({event_id}) is stored as row numbers in profile_snapshot.parquet, which has been written "
+        f"again since (they would index other rows): materialize raw_candidates ({event_id}) again"
+    ) in str(stale.all_events)
+    again = collect_report(event_id, run_batch(defs, instance, event_id)).metadata
+    assert again["filtered_candidates"]["eligible_candidates"] == batch["filtered_candidates"]["eligible_candidates"]
 
 
 def test_an_event_without_a_usable_snapshot_extracts_on_its_own_and_says_why(deployment: Deployment):

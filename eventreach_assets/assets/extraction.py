@@ -15,7 +15,9 @@ import polars as pl
 from eventreach_assets.assets.metadata import Stopwatch, counts_table, stopwatch
 from eventreach_assets.domain.events import EventContext, UnknownEventError, event_context, upcoming_topics
 from eventreach_assets.domain.extract import (
+    SET_BY_DEDUPE,
     ExtractResult,
+    candidates_at,
     event_extract,
     profile_snapshot_rows,
     snapshot_unusable,
@@ -23,7 +25,7 @@ from eventreach_assets.domain.extract import (
 )
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.resources.decision_log import DecisionLogResource
-from eventreach_assets.resources.parquet_io.base import ALLOW_MISSING
+from eventreach_assets.resources.parquet_io.base import ALLOW_MISSING, RowsOf, register_rebuilder
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
 
@@ -31,6 +33,9 @@ OWNERS = {"group_name": "weekly_batch", "owners": ["team:data-platform"]}
 BATCH = {**OWNERS, "partitions_def": events_partitions}
 PROFILE_SNAPSHOT = "profile_snapshot"
 SNAPSHOT_AS_OF, SNAPSHOT_TOPICS = "as_of", "covered_topics"  # profile_snapshot metadata the events read
+# An event's candidates drawn from the snapshot are stored as row numbers in it; a later run (a step
+# re-executed alone, in a fresh process) rebuilds them with this, registered as the code loads.
+register_rebuilder(candidates_at)
 
 
 def current_event(warehouse: WarehouseResource, partition_key: str) -> EventContext:
@@ -90,13 +95,23 @@ def extract_event(warehouse: WarehouseResource, program: ProgramResource, event:
 
 def extracted(context: dg.AssetExecutionContext, event: EventContext, result: ExtractResult, how: str,
               quarantine_path: str, watch: Stopwatch) -> dg.MaterializeResult:  # fmt: skip
-    """The event's candidates and the metadata analysts read, however they were extracted."""
+    """The event's candidates and the metadata analysts read, however they were extracted. Drawn
+    from the week's snapshot, they are stored as their rows' numbers in it (`RowsOf`)."""
+    value: pl.DataFrame | RowsOf = result.candidates
+    if result.snapshot_rows is not None:
+        value = RowsOf(
+            value=result.candidates,
+            source=dg.AssetKey(PROFILE_SNAPSHOT),
+            row_numbers=result.snapshot_rows,
+            own_columns=result.candidates.select(SET_BY_DEDUPE),
+            rebuild=candidates_at,
+        )
     context.log.info(
         f"event {event.event_id} ({how}): {result.extracted_rows} rows extracted, {result.candidates.height} "
         f"candidates, {result.quarantine.height} quarantined"
     )
     return dg.MaterializeResult(
-        value=result.candidates,
+        value=value,
         metadata={
             "event": event.name,
             "topics": ", ".join(event.topics),

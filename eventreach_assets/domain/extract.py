@@ -39,6 +39,9 @@ ROW = "_row"  # a row's place in the extraction, so results keep the warehouse's
 # (and the text behind it): at 3M profiles ~200 MB less at the batch's memory peak. The candidate
 # model and the quarantine give them back as strings.
 FEW_VALUES = ("geographic_region", "job_role", "account_status", "marketplace", "timezone")
+# The candidate column the dedupe does not take from the customer's row as it is: an opt-out on a
+# newer quarantined row is honoured (`_results`).
+SET_BY_DEDUPE = ("marketing_opt_out",)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class ExtractResult:
     candidates: pl.DataFrame
     quarantine: pl.DataFrame  # the raw row plus `reason`
     extracted_rows: int
+    # From snapshot rows (`dedupe`): each candidate's row number in them, so a stored result can be
+    # those numbers instead of a copy of the rows (`candidates_at` rebuilds it).
+    snapshot_rows: pl.Series | None = None
 
     @property
     def quarantine_counts(self) -> dict[str, int]:
@@ -194,10 +200,19 @@ def dedupe(ordered: pl.DataFrame | pl.LazyFrame, selected: pl.Expr | None = None
     flagged, opted_out = newest_flags(keys, pl.col("_selected"))
     flags, opted_out = pl.collect_all([flagged.select("_selected", "_newest"), opted_out], engine="in-memory")
     newest = flags["_newest"]
-    return _results(frame.filter(newest), frame.filter(flags["_selected"] & ~newest), opted_out)
+    return _results(frame.filter(newest), frame.filter(flags["_selected"] & ~newest), opted_out, newest.arg_true())
 
 
-def _results(newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.DataFrame) -> ExtractResult:
+def candidates_at(rows: pl.DataFrame, set_by_dedupe: pl.DataFrame) -> pl.DataFrame:
+    """The candidates again from their snapshot rows (`ExtractResult.snapshot_rows` of the snapshot,
+    in that order) and their `SET_BY_DEDUPE` columns: how a later run loads an event's stored
+    candidates without the week's snapshot rows copied into them."""
+    return to_candidate_model(rows.lazy().with_columns(set_by_dedupe.get_columns())).collect(engine="in-memory")
+
+
+def _results(
+    newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.DataFrame, snapshot_rows: pl.Series | None = None
+) -> ExtractResult:
     """The candidate model of the customers' newest valid rows, an opt-out on a quarantined newer
     row honoured (`opted_out`: their ids, a few among millions: looked up, not joined); and every
     other row with its reason (valid ones were superseded). Lazy inputs, so each result is made
@@ -218,7 +233,10 @@ def _results(newest: pl.LazyFrame, quarantined: pl.LazyFrame, opted_out: pl.Data
         engine="in-memory",
     )
     return ExtractResult(
-        candidates=candidates, quarantine=quarantine, extracted_rows=candidates.height + quarantine.height
+        candidates=candidates,
+        quarantine=quarantine,
+        extracted_rows=candidates.height + quarantine.height,
+        snapshot_rows=snapshot_rows,
     )
 
 

@@ -35,9 +35,13 @@ def write_parquet_atomically(
     compression: ParquetCodec = "zstd",
     row_group_size: int | None = None,
     statistics: bool = True,
+    metadata: dict[str, str] | None = None,
 ) -> None:
+    """Write `frame` beside `path` and rename it over `path` (`metadata`: the file's key-value metadata)."""
     temporary = _temporary_beside(path)
-    frame.write_parquet(temporary, compression=compression, row_group_size=row_group_size, statistics=statistics)
+    frame.write_parquet(
+        temporary, compression=compression, row_group_size=row_group_size, statistics=statistics, metadata=metadata
+    )
     os.replace(temporary, path)
 
 

@@ -68,26 +68,42 @@ def is_missing(error: ClientError) -> bool:
     return error_code(error) in {"NoSuchKey", "404", "NotFound"}
 
 
-def parquet_bytes(frame: pl.DataFrame, row_group_size: int | None = None) -> bytes:
-    """`frame` as one zstd Parquet file with statistics, the shape every S3 backend stores."""
+def parquet_bytes(
+    frame: pl.DataFrame, row_group_size: int | None = None, metadata: dict[str, str] | None = None
+) -> bytes:
+    """`frame` as one zstd Parquet file with statistics, the shape every S3 backend stores
+    (`metadata`: the file's key-value metadata)."""
     buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", statistics=True, row_group_size=row_group_size)
+    frame.write_parquet(buffer, compression="zstd", statistics=True, row_group_size=row_group_size, metadata=metadata)
     return buffer.getvalue()
 
 
-def put_parquet(client: Any, bucket: str, key: str, frame: pl.DataFrame, row_group_size: int | None = None) -> int:
+def put_parquet(
+    client: Any,
+    bucket: str,
+    key: str,
+    frame: pl.DataFrame,
+    row_group_size: int | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int:
     """Write `frame` as one Parquet object; returns its size in bytes."""
-    body = parquet_bytes(frame, row_group_size)
+    body = parquet_bytes(frame, row_group_size, metadata)
     client.put_object(Bucket=bucket, Key=key, Body=body, ContentType=PARQUET_CONTENT_TYPE)
     return len(body)
 
 
 def get_parquet(client: Any, bucket: str, key: str, missing: str) -> pl.DataFrame:
     """Read one Parquet object; FileNotFoundError(`missing`) if it does not exist."""
+    return get_parquet_and_metadata(client, bucket, key, missing)[0]
+
+
+def get_parquet_and_metadata(client: Any, bucket: str, key: str, missing: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """One Parquet object and its key-value metadata; FileNotFoundError(`missing`) if it does not exist."""
     try:
         response = client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
         if is_missing(error):
             raise FileNotFoundError(missing) from None
         raise
-    return pl.read_parquet(io.BytesIO(response["Body"].read()))
+    body = response["Body"].read()
+    return pl.read_parquet(io.BytesIO(body)), pl.read_parquet_metadata(io.BytesIO(body))

@@ -14,11 +14,13 @@ from eventreach_assets.resources.parquet_io.base import PolarsParquetIOManagerBa
 VALUE_CODEC: ParquetCodec = "lz4"
 
 
-def write_value(frame: pl.DataFrame, path: Path, compression: ParquetCodec = VALUE_CODEC) -> None:
+def write_value(
+    frame: pl.DataFrame, path: Path, compression: ParquetCodec = VALUE_CODEC, metadata: dict[str, str] | None = None
+) -> None:
     """An asset value's file, as the IO manager writes it (the bench's bare path too): one row
     group and no column statistics, which could skip nothing in one row group read whole (the
     2.47M candidates at 3M profiles: 1.4 -> 1.2 s)."""
-    write_parquet_atomically(frame, path, compression, one_row_group(frame), statistics=False)
+    write_parquet_atomically(frame, path, compression, one_row_group(frame), statistics=False, metadata=metadata)
 
 
 class PolarsParquetIOManager(PolarsParquetIOManagerBase):
@@ -34,12 +36,12 @@ class PolarsParquetIOManager(PolarsParquetIOManagerBase):
     def _location(self, path: list[str]) -> str:
         return str(Path(self.base_dir, *path))
 
-    def _write(self, path: list[str], frame: pl.DataFrame) -> dict[str, Any]:
-        write_value(frame, Path(self.base_dir, *path), self.compression)
+    def _write(self, path: list[str], frame: pl.DataFrame, metadata: dict[str, str]) -> dict[str, Any]:
+        write_value(frame, Path(self.base_dir, *path), self.compression, metadata)
         return {}
 
-    def _read(self, path: list[str], missing: str) -> pl.DataFrame:
+    def _read(self, path: list[str], missing: str) -> tuple[pl.DataFrame, dict[str, str]]:
         file = Path(self.base_dir, *path)
         if not file.exists():
             raise FileNotFoundError(missing)
-        return pl.read_parquet(file)
+        return pl.read_parquet(file), pl.read_parquet_metadata(file)

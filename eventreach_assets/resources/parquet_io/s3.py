@@ -9,7 +9,13 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from eventreach_assets.resources.parquet_io.base import PolarsParquetIOManagerBase, one_row_group
-from eventreach_assets.resources.s3_objects import get_parquet, join_key, put_parquet, s3_client, safe_prefix
+from eventreach_assets.resources.s3_objects import (
+    get_parquet_and_metadata,
+    join_key,
+    put_parquet,
+    s3_client,
+    safe_prefix,
+)
 
 
 class S3PolarsParquetIOManager(PolarsParquetIOManagerBase):
@@ -29,9 +35,9 @@ class S3PolarsParquetIOManager(PolarsParquetIOManagerBase):
     def _location(self, path: list[str]) -> str:
         return f"s3://{self.bucket}/{self._key(path)}"
 
-    def _write(self, path: list[str], frame: pl.DataFrame) -> dict[str, Any]:
-        size = put_parquet(self.client(), self.bucket, self._key(path), frame, one_row_group(frame))
+    def _write(self, path: list[str], frame: pl.DataFrame, metadata: dict[str, str]) -> dict[str, Any]:
+        size = put_parquet(self.client(), self.bucket, self._key(path), frame, one_row_group(frame), metadata)
         return {"stored_at": self._location(path), "stored_bytes": size}
 
-    def _read(self, path: list[str], missing: str) -> pl.DataFrame:
-        return get_parquet(self.client(), self.bucket, self._key(path), missing)
+    def _read(self, path: list[str], missing: str) -> tuple[pl.DataFrame, dict[str, str]]:
+        return get_parquet_and_metadata(self.client(), self.bucket, self._key(path), missing)
