@@ -7,8 +7,18 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
-from eventreach_assets.resources.parquet_io.base import ALLOW_MISSING, ROWS_OF, SOURCE_ROW, RowsOf, register_rebuilder
+from eventreach_assets.resources.parquet_io.base import (
+    ALLOW_MISSING,
+    REBUILD,
+    ROWS_OF,
+    ROWS_OF_VALUE_ID,
+    SOURCE_ROW,
+    RowsOf,
+    rebuild_name,
+    register_rebuilder,
+)
 from eventreach_assets.resources.parquet_io.local import PolarsParquetIOManager
 
 SEEN: list[pl.DataFrame] = []
@@ -181,3 +191,15 @@ def test_a_value_drawn_from_another_needs_a_registered_rebuild_and_a_source_this
     stored = tmp_path / "drawn_without_the_source.parquet"
     assert pl.read_parquet(stored).columns == ["customer_id", "doubled", "flag"]
     assert ROWS_OF not in pl.read_parquet_metadata(stored)
+
+
+def test_a_stored_value_cannot_send_its_load_outside_the_root(tmp_path):
+    io_manager = PolarsParquetIOManager(base_dir=str(tmp_path / "assets"))
+    pl.DataFrame({"customer_id": ["A"], "n": [1]}).write_parquet(tmp_path / "outside.parquet")
+    (tmp_path / "assets").mkdir()
+    pl.DataFrame({SOURCE_ROW: [0]}).write_parquet(
+        tmp_path / "assets" / "drawn.parquet",
+        metadata={ROWS_OF: "../outside.parquet", ROWS_OF_VALUE_ID: "x", REBUILD: rebuild_name(doubled_at)},
+    )
+    with pytest.raises(ValueError, match=r"unsafe key for a storage path: '\.\.'"):
+        io_manager.load_input(dg.build_input_context(asset_key=dg.AssetKey("drawn")))

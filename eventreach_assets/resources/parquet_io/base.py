@@ -30,11 +30,6 @@ from eventreach_assets.resources.files import safe_key
 ALLOW_MISSING = "eventreach/allow_missing"
 
 
-def value_path(context: dg.OutputContext | dg.InputContext) -> list[str]:
-    """The path of the value a step writes or reads."""
-    return asset_value_path(context.asset_key, context.asset_partition_key if context.has_asset_partitions else None)
-
-
 # Key-value metadata of the stored files.
 VALUE_ID = "eventreach.value_id"  # every value: a new id each time it is written
 ROWS_OF = "eventreach.rows_of"  # a value stored as rows of another: that value's path
@@ -82,6 +77,11 @@ def asset_value_path(asset_key: dg.AssetKey, partition_key: str | None = None) -
     if partition_key is not None:
         return [*asset_path, f"{safe_key(partition_key)}.parquet"]
     return [*asset_path[:-1], f"{asset_path[-1]}.parquet"]
+
+
+def value_path(context: dg.OutputContext | dg.InputContext) -> list[str]:
+    """The path of the value a step writes or reads."""
+    return asset_value_path(context.asset_key, context.asset_partition_key if context.has_asset_partitions else None)
 
 
 def one_row_group(frame: pl.DataFrame) -> int:
@@ -179,7 +179,7 @@ class PolarsParquetIOManagerBase(dg.ConfigurableIOManager, abc.ABC):
 
     def _rebuilt(self, name: str, stored: pl.DataFrame, metadata: dict[str, str]) -> pl.DataFrame:
         """A `RowsOf` value from its row numbers and the source they index, if that is still the same."""
-        source = metadata[ROWS_OF].split("/")
+        source = [safe_key(part) for part in metadata[ROWS_OF].split("/")]  # a file's word: kept inside the root
         origin = f"{name} is stored as row numbers in {metadata[ROWS_OF]}"
         rows, source_metadata = self._read(source, f"{origin}, which is not stored at {self._location(source)}")
         if source_metadata.get(VALUE_ID) != metadata[ROWS_OF_VALUE_ID]:
