@@ -92,18 +92,23 @@ def put_parquet(
     return len(body)
 
 
-def get_parquet(client: Any, bucket: str, key: str, missing: str) -> pl.DataFrame:
-    """Read one Parquet object; FileNotFoundError(`missing`) if it does not exist."""
-    return get_parquet_and_metadata(client, bucket, key, missing)[0]
-
-
-def get_parquet_and_metadata(client: Any, bucket: str, key: str, missing: str) -> tuple[pl.DataFrame, dict[str, str]]:
-    """One Parquet object and its key-value metadata; FileNotFoundError(`missing`) if it does not exist."""
+def _object_body(client: Any, bucket: str, key: str, missing: str) -> bytes:
     try:
         response = client.get_object(Bucket=bucket, Key=key)
     except ClientError as error:
         if is_missing(error):
             raise FileNotFoundError(missing) from None
         raise
-    body = response["Body"].read()
+    return response["Body"].read()
+
+
+def get_parquet(client: Any, bucket: str, key: str, missing: str) -> pl.DataFrame:
+    """Read one Parquet object; FileNotFoundError(`missing`) if it does not exist."""
+    return pl.read_parquet(io.BytesIO(_object_body(client, bucket, key, missing)))
+
+
+def get_parquet_and_metadata(client: Any, bucket: str, key: str, missing: str) -> tuple[pl.DataFrame, dict[str, str]]:
+    """One Parquet object and its key-value metadata (the IO manager's value ids), fetched once;
+    FileNotFoundError(`missing`) if it does not exist."""
+    body = _object_body(client, bucket, key, missing)
     return pl.read_parquet(io.BytesIO(body)), pl.read_parquet_metadata(io.BytesIO(body))
