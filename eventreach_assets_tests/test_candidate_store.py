@@ -27,6 +27,7 @@ from eventreach_assets.resources.candidate_store import (
     WriteSummary,
     create_candidate_tables,
 )
+from eventreach_assets.resources.candidate_store.base import cache_entries
 from eventreach_assets.resources.sqlite import wait_for_checkpoints
 
 PROGRAM = "event-invitations"
@@ -645,7 +646,7 @@ def test_every_read_access_pattern_is_served_by_an_index(store):
         # the export's pages: each starts after the last one's key, its end found on the index alone
         "exported_items_page_end": "COVERING INDEX candidate_rows_gsi2 (gsi2pk=? AND gsi2sk>?)",
         "exported_items_page": "candidate_rows_gsi2 (gsi2pk=? AND gsi2sk>? AND gsi2sk<?)",
-        "get_cached_scores": "sqlite_autoindex_score_cache_1 (pk=? AND sk=?)",
+        "get_cached_scores": "PRIMARY KEY (sk=? AND customer_id=?)",
     }
     assert set(plans) == set(expected_index)
     for name, index in expected_index.items():
@@ -685,7 +686,7 @@ def test_score_cache_hits_misses_expiry_and_version_isolation(store):
     assert store.get_cached_scores(EVENT, "m1", "v1", ids, expired).rows() == [("c02", 0.5)]
     if isinstance(store, SqliteCandidateStore):
         assert store.purge_expired(expired) == 1
-        assert raw(store, "SELECT customer_id FROM score_cache") == [("c02",)]
+        assert raw(store, "SELECT customer_id FROM score_cache_entries") == [("c02",)]
 
 
 @sqlite_only
@@ -882,6 +883,44 @@ def test_the_sqlite_store_keeps_a_row_per_customer_and_event_and_one_per_differi
     assert raw(store, sql, ("c02", EVENT)) == [('["email"]', 0.42, "registered"), ('["in-app"]', 0.85, "registered")]
     assert raw(store, sql, ("c05", EVENT)) == [('["email","in-app"]', 0.66, "registered")]
     assert raw(store, sql, ("c01", EVENT)) == [('["email"]', 0.91, "candidate")]
+
+
+# The score cache of releases before 2026-12-04, as they created it.
+LEGACY_CACHE_DDL = """
+CREATE TABLE score_cache (
+    pk TEXT NOT NULL, sk TEXT NOT NULL, customer_id TEXT NOT NULL, event_id TEXT NOT NULL, model_id TEXT NOT NULL,
+    model_version TEXT NOT NULL, probability REAL NOT NULL, cached_at TEXT NOT NULL, expires_at INTEGER NOT NULL,
+    PRIMARY KEY (pk, sk)
+);
+"""
+
+
+@sqlite_only
+def test_a_score_cache_of_the_earlier_layout_is_copied_into_the_keyed_table_when_opened(store):
+    """A file whose cache is keyed (pk, sk): its live entries answer look-ups after it is opened,
+    expired ones still expire, and the old table is gone."""
+    scores = pl.DataFrame({"customer_id": ["c01", "c02", "c03"], "probability": [0.25, 0.5, 0.75]})
+    entries = cache_entries(EVENT, "m1", "v1", scores, NOW, TTL)
+    older = cache_entries(OTHER_EVENT, "m1", "v1", scores.head(1), NOW - timedelta(days=TTL), TTL)
+    store.put_cached_scores(EVENT, "m2", "v1", scores.tail(1), NOW, TTL)  # written by this release
+    store.close()
+    with sqlite3.connect(store.path) as conn:
+        conn.executescript(LEGACY_CACHE_DDL)
+        legacy = pl.concat([entries, older])
+        conn.executemany(
+            f"INSERT INTO score_cache ({', '.join(legacy.columns)}) VALUES ({', '.join('?' * legacy.width)})",
+            legacy.rows(),
+        )
+    reopened = SqliteCandidateStore(path=store.path)
+    asked = pl.Series(["c03", "c01", "c02", "c04"])
+    hits = reopened.get_cached_scores(EVENT, "m1", "v1", asked, NOW).sort("customer_id")
+    assert hits.rows() == [("c01", 0.25), ("c02", 0.5), ("c03", 0.75)]
+    assert reopened.get_cached_scores(OTHER_EVENT, "m1", "v1", asked, NOW).height == 0  # expired on arrival
+    assert raw(reopened, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'score_cache%'") == [(1,)]
+    assert reopened.get_cached_scores(EVENT, "m2", "v1", asked, NOW).rows() == [("c03", 0.75)]
+    assert reopened.purge_expired(NOW) == 1
+    assert raw(reopened, "SELECT count(*) FROM score_cache_entries") == [(4,)]
+    reopened.close()
 
 
 # The table of releases before rows (one row per item), as they created it.

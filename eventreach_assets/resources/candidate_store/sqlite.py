@@ -31,12 +31,19 @@ A replace runs in one transaction; it and a score cache write are bulk writes, c
 the background (`SqliteConnections.bulk_transaction`). A file of an earlier release (one row per
 item, `candidate_items`) is rebuilt into rows when first opened (`_rows_from_items`),
 registrations and TTLs kept.
+
+The score cache is one `WITHOUT ROWID` table keyed `(sk, customer_id)` (the entry's DynamoDB key
+is `(CUSTOMER#{customer_id}, sk)`; sk names event, model and version): a write is one event's
+model, so its entries append one key range, one B-tree. A file of an earlier release (`score_cache`,
+keyed `(pk, sk)` beside a rowid table: two B-trees, the write twice as long) has its entries copied
+over when first opened (`_cache_from_legacy`).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import polars as pl
@@ -56,7 +63,8 @@ from eventreach_assets.resources.candidate_store.base import (
 from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
 _ROWS = "candidate_rows"
-_CACHE = "score_cache"
+_CACHE = "score_cache_entries"
+_LEGACY_CACHE = "score_cache"  # keyed (pk, sk) beside a rowid table: the cache of releases before 2026-12-04
 _BY_SCORE = "candidate_rows_by_score"
 _GSI2 = "candidate_rows_gsi2"
 _REGISTERED = "candidate_rows_registered"
@@ -108,18 +116,17 @@ CREATE INDEX IF NOT EXISTS {_REGISTERED} ON {_ROWS}
 -- next live item expires (the Serving API's page cache holds until then) is one seek, without an
 -- index on the items that every bulk write would pay for.
 CREATE TABLE IF NOT EXISTS {_EXPIRIES} (expires_at INTEGER PRIMARY KEY) WITHOUT ROWID;
+-- The score cache: an entry's DynamoDB key is (CUSTOMER#customer_id, sk); here one B-tree keyed
+-- by (sk, customer_id), so a write of one event's model (one sk) appends a range in customer order
+-- and a look-up is a seek in it. Event, model and version are in the sk.
 CREATE TABLE IF NOT EXISTS {_CACHE} (
-    pk TEXT NOT NULL,
     sk TEXT NOT NULL,
     customer_id TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    model_version TEXT NOT NULL,
     probability REAL NOT NULL,
     cached_at TEXT NOT NULL,
     expires_at INTEGER NOT NULL,
-    PRIMARY KEY (pk, sk)
-);
+    PRIMARY KEY (sk, customer_id)
+) WITHOUT ROWID;
 """
 
 # A row's items: the row `r` joined with each of its channels `c` (`c.value`, in array order).
@@ -132,7 +139,7 @@ _ITEM_GSI2SK_SQL = "r.gsi2sk || '#' || c.value"
 _CACHE_GET_SQL = f"""
     SELECT c.customer_id, c.probability
     FROM json_each(:ids) AS j CROSS JOIN {_CACHE} AS c
-    WHERE c.pk = 'CUSTOMER#' || j.value AND c.sk = :sk AND c.expires_at > :now
+    WHERE c.sk = :sk AND c.customer_id = j.value AND c.expires_at > :now
 """
 
 # The export reads an event's live rows a page at a time in GSI2 order, each page all rows up to
@@ -153,6 +160,7 @@ _SORT_KEYS_SQL = f"SELECT {_ITEM_GSI2SK_SQL} FROM {_ITEMS_FROM} WHERE r.gsi2pk =
 _COUNT_SQL = f"SELECT coalesce(sum(json_array_length(r.channels)), 0) FROM {_ROWS} AS r WHERE r.gsi2pk = :pk{{live}}"
 _LIVE = " AND r.expires_at > :now"
 _EXPORT_READ_ROWS = 50_000  # rows (~100,000 items, ~28 MB of text) a page, far below SQLite's 1 GB limit on one value
+_CACHE_COLUMNS = ("sk", "customer_id", "probability", "cached_at", "expires_at")
 _CACHE_WRITE_ROWS = 10_000  # rows per executemany of a score cache write (one transaction whatever the number)
 
 
@@ -223,25 +231,40 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
     def _rows_from_items(cls, conn: sqlite3.Connection) -> None:
         """A file with one row per item (`candidate_items`): its items become rows, each group of a
         customer's items of an event that are equal but for the channel one row (so registrations,
-        TTLs and a retained item's own attributes carry over), and the old table goes. Once, locked;
-        its served JSON is made again from the attributes (a file from before it had none)."""
-        if not cls._has_table(conn, _LEGACY_ITEMS):
+        TTLs and a retained item's own attributes carry over). Its served JSON is made again from
+        the attributes (a file from before it had none)."""
+        legacy = [row[1] for row in conn.execute(f"PRAGMA table_info({_LEGACY_ITEMS})")]
+        probabilities = sorted(name for name in legacy if name.startswith(ci.PROBABILITY_PREFIX))
+        columns = ", ".join(f'"{name}"' for name in ("pk", *ci.item_columns(probabilities)))
+        rows = conn.execute(f"SELECT {columns} FROM {_LEGACY_ITEMS}").fetchall()
+        schema = {"pk": pl.String(), **ci.text_item_schema(probabilities)}
+        items = pl.DataFrame(rows, schema=schema, orient="row")
+        if items.height:
+            cls._ensure_probability_columns(conn, probabilities)
+            grouped = items.group_by([name for name in items.columns if name != "channel"]).agg("channel")
+            cls._insert_new_rows(conn, _with_channels_text(grouped, "channel"), 10_000)
+            cls._record_expiries(conn, items["expires_at"].unique().to_list())
+
+    @staticmethod
+    def _cache_from_legacy(conn: sqlite3.Connection) -> None:
+        """A score cache keyed (pk, sk) beside a rowid table: its entries copied into the
+        (sk, customer_id) table, which holds the same columns but the derived ones."""
+        columns = ", ".join(_CACHE_COLUMNS)
+        conn.execute(f"INSERT OR REPLACE INTO {_CACHE} ({columns}) SELECT {columns} FROM {_LEGACY_CACHE}")
+
+    @classmethod
+    def _rebuild_once(
+        cls, conn: sqlite3.Connection, legacy_table: str, rebuild: Callable[[sqlite3.Connection], None]
+    ) -> None:
+        """`rebuild` a table of an earlier release into today's, then drop it: once, locked (another
+        process opening the file meanwhile finds it done), all or nothing."""
+        if not cls._has_table(conn, legacy_table):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if cls._has_table(conn, _LEGACY_ITEMS):  # another process may have done it meanwhile
-                legacy = [row[1] for row in conn.execute(f"PRAGMA table_info({_LEGACY_ITEMS})")]
-                probabilities = sorted(name for name in legacy if name.startswith(ci.PROBABILITY_PREFIX))
-                columns = ", ".join(f'"{name}"' for name in ("pk", *ci.item_columns(probabilities)))
-                rows = conn.execute(f"SELECT {columns} FROM {_LEGACY_ITEMS}").fetchall()
-                schema = {"pk": pl.String(), **ci.text_item_schema(probabilities)}
-                items = pl.DataFrame(rows, schema=schema, orient="row")
-                if items.height:
-                    cls._ensure_probability_columns(conn, probabilities)
-                    grouped = items.group_by([name for name in items.columns if name != "channel"]).agg("channel")
-                    cls._insert_new_rows(conn, _with_channels_text(grouped, "channel"), 10_000)
-                    cls._record_expiries(conn, items["expires_at"].unique().to_list())
-                conn.execute(f"DROP TABLE {_LEGACY_ITEMS}")
+            if cls._has_table(conn, legacy_table):
+                rebuild(conn)
+                conn.execute(f"DROP TABLE {legacy_table}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -260,8 +283,10 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
 
     @classmethod
     def _migrate_file(cls, conn: sqlite3.Connection) -> None:
-        """A file of one row per item, or from before the expiries table: rebuilt and filled (once)."""
-        cls._rows_from_items(conn)
+        """A file of one row per item, of the older score cache, or from before the expiries table:
+        rebuilt and filled (once)."""
+        cls._rebuild_once(conn, _LEGACY_ITEMS, cls._rows_from_items)
+        cls._rebuild_once(conn, _LEGACY_CACHE, cls._cache_from_legacy)
         if conn.execute(f"SELECT 1 FROM {_EXPIRIES} LIMIT 1").fetchone() is None:
             with_items = conn.execute(f"SELECT DISTINCT expires_at FROM {_ROWS}").fetchall()
             if with_items:
@@ -676,9 +701,10 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             return conn.execute(_CACHE_GET_SQL, params).fetchall()
 
     def _put_cache_entries(self, entries: pl.DataFrame) -> None:
-        """In key order: appends to the key index rather than inserting at random."""
+        """In key order: a write's entries share one sk, so they append one range of the key."""
+        rows = entries.select(_CACHE_COLUMNS).sort("sk", "customer_id")
         with self._bulk_transaction() as conn:
-            _insert_rows(conn, f"INSERT OR REPLACE INTO {_CACHE}", entries.sort("pk", "sk"), _CACHE_WRITE_ROWS)
+            _insert_rows(conn, f"INSERT OR REPLACE INTO {_CACHE}", rows, _CACHE_WRITE_ROWS)
 
 
 def _constant_columns(frame: pl.DataFrame) -> list[str]:
