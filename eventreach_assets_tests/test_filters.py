@@ -3,9 +3,13 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
+from eventreach_assets.assets.filtering import filter_inputs
 from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, check_program_filters, run_filter_chain
 from eventreach_assets.program.config import load_program
+from eventreach_assets.resources.ledger import SqliteDeliveryLedger
+from eventreach_assets.resources.program import ClockResource, ProgramResource
+from eventreach_assets.resources.warehouse import DuckDBWarehouse
 from eventreach_assets_tests.frames import candidates
 
 AS_OF = datetime(2026, 11, 23, 2, 0)
@@ -271,3 +275,62 @@ def test_every_registered_filter_is_reachable_from_yaml_keys():
 
     keys = {spec.registry_key for spec in load_program().filter_chain}
     assert keys == set(FILTER_REGISTRY)
+
+
+def program_with(tmp_path, mutate) -> ProgramResource:
+    import yaml
+
+    data = program_document()
+    mutate(data)
+    path = tmp_path / "program.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return ProgramResource(path=str(path))
+
+
+def frequency_cap_window(days: int):
+    def mutate(data: dict) -> None:
+        [cap] = [entry for entry in data["filterChain"] if entry["filterId"] == "frequency-cap"]
+        cap["parameters"]["windowDays"] = days
+
+    return mutate
+
+
+@pytest.mark.parametrize("window_days", [30, 90])
+def test_the_batch_reads_the_invitation_history_its_frequency_cap_counts_and_no_more(
+    small_warehouse, tmp_path, window_days
+):
+    """A window longer than two months is counted whole; a month's window reads a month."""
+
+    warehouse = DuckDBWarehouse(path=str(small_warehouse[0]))
+    ledger = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
+    program = program_with(tmp_path, frequency_cap_window(window_days))
+    event_id = warehouse.events()["event_id"][0]
+    read = filter_inputs(warehouse, ledger, program, ClockResource(fixed_now=AS_OF.isoformat()), event_id)
+    invited_at = read.invitations.collect()["invited_at"]
+    history = warehouse.invitation_history()["invited_at"].dt.replace_time_zone(None)
+    since = AS_OF - timedelta(days=window_days)
+    assert invited_at.len() == history.filter(history >= since).len() > 0
+    assert invited_at.min() >= since
+    assert history.filter(history < since).len() > 0  # there was older history, left unread
+    if window_days > 62:  # what a fixed two-month look-back missed
+        assert invited_at.filter(invited_at < AS_OF - timedelta(days=62)).len() > 0
+
+
+def test_a_chain_without_a_frequency_cap_reads_no_invitation_history(small_warehouse, tmp_path):
+
+    class NoHistoryWarehouse(DuckDBWarehouse):
+        def invitation_history(self, since=None):
+            raise AssertionError("the invitation history was read")
+
+    def drop_cap(data: dict) -> None:
+        data["filterChain"] = [entry for entry in data["filterChain"] if entry["filterId"] != "frequency-cap"]
+
+    warehouse = NoHistoryWarehouse(path=str(small_warehouse[0]))
+    ledger = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
+    program = program_with(tmp_path, drop_cap)
+    event_id = warehouse.events()["event_id"][0]
+    read = filter_inputs(warehouse, ledger, program, ClockResource(fixed_now=AS_OF.isoformat()), event_id)
+    assert read.invitations.collect().height == 0
+    assert [f.filter_id for f in build_filter_chain(program.load())] == [
+        "trust", "eligibility", "interest-match", "geographic"
+    ]  # fmt: skip

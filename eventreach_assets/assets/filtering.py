@@ -1,20 +1,17 @@
 """Step 2 of the weekly batch: the program's filter chain, with a funnel and reasons kept."""
 
-from datetime import timedelta
+from dataclasses import replace
 
 import dagster as dg
 import polars as pl
 
 from eventreach_assets.assets.extraction import BATCH, current_event
 from eventreach_assets.assets.metadata import stopwatch, table
-from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, run_filter_chain
+from eventreach_assets.domain.filters import FilterInputs, build_filter_chain, history_window, run_filter_chain
 from eventreach_assets.resources.decision_log import DecisionLogResource
 from eventreach_assets.resources.ledger import DeliveryLedgerResource
 from eventreach_assets.resources.program import ClockResource, ProgramResource
 from eventreach_assets.resources.warehouse import WarehouseResource
-
-# The frequency cap looks back a month; read a little more history than that.
-HISTORY_LOOKBACK = timedelta(days=62)
 
 
 def filter_inputs(
@@ -27,24 +24,30 @@ def filter_inputs(
     """What the chain needs besides the candidates: the event, registrations, past invitations.
 
     Past invitations are the warehouse's history plus what this system sent since (the
-    delivery ledger), so the frequency cap counts this week's sends before the warehouse has them.
+    delivery ledger), so the frequency cap counts this week's sends before the warehouse has them;
+    as far back as the program's chain reads them (`history_window`), and not at all without a
+    filter that does.
     """
     now = clock.now()
-    since = now - HISTORY_LOOKBACK
+    config = program.load()
     event = current_event(warehouse, partition_key)
+    inputs = FilterInputs(
+        event=event,
+        as_of=now,
+        capacity_limit=config.event_config.capacity_limit,
+        registrations=warehouse.event_registrations(event.event_id).lazy(),
+    )
+    window = history_window(build_filter_chain(config))
+    if window is None:
+        return inputs
+    since = now - window
     invitations = pl.concat(
         [
             warehouse.invitation_history(since=since).select("customer_id", naive_utc("invited_at")),
             ledger.invitations_since(since).select("customer_id", naive_utc("invited_at")),
         ]
     )
-    return FilterInputs(
-        event=event,
-        as_of=now,
-        capacity_limit=program.load().event_config.capacity_limit,
-        registrations=warehouse.event_registrations(event.event_id).lazy(),
-        invitations=invitations.lazy(),
-    )
+    return replace(inputs, invitations=invitations.lazy())
 
 
 def naive_utc(column: str) -> pl.Expr:

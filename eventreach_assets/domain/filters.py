@@ -75,6 +75,10 @@ class CandidateFilter:
         """Null for a candidate that passes, else a reason code."""
         raise NotImplementedError
 
+    def history_window(self) -> timedelta | None:
+        """How far back this filter reads past invitations (`FilterInputs.invitations`); None: not at all."""
+        return None
+
 
 FILTER_REGISTRY: dict[str, type[CandidateFilter]] = {}
 
@@ -205,7 +209,7 @@ class FrequencyCapFilter(CandidateFilter):
         window_days: int = Field(default=30, gt=0)
 
     def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
-        since = inputs.as_of - timedelta(days=self.parameters.window_days)
+        since = inputs.as_of - self.history_window()
         recent = (
             inputs.invitations.filter(pl.col("invited_at").is_between(since, inputs.as_of, closed="left"))
             .group_by("customer_id")
@@ -214,6 +218,9 @@ class FrequencyCapFilter(CandidateFilter):
         return candidates.join(recent, on="customer_id", how="left", maintain_order="left").with_columns(
             pl.col("_recent_invitations").fill_null(0)
         )
+
+    def history_window(self) -> timedelta:
+        return timedelta(days=self.parameters.window_days)
 
     def reason(self, inputs: FilterInputs) -> pl.Expr:
         cap = self.parameters.max_invitations_per_month
@@ -237,6 +244,13 @@ def build_filter(spec: FilterSpec) -> CandidateFilter:
 
 def build_filter_chain(program: ProgramConfig) -> list[CandidateFilter]:
     return [build_filter(spec) for spec in program.ordered_filters]
+
+
+def history_window(chain: list[CandidateFilter]) -> timedelta | None:
+    """How much invitation history the chain reads (the longest of its filters' windows), so the
+    asset reads exactly that from the warehouse, and none for a chain without a history filter."""
+    windows = [window for window in (f.history_window() for f in chain) if window is not None]
+    return max(windows, default=None)
 
 
 def check_program_filters(program: ProgramConfig, source: str = "<memory>") -> ProgramConfig:
