@@ -597,6 +597,34 @@ def test_expired_items_are_hidden_then_purged(store):
     assert store.purge_expired(at_expiry) == 0
 
 
+@sqlite_only
+def test_a_purge_reads_a_table_only_once_a_ttl_written_to_it_has_passed(store):
+    """The batch purges before every replace; with no TTL passed it must not scan the items or
+    the score cache (a week of 3M-profile events: ~0.2 s a purge, growing with the store)."""
+    replace(store, SCORES)
+    store.put_cached_scores(EVENT, "m1", "v1", pl.DataFrame({"customer_id": ["c01"], "probability": [0.5]}), NOW, 3)
+    statements: list[str] = []
+    with store._connect() as conn:
+        conn.set_trace_callback(statements.append)
+    try:
+
+        def purged_tables(now: datetime) -> tuple[int, list[str]]:
+            statements.clear()
+            removed = store.purge_expired(now)
+            tables = sorted({table for sql in statements if sql.startswith("DELETE") for table in sql.split()[2:3]})
+            return removed, tables
+
+        assert purged_tables(NOW + timedelta(days=2)) == (0, [])
+        assert purged_tables(NOW + timedelta(days=3)) == (1, ["score_cache_entries", "score_cache_expiries"])
+        assert purged_tables(NOW + timedelta(days=3)) == (0, [])
+        at_expiry = NOW + timedelta(days=TTL)
+        assert purged_tables(at_expiry) == (16, ["candidate_item_expiries", "candidate_rows"])
+    finally:
+        with store._connect() as conn:
+            conn.set_trace_callback(None)
+    assert raw(store, "SELECT count(*) FROM candidate_rows") == [(0,)]
+
+
 def test_replace_drops_expired_items_and_their_registrations(store):
     replace(store, SCORES)
     store.mark_registered(PROGRAM, EVENT, "c02", NOW, "email")
@@ -916,10 +944,22 @@ def test_a_score_cache_of_the_earlier_layout_is_copied_into_the_keyed_table_when
     hits = reopened.get_cached_scores(EVENT, "m1", "v1", asked, NOW).sort("customer_id")
     assert hits.rows() == [("c01", 0.25), ("c02", 0.5), ("c03", 0.75)]
     assert reopened.get_cached_scores(OTHER_EVENT, "m1", "v1", asked, NOW).height == 0  # expired on arrival
-    assert raw(reopened, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'score_cache%'") == [(1,)]
+    assert raw(reopened, "SELECT count(*) FROM sqlite_master WHERE name = 'score_cache'") == [(0,)]
     assert reopened.get_cached_scores(EVENT, "m2", "v1", asked, NOW).rows() == [("c03", 0.75)]
     assert reopened.purge_expired(NOW) == 1
     assert raw(reopened, "SELECT count(*) FROM score_cache_entries") == [(4,)]
+    reopened.close()
+
+
+@sqlite_only
+def test_a_score_cache_written_before_its_expiries_were_recorded_is_still_purged(store):
+    store.put_cached_scores(EVENT, "m1", "v1", pl.DataFrame({"customer_id": ["c01"], "probability": [0.5]}), NOW, 3)
+    store.close()
+    with sqlite3.connect(store.path) as conn:  # a file of the release before the expiries table
+        conn.execute("DROP TABLE score_cache_expiries")
+    reopened = SqliteCandidateStore(path=store.path)
+    assert reopened.purge_expired(NOW + timedelta(days=3)) == 1
+    assert raw(reopened, "SELECT count(*) FROM score_cache_entries") == [(0,)]
     reopened.close()
 
 

@@ -37,6 +37,9 @@ is `(CUSTOMER#{customer_id}, sk)`; sk names event, model and version): a write i
 model, so its entries append one key range, one B-tree. A file of an earlier release (`score_cache`,
 keyed `(pk, sk)` beside a rowid table: two B-trees, the write twice as long) has its entries copied
 over when first opened (`_cache_from_legacy`).
+
+The TTLs each table was written with are kept in a small table beside it (`candidate_item_expiries`,
+`score_cache_expiries`): the purge every batch runs scans a table only once one has passed.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
 
 _ROWS = "candidate_rows"
 _CACHE = "score_cache_entries"
+_CACHE_EXPIRIES = "score_cache_expiries"
 _LEGACY_CACHE = "score_cache"  # keyed (pk, sk) beside a rowid table: the cache of releases before 2026-12-04
 _BY_SCORE = "candidate_rows_by_score"
 _GSI2 = "candidate_rows_gsi2"
@@ -127,6 +131,9 @@ CREATE TABLE IF NOT EXISTS {_CACHE} (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (sk, customer_id)
 ) WITHOUT ROWID;
+-- Every expires_at value cache entries were written with (one per write): a purge with none passed
+-- reads nothing, as the items' expiries table lets it skip the items.
+CREATE TABLE IF NOT EXISTS {_CACHE_EXPIRIES} (expires_at INTEGER PRIMARY KEY) WITHOUT ROWID;
 """
 
 # A row's items: the row `r` joined with each of its channels `c` (`c.value`, in array order).
@@ -245,12 +252,15 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             cls._insert_new_rows(conn, _with_channels_text(grouped, "channel"), 10_000)
             cls._record_expiries(conn, items["expires_at"].unique().to_list())
 
-    @staticmethod
-    def _cache_from_legacy(conn: sqlite3.Connection) -> None:
+    @classmethod
+    def _cache_from_legacy(cls, conn: sqlite3.Connection) -> None:
         """A score cache keyed (pk, sk) beside a rowid table: its entries copied into the
-        (sk, customer_id) table, which holds the same columns but the derived ones."""
+        (sk, customer_id) table, which holds the same columns but the derived ones, their TTLs
+        recorded."""
         columns = ", ".join(_CACHE_COLUMNS)
         conn.execute(f"INSERT OR REPLACE INTO {_CACHE} ({columns}) SELECT {columns} FROM {_LEGACY_CACHE}")
+        written = conn.execute(f"SELECT DISTINCT expires_at FROM {_LEGACY_CACHE}").fetchall()
+        cls._record_expiries(conn, [row[0] for row in written], _CACHE_EXPIRIES)
 
     @classmethod
     def _rebuild_once(
@@ -278,21 +288,28 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         )
 
     @staticmethod
-    def _record_expiries(conn: sqlite3.Connection, values: list[int]) -> None:
-        conn.executemany(f"INSERT OR IGNORE INTO {_EXPIRIES} (expires_at) VALUES (?)", ((v,) for v in values))
+    def _record_expiries(conn: sqlite3.Connection, values: list[int], table: str = _EXPIRIES) -> None:
+        conn.executemany(f"INSERT OR IGNORE INTO {table} (expires_at) VALUES (?)", ((v,) for v in values))
+
+    @staticmethod
+    def _any_expired(conn: sqlite3.Connection, now_epoch: int, table: str = _EXPIRIES) -> bool:
+        """Whether a TTL recorded in expiries `table` has passed at `now_epoch` (one seek)."""
+        passed = conn.execute(f"SELECT 1 FROM {table} WHERE expires_at <= ? LIMIT 1", (now_epoch,))
+        return passed.fetchone() is not None
 
     @classmethod
     def _migrate_file(cls, conn: sqlite3.Connection) -> None:
-        """A file of one row per item, of the older score cache, or from before the expiries table:
-        rebuilt and filled (once)."""
+        """A file of one row per item, of the older score cache, or from before the expiries
+        tables: rebuilt and filled (once)."""
         cls._rebuild_once(conn, _LEGACY_ITEMS, cls._rows_from_items)
         cls._rebuild_once(conn, _LEGACY_CACHE, cls._cache_from_legacy)
-        if conn.execute(f"SELECT 1 FROM {_EXPIRIES} LIMIT 1").fetchone() is None:
-            with_items = conn.execute(f"SELECT DISTINCT expires_at FROM {_ROWS}").fetchall()
-            if with_items:
-                conn.execute("BEGIN IMMEDIATE")
-                cls._record_expiries(conn, [row[0] for row in with_items])
-                conn.execute("COMMIT")
+        for expiries, table in ((_EXPIRIES, _ROWS), (_CACHE_EXPIRIES, _CACHE)):
+            if conn.execute(f"SELECT 1 FROM {expiries} LIMIT 1").fetchone() is None:
+                written = conn.execute(f"SELECT DISTINCT expires_at FROM {table}").fetchall()
+                if written:
+                    conn.execute("BEGIN IMMEDIATE")
+                    cls._record_expiries(conn, [row[0] for row in written], expiries)
+                    conn.execute("COMMIT")
 
     _migrate: ClassVar[Any] = _migrate_file
 
@@ -470,11 +487,16 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             return items
 
     def _purge_expired(self, now_epoch: int) -> int:
+        """Each table scanned only when a TTL it was written with has passed (most batches: none)."""
+        items = cached = 0
         with self._transaction() as conn:
-            sql = f"DELETE FROM {_ROWS} WHERE expires_at <= ? RETURNING json_array_length(channels)"
-            items = sum(count for (count,) in conn.execute(sql, (now_epoch,)).fetchall())
-            cached = conn.execute(f"DELETE FROM {_CACHE} WHERE expires_at <= ?", (now_epoch,)).rowcount
-            conn.execute(f"DELETE FROM {_EXPIRIES} WHERE expires_at <= ?", (now_epoch,))
+            if self._any_expired(conn, now_epoch):
+                sql = f"DELETE FROM {_ROWS} WHERE expires_at <= ? RETURNING json_array_length(channels)"
+                items = sum(count for (count,) in conn.execute(sql, (now_epoch,)).fetchall())
+                conn.execute(f"DELETE FROM {_EXPIRIES} WHERE expires_at <= ?", (now_epoch,))
+            if self._any_expired(conn, now_epoch, _CACHE_EXPIRIES):
+                cached = conn.execute(f"DELETE FROM {_CACHE} WHERE expires_at <= ?", (now_epoch,)).rowcount
+                conn.execute(f"DELETE FROM {_CACHE_EXPIRIES} WHERE expires_at <= ?", (now_epoch,))
         return items + cached
 
     # -- reads --
@@ -637,15 +659,14 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
             raise RuntimeError(f"{gsi2pk}: {stored} live items but {items.height} stored served JSON texts")
         return ci.drop_empty_probabilities(items)
 
-    @staticmethod
-    def _live_filter(conn: sqlite3.Connection, now_epoch: int) -> str:
+    @classmethod
+    def _live_filter(cls, conn: sqlite3.Connection, now_epoch: int) -> str:
         """The condition keeping an event's live items (`AND expires_at > :now`), or none when no item
         can have expired: every TTL an item is written with is in the expiries table, so when none
         of them has passed, GSI2 alone answers — a covering index range instead of a row look-up
         per row (the batch check's keys right after the write). Ask it in the read that runs the
         statement."""
-        passed = conn.execute(f"SELECT 1 FROM {_EXPIRIES} WHERE expires_at <= ? LIMIT 1", (now_epoch,))
-        return _LIVE if passed.fetchone() else ""
+        return _LIVE if cls._any_expired(conn, now_epoch) else ""
 
     def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> list[str]:
         with self._read_transaction() as conn:
@@ -705,6 +726,7 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
         rows = entries.select(_CACHE_COLUMNS).sort("sk", "customer_id")
         with self._bulk_transaction() as conn:
             _insert_rows(conn, f"INSERT OR REPLACE INTO {_CACHE}", rows, _CACHE_WRITE_ROWS)
+            self._record_expiries(conn, rows["expires_at"].unique().to_list(), _CACHE_EXPIRIES)
 
 
 def _constant_columns(frame: pl.DataFrame) -> list[str]:
