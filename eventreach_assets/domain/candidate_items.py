@@ -64,7 +64,9 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
 }
 REQUIRED_SCORED_COLUMNS: tuple[str, ...] = ("customer_id", "score", "score_band")
 
-_ID = re.compile(r"^[^#\s]+$")  # ids become key segments: no separator, no whitespace
+# Ids become key segments: no separator, no whitespace. A character class, for polars and `re`.
+KEY_UNSAFE_CHARACTERS = r"#\s"
+_ID = re.compile(rf"^[^{KEY_UNSAFE_CHARACTERS}]+$")
 _PROBABILITY_COLUMN = re.compile(r"^p_[a-z0-9_]+$")
 
 

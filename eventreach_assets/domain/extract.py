@@ -12,6 +12,7 @@ from zoneinfo import available_timezones
 
 import polars as pl
 
+from eventreach_assets.domain.candidate_items import KEY_UNSAFE_CHARACTERS
 from eventreach_assets.domain.schema import CANDIDATE_SCHEMA
 
 TAGS_PATTERN = r"^[a-z0-9-]+(,[a-z0-9-]+)*$"
@@ -19,6 +20,7 @@ KNOWN_TIMEZONES: frozenset[str] = frozenset(available_timezones())
 
 # Reason codes, in the order they are tested (a row gets the first that applies).
 NULL_CUSTOMER_ID = "null_customer_id"
+INVALID_CUSTOMER_ID = "invalid_customer_id"  # '#' or whitespace: it could not be a key segment
 UNPARSEABLE_TAGS = "unparseable_interest_tags"
 UNKNOWN_REGION = "unknown_region"
 UNKNOWN_TIMEZONE = "unknown_timezone"
@@ -73,6 +75,8 @@ def invalid_reason(known_regions: list[str], parseable_tags: pl.Series | None = 
     return (
         pl.when(pl.col("customer_id").is_null() | (pl.col("customer_id").str.strip_chars() == ""))
         .then(pl.lit(NULL_CUSTOMER_ID))
+        .when(pl.col("customer_id").str.contains(f"[{KEY_UNSAFE_CHARACTERS}]"))
+        .then(pl.lit(INVALID_CUSTOMER_ID))
         .when(tags.is_not_null() & ~tags_parse)
         .then(pl.lit(UNPARSEABLE_TAGS))
         .when(~pl.col("geographic_region").is_in(known_regions).fill_null(False))
