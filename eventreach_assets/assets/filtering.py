@@ -1,6 +1,6 @@
 """Step 2 of the weekly batch: the program's filter chain, with a funnel and reasons kept."""
 
-from dataclasses import replace
+from datetime import datetime
 
 import dagster as dg
 import polars as pl
@@ -31,23 +31,25 @@ def filter_inputs(
     now = clock.now()
     config = program.load()
     event = current_event(warehouse, partition_key)
-    inputs = FilterInputs(
+    window = history_window(build_filter_chain(config))
+    history = {} if window is None else {"invitations": invitations_since(warehouse, ledger, now - window)}
+    return FilterInputs(
         event=event,
         as_of=now,
         capacity_limit=config.event_config.capacity_limit,
         registrations=warehouse.event_registrations(event.event_id).lazy(),
+        **history,
     )
-    window = history_window(build_filter_chain(config))
-    if window is None:
-        return inputs
-    since = now - window
-    invitations = pl.concat(
+
+
+def invitations_since(warehouse: WarehouseResource, ledger: DeliveryLedgerResource, since: datetime) -> pl.LazyFrame:
+    """Invitations sent since `since`: the warehouse's history and this system's own sends."""
+    return pl.concat(
         [
             warehouse.invitation_history(since=since).select("customer_id", naive_utc("invited_at")),
             ledger.invitations_since(since).select("customer_id", naive_utc("invited_at")),
         ]
-    )
-    return replace(inputs, invitations=invitations.lazy())
+    ).lazy()
 
 
 def naive_utc(column: str) -> pl.Expr:

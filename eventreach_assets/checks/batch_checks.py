@@ -56,12 +56,12 @@ def filtered_candidates_policy(
     inputs = filter_inputs(warehouse, ledger, program, clock, context.partition_key)
     cap_filter = next((f for f in build_filter_chain(program.load()) if isinstance(f, FrequencyCapFilter)), None)
     cap = cap_filter.parameters.max_invitations_per_month if cap_filter else 2**31
-    window = cap_filter.parameters.window_days if cap_filter else 30
+    window = cap_filter.history_window() if cap_filter else timedelta(0)  # without a cap: none read
     survivors = filtered_candidates.lazy().select("customer_id", "marketing_opt_out")
     registered = survivors.join(inputs.registrations.select("customer_id").unique(), on="customer_id", how="semi")
     opted_out = survivors.filter(pl.col("marketing_opt_out"))
     recent = inputs.invitations.filter(
-        pl.col("invited_at").is_between(inputs.as_of - timedelta(days=window), inputs.as_of, closed="left")
+        pl.col("invited_at").is_between(inputs.as_of - window, inputs.as_of, closed="left")
     )
     over_cap = (
         survivors.join(recent, on="customer_id", how="inner").group_by("customer_id").len().filter(pl.col("len") >= cap)
