@@ -196,7 +196,7 @@ def test_the_event_predicate_selects_exactly_the_rows_the_extraction_sql_selects
     raw = profiles(*rows)
     for topics in (["devops"], ["ai", "cloud"], ["learning"], ["nobody-has-this"], ["a", "devops"]):
         expected = sorted(warehouse.extract_candidates(topics)["email"].to_list())
-        assert sorted(raw.filter(extract.event_match(topics))["email"].to_list()) == expected, topics
+        assert sorted(raw.filter(extract.event_match(raw, topics))["email"].to_list()) == expected, topics
     assert len(expected) < raw.height  # rows left out, and rows selected
     assert expected
 
@@ -240,7 +240,7 @@ def test_validate_and_dedupe_sorting_only_the_keys_equals_the_wide_snapshot_path
     # And an event read from the snapshot gives the rows of the event's own extraction.
     snapshot = extract.profile_snapshot_rows(raw, REGIONS)
     for topics in (["devops"], ["ai", "a"]):
-        own = validate_and_dedupe(raw.filter(extract.event_match(topics)), REGIONS)
+        own = validate_and_dedupe(raw.filter(extract.event_match(raw, topics)), REGIONS)
         shared = extract.event_extract(snapshot, topics)
         assert same_rows(shared, own), topics
         assert 0 < own.candidates.height <= narrow.candidates.height and own.extracted_rows == shared.extracted_rows
@@ -273,7 +273,7 @@ def test_an_event_read_from_the_snapshot_honours_only_opt_outs_on_rows_it_select
     ).with_columns(event_attendance_history=pl.lit(0, pl.Int32))  # fmt: skip
     snapshot = extract.profile_snapshot_rows(raw, REGIONS)
     for topics, opted_out in ((["devops"], {"A": False, "B": True}), (["security"], {})):
-        own = validate_and_dedupe(raw.filter(extract.event_match(topics)), REGIONS)
+        own = validate_and_dedupe(raw.filter(extract.event_match(raw, topics)), REGIONS)
         shared = extract.event_extract(snapshot, topics)
         assert same_rows(shared, own), topics
         assert dict(shared.candidates.select("customer_id", "marketing_opt_out").iter_rows()) == opted_out, topics
@@ -383,9 +383,21 @@ def test_the_snapshot_lets_the_extract_go_before_its_sort_copies_every_row(monke
     assert extract_alive_at_sort == [False]
     # The same rows, each customer's in the same order (rows of different customers that tie on
     # every key may come in either order from polars' sort, which is not stable), so the same dedupe.
-    assert snapshot.sort(extract.ROW).equals(expected.sort(extract.ROW))
+    assert snapshot.drop(extract.SINGLE_ROW).sort(extract.ROW).equals(expected.sort(extract.ROW))
     assert rows_of_each_customer(snapshot).equals(rows_of_each_customer(expected))
+    # A snapshot stored before rows said whether they are their customer's only one dedupes the same.
     assert same_rows(extract.dedupe(snapshot), extract.dedupe(expected))
+
+
+def test_a_snapshot_row_says_whether_it_is_its_customers_only_row():
+    """`SINGLE_ROW` is what lets an event's dedupe skip hashing most customer ids: true exactly for
+    the customers with one row in the snapshot, whatever the row's validity."""
+    snapshot = extract.profile_snapshot_rows(tricky_profiles(), REGIONS)
+    rows_per_customer = snapshot.group_by("customer_id").len()
+    got = snapshot.join(rows_per_customer, on="customer_id").select(extract.SINGLE_ROW, single=pl.col("len") == 1)
+    assert got[extract.SINGLE_ROW].equals(got["single"], check_names=False)
+    assert got["single"].any() and not got["single"].all()
+    assert snapshot.filter(pl.col(extract.SINGLE_ROW) & pl.col("reason").is_not_null()).height > 0
 
 
 def rows_of_each_customer(frame: pl.DataFrame) -> pl.DataFrame:
