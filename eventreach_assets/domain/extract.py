@@ -41,9 +41,10 @@ ROW = "_row"  # a row's place in the extraction, so results keep the warehouse's
 # (and the text behind it): at 3M profiles ~200 MB less at the batch's memory peak. The candidate
 # model and the quarantine give them back as strings.
 FEW_VALUES = ("geographic_region", "job_role", "account_status", "marketplace", "timezone")
-# A snapshot row whose customer has no other row in the snapshot (70% of the rows at 3M profiles):
-# it is its customer's newest among any rows an event selects, so an event's dedupe hashes only
-# the other rows' customer ids (`newest_flags`). Computed once a week by `profile_snapshot_rows`.
+# A row whose customer has no other row among the extracted ones (70% of the rows at 3M profiles):
+# it is its customer's newest among any of them an event keeps, so the dedupe hashes only the other
+# rows' customer ids (`first_of_customer`). Stored in the week's snapshot (`profile_snapshot_rows`,
+# once a week); an event's own extraction computes it for its rows (`validate_and_dedupe`).
 SINGLE_ROW = "_single_row"
 # The candidate column the dedupe does not take from the customer's row as it is: an opt-out on a
 # newer quarantined row is honoured (`_results`).
@@ -178,8 +179,8 @@ def newest_flags(
     """`ordered` (newest first) with `_newest`: the customer's newest valid row; and the customers
     whose newest row of all is quarantined and opts out. With `selected` (an event's predicate),
     only the rows it selects count, the others flagged as neither, so the rows need not be
-    gathered first. With `single` (`SINGLE_ROW` of snapshot rows), the rows of customers that have
-    no other row are first of their customer without hashing their ids.
+    gathered first. With `single` (the `SINGLE_ROW` flag, `single_row()`), the rows of customers
+    that have no other row are first of their customer without hashing their ids.
 
     An opt-out must be honoured even when it arrives on a row that is quarantined for some
     other defect (say an unknown timezone): falling back to an older valid row would otherwise
