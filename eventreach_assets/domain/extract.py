@@ -44,7 +44,7 @@ FEW_VALUES = ("geographic_region", "job_role", "account_status", "marketplace", 
 # A row whose customer has no other row among the extracted ones (70% of the rows at 3M profiles):
 # it is its customer's newest among any of them an event keeps, so the dedupe hashes only the other
 # rows' customer ids (`first_of_customer`). Stored in the week's snapshot (`profile_snapshot_rows`,
-# once a week); an event's own extraction computes it for its rows (`validate_and_dedupe`).
+# once a week); an event's own extraction computes it for its rows (`single_row`).
 SINGLE_ROW = "_single_row"
 # The candidate column the dedupe does not take from the customer's row as it is: an opt-out on a
 # newer quarantined row is honoured (`_results`).
@@ -173,14 +173,11 @@ def sorted_newest_first(frame: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def newest_flags(
-    ordered: pl.LazyFrame, selected: pl.Expr | None = None, single: pl.Expr | None = None
-) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """`ordered` (newest first) with `_newest`: the customer's newest valid row; and the customers
-    whose newest row of all is quarantined and opts out. With `selected` (an event's predicate),
-    only the rows it selects count, the others flagged as neither, so the rows need not be
-    gathered first. With `single` (the `SINGLE_ROW` flag, `single_row()`), the rows of customers
-    that have no other row are first of their customer without hashing their ids.
+def newest_flags(ordered: pl.LazyFrame, selected: pl.Expr | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """`ordered` (newest first, with `SINGLE_ROW`) with `_newest`: the customer's newest valid row;
+    and the customers whose newest row of all is quarantined and opts out. With `selected` (an
+    event's predicate), only the rows it selects count, the others flagged as neither, so the rows
+    need not be gathered first.
 
     An opt-out must be honoured even when it arrives on a row that is quarantined for some
     other defect (say an unknown timezone): falling back to an older valid row would otherwise
@@ -192,9 +189,7 @@ def newest_flags(
     quarantined = pl.col("reason").is_not_null()
     selected = pl.lit(True) if selected is None else selected
     valid = selected & ~quarantined
-    flagged = ordered.with_columns(
-        _newest_of_all=first_of_customer(selected, single), _newest=first_of_customer(valid, single)
-    )
+    flagged = ordered.with_columns(_newest_of_all=first_of_customer(selected), _newest=first_of_customer(valid))
     opted_out = flagged.filter(pl.col("_newest_of_all") & quarantined & pl.col("marketing_opt_out").fill_null(False))
     return flagged.drop("_newest_of_all"), opted_out.select("customer_id")
 
@@ -206,15 +201,12 @@ def single_row() -> pl.Expr:
     return pl.col("customer_id").hash().is_unique().alias(SINGLE_ROW)
 
 
-def first_of_customer(rows: pl.Expr, single: pl.Expr | None = None) -> pl.Expr:
+def first_of_customer(rows: pl.Expr) -> pl.Expr:
     """Whether a row is among `rows` and the first of its customer's there (ids of other rows
-    masked). A `single` row (its customer's only one) is first wherever it is kept: at 3M profiles an
-    event's flags 0.8-1.2 s -> 0.3-0.4 s, only 30% of the snapshot's ids hashed."""
-    customer = pl.col("customer_id")
-    if single is None:
-        return rows & pl.when(rows).then(customer).is_first_distinct()
-    shared = rows & ~single
-    return rows & (single | pl.when(shared).then(customer).is_first_distinct())
+    masked). A `SINGLE_ROW` row (its customer's only one) is first wherever it is kept, so only the
+    other rows' ids are hashed: at 3M profiles an event's flags 0.8-1.2 s -> 0.3-0.4 s."""
+    single = pl.col(SINGLE_ROW)
+    return rows & (single | pl.when(rows & ~single).then(pl.col("customer_id")).is_first_distinct())
 
 
 def dedupe(ordered: pl.DataFrame | pl.LazyFrame, selected: pl.Expr | None = None) -> ExtractResult:
@@ -231,15 +223,12 @@ def dedupe(ordered: pl.DataFrame | pl.LazyFrame, selected: pl.Expr | None = None
     column of 2.5M rows, for an order nothing downstream reads (a warehouse without ORDER BY
     promises none either): at 3M profiles an event took 3.6-4.5 s with it, 2.9-3.6 s without."""
     frame = ordered.lazy()
-    single = SINGLE_ROW in frame.collect_schema()  # snapshots written before it was stored: hashed
+    # A snapshot written before rows carried the flag has it computed here (for these rows).
+    flag = pl.col(SINGLE_ROW) if SINGLE_ROW in frame.collect_schema() else single_row()
     keys = frame.select(
-        "customer_id",
-        "reason",
-        "marketing_opt_out",
-        *([SINGLE_ROW] if single else []),
-        _selected=pl.lit(True) if selected is None else selected,
+        "customer_id", "reason", "marketing_opt_out", flag, _selected=pl.lit(True) if selected is None else selected
     )
-    flagged, opted_out = newest_flags(keys, pl.col("_selected"), pl.col(SINGLE_ROW) if single else None)
+    flagged, opted_out = newest_flags(keys, pl.col("_selected"))
     flags, opted_out = pl.collect_all([flagged.select("_selected", "_newest"), opted_out], engine="in-memory")
     newest = flags["_newest"]
     return _results(frame.filter(newest), frame.filter(flags["_selected"] & ~newest), opted_out, newest.arg_true())
@@ -317,7 +306,7 @@ def validate_and_dedupe(raw: pl.DataFrame | pl.LazyFrame, known_regions: list[st
     frame = with_reason(raw, known_regions).collect(engine="in-memory")  # the extract's columns, not copied
     del raw  # the last reference (callers pass the warehouse's frame itself): its `FEW_VALUES` strings go
     keys = frame.lazy().select(ROW, "customer_id", "reason", "marketing_opt_out", *DEDUPE_ORDER, single_row())
-    flagged, opted_out = newest_flags(sorted_newest_first(keys), single=pl.col(SINGLE_ROW))
+    flagged, opted_out = newest_flags(sorted_newest_first(keys))
     in_order, opted_out = pl.collect_all([flagged.select(ROW, "_newest").sort(ROW), opted_out], engine="in-memory")
     newest = in_order["_newest"]
     return _results(frame.lazy().filter(newest), frame.lazy().filter(~newest), opted_out)
