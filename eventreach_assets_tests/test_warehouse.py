@@ -1,8 +1,10 @@
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from polars.testing import assert_frame_equal
 
 from eventreach_assets.resources.warehouse import (
     DuckDBWarehouse,
@@ -30,6 +32,21 @@ def test_topics_are_pushed_down(small_warehouse):
     assert (matched["event_attendance_history"] > 0).all()
     # A hostile "topic" is data, not SQL.
     assert warehouse.extract_candidates(["x') OR 1=1 --"]).height <= rows.height
+
+
+def test_a_compact_extraction_is_the_same_rows_and_leaves_no_file(
+    small_warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The compact read (through a temporary Parquet file on DuckDB) gives the frame the Arrow read
+    gives: the same columns, types, rows and order, a hostile topic still data; the file is gone after."""
+    path, _ = small_warehouse
+    warehouse = DuckDBWarehouse(path=str(path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for topics in (["devops"], ["cloud", "security"], ["x') OR 1=1 --"]):
+        compact = warehouse.extract_candidates(topics, compact=True)
+        assert_frame_equal(compact, warehouse.extract_candidates(topics))
+    assert compact.height > 0  # attendance alone selects rows
+    assert list(tmp_path.iterdir()) == []
 
 
 def _broken_warehouse(tmp_path: Path, drop: str) -> DuckDBWarehouse:

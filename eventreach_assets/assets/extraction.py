@@ -89,8 +89,10 @@ def profile_snapshot(
 
 
 def extract_event(warehouse: WarehouseResource, program: ProgramResource, event: EventContext) -> ExtractResult:
-    """The event's own extraction (its predicate pushed down), validated and deduplicated."""
-    return validate_and_dedupe(warehouse.extract_candidates(event.topics), program.load().marketplaces)
+    """The event's own extraction (its predicate pushed down), validated and deduplicated. Its
+    candidates are kept to the run's end: the extract is read compact."""
+    raw = warehouse.extract_candidates(event.topics, compact=True)
+    return validate_and_dedupe(raw, program.load().marketplaces)
 
 
 def extracted(context: dg.AssetExecutionContext, event: EventContext, result: ExtractResult, how: str,

@@ -57,6 +57,11 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
     def _query(self, session: Any, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
         """Run one statement with `?` bind parameters; the result as the DuckDB backend types it."""
 
+    def _query_compact(self, session: Any, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """`_query` with each column in buffers of its own, for a large result a run keeps to its
+        end; a backend whose frames share their result's buffers among columns overrides it."""
+        return self._query(session, sql, params)
+
     @abc.abstractmethod
     def _columns(self, session: Any, table: str) -> set[str]:
         """The table's column names, lower-case; empty when the table does not exist."""
@@ -96,9 +101,13 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
         with self._checked_session(tables) as session:
             return self._query(session, sql, params)
 
-    def extract_candidates(self, topics: list[str]) -> pl.DataFrame:
-        """Raw profile rows for an event's topics, pushed down to the warehouse."""
-        return self._checked_query(("customer_profiles",), extraction_sql(len(topics)), list(topics))
+    def extract_candidates(self, topics: list[str], *, compact: bool = False) -> pl.DataFrame:
+        """Raw profile rows for `topics`, pushed down to the warehouse. `compact` for rows whose
+        candidates a run keeps to its end (an event's own extraction; `_query_compact`); the week's
+        snapshot sorts its rows and lets the extract go, and takes the faster read."""
+        query = self._query_compact if compact else self._query
+        with self._checked_session(("customer_profiles",)) as session:
+            return query(session, extraction_sql(len(topics)), list(topics))
 
     def events(self) -> pl.DataFrame:
         """The events catalog as stored (topics and regions as CSV strings)."""
