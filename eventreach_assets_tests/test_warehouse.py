@@ -1,4 +1,7 @@
+import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,29 @@ def test_a_compact_extraction_is_the_same_rows_and_leaves_no_file(
         assert_frame_equal(compact, warehouse.extract_candidates(topics))
     assert compact.height > 0  # attendance alone selects rows
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_compact_extraction_without_a_usable_temporary_directory_says_which(
+    small_warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Python cannot make the directory (TMPDIR is a file), or DuckDB cannot write into it (gone
+    by then): either way the error names the directory and the setting."""
+    path, _ = small_warehouse
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_directory))
+    expected = rf"temporary Parquet file could not be written under {re.escape(str(not_a_directory))}.*TMPDIR"
+    with pytest.raises(RuntimeError, match=expected):
+        DuckDBWarehouse(path=str(path)).extract_candidates(["devops"], compact=True)
+
+    @contextmanager
+    def vanished(prefix: str) -> Iterator[str]:
+        yield str(tmp_path / f"{prefix}gone")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", vanished)
+    with pytest.raises(RuntimeError, match=rf"could not be written under {re.escape(str(tmp_path))} \(.*gone"):
+        DuckDBWarehouse(path=str(path)).extract_candidates(["devops"], compact=True)
 
 
 def _broken_warehouse(tmp_path: Path, drop: str) -> DuckDBWarehouse:

@@ -40,13 +40,22 @@ class DuckDBWarehouse(WarehouseResource):
         A frame from DuckDB's Arrow result keeps all its text columns' bytes (the result's batches)
         until the last of them is dropped: an event's candidates, gathered from the extract, kept
         every profile column's text through the run. Read from Parquet, each column owns its own.
-        At 3M profiles one event's peak 2,047-2,126 -> 1,685-1,724 MiB, the read ~0.8 s longer
-        (docs/speed.md)."""
-        with tempfile.TemporaryDirectory(prefix="eventreach-extract-") as directory:
-            path = Path(directory) / "rows.parquet"
-            quoted = str(path).replace("'", "''")
-            session.execute(f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION uncompressed)", params or None)
-            return pl.read_parquet(path)
+        At 3M profiles one event's peak 2,014-2,126 -> 1,685-1,943 MiB (seven runs each), the read
+        ~1 s longer (docs/speed.md)."""
+        import duckdb
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="eventreach-extract-") as directory:
+                path = Path(directory) / "rows.parquet"
+                quoted = str(path).replace("'", "''")
+                copy = f"COPY ({sql}) TO '{quoted}' (FORMAT parquet, COMPRESSION uncompressed)"
+                session.execute(copy, params or None).fetchall()
+                return pl.read_parquet(path)
+        except (OSError, duckdb.IOException) as error:
+            raise RuntimeError(
+                f"the extraction's temporary Parquet file could not be written under {tempfile.gettempdir()} "
+                f"({error}); it takes ~55 bytes a profile row, and TMPDIR chooses the directory"
+            ) from error
 
     def _columns(self, session: Any, table: str) -> set[str]:
         rows = session.execute(
