@@ -96,18 +96,20 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
                 self._check_table(session, table)
             yield session
 
-    def _checked_query(self, tables: tuple[str, ...], sql: str, params: list[Any] | None) -> pl.DataFrame:
-        """One statement after checking the tables it reads, in one session."""
+    def _checked_query(
+        self, tables: tuple[str, ...], sql: str, params: list[Any] | None, *, compact: bool = False
+    ) -> pl.DataFrame:
+        """One statement after checking the tables it reads, in one session (`compact`: through
+        `_query_compact`)."""
+        query = self._query_compact if compact else self._query
         with self._checked_session(tables) as session:
-            return self._query(session, sql, params)
+            return query(session, sql, params)
 
     def extract_candidates(self, topics: list[str], *, compact: bool = False) -> pl.DataFrame:
         """Raw profile rows for `topics`, pushed down to the warehouse. `compact` for rows whose
         candidates a run keeps to its end (an event's own extraction; `_query_compact`); the week's
         snapshot sorts its rows and lets the extract go, and takes the faster read."""
-        query = self._query_compact if compact else self._query
-        with self._checked_session(("customer_profiles",)) as session:
-            return query(session, extraction_sql(len(topics)), list(topics))
+        return self._checked_query(("customer_profiles",), extraction_sql(len(topics)), list(topics), compact=compact)
 
     def events(self) -> pl.DataFrame:
         """The events catalog as stored (topics and regions as CSV strings)."""
