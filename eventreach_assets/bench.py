@@ -11,9 +11,11 @@ peak RSS. Then the week: the profile snapshot once and weekly batch + export for
 read from it (program `extraction: weekly_snapshot`; the one-event rows use `per_event`), through
 Dagster in one process and as bare code likewise, and as the local deployment runs it: each run a
 fresh run-worker process, as many at once as `dagster.yaml` allows (`measure_week_deployed`).
-First, once, the code location's start-up: what every run worker of a deployment pays before its
-first step (importing the definitions in a fresh process), beside the framework's own (dagster and
-polars alone). Ends with one JSON line of every figure.
+Under each size, where the Dagster runs' time beyond their asset bodies went (`dagster_share`: the
+asset steps beyond the bodies, the check steps, the runs outside their steps), read back from their
+event logs. First, once, the code location's start-up: what every run worker of a deployment pays
+before its first step (importing the definitions in a fresh process), beside the framework's own
+(dagster and polars alone). Ends with one JSON line of every figure.
 """
 
 from __future__ import annotations
@@ -128,6 +130,40 @@ def _add_figures(result: Any, stages: Counter[str], counts: Counter[str]) -> Non
             counts["extracted_rows"] += int(metadata["extracted_rows"].value)
 
 
+def dagster_share(instance: Any, run_ids: list[str], bodies_s: float) -> dict[str, float]:
+    """Where the runs' time beyond their asset bodies goes, read back from their event logs (after
+    the timing): the asset steps beyond the bodies (inputs loaded, values written, step events),
+    the check steps, and each run outside its steps (its start, planned events, end). `runs_s`: the
+    runs' spans, first event to last; `check_steps`: how many there were. What the Dagster/bare
+    ratio pays for, in every bench (docs/speed.md)."""
+    from dagster import DagsterEventType
+
+    edges = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
+    spans = asset_steps = check_steps = 0.0
+    checks = 0
+    for run_id in run_ids:
+        records = instance.all_logs(run_id)
+        spans += records[-1].timestamp - records[0].timestamp
+        stamps: dict[str, list[float]] = {}
+        checked: set[str] = set()
+        for record in records:
+            event_type = record.dagster_event.event_type if record.dagster_event else None
+            if record.step_key and event_type in edges:
+                stamps.setdefault(record.step_key, []).append(record.timestamp)
+            if record.step_key and event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+                checked.add(record.step_key)
+        for step, times in stamps.items():
+            if step in checked:
+                check_steps += max(times) - min(times)
+            else:
+                asset_steps += max(times) - min(times)
+        checks += len(checked)
+    return {
+        "asset_steps_beyond_bodies": asset_steps - bodies_s, "check_steps": check_steps,
+        "runs_outside_steps": spans - asset_steps - check_steps, "runs_s": spans, "check_step_count": checks,
+    }  # fmt: skip
+
+
 def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> dict:
     """Execute the jobs (job name, partition) in order through Dagster; wall, per-asset seconds
     (summed over partitions), counts and peak RSS.
@@ -140,14 +176,18 @@ def _execute(defs: Any, instance: Any, runs: list[tuple[str, str | None]]) -> di
 
     stages: Counter[str] = Counter()
     counts: Counter[str] = Counter()
+    run_ids: list[str] = []
     started = time.perf_counter()
     for job, partition in runs:
         result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition)
         _add_figures(result, stages, counts)
+        run_ids.append(result.run_id)
         del result
     wait_for_checkpoints()  # the store's data on disk, as an inline checkpoint would have left it
     wall = time.perf_counter() - started
-    return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb()}
+    share = dagster_share(instance, run_ids, sum(stages.values()))
+    share["between_runs"] = wall - share.pop("runs_s")  # plans made, results read, the store's checkpoint
+    return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb(), "share": share}
 
 
 def measure(home: Path, event_id: str) -> dict:
@@ -212,7 +252,9 @@ def run_worker(job: str, partition: str | None) -> dict:
     stages: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     _add_figures(result, stages, counts)
-    return {"stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid()}
+    with dg.DagsterInstance.get() as instance:
+        share = dagster_share(instance, [result.run_id], sum(stages.values()))
+    return {"stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid(), "share": share}
 
 
 def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
@@ -248,11 +290,16 @@ def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
     wall = lap()
     stages: Counter[str] = Counter()
     counts: Counter[str] = Counter()
+    share: Counter[str] = Counter()
     for worker in workers:
         stages.update(worker["stages"])
         counts.update(worker["counts"])
+        share.update(worker["share"])
+        share["worker_processes"] += worker["ended_s"] - worker["started_s"]
+    share["worker_processes"] -= share.pop("runs_s")  # each worker's start-up and exit, around its run
     peak = max(worker["peak_rss_mb"] for worker in workers)
-    return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": peak, "workers": workers}
+    return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": peak, "workers": workers,
+            "share": dict(share)}  # fmt: skip
 
 
 def _bare_score(r: dict, event: Any, filtered: Any) -> Any:
@@ -424,7 +471,9 @@ def summarize(samples: list[dict], stages: dict[str, str]) -> dict:
         "extracted": samples[0]["counts"].get("extracted_rows", 0),
         "eligible": samples[0]["counts"].get("scored_candidates", 0),
         **({"workers": [s["workers"] for s in samples]} if "workers" in samples[0] else {}),
-    }
+        **({"share_s": {part: statistics.median(s["share"][part] for s in samples) for part in samples[0]["share"]}}
+           if "share" in samples[0] else {}),
+    }  # fmt: skip
 
 
 def row(profiles: int, runner: str, figures: dict) -> str:
@@ -434,6 +483,23 @@ def row(profiles: int, runner: str, figures: dict) -> str:
         f"{profiles:>10,} {runner.replace('_', '-'):<12} {extracted:>10,} {figures['eligible']:>9,} {wall:>7.2f} "
         f"{extracted * 60 / wall:>11,.0f} {figures['peak_rss_mb']:>8,.0f}  {stages}"
     )
+
+
+SHARE_PARTS = {"asset_steps_beyond_bodies": "asset steps", "check_steps": "check steps",
+               "runs_outside_steps": "runs outside steps", "between_runs": "between runs",
+               "worker_processes": "run-worker processes"}  # fmt: skip
+
+
+def share_row(runner: str, figures: dict) -> str:
+    """Where a Dagster runner's time beyond its asset bodies went (medians of `dagster_share`);
+    as deployed, summed over the run workers, which overlap."""
+    share = figures["share_s"]
+    parts = ", ".join(f"{label} {share[part]:.2f}" for part, label in SHARE_PARTS.items() if part in share)
+    name, checks = runner.replace("_", "-"), f" ({share['check_step_count']:.0f} check steps)"
+    if "worker_processes" in share:
+        return f"{'':>10} {name}, beyond the asset bodies summed over its run workers (s): {parts}{checks}"
+    beyond = figures["wall_s"] - sum(figures["stages_s"].values())
+    return f"{'':>10} {name}: {beyond:.2f} s of the wall beyond the asset bodies: {parts}{checks}"
 
 
 def agreeing(figures: dict, dagster: str, bare: str) -> float:
@@ -499,6 +565,8 @@ def run(sizes: list[int], runs: int) -> None:
             f"load average {os.getloadavg()[0]:.2f})",
             flush=True,
         )
+        for runner in ("dagster", "week_dagster", "week_deployed"):
+            print(share_row(runner, result[runner]), flush=True)
     figures = {"bench": "weekly_batch", "runs": runs, "load_average": os.getloadavg(), "startup": startup}
     print(json.dumps({**figures, "sizes": results}))
 

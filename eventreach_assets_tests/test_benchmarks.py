@@ -76,6 +76,19 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     # at each run's start, the runs going (itself included): two at once, never more
     running = [sum(w["started_s"] <= run["started_s"] < w["ended_s"] for w in event_runs) for run in event_runs]
     assert max(running) == slots
+    # Dagster's share: the time beyond the asset bodies, by where it went, read from the runs' event logs.
+    checks = {"dagster": 6, "week_dagster": 18, "week_deployed": 18}  # five on weekly_batch, one on the export
+    for runner, check_steps in checks.items():
+        figures = size[runner]
+        share = figures["share_s"]
+        assert share["check_step_count"] == check_steps
+        assert all(share[part] > 0 for part in ("asset_steps_beyond_bodies", "check_steps", "runs_outside_steps"))
+        outside = "worker_processes" if runner == "week_deployed" else "between_runs"
+        assert share[outside] > 0
+        assert f"{runner.replace('_', '-')}" in out and f"check steps {share['check_steps']:.2f}" in out
+        if runner != "week_deployed":  # in one process the parts are the wall's: they add up to it
+            parts = sum(share[part] for part in bench.SHARE_PARTS if part in share)
+            assert parts + sum(figures["stages_s"].values()) == pytest.approx(figures["wall_s"], abs=0.05)
     # Once per invocation: a run worker's start-up beside the framework's own, each a fresh process.
     startup = json.loads(lines[-1])["startup"]
     for name in ("code_location", "framework"):
