@@ -134,7 +134,7 @@ def dagster_share(instance: Any, run_ids: list[str], bodies_s: float) -> dict[st
     """Where the runs' time beyond their asset bodies goes, read back from their event logs (after
     the timing): the asset steps beyond the bodies (inputs loaded, values written, step events),
     the check steps, and each run outside its steps (its start, planned events, end). `runs_s`: the
-    runs' spans, first event to last; `check_steps`: how many there were. What the Dagster/bare
+    runs' spans, first event to last; `check_step_count`: how many check steps. What the Dagster/bare
     ratio pays for, in every bench (docs/speed.md)."""
     from dagster import DagsterEventType
 

@@ -444,8 +444,7 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         compare. Read as the live items' GSI2 sort keys (`status#date#customer#channel`): one value
         an item where the attributes were four, and a store's own GSI2 holds them."""
         now_epoch = ci.epoch_seconds(resolve_now(now))
-        sort_keys = self._event_item_sort_keys(ci.gsi2_pk(program_id, event_id), now_epoch)
-        parts = ci.gsi2_sk_parts(pl.Series("gsi2sk", sort_keys, pl.String))
+        parts = ci.gsi2_sk_parts(self._event_item_sort_keys(ci.gsi2_pk(program_id, event_id), now_epoch))
         return parts.select(EVENT_ITEM_KEYS).sort("customer_id", "channel")
 
     def count_event_items(self, program_id: str, event_id: str, now: datetime | None = None) -> int:
@@ -526,8 +525,8 @@ class CandidateStoreResource(dg.ConfigurableResource, abc.ABC):
         """Live items of the event (GSI2PK)."""
 
     @abc.abstractmethod
-    def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> list[str]:
-        """GSI2SK of the event's live items (GSI2PK), any order."""
+    def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> pl.Series:
+        """GSI2SK of the event's live items (GSI2PK), any order (a String series)."""
 
     def _exported_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         """Live items of the event (GSI2PK) without PII; a store may read them its own faster way."""

@@ -577,11 +577,11 @@ class DynamoDBCandidateStore(CandidateStoreResource):
     def _event_items(self, gsi2pk: str, now_epoch: int) -> pl.DataFrame:
         return items_frame(self._query_shards(self._event_queries(gsi2pk, now_epoch)))
 
-    def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> list[str]:
+    def _event_item_sort_keys(self, gsi2pk: str, now_epoch: int) -> pl.Series:
         queries = self._event_queries(gsi2pk, now_epoch, ProjectionExpression="#gsi2sk")
         for query in queries:  # the projected name beside the filter's
             query["ExpressionAttributeNames"] |= attribute_names("gsi2sk")
-        return [item["gsi2sk"]["S"] for item in self._query_shards(queries)]
+        return pl.Series("gsi2sk", [item["gsi2sk"]["S"] for item in self._query_shards(queries)], pl.String)
 
     def _count_event_items(self, gsi2pk: str, now_epoch: int) -> int:
         def count(query: dict[str, Any]) -> int:
