@@ -162,8 +162,9 @@ _EXPORT_PAGE_SQL = f"""
     FROM {_ROWS} AS r WHERE r.gsi2pk = :pk AND r.gsi2sk > :after{{end}} AND r.expires_at > :now
 """
 _EXPORT_PAGE_UP_TO = " AND r.gsi2sk <= :end"
-# The GSI2 sort keys of an event's items; `live` is `_live_filter`'s condition.
-_SORT_KEYS_SQL = f"SELECT r.gsi2sk, r.channels FROM {_ROWS} AS r WHERE r.gsi2pk = :pk{{live}}"  # rows: items in polars
+# An event's rows, what its items' GSI2 sort keys are made of (`_event_item_sort_keys`); `live` is
+# `_live_filter`'s condition.
+_SORT_KEYS_SQL = f"SELECT r.gsi2sk, r.channels FROM {_ROWS} AS r WHERE r.gsi2pk = :pk{{live}}"
 _COUNT_SQL = f"SELECT coalesce(sum(json_array_length(r.channels)), 0) FROM {_ROWS} AS r WHERE r.gsi2pk = :pk{{live}}"
 _LIVE = " AND r.expires_at > :now"
 _EXPORT_READ_ROWS = 50_000  # rows (~100,000 items, ~28 MB of text) a page, far below SQLite's 1 GB limit on one value
