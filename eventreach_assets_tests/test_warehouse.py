@@ -45,10 +45,20 @@ def test_a_compact_extraction_is_the_same_rows_and_leaves_no_file(
     path, _ = small_warehouse
     warehouse = DuckDBWarehouse(path=str(path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    for topics in (["devops"], ["cloud", "security"], ["x') OR 1=1 --"]):
+    held: list[list[str]] = []  # what each temporary directory held when it was cleaned up
+
+    class Recorded(tempfile.TemporaryDirectory):
+        def __exit__(self, *exc: object) -> None:
+            held.append(sorted(file.name for file in Path(self.name).iterdir()))
+            super().__exit__(*exc)
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", Recorded)
+    topic_sets = (["devops"], ["cloud", "security"], ["x') OR 1=1 --"])
+    for topics in topic_sets:
         compact = warehouse.extract_candidates(topics, compact=True)
         assert_frame_equal(compact, warehouse.extract_candidates(topics))
     assert compact.height > 0  # attendance alone selects rows
+    assert held == [["rows.parquet"]] * len(topic_sets)  # each compact read went through its file, the Arrow reads not
     assert list(tmp_path.iterdir()) == []
 
 
