@@ -47,6 +47,23 @@ class Deployment:
     instance: dg.DagsterInstance
 
 
+@pytest.fixture
+def warehouse_connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Every read-only DuckDB connection (the local warehouse's) opened while the test runs (its arguments)."""
+    import duckdb
+
+    connections: list[tuple] = []
+    connect = duckdb.connect
+
+    def counted(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        if kwargs.get("read_only"):
+            connections.append(args)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", counted)
+    return connections
+
+
 @pytest.fixture(scope="session")
 def small_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SeedSummary]:
     home = tmp_path_factory.mktemp("warehouse")

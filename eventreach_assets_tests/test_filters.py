@@ -316,6 +316,18 @@ def test_the_batch_reads_the_invitation_history_its_frequency_cap_counts_and_no_
         assert invited_at.filter(invited_at < AS_OF - timedelta(days=62)).len() > 0
 
 
+def test_the_filter_inputs_are_read_in_one_warehouse_session(small_warehouse, tmp_path, warehouse_connections):
+    """The event, its registrations and the invitation history: three reads, one connection (a login
+    on Snowflake), for the filter step and again for its policy check."""
+    warehouse = DuckDBWarehouse(path=str(small_warehouse[0]))
+    event_id = small_warehouse[1].upcoming_event_ids[0]
+    ledger = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
+    read = filter_inputs(warehouse, ledger, ProgramResource(), ClockResource(fixed_now=AS_OF.isoformat()), event_id)
+    assert read.event.event_id == event_id
+    assert read.registrations.collect().height > 0 and read.invitations.collect().height > 0
+    assert len(warehouse_connections) == 1
+
+
 def test_a_chain_without_a_frequency_cap_reads_no_invitation_history(small_warehouse, tmp_path):
 
     class NoHistoryWarehouse(DuckDBWarehouse):

@@ -226,11 +226,10 @@ def test_columns_come_back_lower_case(snow: SnowflakeWarehouse):
         assert snow._columns(session, "CUSTOMER_PROFILES") == set(PROFILE_COLUMNS)
 
 
-def test_a_read_logs_in_once_for_its_column_checks_and_its_queries(
-    snow: SnowflakeWarehouse, monkeypatch: pytest.MonkeyPatch
-):
-    """A Snowflake connection is a login: a read's column checks and its statements share one."""
-    opened = []
+@pytest.fixture
+def logins(snow: SnowflakeWarehouse, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per Snowflake connection the warehouse opens while the test runs."""
+    opened: list[int] = []
     get_connection = type(snow.snowflake).get_connection
 
     def counted(resource: SnowflakeResource, *args: Any, **kwargs: Any) -> Any:
@@ -238,8 +237,23 @@ def test_a_read_logs_in_once_for_its_column_checks_and_its_queries(
         return get_connection(resource, *args, **kwargs)
 
     monkeypatch.setattr(type(snow.snowflake), "get_connection", counted)
+    return opened
+
+
+def test_a_read_logs_in_once_for_its_column_checks_and_its_queries(snow: SnowflakeWarehouse, logins: list[int]):
+    """A Snowflake connection is a login: a read's column checks and its statements share one."""
     reads = one_read_of_each_kind(snow)
-    assert len(opened) == reads
+    assert len(logins) == reads
+
+
+def test_reads_in_a_reading_block_log_in_once(snow: SnowflakeWarehouse, logins: list[int]):
+    """A step's reads (the batch's filter inputs: the event, registrations, past invitations) in one login."""
+    with snow.reading():
+        one_read_of_each_kind(snow)
+        assert snow.event_registrations("evt-none").height == 0
+    assert len(logins) == 1
+    assert snow.events().height > 0  # after the block, a login of its own
+    assert len(logins) == 2
 
 
 def test_missing_column_is_named(broken: SnowflakeWarehouse):

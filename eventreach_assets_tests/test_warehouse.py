@@ -122,22 +122,58 @@ def one_read_of_each_kind(warehouse: WarehouseResource) -> int:
     return 4
 
 
+def assert_writable(path: Path) -> None:
+    """Every read connection was closed: the file opens read-write."""
+    with duckdb.connect(str(path)) as writer:
+        assert writer.execute("select count(*) from information_schema.tables").fetchone()[0] > 0
+
+
 def test_a_read_opens_one_connection_for_its_column_checks_and_its_queries(
-    small_warehouse, monkeypatch: pytest.MonkeyPatch
+    small_warehouse, warehouse_connections: list[tuple]
 ):
     """Opening the DuckDB file costs ~30 ms and sensors read the events catalog every tick: a read's
     column checks and statements share one connection, closed after (the file can be written again)."""
     path, _ = small_warehouse
-    opened = []
-    connect = duckdb.connect
-
-    def counted(*args: Any, **kwargs: Any) -> duckdb.DuckDBPyConnection:
-        opened.append(args)
-        return connect(*args, **kwargs)
-
-    monkeypatch.setattr(duckdb, "connect", counted)
     reads = one_read_of_each_kind(DuckDBWarehouse(path=str(path)))
-    assert len(opened) == reads
-    monkeypatch.undo()
-    with duckdb.connect(str(path)) as writer:  # every read connection was closed: the file opens read-write
-        assert writer.execute("select count(*) from events").fetchone()[0] > 0
+    assert len(warehouse_connections) == reads
+    assert_writable(path)
+
+
+def test_reads_in_a_reading_block_share_one_connection_and_check_each_table_once(
+    small_warehouse, warehouse_connections: list[tuple], monkeypatch: pytest.MonkeyPatch
+):
+    """A step's reads (the event, its registrations, past invitations) in one session: one
+    connection, each table's columns checked once, closed when the block ends; an inner block uses
+    it, another resource opens its own."""
+    path, _ = small_warehouse
+    warehouse = DuckDBWarehouse(path=str(path))
+    checked: list[str] = []
+    columns = DuckDBWarehouse._columns
+
+    def counted(self: DuckDBWarehouse, session: Any, table: str) -> set[str]:
+        checked.append(table)
+        return columns(self, session, table)
+
+    monkeypatch.setattr(DuckDBWarehouse, "_columns", counted)
+    with warehouse.reading():
+        one_read_of_each_kind(warehouse)
+        with warehouse.reading():
+            assert warehouse.events().height > 0
+        assert len(warehouse_connections) == 1
+        assert DuckDBWarehouse(path=str(path)).events().height > 0  # another resource: its own session
+        assert len(warehouse_connections) == 2
+    assert sorted(checked) == ["customer_profiles", "events", "events", "invitation_history"]
+    assert_writable(path)
+    assert warehouse.events().height > 0  # after the block, a read of its own again
+    assert len(warehouse_connections) == 3
+
+
+def test_a_failing_read_in_a_reading_block_closes_its_session(tmp_path: Path, warehouse_connections: list[tuple]):
+    """The block's session is closed (the file opens read-write) and forgotten: the next read opens its own."""
+    warehouse = _broken_warehouse(tmp_path, "engagement_score")
+    with pytest.raises(WarehouseSchemaError, match="no table 'events'"), warehouse.reading():
+        warehouse.events()
+    assert_writable(tmp_path / "broken.duckdb")
+    with pytest.raises(WarehouseSchemaError, match=r"customer_profiles.*missing column.*engagement_score"):
+        warehouse.extract_candidates(["devops"])  # not the closed session: a new one
+    assert len(warehouse_connections) == 2

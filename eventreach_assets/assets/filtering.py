@@ -26,18 +26,21 @@ def filter_inputs(
     Past invitations are the warehouse's history plus what this system sent since (the
     delivery ledger), so the frequency cap counts this week's sends before the warehouse has them;
     as far back as the program's chain reads them (`history_window`), and not at all without a
-    filter that does.
+    filter that does. The warehouse's three reads share one session (one connection or login, not
+    three).
     """
     now = clock.now()
     config = program.load()
-    event = current_event(warehouse, partition_key)
     window = history_window(build_filter_chain(config))
-    history = {} if window is None else {"invitations": invitations_since(warehouse, ledger, now - window)}
+    with warehouse.reading():
+        event = current_event(warehouse, partition_key)
+        history = {} if window is None else {"invitations": invitations_since(warehouse, ledger, now - window)}
+        registrations = warehouse.event_registrations(event.event_id).lazy()
     return FilterInputs(
         event=event,
         as_of=now,
         capacity_limit=config.event_config.capacity_limit,
-        registrations=warehouse.event_registrations(event.event_id).lazy(),
+        registrations=registrations,
         **history,
     )
 

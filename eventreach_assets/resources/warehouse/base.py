@@ -6,7 +6,8 @@ warehouse that lacks a column fails with a message naming it rather than with an
 A backend opens a session (one connection) and answers two questions in it: run this query, and
 which columns does this table have. A read's column check and its query share the session: a
 connection costs ~30 ms on DuckDB and a login on Snowflake, and sensors read the events catalog on
-every tick.
+every tick. Several reads in a `reading()` block share one session too (a step's inputs: the
+event, its registrations and past invitations), each table's columns checked once in it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +47,19 @@ def extraction_sql(topic_count: int, placeholder: str = "?") -> str:
 
 def missing_columns(table: str, present: set[str]) -> list[str]:
     return [column for column in WAREHOUSE_TABLES[table] if column not in present]
+
+
+@dataclass
+class _SharedSession:
+    """The session a `reading()` block opened, for the resource that opened it."""
+
+    owner: int  # id() of that resource
+    session: Any
+    checked: set[str] = field(default_factory=set)  # tables whose columns were checked in it
+
+
+# Per thread and task (a step's reads run in its thread): the innermost open `reading()` block.
+_SHARED_SESSION: ContextVar[_SharedSession | None] = ContextVar("eventreach_warehouse_session", default=None)
 
 
 class WarehouseResource(dg.ConfigurableResource, abc.ABC):
@@ -89,8 +105,38 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
         return self._checked_query((*where_reads, table), sql, params)
 
     @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Every read of this resource inside the block in one session, closed when the block ends
+        (also on an error), each table's columns checked once. For reads that follow one another
+        with no long work between them: on DuckDB a session holds the file's read lock (a writer
+        waits) and its memory until it closes, so an extraction's rows are processed after the block.
+        A block inside another one of the same resource uses the outer session."""
+        if self._shared() is not None:
+            yield
+            return
+        with self._session() as session:
+            token = _SHARED_SESSION.set(_SharedSession(owner=id(self), session=session))
+            try:
+                yield
+            finally:
+                _SHARED_SESSION.reset(token)
+
+    def _shared(self) -> _SharedSession | None:
+        shared = _SHARED_SESSION.get()
+        return shared if shared is not None and shared.owner == id(self) else None
+
+    @contextmanager
     def _checked_session(self, tables: tuple[str, ...]) -> Iterator[Any]:
-        """A session in which `tables` were checked: a read's statements run in it."""
+        """A session in which `tables` were checked: a read's statements run in it (a `reading()`
+        block's, or one of its own)."""
+        shared = self._shared()
+        if shared is not None:
+            for table in tables:
+                if table not in shared.checked:
+                    self._check_table(shared.session, table)
+                    shared.checked.add(table)
+            yield shared.session
+            return
         with self._session() as session:
             for table in tables:
                 self._check_table(session, table)
