@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 
 from eventreach_assets.resources.aws import aws_client
-from eventreach_assets.resources.files import safe_key
+from eventreach_assets.resources.files import ZSTD_LEVEL, safe_key
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 
@@ -74,7 +74,14 @@ def parquet_bytes(
     """`frame` as one zstd Parquet file with statistics, the shape every S3 backend stores
     (`metadata`: the file's key-value metadata)."""
     buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd", statistics=True, row_group_size=row_group_size, metadata=metadata)
+    frame.write_parquet(
+        buffer,
+        compression="zstd",
+        compression_level=ZSTD_LEVEL,
+        statistics=True,
+        row_group_size=row_group_size,
+        metadata=metadata,
+    )
     return buffer.getvalue()
 
 

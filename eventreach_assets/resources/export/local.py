@@ -10,6 +10,7 @@ import polars as pl
 from pydantic import Field
 
 from eventreach_assets.resources.export.base import PART_FILE, CandidateExportResource, PublishedFile
+from eventreach_assets.resources.files import ZSTD_LEVEL
 
 
 class LocalParquetExport(CandidateExportResource):
@@ -25,7 +26,7 @@ class LocalParquetExport(CandidateExportResource):
         # suffix), then rename over it: readers see the old file or the new one, never half.
         temp = folder / f".{PART_FILE}.{uuid.uuid4().hex}.tmp"
         try:
-            body.write_parquet(temp, compression="zstd", statistics=True)
+            body.write_parquet(temp, compression="zstd", compression_level=ZSTD_LEVEL, statistics=True)
             os.replace(temp, target)
         finally:
             temp.unlink(missing_ok=True)
