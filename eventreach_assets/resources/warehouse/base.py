@@ -109,7 +109,8 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
         """Every read of this resource inside the block in one session, closed when the block ends
         (also on an error), each table's columns checked once. For reads that follow one another
         with no long work between them: on DuckDB a session holds the file's read lock (a writer
-        waits) and its memory until it closes, so an extraction's rows are processed after the block.
+        cannot open it meanwhile) and its memory until it closes, so an extraction's rows are
+        processed after the block.
         A block inside another one of the same resource uses the outer session."""
         if self._shared() is not None:
             yield
