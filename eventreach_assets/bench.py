@@ -245,14 +245,13 @@ def run_worker(job: str, partition: str | None) -> dict:
 
     recon = dg.build_reconstructable_job(MODULE, deployed_job.__name__, reconstructable_kwargs={"name": job})
     tags = {"dagster/partition": partition} if partition else {}
-    with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(recon, instance, tags=tags)
-    if not result.success:
-        raise RuntimeError(f"{job} {partition or ''}: run {result.run_id} failed")
     stages: Counter[str] = Counter()
     counts: Counter[str] = Counter()
-    _add_figures(result, stages, counts)
     with dg.DagsterInstance.get() as instance:
+        result = dg.execute_job(recon, instance, tags=tags)
+        if not result.success:
+            raise RuntimeError(f"{job} {partition or ''}: run {result.run_id} failed")
+        _add_figures(result, stages, counts)
         share = dagster_share(instance, [result.run_id], sum(stages.values()))
     return {"stages": stages, "counts": counts, "peak_rss_mb": _peak_rss_mb(), "pid": os.getpid(), "share": share}
 

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 from polars.testing import assert_frame_equal
 
+from eventreach_assets.domain.schema import INVITATION_HISTORY_COLUMNS
 from eventreach_assets.resources.warehouse import (
     DuckDBWarehouse,
     WarehouseResource,
@@ -171,7 +172,11 @@ def test_reads_in_a_reading_block_share_one_connection_and_check_each_table_once
 def test_a_failing_read_in_a_reading_block_closes_its_session(tmp_path: Path, warehouse_connections: list[tuple]):
     """The block's session is closed (the file opens read-write) and forgotten: the next read opens its own."""
     warehouse = _broken_warehouse(tmp_path, "engagement_score")
+    with duckdb.connect(str(tmp_path / "broken.duckdb")) as connection:  # one table a read can answer from
+        columns = ", ".join(f"{name} {kind}" for name, kind in INVITATION_HISTORY_COLUMNS.items())
+        connection.execute(f"create table invitation_history ({columns})")
     with pytest.raises(WarehouseSchemaError, match="no table 'events'"), warehouse.reading():
+        assert warehouse.invitation_history().height == 0  # the block's session, then a read failing in it
         warehouse.events()
     assert_writable(tmp_path / "broken.duckdb")
     with pytest.raises(WarehouseSchemaError, match=r"customer_profiles.*missing column.*engagement_score"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -131,16 +131,12 @@ class WarehouseResource(dg.ConfigurableResource, abc.ABC):
         """A session in which `tables` were checked: a read's statements run in it (a `reading()`
         block's, or one of its own)."""
         shared = self._shared()
-        if shared is not None:
+        with nullcontext(shared.session) if shared else self._session() as session:
+            checked = shared.checked if shared else set()
             for table in tables:
-                if table not in shared.checked:
-                    self._check_table(shared.session, table)
-                    shared.checked.add(table)
-            yield shared.session
-            return
-        with self._session() as session:
-            for table in tables:
-                self._check_table(session, table)
+                if table not in checked:
+                    self._check_table(session, table)
+                    checked.add(table)
             yield session
 
     def _checked_query(
