@@ -104,6 +104,8 @@ def test_reexport_same_day_replaces_and_other_days_stay(tmp_path, exporter):
     assert result.rows == 10
     assert exporter.read_event(PROGRAM, "evt-1", RUN_DATE)["customer_id"].to_list() == smaller["customer_id"].to_list()
     assert exporter.read_event(PROGRAM, "evt-1", date(2025, 1, 13)).height == 6
+    compared = exporter.read_event(PROGRAM, "evt-1", RUN_DATE, columns=["channel", "customer_id"])
+    assert compared.rows() == smaller.select("channel", "customer_id").rows()  # only those, as asked
     files = sorted(p.relative_to(tmp_path / "export").as_posix() for p in (tmp_path / "export").rglob("*"))
     assert [f for f in files if f.endswith(".parquet") or ".tmp" in f] == [
         "program=event-invitations/event=evt-1/dt=2025-01-06/part-0.parquet",

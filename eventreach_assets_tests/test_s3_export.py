@@ -91,6 +91,8 @@ def test_export_writes_hive_object_without_excluded_columns(aws_endpoint, client
     expected = data.drop(*EXPORT_EXCLUDED_COLUMNS, "pk", "sk", "gsi1pk", "gsi2pk", "gsi2sk", "phone")
     assert_frame_equal(body.sort("customer_id", "channel"), expected.sort("customer_id", "channel"))
     assert_frame_equal(exporter.read_event(PROGRAM, "evt-1", RUN_DATE), export_frame(data))
+    compared = exporter.read_event(PROGRAM, "evt-1", RUN_DATE, columns=["channel", "customer_id"])
+    assert_frame_equal(compared, export_frame(data).select("channel", "customer_id"))
 
 
 def test_glue_table_and_partition(clients, exporter):

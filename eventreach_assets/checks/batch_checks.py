@@ -188,14 +188,11 @@ def candidates_export_matches_store(
     """The exported Parquet holds exactly the store's items of the event (count and keys)."""
     config = program.load()
     now = clock.now()
-    stored = candidate_store.event_item_keys(config.program_id, context.partition_key, now=now).select(
-        "customer_id", "channel"
-    )
-    exported = exporter.read_event(config.program_id, context.partition_key, now.date()).select(
-        "customer_id", "channel"
-    )
-    only_stored = stored.join(exported, on=["customer_id", "channel"], how="anti").height
-    only_exported = exported.join(stored, on=["customer_id", "channel"], how="anti").height
+    keys = ["customer_id", "channel"]
+    stored = candidate_store.event_item_keys(config.program_id, context.partition_key, now=now).select(keys)
+    exported = exporter.read_event(config.program_id, context.partition_key, now.date(), columns=keys)
+    only_stored = stored.join(exported, on=keys, how="anti").height
+    only_exported = exported.join(stored, on=keys, how="anti").height
     return dg.AssetCheckResult(
         passed=stored.height == exported.height and only_stored == 0 and only_exported == 0,
         metadata={"store_items": stored.height, "exported_rows": exported.height,

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -34,9 +37,19 @@ def compression_level(compression: ParquetCodec) -> int | None:
     return ZSTD_LEVEL if compression == "zstd" else None
 
 
-def _temporary_beside(path: Path) -> Path:
+@contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write, renamed over `path` when the block ends, removed
+    if it fails: readers see the old file or the new one, never half of one, and a failed write
+    leaves nothing behind. The name has a leading dot and no `.parquet` suffix, so no reader's
+    glob takes it for data, and is unique, so concurrent writers of one path do not share it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def write_parquet_atomically(
@@ -48,19 +61,17 @@ def write_parquet_atomically(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Write `frame` beside `path` and rename it over `path` (`metadata`: the file's key-value metadata)."""
-    temporary = _temporary_beside(path)
-    frame.write_parquet(
-        temporary,
-        compression=compression,
-        compression_level=compression_level(compression),
-        row_group_size=row_group_size,
-        statistics=statistics,
-        metadata=metadata,
-    )
-    os.replace(temporary, path)
+    with _replacing(path) as temporary:
+        frame.write_parquet(
+            temporary,
+            compression=compression,
+            compression_level=compression_level(compression),
+            row_group_size=row_group_size,
+            statistics=statistics,
+            metadata=metadata,
+        )
 
 
 def write_bytes_atomically(data: bytes, path: Path) -> None:
-    temporary = _temporary_beside(path)
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    with _replacing(path) as temporary:
+        temporary.write_bytes(data)

@@ -109,9 +109,9 @@ def _object_body(client: Any, bucket: str, key: str, missing: str) -> bytes:
     return response["Body"].read()
 
 
-def get_parquet(client: Any, bucket: str, key: str, missing: str) -> pl.DataFrame:
-    """Read one Parquet object; FileNotFoundError(`missing`) if it does not exist."""
-    return pl.read_parquet(io.BytesIO(_object_body(client, bucket, key, missing)))
+def get_parquet(client: Any, bucket: str, key: str, missing: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read one Parquet object (`columns` of it, or all); FileNotFoundError(`missing`) if it does not exist."""
+    return pl.read_parquet(io.BytesIO(_object_body(client, bucket, key, missing)), columns=columns)
 
 
 def get_parquet_and_metadata(client: Any, bucket: str, key: str, missing: str) -> tuple[pl.DataFrame, dict[str, str]]:

@@ -89,11 +89,14 @@ class CandidateExportResource(dg.ConfigurableResource, abc.ABC):
             partition=partition,
         )
 
-    def read_event(self, program_id: str, event_id: str, run_date: date) -> pl.DataFrame:
-        """The file body of one partition (no partition columns); FileNotFoundError if absent."""
+    def read_event(
+        self, program_id: str, event_id: str, run_date: date, columns: list[str] | None = None
+    ) -> pl.DataFrame:
+        """The file body of one partition (no partition columns), only `columns` if given (what a
+        check compares, not the whole file); FileNotFoundError if absent."""
         relative = f"{partition_path(program_id, event_id, run_date)}/{PART_FILE}"
         missing = f"no export for program={program_id} event={event_id} dt={run_date}: {self._location(relative)}"
-        return self._read(relative, missing)
+        return self._read(relative, missing, columns)
 
     @abc.abstractmethod
     def _publish(self, directory: str, body: pl.DataFrame, partition: dict[str, str]) -> PublishedFile:
@@ -104,5 +107,5 @@ class CandidateExportResource(dg.ConfigurableResource, abc.ABC):
         """Where the file at `relative` is, as a message shows it."""
 
     @abc.abstractmethod
-    def _read(self, relative: str, missing: str) -> pl.DataFrame:
-        """The file at `relative`; FileNotFoundError(`missing`) if there is none."""
+    def _read(self, relative: str, missing: str, columns: list[str] | None) -> pl.DataFrame:
+        """The file at `relative` (`columns` of it, or all); FileNotFoundError(`missing`) if there is none."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import polars as pl
 from pydantic import Field
 
 from eventreach_assets.resources.export.base import PART_FILE, CandidateExportResource, PublishedFile
-from eventreach_assets.resources.files import ZSTD_LEVEL
+from eventreach_assets.resources.files import write_parquet_atomically
 
 
 class LocalParquetExport(CandidateExportResource):
@@ -20,16 +18,8 @@ class LocalParquetExport(CandidateExportResource):
 
     def _publish(self, directory: str, body: pl.DataFrame, partition: dict[str, str]) -> PublishedFile:
         folder = Path(self.base_dir) / directory
-        folder.mkdir(parents=True, exist_ok=True)
         target = folder / PART_FILE
-        # Write beside the target under a name no reader globs (leading dot, no .parquet
-        # suffix), then rename over it: readers see the old file or the new one, never half.
-        temp = folder / f".{PART_FILE}.{uuid.uuid4().hex}.tmp"
-        try:
-            body.write_parquet(temp, compression="zstd", compression_level=ZSTD_LEVEL, statistics=True)
-            os.replace(temp, target)
-        finally:
-            temp.unlink(missing_ok=True)
+        write_parquet_atomically(body, target)  # readers see the old file or the new one, never half
         for leftover in folder.iterdir():  # the partition holds exactly this export
             if leftover.name != PART_FILE and leftover.suffix == ".parquet":
                 leftover.unlink()
@@ -38,8 +28,8 @@ class LocalParquetExport(CandidateExportResource):
     def _location(self, relative: str) -> str:
         return str(Path(self.base_dir) / relative)
 
-    def _read(self, relative: str, missing: str) -> pl.DataFrame:
+    def _read(self, relative: str, missing: str, columns: list[str] | None) -> pl.DataFrame:
         target = Path(self.base_dir) / relative
         if not target.exists():
             raise FileNotFoundError(missing)
-        return pl.read_parquet(target)
+        return pl.read_parquet(target, columns=columns)

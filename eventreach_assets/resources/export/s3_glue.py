@@ -80,5 +80,5 @@ class S3GlueExport(CandidateExportResource):
     def _location(self, relative: str) -> str:
         return f"s3://{self.bucket}/{join_key(self._root(), relative)}"
 
-    def _read(self, relative: str, missing: str) -> pl.DataFrame:
-        return get_parquet(self.s3_client(), self.bucket, join_key(self._root(), relative), missing)
+    def _read(self, relative: str, missing: str, columns: list[str] | None) -> pl.DataFrame:
+        return get_parquet(self.s3_client(), self.bucket, join_key(self._root(), relative), missing, columns)
