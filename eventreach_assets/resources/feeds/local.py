@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 from pydantic import Field
 
 from eventreach_assets.resources.feeds.base import EngagementFeedResource, is_feed_file
+from eventreach_assets.resources.files import write_bytes_atomically
 
 
 class LocalFolderFeed(EngagementFeedResource):
@@ -31,10 +31,6 @@ class LocalFolderFeed(EngagementFeedResource):
         return path.read_bytes()
 
     def _write_file(self, feed: str, name: str, data: bytes) -> str:
-        folder = Path(self.base_dir, feed)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        temporary = folder / f".{name}.{uuid.uuid4().hex}.tmp"  # hidden: never listed half-written
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        path = Path(self.base_dir, feed, name)
+        write_bytes_atomically(data, path)  # its temporary file is hidden: never listed half-written
         return str(path)
