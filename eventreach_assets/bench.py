@@ -373,7 +373,7 @@ def measure_bare(home: Path, event_id: str) -> dict:
 
     The reference the Dagster figure is compared with (asset checks, IO manager and events are
     what the difference pays for)."""
-    from eventreach_assets.assets.extraction import current_event, extract_event
+    from eventreach_assets.assets.extraction import extract_event
     from eventreach_assets.deployments import resources_for
     from eventreach_assets.resources.sqlite import wait_for_checkpoints
 
@@ -381,8 +381,7 @@ def measure_bare(home: Path, event_id: str) -> dict:
     r = resources_for(home=home, program=per_event_program(home), fixed_now=BENCH_NOW.isoformat())
     stages: dict[str, float] = {}
     lap = _Laps()
-    event = current_event(r["warehouse"], event_id)
-    extracted = extract_event(r["warehouse"], r["program"], event)
+    event, extracted = extract_event(r["warehouse"], r["program"], event_id)
     scored = _bare_event(r, event, extracted, stages, lap)
     counts = {"extracted_rows": extracted.extracted_rows, "scored_candidates": scored}
     wait_for_checkpoints()

@@ -383,3 +383,29 @@ def test_a_week_without_upcoming_events_takes_an_empty_snapshot_and_says_why(dep
     assert materialization.metadata["rows"].value == 0 and materialization.metadata["covered_topics"].value == []
     assert materialization.metadata["reason"].value == "no upcoming event"
     assert not (deployment.home / "assets" / "profile_snapshot.parquet").exists()
+
+
+def test_an_events_own_extraction_reads_the_catalog_and_the_profiles_in_one_session(
+    small_warehouse, warehouse_connections, monkeypatch
+):
+    """`extraction: per_event`: the event's catalog read and its extraction share one warehouse
+    session (a login on Snowflake), closed before the validation, which holds no session."""
+    from eventreach_assets.assets import extraction
+    from eventreach_assets.resources.program import ProgramResource
+    from eventreach_assets.resources.warehouse import DuckDBWarehouse
+
+    path, summary = small_warehouse
+    event_id = summary.upcoming_event_ids[0]
+    sessions_at_validation: list[int] = []
+    validate = extraction.validate_and_dedupe
+
+    def validate_after_the_session(raw, marketplaces):
+        sessions_at_validation.append(len(warehouse_connections))
+        with duckdb.connect(str(path)):  # refused while a read session holds the file
+            pass
+        return validate(raw, marketplaces)
+
+    monkeypatch.setattr(extraction, "validate_and_dedupe", validate_after_the_session)
+    event, result = extraction.extract_event(DuckDBWarehouse(path=str(path)), ProgramResource(), event_id)
+    assert event.event_id == event_id and result.candidates.height > 0
+    assert len(warehouse_connections) == 1 and sessions_at_validation == [1]

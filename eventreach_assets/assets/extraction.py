@@ -88,11 +88,17 @@ def profile_snapshot(
     )
 
 
-def extract_event(warehouse: WarehouseResource, program: ProgramResource, event: EventContext) -> ExtractResult:
-    """The event's own extraction (its predicate pushed down), validated and deduplicated. Its
-    candidates are kept to the run's end: the extract is read compact."""
-    raw = warehouse.extract_candidates(event.topics, compact=True)
-    return validate_and_dedupe(raw, program.load().marketplaces)
+def extract_event(
+    warehouse: WarehouseResource, program: ProgramResource, partition_key: str, event: EventContext | None = None
+) -> tuple[EventContext, ExtractResult]:
+    """The event (read from the catalog unless given) and its own extraction (its predicate pushed
+    down), validated and deduplicated. The catalog read and the extraction share one warehouse
+    session (one login on Snowflake), closed before the validation. The candidates are kept to the
+    run's end: the extract is read compact."""
+    with warehouse.reading():
+        event = event if event is not None else current_event(warehouse, partition_key)
+        raw = warehouse.extract_candidates(event.topics, compact=True)
+    return event, validate_and_dedupe(raw, program.load().marketplaces)
 
 
 def extracted(context: dg.AssetExecutionContext, event: EventContext, result: ExtractResult, how: str,
@@ -137,9 +143,8 @@ def raw_candidates_per_event(
     program: ProgramResource,
 ) -> dg.MaterializeResult:
     """Profiles interested in the event's topics, validated and deduplicated: one row per customer."""
-    event = current_event(warehouse, context.partition_key)
     with stopwatch() as watch:
-        result = extract_event(warehouse, program, event)
+        event, result = extract_event(warehouse, program, context.partition_key)
         quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
     return extracted(context, event, result, "per_event", quarantine_path, watch)
 
@@ -177,7 +182,8 @@ def raw_candidates_from_snapshot(
             result, how = event_extract(snapshot, event.topics), f"weekly_snapshot (as of {as_of:%Y-%m-%d %H:%M})"
         else:
             context.log.warning(f"event {event.event_id}: {why_not}; extracting the event on its own")
-            result, how = extract_event(warehouse, program, event), f"per_event (fallback: {why_not})"
+            _, result = extract_event(warehouse, program, context.partition_key, event)
+            how = f"per_event (fallback: {why_not})"
         quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
     return extracted(context, event, result, how, quarantine_path, watch)
 
