@@ -49,12 +49,12 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 TEST_TMPDIR ?= $(shell [ -w /dev/shm ] && [ "$$(df -Pk /dev/shm | awk 'NR==2 {print $$4}')" -gt 4000000 ] && echo /dev/shm/eventreach-tests)
 
 test: $(STAMP)
-	$(BIN)/ruff check eventreach_assets eventreach_assets_tests
+	$(BIN)/ruff check eventreach_assets eventreach_assets_tests docs/experiments
 	$(if $(TEST_TMPDIR),mkdir -p $(TEST_TMPDIR) && TMPDIR=$(TEST_TMPDIR)) $(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check eventreach_assets eventreach_assets_tests
-	$(BIN)/ruff format --check eventreach_assets eventreach_assets_tests
+	$(BIN)/ruff check eventreach_assets eventreach_assets_tests docs/experiments
+	$(BIN)/ruff format --check eventreach_assets eventreach_assets_tests docs/experiments
 
 ## Weekly batch for one event through Dagster at 300K, 1M and 3M profiles.
 bench: $(STAMP)
