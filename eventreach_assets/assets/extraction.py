@@ -89,14 +89,14 @@ def profile_snapshot(
 
 
 def extract_event(
-    warehouse: WarehouseResource, program: ProgramResource, partition_key: str, event: EventContext | None = None
+    warehouse: WarehouseResource, program: ProgramResource, partition_key: str
 ) -> tuple[EventContext, ExtractResult]:
-    """The event (read from the catalog unless given) and its own extraction (its predicate pushed
-    down), validated and deduplicated. The catalog read and the extraction share one warehouse
-    session (one login on Snowflake), closed before the validation. The candidates are kept to the
-    run's end: the extract is read compact."""
+    """The partition's event and its own extraction (its predicate pushed down), validated and
+    deduplicated. The catalog read and the extraction share one warehouse session (one login on
+    Snowflake), closed before the validation. The candidates are kept to the run's end: the
+    extract is read compact."""
     with warehouse.reading():
-        event = event if event is not None else current_event(warehouse, partition_key)
+        event = current_event(warehouse, partition_key)
         raw = warehouse.extract_candidates(event.topics, compact=True)
     return event, validate_and_dedupe(raw, program.load().marketplaces)
 
@@ -182,7 +182,7 @@ def raw_candidates_from_snapshot(
             result, how = event_extract(snapshot, event.topics), f"weekly_snapshot (as of {as_of:%Y-%m-%d %H:%M})"
         else:
             context.log.warning(f"event {event.event_id}: {why_not}; extracting the event on its own")
-            _, result = extract_event(warehouse, program, context.partition_key, event)
+            _, result = extract_event(warehouse, program, context.partition_key)
             how = f"per_event (fallback: {why_not})"
         quarantine_path = decision_log.write("quarantine", event.event_id, result.quarantine)
     return extracted(context, event, result, how, quarantine_path, watch)
