@@ -64,6 +64,15 @@ def warehouse_connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     return connections
 
 
+def assert_writable(path: Path) -> None:
+    """Every read connection to the DuckDB file at `path` was closed: it opens read-write (a read
+    session holding it would have the writer refused)."""
+    import duckdb
+
+    with duckdb.connect(str(path)) as writer:
+        assert writer.execute("select count(*) from information_schema.tables").fetchone()[0] > 0
+
+
 @pytest.fixture(scope="session")
 def small_warehouse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SeedSummary]:
     home = tmp_path_factory.mktemp("warehouse")

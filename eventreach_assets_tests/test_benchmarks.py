@@ -20,10 +20,18 @@ from eventreach_assets import bench
 pytestmark = pytest.mark.integration
 
 
-def run_module(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300, check=False)
+def run_python(*args: str, env: dict[str, str] | None = None) -> str:
+    """`python args…` in a fresh process; its stdout, once it exited 0 (else its output's tail fails the test)."""
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, check=False,
+        env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2_000:] + done.stderr[-3_000:]
     return done.stdout
+
+
+def run_module(*args: str) -> str:
+    return run_python("-m", *args)
 
 
 def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
@@ -165,25 +173,34 @@ def test_make_bench_sends_prints_every_scenario_and_the_references_at_a_tiny_siz
             assert f"of {ceiling}" in row
 
 
-@pytest.mark.parametrize("mode", ["per_event", "single"])
-def test_the_single_run_week_experiment_still_shows_what_docs_speed_says(mode: str, tmp_path):
+WEEK_EVENTS = ["evt-a", "evt-b", "evt-c"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "metadata_keys", "check_evaluations"),
+    [
+        (  # a run per event: each event's own metadata, each event's check evaluated
+            "per_event",
+            {event: [event] for event in WEEK_EVENTS},
+            [["SUCCEEDED", event, 1] for event in WEEK_EVENTS],
+        ),
+        (  # one run over the events: every event's metadata on each, the check's result for no partition
+            "single",
+            {event: WEEK_EVENTS for event in WEEK_EVENTS},
+            [*(["PLANNED", event, 1] for event in WEEK_EVENTS), ["SUCCEEDED", None, 1]],
+        ),
+    ],
+)
+def test_the_single_run_week_experiment_still_shows_what_docs_speed_says(
+    mode: str, metadata_keys: dict[str, list[str]], check_evaluations: list[list], tmp_path: Path
+):
     """docs/experiments/single_run_week.py, the reason the week keeps a run per event (docs/speed.md):
     over the week's event partitions in one run, each materialization carries every event's
     metadata and a partitioned check's result is recorded for no partition, its three per-event
     evaluations left planned. If a Dagster upgrade changes that, the docs' reasoning must change."""
     script = Path(__file__).resolve().parents[1] / "docs" / "experiments" / "single_run_week.py"
-    done = subprocess.run(
-        [sys.executable, str(script), mode, "1"], capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2_000:] + done.stderr[-3_000:]
-    figures = json.loads(done.stdout.splitlines()[-1])
-    events = ["evt-a", "evt-b", "evt-c"]
+    figures = json.loads(run_python(str(script), mode, "1", env={"TMPDIR": str(tmp_path)}).splitlines()[-1])
     assert figures["mode"] == mode and len(figures["walls_s"]) == 1
-    if mode == "per_event":
-        assert figures["metadata_keys"] == {event: [event] for event in events}
-        assert figures["check_evaluations"] == [["SUCCEEDED", event, 1] for event in events]
-    else:
-        assert figures["metadata_keys"] == {event: events for event in events}
-        assert figures["check_evaluations"] == [*(["PLANNED", event, 1] for event in events), ["SUCCEEDED", None, 1]]
+    assert figures["metadata_keys"] == metadata_keys
+    assert figures["check_evaluations"] == check_evaluations
     assert list(tmp_path.iterdir()) == []  # its instance removed

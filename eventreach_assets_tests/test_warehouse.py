@@ -16,6 +16,7 @@ from eventreach_assets.resources.warehouse import (
     WarehouseSchemaError,
     extraction_sql,
 )
+from eventreach_assets_tests.conftest import assert_writable
 
 
 def test_extraction_sql_binds_topics_never_formats_them():
@@ -121,12 +122,6 @@ def one_read_of_each_kind(warehouse: WarehouseResource) -> int:
     assert warehouse.contacts([*customers[:1_000], "C-nobody"], chunk=500).height == min(len(customers), 1_000)
     assert warehouse.training_profiles().height > 0
     return 4
-
-
-def assert_writable(path: Path) -> None:
-    """Every read connection was closed: the file opens read-write."""
-    with duckdb.connect(str(path)) as writer:
-        assert writer.execute("select count(*) from information_schema.tables").fetchone()[0] > 0
 
 
 def test_a_read_opens_one_connection_for_its_column_checks_and_its_queries(

@@ -25,7 +25,7 @@ from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
 from eventreach_assets.resources.parquet_io.base import ROWS_OF, SOURCE_ROW
 from eventreach_assets.why import explain
-from eventreach_assets_tests.conftest import AS_OF, SMALL_PROFILES, Deployment
+from eventreach_assets_tests.conftest import AS_OF, SMALL_PROFILES, Deployment, assert_writable
 
 pytestmark = pytest.mark.integration
 PROGRAM = "event-invitations"
@@ -401,8 +401,7 @@ def test_an_events_own_extraction_reads_the_catalog_and_the_profiles_in_one_sess
 
     def validate_after_the_session(raw, marketplaces):
         sessions_at_validation.append(len(warehouse_connections))
-        with duckdb.connect(str(path)):  # refused while a read session holds the file
-            pass
+        assert_writable(path)  # no read session holds the file any more
         return validate(raw, marketplaces)
 
     monkeypatch.setattr(extraction, "validate_and_dedupe", validate_after_the_session)
