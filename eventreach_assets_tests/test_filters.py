@@ -137,6 +137,44 @@ def test_funnel_counts_and_remaining():
     assert outcome.survivors.columns == frame.columns
 
 
+def test_each_filter_decides_only_the_candidates_the_filters_before_it_kept():
+    # A filter that looks at the whole set it is given (here: how many candidates) sees the funnel's
+    # `remaining`, not the chain's input; judged on all seven, it would remove the two good ones.
+    from eventreach_assets.domain import filters
+
+    seen: list[int] = []
+
+    class AudienceSize(filters.CandidateFilter):
+        key = "audience-size"
+
+        def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
+            seen.append(candidates.select(pl.len()).collect().item())
+            return candidates
+
+        def reason(self, inputs: FilterInputs) -> pl.Expr:
+            return pl.when(pl.len() > 2).then(pl.lit("audience_too_large"))
+
+    frame = candidates(
+        {"customer_id": "ok1"},
+        {"customer_id": "ok2"},
+        {"customer_id": "trust", "fraud_flag": True},
+        {"customer_id": "opt", "marketing_opt_out": True},
+        {"customer_id": "interest", "interest_tags": "security"},
+        {"customer_id": "geo", "geographic_region": "BR", "timezone": "America/Sao_Paulo"},
+        {"customer_id": "freq"},
+    )
+    cap = [("freq", AS_OF - timedelta(days=1)), ("freq", AS_OF - timedelta(days=2))]
+    chain = [*CHAIN, AudienceSize("audience-size", filters.NoParameters())]
+    outcome = run_filter_chain(frame, chain, inputs(invitations=cap))
+    assert seen == [2]
+    assert outcome.survivors["customer_id"].to_list() == ["ok1", "ok2"]
+    assert outcome.funnel.row(-1, named=True) == {
+        "filter_id": "audience-size", "removed": 0, "removed_pct": 0.0, "remaining": 2
+    }  # fmt: skip
+    # The rejection log keeps the input's order whichever filter removed a candidate.
+    assert outcome.rejected["customer_id"].to_list() == ["trust", "opt", "interest", "geo", "freq"]
+
+
 def test_decisions_stay_with_their_candidates_in_order_over_many_rows():
     # Survivors are taken from the input by the decisions' positions: with enough rows for polars
     # to join in parallel, every decision must still land on its own candidate.
