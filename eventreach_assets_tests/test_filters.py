@@ -112,7 +112,8 @@ def test_frequency_cap_counts_only_the_trailing_month():
     assert outcome_for({}, invitations=other_customer) == (None, None)
 
 
-def test_funnel_counts_and_remaining():
+def one_removed_by_each_filter() -> tuple[pl.DataFrame, FilterInputs]:
+    """Seven candidates: two good ones, then one for each filter of the chain to remove (in order)."""
     frame = candidates(
         {"customer_id": "ok1"},
         {"customer_id": "ok2"},
@@ -122,8 +123,12 @@ def test_funnel_counts_and_remaining():
         {"customer_id": "geo", "geographic_region": "BR", "timezone": "America/Sao_Paulo"},
         {"customer_id": "freq"},
     )
-    cap = [("freq", AS_OF - timedelta(days=1)), ("freq", AS_OF - timedelta(days=2))]
-    outcome = run_filter_chain(frame, CHAIN, inputs(invitations=cap))
+    return frame, inputs(invitations=[("freq", AS_OF - timedelta(days=1)), ("freq", AS_OF - timedelta(days=2))])
+
+
+def test_funnel_counts_and_remaining():
+    frame, chain_inputs = one_removed_by_each_filter()
+    outcome = run_filter_chain(frame, CHAIN, chain_inputs)
     assert sorted(outcome.survivors["customer_id"]) == ["ok1", "ok2"]
     assert outcome.funnel.to_dicts() == [
         {"filter_id": "input", "removed": 0, "removed_pct": 0.0, "remaining": 7},
@@ -154,18 +159,9 @@ def test_each_filter_decides_only_the_candidates_the_filters_before_it_kept():
         def reason(self, inputs: FilterInputs) -> pl.Expr:
             return pl.when(pl.len() > 2).then(pl.lit("audience_too_large"))
 
-    frame = candidates(
-        {"customer_id": "ok1"},
-        {"customer_id": "ok2"},
-        {"customer_id": "trust", "fraud_flag": True},
-        {"customer_id": "opt", "marketing_opt_out": True},
-        {"customer_id": "interest", "interest_tags": "security"},
-        {"customer_id": "geo", "geographic_region": "BR", "timezone": "America/Sao_Paulo"},
-        {"customer_id": "freq"},
-    )
-    cap = [("freq", AS_OF - timedelta(days=1)), ("freq", AS_OF - timedelta(days=2))]
+    frame, chain_inputs = one_removed_by_each_filter()
     chain = [*CHAIN, AudienceSize("audience-size", filters.NoParameters())]
-    outcome = run_filter_chain(frame, chain, inputs(invitations=cap))
+    outcome = run_filter_chain(frame, chain, chain_inputs)
     assert seen == [2]
     assert outcome.survivors["customer_id"].to_list() == ["ok1", "ok2"]
     assert outcome.funnel.row(-1, named=True) == {
