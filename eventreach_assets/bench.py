@@ -94,8 +94,10 @@ def write_per_event_program(home: Path) -> None:
 
 def _fresh_candidate_store(home: Path) -> None:
     """A cold start: no stored candidates and no score cache (a Monday with newly trained models)."""
+    from eventreach_assets.deployments import CANDIDATES_SQLITE
+
     for suffix in ("", "-wal", "-shm"):
-        (home / f"candidates.sqlite{suffix}").unlink(missing_ok=True)
+        (home / f"{CANDIDATES_SQLITE}{suffix}").unlink(missing_ok=True)
 
 
 def _peak_rss_mb() -> float:

@@ -9,6 +9,8 @@ deployment runs them.
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,16 @@ from eventreach_assets.resources.model_registry import LocalModelRegistry
 from eventreach_assets.resources.parquet_io import PolarsParquetIOManager
 from eventreach_assets.resources.program import ClockResource, ProgramResource, load_checked_program
 from eventreach_assets.resources.scoring import InProcessScoring
+from eventreach_assets.resources.sqlite import (
+    copy_tables_to_new_file,
+    drop_tables,
+    page_size_of,
+    repack,
+    tables_in,
+)
 from eventreach_assets.resources.warehouse import DuckDBWarehouse
+
+_LOG = logging.getLogger(__name__)
 
 DEPLOYMENTS = ("local", "aws")
 DEPLOYMENT_ENV = "EVENTREACH_DEPLOYMENT"
@@ -64,8 +75,52 @@ def deployment_program_path(path: Path | None = None) -> Path:
     return path or Path(os.environ.get("EVENTREACH_PROGRAM", DEFAULT_PROGRAM_PATH))
 
 
+# The local deployment's SQLite files: the candidate store (its weekly bulk writes, large pages)
+# apart from the campaign's small commits (the delivery ledger and the engagement store).
+CANDIDATES_SQLITE = "candidates.sqlite"
+CAMPAIGN_SQLITE = "campaign.sqlite"
+
+
+def split_shared_sqlite(home: Path) -> None:
+    """Bring a data dir of the earlier layout to today's, once: until 2026-12-04 the candidate store,
+    the ledger and the engagement store shared `candidates.sqlite` (4 KiB pages).
+
+    The ledger's and the engagement store's tables are copied into a new `campaign.sqlite` (whole
+    or not at all), then dropped from `candidates.sqlite`, which is repacked to the store's page
+    size. Each step is taken again after a crash (`campaign.sqlite` exists: only the drop and the
+    repack are left). The repack needs the file closed by every other process; while one has it
+    open, the store keeps its 4 KiB pages (slower, not wrong) and the next start tries again. Under
+    a lock file, so processes starting together (webserver, daemon, code server) split it once.
+    Run it with the deployment stopped: a process still on the earlier layout would write the
+    ledger into the file this one copies from."""
+    candidates, campaign = home / CANDIDATES_SQLITE, home / CAMPAIGN_SQLITE
+    page_size = SqliteCandidateStore.file_page_size
+    if page_size_of(candidates) in (None, page_size):  # a new data dir, or split already: one read
+        return
+    with open(home / ".sqlite-layout.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if page_size_of(candidates) in (None, page_size):
+            return
+        moved = tables_in(candidates, SqliteDeliveryLedger.declared_tables() | SqliteEngagementStore.declared_tables())
+        if moved and not campaign.exists():
+            copy_tables_to_new_file(candidates, campaign, moved)
+            _LOG.info("copied %s from %s into %s", ", ".join(moved), candidates, campaign)
+        if moved:
+            drop_tables(candidates, moved)
+        if repack(candidates, page_size):
+            _LOG.info("repacked %s with %s-byte pages", candidates, page_size)
+        else:
+            _LOG.warning(
+                "%s keeps its 4 KiB pages (slower weekly writes) while another process has it open; "
+                "the next start with every process stopped repacks it",
+                candidates,
+            )
+
+
 def local_resources(home: Path, program_path: Path, fixed_now: str | None = None) -> dict[str, Any]:
-    """Every resource of the local deployment, all state under one data dir."""
+    """Every resource of the local deployment, all state under one data dir (a dir of the earlier
+    file layout brought to today's first: `split_shared_sqlite`)."""
+    split_shared_sqlite(home)
     registry = LocalModelRegistry(base_dir=str(home / "models"))
     return {
         "program": ProgramResource(path=str(program_path)),
@@ -76,16 +131,15 @@ def local_resources(home: Path, program_path: Path, fixed_now: str | None = None
         "model_registry": registry,
         "scoring_service": InProcessScoring(registry=registry),
         "model_deployment": InProcessDeployment(registry=registry),
-        "candidate_store": SqliteCandidateStore(path=str(home / "candidates.sqlite")),
+        "candidate_store": SqliteCandidateStore(path=str(home / CANDIDATES_SQLITE)),
         "exporter": LocalParquetExport(base_dir=str(home / "export")),
         "metrics_sink": LocalMetricsSink(base_dir=str(home / "metrics")),
-        # The ledger shares the candidate store's SQLite file, as the design asks.
-        "ledger": SqliteDeliveryLedger(path=str(home / "candidates.sqlite")),
+        "ledger": SqliteDeliveryLedger(path=str(home / CAMPAIGN_SQLITE)),
         "email_channel": LocalOutboxEmail(outbox_dir=str(home / "outbox" / "email"), **channel_limits("EMAIL")),
         "push_channel": LocalOutboxPush(outbox_dir=str(home / "outbox" / "push"), **channel_limits("PUSH")),
         "in_app_channel": LocalOutboxInApp(outbox_dir=str(home / "outbox" / "in-app"), **channel_limits("IN_APP")),
         "link_signing": LocalLinkSecret(path=str(home / "link_secret")),
-        "engagement": SqliteEngagementStore(path=str(home / "candidates.sqlite")),
+        "engagement": SqliteEngagementStore(path=str(home / CAMPAIGN_SQLITE)),
         "engagement_feed": LocalFolderFeed(base_dir=str(home / "feeds")),
         "alerts": LocalAlertLog(path=str(home / "alerts.jsonl")),
     }

@@ -37,7 +37,7 @@ TABLE = "eventreach-engagement"
 @pytest.fixture(params=["sqlite", "dynamodb"])
 def store(request, tmp_path) -> EngagementStoreResource:
     if request.param == "sqlite":
-        engagement = SqliteEngagementStore(path=str(tmp_path / "candidates.sqlite"))
+        engagement = SqliteEngagementStore(path=str(tmp_path / "campaign.sqlite"))
         yield engagement
         engagement.close()
     else:
@@ -332,7 +332,7 @@ def test_reads_past_one_query_page(store):
 
 
 def test_sqlite_shares_the_file_with_the_ledger(tmp_path):
-    path = str(tmp_path / "candidates.sqlite")
+    path = str(tmp_path / "campaign.sqlite")  # the local deployment's (deployments.py)
     ledger = SqliteDeliveryLedger(path=path)
     engagement = SqliteEngagementStore(path=path)
     ledger.record_opt_out("a", None, "test", T0)

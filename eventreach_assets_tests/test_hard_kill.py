@@ -34,6 +34,7 @@ from dagster_graphql import DagsterGraphQLClient
 
 from eventreach_assets.demo.generator import seed_warehouse
 from eventreach_assets.demo.run import run_weekly_batch
+from eventreach_assets.deployments import CAMPAIGN_SQLITE
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
 from eventreach_assets.run_launcher import STARTED_PREFIX
 from eventreach_assets_tests.conftest import AS_OF, Deployment
@@ -214,7 +215,7 @@ def test_a_sigkilled_send_is_failed_alerted_freed_and_finished_by_the_retry_with
     failed_at = instance.get_run_record_by_id(run_id).end_time
 
     # 4. What left the system: one .eml per planned customer, the ones from before the kill untouched.
-    ledger = SqliteDeliveryLedger(path=str(home / "candidates.sqlite"))
+    ledger = SqliteDeliveryLedger(path=str(home / CAMPAIGN_SQLITE))
     try:
         rows = ledger.deliveries(event_id, channel="email", kind="invitation")
     finally:

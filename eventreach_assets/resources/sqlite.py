@@ -7,18 +7,21 @@ concurrent Dagster step processes serialize instead of failing. A file deleted o
 meanwhile (a reset data dir) gets a fresh connection. A bulk write (`bulk_transaction`: an
 event's candidate items, a score cache write) commits without its checkpoint, which a background
 thread of the process makes while the next steps run. `SqliteBacked` gives a resource the
-connections to its file.
+connections to its file; a resource whose writes are bulk ones makes its file with larger pages
+(`SqliteBacked.file_page_size`). The helpers at the end move tables between files and repack a
+file's pages, for a change of the local deployment's file layout (`deployments.py`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -57,12 +60,14 @@ class SqliteConnections:
         ddl: str,
         cache_mib: int = 64,
         migrate: Callable[[sqlite3.Connection], None] | None = None,
+        page_size: int | None = None,
     ) -> None:
         self.path = path
         self.busy_timeout_seconds = busy_timeout_seconds
         self.ddl = ddl
         self.migrate = migrate  # run after `ddl` on each open: brings a file of an older schema up to date
         self.cache_mib = cache_mib
+        self.page_size = page_size  # a new file's (None: SQLite's 4 KiB); a file's own once made
         # (pid, thread) -> (connection, identity of the file it opened)
         self._connections: dict[tuple[int, int], tuple[sqlite3.Connection, tuple[int, int]]] = {}
         # The background checkpoint of bulk writes (`bulk_transaction`): one thread per process at a
@@ -94,6 +99,8 @@ class SqliteConnections:
         with _OPEN_LOCK:
             while True:
                 try:
+                    if self.page_size is not None:  # takes only on a new, empty file: before WAL writes its header
+                        conn.execute(f"PRAGMA page_size = {int(self.page_size)}")
                     if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                         conn.execute("PRAGMA journal_mode = WAL")
                     conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL, much faster commits
@@ -236,10 +243,20 @@ class SqliteBacked:
 
     _ddl: ClassVar[str]
     _migrate: ClassVar[Callable[[sqlite3.Connection], None] | None] = None
+    # The page size the resource's file is made with (None: SQLite's 4 KiB); a file keeps the size
+    # it was made with (`repack` changes it).
+    file_page_size: ClassVar[int | None] = None
+
+    @classmethod
+    def declared_tables(cls) -> set[str]:
+        """The tables the resource's schema makes: what belongs to it in a file."""
+        return tables_declared(cls._ddl)
 
     def _db(self) -> SqliteConnections:
         if self._sqlite is None:
-            self._sqlite = SqliteConnections(self.path, self.busy_timeout_seconds, self._ddl, migrate=self._migrate)
+            self._sqlite = SqliteConnections(
+                self.path, self.busy_timeout_seconds, self._ddl, migrate=self._migrate, page_size=self.file_page_size
+            )
         return self._sqlite
 
     # This thread's connection; a write transaction; a bulk one; a read transaction (`SqliteConnections`).
@@ -268,3 +285,93 @@ class SqliteBacked:
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self.close()
+
+
+# -- moving tables between files (a change of the local layout) --
+
+
+def page_size_of(path: str | Path) -> int | None:
+    """The page size in a SQLite file's header; None when the file is absent or has no header yet
+    (made, not yet written). Read from the file's first bytes, so it opens no connection."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None
+    size = int.from_bytes(header[16:18], "big")
+    return 65_536 if size == 1 else size  # the header's 2 bytes write 65,536 as 1
+
+
+def tables_declared(ddl: str) -> set[str]:
+    """The tables `ddl` makes (run on an empty in-memory database)."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.executescript(ddl)
+        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def tables_in(path: str | Path, tables: Iterable[str]) -> list[str]:
+    """Which of `tables` the SQLite file at `path` holds (sorted)."""
+    with closing(sqlite3.connect(path)) as conn:
+        held = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted(tables)),),
+        )
+        return sorted(name for (name,) in held)
+
+
+def copy_tables_to_new_file(source: str | Path, target: str | Path, tables: Iterable[str]) -> None:
+    """`tables` of `source`, their rows and indexes, as a new file `target`: made under a temporary
+    name in one transaction over one read of `source`, then renamed, so `target` is there whole or
+    not at all. `target` must not exist."""
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} exists: tables are copied into a new file only")
+    partial = target.with_name(f"{target.name}.partial")
+    partial.unlink(missing_ok=True)  # left by a copy that did not finish
+    with closing(sqlite3.connect(partial, isolation_level=None)) as conn:
+        conn.execute("ATTACH DATABASE ? AS source", (str(source),))
+        conn.execute("BEGIN")
+        schema = conn.execute(
+            "SELECT type, name, sql FROM source.sqlite_master WHERE tbl_name IN (SELECT value FROM json_each(?)) "
+            "AND sql IS NOT NULL ORDER BY type = 'index'",  # tables first, their indexes once the rows are in
+            (json.dumps(sorted(tables)),),
+        ).fetchall()
+        for kind, name, sql in schema:
+            conn.execute(sql)  # unqualified: made in the new file
+            if kind == "table":
+                conn.execute(f'INSERT INTO main."{name}" SELECT * FROM source."{name}"')
+        conn.execute("COMMIT")
+        conn.execute("DETACH DATABASE source")
+    os.replace(partial, target)
+
+
+def drop_tables(path: str | Path, tables: Iterable[str], busy_timeout_seconds: float = 30.0) -> None:
+    """Drop `tables` (those there, with their indexes) from the SQLite file at `path` in one write."""
+    with closing(sqlite3.connect(path, timeout=busy_timeout_seconds, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for table in tables:
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+        conn.execute("COMMIT")
+
+
+def repack(path: str | Path, page_size: int) -> bool:
+    """Rewrite a WAL-mode SQLite file with pages of `page_size` (a VACUUM, which can change the page
+    size only outside WAL); False, the file unchanged, when another connection has it open (leaving
+    WAL needs every other connection closed)."""
+    with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as conn:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error):
+                return False
+            raise
+        if mode != "delete":
+            return False
+        try:
+            conn.execute(f"PRAGMA page_size = {int(page_size)}")
+            conn.execute("VACUUM")
+        finally:
+            conn.execute("PRAGMA journal_mode = WAL")
+    return page_size_of(path) == page_size

@@ -86,6 +86,7 @@ def seed_store(home: Path, candidates: int, registered: int, seed: int = 7) -> d
     import polars as pl
 
     from eventreach_assets.program.config import default_program
+    from eventreach_assets.deployments import CANDIDATES_SQLITE
     from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 
     program = default_program()
@@ -109,7 +110,7 @@ def seed_store(home: Path, candidates: int, registered: int, seed: int = 7) -> d
         }
     )
     now = datetime.now(UTC)
-    store = SqliteCandidateStore(path=str(home / "candidates.sqlite"))
+    store = SqliteCandidateStore(path=str(home / CANDIDATES_SQLITE))
     started = time.perf_counter()
     store.replace_event_candidates(program.program_id, EVENT, scored, channels, now, program.candidate_ttl_days, 5000)
     picked = rng.choice(candidates, size=min(registered, candidates), replace=False)
@@ -460,13 +461,14 @@ def registering(home: Path, seeded: dict[str, Any], per_second: float) -> Iterat
     if per_second <= 0:
         yield written
         return
+    from eventreach_assets.deployments import CANDIDATES_SQLITE
     from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 
     stop = threading.Event()
     customers = itertools.cycle(seeded["customers"][::-1])  # the seeded registrations came from anywhere
 
     def write() -> None:
-        store = SqliteCandidateStore(path=str(home / "candidates.sqlite"))
+        store = SqliteCandidateStore(path=str(home / CANDIDATES_SQLITE))
         try:
             while not stop.wait(1 / per_second):  # ends when the block does
                 customer, now = next(customers), datetime.now(UTC)

@@ -1,4 +1,4 @@
-"""Engagement records in the local SQLite file (WAL) the candidate store and ledger may share.
+"""Engagement records in a local SQLite file (WAL), which the delivery ledger may share.
 
 One table per record kind keyed by its natural key; `INSERT ... ON CONFLICT` makes every write
 idempotent, and `_UPGRADE` makes the registration status changes the interface lists.
@@ -52,11 +52,11 @@ _UPGRADE = (
 
 
 class SqliteEngagementStore(SqliteBacked, EngagementStoreResource):
-    """Engagement records in the local SQLite file (WAL) the candidate store and ledger may share,
+    """Engagement records in a local SQLite file (WAL), which the delivery ledger may share,
     one table per record kind keyed by its natural key; `INSERT ... ON CONFLICT` makes every
     write idempotent inside one `BEGIN IMMEDIATE` transaction."""
 
-    path: str = Field(description="SQLite file; may be the candidate store's; created on first use.")
+    path: str = Field(description="SQLite file; may be the ledger's; created on first use.")
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)

@@ -176,7 +176,7 @@ class SqliteDeliveryLedger(SqliteBacked, DeliveryLedgerResource):
     process and thread, writers take the lock up front (BEGIN IMMEDIATE) and wait up to the busy
     timeout, so concurrent step processes serialize instead of failing or double-reserving."""
 
-    path: str = Field(description="SQLite file; may be the candidate store's; created on first use.")
+    path: str = Field(description="SQLite file; may be the engagement store's; created on first use.")
     busy_timeout_seconds: float = Field(default=30.0, description="How long a call waits for another writer.")
 
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)

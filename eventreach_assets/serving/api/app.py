@@ -150,7 +150,7 @@ class ServingApi:
         # A network store cannot tell what changed without reading it: pages are cached over local files only.
         local = isinstance(store, SqliteCandidateStore) and isinstance(engagement, SqliteBacked)
         self.page_cache = PageCache(page_cache_bytes) if local and page_cache_bytes > 0 else None
-        # One version per file: the local deployment keeps both stores in one.
+        # One version per file (the local deployment keeps the stores in two; both may share one).
         readers = {each.path: each.version_reader() for each in (store, engagement) if isinstance(each, SqliteBacked)}
         self._version_readers = tuple(readers.values())
         self._ingest_lock = threading.Lock()  # one delivery at a time: capacity is read, then written
