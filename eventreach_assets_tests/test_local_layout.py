@@ -29,6 +29,7 @@ from eventreach_assets_tests.test_ledger import key as ledger_key
 
 CAMPAIGN_TABLES = SqliteDeliveryLedger.declared_tables() | SqliteEngagementStore.declared_tables()
 STORE_TABLES = SqliteCandidateStore.declared_tables()
+STORE_PAGES = SqliteCandidateStore.file_page_size  # larger than SQLite's 4 KiB (asserted below)
 
 
 def key(customer: str) -> DeliveryKey:
@@ -89,7 +90,8 @@ def test_a_new_data_dir_keeps_the_store_in_large_pages_apart_from_the_campaign(t
     resources["engagement"].record_registrations(registrations("c01", event=EVENT), REGISTERED, now=NOW)
     for name in ("candidate_store", "ledger", "engagement"):
         resources[name].close()
-    assert page_size_of(tmp_path / CANDIDATES_SQLITE) == 65_536
+    assert STORE_PAGES is not None and STORE_PAGES > 4096
+    assert page_size_of(tmp_path / CANDIDATES_SQLITE) == STORE_PAGES
     assert page_size_of(tmp_path / CAMPAIGN_SQLITE) == 4096
     assert table_names(tmp_path / CANDIDATES_SQLITE) == STORE_TABLES
     assert table_names(tmp_path / CAMPAIGN_SQLITE) == CAMPAIGN_TABLES
@@ -100,7 +102,7 @@ def test_a_shared_data_dir_is_split_without_losing_a_row_or_sending_twice(tmp_pa
     resources = local_resources(tmp_path, DEFAULT_PROGRAM_PATH)
 
     candidates, campaign = tmp_path / CANDIDATES_SQLITE, tmp_path / CAMPAIGN_SQLITE
-    assert page_size_of(candidates) == 65_536
+    assert page_size_of(candidates) == STORE_PAGES
     assert table_names(candidates) == STORE_TABLES
     assert table_names(campaign) == CAMPAIGN_TABLES
     after = what_the_stores_hold(candidates, campaign)
@@ -119,7 +121,7 @@ def test_a_split_cut_short_after_the_copy_is_finished_on_the_next_start(tmp_path
     copy_tables_to_new_file(candidates, campaign, tables_in(candidates, CAMPAIGN_TABLES))  # then the crash
     (tmp_path / f"{CAMPAIGN_SQLITE}.partial").write_bytes(b"")  # and a stray partial copy: ignored
     split_shared_sqlite(tmp_path)
-    assert table_names(candidates) == STORE_TABLES and page_size_of(candidates) == 65_536
+    assert table_names(candidates) == STORE_TABLES and page_size_of(candidates) == STORE_PAGES
     after = what_the_stores_hold(candidates, campaign)
     for name, rows in before.items():
         assert_frame_equal(after[name], rows, check_row_order=False)
@@ -137,7 +139,7 @@ def test_the_store_keeps_small_pages_while_another_process_has_it_open_and_is_re
     assert f"{candidates} keeps its 4 KiB pages" in caplog.text
     reader.close()
     split_shared_sqlite(tmp_path)  # the next start
-    assert page_size_of(candidates) == 65_536
+    assert page_size_of(candidates) == STORE_PAGES
     after = what_the_stores_hold(candidates, campaign)
     for name, rows in before.items():
         assert_frame_equal(after[name], rows, check_row_order=False)
@@ -154,7 +156,7 @@ def test_processes_starting_together_split_the_data_dir_once(tmp_path):
         _, errors = start.communicate(timeout=120)
         assert start.returncode == 0, errors
     candidates, campaign = tmp_path / CANDIDATES_SQLITE, tmp_path / CAMPAIGN_SQLITE
-    assert page_size_of(candidates) == 65_536 and table_names(candidates) == STORE_TABLES
+    assert page_size_of(candidates) == STORE_PAGES and table_names(candidates) == STORE_TABLES
     after = what_the_stores_hold(candidates, campaign)
     for name, rows in before.items():
         assert_frame_equal(after[name], rows, check_row_order=False)

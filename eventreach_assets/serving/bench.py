@@ -85,8 +85,8 @@ def seed_store(home: Path, candidates: int, registered: int, seed: int = 7) -> d
     import numpy as np
     import polars as pl
 
-    from eventreach_assets.program.config import default_program
     from eventreach_assets.deployments import CANDIDATES_SQLITE
+    from eventreach_assets.program.config import default_program
     from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 
     program = default_program()

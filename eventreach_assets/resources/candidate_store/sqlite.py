@@ -1,4 +1,4 @@
-"""The candidates table and score cache in one local SQLite file (WAL, 64 KiB pages), the local deployment's store.
+"""The candidates table and score cache in one local SQLite file (WAL, 32 KiB pages), the local deployment's store.
 
 The same items, keys and access patterns as the DynamoDB tables (see `base.py`), stored one row
 per customer x event rather than one per channel: a customer's items of an event differ only in
@@ -238,9 +238,11 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
     _sqlite: SqliteConnections | None = PrivateAttr(default=None)
     _ddl: ClassVar[str] = _DDL
     # Its writes are bulk ones (an event's rows, a model's cache entries: ~0.25 GB of pages at 3M
-    # profiles): 64 KiB pages take an event's replace 1.6-1.8 -> 1.2-1.45 s (docs/speed.md). A file
-    # of small commits (the ledger) wants SQLite's 4 KiB, so the local deployment keeps them apart.
-    file_page_size: ClassVar[int | None] = 65_536
+    # profiles): with 32 KiB pages an event's replace takes 1.50-1.76 -> 1.22-1.35 s, the Serving
+    # API's uncached pages as long or a tenth longer (64 KiB: no faster replace, pages up to 80%
+    # longer; docs/speed.md, nineteenth session). A file of small commits (the ledger) wants
+    # SQLite's 4 KiB, so the local deployment keeps them apart.
+    file_page_size: ClassVar[int | None] = 32_768
 
     # -- files of earlier releases --
 
