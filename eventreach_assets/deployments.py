@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ def split_shared_sqlite(home: Path) -> None:
     or not at all), then dropped from `candidates.sqlite`, which is repacked to the store's page
     size. Each step is taken again after a crash (`campaign.sqlite` exists: only the drop and the
     repack are left). The repack needs the file closed by every other process; while one has it
-    open, the store keeps its 4 KiB pages (slower, not wrong) and the next start tries again. Under
+    open or the repack fails (a full disk), the store keeps its 4 KiB pages (slower, not wrong), a
+    warning says so and the next start tries again. Under
     a lock file, so processes starting together (webserver, daemon, code server) split it once.
     Run it with the deployment stopped: a process still on the earlier layout would write the
     ledger into the file this one copies from."""
@@ -107,7 +109,12 @@ def split_shared_sqlite(home: Path) -> None:
             _LOG.info("copied %s from %s into %s", ", ".join(moved), candidates, campaign)
         if moved:
             drop_tables(candidates, moved)
-        if repack(candidates, page_size):
+        try:
+            repacked = repack(candidates, page_size)
+        except sqlite3.Error as error:  # a faster store is not worth a deployment that cannot start
+            _LOG.warning("%s keeps its 4 KiB pages: repacking it failed (%s)", candidates, error)
+            return
+        if repacked:
             _LOG.info("repacked %s with %s-byte pages", candidates, page_size)
         else:
             _LOG.warning(

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from eventreach_assets import deployments
 from eventreach_assets.deployments import CAMPAIGN_SQLITE, CANDIDATES_SQLITE, local_resources, split_shared_sqlite
 from eventreach_assets.domain.delivery import DeliveryKey
 from eventreach_assets.domain.engagement_schemas import REGISTERED
@@ -58,6 +59,14 @@ def what_the_stores_hold(candidates: Path, campaign: Path) -> dict[str, pl.DataF
     finally:
         for resource in (store, ledger, engagement):
             resource.close()
+
+
+def assert_nothing_lost(before: dict[str, pl.DataFrame], candidates: Path, campaign: Path) -> None:
+    """The stores in their files hold every row they held in the shared file (`before`)."""
+    after = what_the_stores_hold(candidates, campaign)
+    for name, rows in before.items():
+        assert rows.height, name  # each kind was there to lose
+        assert_frame_equal(after[name], rows, check_row_order=False)
 
 
 def shared_layout_home(home: Path) -> dict[str, pl.DataFrame]:
@@ -105,10 +114,7 @@ def test_a_shared_data_dir_is_split_without_losing_a_row_or_sending_twice(tmp_pa
     assert page_size_of(candidates) == STORE_PAGES
     assert table_names(candidates) == STORE_TABLES
     assert table_names(campaign) == CAMPAIGN_TABLES
-    after = what_the_stores_hold(candidates, campaign)
-    for name, rows in before.items():
-        assert rows.height, name  # each kind was there to lose
-        assert_frame_equal(after[name], rows, check_row_order=False)
+    assert_nothing_lost(before, candidates, campaign)
     # The message sent before the split is still the ledger's: a retried run may not send it again.
     again = resources["ledger"].reserve(frame(key("c01"), key("c05")), now=NOW)
     assert dict(again.select("customer_id", "granted").iter_rows()) == {"c01": False, "c05": True}
@@ -122,9 +128,7 @@ def test_a_split_cut_short_after_the_copy_is_finished_on_the_next_start(tmp_path
     (tmp_path / f"{CAMPAIGN_SQLITE}.partial").write_bytes(b"")  # and a stray partial copy: ignored
     split_shared_sqlite(tmp_path)
     assert table_names(candidates) == STORE_TABLES and page_size_of(candidates) == STORE_PAGES
-    after = what_the_stores_hold(candidates, campaign)
-    for name, rows in before.items():
-        assert_frame_equal(after[name], rows, check_row_order=False)
+    assert_nothing_lost(before, candidates, campaign)
 
 
 def test_the_store_keeps_small_pages_while_another_process_has_it_open_and_is_repacked_later(tmp_path, caplog):
@@ -140,9 +144,22 @@ def test_the_store_keeps_small_pages_while_another_process_has_it_open_and_is_re
     reader.close()
     split_shared_sqlite(tmp_path)  # the next start
     assert page_size_of(candidates) == STORE_PAGES
-    after = what_the_stores_hold(candidates, campaign)
-    for name, rows in before.items():
-        assert_frame_equal(after[name], rows, check_row_order=False)
+    assert_nothing_lost(before, candidates, campaign)
+
+
+def test_a_repack_that_fails_leaves_the_split_made_and_says_why(tmp_path, caplog, monkeypatch):
+    before = shared_layout_home(tmp_path)
+
+    def disk_full(path: Path, page_size: int) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(deployments, "repack", disk_full)
+    with caplog.at_level(logging.WARNING, logger="eventreach_assets.deployments"):
+        split_shared_sqlite(tmp_path)  # the deployment still starts
+    candidates, campaign = tmp_path / CANDIDATES_SQLITE, tmp_path / CAMPAIGN_SQLITE
+    assert "repacking it failed (database or disk is full)" in caplog.text
+    assert page_size_of(candidates) == 4096 and table_names(candidates) == STORE_TABLES
+    assert_nothing_lost(before, candidates, campaign)
 
 
 def test_processes_starting_together_split_the_data_dir_once(tmp_path):
@@ -157,9 +174,7 @@ def test_processes_starting_together_split_the_data_dir_once(tmp_path):
         assert start.returncode == 0, errors
     candidates, campaign = tmp_path / CANDIDATES_SQLITE, tmp_path / CAMPAIGN_SQLITE
     assert page_size_of(candidates) == STORE_PAGES and table_names(candidates) == STORE_TABLES
-    after = what_the_stores_hold(candidates, campaign)
-    for name, rows in before.items():
-        assert_frame_equal(after[name], rows, check_row_order=False)
+    assert_nothing_lost(before, candidates, campaign)
 
 
 def test_tables_are_copied_into_a_new_file_only(tmp_path):
