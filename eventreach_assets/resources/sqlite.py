@@ -1,4 +1,4 @@
-"""One WAL-mode SQLite file shared by local resources (candidate store, delivery ledger, engagement store).
+"""WAL-mode SQLite files of the local resources (the candidate store's; the ledger's and engagement store's).
 
 One connection per process and thread, opened on first use and kept: closing the last
 connection of a WAL database checkpoints it (an fsync), which made every small call cost
