@@ -26,6 +26,7 @@ from eventreach_assets.resources.engagement_store import (
     engagement_table_definition,
 )
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
+from eventreach_assets.resources.sqlite import table_names
 from eventreach_assets_tests.stand_ins import REGION
 
 T0 = datetime(2026, 11, 23, 10, 0)
@@ -338,7 +339,7 @@ def test_sqlite_shares_the_file_with_the_ledger(tmp_path):
     ledger.record_opt_out("a", None, "test", T0)
     engagement.record_registrations(registrations("a"), REGISTERED, now=T0)
     with sqlite3.connect(path) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = table_names(conn)
         primary_key = [row[1] for row in conn.execute("PRAGMA table_info(engagement_interactions)") if row[5]]
     assert {"delivery_ledger", "engagement_registrations", "engagement_interactions", "engagement_attendance",
             "engagement_survey"} <= tables  # fmt: skip

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -22,7 +23,13 @@ from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
 from eventreach_assets.resources.candidate_store import SqliteCandidateStore
 from eventreach_assets.resources.engagement_store import SqliteEngagementStore
 from eventreach_assets.resources.ledger import SqliteDeliveryLedger
-from eventreach_assets.resources.sqlite import copy_tables_to_new_file, page_size_of, tables_in, wait_for_checkpoints
+from eventreach_assets.resources.sqlite import (
+    copy_tables_to_new_file,
+    page_size_of,
+    table_names,
+    tables_in,
+    wait_for_checkpoints,
+)
 from eventreach_assets_tests.test_candidate_store import CHANNELS, EVENT, NOW, PROGRAM, SCORES, replace
 from eventreach_assets_tests.test_engagement_store import registrations
 from eventreach_assets_tests.test_ledger import frame
@@ -38,9 +45,9 @@ def key(customer: str) -> DeliveryKey:
     return ledger_key(customer, event=EVENT)
 
 
-def table_names(path: Path) -> set[str]:
+def tables_of(path: Path) -> set[str]:
     with closing(sqlite3.connect(path)) as conn:  # closed: an open connection would keep the file from a repack
-        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return table_names(conn)
 
 
 def what_the_stores_hold(candidates: Path, campaign: Path) -> dict[str, pl.DataFrame]:
@@ -88,7 +95,7 @@ def shared_layout_home(home: Path) -> dict[str, pl.DataFrame]:
     for resource in (ledger, engagement, store):
         resource.close()
     wait_for_checkpoints()  # the store's bulk writes checkpoint in a thread: done before a process stops
-    assert page_size_of(path) == 4096 and table_names(path) >= CAMPAIGN_TABLES | STORE_TABLES
+    assert page_size_of(path) == 4096 and tables_of(path) >= CAMPAIGN_TABLES | STORE_TABLES
     return what_the_stores_hold(path, path)
 
 
@@ -102,8 +109,8 @@ def test_a_new_data_dir_keeps_the_store_in_large_pages_apart_from_the_campaign(t
     assert STORE_PAGES is not None and STORE_PAGES > 4096
     assert page_size_of(tmp_path / CANDIDATES_SQLITE) == STORE_PAGES
     assert page_size_of(tmp_path / CAMPAIGN_SQLITE) == 4096
-    assert table_names(tmp_path / CANDIDATES_SQLITE) == STORE_TABLES
-    assert table_names(tmp_path / CAMPAIGN_SQLITE) == CAMPAIGN_TABLES
+    assert tables_of(tmp_path / CANDIDATES_SQLITE) == STORE_TABLES
+    assert tables_of(tmp_path / CAMPAIGN_SQLITE) == CAMPAIGN_TABLES
 
 
 def test_a_shared_data_dir_is_split_without_losing_a_row_or_sending_twice(tmp_path):
@@ -112,8 +119,8 @@ def test_a_shared_data_dir_is_split_without_losing_a_row_or_sending_twice(tmp_pa
 
     candidates, campaign = tmp_path / CANDIDATES_SQLITE, tmp_path / CAMPAIGN_SQLITE
     assert page_size_of(candidates) == STORE_PAGES
-    assert table_names(candidates) == STORE_TABLES
-    assert table_names(campaign) == CAMPAIGN_TABLES
+    assert tables_of(candidates) == STORE_TABLES
+    assert tables_of(campaign) == CAMPAIGN_TABLES
     assert_nothing_lost(before, candidates, campaign)
     # The message sent before the split is still the ledger's: a retried run may not send it again.
     again = resources["ledger"].reserve(frame(key("c01"), key("c05")), now=NOW)
@@ -127,7 +134,7 @@ def test_a_split_cut_short_after_the_copy_is_finished_on_the_next_start(tmp_path
     copy_tables_to_new_file(candidates, campaign, tables_in(candidates, CAMPAIGN_TABLES))  # then the crash
     (tmp_path / f"{CAMPAIGN_SQLITE}.partial").write_bytes(b"")  # and a stray partial copy: ignored
     split_shared_sqlite(tmp_path)
-    assert table_names(candidates) == STORE_TABLES and page_size_of(candidates) == STORE_PAGES
+    assert tables_of(candidates) == STORE_TABLES and page_size_of(candidates) == STORE_PAGES
     assert_nothing_lost(before, candidates, campaign)
 
 
@@ -139,7 +146,7 @@ def test_the_store_keeps_small_pages_while_another_process_has_it_open_and_is_re
     with caplog.at_level(logging.WARNING, logger="eventreach_assets.deployments"):
         split_shared_sqlite(tmp_path)
     assert page_size_of(candidates) == 4096  # not repacked under an open connection
-    assert table_names(candidates) == STORE_TABLES  # but split all the same
+    assert tables_of(candidates) == STORE_TABLES  # but split all the same
     assert f"{candidates} keeps its 4 KiB pages" in caplog.text
     reader.close()
     split_shared_sqlite(tmp_path)  # the next start
@@ -158,22 +165,29 @@ def test_a_repack_that_fails_leaves_the_split_made_and_says_why(tmp_path, caplog
         split_shared_sqlite(tmp_path)  # the deployment still starts
     candidates, campaign = tmp_path / CANDIDATES_SQLITE, tmp_path / CAMPAIGN_SQLITE
     assert "repacking it failed (database or disk is full)" in caplog.text
-    assert page_size_of(candidates) == 4096 and table_names(candidates) == STORE_TABLES
+    assert page_size_of(candidates) == 4096 and tables_of(candidates) == STORE_TABLES
     assert_nothing_lost(before, candidates, campaign)
 
 
 def test_processes_starting_together_split_the_data_dir_once(tmp_path):
     before = shared_layout_home(tmp_path)
+    # Each process imports first, then waits for one shared moment, so the three splits race.
+    go = time.time() + 8
     split = (
-        "from pathlib import Path; from eventreach_assets.deployments import split_shared_sqlite; "
+        "import logging, time; from pathlib import Path; "
+        "from eventreach_assets.deployments import split_shared_sqlite; "
+        f"logging.basicConfig(level=logging.INFO); time.sleep(max(0.0, {go} - time.time())); "
         f"split_shared_sqlite(Path({str(tmp_path)!r}))"
     )
     starts = [subprocess.Popen([sys.executable, "-c", split], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    logs = ""
     for start in starts:
         _, errors = start.communicate(timeout=120)
         assert start.returncode == 0, errors
+        logs += errors
+    assert logs.count("copied ") == 1 and logs.count("repacked ") == 1, logs
     candidates, campaign = tmp_path / CANDIDATES_SQLITE, tmp_path / CAMPAIGN_SQLITE
-    assert page_size_of(candidates) == STORE_PAGES and table_names(candidates) == STORE_TABLES
+    assert page_size_of(candidates) == STORE_PAGES and tables_of(candidates) == STORE_TABLES
     assert_nothing_lost(before, candidates, campaign)
 
 

@@ -249,8 +249,11 @@ class SqliteBacked:
 
     @classmethod
     def declared_tables(cls) -> set[str]:
-        """The tables the resource's schema makes: what belongs to it in a file."""
-        return tables_declared(cls._ddl)
+        """The tables the resource's schema makes (run on an empty in-memory database): what
+        belongs to it in a file."""
+        with closing(sqlite3.connect(":memory:")) as conn:
+            conn.executescript(cls._ddl)
+            return table_names(conn)
 
     def _db(self) -> SqliteConnections:
         if self._sqlite is None:
@@ -304,21 +307,15 @@ def page_size_of(path: str | Path) -> int | None:
     return 65_536 if size == 1 else size  # the header's 2 bytes write 65,536 as 1
 
 
-def tables_declared(ddl: str) -> set[str]:
-    """The tables `ddl` makes (run on an empty in-memory database)."""
-    with closing(sqlite3.connect(":memory:")) as conn:
-        conn.executescript(ddl)
-        return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    """The tables of the database `conn` opened."""
+    return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def tables_in(path: str | Path, tables: Iterable[str]) -> list[str]:
     """Which of `tables` the SQLite file at `path` holds (sorted)."""
     with closing(sqlite3.connect(path)) as conn:
-        held = conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (SELECT value FROM json_each(?))",
-            (json.dumps(sorted(tables)),),
-        )
-        return sorted(name for (name,) in held)
+        return sorted(table_names(conn).intersection(tables))
 
 
 def copy_tables_to_new_file(source: str | Path, target: str | Path, tables: Iterable[str]) -> None:

@@ -63,7 +63,7 @@ from eventreach_assets.resources.candidate_store.base import (
     TopQuery,
     registered_customers,
 )
-from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections
+from eventreach_assets.resources.sqlite import SqliteBacked, SqliteConnections, table_names
 
 _ROWS = "candidate_rows"
 _CACHE = "score_cache_entries"
@@ -280,24 +280,17 @@ class SqliteCandidateStore(SqliteBacked, CandidateStoreResource):
     ) -> None:
         """`rebuild` a table of an earlier release into today's, then drop it: once, locked (another
         process opening the file meanwhile finds it done), all or nothing."""
-        if not cls._has_table(conn, legacy_table):
+        if legacy_table not in table_names(conn):
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if cls._has_table(conn, legacy_table):
+            if legacy_table in table_names(conn):
                 rebuild(conn)
                 conn.execute(f"DROP TABLE {legacy_table}")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-
-    @staticmethod
-    def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-        return (
-            conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
-            is not None
-        )
 
     @staticmethod
     def _record_expiries(conn: sqlite3.Connection, values: list[int], table: str = _EXPIRIES) -> None:
