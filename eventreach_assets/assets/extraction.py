@@ -94,11 +94,16 @@ def extract_event(
     """The partition's event and its own extraction (its predicate pushed down), validated and
     deduplicated. The catalog read and the extraction share one warehouse session (one login on
     Snowflake), closed before the validation. The candidates are kept to the run's end: the
-    extract is read compact."""
+    extract is read compact.
+
+    The validation is handed the extract's only reference (popped from a one-item list, as the
+    snapshot's asset passes its extract as a call's result): its text columns replaced by
+    categoricals are freed as it goes. A local variable held them to the end (at 3M profiles one
+    event's peak 1,827-1,842 -> 1,603-1,620 MiB, docs/speed.md)."""
     with warehouse.reading():
         event = current_event(warehouse, partition_key)
-        raw = warehouse.extract_candidates(event.topics, compact=True)
-    return event, validate_and_dedupe(raw, program.load().marketplaces)
+        extract = [warehouse.extract_candidates(event.topics, compact=True)]
+    return event, validate_and_dedupe(extract.pop(), program.load().marketplaces)
 
 
 def extracted(context: dg.AssetExecutionContext, event: EventContext, result: ExtractResult, how: str,
