@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -412,11 +414,11 @@ def test_an_events_own_extraction_reads_the_catalog_and_the_profiles_in_one_sess
     assert len(warehouse_connections) == 1 and sessions_at_validation == [1]
 
 
-def handed_the_only_reference(function, handed: list[bool]):
+def handed_the_only_reference(function: Callable[..., Any], handed: list[bool]) -> Callable[..., Any]:
     """`function`, recording whether each call's first argument was its only reference (the caller
     kept none); if it was, the frame is gone once dropped, and the call ends with `_Handed`."""
 
-    def wrapped(frame, *args):
+    def wrapped(frame: pl.DataFrame, *args: Any) -> Any:
         alive = weakref.ref(frame)
         del frame
         handed.append(alive() is None)
@@ -432,8 +434,8 @@ class _Handed(Exception):
 
 
 def test_both_extractions_hand_the_validation_the_extracts_only_reference(
-    deployment: Deployment, small_warehouse, monkeypatch
-):
+    deployment: Deployment, small_warehouse: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The validation replaces the extract's few-valued text columns by categoricals; when no caller
     holds the extract, the strings are freed as it goes (at 3M profiles one event's peak ~200 MiB
     lower). Both the event's own extraction and the week's snapshot pass it on without keeping it."""

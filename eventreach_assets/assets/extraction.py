@@ -98,8 +98,8 @@ def extract_event(
 
     The validation is handed the extract's only reference (popped from a one-item list, as the
     snapshot's asset passes its extract as a call's result): its text columns replaced by
-    categoricals are freed as it goes. A local variable held them to the end (at 3M profiles one
-    event's peak 1,827-1,842 -> 1,603-1,620 MiB, docs/speed.md)."""
+    categoricals are freed as it goes. A local variable held them to the end (at 3M profiles the
+    extraction's peak 1,827-1,842 -> 1,603-1,620 MiB, docs/speed.md)."""
     with warehouse.reading():
         event = current_event(warehouse, partition_key)
         extract = [warehouse.extract_candidates(event.topics, compact=True)]
