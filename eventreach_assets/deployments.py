@@ -90,11 +90,11 @@ def split_shared_sqlite(home: Path) -> None:
     or not at all), then dropped from `candidates.sqlite`, which is repacked to the store's page
     size. Each step is taken again after a crash (`campaign.sqlite` exists: only the drop and the
     repack are left). The repack needs the file closed by every other process; while one has it
-    open or the repack fails (a full disk), the store keeps its 4 KiB pages (slower, not wrong), a
-    warning says so and the next start tries again. Under
-    a lock file, so processes starting together (webserver, daemon, code server) split it once.
-    Run it with the deployment stopped: a process still on the earlier layout would write the
-    ledger into the file this one copies from."""
+    open or the repack fails (a full disk), the store keeps its pages (slower, not wrong), a
+    warning says so and the next start tries again. Under a lock file, so processes starting
+    together (webserver, daemon, code server) split it once. Run it with the deployment stopped:
+    a process still on the earlier layout would write the ledger into the file this one copies
+    from."""
     candidates, campaign = home / CANDIDATES_SQLITE, home / CAMPAIGN_SQLITE
     page_size = SqliteCandidateStore.file_page_size
     if page_size_of(candidates) in (None, page_size):  # a new data dir, or split already: one read
@@ -104,23 +104,24 @@ def split_shared_sqlite(home: Path) -> None:
         if page_size_of(candidates) in (None, page_size):
             return
         moved = tables_in(candidates, SqliteDeliveryLedger.declared_tables() | SqliteEngagementStore.declared_tables())
-        if moved and not campaign.exists():
-            copy_tables_to_new_file(candidates, campaign, moved)
-            _LOG.info("copied %s from %s into %s", ", ".join(moved), candidates, campaign)
         if moved:
+            if not campaign.exists():  # else copied before a crash: only the drop is left
+                copy_tables_to_new_file(candidates, campaign, moved)
+                _LOG.info("copied %s from %s into %s", ", ".join(moved), candidates, campaign)
             drop_tables(candidates, moved)
+        kept = f"{candidates} keeps its {page_size_of(candidates)}-byte pages"
         try:
             repacked = repack(candidates, page_size)
         except sqlite3.Error as error:  # a faster store is not worth a deployment that cannot start
-            _LOG.warning("%s keeps its 4 KiB pages: repacking it failed (%s)", candidates, error)
+            _LOG.warning("%s: repacking it failed (%s)", kept, error)
             return
         if repacked:
             _LOG.info("repacked %s with %s-byte pages", candidates, page_size)
         else:
             _LOG.warning(
-                "%s keeps its 4 KiB pages (slower weekly writes) while another process has it open; "
+                "%s (slower weekly writes) while another process has it open; "
                 "the next start with every process stopped repacks it",
-                candidates,
+                kept,
             )
 
 

@@ -147,7 +147,7 @@ def test_the_store_keeps_small_pages_while_another_process_has_it_open_and_is_re
         split_shared_sqlite(tmp_path)
     assert page_size_of(candidates) == 4096  # not repacked under an open connection
     assert tables_of(candidates) == STORE_TABLES  # but split all the same
-    assert f"{candidates} keeps its 4 KiB pages" in caplog.text
+    assert f"{candidates} keeps its 4096-byte pages" in caplog.text
     reader.close()
     split_shared_sqlite(tmp_path)  # the next start
     assert page_size_of(candidates) == STORE_PAGES
