@@ -336,14 +336,23 @@ def frequency_cap_window(days: int):
 def test_the_batch_reads_the_invitation_history_its_frequency_cap_counts_and_no_more(
     small_warehouse, tmp_path, window_days
 ):
-    """A window longer than two months is counted whole; a month's window reads a month."""
+    """A window longer than two months is counted whole; a month's window reads a month, and only
+    the two columns the chain counts by (the history has eight)."""
+    read_columns: list[list[str]] = []
 
-    warehouse = DuckDBWarehouse(path=str(small_warehouse[0]))
+    class ColumnsRead(DuckDBWarehouse):
+        def invitation_history(self, since=None, columns=None):
+            history = super().invitation_history(since, columns)
+            read_columns.append(history.columns)
+            return history
+
+    warehouse = ColumnsRead(path=str(small_warehouse[0]))
     ledger = SqliteDeliveryLedger(path=str(tmp_path / "ledger.sqlite"))
     program = program_with(tmp_path, frequency_cap_window(window_days))
     event_id = warehouse.events()["event_id"][0]
     read = filter_inputs(warehouse, ledger, program, ClockResource(fixed_now=AS_OF.isoformat()), event_id)
     invited_at = read.invitations.collect()["invited_at"]
+    assert read_columns == [["customer_id", "invited_at"]]
     history = warehouse.invitation_history()["invited_at"].dt.replace_time_zone(None)
     since = AS_OF - timedelta(days=window_days)
     assert invited_at.len() == history.filter(history >= since).len() > 0
@@ -368,7 +377,7 @@ def test_the_filter_inputs_are_read_in_one_warehouse_session(small_warehouse, tm
 def test_a_chain_without_a_frequency_cap_reads_no_invitation_history(small_warehouse, tmp_path):
 
     class NoHistoryWarehouse(DuckDBWarehouse):
-        def invitation_history(self, since=None):
+        def invitation_history(self, since=None, columns=None):
             raise AssertionError("the invitation history was read")
 
     def drop_cap(data: dict) -> None:

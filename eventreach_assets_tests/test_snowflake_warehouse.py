@@ -118,6 +118,9 @@ READS: dict[str, Callable[[WarehouseResource], pl.DataFrame]] = {
     "no_registrations": lambda warehouse: warehouse.event_registrations("evt-nope"),
     "invitation_history": lambda warehouse: warehouse.invitation_history(),
     "recent_invitations": lambda warehouse: warehouse.invitation_history(since=AS_OF - timedelta(days=30)),
+    "recent_invitation_keys": lambda warehouse: warehouse.invitation_history(
+        since=AS_OF - timedelta(days=30), columns=["customer_id", "invited_at"]
+    ),
     "training_profiles": lambda warehouse: warehouse.training_profiles(),
 }
 

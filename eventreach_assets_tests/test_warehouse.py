@@ -39,6 +39,27 @@ def test_topics_are_pushed_down(small_warehouse):
     assert warehouse.extract_candidates(["x') OR 1=1 --"]).height <= rows.height
 
 
+def test_the_invitation_history_reads_only_the_columns_asked_for(small_warehouse, monkeypatch: pytest.MonkeyPatch):
+    """The statement sent names the asked columns only; the rows are the full read's, projected."""
+    path, _ = small_warehouse
+    warehouse = DuckDBWarehouse(path=str(path))
+    sent: list[str] = []
+    query = DuckDBWarehouse._query
+
+    def recorded(self: DuckDBWarehouse, session: Any, sql: str, params: list[Any] | None = None) -> Any:
+        sent.append(sql)
+        return query(self, session, sql, params)
+
+    monkeypatch.setattr(DuckDBWarehouse, "_query", recorded)
+    keys = warehouse.invitation_history(columns=["invited_at", "customer_id"])
+    assert sent == ["SELECT invited_at, customer_id FROM invitation_history "]
+    full = warehouse.invitation_history()
+    assert full.width == len(INVITATION_HISTORY_COLUMNS) and keys.height == full.height > 0
+    assert_frame_equal(keys, full.select("invited_at", "customer_id"))
+    with pytest.raises(ValueError, match=r"no column\(s\) opened_at, email \(it has customer_id, event_id"):
+        warehouse.invitation_history(columns=["customer_id", "opened_at", "email"])
+
+
 def test_a_compact_extraction_is_the_same_rows_and_leaves_no_file(
     small_warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

@@ -45,11 +45,16 @@ def filter_inputs(
     )
 
 
+INVITATION_KEYS = ("customer_id", "invited_at")  # what the chain and its policy check count
+
+
 def invitations_since(warehouse: WarehouseResource, ledger: DeliveryLedgerResource, since: datetime) -> pl.LazyFrame:
     """Invitations sent since `since`: the warehouse's history and this system's own sends."""
     return pl.concat(
         [
-            warehouse.invitation_history(since=since).select("customer_id", naive_utc("invited_at")),
+            warehouse.invitation_history(since=since, columns=INVITATION_KEYS).select(
+                "customer_id", naive_utc("invited_at")
+            ),
             ledger.invitations_since(since).select("customer_id", naive_utc("invited_at")),
         ]
     ).lazy()
