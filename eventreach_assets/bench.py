@@ -33,6 +33,7 @@ import time
 import warnings
 from collections import Counter
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -261,9 +262,12 @@ def run_worker(job: str, partition: str | None) -> dict:
 def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
     """The week as the local deployment runs it: every run a fresh process of its own (paying the
     code location's import, the instance and the interpreter's exit, as each run worker does), at
-    most `run_slots()` at once: the profile snapshot, then each event's weekly batch followed by
-    its export. Wall from the first launch to the last exit; stages and counts summed; peak RSS
-    the largest single run's (two run at once); `workers`: each run's process, start and end."""
+    most `run_slots()` at once, in the order its schedules launch them: the batch schedule's profile
+    snapshot, then the events' weekly batches (`profile_snapshot_sensor`), then their exports (the
+    export schedule, two and a half hours after the batch's: no export runs beside a batch). Wall
+    from the first launch to the last exit, `windows` the batch's (snapshot and batches) and the
+    export's; stages and counts summed; peak RSS the largest single run's (two run at once);
+    `workers`: each run's process, start and end."""
     from concurrent.futures import ThreadPoolExecutor
 
     from eventreach_assets.jobs import export_job, profile_snapshot_job, weekly_batch_job
@@ -281,14 +285,13 @@ def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
         workers.append({"job": job, "partition": partition, "started_s": round(started, 3),
                         "ended_s": round(ended, 3), **figures})  # fmt: skip
 
-    def event_runs(event_id: str) -> None:
-        run(weekly_batch_job.name, event_id)
-        run(export_job.name, event_id)
-
     run(profile_snapshot_job.name)
-    with ThreadPoolExecutor(max_workers=run_slots()) as slots:
-        list(slots.map(event_runs, event_ids))  # list(): a failed run raises here
+    for job in (weekly_batch_job.name, export_job.name):  # the batch window, then the export's
+        with ThreadPoolExecutor(max_workers=run_slots()) as slots:
+            list(slots.map(partial(run, job), event_ids))  # list(): a failed run raises here
     wall = lap()
+    batch_window = max(worker["ended_s"] for worker in workers if worker["job"] != export_job.name)
+    windows = {"batch": batch_window, "export": wall - batch_window}
     stages: Counter[str] = Counter()
     counts: Counter[str] = Counter()
     share: Counter[str] = Counter()
@@ -300,7 +303,7 @@ def measure_week_deployed(home: Path, event_ids: list[str]) -> dict:
     share["worker_processes"] -= share.pop("runs_s")  # each worker's start-up and exit, around its run
     peak = max(worker["peak_rss_mb"] for worker in workers)
     return {"wall_s": wall, "stages": stages, "counts": counts, "peak_rss_mb": peak, "workers": workers,
-            "share": dict(share)}  # fmt: skip
+            "share": dict(share), "windows": windows}  # fmt: skip
 
 
 def _bare_score(r: dict, event: Any, filtered: Any) -> Any:
@@ -471,9 +474,14 @@ def summarize(samples: list[dict], stages: dict[str, str]) -> dict:
         "extracted": samples[0]["counts"].get("extracted_rows", 0),
         "eligible": samples[0]["counts"].get("scored_candidates", 0),
         **({"workers": [s["workers"] for s in samples]} if "workers" in samples[0] else {}),
-        **({"share_s": {part: statistics.median(s["share"][part] for s in samples) for part in samples[0]["share"]}}
-           if "share" in samples[0] else {}),
+        **({"windows_s": _medians(samples, "windows")} if "windows" in samples[0] else {}),
+        **({"share_s": _medians(samples, "share")} if "share" in samples[0] else {}),
     }  # fmt: skip
+
+
+def _medians(samples: list[dict], figures: str) -> dict[str, float]:
+    """Each part's median over the runs of a runner's `figures` (a dict of seconds per part)."""
+    return {part: statistics.median(s[figures][part] for s in samples) for part in samples[0][figures]}
 
 
 def row(profiles: int, runner: str, figures: dict) -> str:
@@ -497,7 +505,8 @@ def share_row(runner: str, figures: dict) -> str:
     parts = ", ".join(f"{label} {share[part]:.2f}" for part, label in SHARE_PARTS.items() if part in share)
     name, checks = runner.replace("_", "-"), f" ({share['check_step_count']:.0f} check steps)"
     if "worker_processes" in share:
-        return f"{'':>10} {name}, beyond the asset bodies summed over its run workers (s): {parts}{checks}"
+        windows = ", ".join(f"{window} window {seconds:.2f} s" for window, seconds in figures["windows_s"].items())
+        return f"{'':>10} {name}, beyond the asset bodies summed over its run workers (s): {parts}{checks}; {windows}"
     beyond = figures["wall_s"] - sum(figures["stages_s"].values())
     return f"{'':>10} {name}: {beyond:.2f} s of the wall beyond the asset bodies: {parts}{checks}"
 

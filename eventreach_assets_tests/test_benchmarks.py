@@ -71,21 +71,29 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
     assert (size["week_deployed"]["extracted"], size["week_deployed"]["eligible"]) == (
         size["week_bare"]["extracted"], size["week_bare"]["eligible"]
     )  # fmt: skip
-    # As deployed: the snapshot, then each event's batch and its export, each run its own process,
-    # never more at once than the instance's run slots (dagster.yaml: max_concurrent_runs).
+    # As deployed, in the order the schedules launch the runs: the snapshot, then the events' batches,
+    # then their exports (a schedule of their own, hours later), each run its own process, never more
+    # at once than the instance's run slots (dagster.yaml: max_concurrent_runs).
     [workers] = size["week_deployed"]["workers"]
     slots = bench.run_slots()
     assert slots == 2 and len(workers) == 1 + 2 * 3 and len({worker["pid"] for worker in workers}) == len(workers)
     [snapshot, *event_runs] = sorted(workers, key=lambda worker: worker["started_s"])
     assert snapshot["job"] == "weekly_profile_snapshot" and snapshot["partition"] is None
     assert all(snapshot["ended_s"] <= worker["started_s"] for worker in event_runs)
-    for event in size["week_events"]:
-        batch, export = sorted((w for w in event_runs if w["partition"] == event), key=lambda w: w["started_s"])
-        assert (batch["job"], export["job"]) == ("weekly_batch", "export_candidates")
-        assert batch["ended_s"] <= export["started_s"]
+    batches = [w for w in event_runs if w["job"] == "weekly_batch"]
+    exports = [w for w in event_runs if w["job"] == "export_candidates"]
+    assert (
+        sorted(w["partition"] for w in batches)
+        == sorted(w["partition"] for w in exports)
+        == sorted(size["week_events"])
+    )
+    assert max(w["ended_s"] for w in batches) <= min(w["started_s"] for w in exports)  # no export beside a batch
+    windows = size["week_deployed"]["windows_s"]
+    assert windows["batch"] == max(w["ended_s"] for w in batches)
+    assert windows["batch"] + windows["export"] == pytest.approx(size["week_deployed"]["wall_s"], abs=0.01)
     # at each run's start, the runs going (itself included): two at once, never more
-    running = [sum(w["started_s"] <= run["started_s"] < w["ended_s"] for w in event_runs) for run in event_runs]
-    assert max(running) == slots
+    for runs in (batches, exports):
+        assert max(sum(w["started_s"] <= run["started_s"] < w["ended_s"] for w in runs) for run in runs) == slots
     # Dagster's share: the time beyond the asset bodies, by where it went, read from the runs' event logs.
     checks = {"dagster": 6, "week_dagster": 18, "week_deployed": 18}  # five on weekly_batch, one on the export
     for runner, check_steps in checks.items():
@@ -97,7 +105,9 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
         assert share[outside] > 0
         [line] = [line for line in lines if line.split(":")[0].split(",")[0].strip() == runner.replace("_", "-")]
         assert "beyond the asset bodies" in line and f"check steps {share['check_steps']:.2f}" in line
-        if runner != "week_deployed":  # in one process the parts are the wall's: they add up to it
+        if runner == "week_deployed":
+            assert f"batch window {windows['batch']:.2f} s, export window {windows['export']:.2f} s" in line
+        else:  # in one process the parts are the wall's: they add up to it
             parts = sum(share[part] for part in bench.SHARE_PARTS if part in share)
             assert parts + sum(figures["stages_s"].values()) == pytest.approx(figures["wall_s"], abs=0.05)
     # Once per invocation: a run worker's start-up beside the framework's own, each a fresh process.
