@@ -58,6 +58,8 @@ def test_the_invitation_history_reads_only_the_columns_asked_for(small_warehouse
     assert_frame_equal(keys, full.select("invited_at", "customer_id"))
     with pytest.raises(ValueError, match=r"no column\(s\) opened_at, email \(it has customer_id, event_id"):
         warehouse.invitation_history(columns=["customer_id", "opened_at", "email"])
+    with pytest.raises(ValueError, match=r"was asked for no column \(it has customer_id, event_id"):
+        warehouse.invitation_history(columns=[])
 
 
 def test_a_compact_extraction_is_the_same_rows_and_leaves_no_file(
