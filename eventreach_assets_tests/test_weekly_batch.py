@@ -421,10 +421,11 @@ def handed_the_only_reference(function: Callable[..., Any], handed: list[bool]) 
     def wrapped(frame: pl.DataFrame, *args: Any) -> Any:
         alive = weakref.ref(frame)
         del frame
-        handed.append(alive() is None)
-        if alive() is None:
+        kept = alive()  # None: the caller held no reference
+        handed.append(kept is None)
+        if kept is None:
             raise _Handed
-        return function(alive(), *args)
+        return function(kept, *args)
 
     return wrapped
 
