@@ -5,12 +5,15 @@ measured run is its own child process (so peak RSS is the batch's alone) that ex
 real `weekly_batch` and `export_candidates` jobs for the first upcoming event against a fresh
 candidate store (a cold score cache, as on a Monday with newly trained models). Beside each
 Dagster run, in the same invocation, the same work runs as bare domain code (the assets' own
-functions on the same resources, no Dagster: `measure_bare`), also in its own child process.
-Prints both and their ratio (medians of `--runs`), per-asset medians, throughput and each run's
-peak RSS. Then the week: the profile snapshot once and weekly batch + export for three events
-read from it (program `extraction: weekly_snapshot`; the one-event rows use `per_event`), through
-Dagster in one process and as bare code likewise, and as the local deployment runs it: each run a
-fresh run-worker process, as many at once as `dagster.yaml` allows (`measure_week_deployed`).
+functions on the same resources, no Dagster: `measure_bare`), also in its own child process;
+it does the batch checks' work too (their verdict functions, each after its asset, as the job
+runs them), timed as a stage of its own. Prints both and their ratio (medians of `--runs`),
+the ratio over bare without the checks' work (the reference before the twenty-second
+session), per-asset medians, throughput and each run's peak RSS. Then the week: the profile
+snapshot once and weekly batch + export for three events read from it (program
+`extraction: weekly_snapshot`; the one-event rows use `per_event`), through Dagster in one
+process and as bare code likewise, and as the local deployment runs it: each run a fresh
+run-worker process, as many at once as `dagster.yaml` allows (`measure_week_deployed`).
 Under each size, where the Dagster runs' time beyond their asset bodies went (`dagster_share`: the
 asset steps beyond the bodies, the check steps, the runs outside their steps), read back from their
 event logs. First, once, the code location's start-up: what every run worker of a deployment pays
@@ -41,6 +44,7 @@ BENCH_NOW = datetime(2026, 11, 23, 2, 0)
 STAGES = {"raw_candidates": "extract", "filtered_candidates": "filter", "scored_candidates": "score",
           "candidates_table": "store", "candidates_export": "export"}  # fmt: skip
 WEEK_STAGES = {"profile_snapshot": "snapshot", **STAGES}  # the week's: summed over its events
+CHECKS = "checks"  # the bare runs' stage for the checks' work (through Dagster it is in the check steps)
 WEEK_EVENTS = 3
 MODULE = "eventreach_assets.bench"  # by name: run as `-m`, this module is `__main__`
 DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"  # the local deployment's instance settings
@@ -338,28 +342,42 @@ def _bare_score(r: dict, event: Any, filtered: Any) -> Any:
 
 
 def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], lap: _Laps) -> int:
-    """Filter, score, store and export one event's extracted candidates as the assets do; the
-    scored count. Each stage's seconds are added to `stages`."""
+    """Filter, score, store and export one event's extracted candidates as the assets do, each
+    asset's checks after it as the job runs them (the same functions, `batch_checks`'s verdicts:
+    the checks' work is the batch's work too); the scored count. Each stage's seconds are added to
+    `stages`, the checks' to `checks`. A blocking check that fails stops the event, as in the job."""
     import polars as pl
 
     from eventreach_assets.assets.filtering import filter_inputs
+    from eventreach_assets.checks import batch_checks as checks
     from eventreach_assets.domain.filters import build_filter_chain, run_filter_chain
 
     config, now, event_id = r["program"].load(), r["clock"].now(), event.event_id
+    sources = (r["program"], r["clock"], event_id)
 
     def done(stage: str) -> None:
         stages[stage] = stages.get(stage, 0.0) + lap()
 
+    def checked(check: str, verdict: checks.Verdict) -> None:
+        if not verdict.passed:
+            raise RuntimeError(f"bare run: {check} failed for {event_id}: {verdict.metadata}")
+        done(CHECKS)
+
     r["decision_log"].write("quarantine", event_id, extracted.quarantine)
     done("raw_candidates")
+    checked("raw_candidates_unique_customer", checks.unique_customer_verdict(extracted.candidates))
     inputs = filter_inputs(r["warehouse"], r["ledger"], r["program"], r["clock"], event_id)
     outcome = run_filter_chain(extracted.candidates, build_filter_chain(config), inputs)
     r["decision_log"].write("rejections", event_id, outcome.rejected.with_columns(decided_at=pl.lit(inputs.as_of)))
     survivors = outcome.survivors
     del outcome  # the rejections are written, not kept: the asset drops them when it returns
     done("filtered_candidates")
+    checked("filtered_candidates_policy", checks.policy_verdict(survivors, r["warehouse"], r["ledger"], *sources))
     scored = _bare_score(r, event, survivors)
     done("scored_candidates")
+    checked("scored_candidates_valid_scores", checks.valid_scores_verdict(scored))
+    checks.band_shares(scored, config.scoring)  # the drift check's own work (its baseline is the instance's)
+    done(CHECKS)
     store, channels = r["candidate_store"], [channel.channel_id for channel in config.invitation_channels]
     store.purge_expired(now)
     store.replace_event_candidates(
@@ -367,17 +385,20 @@ def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], l
         batch_write_size=config.storage.batch_write_size,
     )  # fmt: skip
     done("candidates_table")
+    checked("candidates_table_matches_scored", checks.store_verdict(scored, store, *sources))
     items = store.exported_items(config.program_id, event_id, now=now)
     r["exporter"].export_event(config.program_id, event_id, now.date(), items)
     done("candidates_export")
+    checked("candidates_export_matches_store", checks.export_verdict(store, r["exporter"], *sources))
     return scored.height
 
 
 def measure_bare(home: Path, event_id: str) -> dict:
-    """The same batch + export as bare domain code: the assets' functions on the same resources, no Dagster.
+    """The same batch + export as bare domain code: the assets' and the checks' functions on the
+    same resources, no Dagster.
 
-    The reference the Dagster figure is compared with (asset checks, IO manager and events are
-    what the difference pays for)."""
+    The reference the Dagster figure is compared with (runs, steps, the IO manager and the event
+    log are what the difference pays for); its wall without the checks' work is printed too."""
     from eventreach_assets.assets.extraction import extract_event
     from eventreach_assets.deployments import resources_for
     from eventreach_assets.resources.sqlite import wait_for_checkpoints
@@ -465,12 +486,16 @@ COLUMNS = (("profiles", 10), ("run", 12), ("extracted", 10), ("eligible", 9), ("
 
 
 def summarize(samples: list[dict], stages: dict[str, str]) -> dict:
-    """Medians of the runs of one runner at one size; peak RSS is the largest run's."""
+    """Medians of the runs of one runner at one size; peak RSS is the largest run's. A bare
+    runner's checks are a stage of their own, and its wall without them is given too."""
+    stages = {**stages, CHECKS: CHECKS} if CHECKS in samples[0]["stages"] else stages
     return {
         "wall_s": statistics.median(s["wall_s"] for s in samples),
         "walls_s": [round(s["wall_s"], 3) for s in samples],
         "peak_rss_mb": max(s["peak_rss_mb"] for s in samples),
         "stages_s": {stages[name]: statistics.median(s["stages"].get(name, 0.0) for s in samples) for name in stages},
+        **({"wall_without_checks_s": statistics.median(s["wall_s"] - s["stages"][CHECKS] for s in samples)}
+           if CHECKS in stages else {}),
         "extracted": samples[0]["counts"].get("extracted_rows", 0),
         "eligible": samples[0]["counts"].get("scored_candidates", 0),
         **({"workers": [s["workers"] for s in samples]} if "workers" in samples[0] else {}),
@@ -511,13 +536,18 @@ def share_row(runner: str, figures: dict) -> str:
     return f"{'':>10} {name}: {beyond:.2f} s of the wall beyond the asset bodies: {parts}{checks}"
 
 
-def agreeing(figures: dict, dagster: str, bare: str) -> float:
-    """Dagster's wall over bare's, once both are shown to have done the same work."""
+def agreeing(figures: dict, dagster: str, bare: str, wall: str = "wall_s") -> float:
+    """Dagster's wall over bare's `wall` (`wall_without_checks_s`: bare without the checks' work),
+    once both are shown to have done the same work."""
     if (figures[dagster]["extracted"], figures[dagster]["eligible"]) != (
         figures[bare]["extracted"], figures[bare]["eligible"]
     ):  # fmt: skip
         raise RuntimeError(f"bare and Dagster runs disagree: {figures[dagster]} vs {figures[bare]}")
-    return round(figures[dagster]["wall_s"] / figures[bare]["wall_s"], 3)
+    return round(figures[dagster]["wall_s"] / figures[bare][wall], 3)
+
+
+RATIOS = {"dagster_over_bare": ("dagster", "bare"), "week_dagster_over_bare": ("week_dagster", "week_bare"),
+          "week_deployed_over_bare": ("week_deployed", "week_bare")}  # fmt: skip
 
 
 def measure_size(profiles: int, runs: int) -> dict:
@@ -537,12 +567,10 @@ def measure_size(profiles: int, runs: int) -> dict:
     figures: dict[str, Any] = {runner: summarize(samples[runner], STAGES) for runner in RUNNERS}
     figures |= {runner: summarize(samples[runner], WEEK_STAGES) for runner in WEEK_RUNNERS}
     setup = {"seed_s": round(prepared["seed_s"], 2), "train_s": round(prepared["train_s"], 2)}
-    return {
-        "profiles": profiles, **figures, "dagster_over_bare": agreeing(figures, "dagster", "bare"),
-        "week_events": prepared["events"], "week_dagster_over_bare": agreeing(figures, "week_dagster", "week_bare"),
-        "week_deployed_over_bare": agreeing(figures, "week_deployed", "week_bare"),
-        "setup": setup,
-    }  # fmt: skip
+    ratios = {name: agreeing(figures, *runners) for name, runners in RATIOS.items()}
+    without_checks = {name: agreeing(figures, *runners, "wall_without_checks_s") for name, runners in RATIOS.items()}
+    return {"profiles": profiles, **figures, **ratios, "without_checks": without_checks,
+            "week_events": prepared["events"], "setup": setup}  # fmt: skip
 
 
 def run(sizes: list[int], runs: int) -> None:
@@ -564,10 +592,12 @@ def run(sizes: list[int], runs: int) -> None:
         results.append(result)
         for runner in (*RUNNERS, *WEEK_RUNNERS):
             print(row(profiles, runner, result[runner]))
-        setup = result["setup"]
+        setup, without = result["setup"], result["without_checks"]
         ratios = (
             f"ratio dagster/bare {result['dagster_over_bare']:.2f}, week {result['week_dagster_over_bare']:.2f}, "
-            f"week deployed {result['week_deployed_over_bare']:.2f}"
+            f"week deployed {result['week_deployed_over_bare']:.2f}; over bare without the checks' work "
+            f"{without['dagster_over_bare']:.2f}, {without['week_dagster_over_bare']:.2f}, "
+            f"{without['week_deployed_over_bare']:.2f}"
         )
         print(
             f"{'':>10} {ratios} (setup, not timed: seed {setup['seed_s']:.1f} s, train {setup['train_s']:.1f} s; "

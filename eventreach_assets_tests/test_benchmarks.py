@@ -45,12 +45,23 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
         assert int(extracted.replace(",", "")) >= int(eligible.replace(",", "")) > 0
         assert float(wall) > 0 and float(peak.replace(",", "")) > 0
         assert all(f"{stage}=" in row for stage in ("extract", "filter", "score", "store", "export"))
+        # the checks' work is a stage of the bare run's own (through Dagster it is in the check steps)
+        assert ("checks=" in row) == (runner == "bare")
         figures = size[runner]
         assert (figures["extracted"], figures["eligible"]) == (int(extracted.replace(",", "")), int(eligible))
         assert figures["wall_s"] > 0 and figures["peak_rss_mb"] > 0 and len(figures["walls_s"]) == 1
     assert size["dagster"]["extracted"] == size["bare"]["extracted"]
     assert size["dagster_over_bare"] == pytest.approx(size["dagster"]["wall_s"] / size["bare"]["wall_s"], rel=1e-2)
     assert f"ratio dagster/bare {size['dagster_over_bare']:.2f}" in out
+    # ... and over bare without the checks' work (the reference before it did them), for each pair
+    without = size["without_checks"]
+    for ratio, (dagster, bare) in bench.RATIOS.items():
+        checks = size[bare]["stages_s"]["checks"]
+        assert checks > 0 and size[bare]["wall_without_checks_s"] == pytest.approx(size[bare]["wall_s"] - checks)
+        assert without[ratio] == pytest.approx(size[dagster]["wall_s"] / (size[bare]["wall_s"] - checks), rel=1e-2)
+        assert without[ratio] > size[ratio]
+    over = ", ".join(f"{without[ratio]:.2f}" for ratio in bench.RATIOS)
+    assert f"over bare without the checks' work {over}" in out
     # The week: one profile snapshot, then three events read from it, through Dagster (in one process,
     # and as deployed: a run worker per run) and as bare code.
     assert len(size["week_events"]) == 3
@@ -58,6 +69,7 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
         [row] = [line for line in lines if re.match(rf"\s+3,000 {runner}\s", line)]
         extracted, eligible, wall, _per_minute, peak = row.split()[2:7]
         assert all(f"{stage}=" in row for stage in ("snapshot", "extract", "filter", "score", "store", "export"))
+        assert ("checks=" in row) == (runner == "week-bare")
         figures = size[runner.replace("-", "_")]
         assert (figures["extracted"], figures["eligible"]) == (int(extracted.replace(",", "")), int(eligible))
         # three events' rows and candidates: more than the one event's alone
@@ -116,6 +128,39 @@ def test_make_bench_prints_the_batch_figures_at_a_tiny_size():
         assert startup[name]["wall_s"] > 0 and startup[name]["peak_rss_mb"] > 0 and len(startup[name]["walls_s"]) == 1
     assert "start-up of a run worker (import the code location, fresh process; medians of 1): " in out
     assert f"{startup['code_location']['wall_s']:.2f} s" in out
+
+
+BLOCKING_VERDICTS = ["unique_customer_verdict", "policy_verdict", "valid_scores_verdict", "store_verdict",
+                     "export_verdict"]  # fmt: skip
+
+
+def test_the_bare_reference_does_the_checks_work_and_stops_where_a_blocking_check_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bare run calls the batch checks' own verdict functions, each after its asset as the jobs
+    run them, and a failed blocking verdict stops the event before the next asset, as the job does."""
+    from eventreach_assets.checks import batch_checks
+
+    event = bench.prepare(tmp_path, 3000)["event"]
+    called: list[str] = []
+
+    def recorded(name: str, verdict: batch_checks.Verdict) -> batch_checks.Verdict:
+        called.append(name)
+        return verdict
+
+    for name in BLOCKING_VERDICTS:
+        real = getattr(batch_checks, name)
+        monkeypatch.setattr(batch_checks, name, lambda *args, _n=name, _f=real: recorded(_n, _f(*args)))
+    figures = bench.measure_bare(tmp_path, event)
+    assert called == BLOCKING_VERDICTS and figures["stages"][bench.CHECKS] > 0
+    assert figures["stages"]["candidates_export"] > 0
+
+    called.clear()
+    refused = batch_checks.Verdict(passed=False, metadata={"opted_out": 1})
+    monkeypatch.setattr(batch_checks, "policy_verdict", lambda *args: recorded("policy_verdict", refused))
+    with pytest.raises(RuntimeError, match=f"filtered_candidates_policy failed for {event}: .*'opted_out': 1"):
+        bench.measure_bare(tmp_path, event)
+    assert called == ["unique_customer_verdict", "policy_verdict"]  # nothing scored, stored or exported after it
 
 
 def test_make_bench_serving_prints_the_api_beside_its_reference_at_a_tiny_size():
