@@ -38,7 +38,10 @@ from collections import Counter
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 BENCH_NOW = datetime(2026, 11, 23, 2, 0)
 STAGES = {"raw_candidates": "extract", "filtered_candidates": "filter", "scored_candidates": "score",
@@ -358,24 +361,24 @@ def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], l
     def done(stage: str) -> None:
         stages[stage] = stages.get(stage, 0.0) + lap()
 
-    def checked(check: str, verdict: checks.Verdict) -> None:
+    def checked(check: dg.AssetChecksDefinition, verdict: checks.Verdict) -> None:
         if not verdict.passed:
-            raise RuntimeError(f"bare run: {check} failed for {event_id}: {verdict.metadata}")
+            raise RuntimeError(f"bare run: {check.check_key.name} failed for {event_id}: {verdict.metadata}")
         done(CHECKS)
 
     r["decision_log"].write("quarantine", event_id, extracted.quarantine)
     done("raw_candidates")
-    checked("raw_candidates_unique_customer", checks.unique_customer_verdict(extracted.candidates))
+    checked(checks.raw_candidates_unique_customer, checks.unique_customer_verdict(extracted.candidates))
     inputs = filter_inputs(r["warehouse"], r["ledger"], r["program"], r["clock"], event_id)
     outcome = run_filter_chain(extracted.candidates, build_filter_chain(config), inputs)
     r["decision_log"].write("rejections", event_id, outcome.rejected.with_columns(decided_at=pl.lit(inputs.as_of)))
     survivors = outcome.survivors
     del outcome  # the rejections are written, not kept: the asset drops them when it returns
     done("filtered_candidates")
-    checked("filtered_candidates_policy", checks.policy_verdict(survivors, r["warehouse"], r["ledger"], *sources))
+    checked(checks.filtered_candidates_policy, checks.policy_verdict(survivors, r["warehouse"], r["ledger"], *sources))
     scored = _bare_score(r, event, survivors)
     done("scored_candidates")
-    checked("scored_candidates_valid_scores", checks.valid_scores_verdict(scored))
+    checked(checks.scored_candidates_valid_scores, checks.valid_scores_verdict(scored))
     checks.band_shares(scored, config.scoring)  # the drift check's own work (its baseline is the instance's)
     done(CHECKS)
     store, channels = r["candidate_store"], [channel.channel_id for channel in config.invitation_channels]
@@ -385,11 +388,11 @@ def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], l
         batch_write_size=config.storage.batch_write_size,
     )  # fmt: skip
     done("candidates_table")
-    checked("candidates_table_matches_scored", checks.store_verdict(scored, store, *sources))
+    checked(checks.candidates_table_matches_scored, checks.store_verdict(scored, store, *sources))
     items = store.exported_items(config.program_id, event_id, now=now)
     r["exporter"].export_event(config.program_id, event_id, now.date(), items)
     done("candidates_export")
-    checked("candidates_export_matches_store", checks.export_verdict(store, r["exporter"], *sources))
+    checked(checks.candidates_export_matches_store, checks.export_verdict(store, r["exporter"], *sources))
     return scored.height
 
 
