@@ -117,3 +117,36 @@ def test_aws_cron_translation():
     assert aws_cron_to_unix("cron(59 23 * * ? *)") == "59 23 * * *"
     with pytest.raises(ValueError, match="EventBridge"):
         aws_cron_to_unix("0 2 * * 1")
+
+
+def test_a_run_decides_with_one_program_even_when_the_yaml_is_edited_meanwhile(tmp_path: Path):
+    """Every step of a run gets the program its first use read (the filter step and the policy
+    check that recomputes it must not decide with two); the next run, and a load outside a run,
+    read the edit."""
+    import dagster as dg
+
+    from eventreach_assets.resources.program import ProgramResource
+
+    path = tmp_path / "program.yaml"
+    path.write_text(yaml.safe_dump(document()))
+    seen: list[int] = []
+
+    def edited(ttl_days: int) -> None:
+        path.write_text(yaml.safe_dump({**document(), "candidateTTLDays": ttl_days}))
+
+    @dg.asset
+    def first_step(program: ProgramResource) -> None:
+        seen.append(program.load().candidate_ttl_days)
+        edited(seen[-1] + 1)  # the YAML changes while the run is going
+
+    @dg.asset(deps=[first_step])
+    def second_step(program: ProgramResource) -> None:
+        seen.append(program.load().candidate_ttl_days)
+
+    defs = dg.Definitions(assets=[first_step, second_step], resources={"program": ProgramResource(path=str(path))})
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process().success
+    assert seen == [14, 14]
+    assert ProgramResource(path=str(path)).load().candidate_ttl_days == 15  # outside a run: the file as it is
+    assert job.execute_in_process().success
+    assert seen[2:] == [15, 15]  # the next run reads the edit (and keeps it through its own edit)
