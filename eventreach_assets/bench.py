@@ -361,9 +361,10 @@ def _bare_event(r: dict, event: Any, extracted: Any, stages: dict[str, float], l
     def done(stage: str) -> None:
         stages[stage] = stages.get(stage, 0.0) + lap()
 
-    def checked(check: dg.AssetChecksDefinition, verdict: checks.Verdict) -> None:
-        if not verdict.passed:
-            raise RuntimeError(f"bare run: {check.check_key.name} failed for {event_id}: {verdict.metadata}")
+    def checked(check: dg.AssetChecksDefinition, result: dg.AssetCheckResult) -> None:
+        if not result.passed:
+            found = {name: value.value for name, value in result.metadata.items()}
+            raise RuntimeError(f"bare run: {check.check_key.name} failed for {event_id}: {found}")
         done(CHECKS)
 
     r["decision_log"].write("quarantine", event_id, extracted.quarantine)

@@ -139,14 +139,16 @@ def test_the_bare_reference_does_the_checks_work_and_stops_where_a_blocking_chec
 ) -> None:
     """The bare run calls the batch checks' own verdict functions, each after its asset as the jobs
     run them, and a failed blocking verdict stops the event before the next asset, as the job does."""
+    import dagster as dg
+
     from eventreach_assets.checks import batch_checks
 
     event = bench.prepare(tmp_path, 3000)["event"]
     called: list[str] = []
 
-    def recorded(name: str, verdict: batch_checks.Verdict) -> batch_checks.Verdict:
+    def recorded(name: str, result: dg.AssetCheckResult) -> dg.AssetCheckResult:
         called.append(name)
-        return verdict
+        return result
 
     for name in BLOCKING_VERDICTS:
         real = getattr(batch_checks, name)
@@ -156,7 +158,7 @@ def test_the_bare_reference_does_the_checks_work_and_stops_where_a_blocking_chec
     assert figures["stages"]["candidates_export"] > 0
 
     called.clear()
-    refused = batch_checks.Verdict(passed=False, metadata={"opted_out": 1})
+    refused = dg.AssetCheckResult(passed=False, metadata={"opted_out": 1})
     monkeypatch.setattr(batch_checks, "policy_verdict", lambda *args: recorded("policy_verdict", refused))
     with pytest.raises(RuntimeError, match=f"filtered_candidates_policy failed for {event}: .*'opted_out': 1"):
         bench.measure_bare(tmp_path, event)

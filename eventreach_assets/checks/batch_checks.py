@@ -3,14 +3,13 @@
 Policy checks recompute their answer from the sources (warehouse, store) rather than trusting
 the asset's own bookkeeping, so a bug in a filter cannot also hide itself.
 
-Each check's work is a plain function returning a `Verdict` (the frames and resources in, no
-Dagster context); the asset check is its shell. The bench's bare run calls the same functions,
-so the reference it sets Dagster beside does the checks' work too (docs/speed.md).
+Each check's work is a plain function returning its `AssetCheckResult` (the frames and
+resources in, no Dagster context); the asset check hands it its inputs and partition. The bench's
+bare run calls the same functions, so the reference it sets Dagster beside does the checks' work
+too (docs/speed.md).
 """
 
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -30,18 +29,7 @@ from eventreach_assets.resources.warehouse import WarehouseResource
 SAMPLE = 5  # ids shown in a failing check's metadata (customer ids only, never contact data)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """A check's answer as data: whether it passed and what the analyst reads beside it."""
-
-    passed: bool
-    metadata: dict[str, Any]
-
-    def result(self) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(passed=self.passed, metadata=self.metadata)
-
-
-def unique_customer_verdict(raw_candidates: pl.DataFrame) -> Verdict:
+def unique_customer_verdict(raw_candidates: pl.DataFrame) -> dg.AssetCheckResult:
     """Whether every candidate is one customer's only row, with no null id."""
     ids = raw_candidates["customer_id"]
     # Distinct 64-bit hashes prove distinct ids: the normal case is one pass over integers (2.47M
@@ -50,7 +38,7 @@ def unique_customer_verdict(raw_candidates: pl.DataFrame) -> Verdict:
     repeated = ids.hash().n_unique() < ids.len() and ids.n_unique() < ids.len()
     duplicated = ids.filter(ids.is_duplicated()).unique() if repeated else ids.clear()
     nulls = ids.null_count()
-    return Verdict(
+    return dg.AssetCheckResult(
         passed=duplicated.len() == 0 and nulls == 0,
         metadata={
             "duplicated_customers": duplicated.len(),
@@ -63,7 +51,7 @@ def unique_customer_verdict(raw_candidates: pl.DataFrame) -> Verdict:
 @dg.asset_check(asset="raw_candidates", partitions_def=events_partitions, blocking=True)
 def raw_candidates_unique_customer(raw_candidates: pl.DataFrame) -> dg.AssetCheckResult:
     """One row per customer per event: dedupe worked, so nobody is scored or invited twice."""
-    return unique_customer_verdict(raw_candidates).result()
+    return unique_customer_verdict(raw_candidates)
 
 
 def policy_verdict(
@@ -73,7 +61,7 @@ def policy_verdict(
     program: ProgramResource,
     clock: ClockResource,
     partition_key: str,
-) -> Verdict:
+) -> dg.AssetCheckResult:
     """The event's survivors against its registrations, opt-outs and past invitations, read again."""
     inputs = filter_inputs(warehouse, ledger, program, clock, partition_key)
     cap_filter = next((f for f in build_filter_chain(program.load()) if isinstance(f, FrequencyCapFilter)), None)
@@ -95,7 +83,7 @@ def policy_verdict(
     at_capacity = registered_count >= inputs.effective_capacity
     over_capacity = filtered_candidates.height if at_capacity else 0
     violations = registered_ids.len() + opted_out_ids.len() + over_cap_ids.len() + over_capacity
-    return Verdict(
+    return dg.AssetCheckResult(
         passed=violations == 0,
         metadata={
             "already_registered": registered_ids.len(),
@@ -117,10 +105,10 @@ def filtered_candidates_policy(
     clock: ClockResource,
 ) -> dg.AssetCheckResult:
     """No opted-out, already-registered or over-frequency-cap customer survives, nor anyone for a full event."""
-    return policy_verdict(filtered_candidates, warehouse, ledger, program, clock, context.partition_key).result()
+    return policy_verdict(filtered_candidates, warehouse, ledger, program, clock, context.partition_key)
 
 
-def valid_scores_verdict(scored_candidates: pl.DataFrame) -> Verdict:
+def valid_scores_verdict(scored_candidates: pl.DataFrame) -> dg.AssetCheckResult:
     """Whether the score and every model probability are numbers within [0, 1]."""
     columns = [c for c in scored_candidates.columns if c == scoring.SCORE or c.startswith("p_")]
     bad = scored_candidates.filter(
@@ -128,7 +116,7 @@ def valid_scores_verdict(scored_candidates: pl.DataFrame) -> Verdict:
             [pl.col(c).is_null() | pl.col(c).is_nan() | (pl.col(c) < 0) | (pl.col(c) > 1) for c in columns]
         )
     )
-    return Verdict(
+    return dg.AssetCheckResult(
         passed=bad.height == 0 and scoring.SCORE in columns,
         metadata={"checked_columns": ", ".join(columns), "invalid_rows": bad.height,
                   "sample": ", ".join(bad["customer_id"].head(SAMPLE).to_list())},
@@ -138,7 +126,7 @@ def valid_scores_verdict(scored_candidates: pl.DataFrame) -> Verdict:
 @dg.asset_check(asset="scored_candidates", partitions_def=events_partitions, blocking=True)
 def scored_candidates_valid_scores(scored_candidates: pl.DataFrame) -> dg.AssetCheckResult:
     """Every score and model probability is a number within [0, 1]: nothing else may be stored."""
-    return valid_scores_verdict(scored_candidates).result()
+    return valid_scores_verdict(scored_candidates)
 
 
 def band_shares(scored_candidates: pl.DataFrame, config: ScoringConfig) -> dict[str, float]:
@@ -197,12 +185,12 @@ def store_verdict(
     program: ProgramResource,
     clock: ClockResource,
     partition_key: str,
-) -> Verdict:
+) -> dg.AssetCheckResult:
     """The event's live items in the store, read back, against the scored set the batch wrote."""
     config = program.load()
     items = candidate_store.event_item_keys(config.program_id, partition_key, now=clock.now())
     differences = store_vs_scored(items, scored_candidates["customer_id"], len(config.invitation_channels))
-    return Verdict(
+    return dg.AssetCheckResult(
         passed=not any(differences.values()),
         metadata={
             "scored_customers": scored_candidates.height,
@@ -228,7 +216,7 @@ def candidates_table_matches_scored(
 ) -> dg.AssetCheckResult:
     """Store = scored set: every scored customer on every invitation channel. Only live items are read
     (TTL not passed), so an item written with a TTL already past counts as missing."""
-    return store_verdict(scored_candidates, candidate_store, program, clock, context.partition_key).result()
+    return store_verdict(scored_candidates, candidate_store, program, clock, context.partition_key)
 
 
 def export_verdict(
@@ -237,7 +225,7 @@ def export_verdict(
     program: ProgramResource,
     clock: ClockResource,
     partition_key: str,
-) -> Verdict:
+) -> dg.AssetCheckResult:
     """The event's exported file, read back, against its live items in the store."""
     config = program.load()
     now = clock.now()
@@ -246,7 +234,7 @@ def export_verdict(
     exported = exporter.read_event(config.program_id, partition_key, now.date(), columns=keys)
     only_stored = stored.join(exported, on=keys, how="anti").height
     only_exported = exported.join(stored, on=keys, how="anti").height
-    return Verdict(
+    return dg.AssetCheckResult(
         passed=stored.height == exported.height and only_stored == 0 and only_exported == 0,
         metadata={"store_items": stored.height, "exported_rows": exported.height,
                   "missing_from_export": only_stored, "not_in_store": only_exported},
@@ -262,4 +250,4 @@ def candidates_export_matches_store(
     clock: ClockResource,
 ) -> dg.AssetCheckResult:
     """The exported Parquet holds exactly the store's items of the event (count and keys)."""
-    return export_verdict(candidate_store, exporter, program, clock, context.partition_key).result()
+    return export_verdict(candidate_store, exporter, program, clock, context.partition_key)
