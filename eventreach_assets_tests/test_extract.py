@@ -109,7 +109,7 @@ def test_empty_extract():
     result = validate_and_dedupe(profiles({"customer_id": "A"}).clear(), REGIONS)
     assert result.candidates.height == 0
     assert result.quarantine.height == 0
-    assert result.candidates.schema["interest_tags"] == pl.List(pl.String)
+    assert result.candidates.schema == pl.Schema(CANDIDATE_SCHEMA)
 
 
 def test_an_opt_out_on_a_quarantined_newer_row_is_still_honoured():

@@ -25,6 +25,7 @@ from eventreach_assets.demo.run import (
 )
 from eventreach_assets.domain.events import normalize_events, upcoming_topics
 from eventreach_assets.domain.extract import event_extract
+from eventreach_assets.domain.schema import CANDIDATE_SCHEMA, CANDIDATE_TAG
 from eventreach_assets.partitions import events_partitions
 from eventreach_assets.program.config import DEFAULT_PROGRAM_PATH
 from eventreach_assets.resources.parquet_io.base import ROWS_OF, SOURCE_ROW
@@ -357,6 +358,34 @@ def test_an_event_read_from_the_snapshot_is_stored_as_row_numbers_and_rebuilt_fo
     ) in str(stale.all_events)
     again = collect_report(event_id, run_batch(defs, instance, event_id)).metadata
     assert again["filtered_candidates"]["eligible_candidates"] == batch["filtered_candidates"]["eligible_candidates"]
+
+
+def test_an_events_own_extraction_is_stored_in_the_candidate_models_types_for_a_step_run_alone(
+    deployment: Deployment,
+):
+    """Extracted on its own (no snapshot), raw_candidates is written whole in the candidate model's
+    types, its few-valued text as categoricals (dictionary pages, the cheap write); a later run
+    re-executing filtered_candidates alone loads that file, the same frame, and decides the same."""
+    defs, instance = deployment.defs, deployment.instance
+    register_event_partitions(defs, instance)
+    train_models(defs, instance)
+    event_id = deployment.seed.upcoming_event_ids[0]
+    batch = collect_report(event_id, run_batch(defs, instance, event_id)).metadata
+    assert batch["raw_candidates"]["extraction"].startswith("per_event")
+    stored = pl.read_parquet(deployment.home / "assets" / "raw_candidates" / f"{event_id}.parquet")
+    assert stored.schema == pl.Schema(CANDIDATE_SCHEMA)
+    assert stored.height == batch["raw_candidates"]["unique_candidates"] > 0
+    topics = normalize_events(defs.resources["warehouse"].events()).filter(pl.col("event_id") == event_id)["topics"]
+    assert stored["interest_tags"].list.contains(pl.lit(topics[0][0], dtype=CANDIDATE_TAG)).any()
+
+    alone = defs.resolve_job_def("weekly_batch").execute_in_process(
+        instance=instance, partition_key=event_id, run_config=QUIET,
+        asset_selection=[dg.AssetKey("filtered_candidates")],
+    )  # fmt: skip
+    [materialization] = [e.materialization for e in alone.get_asset_materialization_events()]
+    assert materialization.metadata["input_candidates"].value == stored.height
+    assert materialization.metadata["eligible_candidates"].value == batch["filtered_candidates"]["eligible_candidates"]
+    assert materialization.metadata["funnel"].value == batch["filtered_candidates"]["funnel"]
 
 
 def test_an_event_without_a_usable_snapshot_extracts_on_its_own_and_says_why(deployment: Deployment):

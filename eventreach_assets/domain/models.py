@@ -47,8 +47,9 @@ EVENT_TOPICS = "event_topics"  # list[str]: the event's topics, one list per row
 FORMAT_VERSION = 2
 _ESTIMATOR_FORMAT_VERSION = 1
 
-# Columns of `build_training_frame`'s result, in order. The feature inputs carry the
-# candidate-model dtypes so the same expressions apply at training and at scoring time.
+# Columns of `build_training_frame`'s result, in order. The feature inputs carry the dtypes each
+# model's spec casts its inputs to (the candidate model's categoricals become text), so the same
+# expressions apply at training and at scoring time.
 TRAINING_SCHEMA: dict[str, pl.DataType] = {
     "customer_id": pl.String(),
     "event_id": pl.String(),

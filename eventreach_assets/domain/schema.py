@@ -65,19 +65,26 @@ WAREHOUSE_TABLES: dict[str, dict[str, str]] = {
     "invitation_history": INVITATION_HISTORY_COLUMNS,
 }
 
-# The candidate model after extraction, validation and dedupe (one row per customer).
+# The candidate model after extraction, validation and dedupe (one row per customer). Text with few
+# distinct values is categorical (the tags, and the five `extract.FEW_VALUES` columns, which the
+# extraction already holds so): 4 bytes a row instead of a string view and its text, and dictionary
+# pages when a value is written. At 3M profiles an event's 2.47M candidates are written for
+# re-execution in 0.45 s instead of 0.72 s, the extraction no longer casts them back (0.15 s), and
+# the batch's peak RSS is ~270 MB lower (docs/speed.md, twenty-third session). Comparisons with
+# text (`is_in`, `==`) work as on strings; a join with a text key casts that key (`GeographicFilter`).
+CANDIDATE_TAG: pl.DataType = pl.Categorical()  # one of a candidate's `interest_tags`
 CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
     "customer_id": pl.String(),
-    "interest_tags": pl.List(pl.String()),
+    "interest_tags": pl.List(CANDIDATE_TAG),
     "event_attendance_history": pl.Int32(),
     "engagement_score": pl.Float64(),
-    "geographic_region": pl.String(),
-    "job_role": pl.String(),
-    "account_status": pl.String(),
+    "geographic_region": pl.Categorical(),
+    "job_role": pl.Categorical(),
+    "account_status": pl.Categorical(),
     "is_verified": pl.Boolean(),
     "fraud_flag": pl.Boolean(),
-    "marketplace": pl.String(),
-    "timezone": pl.String(),
+    "marketplace": pl.Categorical(),
+    "timezone": pl.Categorical(),
     "marketing_opt_out": pl.Boolean(),
     "email": pl.String(),
     "updated_at": pl.Datetime("us"),
