@@ -374,6 +374,7 @@ def test_an_events_own_extraction_is_stored_in_the_candidate_models_types_for_a_
     assert batch["raw_candidates"]["extraction"].startswith("per_event")
     stored = pl.read_parquet(deployment.home / "assets" / "raw_candidates" / f"{event_id}.parquet")
     assert stored.schema == pl.Schema(CANDIDATE_SCHEMA)
+    assert stored.schema["timezone"] == pl.Categorical() and stored.schema["interest_tags"] == pl.List(pl.Categorical())
     assert stored.height == batch["raw_candidates"]["unique_candidates"] > 0
     topics = normalize_events(defs.resources["warehouse"].events()).filter(pl.col("event_id") == event_id)["topics"]
     assert stored["interest_tags"].list.contains(pl.lit(topics[0][0], dtype=CANDIDATE_TAG)).any()

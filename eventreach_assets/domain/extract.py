@@ -39,9 +39,9 @@ ROW = "_row"  # a row's place in the extraction, so results keep the warehouse's
 # Profile text columns with few distinct values (regions, roles, statuses, marketplaces, time
 # zones). While extracting they are categoricals, 4 bytes a row instead of a 16-byte string view
 # (and the text behind it): at 3M profiles ~200 MB less at the batch's memory peak. The candidate
-# model keeps them so (`CANDIDATE_SCHEMA`); the quarantine, the decision log's, gives them back as
-# strings.
-FEW_VALUES = ("geographic_region", "job_role", "account_status", "marketplace", "timezone")
+# model keeps them so (they are its categorical columns); the quarantine, the decision log's, gives
+# them back as strings.
+FEW_VALUES = tuple(name for name, dtype in CANDIDATE_SCHEMA.items() if dtype == pl.Categorical())
 # A row whose customer has no other row among the extracted ones (70% of the rows at 3M profiles):
 # it is its customer's newest among any of them an event keeps, so the dedupe hashes only the other
 # rows' customer ids (`first_of_customer`). Stored in the week's snapshot (`profile_snapshot_rows`,
@@ -104,6 +104,7 @@ def to_candidate_model(valid: pl.LazyFrame) -> pl.LazyFrame:
     strings (4,099 among 2.9M rows at 3M profiles). Splitting all 2.47M candidates' strings
     made `validate_and_dedupe` take 4.0-4.2 s at 3M, 3.1-3.2 s with the join (the same frames)."""
     tags = pl.col("interest_tags")
+    # Typed here, per distinct string, so the candidates' lists need no cast of their own.
     tag_lists = valid.select(tags.unique()).with_columns(
         _tag_list=tags.fill_null("")
         .str.split(",")

@@ -23,6 +23,7 @@ from pydantic.alias_generators import to_camel
 from eventreach_assets.domain.events import EventContext
 from eventreach_assets.domain.extract import KNOWN_TIMEZONES
 from eventreach_assets.domain.features import interest_match
+from eventreach_assets.domain.schema import CANDIDATE_SCHEMA
 from eventreach_assets.program.config import ProgramConfigError
 
 if TYPE_CHECKING:
@@ -155,13 +156,14 @@ class InterestMatchFilter(CandidateFilter):
 
 @cache
 def _local_hours(start_time_utc: datetime) -> pl.DataFrame:
-    """Local wall-clock hour of one instant in every known timezone (a ~600-row table)."""
+    """Local wall-clock hour of one instant in every known timezone (a ~600-row table), keyed in
+    the candidate model's time-zone type so the candidates join it as they are."""
     utc = start_time_utc.replace(tzinfo=ZoneInfo("UTC"))
     zones = sorted(KNOWN_TIMEZONES)
     hours = [utc.astimezone(ZoneInfo(zone)) for zone in zones]
     return pl.DataFrame(
         {"timezone": zones, "_local_hour": [moment.hour + moment.minute / 60 for moment in hours]},
-        schema={"timezone": pl.String, "_local_hour": pl.Float64},
+        schema={"timezone": CANDIDATE_SCHEMA["timezone"], "_local_hour": pl.Float64},
     )
 
 
@@ -184,13 +186,9 @@ class GeographicFilter(CandidateFilter):
         return [r for r in program_regions if r in event_regions] if event_regions else list(program_regions)
 
     def prepare(self, candidates: pl.LazyFrame, inputs: FilterInputs) -> pl.LazyFrame:
-        # The table's key in the candidates' own type (the candidate model's categorical, or text).
-        hours = (
-            _local_hours(inputs.event.start_time_utc)
-            .lazy()
-            .with_columns(pl.col("timezone").cast(candidates.collect_schema()["timezone"]))
+        return candidates.join(
+            _local_hours(inputs.event.start_time_utc).lazy(), on="timezone", how="left", maintain_order="left"
         )
-        return candidates.join(hours, on="timezone", how="left", maintain_order="left")
 
     def reason(self, inputs: FilterInputs) -> pl.Expr:
         hour = pl.col("_local_hour")

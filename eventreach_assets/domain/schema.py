@@ -66,12 +66,13 @@ WAREHOUSE_TABLES: dict[str, dict[str, str]] = {
 }
 
 # The candidate model after extraction, validation and dedupe (one row per customer). Text with few
-# distinct values is categorical (the tags, and the five `extract.FEW_VALUES` columns, which the
-# extraction already holds so): 4 bytes a row instead of a string view and its text, and dictionary
+# distinct values is categorical (the tags, and the five profile columns the extraction holds so,
+# `extract.FEW_VALUES`): 4 bytes a row instead of a string view and its text, and dictionary
 # pages when a value is written. At 3M profiles an event's 2.47M candidates are written for
 # re-execution in 0.45 s instead of 0.72 s, the extraction no longer casts them back (0.15 s), and
 # one event's peak RSS is ~350 MiB lower (docs/speed.md, twenty-third session). Comparisons with
-# text (`is_in`, `==`) work as on strings; a join with a text key casts that key (`GeographicFilter`).
+# text (`is_in`, `==`) work as on strings; a table joined on such a column is keyed in its type
+# (`filters._local_hours`).
 CANDIDATE_TAG: pl.DataType = pl.Categorical()  # one of a candidate's `interest_tags`
 CANDIDATE_SCHEMA: dict[str, pl.DataType] = {
     "customer_id": pl.String(),
